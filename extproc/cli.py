@@ -1,0 +1,216 @@
+"""The `rungway` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+import yaml
+
+from .policy import PolicyError, load_policy
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _address(value: str) -> tuple[str, int]:
+    from .supervisor import split_address
+
+    try:
+        return split_address(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}") from None
+
+
+def _load(path: Path) -> object:
+    try:
+        return load_policy(path)
+    except PolicyError as exc:
+        print(f"invalid policy {exc.source}:", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+def cmd_policy_check(args: argparse.Namespace) -> int:
+    policy = _load(args.file)
+    from .ladder import orderings
+    from .policy import Policy
+
+    assert isinstance(policy, Policy)
+    clusters = sum(1 for _ in orderings(policy)) * 2
+    print(
+        f"{args.file}: OK (version {policy.version}; {len(policy.providers)} providers, "
+        f"{len(policy.ladders)} ladders, {len(policy.models)} model routes, {clusters} ladder clusters)"
+    )
+    return 0
+
+
+def cmd_envoy_config(args: argparse.Namespace) -> int:
+    from .envoy_config import EnvoySettings, render
+    from .policy import Policy
+
+    policy = _load(args.policy)
+    assert isinstance(policy, Policy)
+    settings = EnvoySettings(
+        listen_address=args.listen[0],
+        listen_port=args.listen[1],
+        admin_address=args.envoy_admin[0],
+        admin_port=args.envoy_admin[1],
+        extproc_ports=tuple(args.extproc_port or [50051]),
+        failure_mode_allow=not args.fail_closed,
+        access_log_path=args.access_log,
+    )
+    text = yaml.safe_dump(render(policy, settings), sort_keys=False)
+    if args.output:
+        Path(args.output).write_text(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    _configure_logging(args.log_level)
+    from .metrics import Metrics
+    from .policy import Policy
+    from .server import serve
+    from .sidecar import Sidecar
+
+    policy = _load(args.policy)
+    assert isinstance(policy, Policy)
+    try:
+        sidecar = Sidecar.start(policy, Metrics())
+    except PolicyError as exc:
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 1
+    _install_uvloop()
+    asyncio.run(serve(sidecar, args.address))
+    return 0
+
+
+def _install_uvloop() -> None:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency; stay usable without it
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    _configure_logging(args.log_level)
+    from .policy import Policy, resolve_credentials
+    from .supervisor import UpOptions, run_up
+
+    policy = _load(args.policy)
+    assert isinstance(policy, Policy)
+    try:
+        resolve_credentials(policy)
+    except PolicyError as exc:
+        print("cannot start: provider credentials are missing:", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 1
+    options = UpOptions(
+        policy_path=args.policy,
+        policy=policy,
+        listen=args.listen,
+        admin=args.admin,
+        envoy_admin=args.envoy_admin,
+        workers=args.workers,
+        failure_mode_allow=not args.fail_closed,
+        access_log=args.access_log,
+        envoy_concurrency=args.envoy_concurrency,
+        log_level=args.log_level,
+        state_file=args.state_file,
+        restart=not args.no_restart,
+    )
+    try:
+        asyncio.run(run_up(options))
+    except RuntimeError as exc:
+        print(f"rungway up failed: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    _configure_logging("warning")
+    from .demo.show import run_demo
+
+    return asyncio.run(run_demo(listen=args.listen, admin=args.admin, interactive=not args.no_wait))
+
+
+def cmd_mock_providers(args: argparse.Namespace) -> int:
+    from .demo import mock_provider
+
+    mock_provider.main(args.rest)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rungway", description="LLM fallback ladders as an Envoy ext_proc sidecar")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    policy = sub.add_parser("policy", help="policy tools")
+    policy_sub = policy.add_subparsers(dest="policy_command", required=True)
+    check = policy_sub.add_parser("check", help="validate a policy file; field-level errors")
+    check.add_argument("file", type=Path)
+    check.set_defaults(func=cmd_policy_check)
+
+    cfg = sub.add_parser("envoy-config", help="render the Envoy bootstrap for a policy")
+    cfg.add_argument("--policy", type=Path, required=True)
+    cfg.add_argument("--listen", type=_address, default=("127.0.0.1", 10000), help="HOST:PORT for client traffic")
+    cfg.add_argument("--envoy-admin", type=_address, default=("127.0.0.1", 9902))
+    cfg.add_argument("--extproc-port", type=int, action="append", help="sidecar worker port (repeat for several)")
+    cfg.add_argument("--fail-closed", action="store_true", help="answer 503 when the sidecar is down")
+    cfg.add_argument("--access-log", default="/dev/stdout")
+    cfg.add_argument("-o", "--output")
+    cfg.set_defaults(func=cmd_envoy_config)
+
+    serve = sub.add_parser("serve", help="run one sidecar worker (the ext_proc gRPC server)")
+    serve.add_argument("--policy", type=Path, required=True)
+    serve.add_argument("--address", default="127.0.0.1:50051")
+    serve.add_argument("--log-level", default="info")
+    serve.set_defaults(func=cmd_serve)
+
+    up = sub.add_parser("up", help="start Envoy and the sidecar on a policy, supervise both")
+    up.add_argument("--policy", type=Path, required=True)
+    up.add_argument("--listen", type=_address, default=("127.0.0.1", 10000), help="HOST:PORT apps call (default 127.0.0.1:10000)")
+    up.add_argument("--admin", type=_address, default=("127.0.0.1", 9901), help="HOST:PORT of /metrics, /healthz, /readyz")
+    up.add_argument("--envoy-admin", type=_address, default=("127.0.0.1", 0))
+    up.add_argument("--workers", type=int, default=1, help="sidecar worker processes (about one per spare core)")
+    up.add_argument("--fail-closed", action="store_true", help="answer 503 when the sidecar is down (default: fail open)")
+    up.add_argument("--access-log", default="/dev/stdout")
+    up.add_argument("--envoy-concurrency", type=int, default=1)
+    up.add_argument("--log-level", default="info")
+    up.add_argument("--state-file", type=Path, help="write bound ports and pids here (JSON)")
+    up.add_argument("--no-restart", action="store_true", help="do not restart a worker or Envoy that exits")
+    up.set_defaults(func=cmd_up)
+
+    demo = sub.add_parser("demo", help="mock providers + demo policy + a fallback, live (what `make run` runs)")
+    demo.add_argument("--listen", type=_address, default=("127.0.0.1", 10000))
+    demo.add_argument("--admin", type=_address, default=("127.0.0.1", 9901))
+    demo.add_argument("--no-wait", action="store_true", help="exit after the scripted show")
+    demo.set_defaults(func=cmd_demo)
+
+    mocks = sub.add_parser("mock-providers", help="run mock OpenAI/Anthropic providers that fail on command")
+    mocks.add_argument("rest", nargs=argparse.REMAINDER)
+    mocks.set_defaults(func=cmd_mock_providers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    raise SystemExit(args.func(args))
+
+
+if __name__ == "__main__":
+    main()

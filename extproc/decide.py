@@ -1,0 +1,174 @@
+"""The downstream filter: one processor per client request, deciding the ladder.
+
+Envoy's json_to_metadata has already lifted the body's model / stream / JSON-mode fields into
+metadata, so most requests are decided on the request-headers message alone; the body is asked
+for only when the answer depends on whether the request carries tools.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+from .envoy_config import CLUSTER_HEADER, INVALID, META_DECISION, META_REQUEST, MISSING
+from .flags import flags
+from .ladder import NeedBody, Refusal, RequestFeatures, Route, choose
+from .policy import Dialect, Impact
+from .sidecar import Sidecar
+from .taxonomy import Failure
+from .translate import render_error
+from .wire import (
+    Mode,
+    ProcessingRequest,
+    ProcessingResponse,
+    common,
+    header_map,
+    immediate,
+    namespace,
+    request_body_response,
+    request_headers_response,
+    with_metadata,
+    with_mode,
+)
+
+ANTHROPIC_PATH = "/v1/messages"
+_ASK_FOR_BODY = Mode(
+    request_header_mode=Mode.SEND,
+    request_body_mode=Mode.BUFFERED,
+    response_header_mode=Mode.SKIP,
+    response_body_mode=Mode.NONE,
+    request_trailer_mode=Mode.SKIP,
+    response_trailer_mode=Mode.SKIP,
+)
+_IMPACTS = {i.value: i for i in Impact}
+
+
+class DecideProcessor:
+    def __init__(self, sidecar: Sidecar) -> None:
+        self._sidecar = sidecar
+        self._policy = sidecar.policy
+        self._features: RequestFeatures | None = None
+        self._dialect = Dialect.OPENAI
+
+    def dispatch(self, request: ProcessingRequest) -> list[ProcessingResponse]:
+        kind = request.WhichOneof("request")
+        if kind == "request_headers":
+            return [self.request_headers(request)]
+        if kind == "request_body":
+            return [self.request_body(request)]
+        raise ValueError(f"decide does not process {kind}")
+
+    def wake_at(self) -> float | None:
+        return None
+
+    def on_wake(self) -> list[ProcessingResponse]:
+        return []
+
+    def request_headers(self, request: ProcessingRequest) -> ProcessingResponse:
+        policy = self._policy
+        wanted = frozenset(
+            {":path", "content-length", policy.tenant_header, policy.task_header, policy.impact_header}
+        )
+        headers = header_map(request.request_headers, wanted)
+        path = headers.get(":path", "").split("?", 1)[0]
+        self._dialect = Dialect.ANTHROPIC if path == ANTHROPIC_PATH else Dialect.OPENAI
+        fields = namespace(request, META_REQUEST)
+        model = fields.get("model")
+        if model == INVALID:
+            return self._refuse(Failure.CLIENT_ERROR, "the request body is not a valid JSON object", "invalid")
+        if not isinstance(model, str) or model == MISSING or not model:
+            return self._refuse(Failure.CLIENT_ERROR, "the request needs a JSON body with a 'model' field", "invalid")
+        task = headers.get(policy.task_header) or policy.default_task
+        if task not in policy.tasks:
+            task = policy.default_task
+        length = headers.get("content-length")
+        max_tokens = fields.get("max_tokens", fields.get("max_completion_tokens"))
+        self._features = RequestFeatures(
+            dialect=self._dialect,
+            model=model,
+            stream=fields.get("stream") is True,
+            json_mode=fields.get("response_format") in ("json_object", "json_schema"),
+            max_tokens=int(max_tokens) if isinstance(max_tokens, float) else None,
+            body_bytes=int(length) if length and length.isdigit() else None,
+            tenant=headers.get(policy.tenant_header) or policy.default_tenant,
+            task=task,
+            impact=_IMPACTS.get(headers.get(policy.impact_header, ""), policy.default_impact),
+        )
+        self._include_usage = fields.get("include_usage") is True
+        result = choose(policy, self._features)
+        if isinstance(result, NeedBody):
+            return with_mode(request_headers_response(), _ASK_FOR_BODY)
+        return self._answer(result, body_phase=False)
+
+    def request_body(self, request: ProcessingRequest) -> ProcessingResponse:
+        assert self._features is not None
+        try:
+            body = json.loads(request.request_body.body)
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            return self._refuse(Failure.CLIENT_ERROR, "the request body is not a valid JSON object", "invalid")
+        self._features = replace(self._features, has_tools=bool(body.get("tools")))
+        result = choose(self._policy, self._features)
+        assert not isinstance(result, NeedBody)
+        return self._answer(result, body_phase=True)
+
+    def _answer(self, result: Route | Refusal, *, body_phase: bool) -> ProcessingResponse:
+        f = self._features
+        assert f is not None
+        if isinstance(result, Refusal):
+            return self._refuse(result.failure, result.message, "refused", ladder="")
+        policy = self._policy
+        self._sidecar.metrics.decisions.labels(f.tenant, f.task, result.ladder, "routed").inc()
+        c = common(
+            {
+                CLUSTER_HEADER: result.cluster,
+                "x-envoy-max-retries": str(result.tries - 1),
+                "x-envoy-upstream-rq-per-try-timeout-ms": str(int(result.per_try_timeout_s * 1000)),
+            }
+        )
+        response = request_body_response(c) if body_phase else request_headers_response(c)
+        return with_metadata(
+            response,
+            META_DECISION,
+            {
+                "routed": True,
+                "cluster": result.cluster,
+                "ladder": result.ladder,
+                "rungs": ",".join(map(str, result.rungs)),
+                "tries": result.tries,
+                "per_try_ms": int(result.per_try_timeout_s * 1000),
+                "tenant": f.tenant,
+                "task": f.task,
+                "impact": f.impact.value,
+                "dialect": f.dialect.value,
+                "model": f.model,
+                "stream": f.stream,
+                "usage": self._include_usage,
+                "bytes": f.body_bytes or 0,
+                "policy": policy.version,
+                "skip": result.skip_reason.value if result.skip_reason else "",
+            },
+        )
+
+    def _refuse(self, failure: Failure, message: str, outcome: str, ladder: str = "") -> ProcessingResponse:
+        policy = self._policy
+        f = self._features
+        tenant = f.tenant if f else policy.default_tenant
+        task = f.task if f else policy.default_task
+        self._sidecar.metrics.decisions.labels(tenant, task, ladder, outcome).inc()
+        headers = {
+            "content-type": "application/json",
+            **flags(
+                served_by="rungway",
+                tier=None,
+                degraded=False,
+                reason=failure,
+                policy_version=policy.version,
+                attempts=0,
+            ),
+        }
+        status = 400
+        response = immediate(status, headers, render_error(self._dialect.value, failure, message))
+        # Marks the answer as already rendered, so Envoy's local-reply mappers leave it alone.
+        return with_metadata(response, META_DECISION, {"rendered": True, "tenant": tenant, "task": task})

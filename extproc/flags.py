@@ -1,0 +1,32 @@
+"""Client-visible flags: every response says who served it and whether it was degraded (A2)."""
+
+from __future__ import annotations
+
+from .taxonomy import Failure
+
+SERVED_BY = "x-rungway-served-by"
+TIER = "x-rungway-tier"
+DEGRADED = "x-rungway-degraded"
+REASON = "x-rungway-reason"
+POLICY_VERSION = "x-rungway-policy-version"
+ATTEMPTS = "x-rungway-attempts"
+NO_REASON = "none"
+
+
+def flags(
+    *,
+    served_by: str,
+    tier: int | None,
+    degraded: bool,
+    reason: Failure | None,
+    policy_version: str,
+    attempts: int,
+) -> dict[str, str]:
+    return {
+        SERVED_BY: served_by,
+        TIER: "none" if tier is None else str(tier),
+        DEGRADED: "true" if degraded else "false",
+        REASON: reason.value if reason is not None else NO_REASON,
+        POLICY_VERSION: policy_version,
+        ATTEMPTS: str(attempts),
+    }
