@@ -168,6 +168,10 @@ class AttemptProcessor:
             self._count_trip_of(record, previous, requested)
         skip = decision.get("skip")
         self._why: Failure | None = record.first_failure or previous or (Failure(skip) if isinstance(skip, str) and skip else None)
+        if self._why is None and self._position.rung != self._position.order[0]:
+            # Envoy skipped the rungs before this one without trying them: its outlier
+            # detection ejected them after consecutive 5xx answers.
+            self._why = Failure.SERVER_ERROR
 
         self._translate = self._client.wire is not self._provider.dialect.wire
         may_strip = self._rung.strip_tools and Capability.TOOLS not in self._provider.capabilities

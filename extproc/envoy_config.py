@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .ladder import cluster_name, orderings
-from .policy import Dialect, Policy, Provider
+from .policy import Dialect, Ejection, Policy, Provider
 from .taxonomy import Failure
 
 CLUSTER_HEADER = "x-rungway-cluster"
@@ -61,10 +61,11 @@ def render(policy: Policy, settings: EnvoySettings) -> dict[str, Any]:
                     policy.providers[rung.provider],
                     slots=rung.attempts,
                     metadata={"ladder": ladder, "rung": i},
+                    ejection=policy.envoy_ejection,
                 )
             )
     for name, provider in policy.providers.items():
-        clusters.append(_provider_cluster(direct_cluster(name), provider, slots=1, metadata=None))
+        clusters.append(_provider_cluster(direct_cluster(name), provider, slots=1, metadata=None, ejection=None))
     for ladder, order in orderings(policy):
         for stream in (False, True):
             clusters.append(_aggregate_cluster(ladder, order, stream, settings))
@@ -270,6 +271,9 @@ def _decide_filter(settings: EnvoySettings) -> dict[str, Any]:
         # Re-resolve the route after decide's answer (only acts when the answer also mutates
         # headers, which decide's always does).
         "route_cache_action": "CLEAR",
+        # x-envoy-max-retries and the per-try timeout header are Envoy headers: without this
+        # Envoy drops decide's mutation of them silently (rejected_header_mutations).
+        "mutation_rules": {"allow_envoy": True},
         "message_timeout": _seconds(settings.message_timeout_s),
         "metadata_options": {
             "forwarding_namespaces": {"untyped": [META_REQUEST]},
@@ -309,7 +313,7 @@ def _attempt_filter(stream: bool, settings: EnvoySettings) -> dict[str, Any]:
                 "forwarding_namespaces": {"untyped": [META_DECISION, META_TRIP]},
                 "receiving_namespaces": {"untyped": [META_TRIP]},
             },
-            "mutation_rules": {"allow_all_routing": True},
+            "mutation_rules": {"allow_all_routing": True, "allow_envoy": True},
         },
     }
 
@@ -357,7 +361,9 @@ def _is_ip(host: str) -> bool:
     return True
 
 
-def _provider_cluster(name: str, provider: Provider, *, slots: int, metadata: dict[str, Any] | None) -> dict[str, Any]:
+def _provider_cluster(
+    name: str, provider: Provider, *, slots: int, metadata: dict[str, Any] | None, ejection: Ejection | None
+) -> dict[str, Any]:
     """One child cluster; a rung with `attempts: n` lists its endpoint at n priorities, so
     Envoy's previous_priorities retry walks the same provider n times before moving on."""
     priorities = []
@@ -374,15 +380,17 @@ def _provider_cluster(name: str, provider: Provider, *, slots: int, metadata: di
         "connect_timeout": _seconds(provider.connect_timeout_s),
         "load_assignment": {"cluster_name": name, "endpoints": priorities},
         "typed_extension_protocol_options": _http_options(),
-        # Envoy's passive breaker: the fast, dumb first line under Rungway's own health view.
-        "outlier_detection": {
-            "consecutive_5xx": 5,
-            "interval": "5s",
-            "base_ejection_time": "15s",
-            "max_ejection_percent": 100,
-        },
         "circuit_breakers": {"thresholds": [{"max_connections": 4096, "max_pending_requests": 4096, "max_requests": 4096, "max_retries": 1024}]},
     }
+    if ejection is not None:
+        # Envoy's passive breaker: the fast, dumb first line under Rungway's own health view.
+        cluster["outlier_detection"] = {
+            "consecutive_5xx": ejection.consecutive_5xx,
+            "interval": "1s",
+            "base_ejection_time": _seconds(ejection.base_ejection_s),
+            "max_ejection_percent": 100,
+            "consecutive_gateway_failure": ejection.consecutive_5xx,
+        }
     if not _is_ip(provider.host):
         cluster["dns_lookup_family"] = "V4_PREFERRED"
     if provider.tls:

@@ -188,6 +188,14 @@ class ModelRoute(_Frozen):
         return fnmatch.fnmatchcase(model, self.match) if self.is_glob else model == self.match
 
 
+class Ejection(_Frozen):
+    """Envoy's outlier detection: the fast, dumb first line. After this many 5xx in a row
+    (flipped validation failures included) a rung's endpoint is skipped for a while."""
+
+    consecutive_5xx: int = Field(5, ge=1, le=1000)
+    base_ejection_s: float = Field(15.0, gt=0, le=3600)
+
+
 class FailOpen(_Frozen):
     """Where a request goes untranslated when the sidecar is down and failure_mode_allow is on."""
 
@@ -224,6 +232,8 @@ class Policy(_Frozen):
     ladders: dict[str, Ladder] = Field(min_length=1)
     models: list[ModelRoute] = Field(min_length=1)
     fail_open: FailOpen = FailOpen()
+    # None turns Envoy's ejection off (Rungway's own circuits still apply).
+    envoy_ejection: Ejection | None = Ejection()
 
     @field_validator("tenant_header", "task_header", "impact_header")
     @classmethod

@@ -1,0 +1,190 @@
+"""A real Rungway stack for end-to-end tests: mock providers on their own event-loop thread,
+and `rungway up` (real Envoy + real sidecar workers) as a subprocess on free ports."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Coroutine, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import anthropic
+import httpx2 as httpx
+import openai
+import yaml
+
+from extproc.demo.mock_provider import MockProvider
+
+REPO = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
+APP_KEY = "sk-app-own-key"
+
+
+class MockThread:
+    """Mock providers serve from a background event loop so tests can use the sync SDKs."""
+
+    def __init__(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="mocks", daemon=True)
+        self._thread.start()
+        self._providers: list[MockProvider] = []
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout=30)
+
+    def provider(self, name: str, dialect: str, **kwargs: Any) -> MockProvider:
+        mock = MockProvider(name, dialect, **kwargs)  # type: ignore[arg-type]
+        self.run(mock.start())
+        self._providers.append(mock)
+        return mock
+
+    def close(self) -> None:
+        for mock in self._providers:
+            self.run(mock.stop())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        self._loop.close()
+
+
+class Stack:
+    """`rungway up` on a policy, with helpers to reach it and read what Envoy logged."""
+
+    def __init__(
+        self,
+        policy: dict[str, Any],
+        *,
+        workers: int = 1,
+        fail_closed: bool = False,
+        restart: bool = True,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="rungway-test-"))
+        self.policy_path = self.dir / "policy.yaml"
+        self.policy_path.write_text(yaml.safe_dump(policy, sort_keys=False))
+        self.access_log = self.dir / "access.log"
+        self.state_path = self.dir / "state.json"
+        self._log = open(self.dir / "up.log", "wb")  # noqa: SIM115 - closed in stop()
+        cmd = [
+            sys.executable, "-m", "extproc.cli", "up",
+            "--policy", str(self.policy_path),
+            "--listen", "127.0.0.1:0",
+            "--admin", "127.0.0.1:0",
+            "--workers", str(workers),
+            "--access-log", str(self.access_log),
+            "--state-file", str(self.state_path),
+            "--log-level", "warning",
+        ]  # fmt: skip
+        if fail_closed:
+            cmd.append("--fail-closed")
+        if not restart:
+            cmd.append("--no-restart")
+        self.process = subprocess.Popen(
+            cmd, cwd=REPO, env={**os.environ, **(env or {})}, stdout=self._log, stderr=subprocess.STDOUT
+        )
+        try:
+            self.state = self._await_state()
+        except BaseException:
+            self.stop()
+            raise
+        self.port = int(self.state["listen_port"])
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.admin_url = f"http://127.0.0.1:{self.state['admin_port']}"
+        self.envoy_admin_url = f"http://127.0.0.1:{self.state['envoy_admin_port']}"
+        self._log_offset = 0
+
+    def _await_state(self, timeout: float = 60.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"rungway up exited ({self.process.returncode}): {self.output()}")
+            if self.state_path.exists():
+                state: dict[str, Any] = json.loads(self.state_path.read_text())
+                return state
+            time.sleep(0.05)
+        raise RuntimeError(f"rungway up did not start: {self.output()}")
+
+    def refresh_state(self) -> dict[str, Any]:
+        self.state = json.loads(self.state_path.read_text())
+        return self.state
+
+    def output(self) -> str:
+        self._log.flush()
+        return (self.dir / "up.log").read_text(errors="replace")[-4000:]
+
+    def openai(self, **kwargs: Any) -> openai.OpenAI:
+        return openai.OpenAI(base_url=self.base_url + "/v1", api_key=APP_KEY, max_retries=0, timeout=30, **kwargs)
+
+    def anthropic(self, **kwargs: Any) -> anthropic.Anthropic:
+        return anthropic.Anthropic(base_url=self.base_url, api_key=APP_KEY, max_retries=0, timeout=30, **kwargs)
+
+    def post(self, path: str, body: bytes | str | dict[str, Any], headers: dict[str, str] | None = None) -> httpx.Response:
+        data = json.dumps(body).encode() if isinstance(body, dict) else body
+        hdrs = {"content-type": "application/json", **(headers or {})}
+        with httpx.Client(timeout=30) as client:
+            return client.post(self.base_url + path, content=data, headers=hdrs)
+
+    def access_entries(self) -> list[dict[str, Any]]:
+        if not self.access_log.exists():
+            return []
+        entries = []
+        for line in self.access_log.read_text().splitlines():
+            with contextlib.suppress(ValueError):
+                entries.append(json.loads(line))
+        return entries
+
+    def new_access_entries(self) -> list[dict[str, Any]]:
+        entries = self.access_entries()
+        fresh = entries[self._log_offset :]
+        self._log_offset = len(entries)
+        return fresh
+
+    def metrics(self) -> str:
+        with httpx.Client(timeout=10) as client:
+            return client.get(self.admin_url + "/metrics").text
+
+    def kill_workers(self) -> None:
+        for pid in self.refresh_state()["worker_pids"]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+
+
+def provider_entry(mock: MockProvider, **extra: Any) -> dict[str, Any]:
+    return {"base_url": mock.url, "dialect": mock.dialect, **extra}
+
+
+@contextlib.contextmanager
+def running(policy: dict[str, Any], **kwargs: Any) -> Iterator[Stack]:
+    stack = Stack(policy, **kwargs)
+    try:
+        yield stack
+    finally:
+        stack.stop()
+
+
+def envoy_errors(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """5xx answers Envoy generated itself (not a provider's, not one Rungway rendered)."""
+    out = []
+    for entry in entries:
+        code = entry.get("code")
+        if isinstance(code, int) and code >= 500 and entry.get("details") != "via_upstream":
+            out.append(entry)
+    return out
