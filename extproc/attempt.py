@@ -177,7 +177,7 @@ class AttemptProcessor:
         may_strip = self._rung.strip_tools and Capability.TOOLS not in self._provider.capabilities
         self._needs_body = self._translate or self._model != requested or may_strip
 
-        set_headers = {":path": self._provider.chat_path(), **self._credential_headers()}
+        set_headers = {":path": self._provider.chat_path(), **self._credential_headers(decision)}
         remove = list(_scrub_list(policy))
         if self._needs_body:
             remove.append("content-length")  # set again with the rewritten body
@@ -196,12 +196,15 @@ class AttemptProcessor:
             with_mode(response, _NO_REQUEST_BODY)
         return [response]
 
-    def _credential_headers(self) -> dict[str, str]:
+    def _credential_headers(self, decision: dict[str, str | float | bool]) -> dict[str, str]:
         provider = self._provider
         key = self._sidecar.keys.get(self._provider_name)
         headers: dict[str, str] = {}
         if provider.dialect.wire is Dialect.ANTHROPIC:
-            headers["anthropic-version"] = _ANTHROPIC_VERSION
+            # An Anthropic client's own API version and betas carry over to Anthropic rungs.
+            headers["anthropic-version"] = str(decision.get("av") or _ANTHROPIC_VERSION)
+            if decision.get("ab"):
+                headers["anthropic-beta"] = str(decision["ab"])
             if key is not None:
                 headers["x-api-key"] = key.get_secret_value()
         elif key is not None:

@@ -49,6 +49,8 @@ class DecideProcessor:
         self._policy = sidecar.policy
         self._features: RequestFeatures | None = None
         self._dialect = Dialect.OPENAI
+        self._include_usage = False
+        self._anthropic: dict[str, str] = {}
 
     def dispatch(self, request: ProcessingRequest) -> list[ProcessingResponse]:
         kind = request.WhichOneof("request")
@@ -67,7 +69,15 @@ class DecideProcessor:
     def request_headers(self, request: ProcessingRequest) -> ProcessingResponse:
         policy = self._policy
         wanted = frozenset(
-            {":path", "content-length", policy.tenant_header, policy.task_header, policy.impact_header}
+            {
+                ":path",
+                "content-length",
+                "anthropic-version",
+                "anthropic-beta",
+                policy.tenant_header,
+                policy.task_header,
+                policy.impact_header,
+            }
         )
         headers = header_map(request.request_headers, wanted)
         path = headers.get(":path", "").split("?", 1)[0]
@@ -95,6 +105,11 @@ class DecideProcessor:
             impact=_IMPACTS.get(headers.get(policy.impact_header, ""), policy.default_impact),
         )
         self._include_usage = fields.get("include_usage") is True
+        # An Anthropic client's API version and betas, for rungs that speak Anthropic too
+        # (the attempt filter scrubs provider headers on every try).
+        self._anthropic = {
+            key: headers[name] for key, name in (("av", "anthropic-version"), ("ab", "anthropic-beta")) if name in headers
+        }
         result = choose(policy, self._features)
         if isinstance(result, NeedBody):
             return with_mode(request_headers_response(), _ASK_FOR_BODY)
@@ -148,6 +163,7 @@ class DecideProcessor:
                 "bytes": f.body_bytes or 0,
                 "policy": policy.version,
                 "skip": result.skip_reason.value if result.skip_reason else "",
+                **(self._anthropic if f.dialect is Dialect.ANTHROPIC else {}),
             },
         )
 

@@ -100,6 +100,8 @@ class Stack:
         self.admin_url = f"http://127.0.0.1:{self.state['admin_port']}"
         self.envoy_admin_url = f"http://127.0.0.1:{self.state['envoy_admin_port']}"
         self._log_offset = 0
+        self._openai: openai.OpenAI | None = None
+        self._anthropic: anthropic.Anthropic | None = None
 
     def _await_state(self, timeout: float = 60.0) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
@@ -120,11 +122,16 @@ class Stack:
         self._log.flush()
         return (self.dir / "up.log").read_text(errors="replace")[-4000:]
 
-    def openai(self, **kwargs: Any) -> openai.OpenAI:
-        return openai.OpenAI(base_url=self.base_url + "/v1", api_key=APP_KEY, max_retries=0, timeout=30, **kwargs)
+    def openai(self) -> openai.OpenAI:
+        """The official OpenAI SDK pointed at Envoy, as an unchanged app would be."""
+        if self._openai is None:
+            self._openai = openai.OpenAI(base_url=self.base_url + "/v1", api_key=APP_KEY, max_retries=0, timeout=30)
+        return self._openai
 
-    def anthropic(self, **kwargs: Any) -> anthropic.Anthropic:
-        return anthropic.Anthropic(base_url=self.base_url, api_key=APP_KEY, max_retries=0, timeout=30, **kwargs)
+    def anthropic(self) -> anthropic.Anthropic:
+        if self._anthropic is None:
+            self._anthropic = anthropic.Anthropic(base_url=self.base_url, api_key=APP_KEY, max_retries=0, timeout=30)
+        return self._anthropic
 
     def post(self, path: str, body: bytes | str | dict[str, Any], headers: dict[str, str] | None = None) -> httpx.Response:
         data = json.dumps(body).encode() if isinstance(body, dict) else body
@@ -157,6 +164,9 @@ class Stack:
                 os.kill(pid, signal.SIGKILL)
 
     def stop(self) -> None:
+        for client in (getattr(self, "_openai", None), getattr(self, "_anthropic", None)):
+            if client is not None:
+                client.close()
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:

@@ -1,0 +1,88 @@
+"""What clients see when the sidecar itself is down: fail-open and fail-closed, both explicit."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import openai
+import pytest
+
+from tests.conftest import KEY_ENV, PRIMARY_KEY, Fleet
+from tests.stack import APP_KEY, Stack, running
+
+pytestmark = pytest.mark.e2e
+HI = [{"role": "user", "content": "hi"}]
+
+
+@pytest.fixture
+def fresh(fleet: Fleet) -> Iterator[Fleet]:
+    fleet.reset()
+    yield fleet
+    fleet.reset()
+
+
+def wait_until(predicate: object, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_fail_open_sends_requests_untranslated_to_the_dialects_primary(fresh: Fleet, tmp_path: Path) -> None:
+    with running(fresh.policy(tmp_path), env=KEY_ENV, restart=False) as stack:
+        assert stack.openai().chat.completions.create(model="gpt-4o", messages=HI).model == "gpt-4o"
+        stack.kill_workers()
+        # Give Envoy's gRPC health check a moment: it does not matter for correctness (a
+        # refused stream also fails open), only for which counter moves.
+        time.sleep(0.5)
+        raw = stack.openai().chat.completions.with_raw_response.create(model="gpt-4o", messages=HI)
+        assert raw.status_code == 200
+        assert raw.parse().model == "gpt-4o"
+        # No sidecar, so no flags and no key injection: the app's own key goes to the provider
+        # it was written for, never to another one.
+        assert "x-rungway-served-by" not in raw.headers
+        sent = fresh.primary.requests[-1]
+        assert sent.headers["authorization"] == f"Bearer {APP_KEY}"
+        message = stack.anthropic().messages.create(model="claude-sonnet", max_tokens=50, messages=HI)
+        assert message.model == "claude-sonnet"
+        sent = fresh.secondary.requests[-1]
+        assert APP_KEY in (sent.headers.get("x-api-key"), sent.headers.get("authorization", "").removeprefix("Bearer "))
+        # Fail-open means no fallback: a failing primary is now the client's failure.
+        fresh.primary.set_mode("status:503")
+        with pytest.raises(openai.InternalServerError):
+            stack.openai().chat.completions.create(model="gpt-4o", messages=HI)
+        assert not fresh.small.requests
+
+
+def test_fail_closed_answers_503_in_the_clients_dialect(fresh: Fleet, tmp_path: Path) -> None:
+    with running(fresh.policy(tmp_path), env=KEY_ENV, restart=False, fail_closed=True) as stack:
+        stack.kill_workers()
+        time.sleep(0.5)
+        response = stack.post("/v1/chat/completions", {"model": "gpt-4o", "messages": HI})
+        assert response.status_code == 503
+        assert response.json()["error"]["type"] == "server_error"
+        response = stack.post("/v1/messages", {"model": "claude-x", "max_tokens": 5, "messages": HI})
+        assert response.status_code == 503
+        assert response.json()["error"]["type"] == "overloaded_error"
+        assert not fresh.primary.requests and not fresh.secondary.requests
+
+
+def test_a_killed_worker_is_restarted_and_traffic_resumes(fresh: Fleet, tmp_path: Path) -> None:
+    with running(fresh.policy(tmp_path), env=KEY_ENV, workers=2, fail_closed=True) as stack:
+        before = stack.refresh_state()["worker_pids"]
+        stack.kill_workers()
+        assert wait_until(lambda: set(stack.refresh_state()["worker_pids"]).isdisjoint(before))
+
+        def serves() -> bool:
+            response = stack.post("/v1/chat/completions", {"model": "gpt-4o", "messages": HI})
+            return response.status_code == 200 and response.headers.get("x-rungway-served-by") == "primary/gpt-4o"
+
+        assert wait_until(serves, timeout=15)
+        # Both workers take traffic again (Envoy round-robins over them).
+        for _ in range(6):
+            assert serves()
+        assert fresh.primary.requests[-1].headers["authorization"] == f"Bearer {PRIMARY_KEY}"
