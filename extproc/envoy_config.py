@@ -72,8 +72,16 @@ def render(policy: Policy, settings: EnvoySettings) -> dict[str, Any]:
     return {
         "node": {"id": "rungway", "cluster": "rungway"},
         "admin": {"address": _addr(settings.admin_address, settings.admin_port)},
-        "layered_runtime": {
-            "layers": [{"name": "static", "static_layer": {"overload.global_downstream_max_connections": 50000}}]
+        "overload_manager": {
+            "resource_monitors": [
+                {
+                    "name": "envoy.resource_monitors.global_downstream_max_connections",
+                    "typed_config": {
+                        "@type": _ANY + "envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig",
+                        "max_active_downstream_connections": 50000,
+                    },
+                }
+            ]
         },
         "static_resources": {"listeners": [_listener(policy, settings)], "clusters": clusters},
     }
