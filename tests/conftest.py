@@ -45,7 +45,12 @@ class Fleet:
             "providers": {
                 "primary": provider_entry(self.primary, credential={"env": "RW_TEST_PRIMARY_KEY"}, context_window=8000),
                 "secondary": provider_entry(self.secondary, credential={"env": "RW_TEST_SECONDARY_KEY"}, context_window=200000),
-                "small": provider_entry(self.small, credential={"file": str(key_file)}, context_window=4000),
+                "small": provider_entry(
+                    self.small,
+                    credential={"file": str(key_file)},
+                    context_window=4000,
+                    capabilities=["streaming", "json_mode"],  # no tool calling
+                ),
                 # Nothing listens here: every try is a connection failure.
                 "dead": {"base_url": f"http://127.0.0.1:{free_port()}", "dialect": "openai"},
             },
@@ -54,8 +59,9 @@ class Fleet:
                 "main": [
                     {"provider": "primary", "timeout_s": 2},
                     {"provider": "secondary", "model": "claude-fallback"},
-                    {"provider": "small", "model": "small-model"},
+                    {"provider": "small", "model": "small-model", "strip_tools": True},
                 ],
+                "no_tools_fallback": [{"provider": "primary"}, {"provider": "small", "model": "small-model"}],
                 "claude": [
                     {"provider": "secondary", "timeout_s": 2},
                     {"provider": "primary", "model": "gpt-fallback"},
@@ -68,6 +74,7 @@ class Fleet:
                 {"match": "claude-*", "ladder": "claude"},
                 {"match": "dead-*", "ladder": "dead_first"},
                 {"match": "retry-*", "ladder": "retry_same"},
+                {"match": "notools-*", "ladder": "no_tools_fallback"},
             ],
         }
         policy.update(overrides)

@@ -1,0 +1,96 @@
+"""Capability matrix for tools, the CLI a platform engineer uses, and the `make run` demo."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import openai
+import pytest
+import yaml
+
+from extproc.supervisor import envoy_binary
+from tests.conftest import Fleet
+from tests.stack import REPO, Stack
+
+pytestmark = pytest.mark.e2e
+HI = [{"role": "user", "content": "hi"}]
+TOOLS = [{"type": "function", "function": {"name": "issue_refund", "parameters": {"type": "object", "properties": {}}}}]
+
+
+def test_a_rung_without_tool_support_is_skipped_for_requests_with_tools(clean: Stack, fleet: Fleet) -> None:
+    fleet.primary.set_mode("status:503")
+    with pytest.raises(openai.InternalServerError) as info:
+        clean.openai().chat.completions.create(model="notools-x", messages=HI, tools=TOOLS)  # type: ignore[arg-type]
+    assert info.value.response.headers["x-rungway-attempts"] == "1"
+    assert not fleet.small.requests
+    # Without tools the same ladder may use it.
+    completion = clean.openai().chat.completions.create(model="notools-x", messages=HI)
+    assert completion.model == "small-model"
+
+
+def test_a_strip_tools_rung_serves_without_the_tools_and_says_so(clean: Stack, fleet: Fleet) -> None:
+    fleet.primary.set_mode("status:503")
+    fleet.secondary.set_mode("status:529")
+    raw = clean.openai().chat.completions.with_raw_response.create(model="gpt-4o", messages=HI, tools=TOOLS)  # type: ignore[arg-type]
+    assert raw.headers["x-rungway-served-by"] == "small/small-model"
+    assert raw.headers["x-rungway-degraded"] == "true"
+    sent = fleet.small.requests[-1].json
+    assert "tools" not in sent and sent["model"] == "small-model"
+    # The rungs before it did get the tools.
+    assert fleet.primary.requests[-1].json["tools"][0]["function"]["name"] == "issue_refund"
+    assert fleet.secondary.requests[-1].json["tools"][0]["name"] == "issue_refund"
+
+
+def rungway(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "extproc.cli", *args], cwd=REPO, capture_output=True, text=True, timeout=120)
+
+
+def test_policy_check_reports_field_level_errors(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        yaml.safe_dump(
+            {
+                "version": "v1",
+                "providers": {"a": {"base_url": "ftp://x", "dialect": "openai", "colour": "red"}},
+                "ladders": {"main": [{"provider": "b"}]},
+                "models": [{"match": "*", "ladder": "main"}],
+            }
+        )
+    )
+    result = rungway("policy", "check", str(bad))
+    assert result.returncode == 1
+    assert "providers.a.base_url: base_url must be an http(s) URL with a host, but was 'ftp://x'" in result.stderr
+    assert "providers.a.colour: unknown field" in result.stderr
+    ok = rungway("policy", "check", str(REPO / "policies" / "example.yaml"))
+    assert ok.returncode == 0 and "OK" in ok.stdout
+
+
+def test_policy_check_names_yaml_syntax_errors_by_line(tmp_path: Path) -> None:
+    bad = tmp_path / "broken.yaml"
+    bad.write_text("version: v1\nproviders: [\n")
+    result = rungway("policy", "check", str(bad))
+    assert result.returncode == 1 and "line" in result.stderr
+
+
+def test_envoy_config_renders_a_bootstrap_envoy_accepts(tmp_path: Path) -> None:
+    out = tmp_path / "envoy.yaml"
+    result = rungway("envoy-config", "--policy", str(REPO / "policies" / "example.yaml"), "--extproc-port", "50051", "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    check = subprocess.run([envoy_binary(), "--mode", "validate", "-c", str(out)], capture_output=True, text=True, timeout=60)
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_up_refuses_to_start_without_provider_keys(tmp_path: Path) -> None:
+    result = rungway("up", "--policy", str(REPO / "policies" / "example.yaml"), "--listen", "127.0.0.1:0")
+    assert result.returncode == 1
+    assert "OPENAI_API_KEY" in result.stderr and "ANTHROPIC_API_KEY" in result.stderr
+
+
+def test_make_run_demo_shows_a_fallback() -> None:
+    result = rungway("demo", "--no-wait", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "served-by=openai-primary/gpt-4o  tier=0  degraded=false" in result.stdout
+    assert "served-by=anthropic-backup/claude-sonnet-4-5  tier=1  degraded=true  reason=server_error" in result.stdout
+    assert "reason=schema_error" in result.stdout and "streamed:" in result.stdout
