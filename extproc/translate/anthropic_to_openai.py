@@ -55,11 +55,7 @@ def _system(raw: object) -> str:
     texts = []
     for i, block in enumerate(raw):
         text = block.get("text") if isinstance(block, dict) else None
-        if (
-            not isinstance(block, dict)
-            or block.get("type") != "text"
-            or not isinstance(text, str)
-        ):
+        if not isinstance(block, dict) or block.get("type") != "text" or not isinstance(text, str):
             raise TranslationError(f"system[{i}] must be a text block")
         if text:
             texts.append(text)
@@ -86,9 +82,7 @@ def _image_part(block: dict[str, Any], where: str) -> dict[str, Any]:
             }
         if kind == "url" and isinstance(source.get("url"), str):
             return {"type": "image_url", "image_url": {"url": source["url"]}}
-    raise TranslationError(
-        f"{where}: only base64 and url image sources can be sent to an OpenAI model"
-    )
+    raise TranslationError(f"{where}: only base64 and url image sources can be sent to an OpenAI model")
 
 
 def _document_part(block: dict[str, Any], where: str) -> dict[str, Any]:
@@ -102,9 +96,7 @@ def _document_part(block: dict[str, Any], where: str) -> dict[str, Any]:
         file = {"filename": _str(block.get("title")) or "document.pdf"}
         file["file_data"] = _base64_source(source, where)
         return {"type": "file", "file": file}
-    raise TranslationError(
-        f"{where}: only inline PDF and plain-text documents can be sent to an OpenAI model"
-    )
+    raise TranslationError(f"{where}: only inline PDF and plain-text documents can be sent to an OpenAI model")
 
 
 def _tool_message(block: dict[str, Any], where: str) -> dict[str, Any]:
@@ -118,14 +110,8 @@ def _tool_message(block: dict[str, Any], where: str) -> dict[str, Any]:
         parts = []
         for i, inner in enumerate(content):
             text = inner.get("text") if isinstance(inner, dict) else None
-            if (
-                not isinstance(inner, dict)
-                or inner.get("type") != "text"
-                or not isinstance(text, str)
-            ):
-                raise TranslationError(
-                    f"{where}.content[{i}]: an OpenAI model accepts only text in tool results"
-                )
+            if not isinstance(inner, dict) or inner.get("type") != "text" or not isinstance(text, str):
+                raise TranslationError(f"{where}.content[{i}]: an OpenAI model accepts only text in tool results")
             parts.append({"type": "text", "text": text})
         content = parts[0]["text"] if len(parts) == 1 else parts
     elif not isinstance(content, str):
@@ -155,9 +141,7 @@ def _user_messages(content: list[Any], where: str) -> list[dict[str, Any]]:
         elif kind == "document":
             parts.append(_document_part(block, at))
         else:
-            raise TranslationError(
-                f"{at}: block type {kind!r} cannot be sent to an OpenAI model"
-            )
+            raise TranslationError(f"{at}: block type {kind!r} cannot be sent to an OpenAI model")
     if not parts:
         return tool_messages
     if len(parts) == 1 and parts[0]["type"] == "text":
@@ -191,9 +175,7 @@ def _assistant_message(content: list[Any], where: str) -> dict[str, Any]:
         elif kind not in ("thinking", "redacted_thinking"):
             # Earlier thinking is the model's own scratch work: dropping it loses nothing the
             # OpenAI model could use. Anything else would change what the conversation says.
-            raise TranslationError(
-                f"{at}: block type {kind!r} cannot be sent to an OpenAI model"
-            )
+            raise TranslationError(f"{at}: block type {kind!r} cannot be sent to an OpenAI model")
     message: dict[str, Any] = {
         "role": "assistant",
         "content": "".join(texts) if texts or not tool_calls else None,
@@ -208,9 +190,7 @@ def _messages(raw: object, system: str) -> list[dict[str, Any]]:
         raise TranslationError("messages must be a list")
     if not raw:
         raise TranslationError("messages must hold at least one message")
-    out: list[dict[str, Any]] = (
-        [{"role": "system", "content": system}] if system else []
-    )
+    out: list[dict[str, Any]] = [{"role": "system", "content": system}] if system else []
     for i, message in enumerate(raw):
         where = f"messages[{i}]"
         if not isinstance(message, dict):
@@ -218,15 +198,11 @@ def _messages(raw: object, system: str) -> list[dict[str, Any]]:
         role = message.get("role")
         content = message.get("content")
         if role not in ("user", "assistant"):
-            raise TranslationError(
-                f"{where}.role must be 'user' or 'assistant', but was {role!r}"
-            )
+            raise TranslationError(f"{where}.role must be 'user' or 'assistant', but was {role!r}")
         if isinstance(content, str):
             out.append({"role": role, "content": content})
         elif not isinstance(content, list):
-            raise TranslationError(
-                f"{where}.content must be a string or a list of blocks"
-            )
+            raise TranslationError(f"{where}.content must be a string or a list of blocks")
         elif role == "user":
             out.extend(_user_messages(content, where))
         else:
@@ -244,8 +220,7 @@ def _tools(raw: object) -> list[dict[str, Any]]:
             raise TranslationError(f"{where} must be an object")
         if tool.get("type", "custom") != "custom":
             raise TranslationError(
-                f"{where}: Anthropic server tool {tool.get('type')!r} is not available "
-                "from an OpenAI model"
+                f"{where}: Anthropic server tool {tool.get('type')!r} is not available from an OpenAI model"
             )
         name = tool.get("name")
         schema = tool.get("input_schema")
@@ -272,9 +247,7 @@ def _tool_choice(raw: object) -> tuple[object, bool]:
         "none",
         "tool",
     ):
-        raise TranslationError(
-            "tool_choice.type must be 'auto', 'any', 'none' or 'tool'"
-        )
+        raise TranslationError("tool_choice.type must be 'auto', 'any', 'none' or 'tool'")
     kind = raw["type"]
     no_parallel = raw.get("disable_parallel_tool_use") is True
     if kind == "tool":
@@ -292,10 +265,7 @@ def _response_format(output_config: object) -> dict[str, Any] | None:
     if output_format is None:
         return None
     schema = output_format.get("schema") if isinstance(output_format, dict) else None
-    if (
-        not isinstance(output_format, dict)
-        or output_format.get("type") != "json_schema"
-    ):
+    if not isinstance(output_format, dict) or output_format.get("type") != "json_schema":
         raise TranslationError("output_config.format.type must be 'json_schema'")
     if not isinstance(schema, dict):
         raise TranslationError("output_config.format.schema must be an object")
@@ -305,14 +275,8 @@ def _response_format(output_config: object) -> dict[str, Any] | None:
 def _sampling(body: dict[str, Any], out: dict[str, Any]) -> None:
     max_tokens = body.get("max_tokens")
     if max_tokens is not None:
-        if (
-            not isinstance(max_tokens, int)
-            or isinstance(max_tokens, bool)
-            or max_tokens < 1
-        ):
-            raise TranslationError(
-                f"max_tokens must be a positive integer, but was {max_tokens!r}"
-            )
+        if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
+            raise TranslationError(f"max_tokens must be a positive integer, but was {max_tokens!r}")
         # max_tokens is refused by OpenAI's reasoning models; max_completion_tokens is accepted by all.
         out["max_completion_tokens"] = max_tokens
     for field in ("temperature", "top_p"):
@@ -392,14 +356,8 @@ def _tool_input(arguments: object) -> dict[str, Any]:
 def _content_text(content: object) -> str:
     if isinstance(content, str):
         return content
-    if isinstance(
-        content, list
-    ):  # some OpenAI-compatible servers answer with text parts
-        return "".join(
-            part["text"]
-            for part in content
-            if isinstance(part, dict) and isinstance(part.get("text"), str)
-        )
+    if isinstance(content, list):  # some OpenAI-compatible servers answer with text parts
+        return "".join(part["text"] for part in content if isinstance(part, dict) and isinstance(part.get("text"), str))
     return ""
 
 
@@ -426,9 +384,7 @@ def response(body: dict[str, Any], model: str) -> dict[str, Any]:
         raise TranslationError("the provider's answer is not a chat completion")
     message: dict[str, Any] = choice["message"]
     content: list[dict[str, Any]] = []
-    text = _content_text(message.get("content")) or _content_text(
-        message.get("refusal")
-    )
+    text = _content_text(message.get("content")) or _content_text(message.get("refusal"))
     if text:
         content.append({"type": "text", "text": text})
     tool_calls = message.get("tool_calls")

@@ -160,9 +160,7 @@ def _mentions(error: ProviderError | None, phrases: tuple[str, ...]) -> bool:
 
 def classify(dialect: str, status: int, error: ProviderError | None) -> Failure | None:
     """Classify a provider's answer; None when it is not a failure (2xx)."""
-    del (
-        dialect
-    )  # providers of both dialects are read the same way (see parse_provider_error)
+    del dialect  # providers of both dialects are read the same way (see parse_provider_error)
     if 200 <= status < 300:
         return None
     code = error.code if error is not None else None

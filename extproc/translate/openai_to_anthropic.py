@@ -17,13 +17,11 @@ from typing import Any, Final
 from extproc.translate.errors import TranslationError
 from extproc.translate.stream import finish_from_anthropic
 
-DEFAULT_MAX_TOKENS: Final = (
-    4096  # Anthropic requires max_tokens; OpenAI clients may omit it
+DEFAULT_MAX_TOKENS: Final = 4096  # Anthropic requires max_tokens; OpenAI clients may omit it
+_IMAGE_MEDIA_TYPES: Final = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
+_JSON_OBJECT_INSTRUCTION: Final = (
+    "Respond with a single JSON object and nothing else: no prose before or after it, no code fences."
 )
-_IMAGE_MEDIA_TYPES: Final = frozenset(
-    {"image/jpeg", "image/png", "image/gif", "image/webp"}
-)
-_JSON_OBJECT_INSTRUCTION: Final = "Respond with a single JSON object and nothing else: no prose before or after it, no code fences."
 _JSON_SCHEMA_INSTRUCTION: Final = (
     "Respond with a single JSON object that conforms to the JSON schema below, and nothing else: "
     "no prose before or after it, no code fences.\nJSON schema: "
@@ -58,11 +56,9 @@ def _text_parts(content: object, where: str) -> list[dict[str, Any]]:
     if content is None:
         return []
     if isinstance(content, str):
-        return [_text_block(content)] if content else []
+        return [_text_block(content)] if content.strip() else []
     if not isinstance(content, list):
-        raise TranslationError(
-            f"{where}.content must be a string or a list of content parts"
-        )
+        raise TranslationError(f"{where}.content must be a string or a list of content parts")
     blocks = []
     for i, part in enumerate(content):
         if not isinstance(part, dict) or part.get("type") != "text":
@@ -70,7 +66,7 @@ def _text_parts(content: object, where: str) -> list[dict[str, Any]]:
         text = part.get("text")
         if not isinstance(text, str):
             raise TranslationError(f"{where}.content[{i}].text must be a string")
-        if text:  # Anthropic rejects empty text blocks
+        if text.strip():  # Anthropic rejects blank text blocks
             blocks.append(_text_block(text))
     return blocks
 
@@ -79,9 +75,7 @@ def _data_url(url: str, where: str) -> tuple[str, str]:
     header, sep, data = url[5:].partition(",")
     media_type, _, encoding = header.partition(";")
     if not sep or encoding != "base64":
-        raise TranslationError(
-            f"{where}: a data URL must be base64-encoded (data:<type>;base64,…)"
-        )
+        raise TranslationError(f"{where}: a data URL must be base64-encoded (data:<type>;base64,…)")
     return media_type, data
 
 
@@ -115,9 +109,7 @@ def _document_block(part: dict[str, Any], where: str) -> dict[str, Any]:
         )
     media_type, data = _data_url(file_data, where)
     if media_type != "application/pdf":
-        raise TranslationError(
-            f"{where}: only PDF files can be sent to an Anthropic model"
-        )
+        raise TranslationError(f"{where}: only PDF files can be sent to an Anthropic model")
     return {
         "type": "document",
         "source": {"type": "base64", "media_type": media_type, "data": data},
@@ -128,9 +120,7 @@ def _user_blocks(content: object, where: str) -> list[dict[str, Any]]:
     if content is None or isinstance(content, str):
         return _text_parts(content, where)
     if not isinstance(content, list):
-        raise TranslationError(
-            f"{where}.content must be a string or a list of content parts"
-        )
+        raise TranslationError(f"{where}.content must be a string or a list of content parts")
     blocks = []
     for i, part in enumerate(content):
         at = f"{where}.content[{i}]"
@@ -141,16 +131,14 @@ def _user_blocks(content: object, where: str) -> list[dict[str, Any]]:
             text = part.get("text")
             if not isinstance(text, str):
                 raise TranslationError(f"{at}.text must be a string")
-            if text:
+            if text.strip():
                 blocks.append(_text_block(text))
         elif kind == "image_url":
             blocks.append(_image_block(part, at))
         elif kind == "file":
             blocks.append(_document_block(part, at))
         else:
-            raise TranslationError(
-                f"{at}: content part type {kind!r} cannot be sent to an Anthropic model"
-            )
+            raise TranslationError(f"{at}: content part type {kind!r} cannot be sent to an Anthropic model")
     return blocks
 
 
@@ -164,9 +152,7 @@ def _tool_input(arguments: object, where: str) -> Any:
     try:
         value = json.loads(arguments)
     except ValueError:
-        raise TranslationError(
-            f"{where}.function.arguments is not valid JSON"
-        ) from None
+        raise TranslationError(f"{where}.function.arguments is not valid JSON") from None
     if not isinstance(value, dict):
         raise TranslationError(f"{where}.function.arguments must be a JSON object")
     return value
@@ -174,9 +160,7 @@ def _tool_input(arguments: object, where: str) -> Any:
 
 def _assistant_blocks(message: dict[str, Any], where: str) -> list[dict[str, Any]]:
     if message.get("function_call") is not None:
-        raise TranslationError(
-            f"{where}.function_call is deprecated: send tool_calls instead"
-        )
+        raise TranslationError(f"{where}.function_call is deprecated: send tool_calls instead")
     content = message.get("content")
     if isinstance(content, list):
         # Refusal parts are the assistant's own words: keep them as text.
@@ -195,20 +179,14 @@ def _assistant_blocks(message: dict[str, Any], where: str) -> list[dict[str, Any
     for i, call in enumerate(tool_calls):
         at = f"{where}.tool_calls[{i}]"
         if not isinstance(call, dict) or call.get("type", "function") != "function":
-            raise TranslationError(
-                f"{at}: only function tool calls can be sent to an Anthropic model"
-            )
+            raise TranslationError(f"{at}: only function tool calls can be sent to an Anthropic model")
         function = call.get("function")
         call_id = call.get("id")
         name = function.get("name") if isinstance(function, dict) else None
         if not isinstance(call_id, str) or not isinstance(name, str):
             raise TranslationError(f"{at} needs a string id and function.name")
-        tool_input = _tool_input(
-            function.get("arguments") if isinstance(function, dict) else None, at
-        )
-        blocks.append(
-            {"type": "tool_use", "id": call_id, "name": name, "input": tool_input}
-        )
+        tool_input = _tool_input(function.get("arguments") if isinstance(function, dict) else None, at)
+        blocks.append({"type": "tool_use", "id": call_id, "name": name, "input": tool_input})
     return blocks
 
 
@@ -217,15 +195,11 @@ def _tool_result_block(message: dict[str, Any], where: str) -> dict[str, Any]:
     if not isinstance(call_id, str) or not call_id:
         raise TranslationError(f"{where}.tool_call_id must be a non-empty string")
     content = message.get("content")
-    result: str | list[dict[str, Any]] = (
-        content if isinstance(content, str) else _text_parts(content, where)
-    )
+    result: str | list[dict[str, Any]] = content if isinstance(content, str) else _text_parts(content, where)
     return {"type": "tool_result", "tool_use_id": call_id, "content": result}
 
 
-def _turn_content(
-    role: str, blocks: list[dict[str, Any]]
-) -> str | list[dict[str, Any]]:
+def _turn_content(role: str, blocks: list[dict[str, Any]]) -> str | list[dict[str, Any]]:
     if role == "user":
         # Anthropic wants a turn's tool results before anything else in it.
         results = [b for b in blocks if b["type"] == "tool_result"]
@@ -269,12 +243,13 @@ def _messages(raw: object) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         else:
             turns.append((role, blocks))
     if not turns:
-        raise TranslationError(
-            "messages must hold at least one user or assistant message"
-        )
-    return system, [
-        {"role": role, "content": _turn_content(role, blocks)} for role, blocks in turns
-    ]
+        raise TranslationError("messages must hold at least one user or assistant message")
+    role, blocks = turns[-1]
+    if role == "assistant" and blocks[-1]["type"] == "text":
+        # A final assistant turn is a prefill, and Anthropic refuses one that ends in whitespace.
+        # (Blank blocks never get here, so something is left.)
+        blocks[-1] = _text_block(blocks[-1]["text"].rstrip())
+    return system, [{"role": role, "content": _turn_content(role, blocks)} for role, blocks in turns]
 
 
 def _tools(raw: object) -> list[dict[str, Any]]:
@@ -284,9 +259,7 @@ def _tools(raw: object) -> list[dict[str, Any]]:
     for i, tool in enumerate(raw):
         where = f"tools[{i}]"
         if not isinstance(tool, dict) or tool.get("type") != "function":
-            raise TranslationError(
-                f"{where}: only function tools can be sent to an Anthropic model"
-            )
+            raise TranslationError(f"{where}: only function tools can be sent to an Anthropic model")
         function = tool.get("function")
         name = function.get("name") if isinstance(function, dict) else None
         if not isinstance(function, dict) or not isinstance(name, str) or not name:
@@ -295,14 +268,9 @@ def _tools(raw: object) -> list[dict[str, Any]]:
         if schema is None:
             schema = {"type": "object", "properties": {}}
         elif not isinstance(schema, dict):
-            raise TranslationError(
-                f"{where}.function.parameters must be a JSON schema object"
-            )
+            raise TranslationError(f"{where}.function.parameters must be a JSON schema object")
         elif "type" not in schema:
-            schema = {
-                "type": "object",
-                **schema,
-            }  # Anthropic insists on an object schema
+            schema = {"type": "object", **schema}  # Anthropic insists on an object schema
         out: dict[str, Any] = {"name": name}
         description = function.get("description")
         if isinstance(description, str) and description:
@@ -329,9 +297,7 @@ def _tool_choice(raw: object, parallel: object) -> dict[str, Any] | None:
             raise TranslationError("tool_choice.function.name must be a string")
         choice = {"type": "tool", "name": name}
     else:
-        raise TranslationError(
-            "tool_choice must be 'auto', 'required', 'none' or a function choice"
-        )
+        raise TranslationError("tool_choice must be 'auto', 'required', 'none' or a function choice")
     if parallel is False:
         choice = choice or {"type": "auto"}
         choice["disable_parallel_tool_use"] = True
@@ -352,13 +318,9 @@ def _json_instruction(response_format: object) -> str | None:
         spec = response_format.get("json_schema")
         schema = spec.get("schema") if isinstance(spec, dict) else None
         if not isinstance(schema, dict):
-            raise TranslationError(
-                "response_format.json_schema.schema must be an object"
-            )
+            raise TranslationError("response_format.json_schema.schema must be an object")
         return _JSON_SCHEMA_INSTRUCTION + _dumps(schema)
-    raise TranslationError(
-        "response_format.type must be 'text', 'json_object' or 'json_schema'"
-    )
+    raise TranslationError("response_format.type must be 'text', 'json_object' or 'json_schema'")
 
 
 def _max_tokens(body: dict[str, Any]) -> int:
@@ -367,9 +329,7 @@ def _max_tokens(body: dict[str, Any]) -> int:
         if value is None:
             continue
         if not _is_int(value) or value < 1:
-            raise TranslationError(
-                f"{field} must be a positive integer, but was {value!r}"
-            )
+            raise TranslationError(f"{field} must be a positive integer, but was {value!r}")
         limit: int = value
         return limit
     return DEFAULT_MAX_TOKENS
@@ -392,14 +352,10 @@ def _refuse_inexpressible(body: dict[str, Any]) -> None:
     if body.get("logprobs"):
         raise TranslationError("logprobs are not available from an Anthropic model")
     modalities = body.get("modalities")
-    if body.get("audio") is not None or (
-        isinstance(modalities, list) and "audio" in modalities
-    ):
+    if body.get("audio") is not None or (isinstance(modalities, list) and "audio" in modalities):
         raise TranslationError("audio output is not available from an Anthropic model")
     if body.get("functions") or body.get("function_call") is not None:
-        raise TranslationError(
-            "functions/function_call are deprecated: send tools/tool_choice instead"
-        )
+        raise TranslationError("functions/function_call are deprecated: send tools/tool_choice instead")
 
 
 def request(body: dict[str, Any], model: str) -> dict[str, Any]:
@@ -428,18 +384,14 @@ def request(body: dict[str, Any], model: str) -> dict[str, Any]:
         # OpenAI accepts tool_choice without tools only as a no-op; Anthropic rejects it.
         if out_tools:
             out["tools"] = out_tools
-            choice = _tool_choice(
-                body.get("tool_choice"), body.get("parallel_tool_calls")
-            )
+            choice = _tool_choice(body.get("tool_choice"), body.get("parallel_tool_calls"))
             if choice is not None:
                 out["tool_choice"] = choice
 
     temperature = body.get("temperature")
     if temperature is not None:
         if not _is_number(temperature):
-            raise TranslationError(
-                f"temperature must be a number, but was {temperature!r}"
-            )
+            raise TranslationError(f"temperature must be a number, but was {temperature!r}")
         # OpenAI's range is [0, 2], Anthropic's [0, 1]: the closest Anthropic can do is its maximum.
         out["temperature"] = min(temperature, 1.0)
     top_p = body.get("top_p")
@@ -527,9 +479,7 @@ def response(body: dict[str, Any], model: str, *, created: int) -> dict[str, Any
         "finish_reason": finish_from_anthropic(body.get("stop_reason")).value,
     }
     return {
-        "id": provider_id
-        if provider_id.startswith("chatcmpl-")
-        else f"chatcmpl-{provider_id}",
+        "id": provider_id if provider_id.startswith("chatcmpl-") else f"chatcmpl-{provider_id}",
         "object": "chat.completion",
         "created": created,
         "model": model,

@@ -36,9 +36,7 @@ class SseParser:
     def __init__(self) -> None:
         self._buffer = bytearray()  # bytes of the event in progress
         self._scan = 0  # offset in _buffer up to which lines have been interpreted
-        self._skip_lf = (
-            False  # the last line ended with CR: an LF right after it belongs to it
-        )
+        self._skip_lf = False  # the last line ended with CR: an LF right after it belongs to it
         self._event: str | None = None
         self._data: list[str] = []
         self._has_data = False

@@ -78,16 +78,7 @@ class Done:
     pass
 
 
-Delta: TypeAlias = (
-    MessageStart
-    | TextDelta
-    | ToolCallStart
-    | ToolCallArgs
-    | Finish
-    | Usage
-    | StreamError
-    | Done
-)
+Delta: TypeAlias = MessageStart | TextDelta | ToolCallStart | ToolCallArgs | Finish | Usage | StreamError | Done
 
 _FROM_OPENAI: Final[dict[str, FinishReason]] = {
     "stop": FinishReason.STOP,
@@ -115,11 +106,7 @@ _TO_ANTHROPIC: Final[dict[FinishReason, str]] = {
 
 def finish_from_openai(value: object) -> FinishReason:
     """An OpenAI `finish_reason`; anything unknown reads as a normal stop."""
-    return (
-        _FROM_OPENAI.get(value, FinishReason.STOP)
-        if isinstance(value, str)
-        else FinishReason.STOP
-    )
+    return _FROM_OPENAI.get(value, FinishReason.STOP) if isinstance(value, str) else FinishReason.STOP
 
 
 def finish_from_anthropic(value: object) -> FinishReason:
@@ -151,8 +138,6 @@ def classify_stream_error(error: StreamError) -> Failure:
     return _STREAM_ERROR_FAILURE.get(error.type, Failure.STREAM_INTERRUPTED)
 
 
-
-
 def _loads_object(data: str) -> dict[str, Any] | None:
     try:
         value = json.loads(data)
@@ -174,11 +159,7 @@ def _dict(value: object) -> dict[str, Any]:
 
 
 def _malformed(dialect: str) -> list[Delta]:
-    return [
-        StreamError(
-            type="invalid_event", message=f"{dialect} provider sent an invalid event"
-        )
-    ]
+    return [StreamError(type="invalid_event", message=f"{dialect} provider sent an invalid event")]
 
 
 def _error_delta(error: object) -> StreamError:
@@ -219,9 +200,7 @@ class OpenAIStreamReader:
         out: list[Delta] = []
         if not self._started:
             self._started = True
-            out.append(
-                MessageStart(id=_str(obj.get("id")), model=_str(obj.get("model")))
-            )
+            out.append(MessageStart(id=_str(obj.get("id")), model=_str(obj.get("model"))))
         choices = obj.get("choices")
         if isinstance(choices, list):
             for choice in choices:
@@ -259,11 +238,7 @@ class OpenAIStreamReader:
         key: object = call.get("index")
         if not isinstance(key, int) or isinstance(key, bool):
             # Without an index, a new id starts a call and anything else continues the last one.
-            new_id = (
-                isinstance(call_id, str)
-                and call_id
-                and ("id", call_id) not in self._tools
-            )
+            new_id = isinstance(call_id, str) and call_id and ("id", call_id) not in self._tools
             key = ("id", call_id) if new_id else self._last_key
         self._last_key = key
         ordinal = self._tools.get(key)
@@ -272,9 +247,7 @@ class OpenAIStreamReader:
             out.append(
                 ToolCallStart(
                     index=ordinal,
-                    id=call_id
-                    if isinstance(call_id, str) and call_id
-                    else f"call_{ordinal}",
+                    id=call_id if isinstance(call_id, str) and call_id else f"call_{ordinal}",
                     name=_str(function.get("name")),
                 )
             )
@@ -312,11 +285,7 @@ class AnthropicStreamReader:
         if kind == "message_start":
             message = _dict(obj.get("message"))
             self._count_input(_dict(message.get("usage")))
-            return [
-                MessageStart(
-                    id=_str(message.get("id")), model=_str(message.get("model"))
-                )
-            ]
+            return [MessageStart(id=_str(message.get("id")), model=_str(message.get("model")))]
         if kind == "message_delta":
             out: list[Delta] = []
             stop_reason = _dict(obj.get("delta")).get("stop_reason")
@@ -352,11 +321,7 @@ class AnthropicStreamReader:
         if kind != "tool_use":
             return []
         ordinal = self._tools[obj.get("index")] = len(self._tools)
-        out: list[Delta] = [
-            ToolCallStart(
-                index=ordinal, id=_str(block.get("id")), name=_str(block.get("name"))
-            )
-        ]
+        out: list[Delta] = [ToolCallStart(index=ordinal, id=_str(block.get("id")), name=_str(block.get("name")))]
         tool_input = block.get("input")
         if isinstance(tool_input, dict) and tool_input:
             # Streams start tool_use blocks with `input: {}` and send the input as deltas; a
@@ -393,9 +358,7 @@ class OpenAIStreamWriter:
         "_usage",
     )
 
-    def __init__(
-        self, *, id: str, model: str, created: int, include_usage: bool
-    ) -> None:
+    def __init__(self, *, id: str, model: str, created: int, include_usage: bool) -> None:
         self._id = id
         self._model = model
         self._created = created
@@ -443,13 +406,7 @@ class OpenAIStreamWriter:
                 }
                 return self._chunk({"tool_calls": [call]})
             case ToolCallArgs(index=index, fragment=fragment) if fragment:
-                return self._chunk(
-                    {
-                        "tool_calls": [
-                            {"index": index, "function": {"arguments": fragment}}
-                        ]
-                    }
-                )
+                return self._chunk({"tool_calls": [{"index": index, "function": {"arguments": fragment}}]})
             case Finish(reason=reason):
                 return self._chunk({}, reason.value)
             case MessageStart() if not self._role_sent:
@@ -501,9 +458,7 @@ class AnthropicStreamWriter:
         self._next_block = 0
         self._open_block: int | None = None
         self._open_text = False  # the open block is a text block
-        self._tool_blocks: dict[
-            int, int
-        ] = {}  # tool-call ordinal → content block index
+        self._tool_blocks: dict[int, int] = {}  # tool-call ordinal → content block index
         self._finish: FinishReason | None = None
         self._usage: Usage | None = None
         self._stopped = False  # message_delta sent
@@ -526,9 +481,7 @@ class AnthropicStreamWriter:
             # Usage is known only at the end of an OpenAI stream; message_delta carries it.
             "usage": {"input_tokens": 0, "output_tokens": 0},
         }
-        return self._event(
-            b"message_start", {"type": "message_start", "message": message}
-        )
+        return self._event(b"message_start", {"type": "message_start", "message": message})
 
     def _close_block(self) -> bytes:
         index = self._open_block
@@ -536,9 +489,7 @@ class AnthropicStreamWriter:
             return b""
         self._open_block = None
         self._open_text = False
-        return self._event(
-            b"content_block_stop", {"type": "content_block_stop", "index": index}
-        )
+        return self._event(b"content_block_stop", {"type": "content_block_stop", "index": index})
 
     def _open(self, block: dict[str, Any], *, text: bool) -> tuple[bytes, int]:
         out = self._close_block()
