@@ -652,8 +652,15 @@ class MockProvider:
 
     async def stop(self) -> None:
         runner, self._runner = self._runner, None
-        if runner is not None:
-            await runner.cleanup()
+        if runner is None:
+            return
+        # Abort rather than close: a TLS close waits for the peer's close_notify, and a loop that
+        # shuts down first leaks the transport (and, under uvloop, errors on exit).
+        if runner.server is not None:
+            for connection in runner.server.connections:
+                if connection.transport is not None:
+                    connection.transport.abort()
+        await runner.cleanup()
 
     # -- request handling ----------------------------------------------------------------------
 
