@@ -28,6 +28,7 @@ from .translate import (
     TranslationError,
     anthropic_to_openai,
     classify,
+    dump_json,
     openai_to_anthropic,
     parse_provider_error,
     render_error,
@@ -94,7 +95,9 @@ class AttemptError(Exception):
 
 def _scrub_list(policy: Policy) -> tuple[str, ...]:
     extra = {name.lower() for p in policy.providers.values() for name in p.headers}
-    return _SCRUB + tuple(sorted(extra - set(_SCRUB))) + (policy.tenant_header, policy.task_header, policy.impact_header)
+    return (
+        _SCRUB + tuple(sorted(extra - set(_SCRUB))) + (policy.tenant_header, policy.task_header, policy.impact_header)
+    )
 
 
 class AttemptProcessor:
@@ -167,7 +170,9 @@ class AttemptProcessor:
             # The previous try's own processor never saw its end: count its trip here.
             self._count_trip_of(record, previous, requested)
         skip = decision.get("skip")
-        self._why: Failure | None = record.first_failure or previous or (Failure(skip) if isinstance(skip, str) and skip else None)
+        self._why: Failure | None = (
+            record.first_failure or previous or (Failure(skip) if isinstance(skip, str) and skip else None)
+        )
         if self._why is None and self._position.rung != self._position.order[0]:
             # Envoy skipped the rungs before this one without trying them: its outlier
             # detection ejected them after consecutive 5xx answers.
@@ -223,7 +228,7 @@ class AttemptProcessor:
         except (ValueError, TranslationError) as exc:
             message = exc.message if isinstance(exc, TranslationError) else "the request body is not valid JSON"
             return [self._reject(Failure.CLIENT_ERROR, message)]
-        data = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+        data = dump_json(body)
         return [request_body_response(common({"content-length": str(len(data))}, body=data))]
 
     def _rewrite_request(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -261,7 +266,8 @@ class AttemptProcessor:
                 self._client,
                 self._provider.dialect,
                 model=self._model,
-                stream_id=("msg_rw" if self._client.wire is Dialect.ANTHROPIC else "chatcmpl-rw") + secrets.token_hex(12),
+                stream_id=("msg_rw" if self._client.wire is Dialect.ANTHROPIC else "chatcmpl-rw")
+                + secrets.token_hex(12),
                 created=int(self._sidecar.clock.wall()),
                 include_usage=self._include_usage,
                 prompt_tokens=self._prompt_tokens,
@@ -290,7 +296,7 @@ class AttemptProcessor:
         out = relay.feed(chunk)
         if not relay.started:
             if relay.error is not None:
-                return self._stream_failed_before_start(stream_failure(relay.error), relay.error.message)
+                return self._stream_failed_before_start(stream_failure(relay.error, started=False), relay.error.message)
             self._pending += out
             if end_of_stream:
                 return self._end_of_held_stream()
@@ -363,7 +369,9 @@ class AttemptProcessor:
                 failure, detail = Failure.SCHEMA_ERROR, "the provider's answer is not valid JSON"
             else:
                 verdict = check_completion(
-                    self._provider.dialect, parsed, self._policy.tasks.get(self._task, self._policy.tasks[self._policy.default_task])
+                    self._provider.dialect,
+                    parsed,
+                    self._policy.tasks.get(self._task, self._policy.tasks[self._policy.default_task]),
                 )
                 failure, detail = verdict.failure, verdict.detail
         else:
@@ -374,7 +382,9 @@ class AttemptProcessor:
         def answer(c: Any) -> ProcessingResponse:
             return response_headers_response(c) if headers_phase else response_body_response(c)
 
-        if failure is None or (failure is Failure.SAFETY_BLOCK and 200 <= status < 300 and not self._policy.hop_on_safety_block):
+        if failure is None or (
+            failure is Failure.SAFETY_BLOCK and 200 <= status < 300 and not self._policy.hop_on_safety_block
+        ):
             # Served (a provider's refusal is an answer too: propagated as the client's answer).
             new_body = self._translate_answer(parsed) if self._translate else None
             set_headers = self._flags(failure, final=True)
@@ -415,7 +425,7 @@ class AttemptProcessor:
         except TranslationError:
             log.warning("answer from %s could not be translated; passed through", self._provider_name)
             return None
-        return json.dumps(out, separators=(",", ":"), ensure_ascii=False).encode()
+        return dump_json(out)
 
     def _end_of_held_stream(self) -> list[ProcessingResponse]:
         """The provider's response ended while its headers were still held."""
@@ -424,7 +434,9 @@ class AttemptProcessor:
             self._error_body = None
             if 200 <= self._status < 300:
                 # A JSON answer to a stream request is not what the client can read.
-                return self._stream_failed_before_start(Failure.SCHEMA_ERROR, "the provider answered a stream request without a stream")
+                return self._stream_failed_before_start(
+                    Failure.SCHEMA_ERROR, "the provider answered a stream request without a stream"
+                )
             judged = self._judge_json(body, headers_phase=True)
             self._closed = True
             c = judged.response_headers.response
@@ -434,7 +446,9 @@ class AttemptProcessor:
         relay = self._relay
         assert relay is not None
         if relay.finished:
-            return self._stream_failed_before_start(Failure.QUALITY_REGRESSION, "the stream finished without any content")
+            return self._stream_failed_before_start(
+                Failure.QUALITY_REGRESSION, "the stream finished without any content"
+            )
         return self._stream_failed_before_start(Failure.SERVER_ERROR, "the stream ended before its first token")
 
     def _stream_failed_before_start(self, failure: Failure, detail: str) -> list[ProcessingResponse]:
@@ -501,4 +515,6 @@ class AttemptProcessor:
         self._count_attempt("served")
         degraded = self._position.rung != 0 or self._tools_stripped
         tier = str(self._policy.tier_of(self._position.ladder, self._position.rung))
-        self._sidecar.metrics.served.labels(self._tenant, self._task, self._position.ladder, tier, str(degraded).lower()).inc()
+        self._sidecar.metrics.served.labels(
+            self._tenant, self._task, self._position.ladder, tier, str(degraded).lower()
+        ).inc()

@@ -183,11 +183,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     up = sub.add_parser("up", help="start Envoy and the sidecar on a policy, supervise both")
     up.add_argument("--policy", type=Path, required=True)
-    up.add_argument("--listen", type=_address, default=("127.0.0.1", 10000), help="HOST:PORT apps call (default 127.0.0.1:10000)")
-    up.add_argument("--admin", type=_address, default=("127.0.0.1", 9901), help="HOST:PORT of /metrics, /healthz, /readyz")
+    up.add_argument(
+        "--listen", type=_address, default=("127.0.0.1", 10000), help="HOST:PORT apps call (default 127.0.0.1:10000)"
+    )
+    up.add_argument(
+        "--admin", type=_address, default=("127.0.0.1", 9901), help="HOST:PORT of /metrics, /healthz, /readyz"
+    )
     up.add_argument("--envoy-admin", type=_address, default=("127.0.0.1", 0))
     up.add_argument("--workers", type=int, default=1, help="sidecar worker processes (about one per spare core)")
-    up.add_argument("--fail-closed", action="store_true", help="answer 503 when the sidecar is down (default: fail open)")
+    up.add_argument(
+        "--fail-closed", action="store_true", help="answer 503 when the sidecar is down (default: fail open)"
+    )
     up.add_argument("--access-log", default="/dev/stdout")
     up.add_argument("--envoy-concurrency", type=int, default=1)
     up.add_argument("--log-level", default="info")

@@ -108,7 +108,9 @@ class DecideProcessor:
         # An Anthropic client's API version and betas, for rungs that speak Anthropic too
         # (the attempt filter scrubs provider headers on every try).
         self._anthropic = {
-            key: headers[name] for key, name in (("av", "anthropic-version"), ("ab", "anthropic-beta")) if name in headers
+            key: headers[name]
+            for key, name in (("av", "anthropic-version"), ("ab", "anthropic-beta"))
+            if name in headers
         }
         result = choose(policy, self._features)
         if isinstance(result, NeedBody):

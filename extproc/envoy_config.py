@@ -77,7 +77,8 @@ def render(policy: Policy, settings: EnvoySettings) -> dict[str, Any]:
                 {
                     "name": "envoy.resource_monitors.global_downstream_max_connections",
                     "typed_config": {
-                        "@type": _ANY + "envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig",
+                        "@type": _ANY
+                        + "envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig",
                         "max_active_downstream_connections": 50000,
                     },
                 }
@@ -120,7 +121,10 @@ def _listener(policy: Policy, settings: EnvoySettings) -> dict[str, Any]:
         "http_filters": [
             _json_to_metadata(),
             _decide_filter(settings),
-            {"name": "envoy.filters.http.router", "typed_config": {"@type": _ANY + "envoy.extensions.filters.http.router.v3.Router"}},
+            {
+                "name": "envoy.filters.http.router",
+                "typed_config": {"@type": _ANY + "envoy.extensions.filters.http.router.v3.Router"},
+            },
         ],
     }
     return {
@@ -131,7 +135,9 @@ def _listener(policy: Policy, settings: EnvoySettings) -> dict[str, Any]:
         # The router buffers the request body to replay it on the next rung, and the attempt
         # filter buffers JSON responses: this is the largest body either may be.
         "per_connection_buffer_limit_bytes": policy.max_body_bytes,
-        "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}],
+        "filter_chains": [
+            {"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}
+        ],
     }
 
 
@@ -195,9 +201,19 @@ def _local_reply_config() -> dict[str, Any]:
                         "rungway_reason": failure.value,
                     }
                 }
-            status_is = {"status_code_filter": {"comparison": {"op": "EQ", "value": {"default_value": status, "runtime_key": "rungway.local_reply"}}}}
+            status_is = {
+                "status_code_filter": {
+                    "comparison": {"op": "EQ", "value": {"default_value": status, "runtime_key": "rungway.local_reply"}}
+                }
+            }
             path_is = {
-                "header_filter": {"header": {"name": ":path", "string_match": {"prefix": "/v1/messages"}, "invert_match": not anthropic}}
+                "header_filter": {
+                    "header": {
+                        "name": ":path",
+                        "string_match": {"prefix": "/v1/messages"},
+                        "invert_match": not anthropic,
+                    }
+                }
             }
             mappers.append(
                 {
@@ -388,7 +404,11 @@ def _provider_cluster(
         "connect_timeout": _seconds(provider.connect_timeout_s),
         "load_assignment": {"cluster_name": name, "endpoints": priorities},
         "typed_extension_protocol_options": _http_options(),
-        "circuit_breakers": {"thresholds": [{"max_connections": 4096, "max_pending_requests": 4096, "max_requests": 4096, "max_retries": 1024}]},
+        "circuit_breakers": {
+            "thresholds": [
+                {"max_connections": 4096, "max_pending_requests": 4096, "max_requests": 4096, "max_retries": 1024}
+            ]
+        },
     }
     if ejection is not None:
         # Envoy's passive breaker: the fast, dumb first line under Rungway's own health view.
@@ -411,7 +431,10 @@ def _provider_cluster(
                     "validation_context": {
                         "trusted_ca": {"filename": str(provider.ca_file or SYSTEM_CA_BUNDLE)},
                         "match_typed_subject_alt_names": [
-                            {"san_type": "IP_ADDRESS" if _is_ip(provider.host) else "DNS", "matcher": {"exact": provider.host}}
+                            {
+                                "san_type": "IP_ADDRESS" if _is_ip(provider.host) else "DNS",
+                                "matcher": {"exact": provider.host},
+                            }
                         ],
                     }
                 },
@@ -430,16 +453,25 @@ def _extproc_cluster(settings: EnvoySettings) -> dict[str, Any]:
         "load_assignment": {
             "cluster_name": "rungway_extproc",
             "endpoints": [
-                {"lb_endpoints": [{"endpoint": {"address": _addr(settings.extproc_address, port)}} for port in settings.extproc_ports]}
+                {
+                    "lb_endpoints": [
+                        {"endpoint": {"address": _addr(settings.extproc_address, port)}}
+                        for port in settings.extproc_ports
+                    ]
+                }
             ],
         },
         "typed_extension_protocol_options": {
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
                 "@type": _ANY + "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                "explicit_http_config": {"http2_protocol_options": {"connection_keepalive": {"interval": "30s", "timeout": "5s"}}},
+                "explicit_http_config": {
+                    "http2_protocol_options": {"connection_keepalive": {"interval": "30s", "timeout": "5s"}}
+                },
             }
         },
-        "circuit_breakers": {"thresholds": [{"max_connections": 1024, "max_pending_requests": 65536, "max_requests": 65536}]},
+        "circuit_breakers": {
+            "thresholds": [{"max_connections": 1024, "max_pending_requests": 65536, "max_requests": 65536}]
+        },
         # A worker that stops answering is taken out of the round robin within a second or two.
         "health_checks": [
             {
@@ -479,7 +511,9 @@ def _routes(policy: Policy) -> list[dict[str, Any]]:
             "name": "ladder",
             "match": {
                 "prefix": "/",
-                "dynamic_metadata": [{"filter": META_DECISION, "path": [{"key": "routed"}], "value": {"bool_match": True}}],
+                "dynamic_metadata": [
+                    {"filter": META_DECISION, "path": [{"key": "routed"}], "value": {"bool_match": True}}
+                ],
             },
             "route": {
                 "cluster_header": CLUSTER_HEADER,
@@ -490,13 +524,21 @@ def _routes(policy: Policy) -> list[dict[str, Any]]:
         }
     ]
     for dialect, path in ((Dialect.ANTHROPIC, "/v1/messages"), (Dialect.OPENAI, "/v1/chat/completions")):
-        routes.append(_fail_open_route(policy, dialect, {"path": path}, name=f"fail_open_{dialect.value}", extproc=True))
-    routes.append(_fail_open_route(policy, Dialect.ANTHROPIC, {"prefix": "/v1/messages/"}, name="passthrough_anthropic", extproc=False))
+        routes.append(
+            _fail_open_route(policy, dialect, {"path": path}, name=f"fail_open_{dialect.value}", extproc=True)
+        )
+    routes.append(
+        _fail_open_route(
+            policy, Dialect.ANTHROPIC, {"prefix": "/v1/messages/"}, name="passthrough_anthropic", extproc=False
+        )
+    )
     routes.append(_fail_open_route(policy, Dialect.OPENAI, {"prefix": "/"}, name="passthrough", extproc=False))
     return routes
 
 
-def _fail_open_route(policy: Policy, dialect: Dialect, match: dict[str, Any], *, name: str, extproc: bool) -> dict[str, Any]:
+def _fail_open_route(
+    policy: Policy, dialect: Dialect, match: dict[str, Any], *, name: str, extproc: bool
+) -> dict[str, Any]:
     """Where a request goes when decide did not route it: its dialect's primary, untranslated.
 
     With extproc=True this is the landing route of chat requests (decide runs there and

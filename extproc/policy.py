@@ -100,9 +100,7 @@ class Provider(_Frozen):
     base_url: str
     dialect: Dialect
     credential: Credential | None = None
-    capabilities: frozenset[Capability] = frozenset(
-        {Capability.TOOLS, Capability.JSON_MODE, Capability.STREAMING}
-    )
+    capabilities: frozenset[Capability] = frozenset({Capability.TOOLS, Capability.JSON_MODE, Capability.STREAMING})
     context_window: int = Field(128_000, gt=0)
     cost_per_1k: Cost = Cost()
     connect_timeout_s: float = Field(2.0, gt=0, le=60)

@@ -27,6 +27,7 @@ from .translate import (
     ToolCallArgs,
     ToolCallStart,
     Usage,
+    classify_stream_error,
 )
 
 _OPENAI_DONE = b"data: [DONE]\n\n"
@@ -84,7 +85,7 @@ class StreamRelay:
             else:
                 for delta in deltas:
                     if isinstance(delta, StreamError):
-                        out += self._writer.error(stream_failure(delta), delta.message)
+                        out += self._writer.error(stream_failure(delta, started=self.started), delta.message)
                     else:
                         out += self._writer.write(delta)
             if self.done or (self.error is not None and self.started):
@@ -162,14 +163,10 @@ class StreamRelay:
         return out + _OPENAI_DONE
 
 
-def stream_failure(error: StreamError) -> Failure:
-    """The taxonomy class of an error event a provider sent in a stream."""
-    kind = error.type.lower()
-    if "rate_limit" in kind:
-        return Failure.RATE_LIMITED
-    if "invalid_request" in kind:
-        return Failure.CLIENT_ERROR
-    if "overloaded" in kind or "server" in kind or "api_error" in kind:
+def stream_failure(error: StreamError, *, started: bool) -> Failure:
+    """The taxonomy class of an error event. Before the first token an error of unknown kind is
+    still the provider failing (hop); after it, the stream was interrupted."""
+    failure = classify_stream_error(error)
+    if failure is Failure.STREAM_INTERRUPTED and not started:
         return Failure.SERVER_ERROR
-    return Failure.SERVER_ERROR
-
+    return failure

@@ -41,7 +41,9 @@ class ExternalProcessor(epg.ExternalProcessorServicer):  # type: ignore[misc]
     def __init__(self, sidecar: Sidecar) -> None:
         self._sidecar = sidecar
 
-    async def Process(self, request_iterator: AsyncIterator[ProcessingRequest], context: grpc.aio.ServicerContext) -> None:  # noqa: N802
+    async def Process(  # noqa: N802 - the gRPC method name
+        self, request_iterator: AsyncIterator[ProcessingRequest], context: grpc.aio.ServicerContext[Any, Any]
+    ) -> None:
         role = ""
         for key, value in context.invocation_metadata() or ():
             if key == FILTER_ROLE_KEY:
@@ -87,8 +89,14 @@ class ExternalProcessor(epg.ExternalProcessorServicer):  # type: ignore[misc]
                 pending_read.cancel()
 
 
-async def serve(sidecar: Sidecar, address: str, *, grace_s: float = 5.0, ready: asyncio.Event | None = None,
-                stop: asyncio.Event | None = None) -> None:
+async def serve(
+    sidecar: Sidecar,
+    address: str,
+    *,
+    grace_s: float = 5.0,
+    ready: asyncio.Event | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
     """Run until `stop` is set (or SIGTERM/SIGINT when `stop` is None); then drain in-flight
     streams for up to `grace_s`."""
     server = grpc.aio.server(

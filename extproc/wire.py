@@ -7,7 +7,7 @@ ProcessingResponse messages from that.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, TypeAlias
 
 from envoy.config.core.v3 import base_pb2
 from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
@@ -15,8 +15,9 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 from envoy.type.v3 import http_status_pb2
 from google.protobuf import struct_pb2, text_format
 
-ProcessingRequest = ep.ProcessingRequest
-ProcessingResponse = ep.ProcessingResponse
+# xds-protos ships no type stubs: its messages are Any to mypy. Names for readers, not checks.
+ProcessingRequest: TypeAlias = Any
+ProcessingResponse: TypeAlias = Any
 Mode = processing_mode_pb2.ProcessingMode
 
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
@@ -64,33 +65,33 @@ def streamed(body: bytes, end_of_stream: bool) -> ProcessingResponse:
     response = ep.CommonResponse()
     response.body_mutation.streamed_response.body = body
     response.body_mutation.streamed_response.end_of_stream = end_of_stream
-    return ProcessingResponse(response_body=ep.BodyResponse(response=response))
+    return ep.ProcessingResponse(response_body=ep.BodyResponse(response=response))
 
 
 def request_headers_response(c: ep.CommonResponse | None = None) -> ProcessingResponse:
-    return ProcessingResponse(request_headers=ep.HeadersResponse(response=c))
+    return ep.ProcessingResponse(request_headers=ep.HeadersResponse(response=c))
 
 
 def request_body_response(c: ep.CommonResponse | None = None) -> ProcessingResponse:
-    return ProcessingResponse(request_body=ep.BodyResponse(response=c))
+    return ep.ProcessingResponse(request_body=ep.BodyResponse(response=c))
 
 
 def response_headers_response(c: ep.CommonResponse | None = None) -> ProcessingResponse:
-    return ProcessingResponse(response_headers=ep.HeadersResponse(response=c))
+    return ep.ProcessingResponse(response_headers=ep.HeadersResponse(response=c))
 
 
 def response_body_response(c: ep.CommonResponse | None = None) -> ProcessingResponse:
-    return ProcessingResponse(response_body=ep.BodyResponse(response=c))
+    return ep.ProcessingResponse(response_body=ep.BodyResponse(response=c))
 
 
 def trailers_response() -> ProcessingResponse:
-    return ProcessingResponse(response_trailers=ep.TrailersResponse())
+    return ep.ProcessingResponse(response_trailers=ep.TrailersResponse())
 
 
 def immediate(status: int, headers: Mapping[str, str], body: bytes) -> ProcessingResponse:
-    return ProcessingResponse(
+    return ep.ProcessingResponse(
         immediate_response=ep.ImmediateResponse(
-            status=http_status_pb2.HttpStatus(code=status),  # type: ignore[arg-type]
+            status=http_status_pb2.HttpStatus(code=status),
             headers=mutation(headers),
             body=body,
         )
@@ -104,7 +105,7 @@ def with_metadata(response: ProcessingResponse, namespace: str, values: Mapping[
     return response
 
 
-def with_mode(response: ProcessingResponse, mode: Mode) -> ProcessingResponse:
+def with_mode(response: ProcessingResponse, mode: Any) -> ProcessingResponse:
     response.mode_override.CopyFrom(mode)
     return response
 

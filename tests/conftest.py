@@ -44,7 +44,9 @@ class Fleet:
             "envoy_ejection": None,
             "providers": {
                 "primary": provider_entry(self.primary, credential={"env": "RW_TEST_PRIMARY_KEY"}, context_window=8000),
-                "secondary": provider_entry(self.secondary, credential={"env": "RW_TEST_SECONDARY_KEY"}, context_window=200000),
+                "secondary": provider_entry(
+                    self.secondary, credential={"env": "RW_TEST_SECONDARY_KEY"}, context_window=200000
+                ),
                 "small": provider_entry(
                     self.small,
                     credential={"file": str(key_file)},
@@ -116,6 +118,8 @@ def clean(fleet: Fleet, stack: Stack, envoy_guard: EnvoyGuard) -> Iterator[Stack
     yield stack
     fleet.reset()
     errors = [
-        e for e in envoy_errors(stack.new_access_entries()) if not any(a in str(e.get("details")) for a in envoy_guard.allowed)
+        e
+        for e in envoy_errors(stack.new_access_entries())
+        if not any(a in str(e.get("details")) for a in envoy_guard.allowed)
     ]
     assert not errors, f"Envoy generated 5xx answers: {errors}"

@@ -22,7 +22,7 @@ import httpx2 as httpx
 import openai
 import yaml
 
-from extproc.demo.mock_provider import MockProvider
+from extproc.demo.mock_provider import MockProvider, RecordedRequest
 
 REPO = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
@@ -133,7 +133,9 @@ class Stack:
             self._anthropic = anthropic.Anthropic(base_url=self.base_url, api_key=APP_KEY, max_retries=0, timeout=30)
         return self._anthropic
 
-    def post(self, path: str, body: bytes | str | dict[str, Any], headers: dict[str, str] | None = None) -> httpx.Response:
+    def post(
+        self, path: str, body: bytes | str | dict[str, Any], headers: dict[str, str] | None = None
+    ) -> httpx.Response:
         data = json.dumps(body).encode() if isinstance(body, dict) else body
         hdrs = {"content-type": "application/json", **(headers or {})}
         with httpx.Client(timeout=30) as client:
@@ -175,6 +177,12 @@ class Stack:
                 self.process.kill()
                 self.process.wait()
         self._log.close()
+
+
+def body_of(request: RecordedRequest) -> Any:
+    """The JSON a mock provider received (tests index into it freely)."""
+    assert request.json is not None, "the provider received no JSON body"
+    return request.json
 
 
 def provider_entry(mock: MockProvider, **extra: Any) -> dict[str, Any]:

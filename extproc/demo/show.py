@@ -11,7 +11,7 @@ import socket
 import tempfile
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import openai
 import yaml
@@ -20,7 +20,11 @@ from ..policy import parse_policy
 from ..supervisor import Supervisor, UpOptions
 from .mock_provider import MockFleet, MockProvider
 
-PROVIDERS = [("openai-primary", "openai"), ("anthropic-backup", "anthropic"), ("small-local", "openai")]
+PROVIDERS: list[tuple[str, Literal["openai", "anthropic"]]] = [
+    ("openai-primary", "openai"),
+    ("anthropic-backup", "anthropic"),
+    ("small-local", "openai"),
+]
 DEMO_KEYS = {"RUNGWAY_DEMO_OPENAI_KEY": "sk-demo-openai", "RUNGWAY_DEMO_ANTHROPIC_KEY": "sk-demo-anthropic"}
 
 
@@ -47,39 +51,44 @@ def _flags(headers: Any) -> str:
     return "  ".join(f"{k}={headers.get('x-rungway-' + k)}" for k in keys)
 
 
+async def _ask(client: openai.AsyncOpenAI, messages: Any, stream: bool) -> None:
+    if stream:
+        async with client.chat.completions.with_streaming_response.create(
+            model="gpt-4o", messages=messages, stream=True
+        ) as response:
+            text = ""
+            chunks: openai.AsyncStream[Any] = await response.parse()
+            async for chunk in chunks:
+                for choice in chunk.choices:
+                    text += choice.delta.content or ""
+            _say(f"  {_flags(response.headers)}")
+            _say(f"  streamed: {text[:70]}…")
+        return
+    raw = await client.chat.completions.with_raw_response.create(model="gpt-4o", messages=messages)
+    completion = raw.parse()
+    _say(f"  {_flags(raw.headers)}")
+    _say(f"  model={completion.model}  answer: {(completion.choices[0].message.content or '')[:60]}…")
+
+
 async def _show(client: openai.AsyncOpenAI, fleet: dict[str, MockProvider]) -> None:
     primary = fleet["openai-primary"]
-    steps: list[tuple[str, str, dict[str, Any]]] = [
-        ("healthy primary", "ok", {}),
-        ("primary answers 503", "status:503", {}),
-        ("primary answers 200 with broken JSON (a partial outage)", "invalid_json", {}),
-        ("primary rate-limited for 30 s (429, Retry-After: 30)", "status:429:30", {}),
-        ("streaming; primary sends an error event before its first token", "sse_error", {"stream": True}),
+    steps = [
+        ("healthy primary", "ok", False),
+        ("primary answers 503", "status:503", False),
+        ("primary answers 200 with broken JSON (a partial outage)", "invalid_json", False),
+        ("primary rate-limited for 30 s (429, Retry-After: 30)", "status:429:30", False),
+        ("streaming; primary sends an error event before its first token", "sse_error", True),
     ]
-    for title, mode, extra in steps:
+    messages: Any = [{"role": "user", "content": "Where is my order #1234?"}]
+    for title, mode, stream in steps:
         primary.set_mode(mode)
         _say(f"\n▶ {title}")
-        messages = [{"role": "user", "content": "Where is my order #1234?"}]
-        if extra.get("stream"):
-            async with client.chat.completions.with_streaming_response.create(
-                model="gpt-4o", messages=messages, stream=True  # type: ignore[arg-type]
-            ) as raw:
-                text = ""
-                async for chunk in await raw.parse():
-                    for choice in chunk.choices:
-                        text += choice.delta.content or ""
-                _say(f"  {_flags(raw.headers)}")
-                _say(f"  streamed: {text[:70]}…")
-        else:
-            raw = await client.chat.completions.with_raw_response.create(model="gpt-4o", messages=messages)  # type: ignore[arg-type]
-            completion = raw.parse()
-            _say(f"  {_flags(raw.headers)}")
-            _say(f"  model={completion.model}  answer: {(completion.choices[0].message.content or '')[:60]}…")
+        await _ask(client, messages, stream)
     primary.set_mode("ok")
 
 
 async def run_demo(listen: tuple[str, int], admin: tuple[str, int], *, interactive: bool) -> int:
-    fleet = {name: MockProvider(name, dialect) for name, dialect in PROVIDERS}  # type: ignore[arg-type]
+    fleet = {name: MockProvider(name, dialect) for name, dialect in PROVIDERS}
     mocks = MockFleet(list(fleet.values()))
     control_port = await mocks.start()
     workdir = Path(tempfile.mkdtemp(prefix="rungway-demo-"))
@@ -109,7 +118,7 @@ async def run_demo(listen: tuple[str, int], admin: tuple[str, int], *, interacti
         await supervisor.start()
         base = f"http://{options.listen[0]}:{supervisor.listen_port}"
         _say(f"Envoy listens on {base}  (apps point their SDK's base URL here)")
-        _say(f"ladder 'chat': openai-primary/gpt-4o → anthropic-backup/claude-sonnet-4-5 → small-local/llama-3.1-8b")
+        _say("ladder 'chat': openai-primary/gpt-4o → anthropic-backup/claude-sonnet-4-5 → small-local/llama-3.1-8b")
         async with openai.AsyncOpenAI(base_url=base + "/v1", api_key="sk-the-apps-own-key", max_retries=0) as client:
             await _show(client, fleet)
         admin_url = f"http://{options.admin[0]}:{supervisor.admin_port}"

@@ -5,15 +5,16 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import openai
 import pytest
 
 from tests.conftest import KEY_ENV, PRIMARY_KEY, Fleet
-from tests.stack import APP_KEY, Stack, running
+from tests.stack import APP_KEY, running
 
 pytestmark = pytest.mark.e2e
-HI = [{"role": "user", "content": "hi"}]
+HI: Any = [{"role": "user", "content": "hi"}]
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Any
 
 import anthropic
 import httpx2 as httpx
@@ -12,10 +13,10 @@ import openai
 import pytest
 
 from tests.conftest import EnvoyGuard, Fleet
-from tests.stack import APP_KEY, Stack
+from tests.stack import APP_KEY, Stack, body_of
 
 pytestmark = pytest.mark.e2e
-HI = [{"role": "user", "content": "hi"}]
+HI: Any = [{"role": "user", "content": "hi"}]
 
 
 def collect(stream: openai.Stream) -> tuple[str, list[str], list[object]]:  # type: ignore[type-arg]
@@ -30,12 +31,16 @@ def collect(stream: openai.Stream) -> tuple[str, list[str], list[object]]:  # ty
     return text, finishes, usages
 
 
-def raw_events(stack: Stack, body: dict[str, object], path: str = "/v1/chat/completions") -> tuple[httpx.Response, list[str]]:
-    with httpx.Client(timeout=30) as client:
-        with client.stream(
+def raw_events(
+    stack: Stack, body: dict[str, object], path: str = "/v1/chat/completions"
+) -> tuple[httpx.Response, list[str]]:
+    with (
+        httpx.Client(timeout=30) as client,
+        client.stream(
             "POST", stack.base_url + path, json=body, headers={"authorization": f"Bearer {APP_KEY}"}
-        ) as response:
-            data = b"".join(response.iter_bytes())
+        ) as response,
+    ):
+        data = b"".join(response.iter_bytes())
     return response, [e for e in data.decode().split("\n\n") if e.strip()]
 
 
@@ -66,10 +71,16 @@ def test_usage_and_done_arrive(clean: Stack) -> None:
     assert usage["choices"] == [] and usage["usage"]["completion_tokens"] > 0
 
 
-@pytest.mark.parametrize(("mode", "reason"), [("sse_error", "server_error"), ("first_delay:5", "timeout"), ("status:503", "server_error")])
-def test_a_stream_that_fails_before_its_first_token_falls_back(clean: Stack, fleet: Fleet, mode: str, reason: str) -> None:
+@pytest.mark.parametrize(
+    ("mode", "reason"), [("sse_error", "server_error"), ("first_delay:5", "timeout"), ("status:503", "server_error")]
+)
+def test_a_stream_that_fails_before_its_first_token_falls_back(
+    clean: Stack, fleet: Fleet, mode: str, reason: str
+) -> None:
     fleet.primary.set_mode(mode)
-    with clean.openai().chat.completions.with_streaming_response.create(model="gpt-4o", messages=HI, stream=True) as raw:
+    with clean.openai().chat.completions.with_streaming_response.create(
+        model="gpt-4o", messages=HI, stream=True
+    ) as raw:
         assert raw.headers["x-rungway-served-by"] == "secondary/claude-fallback"
         assert raw.headers["x-rungway-reason"] == reason
         text, finishes, _ = collect(raw.parse())
@@ -78,7 +89,9 @@ def test_a_stream_that_fails_before_its_first_token_falls_back(clean: Stack, fle
     assert finishes == ["stop"]
 
 
-def test_a_cut_after_the_first_token_ends_with_an_error_event_not_a_silent_truncation(clean: Stack, fleet: Fleet) -> None:
+def test_a_cut_after_the_first_token_ends_with_an_error_event_not_a_silent_truncation(
+    clean: Stack, fleet: Fleet
+) -> None:
     fleet.primary.set_mode("cut:4")
     stream = clean.openai().chat.completions.create(model="gpt-4o", messages=HI, stream=True)
     text = ""
@@ -88,7 +101,7 @@ def test_a_cut_after_the_first_token_ends_with_an_error_event_not_a_silent_trunc
                 text += choice.delta.content or ""
     assert text  # the first tokens arrived before the cut
     assert "stream" in str(info.value.message).lower()
-    response, events = raw_events(clean, {"model": "gpt-4o", "messages": HI, "stream": True})
+    _response, events = raw_events(clean, {"model": "gpt-4o", "messages": HI, "stream": True})
     assert "data: [DONE]" not in events
     assert json.loads(events[-1].removeprefix("data: "))["error"]["code"] == "stream_interrupted"
 
@@ -106,13 +119,13 @@ def test_a_stall_after_the_first_token_is_ended_by_the_watchdog(clean: Stack, fl
 
 def test_a_stream_missing_done_is_finalised_with_usage(clean: Stack, fleet: Fleet) -> None:
     fleet.primary.set_mode("no_done")
-    response, events = raw_events(
+    _response, events = raw_events(
         clean, {"model": "gpt-4o", "messages": HI, "stream": True, "stream_options": {"include_usage": True}}
     )
     assert events[-1] == "data: [DONE]"
     assert any('"usage"' in e for e in events)
     fleet.primary.set_mode("no_done")
-    text, finishes, usages = collect(
+    _text, finishes, usages = collect(
         clean.openai().chat.completions.create(
             model="gpt-4o", messages=HI, stream=True, stream_options={"include_usage": True}
         )
@@ -141,13 +154,15 @@ def test_anthropic_stream_same_dialect_and_translated(clean: Stack, fleet: Fleet
     assert text.startswith("Hello from primary (gpt-fallback)")
     assert message.model == "gpt-fallback" and message.stop_reason == "end_turn"
     assert message.usage.output_tokens > 0
-    sent = fleet.primary.requests[-1].json
+    sent = body_of(fleet.primary.requests[-1])
     assert sent["stream"] is True and sent["stream_options"] == {"include_usage": True}
 
 
 def test_anthropic_stream_cut_raises_in_the_sdk(clean: Stack, fleet: Fleet) -> None:
     fleet.secondary.set_mode("cut:3")
-    with pytest.raises(anthropic.APIError):
-        with clean.anthropic().messages.stream(model="claude-sonnet", max_tokens=100, messages=HI) as stream:
-            for _ in stream.text_stream:
-                pass
+    with (
+        pytest.raises(anthropic.APIError),
+        clean.anthropic().messages.stream(model="claude-sonnet", max_tokens=100, messages=HI) as stream,
+    ):
+        for _ in stream.text_stream:
+            pass

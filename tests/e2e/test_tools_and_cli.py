@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import openai
 import pytest
@@ -12,10 +13,10 @@ import yaml
 
 from extproc.supervisor import envoy_binary
 from tests.conftest import Fleet
-from tests.stack import REPO, Stack
+from tests.stack import REPO, Stack, body_of
 
 pytestmark = pytest.mark.e2e
-HI = [{"role": "user", "content": "hi"}]
+HI: Any = [{"role": "user", "content": "hi"}]
 TOOLS = [{"type": "function", "function": {"name": "issue_refund", "parameters": {"type": "object", "properties": {}}}}]
 
 
@@ -36,15 +37,17 @@ def test_a_strip_tools_rung_serves_without_the_tools_and_says_so(clean: Stack, f
     raw = clean.openai().chat.completions.with_raw_response.create(model="gpt-4o", messages=HI, tools=TOOLS)  # type: ignore[arg-type]
     assert raw.headers["x-rungway-served-by"] == "small/small-model"
     assert raw.headers["x-rungway-degraded"] == "true"
-    sent = fleet.small.requests[-1].json
+    sent = body_of(fleet.small.requests[-1])
     assert "tools" not in sent and sent["model"] == "small-model"
     # The rungs before it did get the tools.
-    assert fleet.primary.requests[-1].json["tools"][0]["function"]["name"] == "issue_refund"
-    assert fleet.secondary.requests[-1].json["tools"][0]["name"] == "issue_refund"
+    assert body_of(fleet.primary.requests[-1])["tools"][0]["function"]["name"] == "issue_refund"
+    assert body_of(fleet.secondary.requests[-1])["tools"][0]["name"] == "issue_refund"
 
 
 def rungway(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "extproc.cli", *args], cwd=REPO, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "extproc.cli", *args], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
 
 
 def test_policy_check_reports_field_level_errors(tmp_path: Path) -> None:
@@ -76,9 +79,13 @@ def test_policy_check_names_yaml_syntax_errors_by_line(tmp_path: Path) -> None:
 
 def test_envoy_config_renders_a_bootstrap_envoy_accepts(tmp_path: Path) -> None:
     out = tmp_path / "envoy.yaml"
-    result = rungway("envoy-config", "--policy", str(REPO / "policies" / "example.yaml"), "--extproc-port", "50051", "-o", str(out))
+    result = rungway(
+        "envoy-config", "--policy", str(REPO / "policies" / "example.yaml"), "--extproc-port", "50051", "-o", str(out)
+    )
     assert result.returncode == 0, result.stderr
-    check = subprocess.run([envoy_binary(), "--mode", "validate", "-c", str(out)], capture_output=True, text=True, timeout=60)
+    check = subprocess.run(
+        [envoy_binary(), "--mode", "validate", "-c", str(out)], capture_output=True, text=True, timeout=60
+    )
     assert check.returncode == 0, check.stdout + check.stderr
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -14,7 +15,7 @@ from tests.stack import MockThread, Stack, running
 from tests.tlsca import make_test_ca
 
 pytestmark = pytest.mark.e2e
-HI = [{"role": "user", "content": "hi"}]
+HI: Any = [{"role": "user", "content": "hi"}]
 
 
 def test_a_3mb_answer_passes_the_buffering_filter(clean: Stack, fleet: Fleet) -> None:
