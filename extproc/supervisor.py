@@ -134,6 +134,11 @@ class Supervisor:
             "--disable-hot-restart",
             "--admin-address-path",
             str(admin_file),
+            # On shutdown, listeners drain: connections get "connection: close" at once.
+            "--drain-strategy",
+            "immediate",
+            "--drain-time-s",
+            "5",
         ]
         self._envoy = subprocess.Popen(cmd)
 
@@ -269,20 +274,43 @@ class Supervisor:
                     log.error("%s", exc)
                 self._write_state()
 
-    async def stop(self) -> None:
+    async def _drain_envoy(self, timeout: float) -> None:
+        """Stop accepting new requests and let in-flight ones finish, for up to `timeout`."""
+        if self._envoy is None or self._envoy.poll() is not None or not self.envoy_admin_port:
+            return
+        admin = f"http://{self.options.envoy_admin[0]}:{self.envoy_admin_port}"
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        try:
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
+                async with session.post(f"{admin}/drain_listeners?graceful&inboundonly"):
+                    pass
+                while loop.time() < deadline:
+                    async with session.get(f"{admin}/stats?filter=^http\\.rungway\\.downstream_rq_active$") as r:
+                        text = await r.text()
+                    if text.strip().endswith(": 0") or not text.strip():
+                        return
+                    await asyncio.sleep(0.1)
+        except aiohttp.ClientError as exc:
+            log.warning("could not drain Envoy: %s", exc)
+
+    async def stop(self, drain_s: float = 5.0) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
-        procs = [p for p in [self._envoy, *self._workers] if p is not None and p.poll() is None]
-        for proc in procs:
-            proc.send_signal(signal.SIGTERM)
+        await self._drain_envoy(drain_s)
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + 10
-        for proc in procs:
-            while proc.poll() is None and loop.time() < deadline:
-                await asyncio.sleep(0.05)
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        # Envoy first (no new tries reach the workers), then the workers drain their streams.
+        for group in ([self._envoy], self._workers):
+            procs = [p for p in group if p is not None and p.poll() is None]
+            for proc in procs:
+                proc.send_signal(signal.SIGTERM)
+            deadline = loop.time() + 10
+            for proc in procs:
+                while proc.poll() is None and loop.time() < deadline:
+                    await asyncio.sleep(0.05)
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
         shutil.rmtree(self._dir, ignore_errors=True)
         log.info("rungway stopped")
 

@@ -44,7 +44,7 @@ DEFAULT_TOKENS: Final = 12
 MODE_GRAMMAR: Final = (
     "ok, tokens:N, json, tool, status:CODE[:RETRY_AFTER], delay:S, reset, invalid_json, empty, "
     "empty_tool, safety, context_overflow, big:BYTES, sse_error, first_delay:S, stall:N:S, cut:N, "
-    "no_done, reset_after:N"
+    "no_done, finish_hang:S, reset_after:N"
 )
 
 _PLAIN: Final = frozenset(
@@ -63,8 +63,8 @@ _PLAIN: Final = frozenset(
     }
 )
 _COUNTED: Final = frozenset({"tokens", "big", "cut", "reset_after"})
-_TIMED: Final = frozenset({"delay", "first_delay"})
-_STREAM_ONLY: Final = frozenset({"sse_error", "first_delay", "stall", "cut", "no_done", "reset_after"})
+_TIMED: Final = frozenset({"delay", "first_delay", "finish_hang"})
+_STREAM_ONLY: Final = frozenset({"sse_error", "first_delay", "stall", "cut", "no_done", "finish_hang", "reset_after"})
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\Z")
 _TOOL_ARGUMENTS: Final = ('{"city": ', '"Paris"}')
@@ -777,7 +777,12 @@ class MockProvider:
             if kind == "reset_after":
                 _abort(request)
                 return response
-            if kind != "cut":
+            if kind == "finish_hang":
+                # Everything but the terminal marker, then silence before it.
+                await response.write(plan.tail)
+                await asyncio.sleep(mode.seconds)
+                await response.write(plan.done)
+            elif kind != "cut":
                 await response.write(plan.tail if kind == "no_done" else plan.tail + plan.done)
             await response.write_eof()
         except ConnectionError:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,7 +13,7 @@ import openai
 import pytest
 
 from tests.conftest import KEY_ENV, PRIMARY_KEY, Fleet
-from tests.stack import APP_KEY, running
+from tests.stack import APP_KEY, Stack, running
 
 pytestmark = pytest.mark.e2e
 HI: Any = [{"role": "user", "content": "hi"}]
@@ -87,3 +89,24 @@ def test_a_killed_worker_is_restarted_and_traffic_resumes(fresh: Fleet, tmp_path
         for _ in range(6):
             assert serves()
         assert fresh.primary.requests[-1].headers["authorization"] == f"Bearer {PRIMARY_KEY}"
+
+
+def test_sigterm_lets_an_in_flight_request_finish(fresh: Fleet, tmp_path: Path) -> None:
+    stack = Stack(fresh.policy(tmp_path), env=KEY_ENV)
+    try:
+        fresh.primary.set_mode("delay:1")
+        result: dict[str, int] = {}
+
+        def ask() -> None:
+            result["status"] = stack.post("/v1/chat/completions", {"model": "gpt-4o", "messages": HI}).status_code
+
+        worker = threading.Thread(target=ask)
+        worker.start()
+        time.sleep(0.4)
+        stack.process.send_signal(signal.SIGTERM)
+        assert stack.process.wait(timeout=20) == 0
+        worker.join(timeout=10)
+        assert result == {"status": 200}
+        assert len(fresh.primary.requests) == 1
+    finally:
+        stack.stop()

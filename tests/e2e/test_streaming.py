@@ -133,6 +133,18 @@ def test_a_stream_missing_done_is_finalised_with_usage(clean: Stack, fleet: Flee
     assert finishes == ["stop"] and len(usages) == 1
 
 
+def test_a_stream_whose_terminal_marker_hangs_is_finalised_promptly(clean: Stack, fleet: Fleet) -> None:
+    fleet.primary.set_mode("finish_hang:20")
+    started = time.monotonic()
+    _, events = raw_events(
+        clean, {"model": "gpt-4o", "messages": HI, "stream": True, "stream_options": {"include_usage": True}}
+    )
+    # The policy's stream_finish_grace_s is 0.5 s; the provider would send [DONE] after 20 s.
+    assert time.monotonic() - started < 5
+    assert events[-1] == "data: [DONE]" and '"usage"' in events[-2]
+    assert events.count("data: [DONE]") == 1
+
+
 def test_a_reset_after_the_first_token_is_an_error_for_the_client(
     clean: Stack, fleet: Fleet, envoy_guard: EnvoyGuard
 ) -> None:
