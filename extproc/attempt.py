@@ -14,7 +14,6 @@ ended by the sidecar's own watchdog with an in-band error event.
 from __future__ import annotations
 
 import json
-import logging
 import secrets
 from typing import Any
 
@@ -27,14 +26,12 @@ from .taxonomy import CLIENT_STATUS, Failure
 from .translate import (
     TranslationError,
     anthropic_to_openai,
-    classify,
     dump_json,
     openai_to_anthropic,
-    parse_provider_error,
     render_error,
 )
 from .trip import Action, Position, TripRecord, after_failure, parse_retry_after, previous_failure
-from .validate import check_completion
+from .validate import judge_answer
 from .wire import (
     Mode,
     ProcessingRequest,
@@ -54,8 +51,6 @@ from .wire import (
     with_metadata,
     with_mode,
 )
-
-log = logging.getLogger("rungway.attempt")
 
 # Headers that carry a provider's identity or a previous try's rewrite. Removed on every try.
 _SCRUB = (
@@ -307,9 +302,7 @@ class AttemptProcessor:
             out = bytes(self._pending) + out
             self._pending.clear()
         if end_of_stream or relay.closed:
-            out += relay.finish()
-            answers.append(streamed(out, True))
-            self._close_stream("complete" if relay.done else "cut")
+            answers.append(streamed(out + self._finish_stream(), True))
         elif out:
             answers.append(streamed(out, False))
         return answers
@@ -320,8 +313,7 @@ class AttemptProcessor:
             if self._relay is not None and self._relay.started:
                 if not self._headers_sent:
                     answers.append(self._release_headers())
-                answers.append(streamed(bytes(self._pending) + self._relay.finish(), True))
-                self._close_stream("complete" if self._relay.done else "cut")
+                answers.append(streamed(bytes(self._pending) + self._finish_stream(), True))
             else:
                 answers.extend(self._end_of_held_stream())
         answers.append(trailers_response())
@@ -356,65 +348,54 @@ class AttemptProcessor:
     # ---- judging -----------------------------------------------------------------------------
 
     def _judge_json(self, body: bytes, *, headers_phase: bool) -> ProcessingResponse:
-        status = self._status
-        failure: Failure | None
-        detail = ""
-        parsed: Any = None
-        if 200 <= status < 300:
-            try:
-                parsed = json.loads(body) if body else None
-            except ValueError:
-                parsed = None
-            if parsed is None:
-                failure, detail = Failure.SCHEMA_ERROR, "the provider's answer is not valid JSON"
-            else:
-                verdict = check_completion(
-                    self._provider.dialect,
-                    parsed,
-                    self._policy.tasks.get(self._task, self._policy.tasks[self._policy.default_task]),
-                )
-                failure, detail = verdict.failure, verdict.detail
+        set_headers, new_body, trip = self._outcome(body)
+        if headers_phase:  # an answer without a body: nothing to replace
+            response = response_headers_response(common(set_headers))
         else:
-            error = parse_provider_error(self._provider.dialect.wire.value, body)
-            failure = classify(self._provider.dialect.wire.value, status, error) or Failure.SERVER_ERROR
-            detail = error.message if error is not None else f"the provider answered HTTP {status}"
+            response = response_body_response(common(set_headers, body=new_body))
+        return with_metadata(response, META_TRIP, trip) if trip is not None else response
 
-        def answer(c: Any) -> ProcessingResponse:
-            return response_headers_response(c) if headers_phase else response_body_response(c)
-
-        if failure is None or (
-            failure is Failure.SAFETY_BLOCK and 200 <= status < 300 and not self._policy.hop_on_safety_block
-        ):
-            # Served (a provider's refusal is an answer too: propagated as the client's answer).
-            new_body = self._translate_answer(parsed) if self._translate else None
-            set_headers = self._flags(failure, final=True)
-            if new_body is not None:
-                set_headers["content-length"] = str(len(new_body))
-            self._count_served(failure)
-            return answer(common(set_headers, body=new_body))
-
+    def _outcome(self, body: bytes) -> tuple[dict[str, str], bytes | None, dict[str, str] | None]:
+        """A whole answer → the headers to set, the body to replace it with (None: keep it),
+        and the trip record for the next try (None: served)."""
+        status = self._status
+        contract = self._policy.tasks.get(self._task, self._policy.tasks[self._policy.default_task])
+        judged = judge_answer(self._provider.dialect, status, body, contract)
+        failure, detail = judged.failure, judged.detail
+        served = 200 <= status < 300 and (
+            failure is None or (failure is Failure.SAFETY_BLOCK and not self._policy.hop_on_safety_block)
+        )
+        if served:
+            # A provider's refusal is an answer too: propagated as the client's answer.
+            new_body = self._translate_answer(judged.parsed) if self._translate else None
+            if self._translate and new_body is None:
+                failure, detail = Failure.SCHEMA_ERROR, "the provider's answer cannot be expressed in the client's API"
+            else:
+                set_headers = self._flags(failure, final=True)
+                if new_body is not None:
+                    set_headers["content-length"] = str(len(new_body))
+                self._count_served(failure)
+                return set_headers, new_body, None
+        assert failure is not None
         action = after_failure(self._policy, self._position, failure, self._retry_after)
         self._count_trip(failure)
         trip = {"fail": failure.value, "why": (self._why or failure).value}
         if action is Action.WAIT:
             self._count_attempt("wait")
-            return with_metadata(answer(common(self._flags(failure, final=False))), META_TRIP, trip)
+            return self._flags(failure, final=False), None, trip
+        err = render_error(self._client.wire.value, failure, detail)
+        error_headers = {"content-type": "application/json", "content-length": str(len(err))}
         if action is Action.HOP:
             self._count_attempt("hop")
-            err = render_error(self._client.wire.value, failure, detail)
-            set_headers = {":status": "503", "content-type": "application/json", "content-length": str(len(err))}
-            return with_metadata(answer(common(set_headers, body=err)), META_TRIP, trip)
-        # FINAL: the client's answer is this failure.
+            return {":status": "503", **error_headers}, err, trip
+        # FINAL: the client's answer is this failure, in its own dialect.
         self._count_attempt("failed")
         set_headers = self._flags(failure, final=True)
-        keep_provider_body = not self._translate and not (200 <= status < 300) and bool(body)
-        new_status = status if not (200 <= status < 300) else CLIENT_STATUS[failure]
-        set_headers[":status"] = str(new_status)
-        if keep_provider_body:
-            return with_metadata(answer(common(set_headers)), META_TRIP, trip)
-        err = render_error(self._client.wire.value, failure, detail)
-        set_headers.update({"content-type": "application/json", "content-length": str(len(err))})
-        return with_metadata(answer(common(set_headers, body=err)), META_TRIP, trip)
+        provider_error = not 200 <= status < 300
+        set_headers[":status"] = str(status if provider_error else CLIENT_STATUS[failure])
+        if provider_error and not self._translate and body:
+            return set_headers, None, trip  # already the client's dialect
+        return {**set_headers, **error_headers}, err, trip
 
     def _translate_answer(self, parsed: Any) -> bytes | None:
         try:
@@ -423,7 +404,6 @@ class AttemptProcessor:
             else:
                 out = anthropic_to_openai.response(parsed, self._model)
         except TranslationError:
-            log.warning("answer from %s could not be translated; passed through", self._provider_name)
             return None
         return dump_json(out)
 
@@ -437,12 +417,12 @@ class AttemptProcessor:
                 return self._stream_failed_before_start(
                     Failure.SCHEMA_ERROR, "the provider answered a stream request without a stream"
                 )
-            judged = self._judge_json(body, headers_phase=True)
+            set_headers, new_body, trip = self._outcome(body)
             self._closed = True
-            c = judged.response_headers.response
-            new_body = c.body_mutation.body if c.HasField("body_mutation") else body
-            c.ClearField("body_mutation")
-            return [judged, streamed(new_body, True)]
+            headers = response_headers_response(common(set_headers))
+            if trip is not None:
+                headers = with_metadata(headers, META_TRIP, trip)
+            return [headers, streamed(body if new_body is None else new_body, True)]
         relay = self._relay
         assert relay is not None
         if relay.finished:
@@ -472,6 +452,25 @@ class AttemptProcessor:
         self._count_served(None)
         # The body is rewritten event by event: its length is not the provider's.
         return response_headers_response(common(self._flags(None, final=True), remove=("content-length",)))
+
+    def _finish_stream(self) -> bytes:
+        """The provider's stream ended after the first token: the client's tail, and the count
+        (a stream that did not end properly is a failed try for the health view)."""
+        relay = self._relay
+        assert relay is not None
+        done, finished, error = relay.done, relay.finished, relay.error
+        tail = relay.finish()
+        if done:
+            self._close_stream("complete")
+        elif error is not None:
+            self._close_stream("provider_error")
+            self._count_trip(stream_failure(error, started=True))
+        elif finished:
+            self._close_stream("finalised")
+        else:
+            self._close_stream("cut")
+            self._count_trip(Failure.STREAM_INTERRUPTED)
+        return tail
 
     def _close_stream(self, outcome: str) -> None:
         self._closed = True
@@ -515,6 +514,7 @@ class AttemptProcessor:
         self._count_attempt("served")
         degraded = self._position.rung != 0 or self._tools_stripped
         tier = str(self._policy.tier_of(self._position.ladder, self._position.rung))
-        self._sidecar.metrics.served.labels(
-            self._tenant, self._task, self._position.ladder, tier, str(degraded).lower()
+        metrics = self._sidecar.metrics
+        metrics.served.labels(
+            metrics.tenant(self._tenant), self._task, self._position.ladder, tier, str(degraded).lower()
         ).inc()

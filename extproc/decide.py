@@ -15,7 +15,7 @@ from .flags import flags
 from .ladder import NeedBody, Refusal, RequestFeatures, Route, choose
 from .policy import Dialect, Impact
 from .sidecar import Sidecar
-from .taxonomy import Failure
+from .taxonomy import CLIENT_STATUS, Failure
 from .translate import render_error
 from .wire import (
     Mode,
@@ -136,7 +136,8 @@ class DecideProcessor:
         if isinstance(result, Refusal):
             return self._refuse(result.failure, result.message, "refused", ladder="")
         policy = self._policy
-        self._sidecar.metrics.decisions.labels(f.tenant, f.task, result.ladder, "routed").inc()
+        metrics = self._sidecar.metrics
+        metrics.decisions.labels(metrics.tenant(f.tenant), f.task, result.ladder, "routed").inc()
         c = common(
             {
                 CLUSTER_HEADER: result.cluster,
@@ -174,7 +175,8 @@ class DecideProcessor:
         f = self._features
         tenant = f.tenant if f else policy.default_tenant
         task = f.task if f else policy.default_task
-        self._sidecar.metrics.decisions.labels(tenant, task, ladder, outcome).inc()
+        metrics = self._sidecar.metrics
+        metrics.decisions.labels(metrics.tenant(tenant), task, ladder, outcome).inc()
         headers = {
             "content-type": "application/json",
             **flags(
@@ -186,7 +188,7 @@ class DecideProcessor:
                 attempts=0,
             ),
         }
-        status = 400
-        response = immediate(status, headers, render_error(self._dialect.value, failure, message))
+        # The status agrees with the error type render_error picks for the failure.
+        response = immediate(CLIENT_STATUS[failure], headers, render_error(self._dialect.value, failure, message))
         # Marks the answer as already rendered, so Envoy's local-reply mappers leave it alone.
         return with_metadata(response, META_DECISION, {"rendered": True, "tenant": tenant, "task": task})

@@ -561,11 +561,8 @@ def _fail_open_route(
         }
         prefix = provider.path_prefix.removesuffix("/v1")
         if prefix:
-            action["prefix_rewrite"] = prefix + "/"
-            route["match"] = {**match}
-            if "path" in match:
-                action.pop("prefix_rewrite")
-                action["regex_rewrite"] = {"pattern": {"regex": "^(.*)$"}, "substitution": prefix + r"\1"}
+            # Prepend the provider's path prefix, keeping the whole client path after it.
+            action["regex_rewrite"] = {"pattern": {"regex": "^(.*)$"}, "substitution": prefix + r"\1"}
         route["route"] = action
     if not extproc:
         disabled = {"@type": _ANY + "envoy.config.route.v3.FilterConfig", "disabled": True}

@@ -6,11 +6,16 @@ mode (PROMETHEUS_MULTIPROC_DIR), so the supervisor's /metrics shows the whole si
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter
+
+# Tenant names come from a request header: past this many distinct ones per process, further
+# tenants are counted as "other" so a noisy or hostile client cannot blow up the label sets.
+MAX_TENANT_LABELS = 200
 
 
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self._tenants: set[str] = set()
         kw = {"registry": registry} if registry is not None else {}
         self.decisions = Counter(
             "rungway_decisions_total",
@@ -48,9 +53,12 @@ class Metrics:
             ["filter"],
             **kw,  # type: ignore[arg-type]
         )
-        self.decide_seconds = Histogram(
-            "rungway_decide_seconds",
-            "Sidecar time spent deciding a request.",
-            buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05),
-            **kw,  # type: ignore[arg-type]
-        )
+
+    def tenant(self, name: str) -> str:
+        """The label for a tenant: its name, or "other" once the label budget is spent."""
+        if name in self._tenants:
+            return name
+        if len(self._tenants) < MAX_TENANT_LABELS:
+            self._tenants.add(name)
+            return name
+        return "other"

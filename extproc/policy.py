@@ -73,10 +73,10 @@ class Credential(_Frozen):
     def resolve(self) -> SecretStr:
         """Read the key now; raises CredentialError naming the source, never the value."""
         if self.env is not None:
-            value = os.environ.get(self.env)
+            value = os.environ.get(self.env, "").strip()
             if not value:
                 raise CredentialError(f"environment variable {self.env} is not set")
-            return SecretStr(value.strip())
+            return SecretStr(value)
         assert self.file is not None
         try:
             value = self.file.read_text().strip()
@@ -250,30 +250,36 @@ class Policy(_Frozen):
 
     @model_validator(mode="after")
     def _references_resolve(self) -> Policy:
+        # Every broken reference at once, each as a 'location: message' line (pydantic gives a
+        # model-level error no location, so the lines carry their own; see _field_errors).
+        problems = []
+        known = ", ".join(sorted(self.providers))
         for ladder_name, rungs in self.ladders.items():
             for i, rung in enumerate(rungs):
                 if rung.provider not in self.providers:
-                    raise ValueError(
-                        f"ladders.{ladder_name}[{i}].provider {rung.provider!r} is not a provider "
-                        f"(known: {', '.join(sorted(self.providers))})"
+                    problems.append(
+                        f"ladders.{ladder_name}.{i}.provider: {rung.provider!r} is not a provider (known: {known})"
                     )
         if self.default_task not in self.tasks:
-            raise ValueError(f"default_task {self.default_task!r} is not in tasks")
+            problems.append(f"default_task: {self.default_task!r} is not in tasks")
         for i, route in enumerate(self.models):
             if route.ladder not in self.ladders:
-                raise ValueError(f"models[{i}].ladder {route.ladder!r} is not a ladder")
+                problems.append(f"models.{i}.ladder: {route.ladder!r} is not a ladder")
             for task, ladder in route.tasks.items():
                 if task not in self.tasks:
-                    raise ValueError(f"models[{i}].tasks has unknown task class {task!r}")
-                if ladder not in self.ladders:
-                    raise ValueError(f"models[{i}].tasks.{task} {ladder!r} is not a ladder")
+                    problems.append(f"models.{i}.tasks: unknown task class {task!r}")
+                elif ladder not in self.ladders:
+                    problems.append(f"models.{i}.tasks.{task}: {ladder!r} is not a ladder")
         for dialect in ("openai", "anthropic"):
             name = getattr(self.fail_open, dialect)
-            if name is not None:
-                if name not in self.providers:
-                    raise ValueError(f"fail_open.{dialect} {name!r} is not a provider")
-                if self.providers[name].dialect.wire.value != dialect:
-                    raise ValueError(f"fail_open.{dialect} {name!r} does not speak {dialect}")
+            if name is None:
+                continue
+            if name not in self.providers:
+                problems.append(f"fail_open.{dialect}: {name!r} is not a provider")
+            elif self.providers[name].dialect.wire.value != dialect:
+                problems.append(f"fail_open.{dialect}: {name!r} does not speak {dialect}")
+        if problems:
+            raise ValueError(_LOCATED + _LOCATED.join(problems))
         return self
 
     def route_for(self, model: str) -> ModelRoute | None:
@@ -345,11 +351,17 @@ def load_policy(path: Path) -> Policy:
     return parse_policy(data, str(path))
 
 
+_LOCATED = "\n@ "  # marks problem lines that carry their own location
+
+
 def _field_errors(exc: ValidationError) -> list[str]:
     problems = []
     for err in exc.errors(include_url=False):
         location = ".".join(str(part) for part in err["loc"]) or "(policy)"
         message = err["msg"].removeprefix("Value error, ")
+        if _LOCATED in message:
+            problems.extend(message.split(_LOCATED)[1:])
+            continue
         if err["type"] == "extra_forbidden":
             message = "unknown field"
         problems.append(f"{location}: {message}")

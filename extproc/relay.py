@@ -79,7 +79,9 @@ class StreamRelay:
             for delta in deltas:
                 self._track(delta)
             if self.error is not None and not self.started:
-                return b""  # the attempt filter hops; nothing of this stream reaches the client
+                # The attempt filter hops; nothing more of this stream reaches the client.
+                self.closed = True
+                return b""
             if self._same:
                 out += event.encode()
             else:

@@ -9,6 +9,7 @@ of its failure; the next try infers it from the record's start time.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from enum import StrEnum
@@ -76,9 +77,11 @@ def parse_retry_after(value: str | None, now_wall: float) -> float | None:
         return None
     value = value.strip()
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
         pass
+    else:
+        return max(0.0, seconds) if math.isfinite(seconds) else None
     try:
         return max(0.0, parsedate_to_datetime(value).timestamp() - now_wall)
     except (TypeError, ValueError, IndexError):

@@ -9,6 +9,7 @@ from typing import Any
 
 from .policy import Dialect, TaskClass
 from .taxonomy import Failure
+from .translate import classify, parse_provider_error
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,6 +19,32 @@ class Verdict:
 
 
 OK = Verdict(None)
+
+
+@dataclass(frozen=True, slots=True)
+class Judgement:
+    """A provider's whole non-streamed answer, classified."""
+
+    failure: Failure | None
+    detail: str = ""
+    parsed: Any = None  # the 2xx answer's JSON, when it parsed
+
+
+def judge_answer(dialect: Dialect, status: int, body: bytes, contract: TaskClass) -> Judgement:
+    """Status and body of one try → served, or which failure (the failure taxonomy's boundary)."""
+    wire = dialect.wire.value
+    if not 200 <= status < 300:
+        error = parse_provider_error(wire, body)
+        failure = classify(wire, status, error) or Failure.SERVER_ERROR
+        return Judgement(failure, error.message if error is not None else f"the provider answered HTTP {status}")
+    try:
+        parsed = json.loads(body) if body else None
+    except ValueError:
+        parsed = None
+    if parsed is None:
+        return Judgement(Failure.SCHEMA_ERROR, "the provider's answer is not valid JSON")
+    verdict = check_completion(dialect, parsed, contract)
+    return Judgement(verdict.failure, verdict.detail, parsed)
 
 
 def check_completion(dialect: Dialect, body: Any, contract: TaskClass) -> Verdict:
@@ -39,6 +66,8 @@ def _check_openai(body: dict[str, Any], contract: TaskClass) -> Verdict:
         return Verdict(Failure.SCHEMA_ERROR, "answer has no message")
     if choice.get("finish_reason") == "content_filter":
         return Verdict(Failure.SAFETY_BLOCK, "the provider's content filter stopped the answer")
+    if message.get("refusal") and not _has_text(message.get("content")):
+        return Verdict(Failure.SAFETY_BLOCK, "the model refused the request")
     tool_calls = message.get("tool_calls") or []
     if not isinstance(tool_calls, list):
         return Verdict(Failure.SCHEMA_ERROR, "tool_calls is not a list")

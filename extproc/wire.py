@@ -138,18 +138,18 @@ def attributes(request: ProcessingRequest) -> dict[str, Scalar]:
     return _plain(attrs[ATTRIBUTES_KEY])
 
 
-_HOST_META_CACHE: dict[str, Meta] = {}
+_HOST_META_CACHE: dict[tuple[str, str], Meta] = {}
 
 
 def host_metadata(text: str, namespace_name: str) -> Meta:
     """`xds.upstream_host_metadata` arrives as a text-format proto string. Parsing it is slow
     in Python, and an Envoy has only a handful of distinct hosts: cache by string."""
-    cached = _HOST_META_CACHE.get(text)
+    cached = _HOST_META_CACHE.get((text, namespace_name))
     if cached is not None:
         return cached
     metadata = base_pb2.Metadata()
     text_format.Parse(text, metadata)
     values = _plain(metadata.filter_metadata[namespace_name]) if namespace_name in metadata.filter_metadata else {}
     if len(_HOST_META_CACHE) < 4096:
-        _HOST_META_CACHE[text] = values
+        _HOST_META_CACHE[(text, namespace_name)] = values
     return values
