@@ -88,11 +88,21 @@ class AttemptError(Exception):
     """The try cannot be processed (e.g. Envoy routed to a rung the policy does not know)."""
 
 
+_SCRUB_BY_POLICY: dict[int, tuple[Policy, tuple[str, ...]]] = {}
+
+
 def _scrub_list(policy: Policy) -> tuple[str, ...]:
+    """Headers every try removes: ours, plus each provider's static ones (once per policy)."""
+    cached = _SCRUB_BY_POLICY.get(id(policy))
+    if cached is not None and cached[0] is policy:
+        return cached[1]
     extra = {name.lower() for p in policy.providers.values() for name in p.headers}
-    return (
-        _SCRUB + tuple(sorted(extra - set(_SCRUB))) + (policy.tenant_header, policy.task_header, policy.impact_header)
-    )
+    own = (policy.tenant_header, policy.task_header, policy.impact_header)
+    names = _SCRUB + tuple(sorted(extra - set(_SCRUB))) + own
+    if len(_SCRUB_BY_POLICY) > 16:
+        _SCRUB_BY_POLICY.clear()
+    _SCRUB_BY_POLICY[id(policy)] = (policy, names)
+    return names
 
 
 class AttemptProcessor:

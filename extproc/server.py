@@ -43,7 +43,7 @@ class ExternalProcessor(epg.ExternalProcessorServicer):  # type: ignore[misc]
 
     async def Process(  # noqa: N802 - the gRPC method name
         self, request_iterator: AsyncIterator[ProcessingRequest], context: grpc.aio.ServicerContext[Any, Any]
-    ) -> None:
+    ) -> AsyncIterator[ProcessingResponse]:
         role = ""
         for key, value in context.invocation_metadata() or ():
             if key == FILTER_ROLE_KEY:
@@ -54,28 +54,33 @@ class ExternalProcessor(epg.ExternalProcessorServicer):  # type: ignore[misc]
             return
         processor: Processor = factory(self._sidecar)
         clock = self._sidecar.clock
+        requests = aiter(request_iterator)
         pending_read: asyncio.Future[Any] | None = None
         try:
             while True:
                 wake = processor.wake_at()
                 if wake is None and pending_read is None:
-                    request = await context.read()
+                    try:
+                        request = await anext(requests)
+                    except StopAsyncIteration:
+                        return
                 else:
                     # A timer is armed (stream watchdog): never cancel a read, wait on it.
                     if pending_read is None:
-                        pending_read = asyncio.ensure_future(context.read())
+                        pending_read = asyncio.ensure_future(anext(requests))
                     timeout = None if wake is None else max(0.0, wake - clock.now())
                     done, _ = await asyncio.wait({pending_read}, timeout=timeout)
                     if not done:
                         for answer in processor.on_wake():
-                            await context.write(answer)
+                            yield answer
                         continue
-                    request = pending_read.result()
-                    pending_read = None
-                if request is grpc.aio.EOF:
-                    return
+                    read, pending_read = pending_read, None
+                    try:
+                        request = read.result()
+                    except StopAsyncIteration:
+                        return
                 for answer in processor.dispatch(request):
-                    await context.write(answer)
+                    yield answer
         except asyncio.CancelledError:
             raise
         except Exception:
