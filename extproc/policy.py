@@ -214,7 +214,7 @@ class Policy(_Frozen):
     default_impact: Impact = Impact.CUSTOMER_FACING
     max_attempts: int = Field(3, ge=1, le=10)
     # A 429 whose Retry-After is at most this is waited out on the same rung when it has an
-    # attempt left; a longer one moves to the next rung at once.
+    # attempt left; otherwise the try hops at once (to the rung's next slot if it has one).
     retry_after_max_s: float = Field(2.0, ge=0, le=60)
     hop_on_safety_block: bool = False
     # After the first byte of a stream: silence this long ends it with an in-band error event.
