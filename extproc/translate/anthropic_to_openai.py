@@ -15,6 +15,7 @@ import json
 from typing import Any, Final
 
 from extproc.translate.errors import TranslationError
+from extproc.translate.fields import dumps, int_or_zero, is_number, text_field, text_or_empty
 from extproc.translate.stream import (
     FinishReason,
     finish_from_openai,
@@ -25,23 +26,6 @@ from extproc.translate.stream import (
 # than drop what the model wrote, the client gets it under this key (see `_tool_input`).
 RAW_ARGUMENTS_KEY: Final = "_raw_arguments"
 _SYSTEM_BLOCK_SEPARATOR: Final = "\n\n"
-
-
-def _dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-
-
-def _str(value: object) -> str:
-    return value if isinstance(value, str) else ""
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _count(counts: dict[str, Any], field: str) -> int:
-    value = counts.get(field)
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 # --- request -------------------------------------------------------------------------------------
@@ -93,7 +77,7 @@ def _document_part(block: dict[str, Any], where: str) -> dict[str, Any]:
     if kind == "text" and isinstance(source.get("data"), str):
         return {"type": "text", "text": source["data"]}
     if kind == "base64" and source.get("media_type") == "application/pdf":
-        file = {"filename": _str(block.get("title")) or "document.pdf"}
+        file = {"filename": text_or_empty(block.get("title")) or "document.pdf"}
         file["file_data"] = _base64_source(source, where)
         return {"type": "file", "file": file}
     raise TranslationError(f"{where}: only inline PDF and plain-text documents can be sent to an OpenAI model")
@@ -129,9 +113,7 @@ def _user_messages(content: list[Any], where: str) -> list[dict[str, Any]]:
             raise TranslationError(f"{at} must be a content block")
         kind = block.get("type")
         if kind == "text":
-            text = block.get("text")
-            if not isinstance(text, str):
-                raise TranslationError(f"{at}.text must be a string")
+            text = text_field(block, at)
             parts.append({"type": "text", "text": text})
         elif kind == "image":
             parts.append(_image_part(block, at))
@@ -158,9 +140,7 @@ def _assistant_message(content: list[Any], where: str) -> dict[str, Any]:
             raise TranslationError(f"{at} must be a content block")
         kind = block.get("type")
         if kind == "text":
-            text = block.get("text")
-            if not isinstance(text, str):
-                raise TranslationError(f"{at}.text must be a string")
+            text = text_field(block, at)
             texts.append(text)
         elif kind == "tool_use":
             call_id = block.get("id")
@@ -170,7 +150,7 @@ def _assistant_message(content: list[Any], where: str) -> dict[str, Any]:
                 raise TranslationError(f"{at} needs a string id and name")
             if not isinstance(tool_input, dict):
                 raise TranslationError(f"{at}.input must be an object")
-            function = {"name": name, "arguments": _dumps(tool_input)}
+            function = {"name": name, "arguments": dumps(tool_input)}
             tool_calls.append({"id": call_id, "type": "function", "function": function})
         elif kind not in ("thinking", "redacted_thinking"):
             # Earlier thinking is the model's own scratch work: dropping it loses nothing the
@@ -282,7 +262,7 @@ def _sampling(body: dict[str, Any], out: dict[str, Any]) -> None:
     for field in ("temperature", "top_p"):
         value = body.get(field)
         if value is not None:
-            if not _is_number(value):
+            if not is_number(value):
                 raise TranslationError(f"{field} must be a number, but was {value!r}")
             out[field] = value
     stop = body.get("stop_sequences")
@@ -364,12 +344,12 @@ def _content_text(content: object) -> str:
 def _usage(usage: object) -> dict[str, Any]:
     counts = usage if isinstance(usage, dict) else {}
     details = counts.get("prompt_tokens_details")
-    cached = _count(details, "cached_tokens") if isinstance(details, dict) else 0
-    prompt = _count(counts, "prompt_tokens")
+    cached = int_or_zero(details.get("cached_tokens")) if isinstance(details, dict) else 0
+    prompt = int_or_zero(counts.get("prompt_tokens"))
     # OpenAI's prompt_tokens includes cached tokens; Anthropic's input_tokens leaves them out.
     out: dict[str, Any] = {
         "input_tokens": max(prompt - cached, 0),
-        "output_tokens": _count(counts, "completion_tokens"),
+        "output_tokens": int_or_zero(counts.get("completion_tokens")),
     }
     if cached:
         out["cache_read_input_tokens"] = cached
@@ -396,8 +376,8 @@ def response(body: dict[str, Any], model: str) -> dict[str, Any]:
         content.append(
             {
                 "type": "tool_use",
-                "id": _str(call.get("id")),
-                "name": _str(function.get("name")),
+                "id": text_or_empty(call.get("id")),
+                "name": text_or_empty(function.get("name")),
                 "input": _tool_input(function.get("arguments")),
             }
         )
@@ -406,7 +386,7 @@ def response(body: dict[str, Any], model: str) -> dict[str, Any]:
         # Some OpenAI-compatible servers say "stop" after tool calls; Anthropic clients run their
         # tools only on "tool_use".
         finish = FinishReason.TOOL_CALLS
-    provider_id = _str(body.get("id"))
+    provider_id = text_or_empty(body.get("id"))
     return {
         "id": provider_id if provider_id.startswith("msg_") else f"msg_{provider_id}",
         "type": "message",

@@ -15,6 +15,7 @@ import json
 from typing import Any, Final
 
 from extproc.translate.errors import TranslationError
+from extproc.translate.fields import dumps, is_int, is_number, text_field, text_or_empty
 from extproc.translate.stream import finish_from_anthropic
 
 DEFAULT_MAX_TOKENS: Final = 4096  # Anthropic requires max_tokens; OpenAI clients may omit it
@@ -26,22 +27,6 @@ _JSON_SCHEMA_INSTRUCTION: Final = (
     "Respond with a single JSON object that conforms to the JSON schema below, and nothing else: "
     "no prose before or after it, no code fences.\nJSON schema: "
 )
-
-
-def _dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-
-
-def _str(value: object) -> str:
-    return value if isinstance(value, str) else ""
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _text_block(text: str) -> dict[str, Any]:
@@ -128,9 +113,7 @@ def _user_blocks(content: object, where: str) -> list[dict[str, Any]]:
             raise TranslationError(f"{at} must be a content part object")
         kind = part.get("type")
         if kind == "text":
-            text = part.get("text")
-            if not isinstance(text, str):
-                raise TranslationError(f"{at}.text must be a string")
+            text = text_field(part, at)
             if text.strip():
                 blocks.append(_text_block(text))
         elif kind == "image_url":
@@ -319,7 +302,7 @@ def _json_instruction(response_format: object) -> str | None:
         schema = spec.get("schema") if isinstance(spec, dict) else None
         if not isinstance(schema, dict):
             raise TranslationError("response_format.json_schema.schema must be an object")
-        return _JSON_SCHEMA_INSTRUCTION + _dumps(schema)
+        return _JSON_SCHEMA_INSTRUCTION + dumps(schema)
     raise TranslationError("response_format.type must be 'text', 'json_object' or 'json_schema'")
 
 
@@ -328,7 +311,7 @@ def _max_tokens(body: dict[str, Any]) -> int:
         value = body.get(field)
         if value is None:
             continue
-        if not _is_int(value) or value < 1:
+        if not is_int(value) or value < 1:
             raise TranslationError(f"{field} must be a positive integer, but was {value!r}")
         limit: int = value
         return limit
@@ -390,13 +373,13 @@ def request(body: dict[str, Any], model: str) -> dict[str, Any]:
 
     temperature = body.get("temperature")
     if temperature is not None:
-        if not _is_number(temperature):
+        if not is_number(temperature):
             raise TranslationError(f"temperature must be a number, but was {temperature!r}")
         # OpenAI's range is [0, 2], Anthropic's [0, 1]: the closest Anthropic can do is its maximum.
         out["temperature"] = min(temperature, 1.0)
     top_p = body.get("top_p")
     if top_p is not None:
-        if not _is_number(top_p):
+        if not is_number(top_p):
             raise TranslationError(f"top_p must be a number, but was {top_p!r}")
         out["top_p"] = top_p
     stop = _stop_sequences(body.get("stop"))
@@ -454,11 +437,11 @@ def response(body: dict[str, Any], model: str, *, created: int) -> dict[str, Any
         elif kind == "tool_use":
             tool_input = block.get("input")
             function = {
-                "name": _str(block.get("name")),
-                "arguments": _dumps(tool_input if isinstance(tool_input, dict) else {}),
+                "name": text_or_empty(block.get("name")),
+                "arguments": dumps(tool_input if isinstance(tool_input, dict) else {}),
             }
             call = {
-                "id": _str(block.get("id")),
+                "id": text_or_empty(block.get("id")),
                 "type": "function",
                 "function": function,
             }
@@ -471,7 +454,7 @@ def response(body: dict[str, Any], model: str, *, created: int) -> dict[str, Any
     }
     if tool_calls:
         message["tool_calls"] = tool_calls
-    provider_id = _str(body.get("id"))
+    provider_id = text_or_empty(body.get("id"))
     choice = {
         "index": 0,
         "message": message,

@@ -22,6 +22,7 @@ from typing import Any, Final, TypeAlias
 
 from extproc.taxonomy import Failure
 from extproc.translate.errors import ANTHROPIC, OPENAI, dump_json, error_body
+from extproc.translate.fields import int_or_zero, text_or_empty
 from extproc.translate.sse import SseEvent
 
 
@@ -146,14 +147,6 @@ def _loads_object(data: str) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-def _str(value: object) -> str:
-    return value if isinstance(value, str) else ""
-
-
-def _int(value: object) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
-
-
 def _dict(value: object) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
@@ -200,7 +193,7 @@ class OpenAIStreamReader:
         out: list[Delta] = []
         if not self._started:
             self._started = True
-            out.append(MessageStart(id=_str(obj.get("id")), model=_str(obj.get("model"))))
+            out.append(MessageStart(id=text_or_empty(obj.get("id")), model=text_or_empty(obj.get("model"))))
         choices = obj.get("choices")
         if isinstance(choices, list):
             for choice in choices:
@@ -210,8 +203,8 @@ class OpenAIStreamReader:
         if isinstance(usage, dict):
             out.append(
                 Usage(
-                    input_tokens=_int(usage.get("prompt_tokens")),
-                    output_tokens=_int(usage.get("completion_tokens")),
+                    input_tokens=int_or_zero(usage.get("prompt_tokens")),
+                    output_tokens=int_or_zero(usage.get("completion_tokens")),
                 )
             )
         return out
@@ -248,7 +241,7 @@ class OpenAIStreamReader:
                 ToolCallStart(
                     index=ordinal,
                     id=call_id if isinstance(call_id, str) and call_id else f"call_{ordinal}",
-                    name=_str(function.get("name")),
+                    name=text_or_empty(function.get("name")),
                 )
             )
         arguments = function.get("arguments")
@@ -285,7 +278,7 @@ class AnthropicStreamReader:
         if kind == "message_start":
             message = _dict(obj.get("message"))
             self._count_input(_dict(message.get("usage")))
-            return [MessageStart(id=_str(message.get("id")), model=_str(message.get("model")))]
+            return [MessageStart(id=text_or_empty(message.get("id")), model=text_or_empty(message.get("model")))]
         if kind == "message_delta":
             out: list[Delta] = []
             stop_reason = _dict(obj.get("delta")).get("stop_reason")
@@ -296,7 +289,7 @@ class AnthropicStreamReader:
             out.append(
                 Usage(
                     input_tokens=sum(self._input.values()),
-                    output_tokens=_int(usage.get("output_tokens")),
+                    output_tokens=int_or_zero(usage.get("output_tokens")),
                 )
             )
             return out
@@ -321,7 +314,9 @@ class AnthropicStreamReader:
         if kind != "tool_use":
             return []
         ordinal = self._tools[obj.get("index")] = len(self._tools)
-        out: list[Delta] = [ToolCallStart(index=ordinal, id=_str(block.get("id")), name=_str(block.get("name")))]
+        out: list[Delta] = [
+            ToolCallStart(index=ordinal, id=text_or_empty(block.get("id")), name=text_or_empty(block.get("name")))
+        ]
         tool_input = block.get("input")
         if isinstance(tool_input, dict) and tool_input:
             # Streams start tool_use blocks with `input: {}` and send the input as deltas; a
