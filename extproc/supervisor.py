@@ -292,7 +292,9 @@ class Supervisor:
                         return
                     await asyncio.sleep(0.1)
         except aiohttp.ClientError as exc:
-            log.warning("could not drain Envoy: %s", exc)
+            await asyncio.sleep(0.1)
+            if self._envoy.poll() is None:  # a Ctrl-C reaches Envoy too: then there is nothing to drain
+                log.warning("could not drain Envoy: %s", exc)
 
     async def stop(self, drain_s: float = 5.0) -> None:
         if self._runner is not None:
