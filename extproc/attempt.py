@@ -17,9 +17,12 @@ import json
 import secrets
 from typing import Any
 
-from .envoy_config import CLUSTER_HEADER, META_DECISION, META_TRIP
-from .flags import flags
-from .policy import Capability, Dialect, Policy, Provider, Rung
+from .envoy_config import CLUSTER_HEADER, META_DECISION, META_TRIP, PROBE_HEADER
+from .flags import CANARY, flags
+from .health import Observation, endpoint_key
+from .policy import Capability, Dialect, Policy, Provider, Rung, TaskClass
+from .quota import HEADERS as QUOTA_HEADERS
+from .quota import exhausted_until
 from .relay import StreamRelay, stream_failure
 from .sidecar import Sidecar
 from .taxonomy import CLIENT_STATUS, Failure
@@ -31,7 +34,7 @@ from .translate import (
     render_error,
 )
 from .trip import Action, Position, TripRecord, after_failure, parse_retry_after, previous_failure
-from .validate import judge_answer
+from .validate import Contract, judge_answer
 from .wire import (
     Mode,
     ProcessingRequest,
@@ -66,10 +69,12 @@ _SCRUB = (
     # We must read (and may rewrite) the answer: ask for it uncompressed.
     "accept-encoding",
     CLUSTER_HEADER,
+    PROBE_HEADER,
     "x-envoy-max-retries",
     "x-envoy-upstream-rq-per-try-timeout-ms",
 )
 _ANTHROPIC_VERSION = "2023-06-01"
+_PROBE_CONTRACT = TaskClass(min_output_tokens=1)
 _NO_REQUEST_BODY = Mode(
     request_header_mode=Mode.SEND,
     request_body_mode=Mode.NONE,
@@ -79,7 +84,7 @@ _NO_REQUEST_BODY = Mode(
     response_trailer_mode=Mode.SKIP,
 )
 _TOOL_FIELDS = ("tools", "tool_choice", "parallel_tool_calls")
-_HEADERS_WANTED = frozenset({":status", "content-type", "retry-after"})
+_HEADERS_WANTED = frozenset({":status", "content-type", "retry-after"}) | QUOTA_HEADERS
 # An error answer held back while a stream request is judged: cap what we buffer of it.
 _MAX_ERROR_BODY = 256 * 1024
 
@@ -111,6 +116,11 @@ class AttemptProcessor:
         self._policy = sidecar.policy
         self._status = 0
         self._retry_after: float | None = None
+        self._request_schema: dict[str, Any] | None = None
+        self._answered_at: float | None = None
+        self._observed = False
+        self._begun = False
+        self._first_token_at: float | None = None
         self._tools_stripped = False
         self._relay: StreamRelay | None = None
         self._error_body: bytearray | None = None
@@ -167,17 +177,19 @@ class AttemptProcessor:
         self._prompt_tokens = int(decision.get("bytes", 0.0)) // 4
         self._tenant = str(decision.get("tenant", policy.default_tenant))
         self._task = str(decision.get("task", policy.default_task))
+        self._probe = decision.get("probe") is True
+        self._canary = decision.get("canary") is True
+        self._response_format = str(decision.get("rf", ""))
+        self._key = endpoint_key(self._provider_name, self._model)
+        self._per_try_s = float(decision.get("per_try_ms", 0.0)) / 1000
 
-        now_ms = self._sidecar.clock.now() * 1000
+        self._started_at = self._sidecar.clock.now()
+        self._begun = True
+        now_ms = self._started_at * 1000
         record = TripRecord.from_meta(namespace(request, META_TRIP))
-        previous = previous_failure(record, self._position.attempt, now_ms, float(decision.get("per_try_ms", 0.0)))
-        if previous is not None and record.failure is None and record.attempt == self._position.attempt - 1:
-            # The previous try's own processor never saw its end: count its trip here.
-            self._count_trip_of(record, previous, requested)
+        previous = previous_failure(record, self._position.attempt, now_ms, self._per_try_s * 1000)
         skip = decision.get("skip")
-        self._why: Failure | None = (
-            record.first_failure or previous or (Failure(skip) if isinstance(skip, str) and skip else None)
-        )
+        self._why: Failure | None = record.first_failure or previous or _failure_or_none(skip)
         if self._why is None and self._position.rung != self._position.order[0]:
             # Envoy skipped the rungs before this one without trying them: its outlier
             # detection ejected them after consecutive 5xx answers.
@@ -185,7 +197,12 @@ class AttemptProcessor:
 
         self._translate = self._client.wire is not self._provider.dialect.wire
         may_strip = self._rung.strip_tools and Capability.TOOLS not in self._provider.capabilities
-        self._needs_body = self._translate or self._model != requested or may_strip
+        self._rewrite = self._translate or self._model != requested or may_strip
+        # The request's own JSON schema is in its body: read it to hold the answer to it.
+        self._read_schema = (
+            not self._stream and self._response_format == "json_schema" and self._contract_task().use_request_schema
+        )
+        self._needs_body = self._rewrite or self._read_schema
 
         set_headers = {":path": self._provider.chat_path(), **self._credential_headers(decision)}
         remove = list(_scrub_list(policy))
@@ -229,6 +246,10 @@ class AttemptProcessor:
             body = json.loads(request.request_body.body)
             if not isinstance(body, dict):
                 raise TranslationError("the request body must be a JSON object")
+            if self._read_schema:
+                self._request_schema = _request_schema(body)
+            if not self._rewrite:
+                return [request_body_response()]
             body = self._rewrite_request(body)
         except (ValueError, TranslationError) as exc:
             message = exc.message if isinstance(exc, TranslationError) else "the request body is not valid JSON"
@@ -257,8 +278,15 @@ class AttemptProcessor:
 
     def response_headers(self, request: ProcessingRequest) -> list[ProcessingResponse]:
         headers = header_map(request.response_headers, _HEADERS_WANTED)
+        self._answered_at = self._sidecar.clock.now()
         self._status = int(headers.get(":status", "0") or 0)
-        self._retry_after = parse_retry_after(headers.get("retry-after"), self._sidecar.clock.wall())
+        wall = self._sidecar.clock.wall()
+        self._retry_after = parse_retry_after(headers.get("retry-after"), wall)
+        until = exhausted_until(headers, wall, self._policy.health.quota_floor_requests)
+        if self._status == 429:
+            until = max(until or 0.0, wall + (self._retry_after if self._retry_after is not None else 1.0))
+        if until is not None:
+            self._sidecar.report_quota(self._key, until)
         end_of_stream = request.response_headers.end_of_stream
         if not self._stream:
             if end_of_stream:
@@ -351,7 +379,7 @@ class AttemptProcessor:
                 f"the provider stopped sending for {self._policy.stream_stall_s:g}s after the answer had started"
             )
             self._close_stream("interrupted")
-            self._count_trip(Failure.STREAM_INTERRUPTED)
+            self._observe(Failure.STREAM_INTERRUPTED)
         answers.append(streamed(tail, True))
         return answers
 
@@ -369,7 +397,11 @@ class AttemptProcessor:
         """A whole answer → the headers to set, the body to replace it with (None: keep it),
         and the trip record for the next try (None: served)."""
         status = self._status
-        contract = self._policy.tasks.get(self._task, self._policy.tasks[self._policy.default_task])
+        contract = Contract(
+            self._contract_task(),
+            request_schema=self._request_schema,
+            json_mode=self._response_format in ("json_object", "json_schema"),
+        )
         judged = judge_answer(self._provider.dialect, status, body, contract)
         failure, detail = judged.failure, judged.detail
         served = 200 <= status < 300 and (
@@ -385,10 +417,11 @@ class AttemptProcessor:
                 if new_body is not None:
                     set_headers["content-length"] = str(len(new_body))
                 self._count_served(failure)
+                self._observe(failure, _output_tokens(judged.parsed))
                 return set_headers, new_body, None
         assert failure is not None
         action = after_failure(self._policy, self._position, failure, self._retry_after)
-        self._count_trip(failure)
+        self._observe(failure)
         trip = {"fail": failure.value, "why": (self._why or failure).value}
         if action is Action.WAIT:
             self._count_attempt("wait")
@@ -406,6 +439,11 @@ class AttemptProcessor:
         if provider_error and not self._translate and body:
             return set_headers, None, trip  # already the client's dialect
         return {**set_headers, **error_headers}, err, trip
+
+    def _contract_task(self) -> TaskClass:
+        if self._probe:
+            return _PROBE_CONTRACT  # a probe asks for a word or two: only "answered sensibly" counts
+        return self._policy.tasks.get(self._task) or self._policy.tasks[self._policy.default_task]
 
     def _translate_answer(self, parsed: Any) -> bytes | None:
         try:
@@ -444,7 +482,7 @@ class AttemptProcessor:
     def _stream_failed_before_start(self, failure: Failure, detail: str) -> list[ProcessingResponse]:
         self._closed = True
         action = after_failure(self._policy, self._position, failure, self._retry_after)
-        self._count_trip(failure)
+        self._observe(failure)
         trip = {"fail": failure.value, "why": (self._why or failure).value}
         err = render_error(self._client.wire.value, failure, detail)
         if action is Action.FINAL:
@@ -459,6 +497,7 @@ class AttemptProcessor:
 
     def _release_headers(self) -> ProcessingResponse:
         self._headers_sent = True
+        self._first_token_at = self._sidecar.clock.now()
         self._count_served(None)
         # The body is rewritten event by event: its length is not the provider's.
         return response_headers_response(common(self._flags(None, final=True), remove=("content-length",)))
@@ -474,24 +513,28 @@ class AttemptProcessor:
             self._close_stream("complete")
         elif error is not None:
             self._close_stream("provider_error")
-            self._count_trip(stream_failure(error, started=True))
+            self._observe(stream_failure(error, started=True))
         elif finished:
             self._close_stream("finalised")
         else:
             self._close_stream("cut")
-            self._count_trip(Failure.STREAM_INTERRUPTED)
+            self._observe(Failure.STREAM_INTERRUPTED)
         return tail
 
     def _close_stream(self, outcome: str) -> None:
         self._closed = True
         self._pending.clear()
         self._sidecar.metrics.streams.labels(outcome).inc()
+        if outcome in ("complete", "finalised") and self._relay is not None:
+            self._observe(None, self._relay.output_units)
 
     # ---- flags and counting ------------------------------------------------------------------
 
     def _flags(self, failure: Failure | None, *, final: bool) -> dict[str, str]:
         degraded = self._position.rung != 0 or self._tools_stripped
-        reason = failure if failure is not None else (self._why if degraded else None)
+        reason: Failure | str | None = failure if failure is not None else (self._why if degraded else None)
+        if reason is None and self._canary and degraded:
+            reason = CANARY
         if self._tools_stripped and reason is None:
             reason = Failure.TOOL_MISMATCH
         return flags(
@@ -509,16 +552,43 @@ class AttemptProcessor:
     def _count_attempt(self, outcome: str) -> None:
         self._sidecar.metrics.attempts.labels(*self._rung_labels(), outcome).inc()
 
-    def _count_trip(self, failure: Failure) -> None:
-        self._sidecar.metrics.trips.labels(*self._rung_labels(), failure.value).inc()
-
-    def _count_trip_of(self, record: TripRecord, failure: Failure, requested: str) -> None:
-        rungs = self._policy.ladders[self._position.ladder]
-        if record.rung is None or record.rung >= len(rungs):
+    def _observe(self, failure: Failure | None, tokens: int | None = None) -> None:
+        """Report this try to the health board, once; a failed try is also a counted trip."""
+        if self._observed:
             return
-        rung = rungs[record.rung]
-        labels = (self._position.ladder, str(record.rung), rung.provider, rung.model_for(requested))
-        self._sidecar.metrics.trips.labels(*labels, failure.value).inc()
+        self._observed = True
+        if failure is not None:
+            self._sidecar.metrics.trips.labels(*self._rung_labels(), failure.value).inc()
+        clock = self._sidecar.clock
+        answered = self._first_token_at if self._stream else self._answered_at
+        self._sidecar.observe(
+            Observation(
+                key=self._key,
+                at=clock.wall(),
+                failure=failure,
+                latency_s=(answered - self._started_at) if answered is not None else None,
+                output_tokens=tokens,
+                task=self._task,
+                stream=self._stream,
+                attempt=self._position.attempt,
+                probe=self._probe,
+                ladder=self._position.ladder,
+                rung=self._position.rung,
+            )
+        )
+
+    def on_close(self) -> None:
+        """The try's stream ended. Without an answer seen, Envoy's per-try timer or a reset
+        ended it: the board learns that here, at once."""
+        if not self._begun or self._observed:
+            return
+        if self._stream and self._headers_sent:
+            failure = Failure.STREAM_INTERRUPTED
+        elif self._per_try_s > 0 and self._sidecar.clock.now() - self._started_at >= self._per_try_s * 0.95:
+            failure = Failure.TIMEOUT
+        else:
+            failure = Failure.CONNECT_ERROR
+        self._observe(failure)
 
     def _count_served(self, failure: Failure | None) -> None:
         self._count_attempt("served")
@@ -528,3 +598,26 @@ class AttemptProcessor:
         metrics.served.labels(
             metrics.tenant(self._tenant), self._task, self._position.ladder, tier, str(degraded).lower()
         ).inc()
+
+
+def _failure_or_none(value: object) -> Failure | None:
+    try:
+        return Failure(value) if isinstance(value, str) and value else None
+    except ValueError:
+        return None
+
+
+def _request_schema(body: dict[str, Any]) -> dict[str, Any] | None:
+    """The JSON schema an OpenAI request asked for in response_format, if any."""
+    fmt = body.get("response_format")
+    spec = fmt.get("json_schema") if isinstance(fmt, dict) else None
+    schema = spec.get("schema") if isinstance(spec, dict) else None
+    return schema if isinstance(schema, dict) else None
+
+
+def _output_tokens(parsed: Any) -> int | None:
+    usage = parsed.get("usage") if isinstance(parsed, dict) else None
+    if not isinstance(usage, dict):
+        return None
+    tokens = usage.get("completion_tokens", usage.get("output_tokens"))
+    return tokens if isinstance(tokens, int) and not isinstance(tokens, bool) else None

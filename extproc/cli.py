@@ -6,8 +6,10 @@ import argparse
 import asyncio
 import gc
 import logging
+import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -87,8 +89,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     policy = _load(args.policy)
     assert isinstance(policy, Policy)
+    from .bus import bus_from_url
+    from .sidecar import HUB_ENV
+
+    hub = os.environ.get(HUB_ENV)
     try:
-        sidecar = Sidecar.start(policy, Metrics())
+        sidecar = Sidecar.start(
+            policy, Metrics(), bus=bus_from_url(policy.health.bus, hub_path=Path(hub) if hub else None)
+        )
     except PolicyError as exc:
         for problem in exc.problems:
             print(f"  {problem}", file=sys.stderr)
@@ -144,6 +152,69 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(f"rungway up failed: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import json
+    import urllib.error
+    import urllib.request
+
+    url = f"http://{args.admin[0]}:{args.admin[1]}/status"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            status = json.loads(response.read())
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        print(f"cannot read {url}: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return 0
+    print(format_status(status))
+    return 0
+
+
+def format_status(status: dict[str, Any]) -> str:
+    """The /status JSON as a table a person reads at 3 a.m."""
+    import time as _time
+
+    rows = [("ENDPOINT", "CIRCUIT", "SCORE", "P95", "BASELINE", "CALLS", "FAIL%", "LAST TRIP", "NOTE")]
+    now = float(status.get("at", _time.time()))
+    for rung in status.get("rungs", []):
+        circuit = rung["circuit"]
+        rate = circuit.get("failure_rate")
+        base = rung["baseline_s"]["json"] or rung["baseline_s"]["stream"]
+        trip = rung.get("last_trip")
+        notes = []
+        if rung.get("quota_until"):
+            notes.append(f"quota until +{rung['quota_until'] - now:.0f}s")
+        if rung.get("slo_degraded"):
+            notes.append("latency SLO breached")
+        if circuit.get("open_until"):
+            notes.append(f"open for {circuit['open_until'] - now:.0f}s more")
+        rows.append(
+            (
+                rung["endpoint"],
+                str(circuit["state"]),
+                f"{rung['score']:.2f}",
+                f"{rung['p95_s']:.2f}s" if rung["p95_s"] is not None else "-",
+                f"{base:.2f}s" if base else "-",
+                str(circuit.get("calls", 0)),
+                f"{rate:.0f}" if rate is not None else "-",
+                f"{trip['reason']} {now - trip['at']:.0f}s ago" if trip else "-",
+                ", ".join(notes),
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    budget = status.get("retry_budget", {})
+    bus = status.get("bus", {})
+    lines.append("")
+    lines.append(
+        f"policy {status.get('policy_version')}   bus {bus.get('kind')} "
+        f"({'connected' if bus.get('connected') else 'disconnected'})   "
+        f"retries {budget.get('retries')}/{budget.get('allowed', 0):.0f} allowed in {budget.get('window_s')}s"
+    )
+    return "\n".join(lines)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -205,6 +276,11 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--state-file", type=Path, help="write bound ports and pids here (JSON)")
     up.add_argument("--no-restart", action="store_true", help="do not restart a worker or Envoy that exits")
     up.set_defaults(func=cmd_up)
+
+    status = sub.add_parser("status", help="circuits, scores and budgets of a running `rungway up`, as a table")
+    status.add_argument("--admin", type=_address, default=("127.0.0.1", 9901))
+    status.add_argument("--json", action="store_true", help="the raw /status JSON")
+    status.set_defaults(func=cmd_status)
 
     demo = sub.add_parser("demo", help="mock providers + demo policy + a fallback, live (what `make run` runs)")
     demo.add_argument("--listen", type=_address, default=("127.0.0.1", 10000))

@@ -8,11 +8,12 @@ for only when the answer depends on whether the request carries tools.
 from __future__ import annotations
 
 import json
+import secrets
 from dataclasses import replace
 
-from .envoy_config import CLUSTER_HEADER, INVALID, META_DECISION, META_REQUEST, MISSING
+from .envoy_config import CLUSTER_HEADER, INVALID, META_DECISION, META_REQUEST, MISSING, PROBE_HEADER
 from .flags import flags
-from .ladder import NeedBody, Refusal, RequestFeatures, Route, choose
+from .ladder import NeedBody, Refusal, RequestFeatures, Route, choose, cluster_name, reroute
 from .policy import Dialect, Impact
 from .sidecar import Sidecar
 from .taxonomy import CLIENT_STATUS, Failure
@@ -50,6 +51,7 @@ class DecideProcessor:
         self._features: RequestFeatures | None = None
         self._dialect = Dialect.OPENAI
         self._include_usage = False
+        self._response_format = ""
         self._anthropic: dict[str, str] = {}
 
     def dispatch(self, request: ProcessingRequest) -> list[ProcessingResponse]:
@@ -66,6 +68,9 @@ class DecideProcessor:
     def on_wake(self) -> list[ProcessingResponse]:
         return []
 
+    def on_close(self) -> None:
+        pass
+
     def request_headers(self, request: ProcessingRequest) -> ProcessingResponse:
         policy = self._policy
         wanted = frozenset(
@@ -77,6 +82,7 @@ class DecideProcessor:
                 policy.tenant_header,
                 policy.task_header,
                 policy.impact_header,
+                PROBE_HEADER,
             }
         )
         headers = header_map(request.request_headers, wanted)
@@ -112,7 +118,11 @@ class DecideProcessor:
             for key, name in (("av", "anthropic-version"), ("ab", "anthropic-beta"))
             if name in headers
         }
-        result = choose(policy, self._features)
+        self._response_format = str(fields.get("response_format", ""))
+        probe = headers.get(PROBE_HEADER)
+        if probe is not None:
+            return self._answer(self._probe_route(probe), body_phase=False)
+        result = self._route()
         if isinstance(result, NeedBody):
             return with_mode(request_headers_response(), _ASK_FOR_BODY)
         return self._answer(result, body_phase=False)
@@ -126,9 +136,53 @@ class DecideProcessor:
         if not isinstance(body, dict):
             return self._refuse(Failure.CLIENT_ERROR, "the request body is not a valid JSON object", "invalid")
         self._features = replace(self._features, has_tools=bool(body.get("tools")))
-        result = choose(self._policy, self._features)
+        result = self._route()
         assert not isinstance(result, NeedBody)
         return self._answer(result, body_phase=True)
+
+    def _route(self) -> Route | Refusal | NeedBody:
+        """The ladder choice, shaped by the health board: unwell rungs skipped, a canary share
+        sent to fallback rungs, no retries once the fleet's retry budget is spent."""
+        f = self._features
+        assert f is not None
+        sidecar = self._sidecar
+        result = choose(self._policy, f, sidecar.health_view(f.impact))
+        if not isinstance(result, Route):
+            return result
+        health = self._policy.health
+        if (
+            health.enabled
+            and health.canary_share > 0
+            and f.impact is not Impact.REVENUE_CRITICAL
+            and result.skip_reason is None
+            and len(result.rungs) > 1
+            and sidecar.rng.random() < health.canary_share
+        ):
+            result = reroute(self._policy, result, result.rungs[1:], f.stream, canary=True)
+        if result.tries > 1 and not sidecar.retries_allowed():
+            result = replace(result, tries=1)
+        sidecar.note_request()
+        return result
+
+    def _probe_route(self, header: str) -> Route | Refusal:
+        """`token ladder rung`: a synthetic probe of one rung, only with `rungway up`'s token."""
+        token, _, rest = header.partition(" ")
+        ladder, _, index = rest.partition(" ")
+        rungs = self._policy.ladders.get(ladder)
+        if not secrets.compare_digest(token, self._sidecar.probe_token) or rungs is None or not index.isdigit():
+            return Refusal(Failure.CLIENT_ERROR, "invalid probe")
+        i = int(index)
+        if i >= len(rungs):
+            return Refusal(Failure.CLIENT_ERROR, "invalid probe")
+        return Route(
+            ladder=ladder,
+            rungs=(i,),
+            cluster=cluster_name(ladder, (i,), False),
+            tries=1,
+            per_try_timeout_s=rungs[i].timeout_s,
+            skip_reason=None,
+            probe=True,
+        )
 
     def _answer(self, result: Route | Refusal, *, body_phase: bool) -> ProcessingResponse:
         f = self._features
@@ -166,6 +220,9 @@ class DecideProcessor:
                 "bytes": f.body_bytes or 0,
                 "policy": policy.version,
                 "skip": result.skip_reason.value if result.skip_reason else "",
+                "canary": result.canary,
+                "probe": result.probe,
+                "rf": self._response_format,
                 **(self._anthropic if f.dialect is Dialect.ANTHROPIC else {}),
             },
         )

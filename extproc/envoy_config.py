@@ -21,6 +21,8 @@ from .policy import Dialect, Ejection, Policy, Provider
 from .taxonomy import Failure
 
 CLUSTER_HEADER = "x-rungway-cluster"
+# `token ladder rung` on a synthetic probe from `rungway up`; decide refuses anything else.
+PROBE_HEADER = "x-rungway-probe"
 META_DECISION = "rungway"  # written by decide, read by attempt and the access log
 META_TRIP = "rungway.trip"  # written by each attempt, read by the next one
 META_REQUEST = "rungway.req"  # written by json_to_metadata, read by decide

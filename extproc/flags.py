@@ -11,6 +11,8 @@ REASON = "x-rungway-reason"
 POLICY_VERSION = "x-rungway-policy-version"
 ATTEMPTS = "x-rungway-attempts"
 NO_REASON = "none"
+# Served by a fallback rung on purpose (health.canary_share), not because of a failure.
+CANARY = "canary"
 
 
 def flags(
@@ -18,7 +20,7 @@ def flags(
     served_by: str,
     tier: int | None,
     degraded: bool,
-    reason: Failure | None,
+    reason: Failure | str | None,
     policy_version: str,
     attempts: int,
 ) -> dict[str, str]:
@@ -26,7 +28,7 @@ def flags(
         SERVED_BY: served_by,
         TIER: "none" if tier is None else str(tier),
         DEGRADED: "true" if degraded else "false",
-        REASON: reason.value if reason is not None else NO_REASON,
+        REASON: NO_REASON if reason is None else str(reason),
         POLICY_VERSION: policy_version,
         ATTEMPTS: str(attempts),
     }

@@ -7,9 +7,11 @@ whose ordering is exactly the rungs this request may use.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from typing import Any
 
+from .health import endpoint_key
 from .policy import Capability, Dialect, Impact, Policy
 from .taxonomy import Failure
 
@@ -42,6 +44,24 @@ class Route:
     per_try_timeout_s: float
     # Why the ladder's first rung is not serving (rungs dropped for this request), if so.
     skip_reason: Failure | None
+    # Sent to the fallback rungs on purpose, to keep them measured (health.canary_share).
+    canary: bool = False
+    # A synthetic probe of one rung (sent by `rungway up`), not client traffic.
+    probe: bool = False
+
+
+def reroute(policy: Policy, route: Route, rungs: tuple[int, ...], stream: bool, **changes: Any) -> Route:
+    """The same decision over a different subsequence of the ladder."""
+    ladder = policy.ladders[route.ladder]
+    slots = sum(ladder[i].attempts for i in rungs)
+    return replace(
+        route,
+        rungs=rungs,
+        cluster=cluster_name(route.ladder, rungs, stream),
+        tries=min(slots, policy.max_attempts),
+        per_try_timeout_s=ladder[rungs[0]].timeout_s,
+        **changes,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +92,13 @@ def prompt_tokens_estimate(body_bytes: int | None) -> int:
     return (body_bytes or 0) // BYTES_PER_TOKEN
 
 
-def choose(policy: Policy, features: RequestFeatures) -> Route | Refusal | NeedBody:
+# Asked per rung endpoint ("provider/model") in ladder order: None if the request may use it,
+# else why not. `first` tells whether it would be the request's first rung (a half-open
+# circuit admits its probe only then). Supplied by the health board; None means no board.
+HealthView = Callable[[str, bool], Failure | None]
+
+
+def choose(policy: Policy, features: RequestFeatures, health: HealthView | None = None) -> Route | Refusal | NeedBody:
     ladder = policy.ladder_for(features.model, features.task)
     if ladder is None:
         return Refusal(
@@ -108,6 +134,21 @@ def choose(policy: Policy, features: RequestFeatures) -> Route | Refusal | NeedB
     if not kept:
         failure = dropped[0] if len(set(dropped)) == 1 else Failure.CLIENT_ERROR
         return Refusal(failure, _refusal_message(ladder, failure))
+    skip = dropped[0] if kept[0] != 0 else None
+    if health is not None:
+        healthy: list[int] = []
+        unhealthy: list[Failure] = []
+        for i in kept:
+            why = health(endpoint_key(rungs[i].provider, rungs[i].model_for(features.model)), not healthy)
+            if why is None:
+                healthy.append(i)
+            else:
+                unhealthy.append(why)
+        # Every rung unwell: still try them all in order rather than answer with an outage.
+        if healthy:
+            if healthy[0] != kept[0]:
+                skip = skip or unhealthy[0]
+            kept = healthy
     order = tuple(kept)
     slots = sum(rungs[i].attempts for i in order)
     return Route(
@@ -116,7 +157,7 @@ def choose(policy: Policy, features: RequestFeatures) -> Route | Refusal | NeedB
         cluster=cluster_name(ladder, order, features.stream),
         tries=min(slots, policy.max_attempts),
         per_try_timeout_s=rungs[order[0]].timeout_s,
-        skip_reason=dropped[0] if order[0] != 0 else None,
+        skip_reason=skip,
     )
 
 

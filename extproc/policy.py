@@ -15,6 +15,8 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -163,14 +165,43 @@ class Rung(_Frozen):
     # Serve a request with tools on a provider without tool support by dropping the tools
     # (a degraded answer) instead of skipping the rung.
     strip_tools: bool = False
+    # Expected latency of a healthy answer (JSON: whole answer; stream: first token). Learned
+    # from healthy traffic when not set.
+    baseline_latency_s: float | None = Field(None, gt=0, le=600)
 
     def model_for(self, requested: str) -> str:
         return requested if self.model == REQUESTED_MODEL else self.model
 
 
 class TaskClass(_Frozen):
-    # Health contract v1: a 200 with fewer completion tokens than this is a partial outage.
+    """The health contract of a task class (H3): a 200 that breaks it is a partial outage."""
+
     min_output_tokens: int = Field(1, ge=0)
+    max_output_tokens: int | None = Field(None, ge=1)
+    # The answer's content must be JSON matching this schema (JSON Schema, draft 2020-12).
+    json_schema: dict[str, Any] | None = None
+    # Top-level keys the answer's JSON content must have.
+    required_fields: list[str] = Field(default_factory=list)
+    # Also hold the answer to the schema the request itself asked for (response_format).
+    use_request_schema: bool = True
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TaskClass:
+        if self.max_output_tokens is not None and self.max_output_tokens < self.min_output_tokens:
+            raise ValueError(
+                f"max_output_tokens must be at least min_output_tokens ({self.min_output_tokens}), "
+                f"but was {self.max_output_tokens}"
+            )
+        if self.json_schema is not None:
+            try:
+                Draft202012Validator.check_schema(self.json_schema)
+            except SchemaError as exc:
+                raise ValueError(f"json_schema is not a valid JSON Schema: {exc.message}") from None
+        return self
+
+    @property
+    def wants_json(self) -> bool:
+        return self.json_schema is not None or bool(self.required_fields)
 
 
 class ModelRoute(_Frozen):
@@ -192,6 +223,76 @@ class Ejection(_Frozen):
 
     consecutive_5xx: int = Field(5, ge=1, le=1000)
     base_ejection_s: float = Field(15.0, gt=0, le=3600)
+
+
+class CircuitSettings(_Frozen):
+    """Rungway's own breaker per rung endpoint (provider x model), H1."""
+
+    failure_rate_threshold: float = Field(50.0, gt=0, le=100)
+    window_s: float = Field(60.0, gt=0, le=3600)
+    minimum_calls: int = Field(5, ge=1, le=10_000)
+    consecutive_failures: int = Field(5, ge=1, le=10_000)
+    # Once traffic moved off a rung it stays off at least this long (hysteresis).
+    open_s: float = Field(30.0, gt=0, le=3600)
+    half_open_probes: int = Field(2, ge=1, le=100)
+    half_open_successes: int = Field(2, ge=1, le=100)
+    probe_bound_s: float = Field(30.0, gt=0, le=3600)
+
+
+class LeaveBelow(_Frozen):
+    """Degradation score (1 = healthy) below which each impact class leaves a rung: low-stakes
+    traffic moves first, revenue-critical traffic last."""
+
+    revenue_critical: float = Field(0.2, ge=0, le=1)
+    customer_facing: float = Field(0.4, ge=0, le=1)
+    async_acceptable: float = Field(0.6, ge=0, le=1)
+    deferrable: float = Field(0.7, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> LeaveBelow:
+        if not self.revenue_critical <= self.customer_facing <= self.async_acceptable <= self.deferrable:
+            raise ValueError("thresholds must not decrease from revenue_critical to deferrable")
+        return self
+
+    def for_impact(self, impact: Impact) -> float:
+        return float(getattr(self, impact.value))
+
+
+class HealthSettings(_Frozen):
+    """The health board: circuits, degradation scores, gates and the bus (H1-H5)."""
+
+    # False: decide ignores the board (every request starts at its ladder's first rung).
+    enabled: bool = True
+    window_s: float = Field(60.0, gt=0, le=3600)  # the degradation score's rolling window
+    min_samples: int = Field(5, ge=1, le=10_000)  # below this a rung's score is 1.0 (unknown)
+    circuit: CircuitSettings = CircuitSettings()
+    leave_below: LeaveBelow = LeaveBelow()
+    # Latency SLO: p95 over this many times the rung's baseline is a breach...
+    latency_slo_factor: float = Field(2.0, gt=1, le=100)
+    # ...and a breach that lasts this long marks the rung degraded.
+    latency_slo_s: float = Field(300.0, gt=0, le=86_400)
+    # Synthetic probes through Envoy, per rung endpoint; 0 turns them off. Endpoints whose
+    # circuit is not closed are probed every `recovery_probe_s`.
+    probe_interval_s: float = Field(60.0, ge=0, le=86_400)
+    recovery_probe_s: float = Field(5.0, gt=0, le=3600)
+    # Share of live traffic (not revenue-critical) served by fallback rungs to keep them measured.
+    canary_share: float = Field(0.0, ge=0, le=0.5)
+    # Fleet-wide: extra tries at most this share of requests, plus a floor, per window.
+    retry_budget_ratio: float = Field(0.2, ge=0, le=10)
+    retry_budget_floor: int = Field(10, ge=0, le=1_000_000)
+    retry_budget_window_s: float = Field(10.0, gt=0, le=3600)
+    # A rung whose provider says it has at most this many requests left is skipped until its
+    # rate limit resets (hop before the 429 comes).
+    quota_floor_requests: int = Field(1, ge=0)
+    # None: in-process (a pod-local hub under `rungway up`); "redis://host:6379/0" for a fleet.
+    bus: str | None = None
+
+    @field_validator("bus")
+    @classmethod
+    def _bus_url(cls, value: str | None) -> str | None:
+        if value is not None and value != "local" and urlsplit(value).scheme not in ("redis", "rediss"):
+            raise ValueError(f"bus must be 'local' or a redis:// or rediss:// URL, but was {value!r}")
+        return value
 
 
 class FailOpen(_Frozen):
@@ -232,6 +333,7 @@ class Policy(_Frozen):
     fail_open: FailOpen = FailOpen()
     # None turns Envoy's ejection off (Rungway's own circuits still apply).
     envoy_ejection: Ejection | None = Ejection()
+    health: HealthSettings = HealthSettings()
 
     @field_validator("tenant_header", "task_header", "impact_header")
     @classmethod

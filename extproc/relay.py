@@ -112,6 +112,11 @@ class StreamRelay:
         elif isinstance(delta, MessageStart) and self._same:
             self._id, self._model = delta.id or self._id, delta.model or self._model
 
+    @property
+    def output_units(self) -> int:
+        """Content and tool-argument events relayed: the stream's output size, roughly in tokens."""
+        return self._units
+
     def finish(self) -> bytes:
         """The provider ended its response: complete a finished stream, flag a cut one."""
         if self.closed:

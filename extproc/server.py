@@ -29,6 +29,7 @@ class Processor(Protocol):
     def dispatch(self, request: ProcessingRequest) -> list[ProcessingResponse]: ...
     def wake_at(self) -> float | None: ...
     def on_wake(self) -> list[ProcessingResponse]: ...
+    def on_close(self) -> None: ...
 
 
 _PROCESSORS: dict[str, type[DecideProcessor] | type[AttemptProcessor]] = {
@@ -92,6 +93,7 @@ class ExternalProcessor(epg.ExternalProcessorServicer):  # type: ignore[misc]
         finally:
             if pending_read is not None and not pending_read.done():
                 pending_read.cancel()
+            processor.on_close()
 
 
 async def serve(
@@ -114,6 +116,7 @@ async def serve(
     epg.add_ExternalProcessorServicer_to_server(ExternalProcessor(sidecar), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    await sidecar.bus.start()
     port = server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"cannot bind the gRPC server to {address}")
@@ -130,4 +133,5 @@ async def serve(
     await stop.wait()
     await health_servicer.enter_graceful_shutdown()
     await server.stop(grace_s)
+    await sidecar.bus.stop()
     log.info("ext_proc server stopped")

@@ -1,15 +1,42 @@
 """What every processor of one worker process shares: the serving policy, provider keys,
-metrics and the clock."""
+metrics, the clock, and the health board fed through the health bus."""
 
 from __future__ import annotations
 
+import logging
+import os
+import random
+import secrets
 from dataclasses import dataclass, field
+from typing import Any
 
 from pydantic import SecretStr
 
+from .bus import HealthBus, InProcessBus
+from .circuit import Transition
 from .clock import Clock, SystemClock
+from .health import Board, Observation, endpoint_key
+from .ladder import HealthView
 from .metrics import Metrics
-from .policy import Policy, resolve_credentials
+from .policy import REQUESTED_MODEL, Impact, Policy, resolve_credentials
+from .taxonomy import Failure
+
+log = logging.getLogger("rungway.health")
+
+# Set by `rungway up` for its workers: the shared secret that lets its probes pick a rung,
+# and the pod-local health hub's Unix socket.
+PROBE_TOKEN_ENV = "RUNGWAY_PROBE_TOKEN"
+HUB_ENV = "RUNGWAY_HEALTH_HUB"
+
+
+def configured_baselines(policy: Policy) -> dict[str, float]:
+    """Latency baselines the policy states, by endpoint (rungs with a fixed model only)."""
+    out: dict[str, float] = {}
+    for rungs in policy.ladders.values():
+        for rung in rungs:
+            if rung.baseline_latency_s is not None and rung.model != REQUESTED_MODEL:
+                out[endpoint_key(rung.provider, rung.model)] = rung.baseline_latency_s
+    return out
 
 
 @dataclass
@@ -18,7 +45,61 @@ class Sidecar:
     keys: dict[str, SecretStr | None]
     metrics: Metrics
     clock: Clock = field(default_factory=SystemClock)
+    bus: HealthBus = field(default_factory=InProcessBus)
+    probe_token: str = field(default_factory=lambda: os.environ.get(PROBE_TOKEN_ENV) or secrets.token_hex(16))
+    rng: random.Random = field(default_factory=random.Random)
+    board: Board = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.board = Board(self.policy.health, configured_baselines(self.policy))
+        self.bus.subscribe(self._on_event)
 
     @classmethod
-    def start(cls, policy: Policy, metrics: Metrics, clock: Clock | None = None) -> Sidecar:
-        return cls(policy, resolve_credentials(policy), metrics, clock or SystemClock())
+    def start(
+        cls, policy: Policy, metrics: Metrics, clock: Clock | None = None, bus: HealthBus | None = None
+    ) -> Sidecar:
+        return cls(policy, resolve_credentials(policy), metrics, clock or SystemClock(), bus or InProcessBus())
+
+    # ---- events in -------------------------------------------------------------------------
+
+    def _on_event(self, event: dict[str, Any]) -> None:
+        for key, transition in self.board.apply(event, self.clock.wall()):
+            self._announce(key, transition)
+
+    def _announce(self, key: str, t: Transition) -> None:
+        # `rungway up` logs transitions once, from its own replica of the board.
+        log.debug("circuit %s: %s → %s (%s)", key, t.source.value, t.target.value, t.reason)
+        self.metrics.circuit_transitions.labels(key, t.target.value).inc()
+        # Boards derive state from observations; this event is for dashboards and logs.
+        self.bus.publish(
+            {"k": "circuit", "key": key, "at": t.at, "from": t.source.value, "to": t.target.value, "reason": t.reason}
+        )
+
+    # ---- events out ------------------------------------------------------------------------
+
+    def observe(self, observation: Observation) -> None:
+        self.bus.publish(observation.to_event())
+
+    def note_request(self) -> None:
+        self.bus.publish({"k": "req", "at": self.clock.wall()})
+
+    def report_quota(self, key: str, until: float) -> None:
+        self.bus.publish(self.board.quota(key, until))
+
+    # ---- what decide asks ------------------------------------------------------------------
+
+    def health_view(self, impact: Impact) -> HealthView | None:
+        if not self.policy.health.enabled:
+            return None
+        now = self.clock.wall()
+
+        def view(key: str, first: bool) -> Failure | None:
+            unusable = self.board.usable(key, impact, now, first=first)
+            for transition in self.board.drain_transitions():
+                self._announce(*transition)
+            return unusable.reason if unusable is not None else None
+
+        return view
+
+    def retries_allowed(self) -> bool:
+        return not self.policy.health.enabled or self.board.retries_allowed(self.clock.wall())

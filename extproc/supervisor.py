@@ -14,22 +14,30 @@ import importlib
 import json
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import yaml
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
 
+from .bus import HealthBus, HubServer, RedisBus
 from .envoy_config import EnvoySettings, render
+from .health import Board
+from .metrics import BoardCollector
 from .policy import Policy
+from .probe import ProbeTarget, due, targets
+from .sidecar import HUB_ENV, PROBE_TOKEN_ENV, configured_baselines
 
 log = logging.getLogger("rungway.up")
 
@@ -86,6 +94,20 @@ class Supervisor:
         self.envoy_admin_port = 0
         self.admin_port = 0
         self._runner: web.AppRunner | None = None
+        # The health board replica behind /status, fed by the same bus as the workers.
+        self.board = Board(options.policy.health, configured_baselines(options.policy))
+        self._probe_token = secrets.token_hex(16)
+        self._hub_path = self._dir / "health.sock"
+        self._hub: HubServer | None = None
+        self._bus: HubServer | HealthBus
+        if options.policy.health.bus in (None, "local"):
+            self._hub = HubServer(self._hub_path)
+            self._bus = self._hub
+        else:
+            self._bus = RedisBus(options.policy.health.bus)
+        self._bus.subscribe(self._on_event)
+        self._probes_sent: dict[str, float] = {}
+        self._tasks: list[asyncio.Task[None]] = []
 
     # ---- processes -----------------------------------------------------------------------
 
@@ -94,7 +116,10 @@ class Supervisor:
             **os.environ,
             **self.options.extra_env,
             "PROMETHEUS_MULTIPROC_DIR": str(self._metrics_dir),
+            PROBE_TOKEN_ENV: self._probe_token,
         }
+        if self._hub is not None:
+            env[HUB_ENV] = str(self._hub_path)
         cmd = [
             sys.executable,
             "-m",
@@ -191,6 +216,7 @@ class Supervisor:
     async def _metrics(self, request: web.Request) -> web.Response:
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry, path=str(self._metrics_dir))  # type: ignore[no-untyped-call]
+        registry.register(BoardCollector(self.board, time.time))
         return web.Response(body=generate_latest(registry), headers={"content-type": CONTENT_TYPE_LATEST})
 
     async def _healthz(self, request: web.Request) -> web.Response:
@@ -207,6 +233,7 @@ class Supervisor:
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
+        app.router.add_get("/status", self._status)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.options.admin[0], self.options.admin[1], reuse_port=False)
@@ -235,13 +262,57 @@ class Supervisor:
             tmp.write_text(json.dumps(self.state()))
             tmp.replace(self.options.state_file)
 
+    def _on_event(self, event: dict[str, Any]) -> None:
+        for key, t in self.board.apply(event, time.time()):
+            log.info("circuit %s: %s → %s (%s)", key, t.source.value, t.target.value, t.reason)
+
+    async def _probe_loop(self) -> None:
+        """Synthetic probes through Envoy, at the policy's intervals."""
+        timeout = aiohttp.ClientTimeout(
+            total=max(r.timeout_s for rs in self.options.policy.ladders.values() for r in rs) + 5
+        )
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            while True:
+                await asyncio.sleep(0.5)
+                if not self.listen_port:
+                    continue
+                now = time.time()
+                for target in due(targets(self.options.policy, self.board), self.board, self._probes_sent, now):
+                    self._probes_sent[target.key] = now
+                    self._tasks.append(asyncio.create_task(self._probe(session, target)))
+                self._tasks = [t for t in self._tasks if not t.done()]
+
+    async def _probe(self, session: aiohttp.ClientSession, target: ProbeTarget) -> None:
+        host = "127.0.0.1" if self.options.listen[0] in ("0.0.0.0", "::", "") else self.options.listen[0]
+        body = {"model": target.model, "messages": [{"role": "user", "content": "Reply with: ok"}], "max_tokens": 8}
+        headers = {"x-rungway-probe": f"{self._probe_token} {target.ladder} {target.rung}"}
+        try:
+            async with session.post(
+                f"http://{host}:{self.listen_port}/v1/chat/completions", json=body, headers=headers
+            ) as r:
+                await r.read()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            # The attempt filter observed the try already; this is only our side of it.
+            log.debug("probe of %s: %s", target.key, exc)
+
+    async def _status(self, request: web.Request) -> web.Response:
+        body = {
+            "policy_version": self.options.policy.version,
+            "at": time.time(),
+            "bus": self._bus.snapshot(),
+            **self.board.snapshot(time.time()),
+        }
+        return web.json_response(body)
+
     async def start(self) -> None:
+        await self._bus.start()
         for i in range(len(self._workers)):
             self._start_worker(i)
         await self._await_workers()
         self._start_envoy()
         await self._await_envoy()
         await self._start_admin()
+        self._tasks.append(asyncio.create_task(self._probe_loop()))
         self._write_state()
         log.info(
             "rungway up: listening on %s:%d, admin on %s:%d, %d worker(s), policy %s",
@@ -297,6 +368,9 @@ class Supervisor:
                 log.warning("could not drain Envoy: %s", exc)
 
     async def stop(self, drain_s: float = 5.0) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._runner is not None:
             await self._runner.cleanup()
         await self._drain_envoy(drain_s)
@@ -313,6 +387,7 @@ class Supervisor:
                 if proc.poll() is None:
                     proc.kill()
                     proc.wait()
+        await self._bus.stop()
         shutil.rmtree(self._dir, ignore_errors=True)
         log.info("rungway stopped")
 

@@ -40,8 +40,10 @@ class Fleet:
             "version": "test-2026.12.1",
             "stream_stall_s": 1.5,
             "stream_finish_grace_s": 0.5,
-            # Tests provoke many failures in a row; Envoy's ejection gets its own test.
+            # Tests provoke many failures in a row: neither Envoy's ejection nor Rungway's own
+            # circuits may carry one test's failures into the next. Both get their own tests.
             "envoy_ejection": None,
+            "health": {"enabled": False, "probe_interval_s": 0},
             "providers": {
                 "primary": provider_entry(self.primary, credential={"env": "RW_TEST_PRIMARY_KEY"}, context_window=8000),
                 "secondary": provider_entry(

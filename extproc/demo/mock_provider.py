@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime
 import functools
 import itertools
 import json
@@ -44,7 +45,7 @@ DEFAULT_TOKENS: Final = 12
 MODE_GRAMMAR: Final = (
     "ok, tokens:N, json, tool, status:CODE[:RETRY_AFTER], delay:S, reset, invalid_json, empty, "
     "empty_tool, safety, context_overflow, big:BYTES, sse_error, first_delay:S, stall:N:S, cut:N, "
-    "no_done, finish_hang:S, reset_after:N"
+    "no_done, finish_hang:S, reset_after:N, quota:REMAINING:RESET_S, brownout:FAIL_SHARE:FROM_S:TO_S:OVER_S"
 )
 
 _PLAIN: Final = frozenset(
@@ -99,6 +100,8 @@ class Mode:
     seconds: float = 0.0
     status: int = 0
     retry_after: str | None = None  # sent verbatim as the retry-after header
+    # quota: requests left / reset seconds; brownout: fail share, latency from → to over a span
+    numbers: tuple[float, ...] = ()
 
 
 _OK: Final = Mode("ok", "ok")
@@ -129,6 +132,12 @@ def parse_mode(text: str) -> Mode:
             count = int(args[0])
             if count >= 0:
                 return Mode(text, kind, count=count, seconds=_seconds(args[1]))
+        elif kind == "quota" and len(args) == 2:
+            return Mode(text, kind, count=int(args[0]), seconds=_seconds(args[1]))
+        elif kind == "brownout" and len(args) == 4:
+            share, start, end, span = (_seconds(a) for a in args)
+            if share <= 1 and span > 0:
+                return Mode(text, kind, numbers=(share, start, end, span))
         elif kind == "status" and len(args) in (1, 2):
             status = int(args[0])
             retry_after = args[1] if len(args) == 2 else None
@@ -248,7 +257,20 @@ class _StreamPlan:
 # Dialects: pure renderers from a _Reply to the provider's bytes
 
 
+def _openai_quota(remaining: int, reset_s: float) -> dict[str, str]:
+    return {"x-ratelimit-remaining-requests": str(remaining), "x-ratelimit-reset-requests": f"{reset_s:g}s"}
+
+
+def _anthropic_quota(remaining: int, reset_s: float) -> dict[str, str]:
+    reset = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=reset_s)
+    return {
+        "anthropic-ratelimit-requests-remaining": str(remaining),
+        "anthropic-ratelimit-requests-reset": reset.isoformat().replace("+00:00", "Z"),
+    }
+
+
 class _OpenAIWire:
+    quota_headers = staticmethod(_openai_quota)
     endpoint: Final = "/v1/chat/completions"
     id_prefix: Final = "chatcmpl-mock"
     request_id_header: Final = "x-request-id"
@@ -387,6 +409,7 @@ class _OpenAIWire:
 
 
 class _AnthropicWire:
+    quota_headers = staticmethod(_anthropic_quota)
     endpoint: Final = "/v1/messages"
     id_prefix: Final = "msg_mock"
     request_id_header: Final = "request-id"
@@ -592,6 +615,8 @@ class MockProvider:
         self._wire = _WIRES[dialect]
         self._mode_header = f"x-mock-mode-{name.lower()}"
         self._mode = _OK
+        self._mode_since = time.monotonic()
+        self._brownout_calls = 0
         self._times_left: int | None = None
         # Tests steer the mock from their own thread while its loop serves in another one.
         self._lock = threading.Lock()
@@ -627,6 +652,8 @@ class MockProvider:
             raise ValueError(f"times must be None or >= 1, but was {times!r}")
         with self._lock:
             self._mode, self._times_left = parsed, times
+        self._mode_since = time.monotonic()  # a brownout's latency climbs from when it was set
+        self._brownout_calls = 0
 
     def reset(self) -> None:
         with self._lock:
@@ -723,6 +750,18 @@ class MockProvider:
             return self._error(400, wire.error(400, problem))
         if kind == "delay":
             await asyncio.sleep(mode.seconds)
+        extra_headers: dict[str, str] = {}
+        if kind == "brownout":
+            share, start, end, span = mode.numbers
+            progress = min(1.0, (time.monotonic() - self._mode_since) / span)
+            self._brownout_calls += 1
+            # Exactly `share` of the calls fail, spread evenly: deterministic, no randomness in tests.
+            n = self._brownout_calls
+            if math.floor(n * share) > math.floor((n - 1) * share):
+                return self._error(503, wire.error(503))
+            await asyncio.sleep(start + (end - start) * progress)
+        elif kind == "quota":
+            extra_headers = wire.quota_headers(mode.count, mode.seconds)
 
         reply = _build_reply(self.name, mode, payload, body_size)
         serial = next(self._ids)
@@ -733,7 +772,7 @@ class MockProvider:
         data = wire.completion(reply, rid, int(time.time()))
         if kind == "invalid_json":
             data = data[: len(data) // 2]
-        headers = {"content-type": "application/json", wire.request_id_header: f"req_mock{serial}"}
+        headers = {"content-type": "application/json", wire.request_id_header: f"req_mock{serial}", **extra_headers}
         return web.Response(body=data, headers=headers)
 
     def _error(self, status: int, body: bytes, retry_after: str | None = None) -> web.Response:

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 
+from extproc.taxonomy import Failure
 from extproc.attempt import AttemptError, AttemptProcessor
 from extproc.clock import FakeClock
 from extproc.envoy_config import CLUSTER_HEADER, META_DECISION, META_TRIP
@@ -518,10 +519,28 @@ def test_silent_previous_try_that_used_its_budget_timed_out() -> None:
     trip = {"n": 1, "t": started_ms, "rung": 0, "fail": "", "why": ""}
     t = Try(sidecar, rung=1, attempt=2, trip=trip)
     assert dynamic_metadata(t.headers_answer, META_TRIP)["why"] == "timeout"
-    labels = {"ladder": "main", "rung": "0", "provider": "primary", "model": "gpt-4o"}
-    assert sample(sidecar, "rungway_trips_total", **labels, reason="timeout") == 1
     judged = t.answer_json(200, anthropic_answer())
     assert set_headers(judged)[REASON] == "timeout"
+
+
+def test_a_try_whose_stream_closes_unanswered_after_its_budget_is_a_timeout() -> None:
+    clock = FakeClock(start=100.0)
+    sidecar = make_sidecar(clock=clock)
+    t = Try(sidecar, rung=0)
+    clock.advance(2.1)  # per_try_ms is 2000: Envoy's per-try timer closed the stream
+    t.processor.on_close()
+    labels = {"ladder": "main", "rung": "0", "provider": "primary", "model": "gpt-4o"}
+    assert sample(sidecar, "rungway_trips_total", **labels, reason="timeout") == 1
+    endpoint = sidecar.board.endpoints["primary/gpt-4o"]
+    assert endpoint.last_trip is not None and endpoint.last_trip[1] is Failure.TIMEOUT
+
+
+def test_a_try_closed_early_without_an_answer_was_reset() -> None:
+    sidecar = make_sidecar()
+    t = Try(sidecar, rung=0)
+    t.processor.on_close()
+    labels = {"ladder": "main", "rung": "0", "provider": "primary", "model": "gpt-4o"}
+    assert sample(sidecar, "rungway_trips_total", **labels, reason="connect_error") == 1
 
 
 def test_previous_try_without_a_record_never_connected() -> None:

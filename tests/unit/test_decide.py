@@ -83,6 +83,9 @@ def test_healthy_request_is_routed_to_the_whole_ladder_on_the_headers_message() 
         "bytes": 400.0,
         "policy": "unit-2026.1",
         "skip": "",
+        "canary": False,
+        "probe": False,
+        "rf": "",
     }
     assert (
         sample(sidecar, "rungway_decisions_total", tenant="default", task="default", ladder="main", outcome="routed")

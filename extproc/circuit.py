@@ -1,0 +1,319 @@
+"""Circuit breaker per rung endpoint, one provider's model (pure).
+
+Theory of operation
+-------------------
+CLOSED counts each answered call into a sliding time window (entries newer than ``window_s``, at
+most ``WINDOW_CAP`` of them). After each counted call it opens when ``consecutive_failures`` hard
+failures came in a row, or when the window holds at least ``minimum_calls`` calls and the failure
+rate reached ``failure_rate_threshold``. Outcomes:
+
+- SUCCESS counts as a call and ends a run of consecutive failures.
+- FAILURE (timeouts, 5xx, invalid answers) counts for the rate and extends the run.
+- SLOW (answered, but over the slow-call threshold) counts as a failure for the rate only. It
+  neither extends the run, since the rung did answer, nor ends it, since a slow answer is no sign
+  of recovery.
+- IGNORED (client errors) is not evidence about the rung and changes no count. In HALF_OPEN it still
+  frees its probe slot: the call did finish.
+
+OPEN admits nothing for ``open_s``; this is the hysteresis that keeps traffic off a rung it just left.
+Then HALF_OPEN admits up to ``half_open_probes`` calls at once. ``half_open_successes`` successes
+close the circuit; one failure or slow answer re-opens it, as does a probe left unanswered for
+``probe_bound_s``. Results also arrive for calls this circuit did not admit (other sidecars'
+observations, via the health bus), so a result is not matched to an admission: it frees the
+*oldest* one. That way the hung-probe timer can fire late but never early, because the admissions
+left are the newest ones.
+
+Timers are applied lazily by whichever call comes next, and a transition is stamped with the time
+it fell due, not the time someone noticed. Then the state does not depend on how often it is polled.
+Time never runs backwards here: a ``now`` earlier than one already seen counts as the latest seen,
+because observations from several worker processes may arrive slightly out of order.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import MutableSequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Final
+
+
+class CircuitState(StrEnum):
+    CLOSED = "closed"  # traffic flows and is counted
+    OPEN = "open"  # no traffic, for at least open_s
+    HALF_OPEN = "half_open"  # a bounded number of probes decide
+
+
+TRANSITIONS: Final[frozenset[tuple[CircuitState, CircuitState]]] = frozenset(
+    {
+        (CircuitState.CLOSED, CircuitState.OPEN),
+        (CircuitState.OPEN, CircuitState.HALF_OPEN),
+        (CircuitState.HALF_OPEN, CircuitState.CLOSED),
+        (CircuitState.HALF_OPEN, CircuitState.OPEN),
+    }
+)
+
+# Most calls the window holds; the oldest go first. At high rates the window is shorter than window_s.
+WINDOW_CAP: Final = 10_000
+# Timer transitions waiting for drain_transitions(); bounded in case nobody drains.
+_PENDING_CAP: Final = 1_000
+
+
+class IllegalTransition(Exception):  # noqa: N818 - the name the ladder code and the issue use
+    """The state machine was asked for a move its transition table does not have."""
+
+    def __init__(self, source: CircuitState, target: CircuitState, reason: str) -> None:
+        super().__init__(f"circuit cannot go from {source} to {target} (reason: {reason})")
+        self.source = source
+        self.target = target
+
+
+class Outcome(StrEnum):
+    SUCCESS = "success"
+    FAILURE = "failure"
+    SLOW = "slow"  # answered, but over the slow-call threshold
+    IGNORED = "ignored"  # not the rung's fault (client errors): not counted
+
+
+def _positive(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not (0 < value < math.inf):
+        raise ValueError(f"{name} must be a finite number > 0, but was {value!r}")
+
+
+def _count(name: str, value: object, high: int | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1 or (high is not None and value > high):
+        bounds = f"in [1, {high}]" if high is not None else ">= 1"
+        raise ValueError(f"{name} must be an integer {bounds}, but was {value!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class CircuitConfig:
+    failure_rate_threshold: float = 50.0  # percent of the calls in the window
+    window_s: float = 60.0
+    minimum_calls: int = 5  # calls in the window before the rate can open the circuit
+    consecutive_failures: int = 5
+    open_s: float = 30.0  # least time OPEN: the hysteresis
+    half_open_probes: int = 2  # calls admitted at once while HALF_OPEN
+    half_open_successes: int = 2  # successes in HALF_OPEN that close the circuit
+    probe_bound_s: float = 30.0  # an admitted probe unanswered this long re-opens the circuit
+
+    def __post_init__(self) -> None:
+        rate = self.failure_rate_threshold
+        if isinstance(rate, bool) or not isinstance(rate, int | float) or not (0 < rate <= 100):
+            raise ValueError(f"failure_rate_threshold must be in (0, 100], but was {rate!r}")
+        _positive("window_s", self.window_s)
+        # A minimum the capped window can never hold would silently disable the rate rule.
+        _count("minimum_calls", self.minimum_calls, WINDOW_CAP)
+        _count("consecutive_failures", self.consecutive_failures)
+        _positive("open_s", self.open_s)
+        _count("half_open_probes", self.half_open_probes)
+        _count("half_open_successes", self.half_open_successes)
+        _positive("probe_bound_s", self.probe_bound_s)
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    at: float  # when it fell due
+    source: CircuitState
+    target: CircuitState
+    reason: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"at": self.at, "source": self.source.value, "target": self.target.value, "reason": self.reason}
+
+
+class Circuit:
+    """One rung endpoint's breaker. Every method takes ``now``, monotonic seconds."""
+
+    __slots__ = (
+        "_admitted",
+        "_config",
+        "_consecutive",
+        "_failures",
+        "_last",
+        "_now",
+        "_open_until",
+        "_pending",
+        "_state",
+        "_successes",
+        "_window",
+    )
+
+    def __init__(self, config: CircuitConfig) -> None:
+        self._config = config
+        self._state = CircuitState.CLOSED
+        self._now = -math.inf
+        # CLOSED: (time, failed) per counted call, oldest first, with running counts.
+        self._window: deque[tuple[float, bool]] = deque()
+        self._failures = 0
+        self._consecutive = 0
+        self._open_until: float | None = None
+        # HALF_OPEN: times of admissions not yet answered, oldest first.
+        self._admitted: deque[float] = deque()
+        self._successes = 0
+        self._last: Transition | None = None
+        self._pending: deque[Transition] = deque(maxlen=_PENDING_CAP)
+
+    @property
+    def config(self) -> CircuitConfig:
+        return self._config
+
+    # -- public API --------------------------------------------------------------------------
+
+    def state(self, now: float) -> CircuitState:
+        now = self._tick(now)
+        if self._state is not CircuitState.CLOSED:
+            self._fire_timers(now, self._pending)
+        return self._state
+
+    def allow(self, now: float) -> bool:
+        """May a live call go to this rung now? In HALF_OPEN a yes is an admission."""
+        now = self._tick(now)
+        if self._state is CircuitState.CLOSED:
+            return True
+        self._fire_timers(now, self._pending)
+        if self._state is CircuitState.HALF_OPEN and len(self._admitted) < self._config.half_open_probes:
+            self._admitted.append(now)
+            return True
+        return False
+
+    def record(self, now: float, outcome: Outcome) -> list[Transition]:
+        """An observed call result; returns the transitions it and any due timers caused."""
+        now = self._tick(now)
+        moved: list[Transition] = []
+        state = self._state
+        if state is not CircuitState.CLOSED:
+            self._fire_timers(now, moved)
+            state = self._state
+        if state is CircuitState.CLOSED:
+            if outcome is not Outcome.IGNORED:
+                self._count(now, outcome, moved)
+        elif state is CircuitState.HALF_OPEN:
+            if self._admitted:
+                self._admitted.popleft()
+            if outcome is Outcome.SUCCESS:
+                self._successes += 1
+                if self._successes >= self._config.half_open_successes:
+                    moved.append(self._move(now, CircuitState.CLOSED, f"{self._successes} probe successes"))
+            elif outcome is Outcome.FAILURE:
+                moved.append(self._move(now, CircuitState.OPEN, "probe failed"))
+            elif outcome is Outcome.SLOW:
+                moved.append(self._move(now, CircuitState.OPEN, "probe slow"))
+        # OPEN: late answers to calls admitted before it opened say nothing new.
+        return moved
+
+    def force_open(self, now: float, reason: str) -> list[Transition]:
+        """Open now (e.g. a quota signal); a no-op if already OPEN, which keeps its open_until."""
+        now = self._tick(now)
+        moved: list[Transition] = []
+        self._fire_timers(now, moved)
+        if self._state is not CircuitState.OPEN:
+            moved.append(self._move(now, CircuitState.OPEN, reason))
+        return moved
+
+    def drain_transitions(self) -> list[Transition]:
+        """Transitions that state(), allow() and snapshot() caused since the last drain."""
+        drained = list(self._pending)
+        self._pending.clear()
+        return drained
+
+    def snapshot(self, now: float) -> dict[str, Any]:
+        now = self._tick(now)
+        if self._state is CircuitState.CLOSED:
+            self._evict(now)
+        else:
+            self._fire_timers(now, self._pending)
+        calls = len(self._window)
+        return {
+            "state": self._state.value,
+            "failure_rate": 100 * self._failures / calls if calls >= self._config.minimum_calls else None,
+            "calls": calls,
+            "failures": self._failures,
+            "consecutive_failures": self._consecutive,
+            "open_until": self._open_until,
+            "half_open_admitted": len(self._admitted),
+            "half_open_successes": self._successes,
+            "last_transition": None if self._last is None else self._last.as_dict(),
+        }
+
+    def __repr__(self) -> str:
+        # Without a now, this shows the state as of the last call; timers may be due.
+        config = self._config
+        if self._state is CircuitState.CLOSED:
+            return (
+                f"<Circuit closed: {self._failures}/{len(self._window)} failed in window,"
+                f" {self._consecutive}/{config.consecutive_failures} consecutive>"
+            )
+        why = f" ({self._last.reason})" if self._last is not None else ""
+        if self._state is CircuitState.OPEN:
+            return f"<Circuit open until {self._open_until}{why}>"
+        return (
+            f"<Circuit half_open: {len(self._admitted)}/{config.half_open_probes} probes out,"
+            f" {self._successes}/{config.half_open_successes} successes{why}>"
+        )
+
+    # -- the state machine ---------------------------------------------------------------------
+
+    def _move(self, now: float, target: CircuitState, reason: str) -> Transition:
+        """The only place the state changes."""
+        source = self._state
+        if (source, target) not in TRANSITIONS:
+            raise IllegalTransition(source, target, reason)
+        self._state = target
+        # The window only means something in CLOSED: start it afresh there, free it elsewhere.
+        self._window.clear()
+        self._failures = 0
+        self._consecutive = 0
+        self._admitted.clear()
+        self._successes = 0
+        self._open_until = now + self._config.open_s if target is CircuitState.OPEN else None
+        self._last = Transition(now, source, target, reason)
+        return self._last
+
+    def _tick(self, now: float) -> float:
+        if now > self._now:
+            self._now = now
+        return self._now
+
+    def _fire_timers(self, now: float, into: MutableSequence[Transition]) -> None:
+        config = self._config
+        while True:
+            if self._state is CircuitState.OPEN:
+                open_until = self._open_until
+                if open_until is None or now < open_until:
+                    return
+                into.append(self._move(open_until, CircuitState.HALF_OPEN, f"open for {config.open_s:g}s"))
+            elif self._state is CircuitState.HALF_OPEN and self._admitted:
+                due = self._admitted[0] + config.probe_bound_s
+                if now < due:
+                    return
+                into.append(self._move(due, CircuitState.OPEN, f"probe unanswered for {config.probe_bound_s:g}s"))
+            else:
+                return
+
+    def _evict(self, now: float) -> None:
+        horizon = now - self._config.window_s
+        window = self._window
+        while window and window[0][0] <= horizon:
+            self._failures -= window.popleft()[1]
+
+    def _count(self, now: float, outcome: Outcome, moved: list[Transition]) -> None:
+        config = self._config
+        self._evict(now)
+        failed = outcome is not Outcome.SUCCESS
+        self._window.append((now, failed))
+        self._failures += failed
+        if len(self._window) > WINDOW_CAP:
+            self._failures -= self._window.popleft()[1]
+        if outcome is Outcome.FAILURE:
+            self._consecutive += 1
+        elif outcome is Outcome.SUCCESS:
+            self._consecutive = 0
+        calls = len(self._window)
+        if self._consecutive >= config.consecutive_failures:
+            moved.append(self._move(now, CircuitState.OPEN, f"{self._consecutive} consecutive failures"))
+        elif calls >= config.minimum_calls and self._failures * 100 >= config.failure_rate_threshold * calls:
+            rate = 100 * self._failures / calls
+            reason = f"failure rate {rate:g}% >= {config.failure_rate_threshold:g}% over {calls} calls"
+            moved.append(self._move(now, CircuitState.OPEN, reason))

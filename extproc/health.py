@@ -1,0 +1,422 @@
+"""The health board: what Rungway knows about every rung endpoint (provider x model).
+
+Theory of operation. Every try the attempt filter sees becomes an observation event; quota
+signals and decided requests are events too. Each sidecar process keeps one Board and applies
+every event it receives — its own at once, other sidecars' through the health bus — so boards
+fed the same events agree. From the events the board keeps, per endpoint: a circuit (H1), a
+rolling window of samples for the degradation score (H2), a latency baseline and the task
+classes' usual output size, the latency-SLO state and the quota reset time (H4). `decide` asks
+`usable()` for each rung of a ladder; the answer depends on the request's impact class, so
+low-stakes traffic leaves a sick rung first and revenue-critical traffic last.
+
+Everything here is pure: times come in as arguments (wall-clock seconds, because events cross
+processes and hosts), and nothing does I/O.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from .circuit import Circuit, CircuitConfig, CircuitState, Outcome, Transition
+from .policy import HealthSettings, Impact
+from .taxonomy import Failure
+
+# Failures that say nothing about the endpoint: the request's own fault or its content.
+_IGNORED = frozenset({Failure.CLIENT_ERROR, Failure.SAFETY_BLOCK, Failure.CONTEXT_OVERFLOW})
+# The answer arrived but broke the contract: counted by the schema-conformance component.
+_CONTRACT = frozenset({Failure.SCHEMA_ERROR, Failure.QUALITY_REGRESSION, Failure.TOOL_MISMATCH})
+_MAX_SAMPLES = 5000
+_BASELINE_ALPHA = 0.05  # slow: a baseline should describe the rung when it is well
+_LATENCY_ZERO_AT = 4.0  # the latency component reaches 0 at 4 x the SLO factor
+_TOKEN_Z_OK = 2.0
+_TOKEN_Z_ZERO = 6.0
+_TOKEN_MIN_HISTORY = 20
+_SCORE_TTL_S = 1.0  # scores are recomputed at most this often per endpoint
+
+
+def endpoint_key(provider: str, model: str) -> str:
+    return f"{provider}/{model}"
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    key: str
+    at: float
+    failure: Failure | None
+    latency_s: float | None = None
+    output_tokens: int | None = None
+    task: str = ""
+    stream: bool = False
+    attempt: int = 1
+    probe: bool = False
+    ladder: str = ""
+    rung: int = 0
+
+    def to_event(self) -> dict[str, Any]:
+        return {
+            "k": "obs",
+            "key": self.key,
+            "at": self.at,
+            "fail": self.failure.value if self.failure else "",
+            "lat": self.latency_s,
+            "tok": self.output_tokens,
+            "task": self.task,
+            "stream": self.stream,
+            "n": self.attempt,
+            "probe": self.probe,
+            "ladder": self.ladder,
+            "rung": self.rung,
+        }
+
+    @classmethod
+    def from_event(cls, event: dict[str, Any]) -> Observation | None:
+        try:
+            failure = Failure(event["fail"]) if event.get("fail") else None
+            latency = event.get("lat")
+            tokens = event.get("tok")
+            return cls(
+                key=str(event["key"]),
+                at=float(event["at"]),
+                failure=failure,
+                latency_s=float(latency) if isinstance(latency, int | float) else None,
+                output_tokens=int(tokens) if isinstance(tokens, int) else None,
+                task=str(event.get("task", "")),
+                stream=bool(event.get("stream", False)),
+                attempt=int(event.get("n", 1)),
+                probe=bool(event.get("probe", False)),
+                ladder=str(event.get("ladder", "")),
+                rung=int(event.get("rung", 0)),
+            )
+        except (KeyError, TypeError, ValueError):
+            return None
+
+
+@dataclass(frozen=True, slots=True)
+class Score:
+    value: float
+    errors: float
+    schema: float
+    latency: float
+    tokens: float
+    samples: int
+    p95_s: float | None
+
+    def worst(self) -> Failure:
+        """The failure class of the component pulling the score down most."""
+        parts = {
+            Failure.SERVER_ERROR: self.errors,
+            Failure.SCHEMA_ERROR: self.schema,
+            Failure.TIMEOUT: self.latency,
+            Failure.QUALITY_REGRESSION: self.tokens,
+        }
+        return min(parts, key=lambda f: parts[f])
+
+
+HEALTHY = Score(1.0, 1.0, 1.0, 1.0, 1.0, 0, None)
+
+
+@dataclass
+class _Sample:
+    at: float
+    failure: Failure | None
+    latency_s: float | None
+    tokens: int | None
+    task: str
+    stream: bool
+
+
+@dataclass
+class _Running:
+    """Mean and variance by exponential weighting (Welford-like, bounded memory)."""
+
+    n: int = 0
+    mean: float = 0.0
+    var: float = 0.0
+
+    def add(self, value: float, alpha: float) -> None:
+        self.n += 1
+        if self.n == 1:
+            self.mean = value
+            return
+        a = max(alpha, 1.0 / self.n)
+        delta = value - self.mean
+        self.mean += a * delta
+        self.var = (1 - a) * (self.var + a * delta * delta)
+
+
+@dataclass
+class Endpoint:
+    key: str
+    circuit: Circuit
+    samples: deque[_Sample] = field(default_factory=lambda: deque(maxlen=_MAX_SAMPLES))
+    baselines: dict[bool, _Running] = field(default_factory=dict)  # by stream (TTFT vs whole answer)
+    configured_baseline_s: float | None = None
+    tokens: dict[str, _Running] = field(default_factory=dict)  # by task class
+    quota_until: float = 0.0
+    slo_breach_since: float | None = None
+    last_trip: tuple[float, Failure] | None = None
+    routes: set[tuple[str, int]] = field(default_factory=set)  # (ladder, rung) it served
+    score_cache: tuple[float, Score] | None = None
+    off_until: dict[Impact, float] = field(default_factory=dict)  # score-based hysteresis
+
+
+@dataclass(frozen=True, slots=True)
+class Unusable:
+    reason: Failure
+
+
+class Board:
+    def __init__(self, settings: HealthSettings, baselines: dict[str, float] | None = None) -> None:
+        self.settings = settings
+        c = settings.circuit
+        self._circuit_config = CircuitConfig(
+            failure_rate_threshold=c.failure_rate_threshold,
+            window_s=c.window_s,
+            minimum_calls=c.minimum_calls,
+            consecutive_failures=c.consecutive_failures,
+            open_s=c.open_s,
+            half_open_probes=c.half_open_probes,
+            half_open_successes=c.half_open_successes,
+            probe_bound_s=c.probe_bound_s,
+        )
+        self._configured_baselines = baselines or {}
+        self.endpoints: dict[str, Endpoint] = {}
+        self._requests: deque[float] = deque(maxlen=100_000)
+        self._pending: list[tuple[str, Transition]] = []
+        self._retries: deque[float] = deque(maxlen=100_000)
+
+    def endpoint(self, key: str) -> Endpoint:
+        ep = self.endpoints.get(key)
+        if ep is None:
+            ep = Endpoint(key, Circuit(self._circuit_config), configured_baseline_s=self._configured_baselines.get(key))
+            self.endpoints[key] = ep
+        return ep
+
+    # ---- events ------------------------------------------------------------------------------
+
+    def apply(self, event: dict[str, Any], now: float) -> list[tuple[str, Transition]]:
+        """Feed one bus event; returns the circuit transitions it caused (for the bus/logs)."""
+        kind = event.get("k")
+        if kind == "obs":
+            obs = Observation.from_event(event)
+            return self.observe(obs, now) if obs is not None else []
+        if kind == "quota":
+            with contextlib.suppress(KeyError, TypeError, ValueError):
+                ep = self.endpoint(str(event["key"]))
+                ep.quota_until = max(ep.quota_until, float(event["until"]))
+        elif kind == "req":
+            self._requests.append(float(event.get("at", now)))
+        return []
+
+    def observe(self, obs: Observation, now: float) -> list[tuple[str, Transition]]:
+        ep = self.endpoint(obs.key)
+        if obs.ladder:
+            ep.routes.add((obs.ladder, obs.rung))
+        if obs.attempt > 1 and not obs.probe:
+            self._retries.append(obs.at)
+        if obs.failure is not None and obs.failure not in _IGNORED:
+            ep.last_trip = (obs.at, obs.failure)
+        ep.samples.append(_Sample(obs.at, obs.failure, obs.latency_s, obs.output_tokens, obs.task, obs.stream))
+        ep.score_cache = None
+        healthy = obs.failure is None
+        if healthy and obs.latency_s is not None and self._is_well(ep, now):
+            ep.baselines.setdefault(obs.stream, _Running()).add(obs.latency_s, _BASELINE_ALPHA)
+        if healthy and obs.output_tokens is not None and obs.task and not obs.probe:
+            ep.tokens.setdefault(obs.task, _Running()).add(float(obs.output_tokens), _BASELINE_ALPHA)
+        outcome = self._outcome(ep, obs)
+        transitions = ep.circuit.record(now, outcome)
+        transitions += ep.circuit.drain_transitions()
+        return [(obs.key, t) for t in transitions]
+
+    def _outcome(self, ep: Endpoint, obs: Observation) -> Outcome:
+        if obs.failure in _IGNORED:
+            return Outcome.IGNORED
+        if obs.failure is not None:
+            return Outcome.FAILURE
+        baseline = self.baseline(ep, obs.stream)
+        if (
+            obs.latency_s is not None
+            and baseline is not None
+            and obs.latency_s > baseline * self.settings.latency_slo_factor
+        ):
+            return Outcome.SLOW
+        return Outcome.SUCCESS
+
+    def _is_well(self, ep: Endpoint, now: float) -> bool:
+        return ep.circuit.state(now) is CircuitState.CLOSED and self.score(ep, now).value >= 0.8
+
+    def quota(self, key: str, until: float) -> dict[str, Any]:
+        """A quota event: the endpoint has (next to) no requests left until `until`."""
+        return {"k": "quota", "key": key, "until": until}
+
+    # ---- what decide asks ----------------------------------------------------------------------
+
+    def usable(self, key: str, impact: Impact, now: float, *, first: bool) -> Unusable | None:
+        """May this request use the endpoint? `first` says whether it would be the request's
+        first rung: only then may a half-open circuit admit it as a probe."""
+        ep = self.endpoints.get(key)
+        if ep is None:
+            return None  # never seen: nothing against it
+        if ep.quota_until > now:
+            return Unusable(Failure.RATE_LIMITED)
+        state = ep.circuit.state(now)
+        admitted = state is CircuitState.HALF_OPEN and first and ep.circuit.allow(now)
+        self._pending.extend((key, t) for t in ep.circuit.drain_transitions())
+        if state is CircuitState.OPEN or (state is CircuitState.HALF_OPEN and not admitted):
+            return Unusable(ep.last_trip[1] if ep.last_trip else Failure.SERVER_ERROR)
+        if admitted:
+            return None
+        score = self.score(ep, now)
+        threshold = self.settings.leave_below.for_impact(impact)
+        off_until = ep.off_until.get(impact, 0.0)
+        if score.value < threshold:
+            # Hysteresis: once this impact class left, it stays away at least open_s.
+            ep.off_until[impact] = now + self.settings.circuit.open_s
+            return Unusable(score.worst())
+        if off_until > now:
+            return Unusable(score.worst() if score.samples else Failure.SERVER_ERROR)
+        if impact is not Impact.REVENUE_CRITICAL and self.slo_degraded(ep, now):
+            return Unusable(Failure.TIMEOUT)
+        return None
+
+    def drain_transitions(self) -> list[tuple[str, Transition]]:
+        """Transitions that timers caused while decide asked (OPEN → HALF_OPEN, hung probes)."""
+        pending, self._pending = self._pending, []
+        return pending
+
+    def retries_allowed(self, now: float) -> bool:
+        """Fleet-wide retry budget: extra tries stay within ratio x requests + floor."""
+        window = self.settings.retry_budget_window_s
+        _trim(self._requests, now - window)
+        _trim(self._retries, now - window)
+        allowed = self.settings.retry_budget_ratio * len(self._requests) + self.settings.retry_budget_floor
+        return len(self._retries) < allowed
+
+    # ---- scores ------------------------------------------------------------------------------
+
+    def baseline(self, ep: Endpoint, stream: bool) -> float | None:
+        if ep.configured_baseline_s is not None:
+            return ep.configured_baseline_s
+        running = ep.baselines.get(stream)
+        return running.mean if running is not None and running.n >= self.settings.min_samples else None
+
+    def score(self, ep: Endpoint, now: float) -> Score:
+        cached = ep.score_cache
+        if cached is not None and now - cached[0] < _SCORE_TTL_S:
+            return cached[1]
+        score = self._compute_score(ep, now)
+        ep.score_cache = (now, score)
+        return score
+
+    def _compute_score(self, ep: Endpoint, now: float) -> Score:
+        cutoff = now - self.settings.window_s
+        while ep.samples and ep.samples[0].at < cutoff:
+            ep.samples.popleft()
+        counted = [s for s in ep.samples if s.failure not in _IGNORED]
+        if len(counted) < self.settings.min_samples:
+            return HEALTHY
+        transport = [s for s in counted if s.failure is not None and s.failure not in _CONTRACT]
+        answered = [s for s in counted if s.failure is None or s.failure in _CONTRACT]
+        errors = 1.0 - len(transport) / len(counted)
+        schema = 1.0 - (sum(1 for s in answered if s.failure is not None) / len(answered)) if answered else 1.0
+        latency, p95 = self._latency_component(ep, counted)
+        tokens = self._token_component(ep, answered)
+        value = max(0.0, min(1.0, errors * schema * latency * tokens))
+        return Score(value, errors, schema, latency, tokens, len(counted), p95)
+
+    def _latency_component(self, ep: Endpoint, samples: list[_Sample]) -> tuple[float, float | None]:
+        worst = 1.0
+        p95_any: float | None = None
+        for stream in (False, True):
+            lat = sorted(s.latency_s for s in samples if s.latency_s is not None and s.stream is stream)
+            if len(lat) < self.settings.min_samples:
+                continue
+            p95 = lat[min(len(lat) - 1, math.ceil(0.95 * len(lat)) - 1)]
+            p95_any = p95 if p95_any is None else max(p95_any, p95)
+            baseline = self.baseline(ep, stream)
+            if baseline is None or baseline <= 0:
+                continue
+            factor = self.settings.latency_slo_factor
+            ratio = p95 / baseline
+            if ratio > factor:
+                worst = min(worst, max(0.0, 1.0 - (ratio - factor) / (factor * (_LATENCY_ZERO_AT - 1))))
+        return worst, p95_any
+
+    def _token_component(self, ep: Endpoint, answered: list[_Sample]) -> float:
+        worst = 1.0
+        by_task: dict[str, list[int]] = {}
+        for s in answered:
+            if s.failure is None and s.tokens is not None and s.task:
+                by_task.setdefault(s.task, []).append(s.tokens)
+        for task, counts in by_task.items():
+            usual = ep.tokens.get(task)
+            if usual is None or usual.n < _TOKEN_MIN_HISTORY or len(counts) < self.settings.min_samples:
+                continue
+            sigma = max(math.sqrt(usual.var), 1.0)
+            z = abs(sum(counts) / len(counts) - usual.mean) / sigma
+            if z > _TOKEN_Z_OK:
+                worst = min(worst, max(0.0, 1.0 - (z - _TOKEN_Z_OK) / (_TOKEN_Z_ZERO - _TOKEN_Z_OK)))
+        return worst
+
+    def slo_degraded(self, ep: Endpoint, now: float) -> bool:
+        """p95 over latency_slo_factor x baseline, continuously for latency_slo_s."""
+        score = self.score(ep, now)
+        breached = score.latency < 1.0
+        if not breached:
+            ep.slo_breach_since = None
+            return False
+        if ep.slo_breach_since is None:
+            ep.slo_breach_since = now
+        return now - ep.slo_breach_since >= self.settings.latency_slo_s
+
+    # ---- visibility ----------------------------------------------------------------------------
+
+    def snapshot(self, now: float) -> dict[str, Any]:
+        rungs = []
+        for key in sorted(self.endpoints):
+            ep = self.endpoints[key]
+            score = self.score(ep, now)
+            rungs.append(
+                {
+                    "endpoint": key,
+                    "routes": [f"{ladder}/{rung}" for ladder, rung in sorted(ep.routes)],
+                    "circuit": ep.circuit.snapshot(now),
+                    "score": round(score.value, 3),
+                    "components": {
+                        "errors": round(score.errors, 3),
+                        "schema": round(score.schema, 3),
+                        "latency": round(score.latency, 3),
+                        "tokens": round(score.tokens, 3),
+                    },
+                    "samples": score.samples,
+                    "p95_s": score.p95_s,
+                    "baseline_s": {
+                        "json": self.baseline(ep, False),
+                        "stream": self.baseline(ep, True),
+                    },
+                    "slo_degraded": self.slo_degraded(ep, now),
+                    "quota_until": ep.quota_until if ep.quota_until > now else None,
+                    "last_trip": {"at": ep.last_trip[0], "reason": ep.last_trip[1].value} if ep.last_trip else None,
+                }
+            )
+        window = self.settings.retry_budget_window_s
+        _trim(self._requests, now - window)
+        _trim(self._retries, now - window)
+        return {
+            "rungs": rungs,
+            "retry_budget": {
+                "window_s": window,
+                "requests": len(self._requests),
+                "retries": len(self._retries),
+                "allowed": self.settings.retry_budget_ratio * len(self._requests) + self.settings.retry_budget_floor,
+            },
+        }
+
+
+def _trim(times: deque[float], cutoff: float) -> None:
+    while times and times[0] < cutoff:
+        times.popleft()
