@@ -185,7 +185,7 @@ class Board:
         )
         self._configured_baselines = baselines or {}
         self.endpoints: dict[str, Endpoint] = {}
-        self._requests: deque[float] = deque(maxlen=100_000)
+        self._requests: deque[tuple[float, int]] = deque(maxlen=100_000)  # (at, how many)
         self._pending: list[tuple[str, Transition]] = []
         self._retries: deque[float] = deque(maxlen=100_000)
 
@@ -209,7 +209,8 @@ class Board:
                 ep = self.endpoint(str(event["key"]))
                 ep.quota_until = max(ep.quota_until, float(event["until"]))
         elif kind == "req":
-            self._requests.append(float(event.get("at", now)))
+            with contextlib.suppress(TypeError, ValueError):
+                self._requests.append((float(event.get("at", now)), int(event.get("count", 1))))
         return []
 
     def observe(self, obs: Observation, now: float) -> list[tuple[str, Transition]]:
@@ -230,6 +231,13 @@ class Board:
         outcome = self._outcome(ep, obs)
         transitions = ep.circuit.record(now, outcome)
         transitions += ep.circuit.drain_transitions()
+        if any(t.target is CircuitState.CLOSED for t in transitions):
+            # Probes proved the endpoint well again: the window's samples describe the outage,
+            # not the endpoint now, and would keep traffic away for another whole window.
+            ep.samples.clear()
+            ep.score_cache = None
+            ep.off_until.clear()
+            ep.slo_breach_since = None
         return [(obs.key, t) for t in transitions]
 
     def _outcome(self, ep: Endpoint, obs: Observation) -> Outcome:
@@ -264,7 +272,9 @@ class Board:
         if ep.quota_until > now:
             return Unusable(Failure.RATE_LIMITED)
         state = ep.circuit.state(now)
-        admitted = state is CircuitState.HALF_OPEN and first and ep.circuit.allow(now)
+        admitted = (
+            state is CircuitState.HALF_OPEN and first and self.settings.circuit.live_half_open and ep.circuit.allow(now)
+        )
         self._pending.extend((key, t) for t in ep.circuit.drain_transitions())
         if state is CircuitState.OPEN or (state is CircuitState.HALF_OPEN and not admitted):
             return Unusable(ep.last_trip[1] if ep.last_trip else Failure.SERVER_ERROR)
@@ -290,11 +300,15 @@ class Board:
 
     def retries_allowed(self, now: float) -> bool:
         """Fleet-wide retry budget: extra tries stay within ratio x requests + floor."""
-        window = self.settings.retry_budget_window_s
-        _trim(self._requests, now - window)
-        _trim(self._retries, now - window)
-        allowed = self.settings.retry_budget_ratio * len(self._requests) + self.settings.retry_budget_floor
-        return len(self._retries) < allowed
+        requests, retries = self._budget_counts(now)
+        return retries < self.settings.retry_budget_ratio * requests + self.settings.retry_budget_floor
+
+    def _budget_counts(self, now: float) -> tuple[int, int]:
+        cutoff = now - self.settings.retry_budget_window_s
+        while self._requests and self._requests[0][0] < cutoff:
+            self._requests.popleft()
+        _trim(self._retries, cutoff)
+        return sum(n for _, n in self._requests), len(self._retries)
 
     # ---- scores ------------------------------------------------------------------------------
 
@@ -403,16 +417,14 @@ class Board:
                     "last_trip": {"at": ep.last_trip[0], "reason": ep.last_trip[1].value} if ep.last_trip else None,
                 }
             )
-        window = self.settings.retry_budget_window_s
-        _trim(self._requests, now - window)
-        _trim(self._retries, now - window)
+        requests, retries = self._budget_counts(now)
         return {
             "rungs": rungs,
             "retry_budget": {
-                "window_s": window,
-                "requests": len(self._requests),
-                "retries": len(self._retries),
-                "allowed": self.settings.retry_budget_ratio * len(self._requests) + self.settings.retry_budget_floor,
+                "window_s": self.settings.retry_budget_window_s,
+                "requests": requests,
+                "retries": retries,
+                "allowed": self.settings.retry_budget_ratio * requests + self.settings.retry_budget_floor,
             },
         }
 

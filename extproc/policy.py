@@ -235,6 +235,9 @@ class CircuitSettings(_Frozen):
     # Once traffic moved off a rung it stays off at least this long (hysteresis).
     open_s: float = Field(30.0, gt=0, le=3600)
     half_open_probes: int = Field(2, ge=1, le=100)
+    # Half-open is tried by `rungway up`'s synthetic probes; with this on, also by up to
+    # half_open_probes live requests (each still has the rest of its ladder behind it).
+    live_half_open: bool = False
     half_open_successes: int = Field(2, ge=1, le=100)
     probe_bound_s: float = Field(30.0, gt=0, le=3600)
 

@@ -27,6 +27,7 @@ log = logging.getLogger("rungway.health")
 # and the pod-local health hub's Unix socket.
 PROBE_TOKEN_ENV = "RUNGWAY_PROBE_TOKEN"
 HUB_ENV = "RUNGWAY_HEALTH_HUB"
+_REQUEST_COUNT_EVERY_S = 0.25
 
 
 def configured_baselines(policy: Policy) -> dict[str, float]:
@@ -49,6 +50,8 @@ class Sidecar:
     probe_token: str = field(default_factory=lambda: os.environ.get(PROBE_TOKEN_ENV) or secrets.token_hex(16))
     rng: random.Random = field(default_factory=random.Random)
     board: Board = field(init=False)
+    _requests_unsent: int = field(default=0, init=False)
+    _requests_sent_at: float = field(default=float("-inf"), init=False)
 
     def __post_init__(self) -> None:
         self.board = Board(self.policy.health, configured_baselines(self.policy))
@@ -81,7 +84,14 @@ class Sidecar:
         self.bus.publish(observation.to_event())
 
     def note_request(self) -> None:
-        self.bus.publish({"k": "req", "at": self.clock.wall()})
+        """Count a decided request for the fleet's retry budget; published in aggregate (every
+        member of the bus decodes every event, so one event per request would not scale)."""
+        self._requests_unsent += 1
+        now = self.clock.wall()
+        if now - self._requests_sent_at >= _REQUEST_COUNT_EVERY_S:
+            self.bus.publish({"k": "req", "at": now, "count": self._requests_unsent})
+            self._requests_unsent = 0
+            self._requests_sent_at = now
 
     def report_quota(self, key: str, until: float) -> None:
         self.bus.publish(self.board.quota(key, until))

