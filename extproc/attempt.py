@@ -119,6 +119,7 @@ class AttemptProcessor:
         self._request_schema: dict[str, Any] | None = None
         self._answered_at: float | None = None
         self._observed = False
+        self._trip_counted = False
         self._begun = False
         self._first_token_at: float | None = None
         self._tools_stripped = False
@@ -366,6 +367,23 @@ class AttemptProcessor:
         wait = self._policy.stream_finish_grace_s if relay.finished else self._policy.stream_stall_s
         return self._last_chunk_at + wait
 
+    def alarm(self) -> float | None:
+        """While no answer has come: when this try becomes a slow call (over slow_call_factor
+        times the endpoint's baseline). Slow calls in flight move the circuit before they end,
+        which matters when a brownout makes them end only at the per-try timeout."""
+        if self._observed or self._answered_at is not None or not self._begun or not self._policy.health.enabled:
+            return None
+        board = self._sidecar.board
+        endpoint = board.endpoints.get(self._key)
+        baseline = board.baseline(endpoint, self._stream) if endpoint is not None else None
+        if baseline is None:
+            return None
+        return self._started_at + baseline * self._policy.health.circuit.slow_call_factor
+
+    def on_alarm(self) -> None:
+        if not self._observed and self._answered_at is None:
+            self._observe(None)  # latency so far is over the threshold: the board counts it slow
+
     def on_wake(self) -> list[ProcessingResponse]:
         relay = self._relay
         if relay is None or self._closed:
@@ -554,19 +572,22 @@ class AttemptProcessor:
 
     def _observe(self, failure: Failure | None, tokens: int | None = None) -> None:
         """Report this try to the health board, once; a failed try is also a counted trip."""
-        if self._observed:
-            return
-        self._observed = True
-        if failure is not None:
+        if failure is not None and not self._trip_counted:
+            self._trip_counted = True
             self._sidecar.metrics.trips.labels(*self._rung_labels(), failure.value).inc()
+        if self._observed:
+            return  # e.g. already reported as a slow call in flight
+        self._observed = True
         clock = self._sidecar.clock
         answered = self._first_token_at if self._stream else self._answered_at
+        if answered is None:
+            answered = clock.now()
         self._sidecar.observe(
             Observation(
                 key=self._key,
                 at=clock.wall(),
                 failure=failure,
-                latency_s=(answered - self._started_at) if answered is not None else None,
+                latency_s=answered - self._started_at,
                 output_tokens=tokens,
                 task=self._task,
                 stream=self._stream,

@@ -221,7 +221,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     _configure_logging("warning")
     from .demo.show import run_demo
 
-    return asyncio.run(run_demo(listen=args.listen, admin=args.admin, interactive=not args.no_wait))
+    return asyncio.run(
+        run_demo(listen=args.listen, admin=args.admin, interactive=not args.no_wait, brownout=args.brownout)
+    )
 
 
 def cmd_mock_providers(args: argparse.Namespace) -> int:
@@ -286,6 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--listen", type=_address, default=("127.0.0.1", 10000))
     demo.add_argument("--admin", type=_address, default=("127.0.0.1", 9901))
     demo.add_argument("--no-wait", action="store_true", help="exit after the scripted show")
+    demo.add_argument("--brownout", action="store_true", help="also stage a provider brownout and its recovery")
     demo.set_defaults(func=cmd_demo)
 
     mocks = sub.add_parser("mock-providers", help="run mock OpenAI/Anthropic providers that fail on command")

@@ -71,6 +71,12 @@ class DecideProcessor:
     def on_close(self) -> None:
         pass
 
+    def alarm(self) -> float | None:
+        return None
+
+    def on_alarm(self) -> None:
+        pass
+
     def request_headers(self, request: ProcessingRequest) -> ProcessingResponse:
         policy = self._policy
         wanted = frozenset(

@@ -359,6 +359,14 @@ def _aggregate_cluster(ladder: str, order: tuple[int, ...], stream: bool, settin
         "name": cluster_name(ladder, order, stream),
         "connect_timeout": "1s",
         "lb_policy": "CLUSTER_PROVIDED",
+        # Retries are counted on the route's cluster, this one. Envoy's default of 3 concurrent
+        # retries turns a slow primary under load into failures (retry overflow); Rungway's
+        # own fleet-wide retry budget is the limit that matters.
+        "circuit_breakers": {
+            "thresholds": [
+                {"max_connections": 65536, "max_pending_requests": 65536, "max_requests": 65536, "max_retries": 65536}
+            ]
+        },
         "cluster_type": {
             "name": "envoy.clusters.aggregate",
             "typed_config": {

@@ -31,11 +31,13 @@ _IGNORED = frozenset({Failure.CLIENT_ERROR, Failure.SAFETY_BLOCK, Failure.CONTEX
 _CONTRACT = frozenset({Failure.SCHEMA_ERROR, Failure.QUALITY_REGRESSION, Failure.TOOL_MISMATCH})
 _MAX_SAMPLES = 5000
 _BASELINE_ALPHA = 0.05  # slow: a baseline should describe the rung when it is well
-_LATENCY_ZERO_AT = 4.0  # the latency component reaches 0 at 4 x the SLO factor
+_LATENCY_ZERO_AT = 2.0  # the latency component reaches 0 at 2 x the SLO factor
 _TOKEN_Z_OK = 2.0
 _TOKEN_Z_ZERO = 6.0
 _TOKEN_MIN_HISTORY = 20
-_SCORE_TTL_S = 1.0  # scores are recomputed at most this often per endpoint
+_SCORE_TTL_S = 1.0
+_WELL = 0.9  # error component at or above which the baseline learns
+_BASELINE_BAND = 1.2  # answers within this factor of the baseline teach it; slower ones do not  # scores are recomputed at most this often per endpoint
 
 
 def endpoint_key(provider: str, model: str) -> str:
@@ -192,7 +194,9 @@ class Board:
     def endpoint(self, key: str) -> Endpoint:
         ep = self.endpoints.get(key)
         if ep is None:
-            ep = Endpoint(key, Circuit(self._circuit_config), configured_baseline_s=self._configured_baselines.get(key))
+            provider = key.partition("/")[0]
+            configured = self._configured_baselines.get(key, self._configured_baselines.get(f"{provider}/*"))
+            ep = Endpoint(key, Circuit(self._circuit_config), configured_baseline_s=configured)
             self.endpoints[key] = ep
         return ep
 
@@ -225,12 +229,17 @@ class Board:
         ep.score_cache = None
         healthy = obs.failure is None
         if healthy and obs.latency_s is not None and self._is_well(ep, now):
-            ep.baselines.setdefault(obs.stream, _Running()).add(obs.latency_s, _BASELINE_ALPHA)
+            # Only answers within the SLO teach the baseline: otherwise a slow slide (a
+            # brownout) would drag the baseline along and never look slow.
+            baseline = self.baseline(ep, obs.stream)
+            if baseline is None or obs.latency_s <= baseline * _BASELINE_BAND:
+                ep.baselines.setdefault(obs.stream, _Running()).add(obs.latency_s, _BASELINE_ALPHA)
         if healthy and obs.output_tokens is not None and obs.task and not obs.probe:
             ep.tokens.setdefault(obs.task, _Running()).add(float(obs.output_tokens), _BASELINE_ALPHA)
         outcome = self._outcome(ep, obs)
-        transitions = ep.circuit.record(now, outcome)
-        transitions += ep.circuit.drain_transitions()
+        # Timer transitions first: they fell due before this result.
+        transitions = ep.circuit.drain_transitions()
+        transitions += ep.circuit.record(now, outcome)
         if any(t.target is CircuitState.CLOSED for t in transitions):
             # Probes proved the endpoint well again: the window's samples describe the outage,
             # not the endpoint now, and would keep traffic away for another whole window.
@@ -249,13 +258,15 @@ class Board:
         if (
             obs.latency_s is not None
             and baseline is not None
-            and obs.latency_s > baseline * self.settings.latency_slo_factor
+            and obs.latency_s > baseline * self.settings.circuit.slow_call_factor
         ):
             return Outcome.SLOW
         return Outcome.SUCCESS
 
     def _is_well(self, ep: Endpoint, now: float) -> bool:
-        return ep.circuit.state(now) is CircuitState.CLOSED and self.score(ep, now).value >= 0.8
+        """Well enough to learn what normal looks like from: a baseline learned during a
+        brownout's early, error-laden minutes would hide the slowdown that follows."""
+        return ep.circuit.state(now) is CircuitState.CLOSED and self.score(ep, now).errors >= _WELL
 
     def quota(self, key: str, until: float) -> dict[str, Any]:
         """A quota event: the endpoint has (next to) no requests left until `until`."""

@@ -240,6 +240,10 @@ class CircuitSettings(_Frozen):
     live_half_open: bool = False
     half_open_successes: int = Field(2, ge=1, le=100)
     probe_bound_s: float = Field(30.0, gt=0, le=3600)
+    # A call slower than this many times its endpoint's baseline counts as a failure for the
+    # rate (a brownout shows as slowness before it shows as errors). Counted while still in
+    # flight, so a brownout moves the circuit before its slow calls reach their timeout.
+    slow_call_factor: float = Field(4.0, gt=1, le=100)
 
 
 class LeaveBelow(_Frozen):

@@ -43,13 +43,18 @@ def targets(policy: Policy, board: Board) -> list[ProbeTarget]:
 
 
 def due(all_targets: Iterable[ProbeTarget], board: Board, last_sent: dict[str, float], now: float) -> list[ProbeTarget]:
-    """Targets whose interval has passed: endpoints that are not closed are probed at the
-    faster recovery interval, so a recovered provider gets traffic back quickly."""
+    """Targets whose interval has passed. Endpoints traffic is avoiding (circuit not closed, or
+    a score low enough that some impact class left) are probed at the faster recovery
+    interval: live traffic no longer tells how they are, probes do — so a recovered provider
+    gets its traffic back quickly, and a still-broken one does not get it back at all."""
     settings = board.settings
     out = []
     for target in all_targets:
         ep = board.endpoints.get(target.key)
-        recovering = ep is not None and ep.circuit.state(now) is not CircuitState.CLOSED
+        recovering = ep is not None and (
+            ep.circuit.state(now) is not CircuitState.CLOSED
+            or board.score(ep, now).value < settings.leave_below.deferrable
+        )
         interval = settings.recovery_probe_s if recovering else settings.probe_interval_s
         if interval <= 0:
             continue

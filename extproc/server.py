@@ -30,6 +30,8 @@ class Processor(Protocol):
     def wake_at(self) -> float | None: ...
     def on_wake(self) -> list[ProcessingResponse]: ...
     def on_close(self) -> None: ...
+    def alarm(self) -> float | None: ...
+    def on_alarm(self) -> None: ...
 
 
 _PROCESSORS: dict[str, type[DecideProcessor] | type[AttemptProcessor]] = {
@@ -57,6 +59,9 @@ class ExternalProcessor(epg.ExternalProcessorServicer):  # type: ignore[misc]
         clock = self._sidecar.clock
         requests = aiter(request_iterator)
         pending_read: asyncio.Future[Any] | None = None
+        loop = asyncio.get_running_loop()
+        alarm: asyncio.TimerHandle | None = None
+        alarm_at: float | None = None
         try:
             while True:
                 wake = processor.wake_at()
@@ -82,6 +87,15 @@ class ExternalProcessor(epg.ExternalProcessorServicer):  # type: ignore[misc]
                         return
                 for answer in processor.dispatch(request):
                     yield answer
+                # An alarm is a note to self (no answer to Envoy), e.g. "this try is slow now".
+                wanted = processor.alarm()
+                if wanted != alarm_at:
+                    if alarm is not None:
+                        alarm.cancel()
+                    alarm_at = wanted
+                    alarm = (
+                        None if wanted is None else loop.call_later(max(0.0, wanted - clock.now()), processor.on_alarm)
+                    )
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -93,6 +107,8 @@ class ExternalProcessor(epg.ExternalProcessorServicer):  # type: ignore[misc]
         finally:
             if pending_read is not None and not pending_read.done():
                 pending_read.cancel()
+            if alarm is not None:
+                alarm.cancel()
             processor.on_close()
 
 

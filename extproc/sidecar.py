@@ -31,12 +31,14 @@ _REQUEST_COUNT_EVERY_S = 0.25
 
 
 def configured_baselines(policy: Policy) -> dict[str, float]:
-    """Latency baselines the policy states, by endpoint (rungs with a fixed model only)."""
+    """Latency baselines the policy states, by endpoint; a `$requested` rung's applies to
+    every model it serves (`provider/*`)."""
     out: dict[str, float] = {}
     for rungs in policy.ladders.values():
         for rung in rungs:
-            if rung.baseline_latency_s is not None and rung.model != REQUESTED_MODEL:
-                out[endpoint_key(rung.provider, rung.model)] = rung.baseline_latency_s
+            if rung.baseline_latency_s is not None:
+                model = "*" if rung.model == REQUESTED_MODEL else rung.model
+                out[endpoint_key(rung.provider, model)] = rung.baseline_latency_s
     return out
 
 

@@ -9,6 +9,7 @@ import os
 import signal
 import socket
 import tempfile
+import time
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -72,22 +73,87 @@ async def _ask(client: openai.AsyncOpenAI, messages: Any, stream: bool) -> None:
 
 async def _show(client: openai.AsyncOpenAI, fleet: dict[str, MockProvider]) -> None:
     primary = fleet["openai-primary"]
+    # One failure at a time, each followed by a healthy answer: single failures hop, but do not
+    # add up to an open circuit (the brownout below shows that).
     steps = [
         ("healthy primary", "ok", False),
         ("primary answers 503", "status:503", False),
         ("primary answers 200 with broken JSON (a partial outage)", "invalid_json", False),
-        ("primary rate-limited for 30 s (429, Retry-After: 30)", "status:429:30", False),
         ("streaming; primary sends an error event before its first token", "sse_error", True),
+        ("primary rate-limited (429, Retry-After: 3): skipped until its limit resets", "status:429:3", False),
     ]
     messages: Any = [{"role": "user", "content": "Where is my order #1234?"}]
     for title, mode, stream in steps:
-        primary.set_mode(mode)
+        primary.set_mode(mode, times=1)
         _say(f"\n▶ {title}")
         await _ask(client, messages, stream)
-    primary.set_mode("ok")
+        if mode != "ok" and mode != "status:429:3":
+            await client.chat.completions.create(model="gpt-4o", messages=messages)  # healthy again
+    await _ask(client, messages, False)
+    await asyncio.sleep(3)  # the rate limit resets
 
 
-async def run_demo(listen: tuple[str, int], admin: tuple[str, int], *, interactive: bool) -> int:
+async def _brownout(client: openai.AsyncOpenAI, fleet: dict[str, MockProvider], supervisor: Supervisor) -> None:
+    """A provider brownout, live: latency climbing and 31 % 503s, then recovery."""
+    primary = fleet["openai-primary"]
+    key = "openai-primary/gpt-4o"
+    messages: Any = [{"role": "user", "content": "Summarise my last order."}]
+    served: list[tuple[float, str, float]] = []  # (at, served-by, latency)
+
+    async def one() -> None:
+        started = loop.time()
+        try:
+            raw = await client.chat.completions.with_raw_response.create(model="gpt-4o", messages=messages)
+            by = raw.headers.get("x-rungway-served-by", "?")
+        except openai.APIError:
+            by = "FAILED"
+        served.append((loop.time(), by, loop.time() - started))
+
+    def line(phase: str, since: float) -> None:
+        recent = [s for s in served if s[0] >= since]
+        on_primary = sum(1 for s in recent if s[1].startswith("openai-primary"))
+        failed = sum(1 for s in recent if s[1] == "FAILED")
+        lat = sorted(s[2] for s in recent)
+        p95 = lat[int(0.95 * (len(lat) - 1))] if lat else 0.0
+        row = next((r for r in supervisor.board.snapshot(time.time())["rungs"] if r["endpoint"] == key), None)
+        state = row["circuit"]["state"] if row else "closed"
+        score = row["score"] if row else 1.0
+        _say(
+            f"  {phase:9} {loop.time() - start:5.1f}s  primary circuit {state:9} score {score:4.2f}  "
+            f"last 2 s: {len(recent):2} answers, {on_primary:2} from the primary, {failed} failed, p95 {p95:4.2f}s"
+        )
+
+    loop = asyncio.get_running_loop()
+    _say("\n▶ brownout: the primary's latency climbs 0.3 s → 6 s and 31 % of its answers are 503s")
+    primary.set_mode("brownout:0.31:0.3:6:20")
+    start = loop.time()
+    tasks: list[asyncio.Task[None]] = []
+    phase, healed_at = "brownout", None
+    while True:
+        now = loop.time() - start
+        if healed_at is None and now >= 20:
+            primary.set_mode("ok")
+            healed_at = now
+            phase = "recovered"
+            _say("▶ the primary recovers: Rungway probes it and brings traffic back")
+        if healed_at is not None and (now - healed_at > 30 or _primary_back(served, start + healed_at + 2)):
+            break
+        for _ in range(8):
+            tasks.append(asyncio.create_task(one()))
+            await asyncio.sleep(0.25)
+        line(phase, loop.time() - 2)
+    await asyncio.gather(*tasks)
+    line(phase, loop.time() - 2)
+
+
+def _primary_back(served: list[tuple[float, str, float]], since: float) -> bool:
+    recent = [s for s in served if s[0] >= since]
+    return len(recent) >= 4 and all(s[1].startswith("openai-primary") for s in recent[-4:])
+
+
+async def run_demo(
+    listen: tuple[str, int], admin: tuple[str, int], *, interactive: bool, brownout: bool = False
+) -> int:
     fleet = {name: MockProvider(name, dialect) for name, dialect in PROVIDERS}
     mocks = MockFleet(list(fleet.values()))
     control_port = await mocks.start()
@@ -121,8 +187,12 @@ async def run_demo(listen: tuple[str, int], admin: tuple[str, int], *, interacti
         _say("ladder 'chat': openai-primary/gpt-4o → anthropic-backup/claude-sonnet-4-5 → small-local/llama-3.1-8b")
         async with openai.AsyncOpenAI(base_url=base + "/v1", api_key="sk-the-apps-own-key", max_retries=0) as client:
             await _show(client, fleet)
+            if brownout:
+                await _brownout(client, fleet, supervisor)
         admin_url = f"http://{options.admin[0]}:{supervisor.admin_port}"
         _say("\nThe client never changed: same SDK, same schema; the x-rungway-* headers say what served it.")
+        if not brownout:
+            _say("(`rungway demo --brownout` also stages a provider brownout and its recovery.)")
         if not interactive:
             return 0
         _say(
