@@ -79,6 +79,7 @@ def policy(primary: MockProvider, fallback: MockProvider, *, scale: float, circu
             "enabled": circuits,
             "window_s": 60 * scale,
             "latency_slo_s": 60 * scale,
+            "latency_floor_s": 0.5 * scale,
             "probe_interval_s": 0,
             "recovery_probe_s": 5 * scale,
             "circuit": {"window_s": 60 * scale, "open_s": 30 * scale, "probe_bound_s": 30 * scale},

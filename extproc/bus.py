@@ -65,6 +65,9 @@ _encode = json.JSONEncoder(separators=(",", ":")).encode
 
 
 class HealthBus(Protocol):
+    # This member's id, stamped on its events as "origin".
+    origin: str
+
     async def start(self) -> None:
         """Connect in the background; never raises because a server is down."""
         ...

@@ -163,6 +163,7 @@ class Endpoint:
     last_trip: tuple[float, Failure] | None = None
     routes: set[tuple[str, int]] = field(default_factory=set)  # (ladder, rung) it served
     score_cache: tuple[float, Score] | None = None
+    unscored: int = 0  # samples added since the cached score was computed
     off_until: dict[Impact, float] = field(default_factory=dict)  # score-based hysteresis
 
 
@@ -226,7 +227,7 @@ class Board:
         if obs.failure is not None and obs.failure not in _IGNORED:
             ep.last_trip = (obs.at, obs.failure)
         ep.samples.append(_Sample(obs.at, obs.failure, obs.latency_s, obs.output_tokens, obs.task, obs.stream))
-        ep.score_cache = None
+        ep.unscored += 1
         healthy = obs.failure is None
         if healthy and obs.latency_s is not None and self._is_well(ep, now):
             # Only answers within the SLO teach the baseline: otherwise a slow slide (a
@@ -324,17 +325,24 @@ class Board:
     # ---- scores ------------------------------------------------------------------------------
 
     def baseline(self, ep: Endpoint, stream: bool) -> float | None:
+        """What a healthy answer takes (configured, else learned), never below the floor."""
         if ep.configured_baseline_s is not None:
-            return ep.configured_baseline_s
+            return max(ep.configured_baseline_s, self.settings.latency_floor_s)
         running = ep.baselines.get(stream)
-        return running.mean if running is not None and running.n >= self.settings.min_samples else None
+        if running is None or running.n < self.settings.min_samples:
+            return None
+        return max(running.mean, self.settings.latency_floor_s)
 
     def score(self, ep: Endpoint, now: float) -> Score:
+        # Computing a score walks the whole window: reuse it while it is young and few new
+        # samples arrived (a few per cent of the window, or min_samples).
         cached = ep.score_cache
-        if cached is not None and now - cached[0] < _SCORE_TTL_S:
+        fresh = ep.unscored < max(self.settings.min_samples, len(ep.samples) // 20)
+        if cached is not None and fresh and now - cached[0] < _SCORE_TTL_S:
             return cached[1]
         score = self._compute_score(ep, now)
         ep.score_cache = (now, score)
+        ep.unscored = 0
         return score
 
     def _compute_score(self, ep: Endpoint, now: float) -> Score:

@@ -274,6 +274,9 @@ class HealthSettings(_Frozen):
     min_samples: int = Field(5, ge=1, le=10_000)  # below this a rung's score is 1.0 (unknown)
     circuit: CircuitSettings = CircuitSettings()
     leave_below: LeaveBelow = LeaveBelow()
+    # Latencies are judged against max(baseline, latency_floor_s): an endpoint answering in
+    # milliseconds is not "4x slower" because a busy proxy added a few more.
+    latency_floor_s: float = Field(0.5, ge=0, le=600)
     # Latency SLO: p95 over this many times the rung's baseline is a breach...
     latency_slo_factor: float = Field(2.0, gt=1, le=100)
     # ...and a breach that lasts this long marks the rung degraded.

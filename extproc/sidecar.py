@@ -68,6 +68,8 @@ class Sidecar:
     # ---- events in -------------------------------------------------------------------------
 
     def _on_event(self, event: dict[str, Any]) -> None:
+        if event.get("origin") == self.bus.origin and event.get("k") == "obs":
+            return  # applied already, as an object, by observe()
         for key, transition in self.board.apply(event, self.clock.wall()):
             self._announce(key, transition)
 
@@ -83,6 +85,8 @@ class Sidecar:
     # ---- events out ------------------------------------------------------------------------
 
     def observe(self, observation: Observation) -> None:
+        for key, transition in self.board.observe(observation, self.clock.wall()):
+            self._announce(key, transition)
         self.bus.publish(observation.to_event())
 
     def note_request(self) -> None:

@@ -90,17 +90,17 @@ def test_an_open_circuit_sends_no_traffic_to_its_rung(fresh: Fleet, tmp_path: Pa
 
 
 def test_low_stakes_traffic_leaves_a_sick_rung_first(fresh: Fleet, tmp_path: Path) -> None:
-    # Half the primary's answers fail: score about 0.5. The circuit is set not to open
+    # 55 % of the primary's answers fail: score about 0.45. The circuit is set not to open
     # (threshold 90 %), so only the impact-class thresholds decide.
     policy = health_policy(
         fresh, tmp_path, min_samples=4, circuit={"failure_rate_threshold": 90, "consecutive_failures": 50}
     )
     with running(policy, env=KEY_ENV) as stack:
-        fresh.primary.set_mode("brownout:0.5:0:0:60")
-        for _ in range(8):
+        fresh.primary.set_mode("brownout:0.55:0:0:60")
+        for _ in range(12):
             ask(stack)
         score = endpoint(stack, "primary/gpt-4o")["score"]
-        assert 0.3 < score < 0.7
+        assert 0.3 < score < 0.6
         assert endpoint(stack, "primary/gpt-4o")["circuit"]["state"] == "closed"
 
         def first_try(impact: str) -> str:
