@@ -269,3 +269,19 @@ def test_brownout_replay_compressed_tenfold() -> None:
     assert circuits.p95_s / 0.1 < 6.4
     assert circuits.p95_s < ladder.p95_s
     assert circuits.attempts_per_request < ladder.attempts_per_request
+
+
+def test_a_canary_share_keeps_fallback_rungs_measured_but_never_for_revenue_critical(
+    fresh: Fleet, tmp_path: Path
+) -> None:
+    with running(health_policy(fresh, tmp_path, canary_share=0.5), env=KEY_ENV) as stack:
+        reasons = [ask(stack).headers["x-rungway-reason"] for _ in range(30)]
+        canaries = reasons.count("canary")
+        assert 5 <= canaries <= 25, reasons  # about half
+        assert set(reasons) <= {"canary", "none"}
+        assert len(client_requests(fresh.secondary)) == canaries  # served there, on purpose
+        before = len(client_requests(fresh.secondary))
+        for _ in range(10):
+            raw = ask(stack, extra_headers={"x-rungway-impact": "revenue_critical"})
+            assert raw.headers["x-rungway-served-by"] == "primary/gpt-4o"
+        assert len(client_requests(fresh.secondary)) == before
