@@ -13,6 +13,7 @@ from dataclasses import replace
 
 from .envoy_config import CLUSTER_HEADER, INVALID, META_DECISION, META_REQUEST, MISSING, PROBE_HEADER
 from .flags import flags
+from .health import endpoint_key
 from .ladder import NeedBody, Refusal, RequestFeatures, Route, choose, cluster_name, reroute
 from .policy import Dialect, Impact
 from .sidecar import Sidecar
@@ -162,6 +163,7 @@ class DecideProcessor:
             and f.impact is not Impact.REVENUE_CRITICAL
             and result.skip_reason is None
             and len(result.rungs) > 1
+            and not self._is_probe_slot(result)
             and sidecar.rng.random() < health.canary_share
         ):
             result = reroute(self._policy, result, result.rungs[1:], f.stream, canary=True)
@@ -169,6 +171,13 @@ class DecideProcessor:
             result = replace(result, tries=1)
         sidecar.note_request()
         return result
+
+    def _is_probe_slot(self, route: Route) -> bool:
+        """The first rung is half-open: this request holds its probe slot and must try it."""
+        assert self._features is not None
+        first = self._policy.ladders[route.ladder][route.rungs[0]]
+        key = endpoint_key(first.provider, first.model_for(self._features.model))
+        return self._sidecar.board.half_open(key, self._sidecar.clock.wall())
 
     def _probe_route(self, header: str) -> Route | Refusal:
         """`token ladder rung`: a synthetic probe of one rung, only with `rungway up`'s token."""

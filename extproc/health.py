@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .circuit import Circuit, CircuitConfig, CircuitState, Outcome, Transition
@@ -35,9 +35,11 @@ _LATENCY_ZERO_AT = 2.0  # the latency component reaches 0 at 2 x the SLO factor
 _TOKEN_Z_OK = 2.0
 _TOKEN_Z_ZERO = 6.0
 _TOKEN_MIN_HISTORY = 20
-_SCORE_TTL_S = 1.0
+_SCORE_TTL_S = 1.0  # scores are recomputed at most this often per endpoint (or on new samples)
 _WELL = 0.9  # error component at or above which the baseline learns
-_BASELINE_BAND = 1.2  # answers within this factor of the baseline teach it; slower ones do not  # scores are recomputed at most this often per endpoint
+_BASELINE_BAND = 1.2  # answers within this factor of the baseline teach it; slower ones do not
+_BASELINE_UP = 0.01  # the baseline rises slowly and falls quickly: a slide cannot drag it along
+_CLOCK_SKEW_S = 5.0  # an event stamped later than this ahead of us is another host's clock
 
 
 def endpoint_key(provider: str, model: str) -> str:
@@ -76,25 +78,47 @@ class Observation:
 
     @classmethod
     def from_event(cls, event: dict[str, Any]) -> Observation | None:
+        """None for anything malformed: bus events come from other processes (and JSON lets
+        NaN, Infinity and huge integers through)."""
         try:
             failure = Failure(event["fail"]) if event.get("fail") else None
-            latency = event.get("lat")
+            at = _finite(event["at"])
+            latency = _finite(event.get("lat")) if event.get("lat") is not None else None
             tokens = event.get("tok")
+            if at is None or (latency is not None and latency < 0):
+                return None
             return cls(
                 key=str(event["key"]),
-                at=float(event["at"]),
+                at=at,
                 failure=failure,
-                latency_s=float(latency) if isinstance(latency, int | float) else None,
-                output_tokens=int(tokens) if isinstance(tokens, int) else None,
+                latency_s=latency,
+                output_tokens=tokens if isinstance(tokens, int) and 0 <= tokens < 10**9 else None,
                 task=str(event.get("task", "")),
                 stream=bool(event.get("stream", False)),
-                attempt=int(event.get("n", 1)),
+                attempt=_small_int(event.get("n", 1)),
                 probe=bool(event.get("probe", False)),
                 ladder=str(event.get("ladder", "")),
-                rung=int(event.get("rung", 0)),
+                rung=_small_int(event.get("rung", 0)),
             )
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, OverflowError):
             return None
+
+
+def _finite(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _small_int(value: object) -> int:
+    number = _finite(value)
+    if number is None or not 0 <= number < 1_000_000:
+        raise ValueError("not a small non-negative integer")
+    return int(number)
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,12 +163,13 @@ class _Running:
     mean: float = 0.0
     var: float = 0.0
 
-    def add(self, value: float, alpha: float) -> None:
+    def add(self, value: float, alpha: float, *, by_count: bool = True) -> None:
+        """`by_count`: while there are few values, weigh each as 1/n (a plain mean)."""
         self.n += 1
         if self.n == 1:
             self.mean = value
             return
-        a = max(alpha, 1.0 / self.n)
+        a = max(alpha, 1.0 / self.n) if by_count else alpha
         delta = value - self.mean
         self.mean += a * delta
         self.var = (1 - a) * (self.var + a * delta * delta)
@@ -162,6 +187,8 @@ class Endpoint:
     slo_breach_since: float | None = None
     last_trip: tuple[float, Failure] | None = None
     routes: set[tuple[str, int]] = field(default_factory=set)  # (ladder, rung) it served
+    # Healthy latencies waiting a window before they may teach the baseline: (at, stream, s).
+    unlearned: deque[tuple[float, bool, float]] = field(default_factory=lambda: deque(maxlen=_MAX_SAMPLES))
     score_cache: tuple[float, Score] | None = None
     unscored: int = 0  # samples added since the cached score was computed
     off_until: dict[Impact, float] = field(default_factory=dict)  # score-based hysteresis
@@ -210,15 +237,22 @@ class Board:
             obs = Observation.from_event(event)
             return self.observe(obs, now) if obs is not None else []
         if kind == "quota":
-            with contextlib.suppress(KeyError, TypeError, ValueError):
+            until = _finite(event.get("until"))
+            if until is not None and "key" in event:
                 ep = self.endpoint(str(event["key"]))
-                ep.quota_until = max(ep.quota_until, float(event["until"]))
+                # A reset days away is a provider's quirk, not a plan: cap it.
+                ep.quota_until = max(ep.quota_until, min(until, now + 86_400))
         elif kind == "req":
+            at = _finite(event.get("at", now))
             with contextlib.suppress(TypeError, ValueError):
-                self._requests.append((float(event.get("at", now)), int(event.get("count", 1))))
+                count = _small_int(event.get("count", 1))
+                if at is not None:
+                    self._requests.append((min(at, now + _CLOCK_SKEW_S), count))
         return []
 
     def observe(self, obs: Observation, now: float) -> list[tuple[str, Transition]]:
+        if obs.at > now + _CLOCK_SKEW_S:
+            obs = replace(obs, at=now)  # windows evict in time order: no event from the future
         ep = self.endpoint(obs.key)
         if obs.ladder:
             ep.routes.add((obs.ladder, obs.rung))
@@ -230,14 +264,13 @@ class Board:
         ep.unscored += 1
         healthy = obs.failure is None
         if healthy and obs.latency_s is not None and self._is_well(ep, now):
-            # Only answers within the SLO teach the baseline: otherwise a slow slide (a
-            # brownout) would drag the baseline along and never look slow.
-            baseline = self.baseline(ep, obs.stream)
-            if baseline is None or obs.latency_s <= baseline * _BASELINE_BAND:
-                ep.baselines.setdefault(obs.stream, _Running()).add(obs.latency_s, _BASELINE_ALPHA)
-        if healthy and obs.output_tokens is not None and obs.task and not obs.probe:
-            ep.tokens.setdefault(obs.task, _Running()).add(float(obs.output_tokens), _BASELINE_ALPHA)
+            self._learn_baseline(ep, obs.at, obs.stream, obs.latency_s)
+        self._fold_baseline(ep, now)
+        if healthy and obs.output_tokens is not None and obs.task and not obs.probe and self._is_well(ep, now):
+            self._learn_tokens(ep, obs.task, obs.output_tokens)
         outcome = self._outcome(ep, obs)
+        if outcome is Outcome.SLOW:
+            ep.last_trip = (obs.at, Failure.TIMEOUT)
         # Timer transitions first: they fell due before this result.
         transitions = ep.circuit.drain_transitions()
         transitions += ep.circuit.record(now, outcome)
@@ -249,6 +282,35 @@ class Board:
             ep.off_until.clear()
             ep.slo_breach_since = None
         return [(obs.key, t) for t in transitions]
+
+    def _learn_baseline(self, ep: Endpoint, at: float, stream: bool, latency: float) -> None:
+        """A healthy answer teaches the baseline only once it is a window old (the first few
+        teach at once, so there is a baseline): a slide within one window — a brownout — can
+        then never drag the baseline it is judged by."""
+        running = ep.baselines.setdefault(stream, _Running())
+        if running.n < self.settings.min_samples:
+            running.add(latency, _BASELINE_ALPHA)
+        else:
+            ep.unlearned.append((at, stream, latency))
+
+    def _fold_baseline(self, ep: Endpoint, now: float) -> None:
+        cutoff = now - self.settings.window_s
+        while ep.unlearned and ep.unlearned[0][0] <= cutoff:
+            _, stream, latency = ep.unlearned.popleft()
+            running = ep.baselines.setdefault(stream, _Running())
+            # Only answers close to it teach it; it rises slowly and falls fast.
+            if latency <= running.mean * _BASELINE_BAND:
+                running.add(latency, _BASELINE_UP if latency > running.mean else _BASELINE_ALPHA, by_count=False)
+
+    def _learn_tokens(self, ep: Endpoint, task: str, tokens: int) -> None:
+        """The task's usual output size; an answer far outside it (the collapse the z-score
+        is there to see) does not teach it."""
+        usual = ep.tokens.setdefault(task, _Running())
+        if usual.n >= _TOKEN_MIN_HISTORY:
+            sigma = max(math.sqrt(usual.var), 1.0)
+            if abs(tokens - usual.mean) > _TOKEN_Z_OK * sigma:
+                return
+        usual.add(float(tokens), _BASELINE_ALPHA)
 
     def _outcome(self, ep: Endpoint, obs: Observation) -> Outcome:
         if obs.failure in _IGNORED:
@@ -304,6 +366,10 @@ class Board:
         if impact is not Impact.REVENUE_CRITICAL and self.slo_degraded(ep, now):
             return Unusable(Failure.TIMEOUT)
         return None
+
+    def half_open(self, key: str, now: float) -> bool:
+        ep = self.endpoints.get(key)
+        return ep is not None and ep.circuit.state(now) is CircuitState.HALF_OPEN
 
     def drain_transitions(self) -> list[tuple[str, Transition]]:
         """Transitions that timers caused while decide asked (OPEN → HALF_OPEN, hung probes)."""

@@ -15,8 +15,6 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import SchemaError
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -193,10 +191,13 @@ class TaskClass(_Frozen):
                 f"but was {self.max_output_tokens}"
             )
         if self.json_schema is not None:
-            try:
-                Draft202012Validator.check_schema(self.json_schema)
-            except SchemaError as exc:
-                raise ValueError(f"json_schema is not a valid JSON Schema: {exc.message}") from None
+            from .validate import schema_problem  # validate imports this module
+
+            problem = schema_problem(self.json_schema)
+            if problem is not None:
+                raise ValueError(
+                    f"json_schema is {problem}" if problem.startswith("not ") else f"json_schema: {problem}"
+                )
         return self
 
     @property

@@ -37,7 +37,7 @@ def targets(policy: Policy, board: Board) -> list[ProbeTarget]:
             if route is None or i >= len(route) or key in found:
                 continue
             provider, _, model = key.partition("/")
-            if route[i].provider == provider:
+            if route[i].provider == provider and route[i].model in (REQUESTED_MODEL, model):
                 found[key] = ProbeTarget(key, ladder, i, model)
     return sorted(found.values(), key=lambda t: t.key)
 

@@ -27,7 +27,7 @@ def exhausted_until(headers: Mapping[str, str], now_wall: float, floor_requests:
             continue
         try:
             left = int(float(remaining))
-        except ValueError:
+        except (ValueError, OverflowError):
             continue
         if left > (floor_requests if kind == "requests" else 0):
             continue
@@ -44,7 +44,9 @@ def _reset_at(value: str | None, now_wall: float) -> float | None:
     match = _DURATION.fullmatch(value)
     if match and any(match.groups()):
         h, m, s, ms = (float(g) if g else 0.0 for g in match.groups())
-        return now_wall + h * 3600 + m * 60 + s + ms / 1000
+        seconds = h * 3600 + m * 60 + s + ms / 1000
+        # Nothing resets further ahead than a day; a longer value is a provider's quirk.
+        return now_wall + min(seconds, 86_400.0)
     try:
         return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
     except ValueError:

@@ -10,6 +10,9 @@ from typing import Any
 from cachetools import LRUCache
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
+from referencing import Registry
+from referencing.exceptions import Unresolvable
+from referencing.jsonschema import DRAFT202012
 
 from .policy import Dialect, TaskClass
 from .taxonomy import Failure
@@ -149,17 +152,50 @@ def _text_of(content: Any) -> str | None:
 
 # Compiled validators by schema text: the same few schemas come back on every request.
 _VALIDATORS: LRUCache[str, Draft202012Validator | None] = LRUCache(maxsize=256)
+_BASE_URI = "urn:rungway:schema"
+
+
+def schema_problem(schema: Any) -> str | None:
+    """Why a JSON Schema cannot be used to check answers, or None. Only references inside the
+    schema itself are allowed: a `$ref` to a URL would make the sidecar fetch it."""
+    if not isinstance(schema, dict):
+        return "a JSON Schema must be an object"
+    try:
+        Draft202012Validator.check_schema(schema)
+    except SchemaError as exc:
+        return f"not a valid JSON Schema: {exc.message}"
+    resolver = _registry(schema).resolver(base_uri=_BASE_URI)
+    for ref in _refs(schema):
+        if not ref.startswith("#"):
+            return f"$ref {ref!r} points outside the schema (only '#...' references are allowed)"
+        try:
+            resolver.lookup(ref)
+        except Unresolvable:
+            return f"$ref {ref!r} does not resolve inside the schema"
+    return None
+
+
+def _registry(schema: dict[str, Any]) -> Registry[Any]:
+    # An empty registry that never retrieves: jsonschema's default would download remote refs.
+    registry: Registry[Any] = Registry().with_resource(_BASE_URI, DRAFT202012.create_resource(schema))
+    return registry
+
+
+def _refs(node: Any) -> list[str]:
+    if isinstance(node, dict):
+        found = [node["$ref"]] if isinstance(node.get("$ref"), str) else []
+        return found + [r for value in node.values() for r in _refs(value)]
+    if isinstance(node, list):
+        return [r for value in node for r in _refs(value)]
+    return []
 
 
 def _validator(schema: dict[str, Any]) -> Draft202012Validator | None:
     key = json.dumps(schema, sort_keys=True, separators=(",", ":"))
     if key in _VALIDATORS:
         return _VALIDATORS[key]
-    try:
-        Draft202012Validator.check_schema(schema)
-        validator: Draft202012Validator | None = Draft202012Validator(schema)
-    except SchemaError:
-        validator = None  # a schema we cannot check answers against is not the answer's fault
+    # A schema we cannot check answers against is not the answer's fault: skip it.
+    validator = None if schema_problem(schema) else Draft202012Validator(schema, registry=_registry(schema))
     _VALIDATORS[key] = validator
     return validator
 
@@ -173,7 +209,10 @@ def _check_json_content(text: str, contract: Contract) -> Verdict:
         if schema is None:
             continue
         validator = _validator(schema)
-        error = next(iter(validator.iter_errors(value)), None) if validator is not None else None
+        try:
+            error = next(iter(validator.iter_errors(value)), None) if validator is not None else None
+        except (Unresolvable, RecursionError):
+            error = None  # the schema, not the answer, is at fault
         if error is not None:
             where = "/".join(str(p) for p in error.absolute_path) or "(root)"
             return Verdict(Failure.SCHEMA_ERROR, f"the answer's JSON breaks the schema at {where}: {error.message}")

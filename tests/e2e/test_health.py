@@ -236,7 +236,8 @@ def test_two_sidecars_sharing_redis_see_the_same_picture(fresh: Fleet, tmp_path:
             for _ in range(3):
                 ask(a)  # only sidecar A meets the broken primary
             assert endpoint(a, "primary/gpt-4o")["circuit"]["state"] == "open"
-            assert status(b)["bus"] == {**status(b)["bus"], "kind": "redis", "connected": True}
+            bus = status(b)["bus"]
+            assert (bus["kind"], bus["connected"]) == ("redis", True)
             # B learned it through Redis: it never sends a client to the primary.
             deadline = time.monotonic() + 3
             while endpoint(b, "primary/gpt-4o")["circuit"]["state"] != "open" and time.monotonic() < deadline:
