@@ -10,7 +10,8 @@ short healthy start, so baselines exist); the fallback provider stays healthy. O
 
 `python -m bench.brownout` runs it at full scale (~7 min) and writes bench/BROWNOUT.md;
 `--scale 0.1` compresses every time (latencies, timeouts, windows) ten-fold. The end-to-end
-test runs the compressed replay.
+test runs the compressed replay. `BROWNOUT_TRACE=1` prints one line per request (set-up, sent
+at, took, served by) to see where a tail comes from.
 """
 
 from __future__ import annotations
@@ -134,11 +135,13 @@ async def replay(variant: str, *, scale: float, duration: float, rate: float) ->
         async def one(session: aiohttp.ClientSession) -> None:
             nonlocal failures
             started = time.monotonic()
+            served_by = "failed"
             try:
                 async with session.post(
                     base + "/v1/chat/completions", json={"model": "gpt-4o", "messages": HI}
                 ) as response:
                     body = await response.read()
+                    served_by = response.headers.get("x-rungway-served-by", "-")
                     if response.status != 200:
                         failures += 1
                         if os.environ.get("BROWNOUT_DEBUG"):
@@ -146,6 +149,8 @@ async def replay(variant: str, *, scale: float, duration: float, rate: float) ->
             except (aiohttp.ClientError, TimeoutError):
                 failures += 1
             latencies.append(time.monotonic() - started)
+            if os.environ.get("BROWNOUT_TRACE"):  # one line per request: sent at, took, served by
+                print(variant, f"{started - start:.2f}", f"{time.monotonic() - started:.3f}", served_by)
 
         timeout = aiohttp.ClientTimeout(total=120 * scale + 5)
         async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=0)) as session:

@@ -159,6 +159,10 @@ class Circuit:
     def config(self) -> CircuitConfig:
         return self._config
 
+    @property
+    def last_transition(self) -> Transition | None:
+        return self._last
+
     # -- public API --------------------------------------------------------------------------
 
     def state(self, now: float) -> CircuitState:

@@ -217,6 +217,7 @@ class Board:
         self.endpoints: dict[str, Endpoint] = {}
         self._requests: deque[tuple[float, int]] = deque(maxlen=100_000)  # (at, how many)
         self._pending: list[tuple[str, Transition]] = []
+        self._outbox: list[dict[str, Any]] = []
         self._retries: deque[float] = deque(maxlen=100_000)
 
     def endpoint(self, key: str) -> Endpoint:
@@ -242,6 +243,8 @@ class Board:
                 ep = self.endpoint(str(event["key"]))
                 # A reset days away is a provider's quirk, not a plan: cap it.
                 ep.quota_until = max(ep.quota_until, min(until, now + 86_400))
+        elif kind == "abandon":
+            return self._apply_abandon(event, now)
         elif kind == "req":
             at = _finite(event.get("at", now))
             with contextlib.suppress(TypeError, ValueError):
@@ -281,7 +284,43 @@ class Board:
             ep.score_cache = None
             ep.off_until.clear()
             ep.slo_breach_since = None
+        transitions += self._open_if_abandoned(ep, now)
         return [(obs.key, t) for t in transitions]
+
+    def _open_if_abandoned(self, ep: Endpoint, now: float) -> list[Transition]:
+        """A score below every impact class's threshold leaves no traffic on the endpoint: say
+        so with an open circuit, whose probes are then the way back. (Left closed, the frozen
+        score would keep it idle until its samples aged out, then send every class back blind.)"""
+        if ep.circuit.state(now) is not CircuitState.CLOSED:
+            return []
+        score = self.score(ep, now)
+        if score.samples < self.settings.min_samples or score.value >= self.settings.leave_below.revenue_critical:
+            return []
+        ep.last_trip = (now, score.worst())
+        # Replicas judge the score at slightly different moments (and from caches of different
+        # ages): the first to see it tells the others, so the fleet opens, probes and closes as one.
+        self._outbox.append(
+            {"k": "abandon", "key": ep.key, "at": now, "score": round(score.value, 3), "reason": score.worst().value}
+        )
+        return ep.circuit.force_open(now, f"degraded: score {score.value:.2f}")
+
+    def _apply_abandon(self, event: dict[str, Any], now: float) -> list[tuple[str, Transition]]:
+        at, score = _finite(event.get("at")), _finite(event.get("score"))
+        key, reason = event.get("key"), event.get("reason")
+        if at is None or score is None or not isinstance(key, str) or at < now - self.settings.window_s:
+            return []
+        ep = self.endpoint(key)
+        last = ep.circuit.last_transition
+        if ep.circuit.state(now) is not CircuitState.CLOSED or (last is not None and last.at > at):
+            return []  # opened already, or news older than what this circuit did since (a replay)
+        known = {f.value for f in Failure}
+        ep.last_trip = (at, Failure(reason) if reason in known else Failure.SERVER_ERROR)
+        return [(key, t) for t in ep.circuit.force_open(now, f"degraded: score {score:.2f}")]
+
+    def drain_outbox(self) -> list[dict[str, Any]]:
+        """Events this replica owes the bus (an abandonment it saw first)."""
+        out, self._outbox = self._outbox, []
+        return out
 
     def _learn_baseline(self, ep: Endpoint, at: float, stream: bool, latency: float) -> None:
         """A healthy answer teaches the baseline only once it is a window old (the first few
@@ -401,9 +440,9 @@ class Board:
 
     def score(self, ep: Endpoint, now: float) -> Score:
         # Computing a score walks the whole window: reuse it while it is young and few new
-        # samples arrived (a few per cent of the window, or min_samples).
+        # samples arrived (under 5 % of the window; in a small window every sample counts).
         cached = ep.score_cache
-        fresh = ep.unscored < max(self.settings.min_samples, len(ep.samples) // 20)
+        fresh = ep.unscored < max(1, len(ep.samples) // 20)
         if cached is not None and fresh and now - cached[0] < _SCORE_TTL_S:
             return cached[1]
         score = self._compute_score(ep, now)

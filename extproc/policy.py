@@ -252,7 +252,7 @@ class LeaveBelow(_Frozen):
     traffic moves first, revenue-critical traffic last."""
 
     revenue_critical: float = Field(0.2, ge=0, le=1)
-    customer_facing: float = Field(0.4, ge=0, le=1)
+    customer_facing: float = Field(0.5, ge=0, le=1)
     async_acceptable: float = Field(0.6, ge=0, le=1)
     deferrable: float = Field(0.7, ge=0, le=1)
 

@@ -7,8 +7,9 @@ scores through the same path as live traffic.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass, field
+from typing import Any
 
 from .circuit import CircuitState
 from .health import Board, endpoint_key
@@ -42,18 +43,33 @@ def targets(policy: Policy, board: Board) -> list[ProbeTarget]:
     return sorted(found.values(), key=lambda t: t.key)
 
 
-def due(all_targets: Iterable[ProbeTarget], board: Board, last_sent: dict[str, float], now: float) -> list[ProbeTarget]:
-    """Targets whose interval has passed. Endpoints traffic is avoiding (circuit not closed, or
-    a score low enough that some impact class left) are probed at the faster recovery
-    interval: live traffic no longer tells how they are, probes do — so a recovered provider
-    gets its traffic back quickly, and a still-broken one does not get it back at all."""
+def due(
+    all_targets: Iterable[ProbeTarget],
+    board: Board,
+    last_sent: dict[str, float],
+    now: float,
+    half_open_elsewhere: Collection[str] = (),
+) -> list[ProbeTarget]:
+    """Targets whose interval has passed. Endpoints traffic is avoiding (half-open, or a score
+    low enough that some impact class left) are probed at the faster recovery interval: live
+    traffic no longer tells how they are, probes do — so a recovered provider gets its traffic
+    back quickly, and a still-broken one does not get it back at all. An open circuit is not
+    probed: nothing it hears counts until it is half-open (and a probe answered just as it
+    turns half-open would land on either side of the turn in different replicas).
+    `half_open_elsewhere`: endpoints another replica of the board reports half-open — it may
+    be a little behind this one, and needs probes too."""
     settings = board.settings
     out = []
     for target in all_targets:
         ep = board.endpoints.get(target.key)
-        recovering = ep is not None and (
-            ep.circuit.state(now) is not CircuitState.CLOSED
-            or board.score(ep, now).value < settings.leave_below.deferrable
+        state = ep.circuit.state(now) if ep is not None else CircuitState.CLOSED
+        elsewhere = target.key in half_open_elsewhere
+        if state is CircuitState.OPEN and not elsewhere:
+            continue
+        recovering = (
+            elsewhere
+            or state is CircuitState.HALF_OPEN
+            or (ep is not None and board.score(ep, now).value < settings.leave_below.deferrable)
         )
         interval = settings.recovery_probe_s if recovering else settings.probe_interval_s
         if interval <= 0:
@@ -61,3 +77,24 @@ def due(all_targets: Iterable[ProbeTarget], board: Board, last_sent: dict[str, f
         if now - last_sent.get(target.key, float("-inf")) >= interval:
             out.append(target)
     return out
+
+
+@dataclass
+class ReplicaReports:
+    """What the other replicas of the board last said of each endpoint's circuit (their
+    "circuit" events). Replicas see the same observations but not at the same instant: one may
+    still be half-open, waiting for a probe, when this one closed and stopped probing."""
+
+    ttl_s: float  # a replica silent this long (restarted, gone) no longer counts
+    _last: dict[tuple[str, str], tuple[str, float]] = field(default_factory=dict)
+
+    def note(self, event: dict[str, Any], now: float) -> None:
+        key, to = event.get("key"), event.get("to")
+        if event.get("k") == "circuit" and isinstance(key, str) and isinstance(to, str):
+            self._last[(key, str(event.get("origin")))] = (to, now)
+
+    def half_open(self, now: float) -> set[str]:
+        """Endpoints some replica last reported half-open."""
+        for stale in [k for k, (_, at) in self._last.items() if now - at > self.ttl_s]:
+            del self._last[stale]
+        return {key for (key, _), (state, _) in self._last.items() if state == CircuitState.HALF_OPEN.value}

@@ -72,6 +72,7 @@ class Sidecar:
             return  # applied already, as an object, by observe()
         for key, transition in self.board.apply(event, self.clock.wall()):
             self._announce(key, transition)
+        self._publish_outbox()
 
     def _announce(self, key: str, t: Transition) -> None:
         # `rungway up` logs transitions once, from its own replica of the board.
@@ -88,6 +89,11 @@ class Sidecar:
         for key, transition in self.board.observe(observation, self.clock.wall()):
             self._announce(key, transition)
         self.bus.publish(observation.to_event())
+        self._publish_outbox()
+
+    def _publish_outbox(self) -> None:
+        for event in self.board.drain_outbox():
+            self.bus.publish(event)
 
     def note_request(self) -> None:
         """Count a decided request for the fleet's retry budget; published in aggregate (every

@@ -36,7 +36,7 @@ from .envoy_config import EnvoySettings, render
 from .health import Board
 from .metrics import BoardCollector
 from .policy import Policy
-from .probe import ProbeTarget, due, targets
+from .probe import ProbeTarget, ReplicaReports, due, targets
 from .sidecar import HUB_ENV, PROBE_TOKEN_ENV, configured_baselines
 
 log = logging.getLogger("rungway.up")
@@ -107,6 +107,10 @@ class Supervisor:
             self._bus = RedisBus(options.policy.health.bus)
         self._bus.subscribe(self._on_event)
         self._probes_sent: dict[str, float] = {}
+        health = options.policy.health
+        self._reports = ReplicaReports(
+            ttl_s=health.circuit.open_s + health.circuit.probe_bound_s + 4 * health.recovery_probe_s
+        )
         self._tasks: list[asyncio.Task[None]] = []
 
     # ---- processes -----------------------------------------------------------------------
@@ -263,8 +267,11 @@ class Supervisor:
             tmp.replace(self.options.state_file)
 
     def _on_event(self, event: dict[str, Any]) -> None:
+        self._reports.note(event, time.time())
         for key, t in self.board.apply(event, time.time()):
             log.info("circuit %s: %s → %s (%s)", key, t.source.value, t.target.value, t.reason)
+        for owed in self.board.drain_outbox():
+            self._bus.publish(owed)
 
     async def _probe_loop(self) -> None:
         """Synthetic probes through Envoy, at the policy's intervals."""
@@ -277,7 +284,10 @@ class Supervisor:
                 if not self.listen_port:
                     continue
                 now = time.time()
-                for target in due(targets(self.options.policy, self.board), self.board, self._probes_sent, now):
+                elsewhere = self._reports.half_open(now)
+                for target in due(
+                    targets(self.options.policy, self.board), self.board, self._probes_sent, now, elsewhere
+                ):
                     self._probes_sent[target.key] = now
                     self._tasks.append(asyncio.create_task(self._probe(session, target)))
                 self._tasks = [t for t in self._tasks if not t.done()]

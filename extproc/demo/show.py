@@ -93,62 +93,90 @@ async def _show(client: openai.AsyncOpenAI, fleet: dict[str, MockProvider]) -> N
     await asyncio.sleep(3)  # the rate limit resets
 
 
-async def _brownout(client: openai.AsyncOpenAI, fleet: dict[str, MockProvider], supervisor: Supervisor) -> None:
-    """A provider brownout, live: latency climbing and 31 % 503s, then recovery."""
-    primary = fleet["openai-primary"]
-    key = "openai-primary/gpt-4o"
-    messages: Any = [{"role": "user", "content": "Summarise my last order."}]
-    served: list[tuple[float, str, float]] = []  # (at, served-by, latency)
+IMPACTS = {"revenue_critical": "revenue", "customer_facing": "customer", "deferrable": "deferrable"}
+BROWNOUT_S = 20.0  # the brownout lasts this long, then the primary recovers
+TICK_S = 2.0  # one status line per tick
+RATE = 6.0  # requests per second, the impact classes taking turns
 
-    async def one() -> None:
+
+async def _brownout(
+    client: openai.AsyncOpenAI, fleet: dict[str, MockProvider], supervisor: Supervisor, admin_url: str
+) -> None:
+    """A provider brownout, live: latency climbing and 31 % 503s, then recovery. The requests
+    ask for gpt-4o-mini, so the primary's board row starts clean (the failures staged above
+    were gpt-4o's), and carry three impact classes, which leave the primary in turn."""
+    primary = fleet["openai-primary"]
+    key = "openai-primary/gpt-4o-mini"
+    messages: Any = [{"role": "user", "content": "Summarise my last order."}]
+    served: list[tuple[float, str, str, float]] = []  # (at, impact, served-by, latency)
+    loop = asyncio.get_running_loop()
+
+    async def one(impact: str) -> None:
         started = loop.time()
         try:
-            raw = await client.chat.completions.with_raw_response.create(model="gpt-4o", messages=messages)
+            raw = await client.chat.completions.with_raw_response.create(
+                model="gpt-4o-mini", messages=messages, extra_headers={"x-rungway-impact": impact}
+            )
             by = raw.headers.get("x-rungway-served-by", "?")
         except openai.APIError:
             by = "FAILED"
-        served.append((loop.time(), by, loop.time() - started))
+        served.append((loop.time(), impact, by, loop.time() - started))
 
     def line(phase: str, since: float) -> None:
         recent = [s for s in served if s[0] >= since]
-        on_primary = sum(1 for s in recent if s[1].startswith("openai-primary"))
-        failed = sum(1 for s in recent if s[1] == "FAILED")
-        lat = sorted(s[2] for s in recent)
+        shares = []
+        for impact, label in IMPACTS.items():
+            mine = [s for s in recent if s[1] == impact]
+            on_primary = sum(1 for s in mine if s[2] == key)
+            shares.append(f"{label} {on_primary}/{len(mine)}")
+        failed = sum(1 for s in recent if s[2] == "FAILED")
+        lat = sorted(s[3] for s in recent)
         p95 = lat[int(0.95 * (len(lat) - 1))] if lat else 0.0
         row = next((r for r in supervisor.board.snapshot(time.time())["rungs"] if r["endpoint"] == key), None)
         state = row["circuit"]["state"] if row else "closed"
         score = row["score"] if row else 1.0
         _say(
-            f"  {phase:9} {loop.time() - start:5.1f}s  primary circuit {state:9} score {score:4.2f}  "
-            f"last 2 s: {len(recent):2} answers, {on_primary:2} from the primary, {failed} failed, p95 {p95:4.2f}s"
+            f"  {phase:9} {loop.time() - start:5.1f}s  circuit {state:9} score {score:4.2f}  "
+            f"on the primary: {' · '.join(shares)}  failed {failed}  p95 {p95:4.2f}s"
         )
 
-    loop = asyncio.get_running_loop()
-    _say("\n▶ brownout: the primary's latency climbs 0.3 s → 6 s and 31 % of its answers are 503s")
-    primary.set_mode("brownout:0.31:0.3:6:20")
+    _say(
+        "\n▶ brownout: the primary's latency climbs 0.1 s → 2 s and 31 % of its answers are 503s;\n"
+        f"  {RATE:.0f} requests/s, impact classes revenue_critical · customer_facing · deferrable in turn.\n"
+        f"  Live board: rungway status --admin {admin_url}   (or curl {admin_url}/status)"
+    )
+    primary.set_mode("delay:0.1")  # healthy: the rung's baseline
     start = loop.time()
     tasks: list[asyncio.Task[None]] = []
-    phase, healed_at = "brownout", None
+    phase, broke_at, healed_at = "healthy", 4.0, None
+    n = 0
     while True:
         now = loop.time() - start
-        if healed_at is None and now >= 20:
-            primary.set_mode("ok")
+        if phase == "healthy" and now >= broke_at:
+            primary.set_mode(f"brownout:0.31:0.1:2:{BROWNOUT_S}")
+            phase = "brownout"
+        elif phase == "brownout" and now >= broke_at + BROWNOUT_S:
+            primary.set_mode("delay:0.1")
             healed_at = now
             phase = "recovered"
             _say("▶ the primary recovers: Rungway probes it and brings traffic back")
-        if healed_at is not None and (now - healed_at > 30 or _primary_back(served, start + healed_at + 2)):
+        if healed_at is not None and (now - healed_at > 30 or _primary_back(served, key, start + healed_at + 2)):
             break
-        for _ in range(8):
-            tasks.append(asyncio.create_task(one()))
-            await asyncio.sleep(0.25)
-        line(phase, loop.time() - 2)
+        tick_end = loop.time() + TICK_S
+        while loop.time() < tick_end:
+            tasks.append(asyncio.create_task(one(list(IMPACTS)[n % len(IMPACTS)])))
+            n += 1
+            await asyncio.sleep(1 / RATE)
+        line(phase, loop.time() - TICK_S)
     await asyncio.gather(*tasks)
-    line(phase, loop.time() - 2)
+    failed = sum(1 for s in served if s[2] == "FAILED")
+    _say(f"  {len(served)} requests, {failed} failed; the primary is back.")
 
 
-def _primary_back(served: list[tuple[float, str, float]], since: float) -> bool:
-    recent = [s for s in served if s[0] >= since]
-    return len(recent) >= 4 and all(s[1].startswith("openai-primary") for s in recent[-4:])
+def _primary_back(served: list[tuple[float, str, str, float]], key: str, since: float) -> bool:
+    """Every impact class is on the primary again."""
+    recent = [s for s in served if s[0] >= since][-2 * len(IMPACTS) :]
+    return len(recent) == 2 * len(IMPACTS) and all(s[2] == key for s in recent)
 
 
 async def run_demo(
@@ -184,12 +212,12 @@ async def run_demo(
         await supervisor.start()
         base = f"http://{options.listen[0]}:{supervisor.listen_port}"
         _say(f"Envoy listens on {base}  (apps point their SDK's base URL here)")
+        admin_url = f"http://{options.admin[0]}:{supervisor.admin_port}"
         _say("ladder 'chat': openai-primary/gpt-4o → anthropic-backup/claude-sonnet-4-5 → small-local/llama-3.1-8b")
         async with openai.AsyncOpenAI(base_url=base + "/v1", api_key="sk-the-apps-own-key", max_retries=0) as client:
             await _show(client, fleet)
             if brownout:
-                await _brownout(client, fleet, supervisor)
-        admin_url = f"http://{options.admin[0]}:{supervisor.admin_port}"
+                await _brownout(client, fleet, supervisor, admin_url)
         _say("\nThe client never changed: same SDK, same schema; the x-rungway-* headers say what served it.")
         if not brownout:
             _say("(`rungway demo --brownout` also stages a provider brownout and its recovery.)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -101,3 +102,33 @@ def test_make_run_demo_shows_a_fallback() -> None:
     assert "served-by=openai-primary/gpt-4o  tier=0  degraded=false" in result.stdout
     assert "served-by=anthropic-backup/claude-sonnet-4-5  tier=1  degraded=true  reason=server_error" in result.stdout
     assert "reason=schema_error" in result.stdout and "streamed:" in result.stdout
+
+
+BOARD_LINE = re.compile(
+    r"^  (?P<phase>healthy|brownout|recovered)\s+(?P<at>[\d.]+)s  circuit (?P<state>\w+)\s+score (?P<score>[\d.]+)  "
+    r"on the primary: revenue (?P<revenue>\d+)/\d+ · customer (?P<customer>\d+)/\d+ · deferrable (?P<deferrable>\d+)/\d+"
+    r"  failed (?P<failed>\d+)",
+    re.MULTILINE,
+)
+
+
+def test_demo_stages_a_brownout_the_board_rides_out() -> None:
+    """`rungway demo --brownout`: the score falls, deferrable traffic leaves first and
+    revenue-critical last, the circuit opens, nothing fails, and probes bring traffic back."""
+    result = rungway("demo", "--brownout", "--no-wait", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0")
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = [m.groupdict() for m in BOARD_LINE.finditer(result.stdout)]
+    brownout = [line for line in lines if line["phase"] == "brownout"]
+    assert brownout and all(line["failed"] == "0" for line in lines), result.stdout
+    assert any(0 < float(line["score"]) < 1 for line in brownout), result.stdout
+
+    def first_gone(impact: str) -> int:
+        """The line from which on the class stays off the primary for the rest of the brownout."""
+        return next(i for i in range(len(brownout)) if all(line[impact] == "0" for line in brownout[i:]))
+
+    assert first_gone("deferrable") <= first_gone("customer") <= first_gone("revenue"), result.stdout
+    assert first_gone("deferrable") < first_gone("revenue"), result.stdout
+    assert any(line["state"] == "open" for line in brownout), result.stdout
+    last = lines[-1]
+    assert last["phase"] == "recovered" and last["state"] == "closed", result.stdout
+    assert re.search(r"\d+ requests, 0 failed; the primary is back", result.stdout), result.stdout

@@ -18,7 +18,7 @@ from extproc.decide import DecideProcessor
 from extproc.envoy_config import META_DECISION
 from extproc.health import HEALTHY, Board, Observation, Score, endpoint_key
 from extproc.ladder import RequestFeatures, Route, choose
-from extproc.policy import CircuitSettings, Dialect, HealthSettings, Impact, Policy
+from extproc.policy import CircuitSettings, Dialect, HealthSettings, Impact, LeaveBelow, Policy
 from extproc.sidecar import Sidecar
 from extproc.taxonomy import Failure
 from tests.unit import decide_fields, dynamic_metadata, make_policy, make_sidecar, request_headers
@@ -28,6 +28,8 @@ KEY = "primary/gpt-4o"
 # A circuit that never opens on its own, to look at scores without it.
 QUIET = CircuitSettings(consecutive_failures=10_000, minimum_calls=10_000)
 IMPACTS = list(Impact)  # revenue_critical first: the lowest threshold
+# The circuit's own rules alone: with revenue_critical never leaving, a low score cannot open it.
+NEVER_ABANDONED = LeaveBelow(revenue_critical=0)
 
 
 def board(baseline: float | None = None, **overrides: Any) -> Board:
@@ -265,23 +267,36 @@ def test_samples_leave_the_score_once_older_than_the_window() -> None:
     assert score(b, T0 + 61) == HEALTHY
 
 
-def test_a_cached_score_is_refreshed_as_soon_as_min_samples_new_samples_arrive() -> None:
+def test_in_a_small_window_every_new_sample_refreshes_the_score() -> None:
     b = board(min_samples=5)
     ok(b, T0, 10)
     assert score(b, T0 + 1).value == 1.0
+    failed(b, T0 + 1)
+    assert score(b, T0 + 1.1).value == pytest.approx(10 / 11)
+    b2 = board(min_samples=5)
+    failed(b2, T0, 4)
+    assert score(b2, T0) == HEALTHY
+    failed(b2, T0)  # the fifth sample: min_samples reached, and it counts at once
+    assert score(b2, T0).value == 0.0
+
+
+def test_in_a_large_window_a_young_score_stands_until_5_per_cent_new_samples() -> None:
+    b = board(min_samples=5)
+    ok(b, T0, 100)
+    assert score(b, T0 + 1).value == 1.0
     failed(b, T0 + 1, 4)
-    assert score(b, T0 + 1.1).value == 1.0  # a few new samples: the young cached score stands
+    assert score(b, T0 + 1.1).value == 1.0  # 4 new of 104: the young cached score stands
     failed(b, T0 + 1.1)
-    assert score(b, T0 + 1.2).value == pytest.approx(10 / 15)
+    assert score(b, T0 + 1.2).value == pytest.approx(100 / 105)
 
 
 def test_a_cached_score_is_refreshed_after_a_second() -> None:
     b = board(min_samples=5)
-    ok(b, T0, 10)
+    ok(b, T0, 100)
     assert score(b, T0 + 1).value == 1.0
     failed(b, T0 + 1, 2)
     assert score(b, T0 + 1.99).value == 1.0
-    assert score(b, T0 + 2).value == pytest.approx(10 / 12)
+    assert score(b, T0 + 2).value == pytest.approx(100 / 102)
 
 
 # ---- departure by impact class -------------------------------------------------------------------
@@ -429,6 +444,118 @@ def test_a_circuit_closing_wipes_the_window_and_every_class_returns_at_once() ->
     assert {usable(b, at, impact) for impact in IMPACTS} == {None}
 
 
+def test_a_score_below_every_class_threshold_opens_the_circuit() -> None:
+    # QUIET: the failure-rate rules never fire; only the score can open it.
+    b = board(baseline=1.0)
+    ok(b, T0, 5, latency=1.0)
+    moved = []
+    for _ in range(10):
+        moved += b.observe(Observation(KEY, T0, Failure.SERVER_ERROR), T0)
+    # Score 5/15 = 0.33: deferrable and customer-facing traffic left, revenue-critical not yet.
+    assert usable(b, T0, Impact.CUSTOMER_FACING) is Failure.SERVER_ERROR
+    assert usable(b, T0, Impact.REVENUE_CRITICAL) is None
+    assert b.endpoints[KEY].circuit.state(T0) is CircuitState.CLOSED and moved == []
+    for _ in range(15):
+        moved += b.observe(Observation(KEY, T0, Failure.SERVER_ERROR), T0)  # 5/30: under 0.2
+    assert [(key, t.target) for key, t in moved] == [(KEY, CircuitState.OPEN)]
+    assert moved[0][1].reason.startswith("degraded: score 0.")
+    assert usable(b, T0, Impact.REVENUE_CRITICAL) is Failure.SERVER_ERROR
+    # ... and its probes are the way back, not the score's samples ageing out.
+    assert b.endpoints[KEY].circuit.state(T0 + 30) is CircuitState.HALF_OPEN
+
+
+def test_the_open_for_a_low_score_names_the_component_pulling_it_down() -> None:
+    b = board(baseline=1.0)
+    ok(b, T0, 10, latency=3.9)  # p95 3.9 x baseline: the latency component near 0
+    assert b.endpoints[KEY].circuit.state(T0) is CircuitState.OPEN
+    assert usable(b, T0, Impact.REVENUE_CRITICAL) is Failure.TIMEOUT
+
+
+def test_revenue_critical_that_never_leaves_keeps_a_low_scored_circuit_closed() -> None:
+    b = board(baseline=1.0, leave_below=NEVER_ABANDONED)
+    failed(b, T0, 30)
+    assert b.endpoints[KEY].circuit.state(T0) is CircuitState.CLOSED
+    assert usable(b, T0, Impact.REVENUE_CRITICAL) is None
+
+
+def test_a_circuit_that_probes_closed_is_not_reopened_by_the_outage_it_just_left() -> None:
+    b = board(baseline=1.0, circuit=QUIET.model_copy(update={"open_s": 30, "half_open_successes": 2}))
+    failed(b, T0, 30)
+    assert b.endpoints[KEY].circuit.state(T0) is CircuitState.OPEN
+    at = T0 + 31
+    ok(b, at, 2, latency=1.0, probe=True)
+    assert b.endpoints[KEY].circuit.state(at) is CircuitState.CLOSED
+    assert {usable(b, at, impact) for impact in IMPACTS} == {None}
+
+
+def abandon_on(b: Board) -> dict[str, Any]:
+    """Drive b's score under every threshold; return the event it owes the bus."""
+    failed(b, T0, 10)
+    assert b.endpoints[KEY].circuit.state(T0) is CircuitState.OPEN
+    (event,) = b.drain_outbox()
+    assert b.drain_outbox() == []
+    return event
+
+
+def test_the_replica_that_sees_an_abandonment_first_tells_the_others() -> None:
+    event = abandon_on(board(baseline=1.0))
+    assert event == {"k": "abandon", "key": KEY, "at": T0, "score": 0.0, "reason": "server_error"}
+    other = board(baseline=1.0)  # has not seen (or not yet scored) the failures
+    ok(other, T0, 3)
+    moved = other.apply(event, T0 + 0.01)
+    assert [(key, t.source, t.target, t.reason) for key, t in moved] == [
+        (KEY, CircuitState.CLOSED, CircuitState.OPEN, "degraded: score 0.00")
+    ]
+    assert usable(other, T0 + 0.01, Impact.REVENUE_CRITICAL) is Failure.SERVER_ERROR
+    assert other.drain_outbox() == []  # news passed on is not news again
+    # Both now open for open_s from (nearly) the same instant: they probe and close as one.
+    assert other.endpoints[KEY].circuit.state(T0 + 30.01) is CircuitState.HALF_OPEN
+
+
+def test_an_abandonment_is_ignored_by_a_circuit_that_moved_since_or_is_not_closed() -> None:
+    event = abandon_on(board(baseline=1.0))
+    already = board(circuit=CircuitSettings(consecutive_failures=2, open_s=30))
+    failed(already, T0 + 1, 2)
+    assert already.apply(event, T0 + 2) == []  # open already: its own open_until stands
+    recovered = board(circuit=CircuitSettings(consecutive_failures=2, open_s=5, half_open_successes=1))
+    failed(recovered, T0 - 10, 2)
+    ok(recovered, T0 + 1, probe=True)  # half-open, probed closed after the event was sent
+    assert recovered.endpoints[KEY].circuit.state(T0 + 2) is CircuitState.CLOSED
+    assert recovered.apply(event, T0 + 2) == []  # a replay of old news
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        {"k": "abandon", "key": KEY, "at": T0 - 61, "score": 0.1, "reason": "timeout"},  # older than a window
+        {"k": "abandon", "key": KEY, "at": "soon", "score": 0.1, "reason": "timeout"},
+        {"k": "abandon", "key": KEY, "at": T0, "score": None, "reason": "timeout"},
+        {"k": "abandon", "key": 3, "at": T0, "score": 0.1, "reason": "timeout"},
+    ],
+)
+def test_a_stale_or_malformed_abandonment_is_ignored(event: dict[str, Any]) -> None:
+    b = board()
+    assert b.apply(event, T0) == []
+    assert KEY not in b.endpoints or b.endpoints[KEY].circuit.state(T0) is CircuitState.CLOSED
+
+
+def test_an_abandonment_with_an_unknown_reason_still_opens() -> None:
+    b = board()
+    b.apply({"k": "abandon", "key": KEY, "at": T0, "score": 0.1, "reason": "gremlins"}, T0)
+    assert usable(b, T0, Impact.REVENUE_CRITICAL) is Failure.SERVER_ERROR
+
+
+def test_a_sidecar_publishes_the_abandonment_it_saw_first() -> None:
+    quiet = {"consecutive_failures": 10_000, "minimum_calls": 10_000}  # only the score can open it
+    sidecar = make_sidecar(make_policy(health={"circuit": quiet}))
+    events: list[dict[str, Any]] = []
+    sidecar.bus.subscribe(events.append)
+    for _ in range(10):
+        sidecar.observe(Observation(KEY, T0, Failure.SERVER_ERROR))
+    abandons = [e for e in events if e["k"] == "abandon"]
+    assert [(e["key"], e["reason"]) for e in abandons] == [(KEY, "server_error")]
+
+
 def test_an_observation_returns_the_transitions_it_caused_including_due_timers() -> None:
     b = board(circuit=CircuitSettings(consecutive_failures=2, open_s=30, half_open_successes=1))
     moved = []
@@ -445,7 +572,11 @@ def test_an_observation_returns_the_transitions_it_caused_including_due_timers()
 
 
 def test_answers_over_slow_call_factor_times_the_baseline_count_for_the_failure_rate() -> None:
-    b = board(baseline=1.0, circuit=CircuitSettings(minimum_calls=5, failure_rate_threshold=50, slow_call_factor=4))
+    b = board(
+        baseline=1.0,
+        circuit=CircuitSettings(minimum_calls=5, failure_rate_threshold=50, slow_call_factor=4),
+        leave_below=NEVER_ABANDONED,
+    )
     ok(b, T0, 3, latency=1.0)
     ok(b, T0, 2, latency=4.1)
     assert b.endpoints[KEY].circuit.state(T0) is CircuitState.CLOSED
@@ -454,13 +585,13 @@ def test_answers_over_slow_call_factor_times_the_baseline_count_for_the_failure_
 
 
 def test_an_answer_at_exactly_slow_call_factor_is_not_slow() -> None:
-    b = board(baseline=1.0, circuit=CircuitSettings(minimum_calls=5, slow_call_factor=4))
+    b = board(baseline=1.0, circuit=CircuitSettings(minimum_calls=5, slow_call_factor=4), leave_below=NEVER_ABANDONED)
     ok(b, T0, 10, latency=4.0)
     assert b.endpoints[KEY].circuit.state(T0) is CircuitState.CLOSED
 
 
 def test_slow_calls_are_measured_against_the_floored_baseline() -> None:
-    b = board(baseline=0.01, circuit=CircuitSettings(minimum_calls=5, slow_call_factor=4))
+    b = board(baseline=0.01, circuit=CircuitSettings(minimum_calls=5, slow_call_factor=4), leave_below=NEVER_ABANDONED)
     ok(b, T0, 10, latency=1.9)  # 190 x the configured baseline, under 4 x the 0.5 s floor
     assert b.endpoints[KEY].circuit.state(T0) is CircuitState.CLOSED
 

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from extproc.circuit import CircuitState
 from extproc.health import Board, Observation
 from extproc.policy import REQUESTED_MODEL, Policy
-from extproc.probe import ProbeTarget, due, targets
+from extproc.probe import ProbeTarget, ReplicaReports, due, targets
 from extproc.taxonomy import Failure
 from tests.unit import make_policy, policies
 
@@ -152,15 +152,17 @@ def test_a_healthy_endpoint_is_due_every_probe_interval() -> None:
     assert due([target], board, sent, T0 + 60) == [target]
 
 
-def test_an_open_circuit_is_probed_at_the_recovery_interval() -> None:
+def test_an_open_circuit_is_not_probed_until_it_is_half_open() -> None:
     policy = policy_with(probe_interval_s=60, recovery_probe_s=5)
     board = board_for(policy)
     target = FIXED[0]
     fail(board, target.key, 5)
     assert board.endpoints[target.key].circuit.state(T0) is CircuitState.OPEN
     sent = {target.key: T0}
-    assert due([target], board, sent, T0 + 4.9) == []
-    assert due([target], board, sent, T0 + 5) == [target]
+    half_open = T0 + policy.health.circuit.open_s
+    assert due([target], board, sent, T0 + 5) == []  # nothing it hears would count
+    assert due([target], board, sent, half_open - 0.1) == []
+    assert due([target], board, sent, half_open) == [target]
 
 
 def test_a_half_open_circuit_is_probed_at_the_recovery_interval() -> None:
@@ -197,13 +199,51 @@ def test_a_score_every_class_still_uses_keeps_the_normal_interval() -> None:
     assert due([target], board, {target.key: T0}, T0 + 60) == [target]
 
 
+def test_an_endpoint_another_replica_reports_half_open_is_probed_at_the_recovery_interval() -> None:
+    policy = policy_with(probe_interval_s=60, recovery_probe_s=5)
+    board = board_for(policy)
+    target = FIXED[0]
+    served(board, target.key, target.ladder, target.rung)  # closed and healthy here
+    sent = {target.key: T0}
+    assert due([target], board, sent, T0 + 5) == []
+    assert due([target], board, sent, T0 + 5, {target.key}) == [target]
+    fail(board, target.key, 5, at=T0 + 5)  # open here, half-open there: probe for them
+    assert due([target], board, sent, T0 + 6, {target.key}) == [target]
+
+
+def circuit_event(key: str, to: str, origin: str = "w1") -> dict[str, Any]:
+    return {"k": "circuit", "key": key, "from": "open", "to": to, "reason": "r", "origin": origin}
+
+
+def test_replica_reports_name_endpoints_a_replica_last_said_were_half_open() -> None:
+    reports = ReplicaReports(ttl_s=60)
+    reports.note(circuit_event("a/x", "half_open", "w1"), T0)
+    reports.note(circuit_event("a/x", "closed", "w2"), T0)
+    reports.note(circuit_event("b/y", "half_open", "w1"), T0)
+    reports.note(circuit_event("b/y", "closed", "w1"), T0 + 1)  # the same replica, later
+    reports.note(circuit_event("c/z", "open", "w1"), T0)  # open: nothing to probe for yet
+    reports.note({"k": "obs", "key": "d/w", "to": "half_open"}, T0)  # not a circuit event
+    reports.note({"k": "circuit", "key": 7, "to": "half_open"}, T0)  # malformed
+    assert reports.half_open(T0 + 1) == {"a/x"}
+    reports.note(circuit_event("a/x", "closed", "w1"), T0 + 2)
+    assert reports.half_open(T0 + 2) == set()
+
+
+def test_a_replica_silent_for_the_ttl_no_longer_counts() -> None:
+    reports = ReplicaReports(ttl_s=60)
+    reports.note(circuit_event("a/x", "half_open", "gone"), T0)
+    assert reports.half_open(T0 + 60) == {"a/x"}
+    assert reports.half_open(T0 + 60.1) == set()
+
+
 def test_probe_interval_zero_turns_off_probes_of_healthy_endpoints_only() -> None:
     policy = policy_with(probe_interval_s=0, recovery_probe_s=5)
     board = board_for(policy)
     sick, well, unseen = FIXED[0], FIXED[1], FIXED[2]
     fail(board, sick.key, 5)
     served(board, well.key, well.ladder, well.rung)
-    assert due([sick, well, unseen], board, {}, T0 + 1) == [sick]
+    half_open = T0 + policy.health.circuit.open_s
+    assert due([sick, well, unseen], board, {}, half_open) == [sick]
 
 
 def test_each_target_keeps_its_own_schedule() -> None:
