@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from .policy import PolicyError, load_policy
+from .policy import Policy, PolicyError, load_policy
 
 
 def _configure_logging(level: str) -> None:
@@ -46,7 +46,6 @@ def _load(path: Path) -> object:
 def cmd_policy_check(args: argparse.Namespace) -> int:
     policy = _load(args.file)
     from .ladder import orderings
-    from .policy import Policy
 
     assert isinstance(policy, Policy)
     clusters = sum(1 for _ in orderings(policy)) * 2
@@ -59,7 +58,6 @@ def cmd_policy_check(args: argparse.Namespace) -> int:
 
 def cmd_envoy_config(args: argparse.Namespace) -> int:
     from .envoy_config import EnvoySettings, render
-    from .policy import Policy
 
     policy = _load(args.policy)
     assert isinstance(policy, Policy)
@@ -83,14 +81,16 @@ def cmd_envoy_config(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     _configure_logging(args.log_level)
     from .metrics import Metrics
-    from .policy import Policy
     from .server import serve
     from .sidecar import Sidecar
 
     policy = _load(args.policy)
     assert isinstance(policy, Policy)
     from .bus import bus_from_url
-    from .sidecar import HUB_ENV
+    from .sidecar import HUB_ENV, PROBE_TOKEN_ENV
+
+    if PROBE_TOKEN_ENV not in os.environ:
+        policy = _live_half_open(policy)
 
     hub = os.environ.get(HUB_ENV)
     try:
@@ -108,6 +108,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     gc.set_threshold(20_000, 20, 20)
     asyncio.run(serve(sidecar, args.address))
     return 0
+
+
+def _live_half_open(policy: Policy) -> Policy:
+    """Alone (not under `rungway up`) nobody sends synthetic probes: a half-open circuit can
+    only be tried by live requests, or it would stay half-open for good."""
+    health = policy.health
+    if not health.enabled or health.circuit.live_half_open:
+        return policy
+    logging.getLogger("rungway").info("no synthetic probes without `rungway up`: live requests try half-open rungs")
+    circuit = health.circuit.model_copy(update={"live_half_open": True})
+    return policy.model_copy(update={"health": health.model_copy(update={"circuit": circuit})})
 
 
 def _install_uvloop() -> None:

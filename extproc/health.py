@@ -192,6 +192,7 @@ class Endpoint:
     score_cache: tuple[float, Score] | None = None
     unscored: int = 0  # samples added since the cached score was computed
     off_until: dict[Impact, float] = field(default_factory=dict)  # score-based hysteresis
+    cleared_at: float = float("-inf")  # when probes last closed the circuit (and cleared the window)
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,6 +262,10 @@ class Board:
             ep.routes.add((obs.ladder, obs.rung))
         if obs.attempt > 1 and not obs.probe:
             self._retries.append(obs.at)
+        if obs.at < ep.cleared_at:
+            # From before probes closed the circuit (a replay after a bus reconnect, a slow
+            # relay): it describes the outage that is over, not the endpoint now.
+            return [(obs.key, t) for t in ep.circuit.drain_transitions()]
         if obs.failure is not None and obs.failure not in _IGNORED:
             ep.last_trip = (obs.at, obs.failure)
         ep.samples.append(_Sample(obs.at, obs.failure, obs.latency_s, obs.output_tokens, obs.task, obs.stream))
@@ -271,7 +276,7 @@ class Board:
         self._fold_baseline(ep, now)
         if healthy and obs.output_tokens is not None and obs.task and not obs.probe and self._is_well(ep, now):
             self._learn_tokens(ep, obs.task, obs.output_tokens)
-        outcome = self._outcome(ep, obs)
+        outcome = self._outcome(ep, obs, now)
         if outcome is Outcome.SLOW:
             ep.last_trip = (obs.at, Failure.TIMEOUT)
         # Timer transitions first: they fell due before this result.
@@ -284,6 +289,7 @@ class Board:
             ep.score_cache = None
             ep.off_until.clear()
             ep.slo_breach_since = None
+            ep.cleared_at = now
         transitions += self._open_if_abandoned(ep, now)
         return [(obs.key, t) for t in transitions]
 
@@ -307,14 +313,18 @@ class Board:
     def _apply_abandon(self, event: dict[str, Any], now: float) -> list[tuple[str, Transition]]:
         at, score = _finite(event.get("at")), _finite(event.get("score"))
         key, reason = event.get("key"), event.get("reason")
-        if at is None or score is None or not isinstance(key, str) or at < now - self.settings.window_s:
+        # Older than open_s: the sender has moved on (half-open or closed) since; opening now
+        # would put this replica out of step with it, not in.
+        if at is None or score is None or not isinstance(key, str) or at < now - self.settings.circuit.open_s:
             return []
+        if at > now + _CLOCK_SKEW_S:
+            return []  # a clock far ahead: its news could never look old; this replica sees for itself
         ep = self.endpoint(key)
         last = ep.circuit.last_transition
-        if ep.circuit.state(now) is not CircuitState.CLOSED or (last is not None and last.at > at):
-            return []  # opened already, or news older than what this circuit did since (a replay)
-        known = {f.value for f in Failure}
-        ep.last_trip = (at, Failure(reason) if reason in known else Failure.SERVER_ERROR)
+        if ep.circuit.state(now) is not CircuitState.CLOSED or (last is not None and last.at > at - _CLOCK_SKEW_S):
+            return []  # opened already, or not clearly newer than what this circuit did since
+        known = reason if isinstance(reason, str) and reason in {f.value for f in Failure} else None
+        ep.last_trip = (at, Failure(known) if known is not None else Failure.SERVER_ERROR)
         return [(key, t) for t in ep.circuit.force_open(now, f"degraded: score {score:.2f}")]
 
     def drain_outbox(self) -> list[dict[str, Any]]:
@@ -351,17 +361,18 @@ class Board:
                 return
         usual.add(float(tokens), _BASELINE_ALPHA)
 
-    def _outcome(self, ep: Endpoint, obs: Observation) -> Outcome:
+    def _outcome(self, ep: Endpoint, obs: Observation, now: float) -> Outcome:
         if obs.failure in _IGNORED:
             return Outcome.IGNORED
         if obs.failure is not None:
             return Outcome.FAILURE
         baseline = self.baseline(ep, obs.stream)
-        if (
-            obs.latency_s is not None
-            and baseline is not None
-            and obs.latency_s > baseline * self.settings.circuit.slow_call_factor
-        ):
+        factor = self.settings.circuit.slow_call_factor
+        if ep.circuit.state(now) is CircuitState.HALF_OPEN:
+            # To close, a probe must answer within the latency SLO: a circuit opened for a
+            # latency score would otherwise close on probes the score still calls slow.
+            factor = min(factor, self.settings.latency_slo_factor)
+        if obs.latency_s is not None and baseline is not None and obs.latency_s > baseline * factor:
             return Outcome.SLOW
         return Outcome.SUCCESS
 

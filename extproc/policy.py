@@ -282,8 +282,9 @@ class HealthSettings(_Frozen):
     latency_slo_factor: float = Field(2.0, gt=1, le=100)
     # ...and a breach that lasts this long marks the rung degraded.
     latency_slo_s: float = Field(300.0, gt=0, le=86_400)
-    # Synthetic probes through Envoy, per rung endpoint; 0 turns them off. Endpoints whose
-    # circuit is not closed are probed every `recovery_probe_s`.
+    # Synthetic probes through Envoy, per rung endpoint; 0 turns them off. Endpoints some
+    # traffic is avoiding (circuit half-open, or a score some class left) are probed every
+    # `recovery_probe_s`; an open circuit waits for half-open (it would ignore the answer).
     probe_interval_s: float = Field(60.0, ge=0, le=86_400)
     recovery_probe_s: float = Field(5.0, gt=0, le=3600)
     # Share of live traffic (not revenue-critical) served by fallback rungs to keep them measured.

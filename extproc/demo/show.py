@@ -160,7 +160,8 @@ async def _brownout(
             healed_at = now
             phase = "recovered"
             _say("▶ the primary recovers: Rungway probes it and brings traffic back")
-        if healed_at is not None and (now - healed_at > 30 or _primary_back(served, key, start + healed_at + 2)):
+        back = healed_at is not None and _primary_back(served, key, start + healed_at + 2)
+        if back or (healed_at is not None and now - healed_at > 30):
             break
         tick_end = loop.time() + TICK_S
         while loop.time() < tick_end:
@@ -170,7 +171,8 @@ async def _brownout(
         line(phase, loop.time() - TICK_S)
     await asyncio.gather(*tasks)
     failed = sum(1 for s in served if s[2] == "FAILED")
-    _say(f"  {len(served)} requests, {failed} failed; the primary is back.")
+    outcome = "the primary is back" if back else "the primary is NOT back after 30 s"
+    _say(f"  {len(served)} requests, {failed} failed; {outcome}.")
 
 
 def _primary_back(served: list[tuple[float, str, str, float]], key: str, since: float) -> bool:

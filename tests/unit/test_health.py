@@ -527,7 +527,7 @@ def test_an_abandonment_is_ignored_by_a_circuit_that_moved_since_or_is_not_close
 @pytest.mark.parametrize(
     "event",
     [
-        {"k": "abandon", "key": KEY, "at": T0 - 61, "score": 0.1, "reason": "timeout"},  # older than a window
+        {"k": "abandon", "key": KEY, "at": T0 - 31, "score": 0.1, "reason": "timeout"},  # older than open_s
         {"k": "abandon", "key": KEY, "at": "soon", "score": 0.1, "reason": "timeout"},
         {"k": "abandon", "key": KEY, "at": T0, "score": None, "reason": "timeout"},
         {"k": "abandon", "key": 3, "at": T0, "score": 0.1, "reason": "timeout"},
@@ -537,6 +537,45 @@ def test_a_stale_or_malformed_abandonment_is_ignored(event: dict[str, Any]) -> N
     b = board()
     assert b.apply(event, T0) == []
     assert KEY not in b.endpoints or b.endpoints[KEY].circuit.state(T0) is CircuitState.CLOSED
+
+
+def test_an_abandonment_from_a_clock_far_ahead_is_ignored_and_a_replay_after_a_close_too() -> None:
+    b = board(circuit=CircuitSettings(consecutive_failures=10_000, minimum_calls=10_000, open_s=30))
+    assert b.apply({"k": "abandon", "key": KEY, "at": 1e15, "score": 0.1, "reason": "timeout"}, T0) == []
+    ahead = {"k": "abandon", "key": KEY, "at": T0 + 3, "score": 0.1, "reason": [1]}  # a list: no crash
+    (moved,) = b.apply(ahead, T0)
+    assert moved[1].target is CircuitState.OPEN and b.endpoints[KEY].last_trip == (T0 + 3, Failure.SERVER_ERROR)
+    at = T0 + 31
+    ok(b, at, 2, probe=True)
+    assert b.endpoints[KEY].circuit.state(at) is CircuitState.CLOSED
+    assert b.apply(ahead, at + 1) == []  # the same news again, after the close
+
+
+def test_observations_from_before_probes_closed_the_circuit_do_not_reopen_it() -> None:
+    # A replica's backlog replayed after a bus reconnect: failures stamped during the outage.
+    b = board(baseline=1.0, circuit=CircuitSettings(consecutive_failures=5, open_s=30, half_open_successes=2))
+    failed(b, T0, 5)
+    at = T0 + 31
+    ok(b, at, 2, latency=1.0, probe=True)
+    assert b.endpoints[KEY].circuit.state(at) is CircuitState.CLOSED
+    for i in range(10):
+        b.observe(Observation(KEY, T0 + 5 + i, Failure.SERVER_ERROR), at + 1)
+    assert b.endpoints[KEY].circuit.state(at + 1) is CircuitState.CLOSED
+    assert score(b, at + 1) == HEALTHY and b.drain_outbox() == []
+    failed(b, at + 2, 5)  # new failures still count
+    assert b.endpoints[KEY].circuit.state(at + 2) is CircuitState.OPEN
+
+
+def test_a_half_open_probe_must_answer_within_the_latency_slo_to_close() -> None:
+    # latency_slo_factor 2, slow_call_factor 4: a probe at 3x the baseline is fine for a closed
+    # circuit's rate, but does not prove an endpoint opened for its latency well again.
+    settings = {"consecutive_failures": 5, "open_s": 30, "half_open_successes": 1, "slow_call_factor": 4}
+    b = board(baseline=1.0, circuit=CircuitSettings(**settings), latency_slo_factor=2)
+    failed(b, T0, 5)
+    moved = b.observe(Observation(KEY, T0 + 31, None, latency_s=3.0, probe=True), T0 + 31)
+    assert [(t.target, t.reason) for _, t in moved][-1] == (CircuitState.OPEN, "probe slow")
+    moved = b.observe(Observation(KEY, T0 + 62, None, latency_s=1.9, probe=True), T0 + 62)
+    assert moved[-1][1].target is CircuitState.CLOSED
 
 
 def test_an_abandonment_with_an_unknown_reason_still_opens() -> None:

@@ -251,3 +251,14 @@ def test_each_target_keeps_its_own_schedule() -> None:
     board = board_for(policy)
     sent = {FIXED[0].key: T0, FIXED[1].key: T0 - 60, FIXED[2].key: T0 - 30}
     assert due(FIXED, board, sent, T0) == [FIXED[1], FIXED[3]]
+
+
+def test_a_sidecar_alone_lets_live_requests_try_half_open_rungs() -> None:
+    """`rungway serve` without `rungway up` has nobody sending synthetic probes."""
+    from extproc.cli import _live_half_open
+
+    alone = _live_half_open(make_policy())
+    assert alone.health.circuit.live_half_open is True
+    assert alone.health.circuit.open_s == make_policy().health.circuit.open_s  # nothing else moved
+    off = make_policy(health={"enabled": False})
+    assert _live_half_open(off) is off
