@@ -16,6 +16,9 @@ rate reached ``failure_rate_threshold``. Outcomes:
   frees its probe slot: the call did finish.
 
 OPEN admits nothing for ``open_s``; this is the hysteresis that keeps traffic off a rung it just left.
+A rung that fails again within ``window_s`` of closing is flapping (its probes pass but its traffic
+does not): each such re-open doubles the time open, up to ``FLAP_BACKOFF_CAP`` x ``open_s``, until
+a close that lasts a window resets it.
 Then HALF_OPEN admits up to ``half_open_probes`` calls at once. ``half_open_successes`` successes
 close the circuit; one failure or slow answer re-opens it, as does a probe left unanswered for
 ``probe_bound_s``. Results also arrive for calls this circuit did not admit (other sidecars'
@@ -56,6 +59,9 @@ TRANSITIONS: Final[frozenset[tuple[CircuitState, CircuitState]]] = frozenset(
 
 # Most calls the window holds; the oldest go first. At high rates the window is shorter than window_s.
 WINDOW_CAP: Final = 10_000
+# Longest a flapping rung stays open, as a multiple of open_s (2**3: three doublings).
+FLAP_BACKOFF_CAP: Final = 8
+_FLAP_DOUBLINGS: Final = FLAP_BACKOFF_CAP.bit_length() - 1
 # Timer transitions waiting for drain_transitions(); bounded in case nobody drains.
 _PENDING_CAP: Final = 1_000
 
@@ -128,9 +134,11 @@ class Circuit:
 
     __slots__ = (
         "_admitted",
+        "_closed_at",
         "_config",
         "_consecutive",
         "_failures",
+        "_flaps",
         "_last",
         "_now",
         "_open_until",
@@ -154,6 +162,9 @@ class Circuit:
         self._successes = 0
         self._last: Transition | None = None
         self._pending: deque[Transition] = deque(maxlen=_PENDING_CAP)
+        # Flap backoff: when probes last closed it, and how many quick re-opens since.
+        self._closed_at: float | None = None
+        self._flaps = 0
 
     @property
     def config(self) -> CircuitConfig:
@@ -271,7 +282,12 @@ class Circuit:
         self._consecutive = 0
         self._admitted.clear()
         self._successes = 0
-        self._open_until = now + self._config.open_s if target is CircuitState.OPEN else None
+        if target is CircuitState.CLOSED:
+            self._closed_at = now
+        elif target is CircuitState.OPEN and source is CircuitState.CLOSED:
+            quick = self._closed_at is not None and now - self._closed_at < self._config.window_s
+            self._flaps = min(self._flaps + 1, _FLAP_DOUBLINGS) if quick else 0
+        self._open_until = now + self._open_for() if target is CircuitState.OPEN else None
         self._last = Transition(now, source, target, reason)
         return self._last
 
@@ -287,7 +303,7 @@ class Circuit:
                 open_until = self._open_until
                 if open_until is None or now < open_until:
                     return
-                into.append(self._move(open_until, CircuitState.HALF_OPEN, f"open for {config.open_s:g}s"))
+                into.append(self._move(open_until, CircuitState.HALF_OPEN, f"open for {self._open_for():g}s"))
             elif self._state is CircuitState.HALF_OPEN and self._admitted:
                 due = self._admitted[0] + config.probe_bound_s
                 if now < due:
@@ -295,6 +311,9 @@ class Circuit:
                 into.append(self._move(due, CircuitState.OPEN, f"probe unanswered for {config.probe_bound_s:g}s"))
             else:
                 return
+
+    def _open_for(self) -> float:
+        return self._config.open_s * (1 << self._flaps)
 
     def _evict(self, now: float) -> None:
         horizon = now - self._config.window_s

@@ -290,6 +290,47 @@ def test_enough_probe_successes_close_the_circuit_with_a_fresh_window() -> None:
     assert circuit.allow(T0 + 2)
 
 
+def flap(circuit: Circuit, at: float) -> float:
+    """Probe the (half-open) circuit closed at `at`, then fail it again at once; returns open_until."""
+    feed(circuit, at, OK, OK)
+    assert circuit.state(at) is CLOSED
+    feed(circuit, at + 1, FAIL, FAIL, FAIL, FAIL)
+    assert circuit.state(at + 1) is OPEN
+    open_until = circuit.snapshot(at + 1)["open_until"]
+    assert isinstance(open_until, float)
+    return open_until
+
+
+def test_a_rung_that_fails_again_soon_after_closing_stays_open_twice_as_long_each_time() -> None:
+    circuit = half_open()
+    at, open_for = T0, []
+    for _ in range(5):
+        until = flap(circuit, at)
+        open_for.append(until - (at + 1))
+        at = until
+        assert circuit.state(at) is HALF_OPEN
+    assert open_for == [60, 120, 240, 240, 240]  # capped at FLAP_BACKOFF_CAP x open_s
+    assert circuit.snapshot(at)["last_transition"]["reason"] == "open for 240s"
+
+
+def test_a_close_that_lasts_a_window_resets_the_flap_backoff() -> None:
+    circuit = half_open()
+    until = flap(circuit, T0)
+    assert until - (T0 + 1) == 60
+    feed(circuit, until, OK, OK)  # closed again, and calm for a whole window
+    later = until + RATE.window_s
+    feed(circuit, later, FAIL, FAIL, FAIL, FAIL)
+    assert circuit.snapshot(later)["open_until"] == later + 30
+
+
+def test_a_failed_probe_of_a_flapping_rung_keeps_its_longer_open_time() -> None:
+    circuit = half_open()
+    until = flap(circuit, T0)  # open for 60 s
+    assert circuit.state(until) is HALF_OPEN
+    circuit.record(until + 1, FAIL)
+    assert circuit.snapshot(until + 1)["open_until"] == until + 61
+
+
 def test_a_failed_probe_reopens_for_another_open_s() -> None:
     circuit = half_open()
     circuit.allow(T0)
@@ -487,6 +528,8 @@ class Model:
     probe_results: list[Outcome] = field(default_factory=list)  # since HALF_OPEN began
     last: tuple[float, str, str, str] | None = None
     pending: list[tuple[float, str, str, str]] = field(default_factory=list)
+    closed_at: float | None = None  # when probes last closed it
+    flaps: int = 0  # re-opens within window_s of a close, since the last calm close
 
     def window(self, now: float) -> list[Outcome]:
         recent = [outcome for t, outcome in self.history if t > now - self.config.window_s]
@@ -505,17 +548,25 @@ class Model:
 
     def go(self, at: float, target: CircuitState, reason: str) -> tuple[float, str, str, str]:
         assert (self.state, target) in TRANSITIONS
+        if target is OPEN and self.state is CLOSED:
+            flapping = self.closed_at is not None and at - self.closed_at < self.config.window_s
+            self.flaps = min(self.flaps + 1, 3) if flapping else 0  # 2**3 = FLAP_BACKOFF_CAP
+        if target is CLOSED:
+            self.closed_at = at
         self.last = (at, self.state.value, target.value, reason)
         self.state = target
         self.history, self.admitted, self.probe_results = [], [], []
-        self.open_until = at + self.config.open_s if target is OPEN else None
+        self.open_until = at + self.open_for() if target is OPEN else None
         return self.last
+
+    def open_for(self) -> float:
+        return self.config.open_s * (1 << self.flaps)
 
     def timers(self, now: float) -> list[tuple[float, str, str, str]]:
         fired = []
         while True:
             if self.state is OPEN and self.open_until is not None and now >= self.open_until:
-                fired.append(self.go(self.open_until, HALF_OPEN, f"open for {self.config.open_s:g}s"))
+                fired.append(self.go(self.open_until, HALF_OPEN, f"open for {self.open_for():g}s"))
             elif self.state is HALF_OPEN and self.admitted and now >= min(self.admitted) + self.config.probe_bound_s:
                 due = min(self.admitted) + self.config.probe_bound_s
                 fired.append(self.go(due, OPEN, f"probe unanswered for {self.config.probe_bound_s:g}s"))
