@@ -193,9 +193,6 @@ class Endpoint:
     unscored: int = 0  # samples added since the cached score was computed
     off_until: dict[Impact, float] = field(default_factory=dict)  # score-based hysteresis
     cleared_at: float = float("-inf")  # when probes last closed the circuit (and cleared the window)
-    # Opened for broken contracts (schema, output size, tool calls): a synthetic probe cannot
-    # tell those are mended, so only live requests, which carry the contract, may close it.
-    needs_live_proof: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,7 +282,6 @@ class Board:
         # Timer transitions first: they fell due before this result.
         transitions = ep.circuit.drain_transitions()
         transitions += ep.circuit.record(now, outcome)
-        self._note_opening(ep, transitions)
         if any(t.target is CircuitState.CLOSED for t in transitions):
             # Probes proved the endpoint well again: the window's samples describe the outage,
             # not the endpoint now, and would keep traffic away for another whole window.
@@ -294,14 +290,8 @@ class Board:
             ep.off_until.clear()
             ep.slo_breach_since = None
             ep.cleared_at = now
-            ep.needs_live_proof = False
-        opened = self._open_if_abandoned(ep, now)
-        self._note_opening(ep, opened)
-        return [(obs.key, t) for t in transitions + opened]
-
-    def _note_opening(self, ep: Endpoint, transitions: list[Transition]) -> None:
-        if any(t.source is CircuitState.CLOSED and t.target is CircuitState.OPEN for t in transitions):
-            ep.needs_live_proof = ep.last_trip is not None and ep.last_trip[1] in _CONTRACT
+        transitions += self._open_if_abandoned(ep, now)
+        return [(obs.key, t) for t in transitions]
 
     def _open_if_abandoned(self, ep: Endpoint, now: float) -> list[Transition]:
         """A score below every impact class's threshold leaves no traffic on the endpoint: say
@@ -335,9 +325,7 @@ class Board:
             return []  # opened already, or not clearly newer than what this circuit did since
         known = reason if isinstance(reason, str) and reason in {f.value for f in Failure} else None
         ep.last_trip = (at, Failure(known) if known is not None else Failure.SERVER_ERROR)
-        opened = ep.circuit.force_open(now, f"degraded: score {score:.2f}")
-        self._note_opening(ep, opened)
-        return [(key, t) for t in opened]
+        return [(key, t) for t in ep.circuit.force_open(now, f"degraded: score {score:.2f}")]
 
     def drain_outbox(self) -> list[dict[str, Any]]:
         """Events this replica owes the bus (an abandonment it saw first)."""
@@ -380,10 +368,7 @@ class Board:
             return Outcome.FAILURE
         baseline = self.baseline(ep, obs.stream)
         factor = self.settings.circuit.slow_call_factor
-        half_open = ep.circuit.state(now) is CircuitState.HALF_OPEN
-        if half_open and obs.probe and ep.needs_live_proof:
-            return Outcome.IGNORED  # it answered, but a probe has no contract to keep
-        if half_open:
+        if ep.circuit.state(now) is CircuitState.HALF_OPEN:
             # To close, a probe must answer within the latency SLO: a circuit opened for a
             # latency score would otherwise close on probes the score still calls slow.
             factor = min(factor, self.settings.latency_slo_factor)
@@ -411,8 +396,9 @@ class Board:
         if ep.quota_until > now:
             return Unusable(Failure.RATE_LIMITED)
         state = ep.circuit.state(now)
-        live = self.settings.circuit.live_half_open or ep.needs_live_proof
-        admitted = state is CircuitState.HALF_OPEN and first and live and ep.circuit.allow(now)
+        admitted = (
+            state is CircuitState.HALF_OPEN and first and self.settings.circuit.live_half_open and ep.circuit.allow(now)
+        )
         self._pending.extend((key, t) for t in ep.circuit.drain_transitions())
         if state is CircuitState.OPEN or (state is CircuitState.HALF_OPEN and not admitted):
             return Unusable(ep.last_trip[1] if ep.last_trip else Failure.SERVER_ERROR)
@@ -564,8 +550,6 @@ class Board:
                     "slo_degraded": self.slo_degraded(ep, now),
                     "quota_until": ep.quota_until if ep.quota_until > now else None,
                     "last_trip": {"at": ep.last_trip[0], "reason": ep.last_trip[1].value} if ep.last_trip else None,
-                    # What may close a circuit that is not closed: a broken contract needs live requests.
-                    "closes_on": "live requests" if ep.needs_live_proof else "probes",
                 }
             )
         requests, retries = self._budget_counts(now)

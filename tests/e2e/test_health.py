@@ -147,32 +147,6 @@ def test_a_json_schema_contract_makes_a_non_conforming_200_a_partial_outage(fres
         assert body_of(fresh.primary.requests[-1])["response_format"]["json_schema"]["schema"] == schema
 
 
-def test_a_rung_opened_for_broken_contracts_is_closed_by_live_requests_not_probes(fresh: Fleet, tmp_path: Path) -> None:
-    policy = health_policy(fresh, tmp_path)
-    policy["tasks"]["extractor"] = {
-        "json_schema": {"type": "object", "required": ["answer"], "properties": {"answer": {"type": "string"}}}
-    }
-    with running(policy, env=KEY_ENV) as stack:
-        extractor = {"x-rungway-task": "extractor"}
-        fresh.secondary.set_mode("json")
-        for _ in range(3):  # the primary answers prose: three partial outages in a row
-            assert ask(stack, extra_headers=extractor).headers["x-rungway-reason"] == "schema_error"
-        assert endpoint(stack, "primary/gpt-4o")["circuit"]["state"] == "open"
-        # open_s is 5 s and probes go every 2 s: "Reply with: ok" is answered fine, but that
-        # says nothing about a schema, so the circuit waits half-open for a live request.
-        time.sleep(9)
-        assert any(PROBE_TEXT.encode() in r.body for r in fresh.primary.requests)
-        row = endpoint(stack, "primary/gpt-4o")
-        assert (row["circuit"]["state"], row["closes_on"]) == ("half_open", "live requests")
-        fresh.primary.set_mode("json")  # mended
-        raw = ask(stack, extra_headers=extractor)
-        assert raw.headers["x-rungway-served-by"] == "primary/gpt-4o"  # admitted as the live probe
-        deadline = time.monotonic() + 3
-        while endpoint(stack, "primary/gpt-4o")["circuit"]["state"] != "closed":
-            assert time.monotonic() < deadline, "a live success did not close the circuit"
-            time.sleep(0.05)
-
-
 def test_the_retry_budget_bounds_extra_tries_fleet_wide(fresh: Fleet, tmp_path: Path, envoy_guard: EnvoyGuard) -> None:
     # Circuits and scores never move traffic here: only the retry budget limits the tries.
     policy = health_policy(

@@ -595,47 +595,6 @@ def test_a_sidecar_publishes_the_abandonment_it_saw_first() -> None:
     assert [(e["key"], e["reason"]) for e in abandons] == [(KEY, "server_error")]
 
 
-def test_a_rung_opened_for_broken_contracts_is_closed_by_live_requests_not_synthetic_probes() -> None:
-    b = board(circuit=CircuitSettings(consecutive_failures=3, open_s=30, half_open_successes=2, half_open_probes=2))
-    failed(b, T0, 3, Failure.SCHEMA_ERROR)
-    at = T0 + 30
-    assert b.endpoints[KEY].circuit.state(at) is CircuitState.HALF_OPEN
-    ok(b, at, 3, probe=True)  # "Reply with: ok" answers fine: that proves nothing about a schema
-    assert b.endpoints[KEY].circuit.state(at) is CircuitState.HALF_OPEN
-    # Live requests are admitted as probes (live_half_open is off), first rung only.
-    assert usable(b, at, first=False) is Failure.SCHEMA_ERROR
-    assert usable(b, at, first=True) is None
-    assert usable(b, at, first=True) is None
-    assert usable(b, at, first=True) is Failure.SCHEMA_ERROR  # both slots taken
-    ok(b, at + 1, 2)
-    assert b.endpoints[KEY].circuit.state(at + 1) is CircuitState.CLOSED
-    assert b.endpoints[KEY].needs_live_proof is False
-
-
-def test_a_synthetic_probe_failing_still_reopens_a_contract_opened_rung() -> None:
-    b = board(circuit=CircuitSettings(consecutive_failures=3, open_s=30))
-    failed(b, T0, 3, Failure.SCHEMA_ERROR)
-    failed(b, T0 + 30, 1, Failure.SERVER_ERROR, probe=True)
-    assert b.endpoints[KEY].circuit.state(T0 + 30) is CircuitState.OPEN
-
-
-def test_a_rung_opened_for_server_errors_is_left_to_synthetic_probes() -> None:
-    b = board(circuit=CircuitSettings(consecutive_failures=3, open_s=30, half_open_successes=2))
-    failed(b, T0, 3, Failure.SERVER_ERROR)
-    at = T0 + 30
-    assert usable(b, at, first=True) is Failure.SERVER_ERROR  # no live probes
-    ok(b, at, 2, probe=True)
-    assert b.endpoints[KEY].circuit.state(at) is CircuitState.CLOSED
-
-
-def test_an_abandonment_for_a_schema_score_needs_live_proof_on_every_replica() -> None:
-    event = {"k": "abandon", "key": KEY, "at": T0, "score": 0.1, "reason": "schema_error"}
-    b = board(circuit=CircuitSettings(open_s=30))
-    b.apply(event, T0)
-    assert b.endpoints[KEY].needs_live_proof
-    assert usable(b, T0 + 30, first=True) is None
-
-
 def test_an_observation_returns_the_transitions_it_caused_including_due_timers() -> None:
     b = board(circuit=CircuitSettings(consecutive_failures=2, open_s=30, half_open_successes=1))
     moved = []
@@ -975,7 +934,6 @@ def test_snapshot_shows_every_endpoint_and_the_retry_budget() -> None:
                 "slo_degraded": False,
                 "quota_until": None,
                 "last_trip": {"at": T0, "reason": "timeout"},
-                "closes_on": "probes",
             },
             {
                 "endpoint": "secondary/claude-fallback",
@@ -999,7 +957,6 @@ def test_snapshot_shows_every_endpoint_and_the_retry_budget() -> None:
                 "slo_degraded": False,
                 "quota_until": T0 + 30,
                 "last_trip": None,
-                "closes_on": "probes",
             },
         ],
         "retry_budget": {"window_s": 10.0, "requests": 20, "retries": 1, "allowed": 14.0},
