@@ -114,6 +114,11 @@ def _finite(value: object) -> float | None:
     return number if math.isfinite(number) else None
 
 
+def _degraded(score: float) -> str:
+    """The reason a circuit opens when no impact class would use its endpoint any more."""
+    return f"degraded: score {score:.2f}"
+
+
 def _small_int(value: object) -> int:
     number = _finite(value)
     if number is None or not 0 <= number < 1_000_000:
@@ -308,7 +313,7 @@ class Board:
         self._outbox.append(
             {"k": "abandon", "key": ep.key, "at": now, "score": round(score.value, 3), "reason": score.worst().value}
         )
-        return ep.circuit.force_open(now, f"degraded: score {score.value:.2f}")
+        return ep.circuit.force_open(now, _degraded(score.value))
 
     def _apply_abandon(self, event: dict[str, Any], now: float) -> list[tuple[str, Transition]]:
         at, score = _finite(event.get("at")), _finite(event.get("score"))
@@ -323,9 +328,12 @@ class Board:
         last = ep.circuit.last_transition
         if ep.circuit.state(now) is not CircuitState.CLOSED or (last is not None and last.at > at - _CLOCK_SKEW_S):
             return []  # opened already, or not clearly newer than what this circuit did since
-        known = reason if isinstance(reason, str) and reason in {f.value for f in Failure} else None
-        ep.last_trip = (at, Failure(known) if known is not None else Failure.SERVER_ERROR)
-        return [(key, t) for t in ep.circuit.force_open(now, f"degraded: score {score:.2f}")]
+        try:
+            failure = Failure(str(reason))
+        except ValueError:
+            failure = Failure.SERVER_ERROR
+        ep.last_trip = (at, failure)
+        return [(key, t) for t in ep.circuit.force_open(now, _degraded(score))]
 
     def drain_outbox(self) -> list[dict[str, Any]]:
         """Events this replica owes the bus (an abandonment it saw first)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import signal
 import socket
@@ -149,7 +150,7 @@ async def _brownout(
     start = loop.time()
     tasks: list[asyncio.Task[None]] = []
     phase, broke_at, healed_at = "healthy", 4.0, None
-    n = 0
+    impacts = itertools.cycle(IMPACTS)
     while True:
         now = loop.time() - start
         if phase == "healthy" and now >= broke_at:
@@ -165,8 +166,7 @@ async def _brownout(
             break
         tick_end = loop.time() + TICK_S
         while loop.time() < tick_end:
-            tasks.append(asyncio.create_task(one(list(IMPACTS)[n % len(IMPACTS)])))
-            n += 1
+            tasks.append(asyncio.create_task(one(next(impacts))))
             await asyncio.sleep(1 / RATE)
         line(phase, loop.time() - TICK_S)
     await asyncio.gather(*tasks)
