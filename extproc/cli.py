@@ -25,7 +25,7 @@ def _configure_logging(level: str) -> None:
 
 
 def _address(value: str) -> tuple[str, int]:
-    from .supervisor import split_address
+    from .runtime.supervisor import split_address
 
     try:
         return split_address(value)
@@ -45,7 +45,7 @@ def _load(path: Path) -> object:
 
 def cmd_policy_check(args: argparse.Namespace) -> int:
     policy = _load(args.file)
-    from .ladder import orderings
+    from .routing.ladder import orderings
 
     assert isinstance(policy, Policy)
     clusters = sum(1 for _ in orderings(policy)) * 2
@@ -57,7 +57,7 @@ def cmd_policy_check(args: argparse.Namespace) -> int:
 
 
 def cmd_envoy_config(args: argparse.Namespace) -> int:
-    from .envoy_config import EnvoySettings, render
+    from .xds.bootstrap import EnvoySettings, render
 
     policy = _load(args.policy)
     assert isinstance(policy, Policy)
@@ -80,14 +80,14 @@ def cmd_envoy_config(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     _configure_logging(args.log_level)
-    from .metrics import Metrics
-    from .server import serve
-    from .sidecar import Sidecar
+    from .runtime.metrics import Metrics
+    from .runtime.server import serve
+    from .runtime.sidecar import Sidecar
 
     policy = _load(args.policy)
     assert isinstance(policy, Policy)
-    from .bus import bus_from_url
-    from .sidecar import HUB_ENV, PROBE_TOKEN_ENV
+    from .runtime.bus import bus_from_url
+    from .runtime.sidecar import HUB_ENV, PROBE_TOKEN_ENV
 
     if PROBE_TOKEN_ENV not in os.environ:
         policy = _live_half_open(policy)
@@ -132,7 +132,7 @@ def _install_uvloop() -> None:
 def cmd_up(args: argparse.Namespace) -> int:
     _configure_logging(args.log_level)
     from .policy import Policy, resolve_credentials
-    from .supervisor import UpOptions, run_up
+    from .runtime.supervisor import UpOptions, run_up
 
     policy = _load(args.policy)
     assert isinstance(policy, Policy)

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from extproc.supervisor import free_port
+from extproc.runtime.supervisor import free_port
 from tests.stack import MockThread, Stack, envoy_errors, provider_entry, running
 
 PRIMARY_KEY = "sk-primary-rung"

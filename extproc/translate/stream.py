@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Final, TypeAlias
 
-from extproc.taxonomy import Failure
+from extproc.core import Failure
 from extproc.translate.errors import ANTHROPIC, OPENAI, dump_json, error_body
 from extproc.translate.fields import int_or_zero, text_or_empty
 from extproc.translate.sse import SseEvent

@@ -7,7 +7,7 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,12 +46,15 @@ def status(stack: Stack) -> dict[str, Any]:
     return reply
 
 
-def endpoint(stack: Stack, key: str, timeout: float = 3.0) -> dict[str, Any]:
-    """The endpoint's row in /status, once the bus has delivered what the workers observed."""
+def endpoint(
+    stack: Stack, key: str, timeout: float = 3.0, until: Callable[[dict[str, Any]], bool] = lambda row: True
+) -> dict[str, Any]:
+    """The endpoint's row in /status, once the bus has delivered what the workers observed
+    (`until`: what the row must show; the supervisor's replica hears the workers a little later)."""
     deadline = time.monotonic() + timeout
     while True:
         row = next((r for r in status(stack)["rungs"] if r["endpoint"] == key), None)
-        if row is not None or time.monotonic() > deadline:
+        if (row is not None and until(row)) or time.monotonic() > deadline:
             assert row is not None, f"{key} never reached /status"
             found: dict[str, Any] = row
             return found
@@ -179,7 +182,7 @@ def test_status_and_the_status_cli_show_circuits_and_scores(fresh: Fleet, tmp_pa
         fresh.primary.set_mode("invalid_json")
         for _ in range(3):
             ask(stack)
-        snapshot = endpoint(stack, "primary/gpt-4o")
+        snapshot = endpoint(stack, "primary/gpt-4o", until=lambda row: row["circuit"]["state"] == "open")
         assert snapshot["circuit"]["state"] == "open"
         assert snapshot["last_trip"]["reason"] == "schema_error"
         assert snapshot["components"]["schema"] == 0.0

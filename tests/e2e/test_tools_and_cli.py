@@ -12,7 +12,7 @@ import openai
 import pytest
 import yaml
 
-from extproc.supervisor import envoy_binary
+from extproc.runtime.supervisor import envoy_binary
 from tests.conftest import Fleet
 from tests.stack import REPO, Stack, body_of
 

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from extproc.taxonomy import Failure
+from extproc.core import Failure
 from extproc.translate import ProviderError, classify, parse_provider_error, render_error
 
 

@@ -11,7 +11,7 @@ import httpx2
 import openai
 import pytest
 
-from extproc.taxonomy import CLIENT_STATUS, Failure
+from extproc.core import CLIENT_STATUS, Failure
 from extproc.translate import (
     AnthropicStreamReader,
     AnthropicStreamWriter,

@@ -7,7 +7,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from extproc.taxonomy import Failure
+from extproc.core import Failure
 from extproc.translate import (
     AnthropicStreamReader,
     AnthropicStreamWriter,

@@ -1,0 +1,47 @@
+"""The vocabulary every other room speaks: failure classes, dialects, impact classes, names of
+endpoints, clusters, headers and metadata, the clock, and the typed messages that cross a
+boundary (the routing decision, the per-try record, health-bus events).
+
+Imports nothing else of ours (a test enforces it), so any room may import it.
+"""
+
+from .clock import Clock, FakeClock, SystemClock
+from .decision import Decision, Refused, RungAddress, TripRecord
+from .dialect import Capability, Dialect
+from .events import (
+    Abandoned,
+    BusEvent,
+    CircuitChanged,
+    Observation,
+    QuotaSignal,
+    RequestsDecided,
+    decode_event,
+)
+from .failure import CLIENT_STATUS, HOP_RULE, Failure, Hop
+from .fields import ContractError
+from .impact import Impact
+
+__all__ = [
+    "CLIENT_STATUS",
+    "HOP_RULE",
+    "Abandoned",
+    "BusEvent",
+    "Capability",
+    "CircuitChanged",
+    "Clock",
+    "ContractError",
+    "Decision",
+    "Dialect",
+    "Failure",
+    "FakeClock",
+    "Hop",
+    "Impact",
+    "Observation",
+    "QuotaSignal",
+    "Refused",
+    "RequestsDecided",
+    "RungAddress",
+    "SystemClock",
+    "TripRecord",
+    "decode_event",
+]

@@ -1,0 +1,187 @@
+"""The messages between the two filters and between the tries of one request.
+
+They travel as Envoy dynamic metadata (a protobuf Struct: strings, doubles, booleans):
+- `Decision`: decide → every try's attempt filter (namespace META_DECISION). Also read by the
+  router (`routed`) and the access log.
+- `Refused`: decide's own answer (`rendered` tells Envoy's local-reply mapper to leave it alone).
+- `TripRecord`: one try → the next try of the same request (namespace META_TRIP): Envoy keeps
+  dynamic metadata across tries, so what one try learned reaches the next even on another
+  worker process.
+- `RungAddress`: the config renderer → attempt, as endpoint metadata of each rung's cluster.
+
+Each has one encode/decode pair. Decoding checks every field and raises ContractError on
+anything missing, mistyped or of another version: a misspelt key is an error, never a default.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from . import fields as f
+from .dialect import Dialect
+from .failure import Failure
+from .impact import Impact
+
+Meta = dict[str, str | float | bool]
+
+DECISION_VERSION = 1
+TRIP_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """Which rungs serve a request, and what every try needs to know about the request."""
+
+    policy: str  # the version of the policy it was decided under
+    ladder: str
+    rungs: tuple[int, ...]  # the ordering the aggregate cluster tries
+    cluster: str
+    tries: int
+    per_try_ms: int
+    tenant: str
+    task: str
+    impact: Impact
+    dialect: Dialect  # the client's
+    model: str  # as the client asked
+    stream: bool
+    include_usage: bool
+    body_bytes: int
+    skip: Failure | None  # why the ladder's first rung is not serving, if it is not
+    canary: bool = False
+    probe: bool = False
+    response_format: str = ""  # "json_object", "json_schema", "text" or ""
+    anthropic_version: str | None = None  # an Anthropic client's, kept for Anthropic rungs
+    anthropic_beta: str | None = None
+
+    def encode(self) -> Meta:
+        out: Meta = {
+            "v": DECISION_VERSION,
+            "routed": True,
+            "policy": self.policy,
+            "ladder": self.ladder,
+            "rungs": ",".join(map(str, self.rungs)),
+            "cluster": self.cluster,
+            "tries": self.tries,
+            "per_try_ms": self.per_try_ms,
+            "tenant": self.tenant,
+            "task": self.task,
+            "impact": self.impact.value,
+            "dialect": self.dialect.value,
+            "model": self.model,
+            "stream": self.stream,
+            "include_usage": self.include_usage,
+            "body_bytes": self.body_bytes,
+            "skip": self.skip.value if self.skip else "",
+            "canary": self.canary,
+            "probe": self.probe,
+            "response_format": self.response_format,
+        }
+        if self.anthropic_version is not None:
+            out["anthropic_version"] = self.anthropic_version
+        if self.anthropic_beta is not None:
+            out["anthropic_beta"] = self.anthropic_beta
+        return out
+
+    @classmethod
+    def decode(cls, meta: Mapping[str, object]) -> Decision:
+        k = "decision"
+        f.version(meta, k, DECISION_VERSION)
+        if meta.get("routed") is not True:
+            raise f.ContractError(f"{k}: not a routed request")
+        rungs_text = f.text(meta, "rungs", k)
+        try:
+            rungs = tuple(int(i) for i in rungs_text.split(","))
+        except ValueError:
+            raise f.ContractError(f"{k}.rungs: {rungs_text!r} is not a list of rung indexes") from None
+        if not rungs or any(i < 0 for i in rungs):
+            raise f.ContractError(f"{k}.rungs: {rungs_text!r} is not a list of rung indexes")
+        return cls(
+            policy=f.text(meta, "policy", k),
+            ladder=f.text(meta, "ladder", k),
+            rungs=rungs,
+            cluster=f.text(meta, "cluster", k),
+            tries=f.count(meta, "tries", k, 100),
+            per_try_ms=f.count(meta, "per_try_ms", k),
+            tenant=f.text(meta, "tenant", k),
+            task=f.text(meta, "task", k),
+            impact=f.member(meta, "impact", Impact, k),
+            dialect=f.member(meta, "dialect", Dialect, k),
+            model=f.text(meta, "model", k),
+            stream=f.flag(meta, "stream", k),
+            include_usage=f.flag(meta, "include_usage", k),
+            body_bytes=f.count(meta, "body_bytes", k),
+            skip=f.optional_member(meta, "skip", Failure, k),
+            canary=f.flag(meta, "canary", k),
+            probe=f.flag(meta, "probe", k),
+            response_format=f.text(meta, "response_format", k),
+            anthropic_version=f.optional_text(meta, "anthropic_version", k),
+            anthropic_beta=f.optional_text(meta, "anthropic_beta", k),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """decide answered the request itself (an error in the client's dialect)."""
+
+    tenant: str
+    task: str
+
+    def encode(self) -> Meta:
+        # `rendered`: Envoy's local-reply mapper must leave this answer as it is.
+        return {"v": DECISION_VERSION, "rendered": True, "tenant": self.tenant, "task": self.task}
+
+
+@dataclass(frozen=True, slots=True)
+class RungAddress:
+    """Which rung (and which of its slots) an endpoint is: endpoint metadata of a rung cluster."""
+
+    ladder: str
+    rung: int
+    slot: int
+
+    def encode(self) -> Meta:
+        return {"ladder": self.ladder, "rung": self.rung, "slot": self.slot}
+
+    @classmethod
+    def decode(cls, meta: Mapping[str, object]) -> RungAddress:
+        k = "rung address"
+        return cls(
+            ladder=f.text(meta, "ladder", k), rung=f.count(meta, "rung", k, 63), slot=f.count(meta, "slot", k, 63)
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class TripRecord:
+    """What the latest try of a request left for the next one."""
+
+    attempt: int  # 1-based, as Envoy counts
+    rung: int
+    started_ms: float  # wall clock
+    failure: Failure | None = None  # how this try failed, once its answer was judged
+    first_failure: Failure | None = None  # why the request left its first rung
+
+    def encode(self) -> Meta:
+        return {
+            "v": TRIP_VERSION,
+            "attempt": self.attempt,
+            "rung": self.rung,
+            "started_ms": self.started_ms,
+            "failure": self.failure.value if self.failure else "",
+            "first_failure": self.first_failure.value if self.first_failure else "",
+        }
+
+    @classmethod
+    def decode(cls, meta: Mapping[str, object]) -> TripRecord | None:
+        """None when no try has left a record yet (the first try)."""
+        if not meta:
+            return None
+        k = "trip record"
+        f.version(meta, k, TRIP_VERSION)
+        return cls(
+            attempt=f.count(meta, "attempt", k, 100),
+            rung=f.count(meta, "rung", k, 63),
+            started_ms=f.number(meta, "started_ms", k),
+            failure=f.optional_member(meta, "failure", Failure, k),
+            first_failure=f.optional_member(meta, "first_failure", Failure, k),
+        )

@@ -1,0 +1,60 @@
+"""Names shared across rooms: endpoints, Envoy clusters, headers and metadata namespaces.
+
+The config renderer (xds), the processors (filters) and the runtime all use these; defining them
+here keeps the processors from importing the renderer.
+"""
+
+from __future__ import annotations
+
+# ---- endpoints and clusters ---------------------------------------------------------------------
+
+
+def endpoint_key(provider: str, model: str) -> str:
+    """A rung endpoint, the unit of health: one provider's model."""
+    return f"{provider}/{model}"
+
+
+def cluster_name(ladder: str, rungs: tuple[int, ...], stream: bool) -> str:
+    """The aggregate cluster for one ordering (subsequence) of a ladder's rungs."""
+    mask = sum(1 << i for i in rungs)
+    return f"rw.{ladder}.{mask:x}" + (".sse" if stream else "")
+
+
+def rung_cluster(ladder: str, index: int) -> str:
+    """The child cluster of one rung (its endpoint carries the rung's address as metadata)."""
+    return f"rw.rung.{ladder}.{index}"
+
+
+def direct_cluster(provider: str) -> str:
+    """A provider reached without the ladder: fail-open and pass-through routes."""
+    return f"rw.direct.{provider}"
+
+
+# ---- headers ------------------------------------------------------------------------------------
+
+CLUSTER_HEADER = "x-rungway-cluster"
+# `token ladder rung` on a synthetic probe from `rungway up`; decide refuses anything else.
+PROBE_HEADER = "x-rungway-probe"
+# gRPC initial metadata that tells the sidecar which filter a stream serves.
+FILTER_ROLE_KEY = "x-rungway-filter"
+
+# Client-visible flags on every answer (A2).
+SERVED_BY = "x-rungway-served-by"
+TIER = "x-rungway-tier"
+DEGRADED = "x-rungway-degraded"
+REASON = "x-rungway-reason"
+POLICY_VERSION = "x-rungway-policy-version"
+ATTEMPTS = "x-rungway-attempts"
+
+# ---- paths --------------------------------------------------------------------------------------
+
+OPENAI_CHAT_PATH = "/v1/chat/completions"
+ANTHROPIC_MESSAGES_PATH = "/v1/messages"
+
+# ---- metadata -----------------------------------------------------------------------------------
+
+META_DECISION = "rungway"  # written by decide, read by attempt, the router and the access log
+META_TRIP = "rungway.trip"  # written by each try, read by the next one
+META_REQUEST = "rungway.req"  # written by json_to_metadata, read by decide
+MISSING = "\u0000missing"  # json_to_metadata's marker for an absent `model`
+INVALID = "\u0000invalid"  # ... and for a body that is not a JSON object

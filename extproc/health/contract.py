@@ -1,0 +1,219 @@
+"""Health contract checks on a provider's 200 answer (H3, minimal): a 200 that breaks the
+contract is a partial outage, classified like any other failure."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from referencing.exceptions import Unresolvable
+
+from ..core import Dialect, Failure
+from ..policy import TaskClass
+from ..policy.json_schema import compiled
+from ..translate import classify, parse_provider_error
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    failure: Failure | None
+    detail: str = ""
+
+
+OK = Verdict(None)
+
+
+@dataclass(frozen=True, slots=True)
+class Judgement:
+    """A provider's whole non-streamed answer, classified."""
+
+    failure: Failure | None
+    detail: str = ""
+    parsed: Any = None  # the 2xx answer's JSON, when it parsed
+
+
+def judge_answer(dialect: Dialect, status: int, body: bytes, contract: Contract) -> Judgement:
+    """Status and body of one try → served, or which failure (the failure taxonomy's boundary)."""
+    wire = dialect.wire.value
+    if not 200 <= status < 300:
+        error = parse_provider_error(wire, body)
+        failure = classify(wire, status, error) or Failure.SERVER_ERROR
+        return Judgement(failure, error.message if error is not None else f"the provider answered HTTP {status}")
+    try:
+        parsed = json.loads(body) if body else None
+    except ValueError:
+        parsed = None
+    if parsed is None:
+        return Judgement(Failure.SCHEMA_ERROR, "the provider's answer is not valid JSON")
+    verdict = check_completion(dialect, parsed, contract)
+    return Judgement(verdict.failure, verdict.detail, parsed)
+
+
+@dataclass(frozen=True, slots=True)
+class Contract:
+    """What one answer is held to: the task class's contract plus what the request asked for."""
+
+    task: TaskClass
+    # The schema of the request's own response_format (json_schema), when the task uses it.
+    request_schema: dict[str, Any] | None = None
+    # The request asked for JSON (response_format json_object / json_schema).
+    json_mode: bool = False
+
+    @property
+    def wants_json(self) -> bool:
+        return self.json_mode or self.task.wants_json or self.request_schema is not None
+
+
+def check_completion(dialect: Dialect, body: Any, contract: Contract | TaskClass) -> Verdict:
+    """`body` is the parsed JSON of a non-streamed answer in the provider's wire dialect."""
+    if isinstance(contract, TaskClass):
+        contract = Contract(contract)
+    if not isinstance(body, dict):
+        return Verdict(Failure.SCHEMA_ERROR, "answer is not a JSON object")
+    if dialect.wire is Dialect.ANTHROPIC:
+        verdict, text = _check_anthropic(body, contract.task)
+    else:
+        verdict, text = _check_openai(body, contract.task)
+    if verdict.failure is None and text is not None and contract.wants_json:
+        return _check_json_content(text, contract)
+    return verdict
+
+
+def _check_openai(body: dict[str, Any], contract: TaskClass) -> tuple[Verdict, str | None]:
+    """The verdict, and the answer's text when it is a text answer (for JSON checks)."""
+    choices = body.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        return Verdict(Failure.SCHEMA_ERROR, "answer has no choices"), None
+    choice = choices[0]
+    message = choice.get("message")
+    if not isinstance(message, dict):
+        return Verdict(Failure.SCHEMA_ERROR, "answer has no message"), None
+    if choice.get("finish_reason") == "content_filter":
+        return Verdict(Failure.SAFETY_BLOCK, "the provider's content filter stopped the answer"), None
+    if message.get("refusal") and not _has_text(message.get("content")):
+        return Verdict(Failure.SAFETY_BLOCK, "the model refused the request"), None
+    tool_calls = message.get("tool_calls") or []
+    if not isinstance(tool_calls, list):
+        return Verdict(Failure.SCHEMA_ERROR, "tool_calls is not a list"), None
+    for call in tool_calls:
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(function, dict):
+            return Verdict(Failure.TOOL_MISMATCH, "tool call without a function"), None
+        verdict = _check_tool(function.get("name"), _parse_arguments(function.get("arguments")))
+        if verdict.failure is not None:
+            return verdict, None
+    content = message.get("content")
+    if not tool_calls and not _has_text(content):
+        return Verdict(Failure.QUALITY_REGRESSION, "empty content and no tool call"), None
+    usage = body.get("usage")
+    tokens = usage.get("completion_tokens") if isinstance(usage, dict) else None
+    text = _text_of(content) if not tool_calls else None
+    return _check_tokens(tokens, contract), text
+
+
+def _check_anthropic(body: dict[str, Any], contract: TaskClass) -> tuple[Verdict, str | None]:
+    """The verdict, and the answer's text when it is a text answer (for JSON checks)."""
+    content = body.get("content")
+    if not isinstance(content, list):
+        return Verdict(Failure.SCHEMA_ERROR, "answer has no content list"), None
+    if body.get("stop_reason") == "refusal":
+        return Verdict(Failure.SAFETY_BLOCK, "the provider refused the request"), None
+    texts: list[str] = []
+    has_tool = False
+    for block in content:
+        if not isinstance(block, dict):
+            return Verdict(Failure.SCHEMA_ERROR, "content block is not an object"), None
+        if block.get("type") == "text" and _has_text(block.get("text")):
+            texts.append(block["text"])
+        elif block.get("type") == "tool_use":
+            has_tool = True
+            verdict = _check_tool(block.get("name"), block.get("input"))
+            if verdict.failure is not None:
+                return verdict, None
+    if not texts and not has_tool:
+        return Verdict(Failure.QUALITY_REGRESSION, "empty content and no tool call"), None
+    usage = body.get("usage")
+    tokens = usage.get("output_tokens") if isinstance(usage, dict) else None
+    return _check_tokens(tokens, contract), ("".join(texts) if not has_tool else None)
+
+
+def _text_of(content: Any) -> str | None:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
+    return None
+
+
+def _check_json_content(text: str, contract: Contract) -> Verdict:
+    try:
+        value = json.loads(_strip_fence(text))
+    except ValueError:
+        return Verdict(Failure.SCHEMA_ERROR, "the answer is not the JSON the request asked for")
+    for schema in (contract.task.json_schema, contract.request_schema if contract.task.use_request_schema else None):
+        if schema is None:
+            continue
+        validator = compiled(schema)
+        try:
+            error = next(iter(validator.iter_errors(value)), None) if validator is not None else None
+        except (Unresolvable, RecursionError):
+            error = None  # the schema, not the answer, is at fault
+        if error is not None:
+            where = "/".join(str(p) for p in error.absolute_path) or "(root)"
+            return Verdict(Failure.SCHEMA_ERROR, f"the answer's JSON breaks the schema at {where}: {error.message}")
+    missing = [f for f in contract.task.required_fields if not isinstance(value, dict) or f not in value]
+    if missing:
+        return Verdict(Failure.SCHEMA_ERROR, f"the answer's JSON lacks required fields: {', '.join(missing)}")
+    return OK
+
+
+def _strip_fence(text: str) -> str:
+    """Models often wrap JSON in a Markdown code fence even when asked not to."""
+    stripped = text.strip()
+    if stripped.startswith("```") and stripped.endswith("```"):
+        stripped = stripped[3:-3]
+        if stripped.startswith("json"):
+            stripped = stripped[4:]
+    return stripped
+
+
+def _parse_arguments(arguments: Any) -> Any:
+    if not isinstance(arguments, str) or not arguments.strip():
+        return None
+    try:
+        return json.loads(arguments)
+    except ValueError:
+        return None
+
+
+def _check_tool(name: Any, arguments: Any) -> Verdict:
+    if not isinstance(name, str) or not name.strip():
+        return Verdict(Failure.TOOL_MISMATCH, "tool call with an empty name")
+    if not isinstance(arguments, dict):
+        return Verdict(Failure.TOOL_MISMATCH, f"tool call {name!r} has empty or invalid arguments")
+    return OK
+
+
+def _has_text(content: Any) -> bool:
+    if isinstance(content, str):
+        return bool(content.strip())
+    if isinstance(content, list):  # OpenAI content parts
+        return any(isinstance(p, dict) and _has_text(p.get("text")) for p in content)
+    return False
+
+
+def _check_tokens(tokens: Any, contract: TaskClass) -> Verdict:
+    if not isinstance(tokens, int) or isinstance(tokens, bool):
+        return OK
+    if tokens < contract.min_output_tokens:
+        return Verdict(
+            Failure.QUALITY_REGRESSION,
+            f"{tokens} output tokens, fewer than the task's minimum of {contract.min_output_tokens}",
+        )
+    if contract.max_output_tokens is not None and tokens > contract.max_output_tokens:
+        return Verdict(
+            Failure.QUALITY_REGRESSION,
+            f"{tokens} output tokens, more than the task's maximum of {contract.max_output_tokens}",
+        )
+    return OK

@@ -1,0 +1,42 @@
+"""Policy as code (T1): the schema a platform team writes, and reading it.
+
+Owns: the pydantic models (frozen, extra=forbid), loading YAML, provider credentials, and which
+JSON Schemas are acceptable. May import: core.
+"""
+
+from .load import PolicyError, load_policy, parse_policy, resolve_credentials
+from .schema import (
+    MAX_LADDER_LENGTH,
+    REQUESTED_MODEL,
+    CircuitSettings,
+    Credential,
+    CredentialError,
+    Ejection,
+    HealthSettings,
+    LeaveBelow,
+    ModelRoute,
+    Policy,
+    Provider,
+    Rung,
+    TaskClass,
+)
+
+__all__ = [
+    "MAX_LADDER_LENGTH",
+    "REQUESTED_MODEL",
+    "CircuitSettings",
+    "Credential",
+    "CredentialError",
+    "Ejection",
+    "HealthSettings",
+    "LeaveBelow",
+    "ModelRoute",
+    "Policy",
+    "PolicyError",
+    "Provider",
+    "Rung",
+    "TaskClass",
+    "load_policy",
+    "parse_policy",
+    "resolve_credentials",
+]

@@ -1,0 +1,406 @@
+"""Policy v1: the versioned YAML a platform team writes, validated eagerly.
+
+A policy names providers, ladders of rungs over them, task classes with their health contract,
+and a model map from the model a client asks for to a ladder (per task class). Everything is
+frozen: a running sidecar swaps whole policies, never edits one.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
+
+from ..core import Capability, Dialect, Impact
+from .json_schema import schema_problem
+
+REQUESTED_MODEL = "$requested"
+PROBLEM_MARK = "\n@ "  # marks problem lines that carry their own location (see load._field_errors)
+MAX_LADDER_LENGTH = 6  # every subsequence of a ladder is rendered as an Envoy cluster: 2^n - 1
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Credential(_Frozen):
+    """Where the sidecar reads a provider key: an environment variable or a file (k8s secret)."""
+
+    env: str | None = None
+    file: Path | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one_source(self) -> Credential:
+        if (self.env is None) == (self.file is None):
+            raise ValueError("credential needs exactly one of 'env' or 'file'")
+        return self
+
+    def resolve(self) -> SecretStr:
+        """Read the key now; raises CredentialError naming the source, never the value."""
+        if self.env is not None:
+            value = os.environ.get(self.env, "").strip()
+            if not value:
+                raise CredentialError(f"environment variable {self.env} is not set")
+            return SecretStr(value)
+        assert self.file is not None
+        try:
+            value = self.file.read_text().strip()
+        except OSError as exc:
+            raise CredentialError(f"cannot read credential file {self.file}: {exc.strerror}") from None
+        if not value:
+            raise CredentialError(f"credential file {self.file} is empty")
+        return SecretStr(value)
+
+
+class CredentialError(Exception):
+    pass
+
+
+class Cost(_Frozen):
+    input: float = Field(0.0, ge=0)
+    output: float = Field(0.0, ge=0)
+
+
+class Provider(_Frozen):
+    base_url: str
+    dialect: Dialect
+    credential: Credential | None = None
+    capabilities: frozenset[Capability] = frozenset({Capability.TOOLS, Capability.JSON_MODE, Capability.STREAMING})
+    context_window: int = Field(128_000, gt=0)
+    cost_per_1k: Cost = Cost()
+    connect_timeout_s: float = Field(2.0, gt=0, le=60)
+    # Sent on every request to this provider, e.g. anthropic-version or an OpenAI project id.
+    headers: dict[str, str] = Field(default_factory=dict)
+    # CA bundle for an https provider with a private CA (default: the system bundle).
+    ca_file: Path | None = None
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"base_url must be an http(s) URL with a host, but was {value!r}")
+        if parts.query or parts.fragment:
+            raise ValueError(f"base_url must not carry a query or fragment, but was {value!r}")
+        return value.rstrip("/")
+
+    @property
+    def tls(self) -> bool:
+        return urlsplit(self.base_url).scheme == "https"
+
+    @property
+    def host(self) -> str:
+        host = urlsplit(self.base_url).hostname
+        assert host is not None
+        return host
+
+    @property
+    def port(self) -> int:
+        parts = urlsplit(self.base_url)
+        return parts.port or (443 if parts.scheme == "https" else 80)
+
+    @property
+    def authority(self) -> str:
+        """The Host header the provider expects (port only when not the scheme default)."""
+        parts = urlsplit(self.base_url)
+        return parts.netloc.rsplit("@", 1)[-1]
+
+    @property
+    def path_prefix(self) -> str:
+        return urlsplit(self.base_url).path.rstrip("/")
+
+    def chat_path(self) -> str:
+        suffix = "/v1/messages" if self.dialect.wire is Dialect.ANTHROPIC else "/v1/chat/completions"
+        prefix = self.path_prefix
+        # A base URL that already ends in /v1 (common for OpenAI-compatible servers) is not doubled.
+        if prefix.endswith("/v1"):
+            prefix = prefix[: -len("/v1")]
+        return prefix + suffix
+
+
+class Rung(_Frozen):
+    provider: str
+    model: str = REQUESTED_MODEL
+    tier: int | None = Field(None, ge=0, le=3)
+    attempts: int = Field(1, ge=1, le=5)
+    # Time to first byte: the whole answer for JSON, the first event for a stream.
+    timeout_s: float = Field(30.0, gt=0, le=600)
+    # Serve a request with tools on a provider without tool support by dropping the tools
+    # (a degraded answer) instead of skipping the rung.
+    strip_tools: bool = False
+    # Expected latency of a healthy answer (JSON: whole answer; stream: first token). Learned
+    # from healthy traffic when not set.
+    baseline_latency_s: float | None = Field(None, gt=0, le=600)
+
+    def model_for(self, requested: str) -> str:
+        return requested if self.model == REQUESTED_MODEL else self.model
+
+
+class TaskClass(_Frozen):
+    """The health contract of a task class (H3): a 200 that breaks it is a partial outage."""
+
+    min_output_tokens: int = Field(1, ge=0)
+    max_output_tokens: int | None = Field(None, ge=1)
+    # The answer's content must be JSON matching this schema (JSON Schema, draft 2020-12).
+    json_schema: dict[str, Any] | None = None
+    # Top-level keys the answer's JSON content must have.
+    required_fields: list[str] = Field(default_factory=list)
+    # Also hold the answer to the schema the request itself asked for (response_format).
+    use_request_schema: bool = True
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TaskClass:
+        if self.max_output_tokens is not None and self.max_output_tokens < self.min_output_tokens:
+            raise ValueError(
+                f"max_output_tokens must be at least min_output_tokens ({self.min_output_tokens}), "
+                f"but was {self.max_output_tokens}"
+            )
+        if self.json_schema is not None:
+            problem = schema_problem(self.json_schema)
+            if problem is not None:
+                raise ValueError(
+                    f"json_schema is {problem}" if problem.startswith("not ") else f"json_schema: {problem}"
+                )
+        return self
+
+    @property
+    def wants_json(self) -> bool:
+        return self.json_schema is not None or bool(self.required_fields)
+
+
+class ModelRoute(_Frozen):
+    match: str = Field(min_length=1)
+    ladder: str
+    tasks: dict[str, str] = Field(default_factory=dict)
+
+    @property
+    def is_glob(self) -> bool:
+        return any(ch in self.match for ch in "*?[")
+
+    def matches(self, model: str) -> bool:
+        return fnmatch.fnmatchcase(model, self.match) if self.is_glob else model == self.match
+
+
+class Ejection(_Frozen):
+    """Envoy's outlier detection: the fast, dumb first line. After this many 5xx in a row
+    (flipped validation failures included) a rung's endpoint is skipped for a while."""
+
+    consecutive_5xx: int = Field(5, ge=1, le=1000)
+    base_ejection_s: float = Field(15.0, gt=0, le=3600)
+
+
+class CircuitSettings(_Frozen):
+    """Rungway's own breaker per rung endpoint (provider x model), H1."""
+
+    failure_rate_threshold: float = Field(50.0, gt=0, le=100)
+    window_s: float = Field(60.0, gt=0, le=3600)
+    minimum_calls: int = Field(5, ge=1, le=10_000)
+    consecutive_failures: int = Field(5, ge=1, le=10_000)
+    # Once traffic moved off a rung it stays off at least this long (hysteresis).
+    open_s: float = Field(30.0, gt=0, le=3600)
+    half_open_probes: int = Field(2, ge=1, le=100)
+    # Half-open is tried by `rungway up`'s synthetic probes; with this on, also by up to
+    # half_open_probes live requests (each still has the rest of its ladder behind it).
+    live_half_open: bool = False
+    half_open_successes: int = Field(2, ge=1, le=100)
+    probe_bound_s: float = Field(30.0, gt=0, le=3600)
+    # A call slower than this many times its endpoint's baseline counts as a failure for the
+    # rate (a brownout shows as slowness before it shows as errors). Counted while still in
+    # flight, so a brownout moves the circuit before its slow calls reach their timeout.
+    slow_call_factor: float = Field(4.0, gt=1, le=100)
+
+
+class LeaveBelow(_Frozen):
+    """Degradation score (1 = healthy) below which each impact class leaves a rung: low-stakes
+    traffic moves first, revenue-critical traffic last."""
+
+    revenue_critical: float = Field(0.2, ge=0, le=1)
+    customer_facing: float = Field(0.5, ge=0, le=1)
+    async_acceptable: float = Field(0.6, ge=0, le=1)
+    deferrable: float = Field(0.7, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> LeaveBelow:
+        if not self.revenue_critical <= self.customer_facing <= self.async_acceptable <= self.deferrable:
+            raise ValueError("thresholds must not decrease from revenue_critical to deferrable")
+        return self
+
+    def for_impact(self, impact: Impact) -> float:
+        return float(getattr(self, impact.value))
+
+
+class HealthSettings(_Frozen):
+    """The health board: circuits, degradation scores, gates and the bus (H1-H5)."""
+
+    # False: decide ignores the board (every request starts at its ladder's first rung).
+    enabled: bool = True
+    window_s: float = Field(60.0, gt=0, le=3600)  # the degradation score's rolling window
+    min_samples: int = Field(5, ge=1, le=10_000)  # below this a rung's score is 1.0 (unknown)
+    circuit: CircuitSettings = CircuitSettings()
+    leave_below: LeaveBelow = LeaveBelow()
+    # Latencies are judged against max(baseline, latency_floor_s): an endpoint answering in
+    # milliseconds is not "4x slower" because a busy proxy added a few more.
+    latency_floor_s: float = Field(0.5, ge=0, le=600)
+    # Latency SLO: p95 over this many times the rung's baseline is a breach...
+    latency_slo_factor: float = Field(2.0, gt=1, le=100)
+    # ...and a breach that lasts this long marks the rung degraded.
+    latency_slo_s: float = Field(300.0, gt=0, le=86_400)
+    # Synthetic probes through Envoy, per rung endpoint; 0 turns them off. Endpoints some
+    # traffic is avoiding (circuit half-open, or a score some class left) are probed every
+    # `recovery_probe_s`; an open circuit waits for half-open (it would ignore the answer).
+    probe_interval_s: float = Field(60.0, ge=0, le=86_400)
+    recovery_probe_s: float = Field(5.0, gt=0, le=3600)
+    # Share of live traffic (not revenue-critical) served by fallback rungs to keep them measured.
+    canary_share: float = Field(0.0, ge=0, le=0.5)
+    # Fleet-wide: extra tries at most this share of requests, plus a floor, per window.
+    retry_budget_ratio: float = Field(0.2, ge=0, le=10)
+    retry_budget_floor: int = Field(10, ge=0, le=1_000_000)
+    retry_budget_window_s: float = Field(10.0, gt=0, le=3600)
+    # A rung whose provider says it has at most this many requests left is skipped until its
+    # rate limit resets (hop before the 429 comes).
+    quota_floor_requests: int = Field(1, ge=0)
+    # None: in-process (a pod-local hub under `rungway up`); "redis://host:6379/0" for a fleet.
+    bus: str | None = None
+
+    @field_validator("bus")
+    @classmethod
+    def _bus_url(cls, value: str | None) -> str | None:
+        if value is not None and value != "local" and urlsplit(value).scheme not in ("redis", "rediss"):
+            raise ValueError(f"bus must be 'local' or a redis:// or rediss:// URL, but was {value!r}")
+        return value
+
+
+class FailOpen(_Frozen):
+    """Where a request goes untranslated when the sidecar is down and failure_mode_allow is on."""
+
+    openai: str | None = None
+    anthropic: str | None = None
+
+
+Ladder = Annotated[list[Rung], Field(min_length=1, max_length=MAX_LADDER_LENGTH)]
+
+
+class Policy(_Frozen):
+    version: str = Field(min_length=1)
+    tenant_header: str = "x-rungway-tenant"
+    task_header: str = "x-rungway-task"
+    impact_header: str = "x-rungway-impact"
+    default_tenant: str = "default"
+    default_task: str = "default"
+    default_impact: Impact = Impact.CUSTOMER_FACING
+    max_attempts: int = Field(3, ge=1, le=10)
+    # A 429 whose Retry-After is at most this is waited out on the same rung when it has an
+    # attempt left; otherwise the try hops at once (to the rung's next slot if it has one).
+    retry_after_max_s: float = Field(2.0, ge=0, le=60)
+    hop_on_safety_block: bool = False
+    # After the first byte of a stream: silence this long ends it with an in-band error event.
+    stream_stall_s: float = Field(15.0, gt=0, le=600)
+    # After a finish event, how long to wait for the provider's terminal marker before
+    # finalising the stream ourselves.
+    stream_finish_grace_s: float = Field(1.0, gt=0, le=60)
+    # The longest generation allowed end to end (Envoy's route timeout; 0 disables it).
+    route_timeout_s: float = Field(600.0, ge=0)
+    max_body_bytes: int = Field(16 * 1024 * 1024, ge=64 * 1024, le=30 * 1024 * 1024)
+    providers: dict[str, Provider] = Field(min_length=1)
+    tasks: dict[str, TaskClass] = Field(default_factory=lambda: {"default": TaskClass()})
+    ladders: dict[str, Ladder] = Field(min_length=1)
+    models: list[ModelRoute] = Field(min_length=1)
+    fail_open: FailOpen = FailOpen()
+    # None turns Envoy's ejection off (Rungway's own circuits still apply).
+    envoy_ejection: Ejection | None = Ejection()
+    health: HealthSettings = HealthSettings()
+
+    @field_validator("tenant_header", "task_header", "impact_header")
+    @classmethod
+    def _lower_header(cls, value: str) -> str:
+        if not value or value != value.lower() or not all(c.isalnum() or c == "-" for c in value):
+            raise ValueError(f"header names must be lower-case tokens, but was {value!r}")
+        return value
+
+    @field_validator("ladders")
+    @classmethod
+    def _ladder_names(cls, value: dict[str, list[Rung]]) -> dict[str, list[Rung]]:
+        for name in value:
+            if not name or not all(c.isalnum() or c in "-_" for c in name):
+                raise ValueError(f"ladder names use letters, digits, '-' and '_', but was {name!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _references_resolve(self) -> Policy:
+        # Every broken reference at once, each as a 'location: message' line (pydantic gives a
+        # model-level error no location, so the lines carry their own; see _field_errors).
+        problems = []
+        known = ", ".join(sorted(self.providers))
+        for ladder_name, rungs in self.ladders.items():
+            for i, rung in enumerate(rungs):
+                if rung.provider not in self.providers:
+                    problems.append(
+                        f"ladders.{ladder_name}.{i}.provider: {rung.provider!r} is not a provider (known: {known})"
+                    )
+        if self.default_task not in self.tasks:
+            problems.append(f"default_task: {self.default_task!r} is not in tasks")
+        for i, route in enumerate(self.models):
+            if route.ladder not in self.ladders:
+                problems.append(f"models.{i}.ladder: {route.ladder!r} is not a ladder")
+            for task, ladder in route.tasks.items():
+                if task not in self.tasks:
+                    problems.append(f"models.{i}.tasks: unknown task class {task!r}")
+                elif ladder not in self.ladders:
+                    problems.append(f"models.{i}.tasks.{task}: {ladder!r} is not a ladder")
+        for dialect in ("openai", "anthropic"):
+            name = getattr(self.fail_open, dialect)
+            if name is None:
+                continue
+            if name not in self.providers:
+                problems.append(f"fail_open.{dialect}: {name!r} is not a provider")
+            elif self.providers[name].dialect.wire.value != dialect:
+                problems.append(f"fail_open.{dialect}: {name!r} does not speak {dialect}")
+        if problems:
+            raise ValueError(PROBLEM_MARK + PROBLEM_MARK.join(problems))
+        return self
+
+    def route_for(self, model: str) -> ModelRoute | None:
+        """Exact names beat globs; among each kind the first listed wins."""
+        for route in self.models:
+            if not route.is_glob and route.matches(model):
+                return route
+        for route in self.models:
+            if route.is_glob and route.matches(model):
+                return route
+        return None
+
+    def ladder_for(self, model: str, task: str) -> str | None:
+        route = self.route_for(model)
+        if route is None:
+            return None
+        return route.tasks.get(task, route.ladder)
+
+    def tier_of(self, ladder: str, index: int) -> int:
+        rung = self.ladders[ladder][index]
+        return rung.tier if rung.tier is not None else min(index, 3)
+
+    def fail_open_provider(self, dialect: Dialect) -> str | None:
+        """The client dialect's primary: explicit, else the first tier-0 rung speaking it."""
+        explicit = getattr(self.fail_open, dialect.wire.value)
+        if explicit is not None:
+            return str(explicit)
+        for route in self.models:
+            for i, rung in enumerate(self.ladders[route.ladder]):
+                provider = self.providers[rung.provider]
+                if provider.dialect.wire is dialect.wire and self.tier_of(route.ladder, i) == 0:
+                    return rung.provider
+        for name, provider in self.providers.items():
+            if provider.dialect.wire is dialect.wire:
+                return name
+        return None

@@ -1,0 +1,24 @@
+"""Routing: which rungs serve a request, and what a failed try means for it (pure).
+
+Owns: the ladder choice (request features + policy + a health view → route), the trip rules
+(hop, wait, or final, per failure class), providers' rate-limit headers. May import: core, policy.
+"""
+
+from .ladder import HealthView, NeedBody, Refusal, RequestFeatures, Route, choose, orderings, reroute
+from .trip import Action, Position, after_failure, parse_retry_after, previous_failure
+
+__all__ = [
+    "Action",
+    "HealthView",
+    "NeedBody",
+    "Position",
+    "Refusal",
+    "RequestFeatures",
+    "Route",
+    "after_failure",
+    "choose",
+    "orderings",
+    "parse_retry_after",
+    "previous_failure",
+    "reroute",
+]

@@ -1,0 +1,165 @@
+"""Which rungs of which ladder serve a request: a pure function of request features and policy.
+
+Envoy cannot change an aggregate cluster's ordering per request, so every subsequence of every
+ladder is rendered as its own aggregate cluster (`cluster_name`), and `choose` picks the one
+whose ordering is exactly the rungs this request may use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from typing import Any
+
+from ..core import Capability, Dialect, Failure, Impact
+from ..core.names import cluster_name, endpoint_key
+from ..policy import Policy
+
+# Rough prompt size from the body: ~4 bytes a token of English inside JSON. Over-estimates a
+# little, which only matters for a rung whose window is nearly full anyway.
+BYTES_PER_TOKEN = 4
+
+
+@dataclass(frozen=True, slots=True)
+class RequestFeatures:
+    dialect: Dialect
+    model: str
+    stream: bool
+    json_mode: bool
+    max_tokens: int | None
+    body_bytes: int | None
+    tenant: str
+    task: str
+    impact: Impact
+    # None until the body was seen: JSON-to-metadata in Envoy cannot report list-valued fields.
+    has_tools: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    ladder: str
+    rungs: tuple[int, ...]
+    cluster: str
+    tries: int
+    per_try_timeout_s: float
+    # Why the ladder's first rung is not serving (rungs dropped for this request), if so.
+    skip_reason: Failure | None
+    # Sent to the fallback rungs on purpose, to keep them measured (health.canary_share).
+    canary: bool = False
+    # A synthetic probe of one rung (sent by `rungway up`), not client traffic.
+    probe: bool = False
+
+
+def reroute(policy: Policy, route: Route, rungs: tuple[int, ...], stream: bool, **changes: Any) -> Route:
+    """The same decision over a different subsequence of the ladder."""
+    ladder = policy.ladders[route.ladder]
+    slots = sum(ladder[i].attempts for i in rungs)
+    return replace(
+        route,
+        rungs=rungs,
+        cluster=cluster_name(route.ladder, rungs, stream),
+        tries=min(slots, policy.max_attempts),
+        per_try_timeout_s=ladder[rungs[0]].timeout_s,
+        **changes,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    failure: Failure
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class NeedBody:
+    """The choice depends on whether the request carries tools: ask Envoy for the body."""
+
+
+def orderings(policy: Policy) -> Iterator[tuple[str, tuple[int, ...]]]:
+    """Every (ladder, rung subsequence) that `choose` can return, in a stable order."""
+    for ladder, rungs in policy.ladders.items():
+        n = len(rungs)
+        for mask in range(1, 1 << n):
+            yield ladder, tuple(i for i in range(n) if mask >> i & 1)
+
+
+def prompt_tokens_estimate(body_bytes: int | None) -> int:
+    return (body_bytes or 0) // BYTES_PER_TOKEN
+
+
+# Asked per rung endpoint ("provider/model") in ladder order: None if the request may use it,
+# else why not. `first` tells whether it would be the request's first rung (a half-open
+# circuit admits its probe only then). Supplied by the health board; None means no board.
+HealthView = Callable[[str, bool], Failure | None]
+
+
+def choose(policy: Policy, features: RequestFeatures, health: HealthView | None = None) -> Route | Refusal | NeedBody:
+    ladder = policy.ladder_for(features.model, features.task)
+    if ladder is None:
+        return Refusal(
+            Failure.CLIENT_ERROR,
+            f"model {features.model!r} is not served here: no entry of the policy's model map matches it",
+        )
+    rungs = policy.ladders[ladder]
+    needed = prompt_tokens_estimate(features.body_bytes) + (features.max_tokens or 0)
+    kept: list[int] = []
+    dropped: list[Failure] = []
+    tools_matter = False
+    for i, rung in enumerate(rungs):
+        provider = policy.providers[rung.provider]
+        caps = provider.capabilities
+        if features.stream and Capability.STREAMING not in caps:
+            dropped.append(Failure.TOOL_MISMATCH)
+            continue
+        if features.json_mode and Capability.JSON_MODE not in caps:
+            dropped.append(Failure.SCHEMA_ERROR)
+            continue
+        if needed > provider.context_window:
+            dropped.append(Failure.CONTEXT_OVERFLOW)
+            continue
+        if Capability.TOOLS not in caps and not rung.strip_tools:
+            if features.has_tools is None:
+                tools_matter = True
+            elif features.has_tools:
+                dropped.append(Failure.TOOL_MISMATCH)
+                continue
+        kept.append(i)
+    if tools_matter:
+        return NeedBody()
+    if not kept:
+        failure = dropped[0] if len(set(dropped)) == 1 else Failure.CLIENT_ERROR
+        return Refusal(failure, _refusal_message(ladder, failure))
+    skip = dropped[0] if kept[0] != 0 else None
+    if health is not None:
+        healthy: list[int] = []
+        unhealthy: list[Failure] = []
+        for i in kept:
+            why = health(endpoint_key(rungs[i].provider, rungs[i].model_for(features.model)), not healthy)
+            if why is None:
+                healthy.append(i)
+            else:
+                unhealthy.append(why)
+        # Every rung unwell: still try them all in order rather than answer with an outage.
+        if healthy:
+            if healthy[0] != kept[0]:
+                skip = skip or unhealthy[0]
+            kept = healthy
+    order = tuple(kept)
+    slots = sum(rungs[i].attempts for i in order)
+    return Route(
+        ladder=ladder,
+        rungs=order,
+        cluster=cluster_name(ladder, order, features.stream),
+        tries=min(slots, policy.max_attempts),
+        per_try_timeout_s=rungs[order[0]].timeout_s,
+        skip_reason=skip,
+    )
+
+
+def _refusal_message(ladder: str, failure: Failure) -> str:
+    why = {
+        Failure.CONTEXT_OVERFLOW: "the request is larger than every rung's context window",
+        Failure.TOOL_MISMATCH: "no rung supports what the request needs (tools or streaming)",
+        Failure.SCHEMA_ERROR: "no rung supports the requested JSON mode",
+    }.get(failure, "no rung of the ladder can serve this request")
+    return f"ladder {ladder!r}: {why}"

@@ -1,0 +1,120 @@
+"""Prometheus metrics (A3, first cut): what the processors observe, with bounded label sets.
+
+Workers started by `rungway up` share one registry through prometheus-client's multiprocess
+mode (PROMETHEUS_MULTIPROC_DIR), so the supervisor's /metrics shows the whole sidecar.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from ..health.board import Board
+
+# Tenant names come from a request header: past this many distinct ones per process, further
+# tenants are counted as "other" so a noisy or hostile client cannot blow up the label sets.
+MAX_TENANT_LABELS = 200
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self._tenants: set[str] = set()
+        kw = {"registry": registry} if registry is not None else {}
+        self.decisions = Counter(
+            "rungway_decisions_total",
+            "Requests decided by the sidecar, by outcome (routed, refused, invalid).",
+            ["tenant", "task", "ladder", "outcome"],
+            **kw,  # type: ignore[arg-type]
+        )
+        self.attempts = Counter(
+            "rungway_attempts_total",
+            "Tries on a rung, by outcome (served, hop, failed, propagated).",
+            ["ladder", "rung", "provider", "model", "outcome"],
+            **kw,  # type: ignore[arg-type]
+        )
+        self.trips = Counter(
+            "rungway_trips_total",
+            "Failed tries, by failure class.",
+            ["ladder", "rung", "provider", "model", "reason"],
+            **kw,  # type: ignore[arg-type]
+        )
+        self.served = Counter(
+            "rungway_served_total",
+            "Answers delivered to clients, by tier and whether degraded.",
+            ["tenant", "task", "ladder", "tier", "degraded"],
+            **kw,  # type: ignore[arg-type]
+        )
+        self.streams = Counter(
+            "rungway_streams_total",
+            "Streamed answers by how they ended (complete, finalised, interrupted, cut).",
+            ["outcome"],
+            **kw,  # type: ignore[arg-type]
+        )
+        self.circuit_transitions = Counter(
+            "rungway_circuit_transitions_total",
+            "Circuit state changes seen by this process, by endpoint and new state.",
+            ["endpoint", "state"],
+            **kw,  # type: ignore[arg-type]
+        )
+        self.sidecar_errors = Counter(
+            "rungway_sidecar_errors_total",
+            "Exceptions inside the sidecar that were answered with an error instead of a crash.",
+            ["filter"],
+            **kw,  # type: ignore[arg-type]
+        )
+
+    def tenant(self, name: str) -> str:
+        """The label for a tenant: its name, or "other" once the label budget is spent."""
+        if name in self._tenants:
+            return name
+        if len(self._tenants) < MAX_TENANT_LABELS:
+            self._tenants.add(name)
+            return name
+        return "other"
+
+
+_STATE_VALUE = {"closed": 0.0, "half_open": 1.0, "open": 2.0}
+
+
+class BoardCollector(Collector):
+    """The health board's view as gauges, read at scrape time (served by `rungway up`)."""
+
+    def __init__(self, board: Board, wall: Callable[[], float]) -> None:
+        self._board = board
+        self._wall = wall
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        now = self._wall()
+        snapshot = self._board.snapshot(now)
+        state = GaugeMetricFamily(
+            "rungway_circuit_state", "Circuit per rung endpoint: 0 closed, 1 half-open, 2 open.", labels=["endpoint"]
+        )
+        score = GaugeMetricFamily(
+            "rungway_degradation_score",
+            "Degradation score per rung endpoint (1 healthy, 0 unusable).",
+            labels=["endpoint"],
+        )
+        p95 = GaugeMetricFamily(
+            "rungway_latency_p95_seconds", "p95 latency over the score window.", labels=["endpoint"]
+        )
+        quota = GaugeMetricFamily(
+            "rungway_quota_exhausted", "1 while a provider's rate limit says it has nothing left.", labels=["endpoint"]
+        )
+        for rung in snapshot["rungs"]:
+            key = rung["endpoint"]
+            state.add_metric([key], _STATE_VALUE.get(str(rung["circuit"]["state"]), 0.0))
+            score.add_metric([key], float(rung["score"]))
+            if rung["p95_s"] is not None:
+                p95.add_metric([key], float(rung["p95_s"]))
+            quota.add_metric([key], 1.0 if rung["quota_until"] else 0.0)
+        budget = snapshot["retry_budget"]
+        retries = GaugeMetricFamily(
+            "rungway_retry_budget_used_ratio", "Extra tries over the fleet's allowance in the budget window."
+        )
+        retries.add_metric([], budget["retries"] / budget["allowed"] if budget["allowed"] else 0.0)
+        yield from (state, score, p95, quota, retries)

@@ -1,0 +1,153 @@
+"""The gRPC shell: one ext_proc server serving both filters, one processor per stream.
+
+The stream loop owns message order, timers and error mapping; processors own meaning. The
+filter a stream belongs to comes from the gRPC initial metadata Envoy sends (x-rungway-filter).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import AsyncIterator
+from typing import Any, Protocol
+
+import grpc
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as epg
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from ..core.names import FILTER_ROLE_KEY
+from ..filters.attempt import AttemptProcessor
+from ..filters.decide import DecideProcessor
+from ..filters.wire import ProcessingRequest, ProcessingResponse
+from .sidecar import Sidecar
+
+log = logging.getLogger("rungway.server")
+
+
+class Processor(Protocol):
+    def dispatch(self, request: ProcessingRequest) -> list[ProcessingResponse]: ...
+    def wake_at(self) -> float | None: ...
+    def on_wake(self) -> list[ProcessingResponse]: ...
+    def on_close(self) -> None: ...
+    def alarm(self) -> float | None: ...
+    def on_alarm(self) -> None: ...
+
+
+_PROCESSORS: dict[str, type[DecideProcessor] | type[AttemptProcessor]] = {
+    "decide": DecideProcessor,
+    "attempt": AttemptProcessor,
+}
+
+
+class ExternalProcessor(epg.ExternalProcessorServicer):  # type: ignore[misc]
+    def __init__(self, sidecar: Sidecar) -> None:
+        self._sidecar = sidecar
+
+    async def Process(  # noqa: N802 - the gRPC method name
+        self, request_iterator: AsyncIterator[ProcessingRequest], context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[ProcessingResponse]:
+        role = ""
+        for key, value in context.invocation_metadata() or ():
+            if key == FILTER_ROLE_KEY:
+                role = value if isinstance(value, str) else value.decode()
+        factory = _PROCESSORS.get(role)
+        if factory is None:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unknown {FILTER_ROLE_KEY}: {role!r}")
+            return
+        processor: Processor = factory(self._sidecar)
+        clock = self._sidecar.clock
+        requests = aiter(request_iterator)
+        pending_read: asyncio.Future[Any] | None = None
+        loop = asyncio.get_running_loop()
+        alarm: asyncio.TimerHandle | None = None
+        alarm_at: float | None = None
+        try:
+            while True:
+                wake = processor.wake_at()
+                if wake is None and pending_read is None:
+                    try:
+                        request = await anext(requests)
+                    except StopAsyncIteration:
+                        return
+                else:
+                    # A timer is armed (stream watchdog): never cancel a read, wait on it.
+                    if pending_read is None:
+                        pending_read = asyncio.ensure_future(anext(requests))
+                    timeout = None if wake is None else max(0.0, wake - clock.now())
+                    done, _ = await asyncio.wait({pending_read}, timeout=timeout)
+                    if not done:
+                        for answer in processor.on_wake():
+                            yield answer
+                        continue
+                    read, pending_read = pending_read, None
+                    try:
+                        request = read.result()
+                    except StopAsyncIteration:
+                        return
+                for answer in processor.dispatch(request):
+                    yield answer
+                # An alarm is a note to self (no answer to Envoy), e.g. "this try is slow now".
+                wanted = processor.alarm()
+                if wanted != alarm_at:
+                    if alarm is not None:
+                        alarm.cancel()
+                    alarm_at = wanted
+                    alarm = (
+                        None if wanted is None else loop.call_later(max(0.0, wanted - clock.now()), processor.on_alarm)
+                    )
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # Envoy maps a failed stream to the filter's failure mode; the client never sees
+            # a traceback, and the log line carries no request content.
+            self._sidecar.metrics.sidecar_errors.labels(role).inc()
+            log.exception("%s stream failed", role)
+            await context.abort(grpc.StatusCode.INTERNAL, "rungway sidecar error")
+        finally:
+            if pending_read is not None and not pending_read.done():
+                pending_read.cancel()
+            if alarm is not None:
+                alarm.cancel()
+            processor.on_close()
+
+
+async def serve(
+    sidecar: Sidecar,
+    address: str,
+    *,
+    grace_s: float = 5.0,
+    ready: asyncio.Event | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Run until `stop` is set (or SIGTERM/SIGINT when `stop` is None); then drain in-flight
+    streams for up to `grace_s`."""
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+            ("grpc.max_send_message_length", 64 * 1024 * 1024),
+            ("grpc.so_reuseport", 0),
+        ]
+    )
+    epg.add_ExternalProcessorServicer_to_server(ExternalProcessor(sidecar), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    await sidecar.bus.start()
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"cannot bind the gRPC server to {address}")
+    await server.start()
+    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    log.info("ext_proc server listening on %s", address)
+    if stop is None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+    if ready is not None:
+        ready.set()
+    await stop.wait()
+    await health_servicer.enter_graceful_shutdown()
+    await server.stop(grace_s)
+    await sidecar.bus.stop()
+    log.info("ext_proc server stopped")

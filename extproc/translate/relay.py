@@ -1,0 +1,178 @@
+"""Relaying one provider's SSE stream to the client: bytes in, bytes out, plus the facts the
+attempt filter acts on (has the first token gone out? did the provider report an error first?
+did the stream finish properly?).
+
+Only complete events are forwarded: a partial trailing event is held back, so an error event
+appended after a cut never lands in the middle of one.
+"""
+
+from __future__ import annotations
+
+import json
+
+from ..core import Dialect, Failure
+from . import (
+    AnthropicStreamReader,
+    AnthropicStreamWriter,
+    Delta,
+    Done,
+    Finish,
+    MessageStart,
+    OpenAIStreamReader,
+    OpenAIStreamWriter,
+    SseParser,
+    StreamError,
+    TextDelta,
+    ToolCallArgs,
+    ToolCallStart,
+    Usage,
+    classify_stream_error,
+)
+
+_OPENAI_DONE = b"data: [DONE]\n\n"
+_ANTHROPIC_STOP = b'event: message_stop\ndata: {"type":"message_stop"}\n\n'
+
+
+class StreamRelay:
+    def __init__(
+        self,
+        client: Dialect,
+        provider: Dialect,
+        *,
+        model: str,
+        stream_id: str,
+        created: int,
+        include_usage: bool,
+        prompt_tokens: int,
+    ) -> None:
+        self._client = client.wire
+        self._same = client.wire is provider.wire
+        self._parser = SseParser()
+        self._reader: OpenAIStreamReader | AnthropicStreamReader = (
+            AnthropicStreamReader() if provider.wire is Dialect.ANTHROPIC else OpenAIStreamReader()
+        )
+        self._writer: OpenAIStreamWriter | AnthropicStreamWriter = (
+            AnthropicStreamWriter(id=stream_id, model=model)
+            if self._client is Dialect.ANTHROPIC
+            else OpenAIStreamWriter(id=stream_id, model=model, created=created, include_usage=include_usage)
+        )
+        self._model = model
+        self._id = stream_id
+        self._created = created
+        self._include_usage = include_usage
+        self._prompt_tokens = prompt_tokens
+        self.started = False
+        self.error: StreamError | None = None
+        self.finished = False
+        self.done = False
+        self.usage_seen = False
+        self.closed = False  # the client stream has been ended by us (terminal or error)
+        self._units = 0
+
+    def feed(self, chunk: bytes) -> bytes:
+        if self.closed:
+            return b""
+        out = bytearray()
+        for event in self._parser.feed(chunk):
+            deltas = self._reader.read(event)
+            for delta in deltas:
+                self._track(delta)
+            if self.error is not None and not self.started:
+                # The attempt filter hops; nothing more of this stream reaches the client.
+                self.closed = True
+                return b""
+            if self._same:
+                out += event.encode()
+            else:
+                for delta in deltas:
+                    if isinstance(delta, StreamError):
+                        out += self._writer.error(stream_failure(delta, started=self.started), delta.message)
+                    else:
+                        out += self._writer.write(delta)
+            if self.done or (self.error is not None and self.started):
+                self.closed = True
+                break
+        return bytes(out)
+
+    def _track(self, delta: Delta) -> None:
+        if isinstance(delta, (TextDelta, ToolCallStart, ToolCallArgs)):
+            self._units += 1
+            if isinstance(delta, TextDelta) and not delta.text:
+                return
+            self.started = True
+        elif isinstance(delta, Finish):
+            self.finished = True
+        elif isinstance(delta, Usage):
+            self.usage_seen = True
+        elif isinstance(delta, Done):
+            self.done = True
+        elif isinstance(delta, StreamError):
+            self.error = delta
+        elif isinstance(delta, MessageStart) and self._same:
+            self._id, self._model = delta.id or self._id, delta.model or self._model
+
+    @property
+    def output_units(self) -> int:
+        """Content and tool-argument events relayed: the stream's output size, roughly in tokens."""
+        return self._units
+
+    def finish(self) -> bytes:
+        """The provider ended its response: complete a finished stream, flag a cut one."""
+        if self.closed:
+            return b""
+        self.closed = True
+        if self.done:
+            return b""
+        if self.finished:
+            return self._finalise()
+        return self._error(Failure.STREAM_INTERRUPTED, "the provider ended the stream before it was complete")
+
+    def finalise(self) -> bytes:
+        """Finish seen but no terminal marker within the grace period: end it ourselves."""
+        if self.closed:
+            return b""
+        self.closed = True
+        return self._finalise()
+
+    def interrupt(self, message: str) -> bytes:
+        """The provider went silent after the first token: end the stream with an error event."""
+        if self.closed:
+            return b""
+        self.closed = True
+        return self._error(Failure.STREAM_INTERRUPTED, message)
+
+    def _error(self, failure: Failure, message: str) -> bytes:
+        return self._writer.error(failure, message)
+
+    def _finalise(self) -> bytes:
+        usage = Usage(input_tokens=self._prompt_tokens, output_tokens=self._units)
+        if not self._same:
+            out = b"" if self.usage_seen else self._writer.write(usage)
+            return out + self._writer.write(Done())
+        if self._client is Dialect.ANTHROPIC:
+            return _ANTHROPIC_STOP
+        out = b""
+        if self._include_usage and not self.usage_seen:
+            chunk = {
+                "id": self._id,
+                "object": "chat.completion.chunk",
+                "created": self._created,
+                "model": self._model,
+                "choices": [],
+                "usage": {
+                    "prompt_tokens": usage.input_tokens,
+                    "completion_tokens": usage.output_tokens,
+                    "total_tokens": usage.input_tokens + usage.output_tokens,
+                },
+            }
+            out = b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
+        return out + _OPENAI_DONE
+
+
+def stream_failure(error: StreamError, *, started: bool) -> Failure:
+    """The taxonomy class of an error event. Before the first token an error of unknown kind is
+    still the provider failing (hop); after it, the stream was interrupted."""
+    failure = classify_stream_error(error)
+    if failure is Failure.STREAM_INTERRUPTED and not started:
+        return Failure.SERVER_ERROR
+    return failure

@@ -1,0 +1,578 @@
+"""Render the whole Envoy bootstrap from a policy: a pure function, policy + settings → dict.
+
+Shape (every piece verified on Envoy 1.40, see README "Envoy behaviours we rely on"):
+listener → [json_to_metadata, ext_proc "decide", router]. json_to_metadata lifts the request's
+model / stream / JSON-mode fields into metadata so `decide` usually needs only the headers
+message. `decide` marks the request routed (dynamic metadata, which a client cannot forge) and
+names the aggregate cluster in x-rungway-cluster; the ladder route matches only routed requests.
+Each aggregate cluster is one ordering of a ladder's rungs over per-rung child clusters, and
+carries the upstream ext_proc "attempt" filter, which runs once per try.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from ipaddress import ip_address
+from pathlib import Path
+from typing import Any
+
+from ..core import Dialect, Failure
+from ..core.names import (
+    CLUSTER_HEADER,
+    FILTER_ROLE_KEY,
+    INVALID,
+    META_DECISION,
+    META_REQUEST,
+    META_TRIP,
+    MISSING,
+    cluster_name,
+    direct_cluster,
+    rung_cluster,
+)
+from ..policy import Ejection, Policy, Provider
+from ..routing.ladder import orderings
+
+SYSTEM_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+# Envoy 1.40.0 segfaults when an upstream ext_proc buffers a response over ~1 MiB unless the
+# ext_proc gRPC cluster's buffer limit is above the largest body (README, Envoy notes).
+EXTPROC_BUFFER_LIMIT = 32 * 1024 * 1024
+
+_ANY = "type.googleapis.com/"
+
+
+@dataclass(frozen=True)
+class EnvoySettings:
+    listen_port: int
+    admin_port: int
+    extproc_ports: tuple[int, ...]
+    listen_address: str = "127.0.0.1"
+    admin_address: str = "127.0.0.1"
+    extproc_address: str = "127.0.0.1"
+    # True: a dead sidecar sends requests untranslated to the client dialect's primary.
+    # False: a dead sidecar answers 503 (in the client's dialect).
+    failure_mode_allow: bool = True
+    message_timeout_s: float = 1.0
+    access_log_path: str = "/dev/stdout"
+    extra_ca_files: dict[str, Path] = field(default_factory=dict)
+
+
+def render(policy: Policy, settings: EnvoySettings) -> dict[str, Any]:
+    clusters: list[dict[str, Any]] = [_extproc_cluster(settings)]
+    for ladder, rungs in policy.ladders.items():
+        for i, rung in enumerate(rungs):
+            clusters.append(
+                _provider_cluster(
+                    rung_cluster(ladder, i),
+                    policy.providers[rung.provider],
+                    slots=rung.attempts,
+                    metadata={"ladder": ladder, "rung": i},
+                    ejection=policy.envoy_ejection,
+                )
+            )
+    for name, provider in policy.providers.items():
+        clusters.append(_provider_cluster(direct_cluster(name), provider, slots=1, metadata=None, ejection=None))
+    for ladder, order in orderings(policy):
+        for stream in (False, True):
+            clusters.append(_aggregate_cluster(ladder, order, stream, settings))
+    return {
+        "node": {"id": "rungway", "cluster": "rungway"},
+        "admin": {"address": _addr(settings.admin_address, settings.admin_port)},
+        "overload_manager": {
+            "resource_monitors": [
+                {
+                    "name": "envoy.resource_monitors.global_downstream_max_connections",
+                    "typed_config": {
+                        "@type": _ANY
+                        + "envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig",
+                        "max_active_downstream_connections": 50000,
+                    },
+                }
+            ]
+        },
+        "static_resources": {"listeners": [_listener(policy, settings)], "clusters": clusters},
+    }
+
+
+def _addr(host: str, port: int) -> dict[str, Any]:
+    return {"socket_address": {"address": host, "port_value": port}}
+
+
+def _listener(policy: Policy, settings: EnvoySettings) -> dict[str, Any]:
+    hcm = {
+        "@type": _ANY + "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": "rungway",
+        "codec_type": "AUTO",
+        "access_log": [_access_log(settings.access_log_path)],
+        "local_reply_config": _local_reply_config(),
+        "route_config": {
+            "name": "rungway",
+            "virtual_hosts": [
+                {
+                    "name": "llm",
+                    "domains": ["*"],
+                    "routes": _routes(policy),
+                    "include_attempt_count_in_response": True,
+                }
+            ],
+        },
+        "http_filters": [
+            _json_to_metadata(),
+            _decide_filter(settings),
+            {
+                "name": "envoy.filters.http.router",
+                "typed_config": {"@type": _ANY + "envoy.extensions.filters.http.router.v3.Router"},
+            },
+        ],
+    }
+    return {
+        "name": "rungway",
+        "address": _addr(settings.listen_address, settings.listen_port),
+        # Envoy shares a port silently with another Envoy unless reuse_port is off.
+        "enable_reuse_port": False,
+        # The router buffers the request body to replay it on the next rung, and the attempt
+        # filter buffers JSON responses: this is the largest body either may be.
+        "per_connection_buffer_limit_bytes": policy.max_body_bytes,
+        "filter_chains": [
+            {"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}
+        ],
+    }
+
+
+def _access_log(path: str) -> dict[str, Any]:
+    return {
+        "name": "envoy.access_loggers.file",
+        "typed_config": {
+            "@type": _ANY + "envoy.extensions.access_loggers.file.v3.FileAccessLog",
+            "path": path,
+            "log_format": {
+                "json_format": {
+                    "time": "%START_TIME%",
+                    "request_id": "%REQ(X-REQUEST-ID)%",
+                    "path": "%REQ(:PATH)%",
+                    "code": "%RESPONSE_CODE%",
+                    "details": "%RESPONSE_CODE_DETAILS%",
+                    "flags": "%RESPONSE_FLAGS%",
+                    "duration_ms": "%DURATION%",
+                    "attempts": "%UPSTREAM_REQUEST_ATTEMPT_COUNT%",
+                    "cluster": "%UPSTREAM_CLUSTER%",
+                    "upstream": "%UPSTREAM_HOST%",
+                    "served_by": "%RESP(X-RUNGWAY-SERVED-BY)%",
+                    "reason": "%RESP(X-RUNGWAY-REASON)%",
+                    "decision": f"%DYNAMIC_METADATA({META_DECISION})%",
+                    "trip": f"%DYNAMIC_METADATA({META_TRIP})%",
+                }
+            },
+        },
+    }
+
+
+# Errors Envoy itself generates (no route, upstream down, timeouts, body too large, sidecar
+# unreachable when failing closed) are rendered in the client's API dialect, like ours.
+_LOCAL_ERRORS: list[tuple[int, Failure, str, str]] = [
+    # status, failure, openai type, anthropic type
+    (413, Failure.CLIENT_ERROR, "invalid_request_error", "request_too_large"),
+    (429, Failure.RATE_LIMITED, "rate_limit_error", "rate_limit_error"),
+    (500, Failure.SERVER_ERROR, "server_error", "api_error"),
+    (502, Failure.SERVER_ERROR, "server_error", "api_error"),
+    (503, Failure.SERVER_ERROR, "server_error", "overloaded_error"),
+    (504, Failure.TIMEOUT, "timeout", "timeout_error"),
+]
+
+
+def _local_reply_config() -> dict[str, Any]:
+    mappers = []
+    for status, failure, openai_type, anthropic_type in _LOCAL_ERRORS:
+        for anthropic in (True, False):
+            body: dict[str, Any]
+            if anthropic:
+                body = {
+                    "type": "error",
+                    "error": {"type": anthropic_type, "message": "%LOCAL_REPLY_BODY%", "rungway_reason": failure.value},
+                }
+            else:
+                body = {
+                    "error": {
+                        "message": "%LOCAL_REPLY_BODY%",
+                        "type": openai_type,
+                        "code": failure.value,
+                        "rungway_reason": failure.value,
+                    }
+                }
+            status_is = {
+                "status_code_filter": {
+                    "comparison": {"op": "EQ", "value": {"default_value": status, "runtime_key": "rungway.local_reply"}}
+                }
+            }
+            path_is = {
+                "header_filter": {
+                    "header": {
+                        "name": ":path",
+                        "string_match": {"prefix": "/v1/messages"},
+                        "invert_match": not anthropic,
+                    }
+                }
+            }
+            mappers.append(
+                {
+                    "filter": {"and_filter": {"filters": [status_is, path_is, _not_rendered()]}},
+                    "body_format_override": {"json_format": body, "content_type": "application/json"},
+                }
+            )
+    return {"mappers": mappers}
+
+
+def _not_rendered() -> dict[str, Any]:
+    # metadata_filter with match_if_key_not_found=True matches requests Rungway did not answer.
+    return {
+        "metadata_filter": {
+            "matcher": {
+                "filter": META_DECISION,
+                "path": [{"key": "rendered"}],
+                "value": {"bool_match": False},
+            },
+            "match_if_key_not_found": True,
+        }
+    }
+
+
+def _json_to_metadata() -> dict[str, Any]:
+    def rule(keys: list[str], name: str, kind: str, *, sentinels: bool = False) -> dict[str, Any]:
+        r: dict[str, Any] = {
+            "selectors": [{"key": k} for k in keys],
+            "on_present": {"metadata_namespace": META_REQUEST, "key": name, "type": kind},
+        }
+        if sentinels:
+            r["on_missing"] = {"metadata_namespace": META_REQUEST, "key": name, "value": MISSING}
+            r["on_error"] = {"metadata_namespace": META_REQUEST, "key": name, "value": INVALID}
+        return r
+
+    return {
+        "name": "envoy.filters.http.json_to_metadata",
+        "typed_config": {
+            "@type": _ANY + "envoy.extensions.filters.http.json_to_metadata.v3.JsonToMetadata",
+            "request_rules": {
+                "rules": [
+                    rule(["model"], "model", "STRING", sentinels=True),
+                    rule(["stream"], "stream", "PROTOBUF_VALUE"),
+                    rule(["response_format", "type"], "response_format", "STRING"),
+                    rule(["max_tokens"], "max_tokens", "NUMBER"),
+                    rule(["max_completion_tokens"], "max_completion_tokens", "NUMBER"),
+                    rule(["stream_options", "include_usage"], "include_usage", "PROTOBUF_VALUE"),
+                ],
+                # The default allow-list is exactly "application/json"; SDKs add a charset.
+                "allow_content_types_regex": {"regex": "^application/json(;.*)?$"},
+            },
+        },
+    }
+
+
+def _grpc_service(role: str, settings: EnvoySettings) -> dict[str, Any]:
+    return {
+        "envoy_grpc": {"cluster_name": "rungway_extproc"},
+        "initial_metadata": [{"key": FILTER_ROLE_KEY, "value": role}],
+    }
+
+
+def _seconds(value: float) -> str:
+    return f"{value:.3f}s"
+
+
+def _decide_filter(settings: EnvoySettings) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "@type": _ANY + "envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor",
+        "grpc_service": _grpc_service("decide", settings),
+        "failure_mode_allow": settings.failure_mode_allow,
+        "processing_mode": {
+            "request_header_mode": "SEND",
+            "request_body_mode": "NONE",  # asked for per request, only when tools matter
+            "response_header_mode": "SKIP",
+            "response_body_mode": "NONE",
+        },
+        "allow_mode_override": True,
+        # Re-resolve the route after decide's answer (only acts when the answer also mutates
+        # headers, which decide's always does).
+        "route_cache_action": "CLEAR",
+        # x-envoy-max-retries and the per-try timeout header are Envoy headers: without this
+        # Envoy drops decide's mutation of them silently (rejected_header_mutations).
+        "mutation_rules": {"allow_envoy": True},
+        "message_timeout": _seconds(settings.message_timeout_s),
+        "metadata_options": {
+            "forwarding_namespaces": {"untyped": [META_REQUEST]},
+            "receiving_namespaces": {"untyped": [META_DECISION]},
+        },
+    }
+    if not settings.failure_mode_allow:
+        config["status_on_error"] = {"code": 503}
+    return {"name": "envoy.filters.http.ext_proc", "typed_config": config}
+
+
+def _attempt_filter(stream: bool, settings: EnvoySettings) -> dict[str, Any]:
+    mode = {
+        "request_header_mode": "SEND",
+        "request_body_mode": "BUFFERED",
+        "response_header_mode": "SEND",
+        "response_body_mode": "FULL_DUPLEX_STREAMED" if stream else "BUFFERED",
+    }
+    if stream:
+        # Required by Envoy for FULL_DUPLEX_STREAMED; lets the sidecar end a stalled stream.
+        mode["response_trailer_mode"] = "SEND"
+    return {
+        "name": "envoy.filters.http.ext_proc",
+        "typed_config": {
+            "@type": _ANY + "envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor",
+            "grpc_service": _grpc_service("attempt", settings),
+            # Fail closed: a request that reached a rung untranslated would carry the app's key
+            # to another provider.
+            "failure_mode_allow": False,
+            "status_on_error": {"code": 503},
+            "processing_mode": mode,
+            "allow_mode_override": not stream,
+            "message_timeout": _seconds(settings.message_timeout_s),
+            "max_message_timeout": "30s",
+            "request_attributes": ["xds.upstream_host_metadata", "upstream.request_attempt_count"],
+            "metadata_options": {
+                "forwarding_namespaces": {"untyped": [META_DECISION, META_TRIP]},
+                "receiving_namespaces": {"untyped": [META_TRIP]},
+            },
+            "mutation_rules": {"allow_all_routing": True, "allow_envoy": True},
+        },
+    }
+
+
+def _http_options(upstream_filters: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    options: dict[str, Any] = {
+        "@type": _ANY + "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+        "explicit_http_config": {"http_protocol_options": {}},
+    }
+    if upstream_filters is not None:
+        options["http_filters"] = upstream_filters
+    return {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": options}
+
+
+def _aggregate_cluster(ladder: str, order: tuple[int, ...], stream: bool, settings: EnvoySettings) -> dict[str, Any]:
+    return {
+        "name": cluster_name(ladder, order, stream),
+        "connect_timeout": "1s",
+        "lb_policy": "CLUSTER_PROVIDED",
+        # Retries are counted on the route's cluster, this one. Envoy's default of 3 concurrent
+        # retries turns a slow primary under load into failures (retry overflow); Rungway's
+        # own fleet-wide retry budget is the limit that matters.
+        "circuit_breakers": {
+            "thresholds": [
+                {"max_connections": 65536, "max_pending_requests": 65536, "max_requests": 65536, "max_retries": 65536}
+            ]
+        },
+        "cluster_type": {
+            "name": "envoy.clusters.aggregate",
+            "typed_config": {
+                "@type": _ANY + "envoy.extensions.clusters.aggregate.v3.ClusterConfig",
+                "clusters": [rung_cluster(ladder, i) for i in order],
+            },
+        },
+        # Upstream filters must sit on the aggregate: on the children Envoy ignores them.
+        "typed_extension_protocol_options": _http_options(
+            [
+                _attempt_filter(stream, settings),
+                {
+                    "name": "envoy.filters.http.upstream_codec",
+                    "typed_config": {"@type": _ANY + "envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec"},
+                },
+            ]
+        ),
+    }
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _provider_cluster(
+    name: str, provider: Provider, *, slots: int, metadata: dict[str, Any] | None, ejection: Ejection | None
+) -> dict[str, Any]:
+    """One child cluster; a rung with `attempts: n` lists its endpoint at n priorities, so
+    Envoy's previous_priorities retry walks the same provider n times before moving on."""
+    priorities = []
+    for slot in range(slots):
+        endpoint: dict[str, Any] = {
+            "endpoint": {"address": _addr(provider.host, provider.port), "hostname": provider.authority},
+        }
+        if metadata is not None:
+            endpoint["metadata"] = {"filter_metadata": {META_DECISION: {**metadata, "slot": slot}}}
+        priorities.append({"priority": slot, "lb_endpoints": [endpoint]})
+    cluster: dict[str, Any] = {
+        "name": name,
+        "type": "STATIC" if _is_ip(provider.host) else "STRICT_DNS",
+        "connect_timeout": _seconds(provider.connect_timeout_s),
+        "load_assignment": {"cluster_name": name, "endpoints": priorities},
+        "typed_extension_protocol_options": _http_options(),
+        "circuit_breakers": {
+            "thresholds": [
+                {"max_connections": 4096, "max_pending_requests": 4096, "max_requests": 4096, "max_retries": 1024}
+            ]
+        },
+    }
+    if ejection is not None:
+        # Envoy's passive breaker: the fast, dumb first line under Rungway's own health view.
+        cluster["outlier_detection"] = {
+            "consecutive_5xx": ejection.consecutive_5xx,
+            "interval": "1s",
+            "base_ejection_time": _seconds(ejection.base_ejection_s),
+            "max_ejection_percent": 100,
+            "consecutive_gateway_failure": ejection.consecutive_5xx,
+        }
+    if not _is_ip(provider.host):
+        cluster["dns_lookup_family"] = "V4_PREFERRED"
+    if provider.tls:
+        cluster["transport_socket"] = {
+            "name": "envoy.transport_sockets.tls",
+            "typed_config": {
+                "@type": _ANY + "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                "sni": provider.host,
+                "common_tls_context": {
+                    "validation_context": {
+                        "trusted_ca": {"filename": str(provider.ca_file or SYSTEM_CA_BUNDLE)},
+                        "match_typed_subject_alt_names": [
+                            {
+                                "san_type": "IP_ADDRESS" if _is_ip(provider.host) else "DNS",
+                                "matcher": {"exact": provider.host},
+                            }
+                        ],
+                    }
+                },
+            },
+        }
+    return cluster
+
+
+def _extproc_cluster(settings: EnvoySettings) -> dict[str, Any]:
+    return {
+        "name": "rungway_extproc",
+        "type": "STATIC",
+        "connect_timeout": "0.25s",
+        "lb_policy": "ROUND_ROBIN",
+        "per_connection_buffer_limit_bytes": EXTPROC_BUFFER_LIMIT,
+        "load_assignment": {
+            "cluster_name": "rungway_extproc",
+            "endpoints": [
+                {
+                    "lb_endpoints": [
+                        {"endpoint": {"address": _addr(settings.extproc_address, port)}}
+                        for port in settings.extproc_ports
+                    ]
+                }
+            ],
+        },
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": _ANY + "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {
+                    "http2_protocol_options": {"connection_keepalive": {"interval": "30s", "timeout": "5s"}}
+                },
+            }
+        },
+        "circuit_breakers": {
+            "thresholds": [{"max_connections": 1024, "max_pending_requests": 65536, "max_requests": 65536}]
+        },
+        # A worker that stops answering is taken out of the round robin within a second or two.
+        "health_checks": [
+            {
+                "timeout": "0.5s",
+                "interval": "1s",
+                "unhealthy_threshold": 2,
+                "healthy_threshold": 1,
+                "grpc_health_check": {},
+            }
+        ],
+    }
+
+
+def _routes(policy: Policy) -> list[dict[str, Any]]:
+    retry_policy = {
+        "retry_on": "5xx,reset,connect-failure,retriable-status-codes",
+        "retriable_status_codes": [429],
+        # Overridden per request by decide (x-envoy-max-retries): the ladder's slots, capped.
+        "num_retries": policy.max_attempts - 1,
+        "retry_priority": {
+            "name": "envoy.retry_priorities.previous_priorities",
+            "typed_config": {
+                "@type": _ANY + "envoy.extensions.retry.priority.previous_priorities.v3.PreviousPrioritiesConfig",
+                "update_frequency": 1,
+            },
+        },
+        "retry_back_off": {"base_interval": "0.01s", "max_interval": "0.1s"},
+        # A short Retry-After on a 429 is waited out before the next try; a long one is not
+        # (the attempt filter turns it into an immediate hop).
+        "rate_limited_retry_back_off": {
+            "reset_headers": [{"name": "retry-after", "format": "SECONDS"}],
+            "max_interval": _seconds(max(policy.retry_after_max_s, 0.001)),
+        },
+    }
+    routes: list[dict[str, Any]] = [
+        {
+            "name": "ladder",
+            "match": {
+                "prefix": "/",
+                "dynamic_metadata": [
+                    {"filter": META_DECISION, "path": [{"key": "routed"}], "value": {"bool_match": True}}
+                ],
+            },
+            "route": {
+                "cluster_header": CLUSTER_HEADER,
+                "timeout": _seconds(policy.route_timeout_s),
+                "auto_host_rewrite": True,
+                "retry_policy": retry_policy,
+            },
+        }
+    ]
+    for dialect, path in ((Dialect.ANTHROPIC, "/v1/messages"), (Dialect.OPENAI, "/v1/chat/completions")):
+        routes.append(
+            _fail_open_route(policy, dialect, {"path": path}, name=f"fail_open_{dialect.value}", extproc=True)
+        )
+    routes.append(
+        _fail_open_route(
+            policy, Dialect.ANTHROPIC, {"prefix": "/v1/messages/"}, name="passthrough_anthropic", extproc=False
+        )
+    )
+    routes.append(_fail_open_route(policy, Dialect.OPENAI, {"prefix": "/"}, name="passthrough", extproc=False))
+    return routes
+
+
+def _fail_open_route(
+    policy: Policy, dialect: Dialect, match: dict[str, Any], *, name: str, extproc: bool
+) -> dict[str, Any]:
+    """Where a request goes when decide did not route it: its dialect's primary, untranslated.
+
+    With extproc=True this is the landing route of chat requests (decide runs there and
+    reroutes); it is only ever served when the sidecar is down and failure_mode_allow is on.
+    Other paths (models list, token counting...) pass through without the sidecar.
+    """
+    route: dict[str, Any] = {"name": name, "match": match}
+    provider_name = policy.fail_open_provider(dialect)
+    if provider_name is None and not extproc:
+        provider_name = policy.fail_open_provider(Dialect.ANTHROPIC if dialect is Dialect.OPENAI else Dialect.OPENAI)
+    if provider_name is None:
+        message = f"no {dialect.value} provider is configured"
+        route["direct_response"] = {"status": 503, "body": {"inline_string": message}}
+    else:
+        provider = policy.providers[provider_name]
+        action: dict[str, Any] = {
+            "cluster": direct_cluster(provider_name),
+            "timeout": _seconds(policy.route_timeout_s),
+            "auto_host_rewrite": True,
+        }
+        prefix = provider.path_prefix.removesuffix("/v1")
+        if prefix:
+            # Prepend the provider's path prefix, keeping the whole client path after it.
+            action["regex_rewrite"] = {"pattern": {"regex": "^(.*)$"}, "substitution": prefix + r"\1"}
+        route["route"] = action
+    if not extproc:
+        disabled = {"@type": _ANY + "envoy.config.route.v3.FilterConfig", "disabled": True}
+        route["typed_per_filter_config"] = {
+            "envoy.filters.http.json_to_metadata": disabled,
+            "envoy.filters.http.ext_proc": disabled,
+        }
+    return route

@@ -1,0 +1,760 @@
+"""AttemptProcessor: one upstream ext_proc stream per try, driven with the messages Envoy sends."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
+
+from extproc.core import Failure, FakeClock
+from extproc.core.names import (
+    ATTEMPTS,
+    CLUSTER_HEADER,
+    DEGRADED,
+    META_DECISION,
+    META_TRIP,
+    POLICY_VERSION,
+    REASON,
+    SERVED_BY,
+    TIER,
+)
+from extproc.filters.attempt import AttemptError, AttemptProcessor
+from extproc.filters.wire import Mode, response_headers_response
+from extproc.runtime.sidecar import Sidecar
+from extproc.translate import SseParser
+from tests.builders import (
+    ANTHROPIC_ERROR_EVENT,
+    OPENAI_ERROR_EVENT,
+    PRIMARY_KEY,
+    SECONDARY_KEY,
+    anthropic_events,
+    body_of,
+    dynamic_metadata,
+    host_metadata_text,
+    immediate_headers,
+    make_policy,
+    make_sidecar,
+    openai_events,
+    policy_data,
+    removed_headers,
+    request_body,
+    request_headers,
+    response_body,
+    response_headers,
+    response_trailers,
+    sample,
+    set_headers,
+    sse,
+)
+
+CLIENT_HEADERS = {
+    ":method": "POST",
+    ":path": "/v1/chat/completions",
+    ":authority": "rungway.local",
+    "authorization": "Bearer sk-app-own-key",
+    "content-type": "application/json",
+    "content-length": "400",
+    "x-rungway-tenant": "acme",
+    CLUSTER_HEADER: "rw.main.7",
+}
+OPENAI_REQUEST: dict[str, Any] = {
+    "model": "gpt-4o",
+    "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Capital of France?"}],
+    "max_tokens": 50,
+}
+SSE = {"content-type": "text/event-stream"}
+JSON = {"content-type": "application/json"}
+
+
+def decision(**changes: Any) -> dict[str, Any]:
+    """The 'rungway' namespace as decide wrote it for a healthy OpenAI request on ladder main."""
+    return {
+        "routed": True,
+        "cluster": "rw.main.7",
+        "ladder": "main",
+        "rungs": "0,1,2",
+        "tries": 3,
+        "per_try_ms": 2000,
+        "tenant": "acme",
+        "task": "default",
+        "impact": "customer_facing",
+        "dialect": "openai",
+        "model": "gpt-4o",
+        "stream": False,
+        "usage": False,
+        "bytes": 400,
+        "policy": "unit-2026.1",
+        "skip": "",
+        **changes,
+    }
+
+
+class Try:
+    """One try on one rung: the processor plus what it answered to request headers."""
+
+    def __init__(
+        self,
+        sidecar: Sidecar,
+        *,
+        rung: int,
+        slot: int = 0,
+        attempt: int = 1,
+        trip: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+        **decided: Any,
+    ) -> None:
+        self.sidecar = sidecar
+        self.decision = decision(**decided)
+        self.processor = AttemptProcessor(sidecar)
+        metadata: dict[str, dict[str, Any]] = {META_DECISION: self.decision}
+        if trip is not None:
+            metadata[META_TRIP] = trip
+        attributes = {
+            "xds.upstream_host_metadata": host_metadata_text(self.decision["ladder"], rung, slot),
+            "upstream.request_attempt_count": attempt,
+        }
+        (self.headers_answer,) = self.processor.dispatch(
+            request_headers(headers or CLIENT_HEADERS, metadata=metadata, attributes=attributes)
+        )
+
+    def send(self, request: Any) -> list[Any]:
+        answers: list[Any] = self.processor.dispatch(request)
+        return answers
+
+    def answer_json(self, status: int, body: bytes | dict[str, Any], extra: dict[str, str] | None = None) -> Any:
+        """A buffered JSON answer: headers pass untouched, the body message is judged."""
+        assert self.send(response_headers(status, {**JSON, **(extra or {})})) == [response_headers_response()]
+        (judged,) = self.send(response_body(body))
+        assert judged.WhichOneof("response") == "response_body"
+        return judged
+
+
+def openai_answer(content: str | None = "Paris.", finish: str = "stop", tokens: int = 2) -> dict[str, Any]:
+    return {
+        "id": "chatcmpl-p",
+        "object": "chat.completion",
+        "created": 1,
+        "model": "gpt-4o-2024",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": finish}],
+        "usage": {"prompt_tokens": 9, "completion_tokens": tokens, "total_tokens": 9 + tokens},
+    }
+
+
+def anthropic_answer(text: str = "Paris.") -> dict[str, Any]:
+    return {
+        "id": "msg_p",
+        "type": "message",
+        "role": "assistant",
+        "model": "claude-3",
+        "content": [{"type": "text", "text": text}],
+        "stop_reason": "end_turn",
+        "stop_sequence": None,
+        "usage": {"input_tokens": 9, "output_tokens": 2},
+    }
+
+
+def flag_headers(headers: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in headers.items() if k.startswith("x-rungway-")}
+
+
+def flags_of(served_by: str, tier: int, degraded: bool, reason: str = "none", attempts: int = 1) -> dict[str, str]:
+    return {
+        SERVED_BY: served_by,
+        TIER: str(tier),
+        DEGRADED: "true" if degraded else "false",
+        REASON: reason,
+        POLICY_VERSION: "unit-2026.1",
+        ATTEMPTS: str(attempts),
+    }
+
+
+def sse_events(data: bytes) -> list[tuple[str | None, str]]:
+    parser = SseParser()
+    events = parser.feed(data)
+    assert parser.pending == b""
+    return [(e.event, e.data) for e in events]
+
+
+PROVIDER_SCRUB = {
+    "authorization",
+    "x-api-key",
+    "api-key",
+    "anthropic-version",
+    "anthropic-beta",
+    "openai-organization",
+    "openai-project",
+    "accept-encoding",
+    CLUSTER_HEADER,
+    "x-envoy-max-retries",
+    "x-envoy-upstream-rq-per-try-timeout-ms",
+    "x-rungway-tenant",
+    "x-rungway-task",
+    "x-rungway-impact",
+}
+
+
+# ---- request headers: credentials and scrubbing ------------------------------------------------------
+
+
+def test_openai_rung_gets_its_own_bearer_key_and_every_provider_header_is_scrubbed() -> None:
+    t = Try(make_sidecar(), rung=0)
+    answer = t.headers_answer
+    assert set_headers(answer) == {
+        ":path": "/v1/chat/completions",
+        "authorization": "Bearer " + PRIMARY_KEY,
+        "openai-project": "proj_rungway",
+    }
+    assert set(removed_headers(answer)) >= PROVIDER_SCRUB
+    assert "content-length" not in removed_headers(answer)  # the body is not rewritten
+
+
+def test_unchanged_request_body_is_not_even_sent_to_the_sidecar() -> None:
+    answer = Try(make_sidecar(), rung=0).headers_answer
+    mode = answer.mode_override
+    assert (mode.request_body_mode, mode.response_header_mode, mode.response_body_mode) == (
+        Mode.NONE,
+        Mode.SEND,
+        Mode.BUFFERED,
+    )
+
+
+def test_anthropic_rung_gets_x_api_key_and_version_and_never_the_app_key() -> None:
+    t = Try(make_sidecar(), rung=1)
+    assert set_headers(t.headers_answer) == {
+        ":path": "/v1/messages",
+        "anthropic-version": "2023-06-01",
+        "x-api-key": SECONDARY_KEY,
+    }
+    removed = removed_headers(t.headers_answer)
+    assert set(removed) >= PROVIDER_SCRUB
+    assert "content-length" in removed  # set again with the translated body
+    assert not t.headers_answer.HasField("mode_override")
+
+
+def test_anthropic_client_version_and_beta_carry_over_to_an_anthropic_rung() -> None:
+    t = Try(make_sidecar(), rung=0, ladder="claude", rungs="0,1", dialect="anthropic", av="2024-01-01", ab="tools-beta")
+    headers = set_headers(t.headers_answer)
+    assert (headers["anthropic-version"], headers["anthropic-beta"]) == ("2024-01-01", "tools-beta")
+
+
+def test_rung_without_a_key_gets_no_credential_and_loses_the_app_key() -> None:
+    t = Try(make_sidecar(), rung=2)
+    headers = set_headers(t.headers_answer)
+    assert headers == {":path": "/v1/chat/completions"}
+    assert "authorization" in removed_headers(t.headers_answer)
+
+
+def test_one_providers_extra_headers_are_scrubbed_on_every_other_rung() -> None:
+    providers = policy_data()["providers"]
+    providers["secondary"]["headers"] = {"X-Region": "eu"}
+    sidecar = make_sidecar(make_policy(providers=providers))
+    assert "x-region" in removed_headers(Try(sidecar, rung=0).headers_answer)
+    assert set_headers(Try(sidecar, rung=1).headers_answer)["x-region"] == "eu"
+
+
+def test_renamed_policy_headers_are_scrubbed_too() -> None:
+    sidecar = make_sidecar(make_policy(tenant_header="x-team"))
+    assert "x-team" in removed_headers(Try(sidecar, rung=0).headers_answer)
+
+
+def test_each_try_records_itself_in_the_trip_metadata() -> None:
+    clock = FakeClock(start=50.0)
+    t = Try(make_sidecar(clock=clock), rung=0, slot=0, attempt=1)
+    assert dynamic_metadata(t.headers_answer, META_TRIP) == {
+        "n": 1.0,
+        "t": 50_000.0,
+        "rung": 0.0,
+        "fail": "",
+        "why": "",
+    }
+
+
+def test_a_try_on_a_rung_the_policy_does_not_know_is_an_error() -> None:
+    with pytest.raises(AttemptError, match="no rung 7"):
+        Try(make_sidecar(), rung=7)
+    with pytest.raises(AttemptError, match="does not know"):
+        Try(make_sidecar(), rung=0, ladder="gone")
+
+
+# ---- request body -----------------------------------------------------------------------------------
+
+
+def test_request_body_is_translated_when_the_dialects_differ() -> None:
+    t = Try(make_sidecar(), rung=1)
+    (answer,) = t.send(request_body(OPENAI_REQUEST))
+    assert answer.WhichOneof("response") == "request_body"
+    body = body_of(answer)
+    assert body is not None
+    sent = json.loads(body)
+    assert sent["model"] == "claude-fallback"
+    assert sent["system"] in ("Be brief.", [{"type": "text", "text": "Be brief."}])
+    assert sent["messages"] == [{"role": "user", "content": "Capital of France?"}]
+    assert sent["max_tokens"] == 50
+    assert set_headers(answer) == {"content-length": str(len(body))}
+
+
+def test_same_dialect_rung_with_its_own_model_rewrites_only_the_model() -> None:
+    t = Try(make_sidecar(), rung=2)
+    (answer,) = t.send(request_body(OPENAI_REQUEST))
+    body = body_of(answer)
+    assert body is not None
+    assert json.loads(body) == {**OPENAI_REQUEST, "model": "small-model"}
+    assert set_headers(answer) == {"content-length": str(len(body))}
+
+
+def test_non_ascii_body_length_counts_bytes() -> None:
+    t = Try(make_sidecar(), rung=2)
+    (answer,) = t.send(request_body({**OPENAI_REQUEST, "messages": [{"role": "user", "content": "Übermäßig? 東京"}]}))
+    body = body_of(answer)
+    assert body is not None
+    assert set_headers(answer)["content-length"] == str(len(body))
+    assert "東京" in body.decode()
+
+
+def test_strip_tools_drops_the_tools_and_flags_the_answer_as_degraded() -> None:
+    # Decide chose only the small rung (rungs 0 and 1 are skipped for another reason, none given).
+    t = Try(make_sidecar(), rung=2, rungs="2", tries=1)
+    request = {**OPENAI_REQUEST, "tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": "auto"}
+    (answer,) = t.send(request_body(request))
+    body = body_of(answer)
+    assert body is not None
+    sent = json.loads(body)
+    assert "tools" not in sent and "tool_choice" not in sent
+    judged = t.answer_json(200, openai_answer())
+    assert flag_headers(set_headers(judged)) == flags_of("small/small-model", 2, True, "tool_mismatch")
+
+
+def test_untranslatable_request_is_a_client_error_in_the_client_dialect() -> None:
+    sidecar = make_sidecar()
+    t = Try(sidecar, rung=1)
+    (answer,) = t.send(request_body({**OPENAI_REQUEST, "n": 3}))
+    assert answer.WhichOneof("response") == "immediate_response"
+    assert answer.immediate_response.status.code == 400
+    headers = immediate_headers(answer)
+    assert headers[REASON] == "client_error"
+    error = json.loads(answer.immediate_response.body)["error"]
+    assert (error["type"], error["code"]) == ("invalid_request_error", "client_error")
+    assert (
+        sample(
+            sidecar,
+            "rungway_attempts_total",
+            ladder="main",
+            rung="1",
+            provider="secondary",
+            model="claude-fallback",
+            outcome="rejected",
+        )
+        == 1
+    )
+
+
+@pytest.mark.parametrize("body", [b"{", b"[]"])
+def test_request_body_that_is_not_a_json_object_is_rejected(body: bytes) -> None:
+    (answer,) = Try(make_sidecar(), rung=1).send(request_body(body))
+    assert answer.immediate_response.status.code == 400
+
+
+def test_stream_request_body_passes_untouched_when_nothing_changes() -> None:
+    t = Try(make_sidecar(), rung=0, stream=True)
+    assert not t.headers_answer.HasField("mode_override")  # no mode override on a streamed cluster
+    (answer,) = t.send(request_body(OPENAI_REQUEST))
+    assert answer.WhichOneof("response") == "request_body"
+    assert not answer.request_body.HasField("response")
+
+
+# ---- JSON answers -------------------------------------------------------------------------------------
+
+
+def test_valid_answer_on_the_first_rung_is_served_as_is_with_flags() -> None:
+    sidecar = make_sidecar()
+    t = Try(sidecar, rung=0)
+    judged = t.answer_json(200, openai_answer())
+    assert set_headers(judged) == flags_of("primary/gpt-4o", 0, False)
+    assert body_of(judged) is None
+    assert not judged.HasField("dynamic_metadata")
+    labels = {"ladder": "main", "rung": "0", "provider": "primary", "model": "gpt-4o"}
+    assert sample(sidecar, "rungway_attempts_total", **labels, outcome="served") == 1
+    assert (
+        sample(
+            sidecar, "rungway_served_total", tenant="acme", task="default", ladder="main", tier="0", degraded="false"
+        )
+        == 1
+    )
+
+
+def test_answer_from_an_anthropic_rung_is_translated_for_an_openai_client() -> None:
+    trip = {"n": 1, "t": 1_000_000.0, "rung": 0, "fail": "server_error", "why": "server_error"}
+    t = Try(make_sidecar(), rung=1, attempt=2, trip=trip)
+    judged = t.answer_json(200, anthropic_answer("Paris."))
+    body = body_of(judged)
+    assert body is not None
+    completion = json.loads(body)
+    assert completion["object"] == "chat.completion"
+    assert completion["model"] == "claude-fallback"
+    assert completion["choices"][0]["message"]["content"] == "Paris."
+    assert completion["choices"][0]["finish_reason"] == "stop"
+    headers = set_headers(judged)
+    assert headers["content-length"] == str(len(body))
+    assert flag_headers(headers) == flags_of("secondary/claude-fallback", 1, True, "server_error", attempts=2)
+
+
+def test_invalid_200_is_flipped_to_503_with_the_failure_in_the_trip_metadata() -> None:
+    sidecar = make_sidecar()
+    t = Try(sidecar, rung=0)
+    judged = t.answer_json(200, openai_answer(content=""))
+    headers = set_headers(judged)
+    body = body_of(judged)
+    assert body is not None
+    assert headers == {":status": "503", "content-type": "application/json", "content-length": str(len(body))}
+    assert json.loads(body)["error"]["code"] == "quality_regression"
+    assert dynamic_metadata(judged, META_TRIP) == {"fail": "quality_regression", "why": "quality_regression"}
+    labels = {"ladder": "main", "rung": "0", "provider": "primary", "model": "gpt-4o"}
+    assert sample(sidecar, "rungway_attempts_total", **labels, outcome="hop") == 1
+    assert sample(sidecar, "rungway_trips_total", **labels, reason="quality_regression") == 1
+
+
+def test_too_few_tokens_for_the_task_is_flipped_like_any_failure() -> None:
+    t = Try(make_sidecar(), rung=0, task="summarizer")
+    judged = t.answer_json(200, openai_answer(tokens=3))
+    assert set_headers(judged)[":status"] == "503"
+
+
+def test_invalid_200_on_the_last_rung_is_the_clients_answer() -> None:
+    trip = {"n": 2, "t": 1_000_000.0, "rung": 1, "fail": "server_error", "why": "timeout"}
+    t = Try(make_sidecar(), rung=2, attempt=3, trip=trip)
+    judged = t.answer_json(200, openai_answer(content=None))
+    headers = set_headers(judged)
+    assert headers[":status"] == "502"
+    assert flag_headers(headers) == flags_of("small/small-model", 2, True, "quality_regression", attempts=3)
+    body = body_of(judged)
+    assert body is not None and json.loads(body)["error"]["code"] == "quality_regression"
+    # The first failure of the request stays the reason it left tier 0.
+    assert dynamic_metadata(judged, META_TRIP) == {"fail": "quality_regression", "why": "timeout"}
+
+
+def test_headers_only_200_is_a_schema_error() -> None:
+    t = Try(make_sidecar(), rung=0)
+    (judged,) = t.send(response_headers(200, JSON, end_of_stream=True))
+    assert judged.WhichOneof("response") == "response_headers"
+    assert set_headers(judged)[":status"] == "503"
+    assert dynamic_metadata(judged, META_TRIP)["fail"] == "schema_error"
+
+
+def test_short_retry_after_429_is_kept_when_the_next_slot_is_the_same_rung() -> None:
+    sidecar = make_sidecar()
+    t = Try(sidecar, rung=0, slot=0, ladder="retry_same", rungs="0,1", tries=3)
+    error = {"error": {"message": "Rate limit reached", "type": "requests", "code": "rate_limit_exceeded"}}
+    judged = t.answer_json(429, error, {"retry-after": "1"})
+    headers = set_headers(judged)
+    assert ":status" not in headers  # Envoy sees the 429 and waits out Retry-After
+    assert body_of(judged) is None
+    assert flag_headers(headers) == flags_of("primary/gpt-4o", 0, False, "rate_limited")
+    assert dynamic_metadata(judged, META_TRIP) == {"fail": "rate_limited", "why": "rate_limited"}
+    labels = {"ladder": "retry_same", "rung": "0", "provider": "primary", "model": "gpt-4o"}
+    assert sample(sidecar, "rungway_attempts_total", **labels, outcome="wait") == 1
+
+
+def test_long_retry_after_429_hops_at_once() -> None:
+    t = Try(make_sidecar(), rung=0, slot=0, ladder="retry_same", rungs="0,1", tries=3)
+    judged = t.answer_json(429, {"error": {"message": "slow down", "type": "requests"}}, {"retry-after": "30"})
+    assert set_headers(judged)[":status"] == "503"
+
+
+def test_short_retry_after_429_hops_when_the_next_slot_is_another_rung() -> None:
+    t = Try(make_sidecar(), rung=0, slot=1, attempt=2, ladder="retry_same", rungs="0,1", tries=3)
+    judged = t.answer_json(429, {"error": {"message": "slow down", "type": "requests"}}, {"retry-after": "1"})
+    assert set_headers(judged)[":status"] == "503"
+
+
+def test_final_failure_is_rendered_in_the_clients_dialect() -> None:
+    # An Anthropic client on its last rung, an OpenAI-compatible server failing with its own body.
+    t = Try(
+        make_sidecar(),
+        rung=2,
+        attempt=3,
+        dialect="anthropic",
+        trip={"n": 2, "t": 0.0, "rung": 1, "fail": "timeout", "why": "timeout"},
+    )
+    provider_error = {"error": {"message": "model crashed", "type": "server_error", "code": None}}
+    judged = t.answer_json(500, provider_error)
+    headers = set_headers(judged)
+    assert headers[":status"] == "500"
+    assert headers[REASON] == "server_error"
+    body = body_of(judged)
+    assert body is not None
+    assert json.loads(body) == {
+        "type": "error",
+        "error": {"type": "api_error", "message": "model crashed", "rungway_reason": "server_error"},
+    }
+    assert headers["content-length"] == str(len(body))
+
+
+def test_same_dialect_final_failure_keeps_the_providers_own_body() -> None:
+    t = Try(make_sidecar(), rung=2, attempt=3)
+    judged = t.answer_json(500, {"error": {"message": "model crashed", "type": "server_error"}})
+    headers = set_headers(judged)
+    assert headers[":status"] == "500"
+    assert headers[REASON] == "server_error"
+    assert body_of(judged) is None
+
+
+def test_provider_safety_refusal_is_the_clients_answer_not_a_hop() -> None:
+    t = Try(make_sidecar(), rung=0)
+    judged = t.answer_json(200, openai_answer(content=None, finish="content_filter"))
+    headers = set_headers(judged)
+    assert ":status" not in headers
+    assert headers[REASON] == "safety_block"
+
+
+def test_client_error_from_a_provider_is_never_retried() -> None:
+    t = Try(make_sidecar(), rung=0)
+    judged = t.answer_json(400, {"error": {"message": "messages: bad role", "type": "invalid_request_error"}})
+    headers = set_headers(judged)
+    assert headers[":status"] == "400"
+    assert headers[REASON] == "client_error"
+
+
+# ---- what a try infers from the one before -----------------------------------------------------------
+
+
+def test_silent_previous_try_that_used_its_budget_timed_out() -> None:
+    clock = FakeClock(start=100.0)
+    sidecar = make_sidecar(clock=clock)
+    started_ms = clock.now() * 1000
+    clock.advance(2.1)  # per_try_ms is 2000
+    trip = {"n": 1, "t": started_ms, "rung": 0, "fail": "", "why": ""}
+    t = Try(sidecar, rung=1, attempt=2, trip=trip)
+    assert dynamic_metadata(t.headers_answer, META_TRIP)["why"] == "timeout"
+    judged = t.answer_json(200, anthropic_answer())
+    assert set_headers(judged)[REASON] == "timeout"
+
+
+def test_a_try_whose_stream_closes_unanswered_after_its_budget_is_a_timeout() -> None:
+    clock = FakeClock(start=100.0)
+    sidecar = make_sidecar(clock=clock)
+    t = Try(sidecar, rung=0)
+    clock.advance(2.1)  # per_try_ms is 2000: Envoy's per-try timer closed the stream
+    t.processor.on_close()
+    labels = {"ladder": "main", "rung": "0", "provider": "primary", "model": "gpt-4o"}
+    assert sample(sidecar, "rungway_trips_total", **labels, reason="timeout") == 1
+    endpoint = sidecar.board.endpoints["primary/gpt-4o"]
+    assert endpoint.last_trip is not None and endpoint.last_trip[1] is Failure.TIMEOUT
+
+
+def test_a_try_closed_early_without_an_answer_was_reset() -> None:
+    sidecar = make_sidecar()
+    t = Try(sidecar, rung=0)
+    t.processor.on_close()
+    labels = {"ladder": "main", "rung": "0", "provider": "primary", "model": "gpt-4o"}
+    assert sample(sidecar, "rungway_trips_total", **labels, reason="connect_error") == 1
+
+
+def test_previous_try_without_a_record_never_connected() -> None:
+    t = Try(make_sidecar(), rung=1, attempt=2)
+    assert dynamic_metadata(t.headers_answer, META_TRIP)["why"] == "connect_error"
+
+
+def test_first_try_on_a_later_rung_means_envoy_ejected_the_earlier_ones() -> None:
+    t = Try(make_sidecar(), rung=1, attempt=1)
+    assert dynamic_metadata(t.headers_answer, META_TRIP)["why"] == "server_error"
+
+
+def test_rungs_decide_skipped_give_the_reason() -> None:
+    t = Try(make_sidecar(), rung=1, attempt=1, rungs="1", skip="context_overflow")
+    assert dynamic_metadata(t.headers_answer, META_TRIP)["why"] == "context_overflow"
+
+
+# ---- streams ------------------------------------------------------------------------------------------
+
+
+def stream_try(sidecar: Sidecar | None = None, **kw: Any) -> Try:
+    kw.setdefault("rung", 0)
+    return Try(sidecar or make_sidecar(), stream=True, cluster="rw.main.7.sse", **kw)
+
+
+def test_stream_headers_are_held_until_the_first_token() -> None:
+    sidecar = make_sidecar()
+    t = stream_try(sidecar)
+    events = openai_events(["Par", "is."])
+    assert t.send(response_headers(200, SSE)) == []
+    assert t.send(response_body(sse(events[:1]), end_of_stream=False)) == []  # role only: no token yet
+    released = t.send(response_body(sse(events[1:2]), end_of_stream=False))
+    headers, first = released
+    assert headers.WhichOneof("response") == "response_headers"
+    assert set_headers(headers) == flags_of("primary/gpt-4o", 0, False)
+    assert removed_headers(headers) == ["content-length"]
+    assert body_of(first) == sse(events[:2])  # the held role chunk goes out with the first token
+    assert not first.response_body.response.body_mutation.streamed_response.end_of_stream
+    (rest,) = t.send(response_body(sse(events[2:]), end_of_stream=True))
+    assert body_of(rest) == sse(events[2:])
+    assert rest.response_body.response.body_mutation.streamed_response.end_of_stream
+    assert sample(sidecar, "rungway_streams_total", outcome="complete") == 1
+    assert t.send(response_trailers())[-1].WhichOneof("response") == "response_trailers"
+
+
+def test_stream_from_an_anthropic_rung_reaches_an_openai_client_as_chunks() -> None:
+    t = stream_try(rung=1)
+    assert t.send(response_headers(200, SSE)) == []
+    answers = t.send(response_body(sse(anthropic_events(["Paris."])), end_of_stream=True))
+    headers, body = answers
+    assert set_headers(headers)[SERVED_BY] == "secondary/claude-fallback"
+    data = body_of(body)
+    assert data is not None
+    events = sse_events(data)
+    assert events[-1] == (None, "[DONE]")
+    chunks = [json.loads(d) for _, d in events[:-1]]
+    assert {c["object"] for c in chunks} == {"chat.completion.chunk"}
+    assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"]) == "Paris."
+
+
+@pytest.mark.parametrize(
+    ("rung", "events"),
+    [(0, [*openai_events([])[:1], OPENAI_ERROR_EVENT]), (1, [*anthropic_events([])[:3], ANTHROPIC_ERROR_EVENT])],
+    ids=["openai", "anthropic"],
+)
+def test_error_event_before_the_first_token_hops_like_a_5xx(rung: int, events: list[Any]) -> None:
+    sidecar = make_sidecar()
+    t = stream_try(sidecar, rung=rung)
+    assert t.send(response_headers(200, SSE)) == []
+    headers, body = t.send(response_body(sse(events), end_of_stream=False))
+    assert set_headers(headers)[":status"] == "503"
+    assert dynamic_metadata(headers, META_TRIP)["fail"] == "server_error"
+    data = body_of(body)
+    assert data is not None and json.loads(data)["error"]["code"] == "server_error"
+    assert body.response_body.response.body_mutation.streamed_response.end_of_stream
+    assert t.send(response_body(sse(openai_events(["late"])), end_of_stream=True)) == []
+
+
+def test_error_event_before_the_first_token_on_the_last_rung_is_final() -> None:
+    t = stream_try(rung=2, attempt=3, trip={"n": 2, "t": 0.0, "rung": 1, "fail": "timeout", "why": "timeout"})
+    t.send(response_headers(200, SSE))
+    headers, _ = t.send(response_body(sse([*openai_events([])[:1], OPENAI_ERROR_EVENT])))
+    got = set_headers(headers)
+    assert got[":status"] == "503"
+    assert got[REASON] == "server_error"
+    assert got[ATTEMPTS] == "3"
+
+
+def test_stream_that_ends_before_any_token_hops() -> None:
+    t = stream_try()
+    t.send(response_headers(200, SSE))
+    headers, _ = t.send(response_body(sse(openai_events([])), end_of_stream=True))
+    assert set_headers(headers)[":status"] == "503"
+    assert dynamic_metadata(headers, META_TRIP)["fail"] == "quality_regression"
+
+
+def test_stream_cut_before_any_token_hops_as_a_server_error() -> None:
+    t = stream_try()
+    t.send(response_headers(200, SSE))
+    assert t.send(response_body(sse(openai_events([])[:1]), end_of_stream=False)) == []
+    answers = t.send(response_trailers())
+    headers = answers[0]
+    assert set_headers(headers)[":status"] == "503"
+    assert dynamic_metadata(headers, META_TRIP)["fail"] == "server_error"
+    assert answers[-1].WhichOneof("response") == "response_trailers"
+
+
+def test_json_error_answer_to_a_stream_request_is_judged_like_json() -> None:
+    t = stream_try()
+    assert t.send(response_headers(503, JSON)) == []
+    error = json.dumps({"error": {"message": "overloaded", "type": "server_error"}}).encode()
+    headers, body = t.send(response_body(error, end_of_stream=True))
+    assert set_headers(headers)[":status"] == "503"
+    data = body_of(body)
+    assert data is not None and json.loads(data)["error"]["code"] == "server_error"
+
+
+def test_json_200_to_a_stream_request_is_a_schema_error() -> None:
+    t = stream_try()
+    t.send(response_headers(200, JSON))
+    headers, _ = t.send(response_body(json.dumps(openai_answer()).encode(), end_of_stream=True))
+    assert dynamic_metadata(headers, META_TRIP)["fail"] == "schema_error"
+
+
+def test_watchdog_ends_a_stalled_stream_with_an_error_event() -> None:
+    clock = FakeClock()
+    sidecar = make_sidecar(clock=clock)
+    t = stream_try(sidecar)
+    assert t.processor.wake_at() is None  # before the first token Envoy's per-try timeout rules
+    t.send(response_headers(200, SSE))
+    assert t.processor.wake_at() is None
+    clock.advance(1.0)
+    t.send(response_body(sse(openai_events(["Par"], finish=None, usage=False, done=False)), end_of_stream=False))
+    last_chunk = clock.now()
+    assert t.processor.wake_at() == last_chunk + 15.0
+    clock.advance(15.0)
+    (tail,) = t.processor.on_wake()
+    assert tail.response_body.response.body_mutation.streamed_response.end_of_stream
+    data = body_of(tail)
+    assert data is not None
+    ((_, payload),) = sse_events(data)
+    error = json.loads(payload)["error"]
+    assert error["code"] == "stream_interrupted"
+    assert "15s" in error["message"]
+    assert t.processor.wake_at() is None
+    assert t.processor.on_wake() == []
+    assert t.send(response_body(sse(openai_events(["late"])), end_of_stream=True)) == []
+    assert sample(sidecar, "rungway_streams_total", outcome="interrupted") == 1
+    labels = {"ladder": "main", "rung": "0", "provider": "primary", "model": "gpt-4o"}
+    assert sample(sidecar, "rungway_trips_total", **labels, reason="stream_interrupted") == 1
+
+
+def test_each_chunk_resets_the_stall_timer() -> None:
+    clock = FakeClock()
+    t = stream_try(make_sidecar(clock=clock))
+    t.send(response_headers(200, SSE))
+    events = openai_events(["a", "b"], finish=None, usage=False, done=False)
+    t.send(response_body(sse(events[:2]), end_of_stream=False))
+    clock.advance(10.0)
+    t.send(response_body(sse(events[2:]), end_of_stream=False))
+    assert t.processor.wake_at() == clock.now() + 15.0
+
+
+def test_watchdog_finalises_a_finished_stream_whose_done_never_came() -> None:
+    clock = FakeClock()
+    sidecar = make_sidecar(clock=clock)
+    t = stream_try(sidecar, usage=True)
+    t.send(response_headers(200, SSE))
+    t.send(response_body(sse(openai_events(["Paris."], usage=False, done=False)), end_of_stream=False))
+    assert t.processor.wake_at() == clock.now() + 1.0  # the finish grace, not the stall timeout
+    clock.advance(1.0)
+    (tail,) = t.processor.on_wake()
+    data = body_of(tail)
+    assert data is not None
+    usage, done = sse_events(data)
+    assert json.loads(usage[1])["usage"]["prompt_tokens"] == 100  # 400 bytes / 4
+    assert done == (None, "[DONE]")
+    assert sample(sidecar, "rungway_streams_total", outcome="finalised") == 1
+
+
+def test_provider_close_after_a_cut_appends_an_error_event() -> None:
+    sidecar = make_sidecar()
+    t = stream_try(sidecar)
+    t.send(response_headers(200, SSE))
+    t.send(response_body(sse(openai_events(["Par"], finish=None, usage=False, done=False)), end_of_stream=False))
+    (tail,) = t.send(response_body(b"", end_of_stream=True))
+    data = body_of(tail)
+    assert data is not None
+    ((_, payload),) = sse_events(data)
+    assert json.loads(payload)["error"]["code"] == "stream_interrupted"
+    assert sample(sidecar, "rungway_streams_total", outcome="cut") == 1
+
+
+def test_a_cut_stream_counts_as_a_failed_try() -> None:
+    # The health board sees every outcome: a stream cut after its first token is a failed try,
+    # like one the watchdog interrupts.
+    sidecar = make_sidecar()
+    t = stream_try(sidecar)
+    t.send(response_headers(200, SSE))
+    t.send(response_body(sse(openai_events(["Par"], finish=None, usage=False, done=False)), end_of_stream=False))
+    t.send(response_body(b"", end_of_stream=True))
+    labels = {"ladder": "main", "rung": "0", "provider": "primary", "model": "gpt-4o"}
+    assert sample(sidecar, "rungway_trips_total", **labels, reason="stream_interrupted") == 1
+
+
+def test_attempt_refuses_request_trailers() -> None:
+    t = Try(make_sidecar(), rung=0)
+    with pytest.raises(ValueError, match="attempt does not process request_trailers"):
+        t.send(ep.ProcessingRequest(request_trailers=ep.HttpTrailers()))
