@@ -103,18 +103,14 @@ def make_sidecar(policy: Policy | None = None, clock: FakeClock | None = None) -
 
 
 def sample(sidecar: Sidecar, name: str, **labels: str) -> float:
-    """The current value of one counter series of the sidecar's registry (0 when absent)."""
-    counter = {
-        "rungway_decisions_total": sidecar.metrics.decisions,
-        "rungway_attempts_total": sidecar.metrics.attempts,
-        "rungway_trips_total": sidecar.metrics.trips,
-        "rungway_served_total": sidecar.metrics.served,
-        "rungway_streams_total": sidecar.metrics.streams,
-    }[name]
-    for metric in counter.collect():
-        for s in metric.samples:
-            if s.name == name and s.labels == labels:
-                return float(s.value)
+    """The current value of one counter series of the sidecar's metrics (0 when absent)."""
+    for counter in vars(sidecar.metrics).values():
+        if not hasattr(counter, "collect"):
+            continue
+        for metric in counter.collect():
+            for s in metric.samples:
+                if s.name == name and s.labels == labels:
+                    return float(s.value)
     return 0.0
 
 

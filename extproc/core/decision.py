@@ -157,7 +157,7 @@ class TripRecord:
 
     attempt: int  # 1-based, as Envoy counts
     rung: int
-    started_ms: float  # wall clock
+    started_ms: float  # monotonic ms (one host: comparable across worker processes)
     failure: Failure | None = None  # how this try failed, once its answer was judged
     first_failure: Failure | None = None  # why the request left its first rung
 

@@ -1,40 +1,40 @@
 """The upstream filter: one processor per try, on whichever rung Envoy picked for it.
 
 Per try it injects the rung's key (scrubbing whatever an earlier try left: header mutations
-leak across tries), rewrites path and body for the rung's provider, then judges the answer:
-a failure the ladder can route around is flipped to 503 so Envoy's router retries on the next
-rung of the same client request; the client's final answer is rendered in the client's dialect
-and flagged with x-rungway-* headers.
+leak across tries), rewrites path and body for the rung's provider (request), then judges the
+answer (verdict): a failure the ladder can route around is flipped to 503 so Envoy's router
+retries on the next rung of the same client request; the client's final answer is rendered in
+the client's dialect and flagged with x-rungway-* headers.
 
-JSON answers arrive BUFFERED. Streams arrive FULL_DUPLEX_STREAMED: the response headers are
-held until the first token, so an error event before it still falls back; after it, a stall is
-ended by the sidecar's own watchdog with an in-band error event.
+JSON answers arrive BUFFERED. Streams arrive FULL_DUPLEX_STREAMED (stream): the response
+headers are held until the first token, so an error event before it still falls back; after
+it, a stall is ended by the sidecar's own watchdog with an in-band error event.
+
+A try's phases are explicit (`Phase`, with a transition table like the circuit's); what the try
+changes outside itself — metrics, observations for the health board, quota signals — it returns
+as effects.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import secrets
-from typing import Any
+from enum import StrEnum
+from typing import Any, Final
 
-from ..core import CLIENT_STATUS, Capability, Dialect, Failure
-from ..core.names import CLUSTER_HEADER, META_DECISION, META_TRIP, PROBE_HEADER, endpoint_key
-from ..health.board import Observation
-from ..health.contract import Contract, judge_answer
-from ..policy import Policy, Provider, Rung, TaskClass
+from ..core import CLIENT_STATUS, Failure, Observation, QuotaSignal
+from ..core.names import META_DECISION, META_TRIP
+from ..policy import Policy
 from ..routing.quota import HEADERS as QUOTA_HEADERS
 from ..routing.quota import exhausted_until
-from ..routing.trip import Action, Position, TripRecord, after_failure, parse_retry_after, previous_failure
-from ..runtime.sidecar import Sidecar
-from ..translate import (
-    TranslationError,
-    anthropic_to_openai,
-    dump_json,
-    openai_to_anthropic,
-    render_error,
-)
-from ..translate.relay import StreamRelay, stream_failure
-from .flags import CANARY, flags
+from ..routing.trip import parse_retry_after
+from ..translate import TranslationError, dump_json, render_error, stream_failure
+from .effects import Effect, Served, StreamEnded, Tried, Tripped, TryRefused
+from .flags import flags
+from .request import TryPlan, UnsafeTryError, header_mutation, plan_try, request_schema, rewrite_body
+from .stream import StreamTry
+from .verdict import Next, Ruling, answer_flags, rule_on_answer, rule_on_failure
 from .wire import (
     Mode,
     ProcessingRequest,
@@ -54,27 +54,10 @@ from .wire import (
     with_metadata,
     with_mode,
 )
+from .worker import Worker
 
-# Headers that carry a provider's identity or a previous try's rewrite. Removed on every try.
-_SCRUB = (
-    "authorization",
-    "x-api-key",
-    "api-key",
-    "anthropic-version",
-    "anthropic-beta",
-    "anthropic-dangerous-direct-browser-access",
-    "openai-organization",
-    "openai-project",
-    "openai-beta",
-    # We must read (and may rewrite) the answer: ask for it uncompressed.
-    "accept-encoding",
-    CLUSTER_HEADER,
-    PROBE_HEADER,
-    "x-envoy-max-retries",
-    "x-envoy-upstream-rq-per-try-timeout-ms",
-)
-_ANTHROPIC_VERSION = "2023-06-01"
-_PROBE_CONTRACT = TaskClass(min_output_tokens=1)
+log = logging.getLogger("rungway.attempt")
+
 _NO_REQUEST_BODY = Mode(
     request_header_mode=Mode.SEND,
     request_body_mode=Mode.NONE,
@@ -83,57 +66,60 @@ _NO_REQUEST_BODY = Mode(
     request_trailer_mode=Mode.SKIP,
     response_trailer_mode=Mode.SKIP,
 )
-_TOOL_FIELDS = ("tools", "tool_choice", "parallel_tool_calls")
 _HEADERS_WANTED = frozenset({":status", "content-type", "retry-after"}) | QUOTA_HEADERS
-# An error answer held back while a stream request is judged: cap what we buffer of it.
-_MAX_ERROR_BODY = 256 * 1024
 
 
-class AttemptError(Exception):
-    """The try cannot be processed (e.g. Envoy routed to a rung the policy does not know)."""
+class Phase(StrEnum):
+    NEW = "new"  # nothing seen yet
+    STARTED = "started"  # request rewritten for the rung; waiting for its answer
+    BUFFERING = "buffering"  # a JSON answer's headers passed; its body is judged whole
+    HELD = "held"  # a stream answer's headers held until the first token (or a held error answer)
+    STREAMING = "streaming"  # the client has the headers; events flow
+    CLOSED = "closed"  # this try's answer is decided and ended
+    REFUSED = "refused"  # answered by the sidecar itself (never reached, or never left, the rung)
 
 
-_SCRUB_BY_POLICY: dict[int, tuple[Policy, tuple[str, ...]]] = {}
+TRANSITIONS: Final[dict[Phase, frozenset[Phase]]] = {
+    Phase.NEW: frozenset({Phase.STARTED, Phase.REFUSED}),
+    Phase.STARTED: frozenset({Phase.BUFFERING, Phase.HELD, Phase.CLOSED, Phase.REFUSED}),
+    Phase.BUFFERING: frozenset({Phase.CLOSED}),
+    Phase.HELD: frozenset({Phase.STREAMING, Phase.CLOSED}),
+    Phase.STREAMING: frozenset({Phase.CLOSED}),
+    Phase.CLOSED: frozenset(),
+    Phase.REFUSED: frozenset(),
+}
 
 
-def _scrub_list(policy: Policy) -> tuple[str, ...]:
-    """Headers every try removes: ours, plus each provider's static ones (once per policy)."""
-    cached = _SCRUB_BY_POLICY.get(id(policy))
-    if cached is not None and cached[0] is policy:
-        return cached[1]
-    extra = {name.lower() for p in policy.providers.values() for name in p.headers}
-    own = (policy.tenant_header, policy.task_header, policy.impact_header)
-    names = _SCRUB + tuple(sorted(extra - set(_SCRUB))) + own
-    if len(_SCRUB_BY_POLICY) > 16:
-        _SCRUB_BY_POLICY.clear()
-    _SCRUB_BY_POLICY[id(policy)] = (policy, names)
-    return names
+class IllegalPhase(Exception):  # noqa: N818 - mirrors the circuit's IllegalTransition
+    def __init__(self, source: Phase, target: Phase) -> None:
+        super().__init__(f"a try cannot go from {source} to {target}")
 
 
 class AttemptProcessor:
-    def __init__(self, sidecar: Sidecar) -> None:
-        self._sidecar = sidecar
-        self._policy = sidecar.policy
+    def __init__(self, worker: Worker) -> None:
+        self._worker = worker
+        self._policy: Policy = worker.policy
+        self.phase = Phase.NEW
+        self._effects: list[Effect] = []
+        self._plan: TryPlan | None = None
         self._status = 0
         self._retry_after: float | None = None
         self._request_schema: dict[str, Any] | None = None
-        self._answered_at: float | None = None
-        self._observed = False
-        self._trip_counted = False
-        self._begun = False
+        self._answered_at: float | None = None  # response headers arrived
         self._first_token_at: float | None = None
         self._tools_stripped = False
-        self._relay: StreamRelay | None = None
-        self._error_body: bytearray | None = None
-        self._pending = bytearray()
-        self._headers_sent = False
-        self._closed = False
-        self._last_chunk_at = 0.0
+        self._stream: StreamTry | None = None
+        self._observed = False
+        self._trip_counted = False
+
+    # ---- the gRPC loop's interface ---------------------------------------------------------
 
     def dispatch(self, request: ProcessingRequest) -> list[ProcessingResponse]:
         kind = request.WhichOneof("request")
         if kind == "request_headers":
             return self.request_headers(request)
+        if self.phase is Phase.REFUSED:
+            return []  # Envoy may still deliver what was in flight
         if kind == "request_body":
             return self.request_body(request)
         if kind == "response_headers":
@@ -144,202 +130,179 @@ class AttemptProcessor:
             return self.response_trailers(request)
         raise ValueError(f"attempt does not process {kind}")
 
+    def drain_effects(self) -> list[Effect]:
+        out, self._effects = self._effects, []
+        return out
+
+    def deadline(self) -> float | None:
+        """The next moment this try must act without a message from Envoy."""
+        times = [t for t in (self._wake_at(), self._slow_at()) if t is not None]
+        return min(times) if times else None
+
+    def on_deadline(self) -> list[ProcessingResponse]:
+        now = self._worker.clock.now()
+        slow_at = self._slow_at()
+        if slow_at is not None and now >= slow_at:
+            self._observe(None)  # latency so far is over the threshold: the board counts it slow
+        wake_at = self._wake_at()
+        if wake_at is not None and now >= wake_at:
+            return self._on_watchdog()
+        return []
+
+    def on_close(self) -> None:
+        """The try's gRPC stream ended. Without an answer seen, Envoy's per-try timer or a reset
+        ended it: the board learns that here, at once."""
+        plan = self._plan
+        if plan is None or self._observed or self.phase is Phase.REFUSED:
+            return
+        if plan.stream and self.phase is Phase.STREAMING:
+            failure = Failure.STREAM_INTERRUPTED
+        elif plan.decision.per_try_ms > 0 and (
+            self._worker.clock.now() - plan.started_at >= plan.decision.per_try_ms / 1000 * 0.95
+        ):
+            failure = Failure.TIMEOUT
+        else:
+            failure = Failure.CONNECT_ERROR
+        self._observe(failure)
+
     # ---- request ---------------------------------------------------------------------------
 
     def request_headers(self, request: ProcessingRequest) -> list[ProcessingResponse]:
-        policy = self._policy
-        decision = namespace(request, META_DECISION)
+        worker = self._worker
         attrs = attributes(request)
-        host = host_metadata(str(attrs.get("xds.upstream_host_metadata", "")), META_DECISION)
-        ladder = host.get("ladder")
-        rung_index = host.get("rung")
-        if not isinstance(ladder, str) or ladder not in policy.ladders or not isinstance(rung_index, float):
-            raise AttemptError(f"try routed to an endpoint the policy does not know: {host!r}")
-        rungs = policy.ladders[ladder]
-        if int(rung_index) >= len(rungs):
-            raise AttemptError(f"ladder {ladder!r} has no rung {int(rung_index)}")
-        order_text = str(decision.get("rungs", ""))
-        self._position = Position(
-            ladder=ladder,
-            rung=int(rung_index),
-            slot=int(host.get("slot", 0.0)),
-            order=tuple(int(i) for i in order_text.split(",")) if order_text else (int(rung_index),),
-            attempt=int(attrs.get("upstream.request_attempt_count", 1.0)),
-            tries=int(decision.get("tries", 1.0)),
-        )
-        self._rung: Rung = rungs[self._position.rung]
-        self._provider_name = self._rung.provider
-        self._provider: Provider = policy.providers[self._provider_name]
-        self._client = Dialect(str(decision.get("dialect", "openai")))
-        requested = str(decision.get("model", ""))
-        self._model = self._rung.model_for(requested)
-        self._stream = decision.get("stream") is True
-        self._include_usage = decision.get("usage") is True
-        self._prompt_tokens = int(decision.get("bytes", 0.0)) // 4
-        self._tenant = str(decision.get("tenant", policy.default_tenant))
-        self._task = str(decision.get("task", policy.default_task))
-        self._probe = decision.get("probe") is True
-        self._canary = decision.get("canary") is True
-        self._response_format = str(decision.get("rf", ""))
-        self._key = endpoint_key(self._provider_name, self._model)
-        self._per_try_s = float(decision.get("per_try_ms", 0.0)) / 1000
-
-        self._started_at = self._sidecar.clock.now()
-        self._begun = True
-        now_ms = self._started_at * 1000
-        record = TripRecord.from_meta(namespace(request, META_TRIP))
-        previous = previous_failure(record, self._position.attempt, now_ms, self._per_try_s * 1000)
-        skip = decision.get("skip")
-        self._why: Failure | None = record.first_failure or previous or _failure_or_none(skip)
-        if self._why is None and self._position.rung != self._position.order[0]:
-            # Envoy skipped the rungs before this one without trying them: its outlier
-            # detection ejected them after consecutive 5xx answers.
-            self._why = Failure.SERVER_ERROR
-
-        self._translate = self._client.wire is not self._provider.dialect.wire
-        may_strip = self._rung.strip_tools and Capability.TOOLS not in self._provider.capabilities
-        self._rewrite = self._translate or self._model != requested or may_strip
-        # The request's own JSON schema is in its body: read it to hold the answer to it.
-        self._read_schema = (
-            not self._stream and self._response_format == "json_schema" and self._contract_task().use_request_schema
-        )
-        self._needs_body = self._rewrite or self._read_schema
-
-        set_headers = {":path": self._provider.chat_path(), **self._credential_headers(decision)}
-        remove = list(_scrub_list(policy))
-        if self._needs_body:
-            remove.append("content-length")  # set again with the rewritten body
+        try:
+            plan = plan_try(
+                self._policy,
+                namespace(request, META_DECISION),
+                host_metadata(str(attrs.get("xds.upstream_host_metadata", "")), META_DECISION),
+                int(attrs.get("upstream.request_attempt_count", 1.0)),
+                namespace(request, META_TRIP),
+                now=worker.clock.now(),
+            )
+        except UnsafeTryError as exc:
+            return [self._refuse_try(exc)]
+        self._plan = plan
+        self._move(Phase.STARTED)
+        set_headers, remove = header_mutation(plan, self._policy, worker.key_for(plan.provider_name))
         response = with_metadata(
-            request_headers_response(common(set_headers, remove)),
-            META_TRIP,
-            {
-                "n": self._position.attempt,
-                "t": now_ms,
-                "rung": self._position.rung,
-                "fail": "",
-                "why": self._why.value if self._why else "",
-            },
+            request_headers_response(common(set_headers, remove)), META_TRIP, plan.record().encode()
         )
-        if not self._needs_body and not self._stream:
+        if not plan.needs_body and not plan.stream:
             with_mode(response, _NO_REQUEST_BODY)
         return [response]
 
-    def _credential_headers(self, decision: dict[str, str | float | bool]) -> dict[str, str]:
-        provider = self._provider
-        key = self._sidecar.keys.get(self._provider_name)
-        headers: dict[str, str] = {}
-        if provider.dialect.wire is Dialect.ANTHROPIC:
-            # An Anthropic client's own API version and betas carry over to Anthropic rungs.
-            headers["anthropic-version"] = str(decision.get("av") or _ANTHROPIC_VERSION)
-            if decision.get("ab"):
-                headers["anthropic-beta"] = str(decision["ab"])
-            if key is not None:
-                headers["x-api-key"] = key.get_secret_value()
-        elif key is not None:
-            headers["authorization"] = "Bearer " + key.get_secret_value()
-        headers.update({k.lower(): v for k, v in provider.headers.items()})
-        return headers
-
     def request_body(self, request: ProcessingRequest) -> list[ProcessingResponse]:
-        if not self._needs_body:
+        plan = self._started()
+        if not plan.needs_body:
             return [request_body_response()]
         try:
             body = json.loads(request.request_body.body)
             if not isinstance(body, dict):
                 raise TranslationError("the request body must be a JSON object")
-            if self._read_schema:
-                self._request_schema = _request_schema(body)
-            if not self._rewrite:
+            if plan.read_schema:
+                self._request_schema = request_schema(body)
+            if not plan.rewrite:
                 return [request_body_response()]
-            body = self._rewrite_request(body)
+            body, self._tools_stripped = rewrite_body(plan, body)
         except (ValueError, TranslationError) as exc:
             message = exc.message if isinstance(exc, TranslationError) else "the request body is not valid JSON"
             return [self._reject(Failure.CLIENT_ERROR, message)]
         data = dump_json(body)
         return [request_body_response(common({"content-length": str(len(data))}, body=data))]
 
-    def _rewrite_request(self, body: dict[str, Any]) -> dict[str, Any]:
-        if self._rung.strip_tools and Capability.TOOLS not in self._provider.capabilities and body.get("tools"):
-            body = {k: v for k, v in body.items() if k not in _TOOL_FIELDS}
-            self._tools_stripped = True
-        if not self._translate:
-            body["model"] = self._model
-            return body
-        if self._client.wire is Dialect.OPENAI:
-            return openai_to_anthropic.request(body, self._model)
-        return anthropic_to_openai.request(body, self._model)
+    def _refuse_try(self, exc: UnsafeTryError) -> ProcessingResponse:
+        """Served safely or not at all: a clean 503 in the client's dialect, never retried."""
+        self._move(Phase.REFUSED)
+        log.warning("try refused (%s): %s", exc.reason, exc.detail)
+        self._effects.append(TryRefused(exc.reason, exc.detail))
+        failure = Failure.SERVER_ERROR
+        message = "Rungway could not route this try safely; retry the request"
+        headers = {
+            "content-type": "application/json",
+            **flags(
+                served_by="rungway",
+                tier=None,
+                degraded=False,
+                reason=failure,
+                policy_version=self._policy.version,
+                attempts=0,
+            ),
+        }
+        return immediate(503, headers, render_error(exc.client.value, failure, message))
 
     def _reject(self, failure: Failure, message: str) -> ProcessingResponse:
         """A client error found while rewriting: answered now, never retried."""
-        self._count_attempt("rejected")
-        headers = {"content-type": "application/json", **self._flags(failure, final=True)}
-        return immediate(CLIENT_STATUS[failure], headers, render_error(self._client.wire.value, failure, message))
+        plan = self._started()
+        self._move(Phase.REFUSED)
+        self._count("rejected")
+        headers = {"content-type": "application/json", **self._flags(failure)}
+        return immediate(CLIENT_STATUS[failure], headers, plan.pair.error(failure, message))
 
     # ---- response --------------------------------------------------------------------------
 
     def response_headers(self, request: ProcessingRequest) -> list[ProcessingResponse]:
+        plan = self._started()
+        worker = self._worker
         headers = header_map(request.response_headers, _HEADERS_WANTED)
-        self._answered_at = self._sidecar.clock.now()
+        self._answered_at = worker.clock.now()
         self._status = int(headers.get(":status", "0") or 0)
-        wall = self._sidecar.clock.wall()
+        wall = worker.clock.wall()
         self._retry_after = parse_retry_after(headers.get("retry-after"), wall)
         until = exhausted_until(headers, wall, self._policy.health.quota_floor_requests)
         if self._status == 429:
             until = max(until or 0.0, wall + (self._retry_after if self._retry_after is not None else 1.0))
         if until is not None:
-            self._sidecar.report_quota(self._key, until)
+            self._effects.append(QuotaSignal(plan.key, until))
         end_of_stream = request.response_headers.end_of_stream
-        if not self._stream:
+        if not plan.stream:
             if end_of_stream:
                 return [self._judge_json(b"", headers_phase=True)]
+            self._move(Phase.BUFFERING)
             return [response_headers_response()]
         # Streams: hold the headers until we know what the answer is.
-        is_sse = "text/event-stream" in headers.get("content-type", "")
-        if self._status == 200 and is_sse:
-            self._relay = StreamRelay(
-                self._client,
-                self._provider.dialect,
-                model=self._model,
-                stream_id=("msg_rw" if self._client.wire is Dialect.ANTHROPIC else "chatcmpl-rw")
-                + secrets.token_hex(12),
-                created=int(self._sidecar.clock.wall()),
-                include_usage=self._include_usage,
-                prompt_tokens=self._prompt_tokens,
+        self._move(Phase.HELD)
+        now = worker.clock.now()
+        if self._status == 200 and "text/event-stream" in headers.get("content-type", ""):
+            relay = plan.pair.relay(
+                model=plan.model,
+                stream_id=plan.pair.stream_id(secrets.token_hex(12)),
+                created=int(wall),
+                include_usage=plan.decision.include_usage,
+                prompt_tokens=plan.prompt_tokens,
             )
-            self._last_chunk_at = self._sidecar.clock.now()
+            self._stream = StreamTry.of_events(relay, now)
         else:
-            self._error_body = bytearray()
+            self._stream = StreamTry.of_error(now)
         if end_of_stream:
             return self._end_of_held_stream()
         return []
 
     def response_body(self, request: ProcessingRequest) -> list[ProcessingResponse]:
+        plan = self._started()
         chunk = request.response_body.body
         end_of_stream = request.response_body.end_of_stream
-        if not self._stream:
+        if not plan.stream:
             return [self._judge_json(chunk, headers_phase=False)]
-        if self._closed:
+        if self.phase is Phase.CLOSED:
             return []
-        if self._error_body is not None:
-            if len(self._error_body) < _MAX_ERROR_BODY:
-                self._error_body += chunk[: _MAX_ERROR_BODY - len(self._error_body)]
+        stream = self._stream
+        assert stream is not None
+        if stream.error_body is not None:
+            stream.hold_error(chunk)
             return self._end_of_held_stream() if end_of_stream else []
-        relay = self._relay
+        relay = stream.relay
         assert relay is not None
-        self._last_chunk_at = self._sidecar.clock.now()
+        stream.last_chunk_at = self._worker.clock.now()
         out = relay.feed(chunk)
         if not relay.started:
             if relay.error is not None:
-                return self._stream_failed_before_start(stream_failure(relay.error, started=False), relay.error.message)
-            self._pending += out
-            if end_of_stream:
-                return self._end_of_held_stream()
-            return []
+                return self._failed_before_first_token(stream_failure(relay.error, started=False), relay.error.message)
+            stream.pending += out
+            return self._end_of_held_stream() if end_of_stream else []
         answers: list[ProcessingResponse] = []
-        if not self._headers_sent:
+        if self.phase is Phase.HELD:
             answers.append(self._release_headers())
-            out = bytes(self._pending) + out
-            self._pending.clear()
+            out = stream.take_pending() + out
         if end_of_stream or relay.closed:
             answers.append(streamed(out + self._finish_stream(), True))
         elif out:
@@ -348,52 +311,47 @@ class AttemptProcessor:
 
     def response_trailers(self, request: ProcessingRequest) -> list[ProcessingResponse]:
         answers: list[ProcessingResponse] = []
-        if self._stream and not self._closed:
-            if self._relay is not None and self._relay.started:
-                if not self._headers_sent:
+        plan = self._started()
+        stream = self._stream
+        if plan.stream and stream is not None and self.phase is not Phase.CLOSED:
+            if stream.relay is not None and stream.relay.started:
+                if self.phase is Phase.HELD:
                     answers.append(self._release_headers())
-                answers.append(streamed(bytes(self._pending) + self._finish_stream(), True))
+                answers.append(streamed(stream.take_pending() + self._finish_stream(), True))
             else:
                 answers.extend(self._end_of_held_stream())
         answers.append(trailers_response())
         return answers
 
-    # ---- stream timers -----------------------------------------------------------------------
+    # ---- timers ------------------------------------------------------------------------------
 
-    def wake_at(self) -> float | None:
-        relay = self._relay
-        if relay is None or self._closed or not relay.started:
-            return None  # before the first token, Envoy's per-try timeout is the budget
-        wait = self._policy.stream_finish_grace_s if relay.finished else self._policy.stream_stall_s
-        return self._last_chunk_at + wait
+    def _wake_at(self) -> float | None:
+        if self._stream is None or self.phase is Phase.CLOSED:
+            return None
+        return self._stream.wake_at(self._policy)
 
-    def alarm(self) -> float | None:
+    def _slow_at(self) -> float | None:
         """While no answer has come: when this try becomes a slow call (over slow_call_factor
         times the endpoint's baseline). Slow calls in flight move the circuit before they end,
         which matters when a brownout makes them end only at the per-try timeout."""
-        if self._observed or self._answered_at is not None or not self._begun or not self._policy.health.enabled:
+        plan = self._plan
+        if plan is None or self._observed or self._answered_at is not None or not self._policy.health.enabled:
             return None
-        board = self._sidecar.board
-        endpoint = board.endpoints.get(self._key)
-        baseline = board.baseline(endpoint, self._stream) if endpoint is not None else None
+        baseline = self._worker.baseline(plan.key, plan.stream)
         if baseline is None:
             return None
-        return self._started_at + baseline * self._policy.health.circuit.slow_call_factor
+        return plan.started_at + baseline * self._policy.health.circuit.slow_call_factor
 
-    def on_alarm(self) -> None:
-        if not self._observed and self._answered_at is None:
-            self._observe(None)  # latency so far is over the threshold: the board counts it slow
-
-    def on_wake(self) -> list[ProcessingResponse]:
-        relay = self._relay
-        if relay is None or self._closed:
-            return []
-        answers = [] if self._headers_sent else [self._release_headers()]
+    def _on_watchdog(self) -> list[ProcessingResponse]:
+        stream = self._stream
+        assert stream is not None and stream.relay is not None
+        relay = stream.relay
+        answers = [self._release_headers()] if self.phase is Phase.HELD else []
         if relay.finished:
-            tail = bytes(self._pending) + relay.finalise()
+            tail = stream.take_pending() + relay.finalise()
             self._close_stream("finalised")
         else:
-            tail = bytes(self._pending) + relay.interrupt(
+            tail = stream.take_pending() + relay.interrupt(
                 f"the provider stopped sending for {self._policy.stream_stall_s:g}s after the answer had started"
             )
             self._close_stream("interrupted")
@@ -404,127 +362,98 @@ class AttemptProcessor:
     # ---- judging -----------------------------------------------------------------------------
 
     def _judge_json(self, body: bytes, *, headers_phase: bool) -> ProcessingResponse:
-        set_headers, new_body, trip = self._outcome(body)
+        ruling = self._rule_on_answer(body)
+        self._move(Phase.CLOSED)
         if headers_phase:  # an answer without a body: nothing to replace
-            response = response_headers_response(common(set_headers))
+            response = response_headers_response(common(ruling.set_headers))
         else:
-            response = response_body_response(common(set_headers, body=new_body))
-        return with_metadata(response, META_TRIP, trip) if trip is not None else response
+            response = response_body_response(common(ruling.set_headers, body=ruling.body))
+        return with_metadata(response, META_TRIP, ruling.record.encode()) if ruling.record is not None else response
 
-    def _outcome(self, body: bytes) -> tuple[dict[str, str], bytes | None, dict[str, str] | None]:
-        """A whole answer → the headers to set, the body to replace it with (None: keep it),
-        and the trip record for the next try (None: served)."""
-        status = self._status
-        contract = Contract(
-            self._contract_task(),
+    def _rule_on_answer(self, body: bytes) -> Ruling:
+        plan = self._started()
+        ruling = rule_on_answer(
+            plan,
+            self._policy,
+            self._status,
+            body,
+            retry_after_s=self._retry_after,
             request_schema=self._request_schema,
-            json_mode=self._response_format in ("json_object", "json_schema"),
+            tools_stripped=self._tools_stripped,
+            created=int(self._worker.clock.wall()),
         )
-        judged = judge_answer(self._provider.dialect, status, body, contract)
-        failure, detail = judged.failure, judged.detail
-        served = 200 <= status < 300 and (
-            failure is None or (failure is Failure.SAFETY_BLOCK and not self._policy.hop_on_safety_block)
-        )
-        if served:
-            # A provider's refusal is an answer too: propagated as the client's answer.
-            new_body = self._translate_answer(judged.parsed) if self._translate else None
-            if self._translate and new_body is None:
-                failure, detail = Failure.SCHEMA_ERROR, "the provider's answer cannot be expressed in the client's API"
-            else:
-                set_headers = self._flags(failure, final=True)
-                if new_body is not None:
-                    set_headers["content-length"] = str(len(new_body))
-                self._count_served(failure)
-                self._observe(failure, _output_tokens(judged.parsed))
-                return set_headers, new_body, None
-        assert failure is not None
-        action = after_failure(self._policy, self._position, failure, self._retry_after)
-        self._observe(failure)
-        trip = {"fail": failure.value, "why": (self._why or failure).value}
-        if action is Action.WAIT:
-            self._count_attempt("wait")
-            return self._flags(failure, final=False), None, trip
-        err = render_error(self._client.wire.value, failure, detail)
-        error_headers = {"content-type": "application/json", "content-length": str(len(err))}
-        if action is Action.HOP:
-            self._count_attempt("hop")
-            return {":status": "503", **error_headers}, err, trip
-        # FINAL: the client's answer is this failure, in its own dialect.
-        self._count_attempt("failed")
-        set_headers = self._flags(failure, final=True)
-        provider_error = not 200 <= status < 300
-        set_headers[":status"] = str(status if provider_error else CLIENT_STATUS[failure])
-        if provider_error and not self._translate and body:
-            return set_headers, None, trip  # already the client's dialect
-        return {**set_headers, **error_headers}, err, trip
+        self._apply(ruling)
+        return ruling
 
-    def _contract_task(self) -> TaskClass:
-        if self._probe:
-            return _PROBE_CONTRACT  # a probe asks for a word or two: only "answered sensibly" counts
-        return self._policy.tasks.get(self._task) or self._policy.tasks[self._policy.default_task]
-
-    def _translate_answer(self, parsed: Any) -> bytes | None:
-        try:
-            if self._client.wire is Dialect.OPENAI:
-                out = openai_to_anthropic.response(parsed, self._model, created=int(self._sidecar.clock.wall()))
-            else:
-                out = anthropic_to_openai.response(parsed, self._model)
-        except TranslationError:
-            return None
-        return dump_json(out)
+    def _apply(self, ruling: Ruling) -> None:
+        """Count and report a ruling."""
+        if ruling.next is Next.SERVED:
+            self._count_served()
+            self._observe(ruling.failure, ruling.output_tokens)
+            return
+        self._count(ruling.next.value)
+        self._observe(ruling.failure)
 
     def _end_of_held_stream(self) -> list[ProcessingResponse]:
         """The provider's response ended while its headers were still held."""
-        if self._error_body is not None:
-            body = bytes(self._error_body)
-            self._error_body = None
+        stream = self._stream
+        assert stream is not None
+        if stream.error_body is not None:
+            body = bytes(stream.error_body)
+            stream.error_body = None
             if 200 <= self._status < 300:
                 # A JSON answer to a stream request is not what the client can read.
-                return self._stream_failed_before_start(
+                return self._failed_before_first_token(
                     Failure.SCHEMA_ERROR, "the provider answered a stream request without a stream"
                 )
-            set_headers, new_body, trip = self._outcome(body)
-            self._closed = True
-            headers = response_headers_response(common(set_headers))
-            if trip is not None:
-                headers = with_metadata(headers, META_TRIP, trip)
-            return [headers, streamed(body if new_body is None else new_body, True)]
-        relay = self._relay
+            ruling = self._rule_on_answer(body)
+            self._move(Phase.CLOSED)
+            headers = response_headers_response(common(ruling.set_headers))
+            if ruling.record is not None:
+                headers = with_metadata(headers, META_TRIP, ruling.record.encode())
+            return [headers, streamed(body if ruling.body is None else ruling.body, True)]
+        relay = stream.relay
         assert relay is not None
         if relay.finished:
-            return self._stream_failed_before_start(
+            return self._failed_before_first_token(
                 Failure.QUALITY_REGRESSION, "the stream finished without any content"
             )
-        return self._stream_failed_before_start(Failure.SERVER_ERROR, "the stream ended before its first token")
+        return self._failed_before_first_token(Failure.SERVER_ERROR, "the stream ended before its first token")
 
-    def _stream_failed_before_start(self, failure: Failure, detail: str) -> list[ProcessingResponse]:
-        self._closed = True
-        action = after_failure(self._policy, self._position, failure, self._retry_after)
-        self._observe(failure)
-        trip = {"fail": failure.value, "why": (self._why or failure).value}
-        err = render_error(self._client.wire.value, failure, detail)
-        if action is Action.FINAL:
-            self._count_attempt("failed")
-            set_headers = {**self._flags(failure, final=True), ":status": str(CLIENT_STATUS[failure])}
-        else:
-            self._count_attempt("hop")
-            set_headers = {":status": "503"}
-        set_headers.update({"content-type": "application/json", "content-length": str(len(err))})
-        headers = with_metadata(response_headers_response(common(set_headers)), META_TRIP, trip)
-        return [headers, streamed(err, True)]
+    def _failed_before_first_token(self, failure: Failure, detail: str) -> list[ProcessingResponse]:
+        plan = self._started()
+        ruling = rule_on_failure(
+            plan,
+            self._policy,
+            failure,
+            detail,
+            status=None,
+            provider_body=b"",
+            retry_after_s=self._retry_after,
+            tools_stripped=self._tools_stripped,
+            can_wait=False,
+        )
+        self._apply(ruling)
+        self._move(Phase.CLOSED)
+        assert ruling.record is not None and ruling.body is not None
+        headers = with_metadata(
+            response_headers_response(common(ruling.set_headers)), META_TRIP, ruling.record.encode()
+        )
+        return [headers, streamed(ruling.body, True)]
 
     def _release_headers(self) -> ProcessingResponse:
-        self._headers_sent = True
-        self._first_token_at = self._sidecar.clock.now()
-        self._count_served(None)
+        self._move(Phase.STREAMING)
+        self._first_token_at = self._worker.clock.now()
+        self._count_served()
         # The body is rewritten event by event: its length is not the provider's.
-        return response_headers_response(common(self._flags(None, final=True), remove=("content-length",)))
+        return response_headers_response(common(self._flags(None), remove=("content-length",)))
 
     def _finish_stream(self) -> bytes:
         """The provider's stream ended after the first token: the client's tail, and the count
         (a stream that did not end properly is a failed try for the health view)."""
-        relay = self._relay
-        assert relay is not None
+        stream = self._stream
+        assert stream is not None and stream.relay is not None
+        relay = stream.relay
         done, finished, error = relay.done, relay.finished, relay.error
         tail = relay.finish()
         if done:
@@ -540,105 +469,68 @@ class AttemptProcessor:
         return tail
 
     def _close_stream(self, outcome: str) -> None:
-        self._closed = True
-        self._pending.clear()
-        self._sidecar.metrics.streams.labels(outcome).inc()
-        if outcome in ("complete", "finalised") and self._relay is not None:
-            self._observe(None, self._relay.output_units)
+        self._move(Phase.CLOSED)
+        stream = self._stream
+        assert stream is not None
+        stream.pending.clear()
+        self._effects.append(StreamEnded(outcome))
+        if outcome in ("complete", "finalised") and stream.relay is not None:
+            self._observe(None, stream.relay.output_units)
 
-    # ---- flags and counting ------------------------------------------------------------------
+    # ---- state, flags and effects -------------------------------------------------------------
 
-    def _flags(self, failure: Failure | None, *, final: bool) -> dict[str, str]:
-        degraded = self._position.rung != 0 or self._tools_stripped
-        reason: Failure | str | None = failure if failure is not None else (self._why if degraded else None)
-        if reason is None and self._canary and degraded:
-            reason = CANARY
-        if self._tools_stripped and reason is None:
-            reason = Failure.TOOL_MISMATCH
-        return flags(
-            served_by=f"{self._provider_name}/{self._model}",
-            tier=self._policy.tier_of(self._position.ladder, self._position.rung),
-            degraded=degraded,
-            reason=reason,
-            policy_version=self._policy.version,
-            attempts=self._position.attempt,
-        )
+    def _move(self, target: Phase) -> None:
+        if target not in TRANSITIONS[self.phase]:
+            raise IllegalPhase(self.phase, target)
+        self.phase = target
 
-    def _rung_labels(self) -> tuple[str, str, str, str]:
-        return (self._position.ladder, str(self._position.rung), self._provider_name, self._model)
+    def _started(self) -> TryPlan:
+        if self._plan is None:
+            raise ValueError(f"attempt got a message before its request headers (phase {self.phase})")
+        return self._plan
 
-    def _count_attempt(self, outcome: str) -> None:
-        self._sidecar.metrics.attempts.labels(*self._rung_labels(), outcome).inc()
+    def _flags(self, failure: Failure | None) -> dict[str, str]:
+        return answer_flags(self._started(), self._policy, failure, tools_stripped=self._tools_stripped)
+
+    def _rung_labels(self) -> tuple[str, int, str, str]:
+        plan = self._started()
+        return (plan.position.ladder, plan.position.rung, plan.provider_name, plan.model)
+
+    def _count(self, outcome: str) -> None:
+        self._effects.append(Tried(*self._rung_labels(), outcome))
+
+    def _count_served(self) -> None:
+        plan = self._started()
+        self._count("served")
+        degraded = plan.position.rung != 0 or self._tools_stripped
+        tier = self._policy.tier_of(plan.position.ladder, plan.position.rung)
+        self._effects.append(Served(plan.decision.tenant, plan.decision.task, plan.position.ladder, tier, degraded))
 
     def _observe(self, failure: Failure | None, tokens: int | None = None) -> None:
         """Report this try to the health board, once; a failed try is also a counted trip."""
         if failure is not None and not self._trip_counted:
             self._trip_counted = True
-            self._sidecar.metrics.trips.labels(*self._rung_labels(), failure.value).inc()
+            self._effects.append(Tripped(*self._rung_labels(), failure))
         if self._observed:
             return  # e.g. already reported as a slow call in flight
         self._observed = True
-        clock = self._sidecar.clock
-        answered = self._first_token_at if self._stream else self._answered_at
+        plan = self._started()
+        clock = self._worker.clock
+        answered = self._first_token_at if plan.stream else self._answered_at
         if answered is None:
             answered = clock.now()
-        self._sidecar.observe(
+        self._effects.append(
             Observation(
-                key=self._key,
+                key=plan.key,
                 at=clock.wall(),
                 failure=failure,
-                latency_s=answered - self._started_at,
+                latency_s=answered - plan.started_at,
                 output_tokens=tokens,
-                task=self._task,
-                stream=self._stream,
-                attempt=self._position.attempt,
-                probe=self._probe,
-                ladder=self._position.ladder,
-                rung=self._position.rung,
+                task=plan.decision.task,
+                stream=plan.stream,
+                attempt=plan.position.attempt,
+                probe=plan.decision.probe,
+                ladder=plan.position.ladder,
+                rung=plan.position.rung,
             )
         )
-
-    def on_close(self) -> None:
-        """The try's stream ended. Without an answer seen, Envoy's per-try timer or a reset
-        ended it: the board learns that here, at once."""
-        if not self._begun or self._observed:
-            return
-        if self._stream and self._headers_sent:
-            failure = Failure.STREAM_INTERRUPTED
-        elif self._per_try_s > 0 and self._sidecar.clock.now() - self._started_at >= self._per_try_s * 0.95:
-            failure = Failure.TIMEOUT
-        else:
-            failure = Failure.CONNECT_ERROR
-        self._observe(failure)
-
-    def _count_served(self, failure: Failure | None) -> None:
-        self._count_attempt("served")
-        degraded = self._position.rung != 0 or self._tools_stripped
-        tier = str(self._policy.tier_of(self._position.ladder, self._position.rung))
-        metrics = self._sidecar.metrics
-        metrics.served.labels(
-            metrics.tenant(self._tenant), self._task, self._position.ladder, tier, str(degraded).lower()
-        ).inc()
-
-
-def _failure_or_none(value: object) -> Failure | None:
-    try:
-        return Failure(value) if isinstance(value, str) and value else None
-    except ValueError:
-        return None
-
-
-def _request_schema(body: dict[str, Any]) -> dict[str, Any] | None:
-    """The JSON schema an OpenAI request asked for in response_format, if any."""
-    fmt = body.get("response_format")
-    spec = fmt.get("json_schema") if isinstance(fmt, dict) else None
-    schema = spec.get("schema") if isinstance(spec, dict) else None
-    return schema if isinstance(schema, dict) else None
-
-
-def _output_tokens(parsed: Any) -> int | None:
-    usage = parsed.get("usage") if isinstance(parsed, dict) else None
-    if not isinstance(usage, dict):
-        return None
-    tokens = usage.get("completion_tokens", usage.get("output_tokens"))
-    return tokens if isinstance(tokens, int) and not isinstance(tokens, bool) else None

@@ -11,8 +11,9 @@ import json
 import secrets
 from dataclasses import replace
 
-from ..core import CLIENT_STATUS, Dialect, Failure, Impact
+from ..core import CLIENT_STATUS, Decision, Dialect, Failure, Impact, Refused
 from ..core.names import (
+    ANTHROPIC_MESSAGES_PATH,
     CLUSTER_HEADER,
     INVALID,
     META_DECISION,
@@ -23,8 +24,8 @@ from ..core.names import (
     endpoint_key,
 )
 from ..routing.ladder import NeedBody, Refusal, RequestFeatures, Route, choose, reroute
-from ..runtime.sidecar import Sidecar
 from ..translate import render_error
+from .effects import Decided, Effect, HalfOpenAdmitted, RequestCounted
 from .flags import flags
 from .wire import (
     Mode,
@@ -39,8 +40,8 @@ from .wire import (
     with_metadata,
     with_mode,
 )
+from .worker import Worker
 
-ANTHROPIC_PATH = "/v1/messages"
 _ASK_FOR_BODY = Mode(
     request_header_mode=Mode.SEND,
     request_body_mode=Mode.BUFFERED,
@@ -53,9 +54,10 @@ _IMPACTS = {i.value: i for i in Impact}
 
 
 class DecideProcessor:
-    def __init__(self, sidecar: Sidecar) -> None:
-        self._sidecar = sidecar
-        self._policy = sidecar.policy
+    def __init__(self, worker: Worker) -> None:
+        self._worker = worker
+        self._policy = worker.policy
+        self._effects: list[Effect] = []
         self._features: RequestFeatures | None = None
         self._dialect = Dialect.OPENAI
         self._include_usage = False
@@ -70,19 +72,17 @@ class DecideProcessor:
             return [self.request_body(request)]
         raise ValueError(f"decide does not process {kind}")
 
-    def wake_at(self) -> float | None:
-        return None
+    def drain_effects(self) -> list[Effect]:
+        out, self._effects = self._effects, []
+        return out
 
-    def on_wake(self) -> list[ProcessingResponse]:
+    def deadline(self) -> float | None:
+        return None  # decide answers every message at once
+
+    def on_deadline(self) -> list[ProcessingResponse]:
         return []
 
     def on_close(self) -> None:
-        pass
-
-    def alarm(self) -> float | None:
-        return None
-
-    def on_alarm(self) -> None:
         pass
 
     def request_headers(self, request: ProcessingRequest) -> ProcessingResponse:
@@ -101,7 +101,7 @@ class DecideProcessor:
         )
         headers = header_map(request.request_headers, wanted)
         path = headers.get(":path", "").split("?", 1)[0]
-        self._dialect = Dialect.ANTHROPIC if path == ANTHROPIC_PATH else Dialect.OPENAI
+        self._dialect = Dialect.ANTHROPIC if path == ANTHROPIC_MESSAGES_PATH else Dialect.OPENAI
         fields = namespace(request, META_REQUEST)
         model = fields.get("model")
         if model == INVALID:
@@ -127,11 +127,7 @@ class DecideProcessor:
         self._include_usage = fields.get("include_usage") is True
         # An Anthropic client's API version and betas, for rungs that speak Anthropic too
         # (the attempt filter scrubs provider headers on every try).
-        self._anthropic = {
-            key: headers[name]
-            for key, name in (("av", "anthropic-version"), ("ab", "anthropic-beta"))
-            if name in headers
-        }
+        self._anthropic = {name: headers[name] for name in ("anthropic-version", "anthropic-beta") if name in headers}
         self._response_format = str(fields.get("response_format", ""))
         probe = headers.get(PROBE_HEADER)
         if probe is not None:
@@ -159,8 +155,8 @@ class DecideProcessor:
         sent to fallback rungs, no retries once the fleet's retry budget is spent."""
         f = self._features
         assert f is not None
-        sidecar = self._sidecar
-        result = choose(self._policy, f, sidecar.health_view(f.impact))
+        worker = self._worker
+        result = choose(self._policy, f, worker.health_view(f.impact))
         if not isinstance(result, Route):
             return result
         health = self._policy.health
@@ -170,28 +166,29 @@ class DecideProcessor:
             and f.impact is not Impact.REVENUE_CRITICAL
             and result.skip_reason is None
             and len(result.rungs) > 1
-            and not self._is_probe_slot(result)
-            and sidecar.rng.random() < health.canary_share
+            and not worker.half_open(self._first_endpoint(result))
+            and worker.rng.random() < health.canary_share
         ):
             result = reroute(self._policy, result, result.rungs[1:], f.stream, canary=True)
-        if result.tries > 1 and not sidecar.retries_allowed():
+        if result.tries > 1 and not worker.retries_allowed():
             result = replace(result, tries=1)
-        sidecar.note_request()
+        if health.enabled and health.circuit.live_half_open and worker.half_open(first := self._first_endpoint(result)):
+            # The health view let it through: this request holds one of the circuit's probe slots.
+            self._effects.append(HalfOpenAdmitted(first))
+        self._effects.append(RequestCounted())
         return result
 
-    def _is_probe_slot(self, route: Route) -> bool:
-        """The first rung is half-open: this request holds its probe slot and must try it."""
+    def _first_endpoint(self, route: Route) -> str:
         assert self._features is not None
         first = self._policy.ladders[route.ladder][route.rungs[0]]
-        key = endpoint_key(first.provider, first.model_for(self._features.model))
-        return self._sidecar.board.half_open(key, self._sidecar.clock.wall())
+        return endpoint_key(first.provider, first.model_for(self._features.model))
 
     def _probe_route(self, header: str) -> Route | Refusal:
         """`token ladder rung`: a synthetic probe of one rung, only with `rungway up`'s token."""
         token, _, rest = header.partition(" ")
         ladder, _, index = rest.partition(" ")
         rungs = self._policy.ladders.get(ladder)
-        if not secrets.compare_digest(token, self._sidecar.probe_token) or rungs is None or not index.isdigit():
+        if not secrets.compare_digest(token, self._worker.probe_token) or rungs is None or not index.isdigit():
             return Refusal(Failure.CLIENT_ERROR, "invalid probe")
         i = int(index)
         if i >= len(rungs):
@@ -212,8 +209,7 @@ class DecideProcessor:
         if isinstance(result, Refusal):
             return self._refuse(result.failure, result.message, "refused", ladder="")
         policy = self._policy
-        metrics = self._sidecar.metrics
-        metrics.decisions.labels(metrics.tenant(f.tenant), f.task, result.ladder, "routed").inc()
+        self._effects.append(Decided(f.tenant, f.task, result.ladder, "routed"))
         c = common(
             {
                 CLUSTER_HEADER: result.cluster,
@@ -222,40 +218,37 @@ class DecideProcessor:
             }
         )
         response = request_body_response(c) if body_phase else request_headers_response(c)
-        return with_metadata(
-            response,
-            META_DECISION,
-            {
-                "routed": True,
-                "cluster": result.cluster,
-                "ladder": result.ladder,
-                "rungs": ",".join(map(str, result.rungs)),
-                "tries": result.tries,
-                "per_try_ms": int(result.per_try_timeout_s * 1000),
-                "tenant": f.tenant,
-                "task": f.task,
-                "impact": f.impact.value,
-                "dialect": f.dialect.value,
-                "model": f.model,
-                "stream": f.stream,
-                "usage": self._include_usage,
-                "bytes": f.body_bytes or 0,
-                "policy": policy.version,
-                "skip": result.skip_reason.value if result.skip_reason else "",
-                "canary": result.canary,
-                "probe": result.probe,
-                "rf": self._response_format,
-                **(self._anthropic if f.dialect is Dialect.ANTHROPIC else {}),
-            },
+        anthropic = self._anthropic if f.dialect is Dialect.ANTHROPIC else {}
+        decision = Decision(
+            policy=policy.version,
+            ladder=result.ladder,
+            rungs=result.rungs,
+            cluster=result.cluster,
+            tries=result.tries,
+            per_try_ms=int(result.per_try_timeout_s * 1000),
+            tenant=f.tenant,
+            task=f.task,
+            impact=f.impact,
+            dialect=f.dialect,
+            model=f.model,
+            stream=f.stream,
+            include_usage=self._include_usage,
+            body_bytes=f.body_bytes or 0,
+            skip=result.skip_reason,
+            canary=result.canary,
+            probe=result.probe,
+            response_format=self._response_format,
+            anthropic_version=anthropic.get("anthropic-version"),
+            anthropic_beta=anthropic.get("anthropic-beta"),
         )
+        return with_metadata(response, META_DECISION, decision.encode())
 
     def _refuse(self, failure: Failure, message: str, outcome: str, ladder: str = "") -> ProcessingResponse:
         policy = self._policy
         f = self._features
         tenant = f.tenant if f else policy.default_tenant
         task = f.task if f else policy.default_task
-        metrics = self._sidecar.metrics
-        metrics.decisions.labels(metrics.tenant(tenant), task, ladder, outcome).inc()
+        self._effects.append(Decided(tenant, task, ladder, outcome))
         headers = {
             "content-type": "application/json",
             **flags(
@@ -270,4 +263,4 @@ class DecideProcessor:
         # The status agrees with the error type render_error picks for the failure.
         response = immediate(CLIENT_STATUS[failure], headers, render_error(self._dialect.value, failure, message))
         # Marks the answer as already rendered, so Envoy's local-reply mappers leave it alone.
-        return with_metadata(response, META_DECISION, {"rendered": True, "tenant": tenant, "task": task})
+        return with_metadata(response, META_DECISION, Refused(tenant, task).encode())

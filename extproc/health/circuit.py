@@ -26,14 +26,18 @@ observations, via the health bus), so a result is not matched to an admission: i
 *oldest* one. That way the hung-probe timer can fire late but never early, because the admissions
 left are the newest ones.
 
-Timers are applied lazily by whichever call comes next, and a transition is stamped with the time
-it fell due, not the time someone noticed. Then the state does not depend on how often it is polled.
+Timers are applied lazily by whichever command comes next (``tick``, ``record``, ``allow``,
+``force_open``), and a transition is stamped with the time it fell due, not the time someone
+noticed. Then the state does not depend on how often it is polled. Queries (``state``,
+``would_admit``, ``snapshot``) never change the circuit: they show it as it stands at ``now``,
+timers fired on a scratch copy.
 Time never runs backwards here: a ``now`` earlier than one already seen counts as the latest seen,
 because observations from several worker processes may arrive slightly out of order.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from collections import deque
 from collections.abc import MutableSequence
@@ -62,7 +66,7 @@ WINDOW_CAP: Final = 10_000
 # Longest a flapping rung stays open, as a multiple of open_s (2**3: three doublings).
 FLAP_BACKOFF_CAP: Final = 8
 _FLAP_DOUBLINGS: Final = FLAP_BACKOFF_CAP.bit_length() - 1
-# Timer transitions waiting for drain_transitions(); bounded in case nobody drains.
+# Timer transitions allow() fired, waiting for the next tick(); bounded in case nobody ticks.
 _PENDING_CAP: Final = 1_000
 
 
@@ -177,13 +181,29 @@ class Circuit:
     # -- public API --------------------------------------------------------------------------
 
     def state(self, now: float) -> CircuitState:
+        """The state at `now` (a query: due timers are applied to a scratch copy only)."""
+        return self._settled(now)._state
+
+    def would_admit(self, now: float) -> bool:
+        """Would allow(now) say yes? (a query)"""
+        settled = self._settled(now)
+        if settled._state is CircuitState.CLOSED:
+            return True
+        return settled._state is CircuitState.HALF_OPEN and len(settled._admitted) < self._config.half_open_probes
+
+    def tick(self, now: float) -> list[Transition]:
+        """Apply the timers due by `now`; returns every transition since the last tick that no
+        other command returned (those allow() fired, and these)."""
         now = self._tick(now)
+        moved = list(self._pending)
+        self._pending.clear()
         if self._state is not CircuitState.CLOSED:
-            self._fire_timers(now, self._pending)
-        return self._state
+            self._fire_timers(now, moved)
+        return moved
 
     def allow(self, now: float) -> bool:
-        """May a live call go to this rung now? In HALF_OPEN a yes is an admission."""
+        """May a live call go to this rung now? In HALF_OPEN a yes is an admission (a command:
+        timers it fires are returned by the next tick)."""
         now = self._tick(now)
         if self._state is CircuitState.CLOSED:
             return True
@@ -227,29 +247,25 @@ class Circuit:
             moved.append(self._move(now, CircuitState.OPEN, reason))
         return moved
 
-    def drain_transitions(self) -> list[Transition]:
-        """Transitions that state(), allow() and snapshot() caused since the last drain."""
-        drained = list(self._pending)
-        self._pending.clear()
-        return drained
-
     def snapshot(self, now: float) -> dict[str, Any]:
-        now = self._tick(now)
-        if self._state is CircuitState.CLOSED:
-            self._evict(now)
+        """The circuit as it stands at `now` (a query)."""
+        c = self._settled(now)
+        if c._state is CircuitState.CLOSED:
+            horizon = max(now, self._now) - self._config.window_s
+            live = [failed for at, failed in c._window if at > horizon]
+            calls, failures = len(live), sum(live)
         else:
-            self._fire_timers(now, self._pending)
-        calls = len(self._window)
+            calls, failures = len(c._window), c._failures
         return {
-            "state": self._state.value,
-            "failure_rate": 100 * self._failures / calls if calls >= self._config.minimum_calls else None,
+            "state": c._state.value,
+            "failure_rate": 100 * failures / calls if calls >= self._config.minimum_calls else None,
             "calls": calls,
-            "failures": self._failures,
-            "consecutive_failures": self._consecutive,
-            "open_until": self._open_until,
-            "half_open_admitted": len(self._admitted),
-            "half_open_successes": self._successes,
-            "last_transition": None if self._last is None else self._last.as_dict(),
+            "failures": failures,
+            "consecutive_failures": c._consecutive,
+            "open_until": c._open_until,
+            "half_open_admitted": len(c._admitted),
+            "half_open_successes": c._successes,
+            "last_transition": None if c._last is None else c._last.as_dict(),
         }
 
     def __repr__(self) -> str:
@@ -290,6 +306,27 @@ class Circuit:
         self._open_until = now + self._open_for() if target is CircuitState.OPEN else None
         self._last = Transition(now, source, target, reason)
         return self._last
+
+    def _settled(self, now: float) -> Circuit:
+        """This circuit with the timers due by `now` applied: itself when none are due, else a
+        scratch copy (outside CLOSED the window is empty, so the copy is small)."""
+        now = max(now, self._now)
+        if self._state is CircuitState.CLOSED or not self._timer_due(now):
+            return self
+        scratch = copy.copy(self)
+        scratch._admitted = deque(self._admitted)
+        scratch._window = deque()
+        scratch._pending = deque(maxlen=_PENDING_CAP)
+        scratch._now = now
+        scratch._fire_timers(now, scratch._pending)
+        return scratch
+
+    def _timer_due(self, now: float) -> bool:
+        if self._state is CircuitState.OPEN:
+            return self._open_until is not None and now >= self._open_until
+        if self._state is CircuitState.HALF_OPEN and self._admitted:
+            return now >= self._admitted[0] + self._config.probe_bound_s
+        return False
 
     def _tick(self, now: float) -> float:
         if now > self._now:

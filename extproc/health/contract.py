@@ -13,6 +13,7 @@ from ..core import Dialect, Failure
 from ..policy import TaskClass
 from ..policy.json_schema import compiled
 from ..translate import classify, parse_provider_error
+from ..translate.answer import AnswerFacts, answer_facts
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,81 +70,27 @@ def check_completion(dialect: Dialect, body: Any, contract: Contract | TaskClass
     """`body` is the parsed JSON of a non-streamed answer in the provider's wire dialect."""
     if isinstance(contract, TaskClass):
         contract = Contract(contract)
-    if not isinstance(body, dict):
-        return Verdict(Failure.SCHEMA_ERROR, "answer is not a JSON object")
-    if dialect.wire is Dialect.ANTHROPIC:
-        verdict, text = _check_anthropic(body, contract.task)
-    else:
-        verdict, text = _check_openai(body, contract.task)
-    if verdict.failure is None and text is not None and contract.wants_json:
-        return _check_json_content(text, contract)
-    return verdict
+    return check(answer_facts(dialect, body), contract)
 
 
-def _check_openai(body: dict[str, Any], contract: TaskClass) -> tuple[Verdict, str | None]:
-    """The verdict, and the answer's text when it is a text answer (for JSON checks)."""
-    choices = body.get("choices")
-    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
-        return Verdict(Failure.SCHEMA_ERROR, "answer has no choices"), None
-    choice = choices[0]
-    message = choice.get("message")
-    if not isinstance(message, dict):
-        return Verdict(Failure.SCHEMA_ERROR, "answer has no message"), None
-    if choice.get("finish_reason") == "content_filter":
-        return Verdict(Failure.SAFETY_BLOCK, "the provider's content filter stopped the answer"), None
-    if message.get("refusal") and not _has_text(message.get("content")):
-        return Verdict(Failure.SAFETY_BLOCK, "the model refused the request"), None
-    tool_calls = message.get("tool_calls") or []
-    if not isinstance(tool_calls, list):
-        return Verdict(Failure.SCHEMA_ERROR, "tool_calls is not a list"), None
-    for call in tool_calls:
-        function = call.get("function") if isinstance(call, dict) else None
-        if not isinstance(function, dict):
-            return Verdict(Failure.TOOL_MISMATCH, "tool call without a function"), None
-        verdict = _check_tool(function.get("name"), _parse_arguments(function.get("arguments")))
+def check(facts: AnswerFacts, contract: Contract) -> Verdict:
+    """An answer's facts against the contract: the first broken rule, or OK."""
+    if facts.malformed is not None:
+        return Verdict(Failure.SCHEMA_ERROR, facts.malformed)
+    if facts.refusal is not None:
+        return Verdict(Failure.SAFETY_BLOCK, facts.refusal)
+    for call in facts.tool_calls:
+        if call.problem is not None:
+            return Verdict(Failure.TOOL_MISMATCH, call.problem)
+        verdict = _check_tool(call.name, call.arguments)
         if verdict.failure is not None:
-            return verdict, None
-    content = message.get("content")
-    if not tool_calls and not _has_text(content):
-        return Verdict(Failure.QUALITY_REGRESSION, "empty content and no tool call"), None
-    usage = body.get("usage")
-    tokens = usage.get("completion_tokens") if isinstance(usage, dict) else None
-    text = _text_of(content) if not tool_calls else None
-    return _check_tokens(tokens, contract), text
-
-
-def _check_anthropic(body: dict[str, Any], contract: TaskClass) -> tuple[Verdict, str | None]:
-    """The verdict, and the answer's text when it is a text answer (for JSON checks)."""
-    content = body.get("content")
-    if not isinstance(content, list):
-        return Verdict(Failure.SCHEMA_ERROR, "answer has no content list"), None
-    if body.get("stop_reason") == "refusal":
-        return Verdict(Failure.SAFETY_BLOCK, "the provider refused the request"), None
-    texts: list[str] = []
-    has_tool = False
-    for block in content:
-        if not isinstance(block, dict):
-            return Verdict(Failure.SCHEMA_ERROR, "content block is not an object"), None
-        if block.get("type") == "text" and _has_text(block.get("text")):
-            texts.append(block["text"])
-        elif block.get("type") == "tool_use":
-            has_tool = True
-            verdict = _check_tool(block.get("name"), block.get("input"))
-            if verdict.failure is not None:
-                return verdict, None
-    if not texts and not has_tool:
-        return Verdict(Failure.QUALITY_REGRESSION, "empty content and no tool call"), None
-    usage = body.get("usage")
-    tokens = usage.get("output_tokens") if isinstance(usage, dict) else None
-    return _check_tokens(tokens, contract), ("".join(texts) if not has_tool else None)
-
-
-def _text_of(content: Any) -> str | None:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
-    return None
+            return verdict
+    if not facts.tool_calls and not facts.has_text:
+        return Verdict(Failure.QUALITY_REGRESSION, "empty content and no tool call")
+    verdict = _check_tokens(facts.output_tokens, contract.task)
+    if verdict.failure is None and facts.text is not None and contract.wants_json:
+        return _check_json_content(facts.text, contract)
+    return verdict
 
 
 def _check_json_content(text: str, contract: Contract) -> Verdict:
@@ -178,29 +125,12 @@ def _strip_fence(text: str) -> str:
     return stripped
 
 
-def _parse_arguments(arguments: Any) -> Any:
-    if not isinstance(arguments, str) or not arguments.strip():
-        return None
-    try:
-        return json.loads(arguments)
-    except ValueError:
-        return None
-
-
 def _check_tool(name: Any, arguments: Any) -> Verdict:
     if not isinstance(name, str) or not name.strip():
         return Verdict(Failure.TOOL_MISMATCH, "tool call with an empty name")
     if not isinstance(arguments, dict):
         return Verdict(Failure.TOOL_MISMATCH, f"tool call {name!r} has empty or invalid arguments")
     return OK
-
-
-def _has_text(content: Any) -> bool:
-    if isinstance(content, str):
-        return bool(content.strip())
-    if isinstance(content, list):  # OpenAI content parts
-        return any(isinstance(p, dict) and _has_text(p.get("text")) for p in content)
-    return False
 
 
 def _check_tokens(tokens: Any, contract: TaskClass) -> Verdict:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
+from ..core import CircuitChanged
 from ..core.names import endpoint_key
 from ..policy import REQUESTED_MODEL, Policy
 from .board import Board
@@ -89,10 +89,8 @@ class ReplicaReports:
     ttl_s: float  # a replica silent this long (restarted, gone) no longer counts
     _last: dict[tuple[str, str], tuple[str, float]] = field(default_factory=dict)
 
-    def note(self, event: dict[str, Any], now: float) -> None:
-        key, to = event.get("key"), event.get("to")
-        if event.get("k") == "circuit" and isinstance(key, str) and isinstance(to, str):
-            self._last[(key, str(event.get("origin")))] = (to, now)
+    def note(self, event: CircuitChanged, origin: str, now: float) -> None:
+        self._last[(event.key, origin)] = (event.target, now)
 
     def half_open(self, now: float) -> set[str]:
         """Endpoints some replica last reported half-open."""

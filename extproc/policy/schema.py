@@ -120,14 +120,6 @@ class Provider(_Frozen):
     def path_prefix(self) -> str:
         return urlsplit(self.base_url).path.rstrip("/")
 
-    def chat_path(self) -> str:
-        suffix = "/v1/messages" if self.dialect.wire is Dialect.ANTHROPIC else "/v1/chat/completions"
-        prefix = self.path_prefix
-        # A base URL that already ends in /v1 (common for OpenAI-compatible servers) is not doubled.
-        if prefix.endswith("/v1"):
-            prefix = prefix[: -len("/v1")]
-        return prefix + suffix
-
 
 class Rung(_Frozen):
     provider: str

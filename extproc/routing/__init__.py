@@ -4,7 +4,17 @@ Owns: the ladder choice (request features + policy + a health view → route), t
 (hop, wait, or final, per failure class), providers' rate-limit headers. May import: core, policy.
 """
 
-from .ladder import HealthView, NeedBody, Refusal, RequestFeatures, Route, choose, orderings, reroute
+from .ladder import (
+    HealthView,
+    NeedBody,
+    Refusal,
+    RequestFeatures,
+    Route,
+    choose,
+    orderings,
+    prompt_tokens_estimate,
+    reroute,
+)
 from .trip import Action, Position, after_failure, parse_retry_after, previous_failure
 
 __all__ = [
@@ -20,5 +30,6 @@ __all__ = [
     "orderings",
     "parse_retry_after",
     "previous_failure",
+    "prompt_tokens_estimate",
     "reroute",
 ]

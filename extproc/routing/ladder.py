@@ -84,6 +84,7 @@ def orderings(policy: Policy) -> Iterator[tuple[str, tuple[int, ...]]]:
 
 
 def prompt_tokens_estimate(body_bytes: int | None) -> int:
+    """The one estimate of a prompt's size in tokens, from its body's size."""
     return (body_bytes or 0) // BYTES_PER_TOKEN
 
 

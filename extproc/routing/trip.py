@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from enum import StrEnum
 
-from ..core import HOP_RULE, Failure, Hop
+from ..core import HOP_RULE, Failure, Hop, TripRecord
 from ..policy import Policy
 
 
@@ -88,42 +88,11 @@ def parse_retry_after(value: str | None, now_wall: float) -> float | None:
         return None
 
 
-@dataclass(frozen=True, slots=True)
-class TripRecord:
-    """What the previous try of this request left in the trip metadata."""
-
-    attempt: int = 0
-    rung: int | None = None
-    started_ms: float = 0.0
-    failure: Failure | None = None
-    first_failure: Failure | None = None
-
-    @classmethod
-    def from_meta(cls, meta: dict[str, str | float | bool]) -> TripRecord:
-        def failure(key: str) -> Failure | None:
-            value = meta.get(key)
-            try:
-                return Failure(value) if isinstance(value, str) and value else None
-            except ValueError:
-                return None
-
-        attempt = meta.get("n", 0)
-        started = meta.get("t", 0.0)
-        rung = meta.get("rung")
-        return cls(
-            attempt=int(attempt) if isinstance(attempt, float) else 0,
-            rung=int(rung) if isinstance(rung, float) else None,
-            started_ms=float(started) if isinstance(started, float) else 0.0,
-            failure=failure("fail"),
-            first_failure=failure("why"),
-        )
-
-
-def previous_failure(record: TripRecord, attempt: int, now_ms: float, per_try_ms: float) -> Failure | None:
+def previous_failure(record: TripRecord | None, attempt: int, now_ms: float, per_try_ms: float) -> Failure | None:
     """Why try `attempt - 1` failed, as far as this try can know."""
     if attempt <= 1:
         return None
-    if record.attempt < attempt - 1:
+    if record is None or record.attempt < attempt - 1:
         # The previous try never reached the attempt filter: no connection to the rung.
         return Failure.CONNECT_ERROR
     if record.failure is not None:

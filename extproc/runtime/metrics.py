@@ -61,6 +61,17 @@ class Metrics:
             ["endpoint", "state"],
             **kw,  # type: ignore[arg-type]
         )
+        self.tries_refused = Counter(
+            "rungway_tries_refused_total",
+            "Tries the attempt filter would not serve (e.g. decided under another policy), by reason.",
+            ["reason"],
+            **kw,  # type: ignore[arg-type]
+        )
+        self.bus_rejected = Counter(
+            "rungway_bus_events_rejected_total",
+            "Health-bus events dropped as malformed or foreign.",
+            **kw,  # type: ignore[arg-type]
+        )
         self.sidecar_errors = Counter(
             "rungway_sidecar_errors_total",
             "Exceptions inside the sidecar that were answered with an error instead of a crash.",

@@ -19,6 +19,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from ..core.names import FILTER_ROLE_KEY
 from ..filters.attempt import AttemptProcessor
 from ..filters.decide import DecideProcessor
+from ..filters.effects import Effect
 from ..filters.wire import ProcessingRequest, ProcessingResponse
 from .sidecar import Sidecar
 
@@ -27,11 +28,10 @@ log = logging.getLogger("rungway.server")
 
 class Processor(Protocol):
     def dispatch(self, request: ProcessingRequest) -> list[ProcessingResponse]: ...
-    def wake_at(self) -> float | None: ...
-    def on_wake(self) -> list[ProcessingResponse]: ...
+    def deadline(self) -> float | None: ...
+    def on_deadline(self) -> list[ProcessingResponse]: ...
     def on_close(self) -> None: ...
-    def alarm(self) -> float | None: ...
-    def on_alarm(self) -> None: ...
+    def drain_effects(self) -> list[Effect]: ...
 
 
 _PROCESSORS: dict[str, type[DecideProcessor] | type[AttemptProcessor]] = {
@@ -55,29 +55,30 @@ class ExternalProcessor(epg.ExternalProcessorServicer):  # type: ignore[misc]
         if factory is None:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unknown {FILTER_ROLE_KEY}: {role!r}")
             return
-        processor: Processor = factory(self._sidecar)
-        clock = self._sidecar.clock
+        sidecar = self._sidecar
+        processor: Processor = factory(sidecar)
+        clock = sidecar.clock
         requests = aiter(request_iterator)
-        pending_read: asyncio.Future[Any] | None = None
-        loop = asyncio.get_running_loop()
-        alarm: asyncio.TimerHandle | None = None
-        alarm_at: float | None = None
+        # With a deadline armed the read is awaited with a timeout; it is never cancelled (a
+        # cancelled read would lose the message), so it stays pending across wake-ups.
+        pending_read: asyncio.Future[ProcessingRequest] | None = None
         try:
             while True:
-                wake = processor.wake_at()
-                if wake is None and pending_read is None:
+                deadline = processor.deadline()
+                if deadline is None and pending_read is None:
                     try:
                         request = await anext(requests)
                     except StopAsyncIteration:
                         return
                 else:
-                    # A timer is armed (stream watchdog): never cancel a read, wait on it.
                     if pending_read is None:
                         pending_read = asyncio.ensure_future(anext(requests))
-                    timeout = None if wake is None else max(0.0, wake - clock.now())
+                    timeout = None if deadline is None else max(0.0, deadline - clock.now())
                     done, _ = await asyncio.wait({pending_read}, timeout=timeout)
                     if not done:
-                        for answer in processor.on_wake():
+                        answers = processor.on_deadline()
+                        sidecar.apply(processor.drain_effects())
+                        for answer in answers:
                             yield answer
                         continue
                     read, pending_read = pending_read, None
@@ -85,31 +86,29 @@ class ExternalProcessor(epg.ExternalProcessorServicer):  # type: ignore[misc]
                         request = read.result()
                     except StopAsyncIteration:
                         return
-                for answer in processor.dispatch(request):
+                answers = processor.dispatch(request)
+                sidecar.apply(processor.drain_effects())
+                for answer in answers:
                     yield answer
-                # An alarm is a note to self (no answer to Envoy), e.g. "this try is slow now".
-                wanted = processor.alarm()
-                if wanted != alarm_at:
-                    if alarm is not None:
-                        alarm.cancel()
-                    alarm_at = wanted
-                    alarm = (
-                        None if wanted is None else loop.call_later(max(0.0, wanted - clock.now()), processor.on_alarm)
-                    )
         except asyncio.CancelledError:
             raise
         except Exception:
             # Envoy maps a failed stream to the filter's failure mode; the client never sees
             # a traceback, and the log line carries no request content.
-            self._sidecar.metrics.sidecar_errors.labels(role).inc()
+            sidecar.metrics.sidecar_errors.labels(role).inc()
             log.exception("%s stream failed", role)
             await context.abort(grpc.StatusCode.INTERNAL, "rungway sidecar error")
         finally:
-            if pending_read is not None and not pending_read.done():
-                pending_read.cancel()
-            if alarm is not None:
-                alarm.cancel()
+            if pending_read is not None:
+                if pending_read.done():
+                    # Retrieve it, so that asyncio does not log "exception was never retrieved"
+                    # for the StopAsyncIteration (or error) of a stream that just ended.
+                    if not pending_read.cancelled():
+                        pending_read.exception()
+                else:
+                    pending_read.cancel()
             processor.on_close()
+            sidecar.apply(processor.drain_effects())
 
 
 async def serve(

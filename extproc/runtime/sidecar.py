@@ -1,5 +1,6 @@
 """What every processor of one worker process shares: the serving policy, provider keys,
-metrics, the clock, and the health board fed through the health bus."""
+metrics, the clock, and the health board fed through the health bus. It is the processors'
+`Worker` (reads) and applies the effects they return (writes)."""
 
 from __future__ import annotations
 
@@ -7,17 +8,41 @@ import logging
 import os
 import random
 import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import SecretStr
 
-from ..core import Clock, Failure, Impact, SystemClock
+from ..core import (
+    BusEvent,
+    CircuitChanged,
+    Clock,
+    ContractError,
+    Failure,
+    Impact,
+    Observation,
+    QuotaSignal,
+    RequestsDecided,
+    SystemClock,
+    decode_event,
+)
 from ..core.names import endpoint_key
-from ..health.board import Board, Observation
+from ..filters.effects import (
+    Decided,
+    Effect,
+    HalfOpenAdmitted,
+    RequestCounted,
+    Served,
+    StreamEnded,
+    Tried,
+    Tripped,
+    TryRefused,
+)
+from ..health.board import Board
 from ..health.circuit import Transition
 from ..policy import REQUESTED_MODEL, Policy, resolve_credentials
-from ..routing.ladder import HealthView
+from ..routing import HealthView
 from .bus import HealthBus, InProcessBus
 from .metrics import Metrics
 
@@ -40,6 +65,15 @@ def configured_baselines(policy: Policy) -> dict[str, float]:
                 model = "*" if rung.model == REQUESTED_MODEL else rung.model
                 out[endpoint_key(rung.provider, model)] = rung.baseline_latency_s
     return out
+
+
+def read_bus_event(raw: dict[str, Any]) -> BusEvent | None:
+    """A typed event from the bus's JSON, or None (logged) for anything malformed or foreign."""
+    try:
+        return decode_event(raw)
+    except ContractError as exc:
+        log.debug("bus event dropped: %s", exc)
+        return None
 
 
 @dataclass
@@ -65,63 +99,97 @@ class Sidecar:
     ) -> Sidecar:
         return cls(policy, resolve_credentials(policy), metrics, clock or SystemClock(), bus or InProcessBus())
 
-    # ---- events in -------------------------------------------------------------------------
+    # ---- reads (the processors' Worker) ------------------------------------------------------
 
-    def _on_event(self, event: dict[str, Any]) -> None:
-        if event.get("origin") == self.bus.origin and event.get("k") == "obs":
-            return  # applied already, as an object, by observe()
-        for key, transition in self.board.apply(event, self.clock.wall()):
-            self._announce(key, transition)
-        self._publish_outbox()
-
-    def _announce(self, key: str, t: Transition) -> None:
-        # `rungway up` logs transitions once, from its own replica of the board.
-        log.debug("circuit %s: %s → %s (%s)", key, t.source.value, t.target.value, t.reason)
-        self.metrics.circuit_transitions.labels(key, t.target.value).inc()
-        # Boards derive state from observations; this event is for dashboards and logs.
-        self.bus.publish(
-            {"k": "circuit", "key": key, "at": t.at, "from": t.source.value, "to": t.target.value, "reason": t.reason}
-        )
-
-    # ---- events out ------------------------------------------------------------------------
-
-    def observe(self, observation: Observation) -> None:
-        for key, transition in self.board.observe(observation, self.clock.wall()):
-            self._announce(key, transition)
-        self.bus.publish(observation.to_event())
-        self._publish_outbox()
-
-    def _publish_outbox(self) -> None:
-        for event in self.board.drain_outbox():
-            self.bus.publish(event)
-
-    def note_request(self) -> None:
-        """Count a decided request for the fleet's retry budget; published in aggregate (every
-        member of the bus decodes every event, so one event per request would not scale)."""
-        self._requests_unsent += 1
-        now = self.clock.wall()
-        if now - self._requests_sent_at >= _REQUEST_COUNT_EVERY_S:
-            self.bus.publish({"k": "req", "at": now, "count": self._requests_unsent})
-            self._requests_unsent = 0
-            self._requests_sent_at = now
-
-    def report_quota(self, key: str, until: float) -> None:
-        self.bus.publish(self.board.quota(key, until))
-
-    # ---- what decide asks ------------------------------------------------------------------
+    def key_for(self, provider: str) -> str | None:
+        key = self.keys.get(provider)
+        return key.get_secret_value() if key is not None else None
 
     def health_view(self, impact: Impact) -> HealthView | None:
         if not self.policy.health.enabled:
             return None
         now = self.clock.wall()
+        self._announce_all(self.board.tick(now))  # time moved: timers, windows, departures
+        board = self.board
 
         def view(key: str, first: bool) -> Failure | None:
-            unusable = self.board.usable(key, impact, now, first=first)
-            for transition in self.board.drain_transitions():
-                self._announce(*transition)
+            unusable = board.usable(key, impact, now, first=first)
             return unusable.reason if unusable is not None else None
 
         return view
 
+    def half_open(self, key: str) -> bool:
+        return self.board.half_open(key, self.clock.wall())
+
     def retries_allowed(self) -> bool:
         return not self.policy.health.enabled or self.board.retries_allowed(self.clock.wall())
+
+    def baseline(self, key: str, stream: bool) -> float | None:
+        endpoint = self.board.endpoints.get(key)
+        return self.board.baseline(endpoint, stream) if endpoint is not None else None
+
+    # ---- writes: the effects processors return ------------------------------------------------
+
+    def apply(self, effects: Iterable[Effect]) -> None:
+        m = self.metrics
+        for effect in effects:
+            match effect:
+                case Observation():
+                    self._observe(effect)
+                case QuotaSignal():
+                    self.bus.publish(effect.encode())
+                case Decided(tenant, task, ladder, outcome):
+                    m.decisions.labels(m.tenant(tenant), task, ladder, outcome).inc()
+                case RequestCounted():
+                    self._note_request()
+                case HalfOpenAdmitted(key):
+                    self._announce_all(self.board.admit(key, self.clock.wall()))
+                case Tried(ladder, rung, provider, model, outcome):
+                    m.attempts.labels(ladder, str(rung), provider, model, outcome).inc()
+                case Tripped(ladder, rung, provider, model, reason):
+                    m.trips.labels(ladder, str(rung), provider, model, reason.value).inc()
+                case Served(tenant, task, ladder, tier, degraded):
+                    m.served.labels(m.tenant(tenant), task, ladder, str(tier), str(degraded).lower()).inc()
+                case StreamEnded(outcome):
+                    m.streams.labels(outcome).inc()
+                case TryRefused(reason, _):
+                    m.tries_refused.labels(reason).inc()
+
+    def _observe(self, observation: Observation) -> None:
+        self._announce_all(self.board.observe(observation, self.clock.wall()))
+        self.bus.publish(observation.encode())
+        self._publish_outbox()
+
+    def _note_request(self) -> None:
+        """Count a decided request for the fleet's retry budget; published in aggregate (every
+        member of the bus decodes every event, so one event per request would not scale)."""
+        self._requests_unsent += 1
+        now = self.clock.wall()
+        if now - self._requests_sent_at >= _REQUEST_COUNT_EVERY_S:
+            self.bus.publish(RequestsDecided(now, self._requests_unsent).encode())
+            self._requests_unsent = 0
+            self._requests_sent_at = now
+
+    # ---- events in and out -----------------------------------------------------------------
+
+    def _on_event(self, raw: dict[str, Any]) -> None:
+        if raw.get("origin") == self.bus.origin and raw.get("k") == Observation.KIND:
+            return  # applied already, as an object, by _observe()
+        event = read_bus_event(raw)
+        if event is None:
+            self.metrics.bus_rejected.inc()
+            return
+        self._announce_all(self.board.apply(event, self.clock.wall()))
+        self._publish_outbox()
+
+    def _announce_all(self, transitions: Iterable[tuple[str, Transition]]) -> None:
+        for key, t in transitions:
+            # `rungway up` logs transitions once, from its own replica of the board.
+            log.debug("circuit %s: %s → %s (%s)", key, t.source.value, t.target.value, t.reason)
+            self.metrics.circuit_transitions.labels(key, t.target.value).inc()
+            # Boards derive state from observations; this event is for dashboards and logs.
+            self.bus.publish(CircuitChanged(key, t.at, t.source.value, t.target.value, t.reason).encode())
+
+    def _publish_outbox(self) -> None:
+        for event in self.board.drain_outbox():
+            self.bus.publish(event.encode())

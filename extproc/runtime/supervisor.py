@@ -31,13 +31,14 @@ import yaml
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
 
+from ..core import CircuitChanged
 from ..health.board import Board
 from ..health.probe import ProbeTarget, ReplicaReports, due, targets
 from ..policy import Policy
 from ..xds.bootstrap import EnvoySettings, render
 from .bus import HealthBus, HubServer, RedisBus
 from .metrics import BoardCollector
-from .sidecar import HUB_ENV, PROBE_TOKEN_ENV, configured_baselines
+from .sidecar import HUB_ENV, PROBE_TOKEN_ENV, configured_baselines, read_bus_event
 
 log = logging.getLogger("rungway.up")
 
@@ -266,12 +267,17 @@ class Supervisor:
             tmp.write_text(json.dumps(self.state()))
             tmp.replace(self.options.state_file)
 
-    def _on_event(self, event: dict[str, Any]) -> None:
-        self._reports.note(event, time.time())
-        for key, t in self.board.apply(event, time.time()):
+    def _on_event(self, raw: dict[str, Any]) -> None:
+        event = read_bus_event(raw)
+        if event is None:
+            return
+        now = time.time()
+        if isinstance(event, CircuitChanged):
+            self._reports.note(event, str(raw.get("origin")), now)
+        for key, t in self.board.tick(now) + self.board.apply(event, now):
             log.info("circuit %s: %s → %s (%s)", key, t.source.value, t.target.value, t.reason)
         for owed in self.board.drain_outbox():
-            self._bus.publish(owed)
+            self._bus.publish(owed.encode())
 
     async def _probe_loop(self) -> None:
         """Synthetic probes through Envoy, at the policy's intervals."""

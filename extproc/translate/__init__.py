@@ -1,10 +1,14 @@
 """Translation between the OpenAI Chat Completions and Anthropic Messages dialects.
 
 Pure functions and small state machines: parsed JSON and SSE bytes in, parsed JSON and SSE bytes
-out. A module `X_to_Y` serves a client speaking dialect X from a provider speaking dialect Y.
+out. A module `X_to_Y` serves a client speaking dialect X from a provider speaking dialect Y;
+`api_pair(client, provider)` is the one protocol the rest of Rungway uses (path, auth, request,
+answer, stream relay, errors), so nothing outside this package branches on the dialect.
+May import: core.
 """
 
 from extproc.translate import anthropic_to_openai, openai_to_anthropic
+from extproc.translate.answer import AnswerFacts, ToolCall, answer_facts, output_tokens
 from extproc.translate.errors import (
     ProviderError,
     TranslationError,
@@ -13,6 +17,8 @@ from extproc.translate.errors import (
     parse_provider_error,
     render_error,
 )
+from extproc.translate.protocol import ApiPair, api_pair
+from extproc.translate.relay import StreamRelay, stream_failure
 from extproc.translate.sse import SseEvent, SseParser
 from extproc.translate.stream import (
     AnthropicStreamReader,
@@ -33,8 +39,10 @@ from extproc.translate.stream import (
 )
 
 __all__ = [
+    "AnswerFacts",
     "AnthropicStreamReader",
     "AnthropicStreamWriter",
+    "ApiPair",
     "Delta",
     "Done",
     "Finish",
@@ -46,16 +54,22 @@ __all__ = [
     "SseEvent",
     "SseParser",
     "StreamError",
+    "StreamRelay",
     "TextDelta",
+    "ToolCall",
     "ToolCallArgs",
     "ToolCallStart",
     "TranslationError",
     "Usage",
+    "answer_facts",
     "anthropic_to_openai",
+    "api_pair",
     "classify",
     "classify_stream_error",
     "dump_json",
     "openai_to_anthropic",
+    "output_tokens",
     "parse_provider_error",
     "render_error",
+    "stream_failure",
 ]

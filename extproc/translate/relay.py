@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 
 from ..core import Dialect, Failure
-from . import (
+from .sse import SseParser
+from .stream import (
     AnthropicStreamReader,
     AnthropicStreamWriter,
     Delta,
@@ -20,7 +21,6 @@ from . import (
     MessageStart,
     OpenAIStreamReader,
     OpenAIStreamWriter,
-    SseParser,
     StreamError,
     TextDelta,
     ToolCallArgs,

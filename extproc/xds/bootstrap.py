@@ -16,8 +16,9 @@ from ipaddress import ip_address
 from pathlib import Path
 from typing import Any
 
-from ..core import Dialect, Failure
+from ..core import Dialect, Failure, RungAddress
 from ..core.names import (
+    ANTHROPIC_MESSAGES_PATH,
     CLUSTER_HEADER,
     FILTER_ROLE_KEY,
     INVALID,
@@ -25,6 +26,7 @@ from ..core.names import (
     META_REQUEST,
     META_TRIP,
     MISSING,
+    OPENAI_CHAT_PATH,
     cluster_name,
     direct_cluster,
     rung_cluster,
@@ -65,12 +67,12 @@ def render(policy: Policy, settings: EnvoySettings) -> dict[str, Any]:
                     rung_cluster(ladder, i),
                     policy.providers[rung.provider],
                     slots=rung.attempts,
-                    metadata={"ladder": ladder, "rung": i},
+                    address=(ladder, i),
                     ejection=policy.envoy_ejection,
                 )
             )
     for name, provider in policy.providers.items():
-        clusters.append(_provider_cluster(direct_cluster(name), provider, slots=1, metadata=None, ejection=None))
+        clusters.append(_provider_cluster(direct_cluster(name), provider, slots=1, address=None, ejection=None))
     for ladder, order in orderings(policy):
         for stream in (False, True):
             clusters.append(_aggregate_cluster(ladder, order, stream, settings))
@@ -207,7 +209,7 @@ def _local_reply_config() -> dict[str, Any]:
                 "header_filter": {
                     "header": {
                         "name": ":path",
-                        "string_match": {"prefix": "/v1/messages"},
+                        "string_match": {"prefix": ANTHROPIC_MESSAGES_PATH},
                         "invert_match": not anthropic,
                     }
                 }
@@ -391,7 +393,7 @@ def _is_ip(host: str) -> bool:
 
 
 def _provider_cluster(
-    name: str, provider: Provider, *, slots: int, metadata: dict[str, Any] | None, ejection: Ejection | None
+    name: str, provider: Provider, *, slots: int, address: tuple[str, int] | None, ejection: Ejection | None
 ) -> dict[str, Any]:
     """One child cluster; a rung with `attempts: n` lists its endpoint at n priorities, so
     Envoy's previous_priorities retry walks the same provider n times before moving on."""
@@ -400,8 +402,9 @@ def _provider_cluster(
         endpoint: dict[str, Any] = {
             "endpoint": {"address": _addr(provider.host, provider.port), "hostname": provider.authority},
         }
-        if metadata is not None:
-            endpoint["metadata"] = {"filter_metadata": {META_DECISION: {**metadata, "slot": slot}}}
+        if address is not None:
+            rung = RungAddress(ladder=address[0], rung=address[1], slot=slot)
+            endpoint["metadata"] = {"filter_metadata": {META_DECISION: rung.encode()}}
         priorities.append({"priority": slot, "lb_endpoints": [endpoint]})
     cluster: dict[str, Any] = {
         "name": name,
@@ -528,13 +531,17 @@ def _routes(policy: Policy) -> list[dict[str, Any]]:
             },
         }
     ]
-    for dialect, path in ((Dialect.ANTHROPIC, "/v1/messages"), (Dialect.OPENAI, "/v1/chat/completions")):
+    for dialect, path in ((Dialect.ANTHROPIC, ANTHROPIC_MESSAGES_PATH), (Dialect.OPENAI, OPENAI_CHAT_PATH)):
         routes.append(
             _fail_open_route(policy, dialect, {"path": path}, name=f"fail_open_{dialect.value}", extproc=True)
         )
     routes.append(
         _fail_open_route(
-            policy, Dialect.ANTHROPIC, {"prefix": "/v1/messages/"}, name="passthrough_anthropic", extproc=False
+            policy,
+            Dialect.ANTHROPIC,
+            {"prefix": ANTHROPIC_MESSAGES_PATH + "/"},
+            name="passthrough_anthropic",
+            extproc=False,
         )
     )
     routes.append(_fail_open_route(policy, Dialect.OPENAI, {"prefix": "/"}, name="passthrough", extproc=False))

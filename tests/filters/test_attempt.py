@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
 import pytest
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 
-from extproc.core import Failure, FakeClock
+from extproc.core import Decision, Dialect, Failure, FakeClock, Impact, TripRecord
 from extproc.core.names import (
     ATTEMPTS,
     CLUSTER_HEADER,
@@ -20,7 +21,7 @@ from extproc.core.names import (
     SERVED_BY,
     TIER,
 )
-from extproc.filters.attempt import AttemptError, AttemptProcessor
+from extproc.filters.attempt import AttemptProcessor, Phase
 from extproc.filters.wire import Mode, response_headers_response
 from extproc.runtime.sidecar import Sidecar
 from extproc.translate import SseParser
@@ -68,27 +69,28 @@ SSE = {"content-type": "text/event-stream"}
 JSON = {"content-type": "application/json"}
 
 
+BASE_DECISION = Decision(
+    policy="unit-2026.1",
+    ladder="main",
+    rungs=(0, 1, 2),
+    cluster="rw.main.7",
+    tries=3,
+    per_try_ms=2000,
+    tenant="acme",
+    task="default",
+    impact=Impact.CUSTOMER_FACING,
+    dialect=Dialect.OPENAI,
+    model="gpt-4o",
+    stream=False,
+    include_usage=False,
+    body_bytes=400,
+    skip=None,
+)
+
+
 def decision(**changes: Any) -> dict[str, Any]:
-    """The 'rungway' namespace as decide wrote it for a healthy OpenAI request on ladder main."""
-    return {
-        "routed": True,
-        "cluster": "rw.main.7",
-        "ladder": "main",
-        "rungs": "0,1,2",
-        "tries": 3,
-        "per_try_ms": 2000,
-        "tenant": "acme",
-        "task": "default",
-        "impact": "customer_facing",
-        "dialect": "openai",
-        "model": "gpt-4o",
-        "stream": False,
-        "usage": False,
-        "bytes": 400,
-        "policy": "unit-2026.1",
-        "skip": "",
-        **changes,
-    }
+    """The 'rungway' namespace as decide writes it for a healthy OpenAI request on ladder main."""
+    return dict(dataclasses.replace(BASE_DECISION, **changes).encode())
 
 
 class Try:
@@ -103,25 +105,43 @@ class Try:
         attempt: int = 1,
         trip: dict[str, Any] | None = None,
         headers: dict[str, str] | None = None,
+        host_ladder: str | None = None,
         **decided: Any,
     ) -> None:
         self.sidecar = sidecar
         self.decision = decision(**decided)
         self.processor = AttemptProcessor(sidecar)
+        self.effects: list[Any] = []
         metadata: dict[str, dict[str, Any]] = {META_DECISION: self.decision}
         if trip is not None:
             metadata[META_TRIP] = trip
         attributes = {
-            "xds.upstream_host_metadata": host_metadata_text(self.decision["ladder"], rung, slot),
+            "xds.upstream_host_metadata": host_metadata_text(host_ladder or str(self.decision["ladder"]), rung, slot),
             "upstream.request_attempt_count": attempt,
         }
-        (self.headers_answer,) = self.processor.dispatch(
+        (self.headers_answer,) = self.send(
             request_headers(headers or CLIENT_HEADERS, metadata=metadata, attributes=attributes)
         )
 
     def send(self, request: Any) -> list[Any]:
+        """One message, as the gRPC loop handles it: the answers, the effects applied."""
         answers: list[Any] = self.processor.dispatch(request)
+        self.apply()
         return answers
+
+    def apply(self) -> None:
+        effects = self.processor.drain_effects()
+        self.effects += effects
+        self.sidecar.apply(effects)
+
+    def on_deadline(self) -> list[Any]:
+        answers: list[Any] = self.processor.on_deadline()
+        self.apply()
+        return answers
+
+    def on_close(self) -> None:
+        self.processor.on_close()
+        self.apply()
 
     def answer_json(self, status: int, body: bytes | dict[str, Any], extra: dict[str, str] | None = None) -> Any:
         """A buffered JSON answer: headers pass untouched, the body message is judged."""
@@ -153,6 +173,25 @@ def anthropic_answer(text: str = "Paris.") -> dict[str, Any]:
         "stop_sequence": None,
         "usage": {"input_tokens": 9, "output_tokens": 2},
     }
+
+
+def record(attempt: int, started_ms: float, rung: int, failure: str = "", first_failure: str = "") -> dict[str, Any]:
+    """The trip metadata a previous try left."""
+    return dict(
+        TripRecord(
+            attempt=attempt,
+            rung=rung,
+            started_ms=started_ms,
+            failure=Failure(failure) if failure else None,
+            first_failure=Failure(first_failure) if first_failure else None,
+        ).encode()
+    )
+
+
+def trip_of(response: Any) -> TripRecord:
+    found = TripRecord.decode(dynamic_metadata(response, META_TRIP))
+    assert found is not None
+    return found
 
 
 def flag_headers(headers: dict[str, str]) -> dict[str, str]:
@@ -234,7 +273,15 @@ def test_anthropic_rung_gets_x_api_key_and_version_and_never_the_app_key() -> No
 
 
 def test_anthropic_client_version_and_beta_carry_over_to_an_anthropic_rung() -> None:
-    t = Try(make_sidecar(), rung=0, ladder="claude", rungs="0,1", dialect="anthropic", av="2024-01-01", ab="tools-beta")
+    t = Try(
+        make_sidecar(),
+        rung=0,
+        ladder="claude",
+        rungs=(0, 1),
+        dialect=Dialect.ANTHROPIC,
+        anthropic_version="2024-01-01",
+        anthropic_beta="tools-beta",
+    )
     headers = set_headers(t.headers_answer)
     assert (headers["anthropic-version"], headers["anthropic-beta"]) == ("2024-01-01", "tools-beta")
 
@@ -262,20 +309,64 @@ def test_renamed_policy_headers_are_scrubbed_too() -> None:
 def test_each_try_records_itself_in_the_trip_metadata() -> None:
     clock = FakeClock(start=50.0)
     t = Try(make_sidecar(clock=clock), rung=0, slot=0, attempt=1)
-    assert dynamic_metadata(t.headers_answer, META_TRIP) == {
-        "n": 1.0,
-        "t": 50_000.0,
-        "rung": 0.0,
-        "fail": "",
-        "why": "",
-    }
+    assert trip_of(t.headers_answer) == TripRecord(attempt=1, rung=0, started_ms=50_000.0)
 
 
-def test_a_try_on_a_rung_the_policy_does_not_know_is_an_error() -> None:
-    with pytest.raises(AttemptError, match="no rung 7"):
-        Try(make_sidecar(), rung=7)
-    with pytest.raises(AttemptError, match="does not know"):
-        Try(make_sidecar(), rung=0, ladder="gone")
+def refused(t: Try) -> tuple[int, dict[str, str], dict[str, Any]]:
+    """A try the attempt filter would not serve: its status, headers and error body."""
+    answer = t.headers_answer
+    assert answer.WhichOneof("response") == "immediate_response"
+    assert t.processor.phase is Phase.REFUSED
+    return answer.immediate_response.status.code, immediate_headers(answer), json.loads(answer.immediate_response.body)
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({"rung": 7}, "foreign_rung"),  # no such rung
+        ({"rung": 0, "ladder": "gone"}, "foreign_rung"),  # no such ladder
+        ({"rung": 0, "host_ladder": "claude"}, "foreign_rung"),  # routed off the decided ladder
+        ({"rung": 2, "rungs": (0, 1)}, "foreign_rung"),  # a rung decide did not choose
+        ({"rung": 0, "policy": "unit-2025.9"}, "policy_mismatch"),  # decided under another policy
+    ],
+)
+def test_a_try_it_cannot_serve_safely_is_refused_cleanly_without_a_key(changes: dict[str, Any], reason: str) -> None:
+    sidecar = make_sidecar()
+    t = Try(sidecar, **changes)
+    status, headers, body = refused(t)
+    assert status == 503
+    assert headers[REASON] == "server_error"
+    assert body["error"]["type"] == "server_error"
+    assert PRIMARY_KEY not in str(t.headers_answer) and SECONDARY_KEY not in str(t.headers_answer)
+    assert sample(sidecar, "rungway_tries_refused_total", reason=reason) == 1
+    assert not [e for e in t.effects if type(e).__name__ == "Observation"]  # no rung is blamed
+
+
+def test_a_refusal_speaks_the_clients_dialect() -> None:
+    t = Try(make_sidecar(), rung=0, ladder="claude", rungs=(0, 1), dialect=Dialect.ANTHROPIC, policy="old")
+    _, _, body = refused(t)
+    assert body["type"] == "error" and body["error"]["type"] == "api_error"
+
+
+@pytest.mark.parametrize(
+    "mangle",
+    [
+        lambda d: {k: v for k, v in d.items() if k != "model"},  # a missing field
+        lambda d: {**d, "tries": "three"},  # a mistyped one
+        lambda d: {**d, "v": 99},  # another version
+        lambda d: {},  # nothing at all
+    ],
+)
+def test_a_decision_that_does_not_decode_is_refused_not_defaulted(mangle: Any) -> None:
+    sidecar = make_sidecar()
+    processor = AttemptProcessor(sidecar)
+    attributes = {"xds.upstream_host_metadata": host_metadata_text("main", 0), "upstream.request_attempt_count": 1}
+    (answer,) = processor.dispatch(
+        request_headers(CLIENT_HEADERS, metadata={META_DECISION: mangle(decision())}, attributes=attributes)
+    )
+    assert answer.WhichOneof("response") == "immediate_response"
+    assert answer.immediate_response.status.code == 503
+    assert [type(e).__name__ for e in processor.drain_effects()] == ["TryRefused"]
 
 
 # ---- request body -----------------------------------------------------------------------------------
@@ -315,7 +406,7 @@ def test_non_ascii_body_length_counts_bytes() -> None:
 
 def test_strip_tools_drops_the_tools_and_flags_the_answer_as_degraded() -> None:
     # Decide chose only the small rung (rungs 0 and 1 are skipped for another reason, none given).
-    t = Try(make_sidecar(), rung=2, rungs="2", tries=1)
+    t = Try(make_sidecar(), rung=2, rungs=(2,), tries=1)
     request = {**OPENAI_REQUEST, "tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": "auto"}
     (answer,) = t.send(request_body(request))
     body = body_of(answer)
@@ -385,7 +476,7 @@ def test_valid_answer_on_the_first_rung_is_served_as_is_with_flags() -> None:
 
 
 def test_answer_from_an_anthropic_rung_is_translated_for_an_openai_client() -> None:
-    trip = {"n": 1, "t": 1_000_000.0, "rung": 0, "fail": "server_error", "why": "server_error"}
+    trip = record(attempt=1, started_ms=1_000_000.0, rung=0, failure="server_error", first_failure="server_error")
     t = Try(make_sidecar(), rung=1, attempt=2, trip=trip)
     judged = t.answer_json(200, anthropic_answer("Paris."))
     body = body_of(judged)
@@ -409,7 +500,10 @@ def test_invalid_200_is_flipped_to_503_with_the_failure_in_the_trip_metadata() -
     assert body is not None
     assert headers == {":status": "503", "content-type": "application/json", "content-length": str(len(body))}
     assert json.loads(body)["error"]["code"] == "quality_regression"
-    assert dynamic_metadata(judged, META_TRIP) == {"fail": "quality_regression", "why": "quality_regression"}
+    assert (trip_of(judged).failure, trip_of(judged).first_failure) == (
+        Failure("quality_regression"),
+        Failure("quality_regression"),
+    )
     labels = {"ladder": "main", "rung": "0", "provider": "primary", "model": "gpt-4o"}
     assert sample(sidecar, "rungway_attempts_total", **labels, outcome="hop") == 1
     assert sample(sidecar, "rungway_trips_total", **labels, reason="quality_regression") == 1
@@ -422,7 +516,7 @@ def test_too_few_tokens_for_the_task_is_flipped_like_any_failure() -> None:
 
 
 def test_invalid_200_on_the_last_rung_is_the_clients_answer() -> None:
-    trip = {"n": 2, "t": 1_000_000.0, "rung": 1, "fail": "server_error", "why": "timeout"}
+    trip = record(attempt=2, started_ms=1_000_000.0, rung=1, failure="server_error", first_failure="timeout")
     t = Try(make_sidecar(), rung=2, attempt=3, trip=trip)
     judged = t.answer_json(200, openai_answer(content=None))
     headers = set_headers(judged)
@@ -431,7 +525,10 @@ def test_invalid_200_on_the_last_rung_is_the_clients_answer() -> None:
     body = body_of(judged)
     assert body is not None and json.loads(body)["error"]["code"] == "quality_regression"
     # The first failure of the request stays the reason it left tier 0.
-    assert dynamic_metadata(judged, META_TRIP) == {"fail": "quality_regression", "why": "timeout"}
+    assert (trip_of(judged).failure, trip_of(judged).first_failure) == (
+        Failure("quality_regression"),
+        Failure("timeout"),
+    )
 
 
 def test_headers_only_200_is_a_schema_error() -> None:
@@ -439,31 +536,34 @@ def test_headers_only_200_is_a_schema_error() -> None:
     (judged,) = t.send(response_headers(200, JSON, end_of_stream=True))
     assert judged.WhichOneof("response") == "response_headers"
     assert set_headers(judged)[":status"] == "503"
-    assert dynamic_metadata(judged, META_TRIP)["fail"] == "schema_error"
+    assert trip_of(judged).failure is Failure("schema_error")
 
 
 def test_short_retry_after_429_is_kept_when_the_next_slot_is_the_same_rung() -> None:
     sidecar = make_sidecar()
-    t = Try(sidecar, rung=0, slot=0, ladder="retry_same", rungs="0,1", tries=3)
+    t = Try(sidecar, rung=0, slot=0, ladder="retry_same", rungs=(0, 1), tries=3)
     error = {"error": {"message": "Rate limit reached", "type": "requests", "code": "rate_limit_exceeded"}}
     judged = t.answer_json(429, error, {"retry-after": "1"})
     headers = set_headers(judged)
     assert ":status" not in headers  # Envoy sees the 429 and waits out Retry-After
     assert body_of(judged) is None
     assert flag_headers(headers) == flags_of("primary/gpt-4o", 0, False, "rate_limited")
-    assert dynamic_metadata(judged, META_TRIP) == {"fail": "rate_limited", "why": "rate_limited"}
+    assert (trip_of(judged).failure, trip_of(judged).first_failure) == (
+        Failure("rate_limited"),
+        Failure("rate_limited"),
+    )
     labels = {"ladder": "retry_same", "rung": "0", "provider": "primary", "model": "gpt-4o"}
     assert sample(sidecar, "rungway_attempts_total", **labels, outcome="wait") == 1
 
 
 def test_long_retry_after_429_hops_at_once() -> None:
-    t = Try(make_sidecar(), rung=0, slot=0, ladder="retry_same", rungs="0,1", tries=3)
+    t = Try(make_sidecar(), rung=0, slot=0, ladder="retry_same", rungs=(0, 1), tries=3)
     judged = t.answer_json(429, {"error": {"message": "slow down", "type": "requests"}}, {"retry-after": "30"})
     assert set_headers(judged)[":status"] == "503"
 
 
 def test_short_retry_after_429_hops_when_the_next_slot_is_another_rung() -> None:
-    t = Try(make_sidecar(), rung=0, slot=1, attempt=2, ladder="retry_same", rungs="0,1", tries=3)
+    t = Try(make_sidecar(), rung=0, slot=1, attempt=2, ladder="retry_same", rungs=(0, 1), tries=3)
     judged = t.answer_json(429, {"error": {"message": "slow down", "type": "requests"}}, {"retry-after": "1"})
     assert set_headers(judged)[":status"] == "503"
 
@@ -474,8 +574,8 @@ def test_final_failure_is_rendered_in_the_clients_dialect() -> None:
         make_sidecar(),
         rung=2,
         attempt=3,
-        dialect="anthropic",
-        trip={"n": 2, "t": 0.0, "rung": 1, "fail": "timeout", "why": "timeout"},
+        dialect=Dialect.ANTHROPIC,
+        trip=record(attempt=2, started_ms=0.0, rung=1, failure="timeout", first_failure="timeout"),
     )
     provider_error = {"error": {"message": "model crashed", "type": "server_error", "code": None}}
     judged = t.answer_json(500, provider_error)
@@ -524,9 +624,9 @@ def test_silent_previous_try_that_used_its_budget_timed_out() -> None:
     sidecar = make_sidecar(clock=clock)
     started_ms = clock.now() * 1000
     clock.advance(2.1)  # per_try_ms is 2000
-    trip = {"n": 1, "t": started_ms, "rung": 0, "fail": "", "why": ""}
+    trip = record(attempt=1, started_ms=started_ms, rung=0, failure="", first_failure="")
     t = Try(sidecar, rung=1, attempt=2, trip=trip)
-    assert dynamic_metadata(t.headers_answer, META_TRIP)["why"] == "timeout"
+    assert trip_of(t.headers_answer).first_failure is Failure("timeout")
     judged = t.answer_json(200, anthropic_answer())
     assert set_headers(judged)[REASON] == "timeout"
 
@@ -536,7 +636,7 @@ def test_a_try_whose_stream_closes_unanswered_after_its_budget_is_a_timeout() ->
     sidecar = make_sidecar(clock=clock)
     t = Try(sidecar, rung=0)
     clock.advance(2.1)  # per_try_ms is 2000: Envoy's per-try timer closed the stream
-    t.processor.on_close()
+    t.on_close()
     labels = {"ladder": "main", "rung": "0", "provider": "primary", "model": "gpt-4o"}
     assert sample(sidecar, "rungway_trips_total", **labels, reason="timeout") == 1
     endpoint = sidecar.board.endpoints["primary/gpt-4o"]
@@ -546,24 +646,24 @@ def test_a_try_whose_stream_closes_unanswered_after_its_budget_is_a_timeout() ->
 def test_a_try_closed_early_without_an_answer_was_reset() -> None:
     sidecar = make_sidecar()
     t = Try(sidecar, rung=0)
-    t.processor.on_close()
+    t.on_close()
     labels = {"ladder": "main", "rung": "0", "provider": "primary", "model": "gpt-4o"}
     assert sample(sidecar, "rungway_trips_total", **labels, reason="connect_error") == 1
 
 
 def test_previous_try_without_a_record_never_connected() -> None:
     t = Try(make_sidecar(), rung=1, attempt=2)
-    assert dynamic_metadata(t.headers_answer, META_TRIP)["why"] == "connect_error"
+    assert trip_of(t.headers_answer).first_failure is Failure("connect_error")
 
 
 def test_first_try_on_a_later_rung_means_envoy_ejected_the_earlier_ones() -> None:
     t = Try(make_sidecar(), rung=1, attempt=1)
-    assert dynamic_metadata(t.headers_answer, META_TRIP)["why"] == "server_error"
+    assert trip_of(t.headers_answer).first_failure is Failure("server_error")
 
 
 def test_rungs_decide_skipped_give_the_reason() -> None:
-    t = Try(make_sidecar(), rung=1, attempt=1, rungs="1", skip="context_overflow")
-    assert dynamic_metadata(t.headers_answer, META_TRIP)["why"] == "context_overflow"
+    t = Try(make_sidecar(), rung=1, attempt=1, rungs=(1,), skip=Failure.CONTEXT_OVERFLOW)
+    assert trip_of(t.headers_answer).first_failure is Failure("context_overflow")
 
 
 # ---- streams ------------------------------------------------------------------------------------------
@@ -620,7 +720,7 @@ def test_error_event_before_the_first_token_hops_like_a_5xx(rung: int, events: l
     assert t.send(response_headers(200, SSE)) == []
     headers, body = t.send(response_body(sse(events), end_of_stream=False))
     assert set_headers(headers)[":status"] == "503"
-    assert dynamic_metadata(headers, META_TRIP)["fail"] == "server_error"
+    assert trip_of(headers).failure is Failure("server_error")
     data = body_of(body)
     assert data is not None and json.loads(data)["error"]["code"] == "server_error"
     assert body.response_body.response.body_mutation.streamed_response.end_of_stream
@@ -628,7 +728,9 @@ def test_error_event_before_the_first_token_hops_like_a_5xx(rung: int, events: l
 
 
 def test_error_event_before_the_first_token_on_the_last_rung_is_final() -> None:
-    t = stream_try(rung=2, attempt=3, trip={"n": 2, "t": 0.0, "rung": 1, "fail": "timeout", "why": "timeout"})
+    t = stream_try(
+        rung=2, attempt=3, trip=record(attempt=2, started_ms=0.0, rung=1, failure="timeout", first_failure="timeout")
+    )
     t.send(response_headers(200, SSE))
     headers, _ = t.send(response_body(sse([*openai_events([])[:1], OPENAI_ERROR_EVENT])))
     got = set_headers(headers)
@@ -642,7 +744,7 @@ def test_stream_that_ends_before_any_token_hops() -> None:
     t.send(response_headers(200, SSE))
     headers, _ = t.send(response_body(sse(openai_events([])), end_of_stream=True))
     assert set_headers(headers)[":status"] == "503"
-    assert dynamic_metadata(headers, META_TRIP)["fail"] == "quality_regression"
+    assert trip_of(headers).failure is Failure("quality_regression")
 
 
 def test_stream_cut_before_any_token_hops_as_a_server_error() -> None:
@@ -652,7 +754,7 @@ def test_stream_cut_before_any_token_hops_as_a_server_error() -> None:
     answers = t.send(response_trailers())
     headers = answers[0]
     assert set_headers(headers)[":status"] == "503"
-    assert dynamic_metadata(headers, META_TRIP)["fail"] == "server_error"
+    assert trip_of(headers).failure is Failure("server_error")
     assert answers[-1].WhichOneof("response") == "response_trailers"
 
 
@@ -670,22 +772,22 @@ def test_json_200_to_a_stream_request_is_a_schema_error() -> None:
     t = stream_try()
     t.send(response_headers(200, JSON))
     headers, _ = t.send(response_body(json.dumps(openai_answer()).encode(), end_of_stream=True))
-    assert dynamic_metadata(headers, META_TRIP)["fail"] == "schema_error"
+    assert trip_of(headers).failure is Failure("schema_error")
 
 
 def test_watchdog_ends_a_stalled_stream_with_an_error_event() -> None:
     clock = FakeClock()
     sidecar = make_sidecar(clock=clock)
     t = stream_try(sidecar)
-    assert t.processor.wake_at() is None  # before the first token Envoy's per-try timeout rules
+    assert t.processor.deadline() is None  # before the first token Envoy's per-try timeout rules
     t.send(response_headers(200, SSE))
-    assert t.processor.wake_at() is None
+    assert t.processor.deadline() is None
     clock.advance(1.0)
     t.send(response_body(sse(openai_events(["Par"], finish=None, usage=False, done=False)), end_of_stream=False))
     last_chunk = clock.now()
-    assert t.processor.wake_at() == last_chunk + 15.0
+    assert t.processor.deadline() == last_chunk + 15.0
     clock.advance(15.0)
-    (tail,) = t.processor.on_wake()
+    (tail,) = t.on_deadline()
     assert tail.response_body.response.body_mutation.streamed_response.end_of_stream
     data = body_of(tail)
     assert data is not None
@@ -693,8 +795,8 @@ def test_watchdog_ends_a_stalled_stream_with_an_error_event() -> None:
     error = json.loads(payload)["error"]
     assert error["code"] == "stream_interrupted"
     assert "15s" in error["message"]
-    assert t.processor.wake_at() is None
-    assert t.processor.on_wake() == []
+    assert t.processor.deadline() is None
+    assert t.on_deadline() == []
     assert t.send(response_body(sse(openai_events(["late"])), end_of_stream=True)) == []
     assert sample(sidecar, "rungway_streams_total", outcome="interrupted") == 1
     labels = {"ladder": "main", "rung": "0", "provider": "primary", "model": "gpt-4o"}
@@ -709,18 +811,18 @@ def test_each_chunk_resets_the_stall_timer() -> None:
     t.send(response_body(sse(events[:2]), end_of_stream=False))
     clock.advance(10.0)
     t.send(response_body(sse(events[2:]), end_of_stream=False))
-    assert t.processor.wake_at() == clock.now() + 15.0
+    assert t.processor.deadline() == clock.now() + 15.0
 
 
 def test_watchdog_finalises_a_finished_stream_whose_done_never_came() -> None:
     clock = FakeClock()
     sidecar = make_sidecar(clock=clock)
-    t = stream_try(sidecar, usage=True)
+    t = stream_try(sidecar, include_usage=True)
     t.send(response_headers(200, SSE))
     t.send(response_body(sse(openai_events(["Paris."], usage=False, done=False)), end_of_stream=False))
-    assert t.processor.wake_at() == clock.now() + 1.0  # the finish grace, not the stall timeout
+    assert t.processor.deadline() == clock.now() + 1.0  # the finish grace, not the stall timeout
     clock.advance(1.0)
-    (tail,) = t.processor.on_wake()
+    (tail,) = t.on_deadline()
     data = body_of(tail)
     assert data is not None
     usage, done = sse_events(data)

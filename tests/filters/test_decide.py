@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from extproc.core import Decision, Dialect, Failure, Impact
 from extproc.core.names import (
     ATTEMPTS,
     CLUSTER_HEADER,
@@ -55,7 +56,12 @@ def headers(path: str = OPENAI_PATH, **extra: str) -> dict[str, str]:
 def decide(sidecar: Sidecar, path: str = OPENAI_PATH, extra: dict[str, str] | None = None, **fields: Any) -> Any:
     processor = DecideProcessor(sidecar)
     (response,) = processor.dispatch(request_headers(headers(path, **(extra or {})), metadata=decide_fields(**fields)))
+    sidecar.apply(processor.drain_effects())
     return processor, response
+
+
+def decision_of(response: Any) -> Decision:
+    return Decision.decode(dynamic_metadata(response, META_DECISION))
 
 
 def error_body(response: Any) -> dict[str, Any]:
@@ -76,27 +82,24 @@ def test_healthy_request_is_routed_to_the_whole_ladder_on_the_headers_message() 
         "x-envoy-upstream-rq-per-try-timeout-ms": "2000",
     }
     assert not response.HasField("mode_override")
-    assert dynamic_metadata(response, META_DECISION) == {
-        "routed": True,
-        "cluster": "rw.main.7",
-        "ladder": "main",
-        "rungs": "0,1,2",
-        "tries": 3.0,
-        "per_try_ms": 2000.0,
-        "tenant": "default",
-        "task": "default",
-        "impact": "customer_facing",
-        "dialect": "openai",
-        "model": "gpt-4o",
-        "stream": False,
-        "usage": False,
-        "bytes": 400.0,
-        "policy": "unit-2026.1",
-        "skip": "",
-        "canary": False,
-        "probe": False,
-        "rf": "",
-    }
+    assert decision_of(response) == Decision(
+        policy="unit-2026.1",
+        ladder="main",
+        rungs=(0, 1, 2),
+        cluster="rw.main.7",
+        tries=3,
+        per_try_ms=2000,
+        tenant="default",
+        task="default",
+        impact=Impact.CUSTOMER_FACING,
+        dialect=Dialect.OPENAI,
+        model="gpt-4o",
+        stream=False,
+        include_usage=False,
+        body_bytes=400,
+        skip=None,
+    )
+    assert dynamic_metadata(response, META_DECISION)["routed"] is True  # the ladder route matches on it
     assert (
         sample(sidecar, "rungway_decisions_total", tenant="default", task="default", ladder="main", outcome="routed")
         == 1
@@ -106,34 +109,34 @@ def test_healthy_request_is_routed_to_the_whole_ladder_on_the_headers_message() 
 def test_stream_with_usage_is_routed_to_the_sse_cluster() -> None:
     _, response = decide(make_sidecar(), model="gpt-4o", stream=True, include_usage=True)
     assert set_headers(response)[CLUSTER_HEADER] == "rw.main.7.sse"
-    meta = dynamic_metadata(response, META_DECISION)
-    assert (meta["stream"], meta["usage"]) == (True, True)
+    d = decision_of(response)
+    assert (d.stream, d.include_usage) == (True, True)
 
 
 def test_json_mode_skips_the_rung_without_it_and_records_why() -> None:
     _, response = decide(make_sidecar(), model="gpt-4o", response_format="json_schema")
     assert set_headers(response)[CLUSTER_HEADER] == "rw.main.3"
-    assert dynamic_metadata(response, META_DECISION)["rungs"] == "0,1"
+    assert decision_of(response).rungs == (0, 1)
 
 
 def test_large_request_skips_small_windows_and_says_context_overflow() -> None:
     _, response = decide(make_sidecar(), extra={"content-length": str(4 * 10_000)}, model="gpt-4o")
-    meta = dynamic_metadata(response, META_DECISION)
-    assert (meta["rungs"], meta["skip"], meta["per_try_ms"]) == ("1", "context_overflow", 30000.0)
+    d = decision_of(response)
+    assert (d.rungs, d.skip, d.per_try_ms) == ((1,), Failure.CONTEXT_OVERFLOW, 30000)
     assert set_headers(response)["x-envoy-max-retries"] == "0"
 
 
 def test_max_completion_tokens_counts_like_max_tokens() -> None:
     _, response = decide(make_sidecar(), model="gpt-4o", max_completion_tokens=3990.0)
-    assert dynamic_metadata(response, META_DECISION)["rungs"] == "0,1"
+    assert decision_of(response).rungs == (0, 1)
 
 
 def test_tenant_task_and_impact_come_from_the_policy_headers() -> None:
     extra = {"x-rungway-tenant": "acme", "x-rungway-task": "summarizer", "x-rungway-impact": "revenue_critical"}
     sidecar = make_sidecar()
     _, response = decide(sidecar, extra=extra, model="gpt-4o")
-    meta = dynamic_metadata(response, META_DECISION)
-    assert (meta["tenant"], meta["task"], meta["impact"], meta["ladder"]) == (
+    d = decision_of(response)
+    assert (d.tenant, d.task, d.impact.value, d.ladder) == (
         "acme",
         "summarizer",
         "revenue_critical",
@@ -147,15 +150,15 @@ def test_tenant_task_and_impact_come_from_the_policy_headers() -> None:
 
 def test_unknown_task_and_impact_fall_back_to_the_defaults() -> None:
     _, response = decide(make_sidecar(), extra={"x-rungway-task": "nope", "x-rungway-impact": "urgent"}, model="gpt-4o")
-    meta = dynamic_metadata(response, META_DECISION)
-    assert (meta["task"], meta["impact"], meta["ladder"]) == ("default", "customer_facing", "main")
+    d = decision_of(response)
+    assert (d.task, d.impact.value, d.ladder) == ("default", "customer_facing", "main")
 
 
 def test_anthropic_client_is_recognised_by_path_and_keeps_its_api_version() -> None:
     extra = {"anthropic-version": "2023-06-01", "anthropic-beta": "tools-2024"}
     _, response = decide(make_sidecar(), ANTHROPIC_PATH + "?beta=true", extra=extra, model="claude-x")
-    meta = dynamic_metadata(response, META_DECISION)
-    assert (meta["dialect"], meta["ladder"], meta["av"], meta["ab"]) == (
+    d = decision_of(response)
+    assert (d.dialect.value, d.ladder, d.anthropic_version, d.anthropic_beta) == (
         "anthropic",
         "claude",
         "2023-06-01",
@@ -165,13 +168,13 @@ def test_anthropic_client_is_recognised_by_path_and_keeps_its_api_version() -> N
 
 def test_openai_client_does_not_carry_anthropic_headers() -> None:
     _, response = decide(make_sidecar(), extra={"anthropic-version": "2023-06-01"}, model="gpt-4o")
-    assert "av" not in dynamic_metadata(response, META_DECISION)
+    assert decision_of(response).anthropic_version is None
 
 
 def test_policy_headers_can_be_renamed() -> None:
     sidecar = make_sidecar(make_policy(tenant_header="x-team"))
     _, response = decide(sidecar, extra={"x-team": "blue", "x-rungway-tenant": "ignored"}, model="gpt-4o")
-    assert dynamic_metadata(response, META_DECISION)["tenant"] == "blue"
+    assert decision_of(response).tenant == "blue"
 
 
 # ---- refusals -------------------------------------------------------------------------------------------
@@ -194,7 +197,12 @@ def test_unknown_model_is_refused_with_400_in_the_openai_dialect() -> None:
     error = error_body(response)["error"]
     assert (error["type"], error["code"]) == ("invalid_request_error", "client_error")
     assert "'llama-3'" in error["message"]
-    assert dynamic_metadata(response, META_DECISION) == {"rendered": True, "tenant": "default", "task": "default"}
+    assert dynamic_metadata(response, META_DECISION) == {
+        "v": 1.0,
+        "rendered": True,
+        "tenant": "default",
+        "task": "default",
+    }
     assert (
         sample(sidecar, "rungway_decisions_total", tenant="default", task="default", ladder="", outcome="refused") == 1
     )
@@ -283,23 +291,26 @@ def test_body_is_asked_for_only_when_tools_decide_the_ladder() -> None:
 def test_body_without_tools_keeps_the_tool_less_rung() -> None:
     processor, _ = decide(make_sidecar(), model="tools-x")
     (response,) = processor.dispatch(request_body({"model": "tools-x", "messages": []}))
+    processor._worker.apply(processor.drain_effects())
     assert response.WhichOneof("response") == "request_body"
     assert set_headers(response)[CLUSTER_HEADER] == "rw.tool_check.3"
-    assert dynamic_metadata(response, META_DECISION)["rungs"] == "0,1"
+    assert decision_of(response).rungs == (0, 1)
 
 
 def test_body_with_tools_drops_the_tool_less_rung() -> None:
     processor, _ = decide(make_sidecar(), model="tools-x")
     body = {"model": "tools-x", "messages": [], "tools": [{"type": "function", "function": {"name": "f"}}]}
     (response,) = processor.dispatch(request_body(body))
+    processor._worker.apply(processor.drain_effects())
     assert set_headers(response)[CLUSTER_HEADER] == "rw.tool_check.1"
-    assert dynamic_metadata(response, META_DECISION)["tries"] == 1.0
+    assert decision_of(response).tries == 1
 
 
 def test_tools_with_no_tool_rung_are_refused_in_the_body_phase() -> None:
     policy = make_policy(ladders={"l": [{"provider": "small"}]}, models=[{"match": "*", "ladder": "l"}])
     processor, _ = decide(make_sidecar(policy), model="m")
     (response,) = processor.dispatch(request_body({"model": "m", "tools": [{"name": "f"}]}))
+    processor._worker.apply(processor.drain_effects())
     assert response.WhichOneof("response") == "immediate_response"
     assert immediate_headers(response)[REASON] == "tool_mismatch"
 
@@ -308,13 +319,14 @@ def test_tools_with_no_tool_rung_are_refused_in_the_body_phase() -> None:
 def test_body_that_is_not_a_json_object_is_refused(body: bytes) -> None:
     processor, _ = decide(make_sidecar(), model="tools-x")
     (response,) = processor.dispatch(request_body(body))
+    processor._worker.apply(processor.drain_effects())
     assert response.immediate_response.status.code == 400
     assert error_body(response)["error"]["message"] == "the request body is not a valid JSON object"
 
 
 def test_decide_processes_only_request_messages_and_has_no_timer() -> None:
     processor = DecideProcessor(make_sidecar())
-    assert processor.wake_at() is None
-    assert processor.on_wake() == []
+    assert processor.deadline() is None
+    assert processor.on_deadline() == []
     with pytest.raises(ValueError, match="decide does not process response_headers"):
         processor.dispatch(response_headers(200))

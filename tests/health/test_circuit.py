@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from typing import Any
@@ -56,7 +57,7 @@ def half_open(config: CircuitConfig = RATE, at: float = T0) -> Circuit:
     """A circuit that went HALF_OPEN at `at` (opened open_s earlier), transitions drained."""
     circuit = opened(config, at - config.open_s)
     assert circuit.state(at) is HALF_OPEN
-    circuit.drain_transitions()
+    circuit.tick(at)
     return circuit
 
 
@@ -220,16 +221,26 @@ def test_an_open_circuit_sends_no_traffic_for_open_s() -> None:
     assert repr(circuit) == "<Circuit open until 1030.0 (1 consecutive failures)>"
     assert not any(circuit.allow(T0 + dt) for dt in (0, 1, 15, 29.999))
     assert circuit.state(T0 + 29.999) is OPEN
-    assert circuit.drain_transitions() == []
+    assert circuit.tick(T0 + 29.999) == []
     assert circuit.allow(T0 + 30)
-    assert moves(circuit.drain_transitions()) == [(T0 + 30, "open", "half_open", "open for 30s")]
+    assert moves(circuit.tick(T0 + 30)) == [(T0 + 30, "open", "half_open", "open for 30s")]
 
 
 def test_the_move_to_half_open_is_stamped_when_it_fell_due_not_when_noticed() -> None:
     circuit = opened()
     assert circuit.state(T0 + 500) is HALF_OPEN
-    assert moves(circuit.drain_transitions()) == [(T0 + 30, "open", "half_open", "open for 30s")]
-    assert circuit.drain_transitions() == []
+    assert moves(circuit.tick(T0 + 500)) == [(T0 + 30, "open", "half_open", "open for 30s")]
+    assert circuit.tick(T0 + 500) == []
+
+
+def test_queries_do_not_change_the_circuit() -> None:
+    circuit = opened()
+    before = repr(circuit)
+    assert circuit.state(T0 + 500) is HALF_OPEN
+    assert circuit.would_admit(T0 + 500)
+    assert circuit.snapshot(T0 + 500)["state"] == "half_open"
+    assert repr(circuit) == before  # still open until a command applies the timer
+    assert moves(circuit.tick(T0 + 500)) == [(T0 + 30, "open", "half_open", "open for 30s")]
 
 
 def test_results_while_open_are_dropped() -> None:
@@ -366,7 +377,7 @@ def test_a_hung_probe_reopens_after_probe_bound_s() -> None:
     circuit.allow(T0 + 4)
     assert circuit.state(T0 + 9.999) is HALF_OPEN
     assert not circuit.allow(T0 + 10)  # the first probe's bound: the circuit is open again
-    assert moves(circuit.drain_transitions()) == [(T0 + 10, "half_open", "open", "probe unanswered for 10s")]
+    assert moves(circuit.tick(T0 + 10)) == [(T0 + 10, "half_open", "open", "probe unanswered for 10s")]
     assert circuit.snapshot(T0 + 10)["open_until"] == T0 + 40
 
 
@@ -384,7 +395,7 @@ def test_a_result_frees_the_oldest_admission_so_the_hung_probe_timer_fires_late_
     circuit.record(T0 + 6, OK)  # perhaps the second probe's answer; it frees the first admission
     assert circuit.state(T0 + 14.9) is HALF_OPEN
     assert circuit.state(T0 + 15) is OPEN
-    assert moves(circuit.drain_transitions()) == [(T0 + 15, "half_open", "open", "probe unanswered for 10s")]
+    assert moves(circuit.tick(T0 + 15)) == [(T0 + 15, "half_open", "open", "probe unanswered for 10s")]
 
 
 def test_results_from_calls_this_circuit_did_not_admit_count_like_probe_results() -> None:
@@ -399,7 +410,7 @@ def test_results_from_calls_this_circuit_did_not_admit_count_like_probe_results(
 def test_half_open_with_no_probes_waits_without_a_timer() -> None:
     circuit = half_open()
     assert circuit.state(T0 + 10_000) is HALF_OPEN
-    assert circuit.drain_transitions() == []
+    assert circuit.tick(T0 + 10_000) == []
 
 
 def test_one_record_can_catch_up_on_several_due_timers() -> None:
@@ -412,7 +423,7 @@ def test_one_record_can_catch_up_on_several_due_timers() -> None:
         (T0 + 40, "open", "half_open", "open for 30s"),
     ]
     assert circuit.snapshot(T0 + 50)["half_open_successes"] == 1
-    assert circuit.drain_transitions() == []  # record() returned its own
+    assert circuit.tick(T0 + 50) == []  # record() returned its own
 
 
 # ---- force_open --------------------------------------------------------------------------------
@@ -451,7 +462,7 @@ def test_force_open_returns_the_timer_transitions_it_caught_up_on() -> None:
 
 def test_a_now_earlier_than_one_already_seen_counts_as_the_latest_seen() -> None:
     circuit = opened()
-    assert circuit.state(T0 + 30) is HALF_OPEN
+    assert circuit.tick(T0 + 30) != []  # a command: the circuit has now seen T0 + 30
     assert circuit.state(T0) is HALF_OPEN
     assert circuit.allow(T0 - 100)
     assert circuit.snapshot(T0 + 30)["half_open_admitted"] == 1
@@ -661,18 +672,20 @@ class CircuitAgainstModel(RuleBasedStateMachine):
         if start is not CLOSED:
             self.force_open()
         if start is HALF_OPEN:
-            self.advance(config.open_s, "state")
+            self.advance(config.open_s, "tick")
 
     # Looking is folded into advancing so that fewer rules leave the interesting sequences likelier.
-    @rule(dt=steps, look=st.sampled_from(["no", "state", "snapshot", "drain"]))
+    @rule(dt=steps, look=st.sampled_from(["no", "state", "snapshot", "tick"]))
     def advance(self, dt: float, look: str = "no") -> None:
         self.now += dt
+        # Queries show the circuit as of now without changing it: the model's copy catches up.
         if look == "state":
-            assert self.circuit.state(self.now) is self.model.poll(self.now)
+            assert self.circuit.state(self.now) is copy.deepcopy(self.model).poll(self.now)
         elif look == "snapshot":
-            assert self.circuit.snapshot(self.now) == self.model.snapshot(self.now)
-        elif look == "drain":
-            assert moves(self.circuit.drain_transitions()) == self.model.pending
+            assert self.circuit.snapshot(self.now) == copy.deepcopy(self.model).snapshot(self.now)
+        elif look == "tick":
+            self.model.poll(self.now)
+            assert moves(self.circuit.tick(self.now)) == self.model.pending
             self.model.pending = []
 
     @rule(outcome=st.sampled_from([OK, OK, OK, FAIL, SLOW, IGNORED]))
@@ -744,14 +757,14 @@ def test_polling_state_in_between_changes_no_outcome(
             now += dt
             if asked:
                 circuit.state(now)
-                every += circuit.drain_transitions()
+                every += circuit.tick(now)
             if event == "allow":
                 answers.append(circuit.allow(now))
             elif event == "force_open":
                 every += circuit.force_open(now, "quota")
             else:
                 every += circuit.record(now, Outcome(event))
-            every += circuit.drain_transitions()
+            every += circuit.tick(now)
         return answers, every
 
     assert run(polls) == run([False] * len(polls))

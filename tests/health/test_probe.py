@@ -7,8 +7,8 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from extproc.core import Failure
-from extproc.health.board import Board, Observation
+from extproc.core import CircuitChanged, Failure, Observation, QuotaSignal
+from extproc.health.board import Board
 from extproc.health.circuit import CircuitState
 from extproc.health.probe import ProbeTarget, ReplicaReports, due, targets
 from extproc.policy import REQUESTED_MODEL, Policy
@@ -110,7 +110,7 @@ def test_a_route_whose_rung_now_serves_a_fixed_model_does_not_probe_the_seen_mod
 def test_an_endpoint_known_only_from_a_quota_signal_is_not_a_target() -> None:
     policy = make_policy()
     board = board_for(policy)
-    board.apply(board.quota("primary/gpt-4o", T0 + 60), T0)
+    board.apply(QuotaSignal("primary/gpt-4o", T0 + 60), T0)
     assert targets(policy, board) == FIXED
 
 
@@ -211,27 +211,25 @@ def test_an_endpoint_another_replica_reports_half_open_is_probed_at_the_recovery
     assert due([target], board, sent, T0 + 6, {target.key}) == [target]
 
 
-def circuit_event(key: str, to: str, origin: str = "w1") -> dict[str, Any]:
-    return {"k": "circuit", "key": key, "from": "open", "to": to, "reason": "r", "origin": origin}
+def circuit_event(key: str, to: str) -> CircuitChanged:
+    return CircuitChanged(key, T0, "open", to, "r")
 
 
 def test_replica_reports_name_endpoints_a_replica_last_said_were_half_open() -> None:
     reports = ReplicaReports(ttl_s=60)
-    reports.note(circuit_event("a/x", "half_open", "w1"), T0)
-    reports.note(circuit_event("a/x", "closed", "w2"), T0)
-    reports.note(circuit_event("b/y", "half_open", "w1"), T0)
-    reports.note(circuit_event("b/y", "closed", "w1"), T0 + 1)  # the same replica, later
-    reports.note(circuit_event("c/z", "open", "w1"), T0)  # open: nothing to probe for yet
-    reports.note({"k": "obs", "key": "d/w", "to": "half_open"}, T0)  # not a circuit event
-    reports.note({"k": "circuit", "key": 7, "to": "half_open"}, T0)  # malformed
+    reports.note(circuit_event("a/x", "half_open"), "w1", T0)
+    reports.note(circuit_event("a/x", "closed"), "w2", T0)
+    reports.note(circuit_event("b/y", "half_open"), "w1", T0)
+    reports.note(circuit_event("b/y", "closed"), "w1", T0 + 1)  # the same replica, later
+    reports.note(circuit_event("c/z", "open"), "w1", T0)  # open: nothing to probe for yet
     assert reports.half_open(T0 + 1) == {"a/x"}
-    reports.note(circuit_event("a/x", "closed", "w1"), T0 + 2)
+    reports.note(circuit_event("a/x", "closed"), "w1", T0 + 2)
     assert reports.half_open(T0 + 2) == set()
 
 
 def test_a_replica_silent_for_the_ttl_no_longer_counts() -> None:
     reports = ReplicaReports(ttl_s=60)
-    reports.note(circuit_event("a/x", "half_open", "gone"), T0)
+    reports.note(circuit_event("a/x", "half_open"), "gone", T0)
     assert reports.half_open(T0 + 60) == {"a/x"}
     assert reports.half_open(T0 + 60.1) == set()
 

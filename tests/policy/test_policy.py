@@ -243,26 +243,6 @@ def test_unmatched_model_has_no_ladder() -> None:
 # ---- providers ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("base_url", "dialect", "path"),
-    [
-        ("https://api.openai.com", "openai", "/v1/chat/completions"),
-        ("https://api.openai.com/", "openai", "/v1/chat/completions"),
-        ("https://api.openai.com/v1", "openai", "/v1/chat/completions"),
-        ("https://api.openai.com/v1/", "openai", "/v1/chat/completions"),
-        ("https://api.anthropic.com", "anthropic", "/v1/messages"),
-        ("https://api.anthropic.com/v1", "anthropic", "/v1/messages"),
-        ("http://10.0.0.7:8000/v1", "openai_compatible", "/v1/chat/completions"),
-        ("https://gw.test/openai", "openai", "/openai/v1/chat/completions"),
-        ("https://gw.test/team/anthropic/v1", "anthropic", "/team/anthropic/v1/messages"),
-        ("https://gw.test/v1x", "openai", "/v1x/v1/chat/completions"),
-    ],
-)
-def test_chat_path_joins_prefix_and_endpoint_without_doubling_v1(base_url: str, dialect: str, path: str) -> None:
-    provider = Provider.model_validate({"base_url": base_url, "dialect": dialect})
-    assert provider.chat_path() == path
-
-
 def test_provider_address_parts() -> None:
     tls = Provider.model_validate({"base_url": "https://api.test/v1", "dialect": "openai"})
     assert (tls.tls, tls.host, tls.port, tls.authority) == (True, "api.test", 443, "api.test")

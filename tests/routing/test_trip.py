@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from extproc.core import CLIENT_STATUS, HOP_RULE, Failure, Hop
+from extproc.core import CLIENT_STATUS, HOP_RULE, Failure, Hop, TripRecord
 from extproc.policy import Policy
-from extproc.routing.trip import Action, Position, TripRecord, after_failure, parse_retry_after, previous_failure
+from extproc.routing.trip import Action, Position, after_failure, parse_retry_after, previous_failure
 from tests.builders import make_policy
 
 F = Failure
@@ -171,23 +171,13 @@ def test_parse_retry_after_ignores_junk(value: str | None) -> None:
 # ---- what the next try infers -------------------------------------------------------------------
 
 
-def test_trip_record_reads_envoy_metadata_numbers() -> None:
-    record = TripRecord.from_meta({"n": 2.0, "t": 1500.5, "rung": 1.0, "fail": "timeout", "why": "server_error"})
-    assert record == TripRecord(attempt=2, rung=1, started_ms=1500.5, failure=F.TIMEOUT, first_failure=F.SERVER_ERROR)
-
-
-def test_trip_record_tolerates_missing_and_foreign_values() -> None:
-    assert TripRecord.from_meta({}) == TripRecord()
-    assert TripRecord.from_meta({"n": "2", "rung": True, "fail": "bogus", "why": ""}) == TripRecord()
-
-
 def test_first_try_has_no_previous_failure() -> None:
-    assert previous_failure(TripRecord(), attempt=1, now_ms=5000.0, per_try_ms=2000.0) is None
+    assert previous_failure(None, attempt=1, now_ms=5000.0, per_try_ms=2000.0) is None
 
 
 def test_missing_record_means_the_previous_try_never_connected() -> None:
-    assert previous_failure(TripRecord(), attempt=2, now_ms=5000.0, per_try_ms=2000.0) is F.CONNECT_ERROR
-    stale = TripRecord(attempt=1, started_ms=0.0)
+    assert previous_failure(None, attempt=2, now_ms=5000.0, per_try_ms=2000.0) is F.CONNECT_ERROR
+    stale = TripRecord(attempt=1, rung=0, started_ms=0.0)
     assert previous_failure(stale, attempt=3, now_ms=90_000.0, per_try_ms=2000.0) is F.CONNECT_ERROR
 
 

@@ -29,6 +29,7 @@ from extproc.core.names import (
 from extproc.policy import Policy
 from extproc.routing.ladder import Route, choose, orderings
 from extproc.runtime.supervisor import envoy_binary
+from extproc.translate import api_pair
 from extproc.xds.bootstrap import EXTPROC_BUFFER_LIMIT, EnvoySettings, render
 from tests.builders import make_policy, policies, policy_data, request_features
 from tests.tlsca import make_test_ca
@@ -361,7 +362,9 @@ def test_fail_open_chat_routes_reach_the_dialect_primary_at_its_chat_path(policy
         assert primary is not None
         route = rendered[route_name]
         assert route["route"]["cluster"] == direct_cluster(primary)
-        assert envoy_path(route, path) == policy.providers[primary].chat_path()
+        assert envoy_path(route, path) == api_pair(dialect, policy.providers[primary].dialect).provider_path(
+            policy.providers[primary].path_prefix
+        )
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,95 @@
+"""What a processor's work changes outside itself, returned as values.
+
+Processors never touch metrics, the health board or the bus: they append effects, and the
+runtime applies them after each message (time in, effects out). Tests read them directly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..core import Failure, Observation, QuotaSignal
+
+
+@dataclass(frozen=True, slots=True)
+class Decided:
+    """decide's outcome for a request: routed, refused or invalid."""
+
+    tenant: str
+    task: str
+    ladder: str
+    outcome: str
+
+
+@dataclass(frozen=True, slots=True)
+class RequestCounted:
+    """One more decided request, for the fleet's retry budget."""
+
+
+@dataclass(frozen=True, slots=True)
+class HalfOpenAdmitted:
+    """A live request takes one of a half-open circuit's probe slots (live_half_open)."""
+
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class Tried:
+    """How a try on a rung ended for the request: served, hop, wait, failed, rejected, refused."""
+
+    ladder: str
+    rung: int
+    provider: str
+    model: str
+    outcome: str
+
+
+@dataclass(frozen=True, slots=True)
+class Tripped:
+    """A failed try, by failure class (counted once per try)."""
+
+    ladder: str
+    rung: int
+    provider: str
+    model: str
+    reason: Failure
+
+
+@dataclass(frozen=True, slots=True)
+class Served:
+    """An answer delivered to the client."""
+
+    tenant: str
+    task: str
+    ladder: str
+    tier: int
+    degraded: bool
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEnded:
+    """How a streamed answer ended: complete, finalised, interrupted, cut, provider_error."""
+
+    outcome: str
+
+
+@dataclass(frozen=True, slots=True)
+class TryRefused:
+    """attempt refused a try it cannot serve safely (e.g. decided under another policy)."""
+
+    reason: str
+    detail: str
+
+
+Effect = (
+    Decided
+    | RequestCounted
+    | HalfOpenAdmitted
+    | Tried
+    | Tripped
+    | Served
+    | StreamEnded
+    | TryRefused
+    | Observation
+    | QuotaSignal
+)

@@ -1,0 +1,222 @@
+"""The request side of a try: which rung it is on (from what decide and Envoy say), what it must
+send there (the rung's path and key, every other credential scrubbed, the body rewritten for the
+rung's provider), and what the next try must know."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ..core import Capability, ContractError, Decision, Dialect, Failure, RungAddress, TripRecord
+from ..core.names import CLUSTER_HEADER, PROBE_HEADER, endpoint_key
+from ..policy import Policy, Provider, Rung, TaskClass
+from ..routing import Position, previous_failure, prompt_tokens_estimate
+from ..translate import ApiPair, api_pair
+
+# Headers that carry a provider's identity or a previous try's rewrite. Removed on every try.
+_SCRUB = (
+    "authorization",
+    "x-api-key",
+    "api-key",
+    "anthropic-version",
+    "anthropic-beta",
+    "anthropic-dangerous-direct-browser-access",
+    "openai-organization",
+    "openai-project",
+    "openai-beta",
+    # We must read (and may rewrite) the answer: ask for it uncompressed.
+    "accept-encoding",
+    CLUSTER_HEADER,
+    PROBE_HEADER,
+    "x-envoy-max-retries",
+    "x-envoy-upstream-rq-per-try-timeout-ms",
+)
+_TOOL_FIELDS = ("tools", "tool_choice", "parallel_tool_calls")
+# A probe asks for a word or two: only "answered sensibly" counts.
+PROBE_CONTRACT = TaskClass(min_output_tokens=1)
+
+
+class UnsafeTryError(Exception):
+    """This try cannot be served safely: its metadata is foreign, or was decided under another
+    policy than the one this worker holds (a rung index could then name another provider)."""
+
+    def __init__(self, reason: str, detail: str, client: Dialect = Dialect.OPENAI) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+        self.client = client
+
+
+@dataclass(frozen=True, slots=True)
+class TryPlan:
+    decision: Decision
+    position: Position
+    rung: Rung
+    provider_name: str
+    provider: Provider
+    pair: ApiPair
+    model: str  # the model this rung serves the request with
+    key: str  # the endpoint (provider/model)
+    why: Failure | None  # why the request is not on its first rung, if it is not
+    rewrite: bool  # the body must change for this rung
+    read_schema: bool  # the request's own JSON schema holds the answer
+    started_at: float  # monotonic
+    started_ms: float  # monotonic ms (one host: comparable across worker processes), for the trip record
+
+    @property
+    def needs_body(self) -> bool:
+        return self.rewrite or self.read_schema
+
+    @property
+    def stream(self) -> bool:
+        return self.decision.stream
+
+    @property
+    def json_mode(self) -> bool:
+        return self.decision.response_format in ("json_object", "json_schema")
+
+    @property
+    def prompt_tokens(self) -> int:
+        return prompt_tokens_estimate(self.decision.body_bytes)
+
+    def contract_task(self, policy: Policy) -> TaskClass:
+        if self.decision.probe:
+            return PROBE_CONTRACT
+        return policy.tasks.get(self.decision.task) or policy.tasks[policy.default_task]
+
+    def record(self, failure: Failure | None = None) -> TripRecord:
+        """What this try leaves for the next one."""
+        return TripRecord(
+            attempt=self.position.attempt,
+            rung=self.position.rung,
+            started_ms=self.started_ms,
+            failure=failure,
+            first_failure=(self.why or failure) if failure is not None else self.why,
+        )
+
+
+def plan_try(
+    policy: Policy,
+    decision_meta: Mapping[str, object],
+    address_meta: Mapping[str, object],
+    attempt: int,
+    trip_meta: Mapping[str, object],
+    *,
+    now: float,
+) -> TryPlan:
+    """Decode what decide, the config renderer and the previous try left; raises UnsafeTryError."""
+    try:
+        decision = Decision.decode(decision_meta)
+    except ContractError as exc:
+        raise UnsafeTryError("foreign_decision", str(exc)) from None
+    client = decision.dialect
+    if decision.policy != policy.version:
+        raise UnsafeTryError(
+            "policy_mismatch",
+            f"decided under policy {decision.policy!r}, this worker holds {policy.version!r}",
+            client,
+        )
+    try:
+        address = RungAddress.decode(address_meta)
+    except ContractError as exc:
+        raise UnsafeTryError("foreign_rung", str(exc), client) from None
+    rungs = policy.ladders.get(address.ladder)
+    if address.ladder != decision.ladder or rungs is None or address.rung >= len(rungs):
+        raise UnsafeTryError(
+            "foreign_rung", f"routed to {address.ladder}/{address.rung}, not on the decided ladder", client
+        )
+    if address.rung not in decision.rungs:
+        raise UnsafeTryError("foreign_rung", f"rung {address.rung} is not in the decided order", client)
+    try:
+        record = TripRecord.decode(trip_meta)
+    except ContractError as exc:
+        raise UnsafeTryError("foreign_trip_record", str(exc), client) from None
+
+    position = Position(
+        ladder=address.ladder,
+        rung=address.rung,
+        slot=address.slot,
+        order=decision.rungs,
+        attempt=attempt,
+        tries=decision.tries,
+    )
+    rung = rungs[address.rung]
+    provider = policy.providers[rung.provider]
+    pair = api_pair(client, provider.dialect)
+    model = rung.model_for(decision.model)
+    now_ms = now * 1000
+    previous = previous_failure(record, attempt, now_ms, float(decision.per_try_ms))
+    why = (record.first_failure if record else None) or previous or decision.skip
+    if why is None and position.rung != position.order[0]:
+        # Envoy skipped the rungs before this one without trying them: its outlier detection
+        # ejected them after consecutive 5xx answers.
+        why = Failure.SERVER_ERROR
+    may_strip = rung.strip_tools and Capability.TOOLS not in provider.capabilities
+    task = PROBE_CONTRACT if decision.probe else (policy.tasks.get(decision.task) or policy.tasks[policy.default_task])
+    return TryPlan(
+        decision=decision,
+        position=position,
+        rung=rung,
+        provider_name=rung.provider,
+        provider=provider,
+        pair=pair,
+        model=model,
+        key=endpoint_key(rung.provider, model),
+        why=why,
+        rewrite=pair.translates or model != decision.model or may_strip,
+        # The request's own JSON schema is in its body: read it to hold the answer to it.
+        read_schema=not decision.stream and decision.response_format == "json_schema" and task.use_request_schema,
+        started_at=now,
+        started_ms=now_ms,
+    )
+
+
+def header_mutation(plan: TryPlan, policy: Policy, key: str | None) -> tuple[dict[str, str], list[str]]:
+    """Headers to set and to remove on this try: the rung's path and key; every other credential
+    and every previous try's rewrite removed (header mutations carry over between tries)."""
+    d = plan.decision
+    set_headers = {
+        ":path": plan.pair.provider_path(plan.provider.path_prefix),
+        **plan.pair.auth_headers(key, anthropic_version=d.anthropic_version, anthropic_beta=d.anthropic_beta),
+    }
+    set_headers.update({k.lower(): v for k, v in plan.provider.headers.items()})
+    remove = list(scrub_list(policy))
+    if plan.needs_body:
+        remove.append("content-length")  # set again with the rewritten body
+    return set_headers, remove
+
+
+_SCRUB_BY_POLICY: dict[int, tuple[Policy, tuple[str, ...]]] = {}
+
+
+def scrub_list(policy: Policy) -> tuple[str, ...]:
+    """Headers every try removes: ours, plus each provider's static ones (once per policy)."""
+    cached = _SCRUB_BY_POLICY.get(id(policy))
+    if cached is not None and cached[0] is policy:
+        return cached[1]
+    extra = {name.lower() for p in policy.providers.values() for name in p.headers}
+    own = (policy.tenant_header, policy.task_header, policy.impact_header)
+    names = _SCRUB + tuple(sorted(extra - set(_SCRUB))) + own
+    if len(_SCRUB_BY_POLICY) > 16:
+        _SCRUB_BY_POLICY.clear()
+    _SCRUB_BY_POLICY[id(policy)] = (policy, names)
+    return names
+
+
+def rewrite_body(plan: TryPlan, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    """The body for this rung's provider, and whether tools were stripped (a degraded answer).
+    Raises TranslationError for a request the provider's API cannot express."""
+    stripped = False
+    if plan.rung.strip_tools and Capability.TOOLS not in plan.provider.capabilities and body.get("tools"):
+        body = {k: v for k, v in body.items() if k not in _TOOL_FIELDS}
+        stripped = True
+    return plan.pair.request(body, plan.model), stripped
+
+
+def request_schema(body: dict[str, Any]) -> dict[str, Any] | None:
+    """The JSON schema an OpenAI request asked for in response_format, if any."""
+    fmt = body.get("response_format")
+    spec = fmt.get("json_schema") if isinstance(fmt, dict) else None
+    schema = spec.get("schema") if isinstance(spec, dict) else None
+    return schema if isinstance(schema, dict) else None

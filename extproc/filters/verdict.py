@@ -1,0 +1,134 @@
+"""Judging a try's answer and choosing what happens next: served to the client, waited out on
+the same rung (a short Retry-After), hopped to the next rung (flipped to 503 so Envoy's router
+retries), or final (the client's answer is this failure, in its own dialect)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from ..core import CLIENT_STATUS, Failure, TripRecord
+from ..health.contract import Contract, judge_answer
+from ..policy import Policy
+from ..routing import Action, after_failure
+from ..translate import TranslationError, dump_json, output_tokens
+from .flags import CANARY, flags
+from .request import TryPlan
+
+
+class Next(StrEnum):
+    SERVED = "served"
+    WAIT = "wait"
+    HOP = "hop"
+    FINAL = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class Ruling:
+    next: Next
+    failure: Failure | None  # also set for a served safety refusal
+    set_headers: dict[str, str]
+    body: bytes | None  # None: the provider's body stands
+    record: TripRecord | None  # for the next try; None when served
+    output_tokens: int | None = None
+
+
+def answer_flags(plan: TryPlan, policy: Policy, failure: Failure | None, *, tools_stripped: bool) -> dict[str, str]:
+    """The x-rungway-* headers of the client's answer (A2)."""
+    position = plan.position
+    degraded = position.rung != 0 or tools_stripped
+    reason: Failure | str | None = failure if failure is not None else (plan.why if degraded else None)
+    if reason is None and plan.decision.canary and degraded:
+        reason = CANARY
+    if tools_stripped and reason is None:
+        reason = Failure.TOOL_MISMATCH
+    return flags(
+        served_by=f"{plan.provider_name}/{plan.model}",
+        tier=policy.tier_of(position.ladder, position.rung),
+        degraded=degraded,
+        reason=reason,
+        policy_version=policy.version,
+        attempts=position.attempt,
+    )
+
+
+def rule_on_answer(
+    plan: TryPlan,
+    policy: Policy,
+    status: int,
+    body: bytes,
+    *,
+    retry_after_s: float | None,
+    request_schema: dict[str, object] | None,
+    tools_stripped: bool,
+    created: int,
+) -> Ruling:
+    """A whole answer (JSON, or the held error answer of a stream request) → what happens next."""
+    contract = Contract(plan.contract_task(policy), request_schema=request_schema, json_mode=plan.json_mode)
+    judged = judge_answer(plan.provider.dialect, status, body, contract)
+    failure, detail = judged.failure, judged.detail
+    served = 200 <= status < 300 and (
+        failure is None or (failure is Failure.SAFETY_BLOCK and not policy.hop_on_safety_block)
+    )
+    if served:
+        # A provider's refusal is an answer too: propagated as the client's answer.
+        new_body: bytes | None = None
+        expressible = True
+        if plan.pair.translates:
+            try:
+                new_body = dump_json(plan.pair.answer(judged.parsed, plan.model, created))
+            except TranslationError:
+                expressible = False
+                failure, detail = Failure.SCHEMA_ERROR, "the provider's answer cannot be expressed in the client's API"
+        if expressible:
+            set_headers = answer_flags(plan, policy, failure, tools_stripped=tools_stripped)
+            if new_body is not None:
+                set_headers["content-length"] = str(len(new_body))
+            return Ruling(Next.SERVED, failure, set_headers, new_body, None, output_tokens(judged.parsed))
+    assert failure is not None
+    return rule_on_failure(
+        plan,
+        policy,
+        failure,
+        detail,
+        status=status,
+        provider_body=body,
+        retry_after_s=retry_after_s,
+        tools_stripped=tools_stripped,
+    )
+
+
+def rule_on_failure(
+    plan: TryPlan,
+    policy: Policy,
+    failure: Failure,
+    detail: str,
+    *,
+    status: int | None,
+    provider_body: bytes,
+    retry_after_s: float | None,
+    tools_stripped: bool,
+    can_wait: bool = True,
+) -> Ruling:
+    """A failed try → wait, hop or final. `status` is the provider's, when it answered with an
+    error (its error body is then passed on as it is when already in the client's dialect).
+    `can_wait`: False when the provider's status was a 200 (a stream that failed before its
+    first token): Envoy waits out Retry-After only on a 429 it sees."""
+    record = plan.record(failure)
+    action = after_failure(policy, plan.position, failure, retry_after_s)
+    if action is Action.WAIT and not can_wait:
+        action = Action.HOP
+    if action is Action.WAIT:
+        return Ruling(
+            Next.WAIT, failure, answer_flags(plan, policy, failure, tools_stripped=tools_stripped), None, record
+        )
+    err = plan.pair.error(failure, detail)
+    error_headers = {"content-type": "application/json", "content-length": str(len(err))}
+    if action is Action.HOP:
+        return Ruling(Next.HOP, failure, {":status": "503", **error_headers}, err, record)
+    set_headers = answer_flags(plan, policy, failure, tools_stripped=tools_stripped)
+    provider_error = status is not None and not 200 <= status < 300
+    set_headers[":status"] = str(status if provider_error else CLIENT_STATUS[failure])
+    if provider_error and not plan.pair.translates and provider_body:
+        return Ruling(Next.FINAL, failure, set_headers, None, record)  # already the client's dialect
+    return Ruling(Next.FINAL, failure, {**set_headers, **error_headers}, err, record)

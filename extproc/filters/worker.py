@@ -1,0 +1,34 @@
+"""What a processor may read of the worker process that runs it. The runtime's Sidecar is one;
+tests use it too. Reads only: what a processor changes, it returns as effects."""
+
+from __future__ import annotations
+
+import random
+from typing import Protocol
+
+from ..core import Clock, Impact
+from ..policy import Policy
+from ..routing import HealthView
+
+
+class Worker(Protocol):
+    policy: Policy
+    clock: Clock
+    rng: random.Random
+    probe_token: str
+
+    def key_for(self, provider: str) -> str | None:
+        """The provider's API key, or None when it needs none."""
+        ...
+
+    def health_view(self, impact: Impact) -> HealthView | None:
+        """The board's view for one impact class; None when the board is off."""
+        ...
+
+    def half_open(self, key: str) -> bool: ...
+
+    def retries_allowed(self) -> bool: ...
+
+    def baseline(self, key: str, stream: bool) -> float | None:
+        """What a healthy answer takes at the endpoint (TTFT for streams), if known."""
+        ...

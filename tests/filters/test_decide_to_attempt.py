@@ -1,0 +1,98 @@
+"""decide's real output, through the real rendered config's endpoint metadata, into attempt: the
+three contracts (decision, rung address, trip record) agree end to end without Envoy."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from envoy.config.core.v3 import base_pb2
+from google.protobuf import json_format, struct_pb2, text_format
+
+from extproc.core import Decision, Dialect, RungAddress, TripRecord
+from extproc.core.names import META_DECISION, META_TRIP, rung_cluster
+from extproc.filters.attempt import AttemptProcessor, Phase
+from extproc.filters.decide import DecideProcessor
+from extproc.xds.bootstrap import EnvoySettings, render
+from tests.builders import (
+    PRIMARY_KEY,
+    SECONDARY_KEY,
+    decide_fields,
+    dynamic_metadata,
+    make_sidecar,
+    request_headers,
+    set_headers,
+)
+
+SETTINGS = EnvoySettings(listen_port=10000, admin_port=9901, extproc_ports=(50051,))
+
+
+def endpoint_metadata_text(ladder: str, rung: int, slot: int = 0) -> str:
+    """What Envoy sends as xds.upstream_host_metadata for the rendered rung cluster's endpoint."""
+    config = render(make_sidecar().policy, SETTINGS)
+    (cluster,) = [c for c in config["static_resources"]["clusters"] if c["name"] == rung_cluster(ladder, rung)]
+    endpoint = cluster["load_assignment"]["endpoints"][slot]["lb_endpoints"][0]
+    metadata = base_pb2.Metadata()
+    for namespace, values in endpoint["metadata"]["filter_metadata"].items():
+        s = struct_pb2.Struct()
+        s.update(values)
+        metadata.filter_metadata[namespace].CopyFrom(s)
+    return text_format.MessageToString(metadata)
+
+
+def decided(path: str, model: str, **fields: Any) -> tuple[Any, dict[str, Any]]:
+    sidecar = make_sidecar()
+    processor = DecideProcessor(sidecar)
+    headers = {":method": "POST", ":path": path, "content-length": "300", "anthropic-version": "2023-06-01"}
+    (response,) = processor.dispatch(request_headers(headers, metadata=decide_fields(model=model, **fields)))
+    return sidecar, json_format.MessageToDict(response.dynamic_metadata)[META_DECISION]
+
+
+@pytest.mark.parametrize(
+    ("path", "model", "stream"),
+    [
+        ("/v1/chat/completions", "gpt-4o", False),
+        ("/v1/chat/completions", "gpt-4o", True),
+        ("/v1/messages", "claude-x", False),
+        ("/v1/messages", "claude-x", True),
+    ],
+)
+def test_every_rung_decide_chose_is_served_with_its_own_key(path: str, model: str, stream: bool) -> None:
+    sidecar, decision = decided(path, model, stream=stream)
+    rungs = Decision.decode(decision).rungs
+    previous: dict[str, Any] | None = None
+    for attempt, rung in enumerate(rungs, start=1):
+        ladder = str(decision["ladder"])
+        attempt_processor = AttemptProcessor(sidecar)
+        metadata: dict[str, Any] = {META_DECISION: decision}
+        if previous is not None:
+            metadata[META_TRIP] = previous
+        attributes = {
+            "xds.upstream_host_metadata": endpoint_metadata_text(ladder, rung),
+            "upstream.request_attempt_count": attempt,
+        }
+        (answer,) = attempt_processor.dispatch(
+            request_headers(
+                {":path": path, "authorization": "Bearer app-key"}, metadata=metadata, attributes=attributes
+            )
+        )
+        assert attempt_processor.phase is Phase.STARTED, answer
+        headers = set_headers(answer)
+        provider = sidecar.policy.ladders[ladder][rung].provider
+        expected = {"primary": PRIMARY_KEY, "secondary": SECONDARY_KEY}.get(provider)
+        sent = headers.get("authorization", "") + headers.get("x-api-key", "")
+        assert (expected or "") in sent and "app-key" not in sent
+        for other in {PRIMARY_KEY, SECONDARY_KEY} - {expected}:
+            assert other not in str(answer)  # one rung's key never reaches another
+        record = TripRecord.decode(dynamic_metadata(answer, META_TRIP))
+        assert record is not None and (record.attempt, record.rung) == (attempt, rung)
+        previous = dynamic_metadata(answer, META_TRIP)
+    assert Decision.decode(decision).dialect is (Dialect.ANTHROPIC if path == "/v1/messages" else Dialect.OPENAI)
+
+
+def test_the_rendered_endpoint_metadata_is_a_rung_address() -> None:
+    text = endpoint_metadata_text("main", 1, 0)
+    metadata = base_pb2.Metadata()
+    text_format.Parse(text, metadata)
+    values = json_format.MessageToDict(metadata.filter_metadata[META_DECISION])
+    assert RungAddress.decode(values) == RungAddress("main", 1, 0)
