@@ -1,0 +1,86 @@
+"""The grpc.aio stream loop, driven in-process: message order, the deadline hook, effects applied,
+and no asyncio task left with an exception nobody retrieved."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from extproc.core import SystemClock
+from extproc.core.names import FILTER_ROLE_KEY, META_DECISION
+from extproc.runtime.server import ExternalProcessor
+from tests.builders import (
+    host_metadata_text,
+    make_policy,
+    make_sidecar,
+    openai_events,
+    request_headers,
+    response_body,
+    response_headers,
+    sample,
+    sse,
+)
+from tests.filters.test_attempt import CLIENT_HEADERS, decision
+
+
+class Context:
+    """The part of grpc.aio's ServicerContext the loop uses."""
+
+    def __init__(self, role: str) -> None:
+        self.role = role
+        self.aborted: tuple[grpc.StatusCode, str] | None = None
+
+    def invocation_metadata(self) -> list[tuple[str, str]]:
+        return [(FILTER_ROLE_KEY, self.role)]
+
+    async def abort(self, code: grpc.StatusCode, details: str) -> None:
+        self.aborted = (code, details)
+
+
+def stream_messages() -> list[Any]:
+    attributes = {"xds.upstream_host_metadata": host_metadata_text("main", 0), "upstream.request_attempt_count": 1}
+    return [
+        request_headers(CLIENT_HEADERS, metadata={META_DECISION: decision(stream=True)}, attributes=attributes),
+        response_headers(200, {"content-type": "text/event-stream"}),
+        response_body(sse(openai_events(["Par"], finish=None, usage=False, done=False)), end_of_stream=False),
+    ]
+
+
+async def requests(messages: list[Any], then_wait_s: float) -> AsyncIterator[Any]:
+    for message in messages:
+        yield message
+    await asyncio.sleep(then_wait_s)  # then Envoy ends its side of the stream
+
+
+async def test_a_stream_that_ends_while_the_watchdog_answers_leaves_no_unretrieved_task_exception() -> None:
+    loop = asyncio.get_running_loop()
+    leaked: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _loop, context: leaked.append(context))
+    sidecar = make_sidecar(make_policy(stream_stall_s=0.05), clock=SystemClock())  # type: ignore[arg-type]
+    context: Any = Context("attempt")
+    process: Any = ExternalProcessor(sidecar).Process(requests(stream_messages(), then_wait_s=0.1), context)
+    answers = []
+    async for answer in process:
+        answers.append(answer)
+        mutation = answer.response_body.response.body_mutation
+        if mutation.streamed_response.end_of_stream:
+            await asyncio.sleep(0.3)  # Envoy's side ends meanwhile: the pending read finishes
+            break
+    await process.aclose()  # gRPC stops reading the answers
+    gc.collect()
+    await asyncio.sleep(0)
+    kinds = ["request_headers", "response_headers", "response_body", "response_body"]
+    assert [a.WhichOneof("response") for a in answers] == kinds
+    assert sample(sidecar, "rungway_streams_total", outcome="interrupted") == 1  # the watchdog's effect applied
+    assert leaked == []
+
+
+async def test_an_unknown_filter_role_is_refused() -> None:
+    context: Any = Context("sideways")
+    process = ExternalProcessor(make_sidecar()).Process(requests([], 0), context)
+    assert [a async for a in process] == []
+    assert context.aborted is not None and context.aborted[0] is grpc.StatusCode.INVALID_ARGUMENT
