@@ -7,6 +7,7 @@ messages as Envoy sends them, and provider SSE streams.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -18,7 +19,7 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 
-from extproc.core import Capability, Dialect, FakeClock, Impact
+from extproc.core import Capability, Decision, Dialect, FakeClock, Impact
 from extproc.core.names import META_DECISION, META_REQUEST
 from extproc.filters.wire import ATTRIBUTES_KEY
 from extproc.policy import Policy, parse_policy
@@ -95,6 +96,29 @@ def make_policy(**overrides: Any) -> Policy:
 
 
 KEYS = {"primary": SecretStr(PRIMARY_KEY), "secondary": SecretStr(SECONDARY_KEY), "small": None}
+
+
+def routed(**changes: Any) -> Decision:
+    """A Decision as decide makes it for a healthy OpenAI request on the unit policy's ladder
+    main, with `changes`."""
+    base = Decision(
+        policy="unit-2026.1",
+        ladder="main",
+        rungs=(0, 1, 2),
+        cluster="rw.main.7",
+        tries=3,
+        per_try_ms=2000,
+        tenant="acme",
+        task="default",
+        impact=Impact.CUSTOMER_FACING,
+        dialect=Dialect.OPENAI,
+        model="gpt-4o",
+        stream=False,
+        include_usage=False,
+        body_bytes=400,
+        skip=None,
+    )
+    return dataclasses.replace(base, **changes)
 
 
 def make_sidecar(policy: Policy | None = None, clock: FakeClock | None = None) -> Sidecar:

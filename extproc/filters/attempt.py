@@ -31,7 +31,7 @@ from ..routing.quota import exhausted_until
 from ..routing.trip import parse_retry_after
 from ..translate import TranslationError, dump_json, render_error, stream_failure
 from .effects import Effect, Served, StreamEnded, Tried, Tripped, TryRefused
-from .flags import flags
+from .flags import own_answer_headers
 from .request import TryPlan, UnsafeTryError, header_mutation, plan_try, request_schema, rewrite_body
 from .stream import StreamTry
 from .verdict import Next, Ruling, answer_flags, rule_on_answer, rule_on_failure
@@ -217,17 +217,7 @@ class AttemptProcessor:
         self._effects.append(TryRefused(exc.reason, exc.detail))
         failure = Failure.SERVER_ERROR
         message = "Rungway could not route this try safely; retry the request"
-        headers = {
-            "content-type": "application/json",
-            **flags(
-                served_by="rungway",
-                tier=None,
-                degraded=False,
-                reason=failure,
-                policy_version=self._policy.version,
-                attempts=0,
-            ),
-        }
+        headers = own_answer_headers(failure, self._policy.version)
         return immediate(503, headers, render_error(exc.client.value, failure, message))
 
     def _reject(self, failure: Failure, message: str) -> ProcessingResponse:

@@ -26,7 +26,7 @@ from ..core.names import (
 from ..routing.ladder import NeedBody, Refusal, RequestFeatures, Route, choose, reroute
 from ..translate import render_error
 from .effects import Decided, Effect, HalfOpenAdmitted, RequestCounted
-from .flags import flags
+from .flags import own_answer_headers
 from .wire import (
     Mode,
     ProcessingRequest,
@@ -249,17 +249,7 @@ class DecideProcessor:
         tenant = f.tenant if f else policy.default_tenant
         task = f.task if f else policy.default_task
         self._effects.append(Decided(tenant, task, ladder, outcome))
-        headers = {
-            "content-type": "application/json",
-            **flags(
-                served_by="rungway",
-                tier=None,
-                degraded=False,
-                reason=failure,
-                policy_version=policy.version,
-                attempts=0,
-            ),
-        }
+        headers = own_answer_headers(failure, policy.version)
         # The status agrees with the error type render_error picks for the failure.
         response = immediate(CLIENT_STATUS[failure], headers, render_error(self._dialect.value, failure, message))
         # Marks the answer as already rendered, so Envoy's local-reply mappers leave it alone.

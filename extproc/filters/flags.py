@@ -27,3 +27,18 @@ def flags(
         POLICY_VERSION: policy_version,
         ATTEMPTS: str(attempts),
     }
+
+
+def own_answer_headers(failure: Failure, policy_version: str) -> dict[str, str]:
+    """Headers of an error Rungway answers itself (no rung served it)."""
+    return {
+        "content-type": "application/json",
+        **flags(
+            served_by="rungway",
+            tier=None,
+            degraded=False,
+            reason=failure,
+            policy_version=policy_version,
+            attempts=0,
+        ),
+    }

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from typing import Any
 
 import pytest
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 
-from extproc.core import Decision, Dialect, Failure, FakeClock, Impact, TripRecord
+from extproc.core import Dialect, Failure, FakeClock, TripRecord
 from extproc.core.names import (
     ATTEMPTS,
     CLUSTER_HEADER,
@@ -45,6 +44,7 @@ from tests.builders import (
     response_body,
     response_headers,
     response_trailers,
+    routed,
     sample,
     set_headers,
     sse,
@@ -69,28 +69,9 @@ SSE = {"content-type": "text/event-stream"}
 JSON = {"content-type": "application/json"}
 
 
-BASE_DECISION = Decision(
-    policy="unit-2026.1",
-    ladder="main",
-    rungs=(0, 1, 2),
-    cluster="rw.main.7",
-    tries=3,
-    per_try_ms=2000,
-    tenant="acme",
-    task="default",
-    impact=Impact.CUSTOMER_FACING,
-    dialect=Dialect.OPENAI,
-    model="gpt-4o",
-    stream=False,
-    include_usage=False,
-    body_bytes=400,
-    skip=None,
-)
-
-
 def decision(**changes: Any) -> dict[str, Any]:
     """The 'rungway' namespace as decide writes it for a healthy OpenAI request on ladder main."""
-    return dict(dataclasses.replace(BASE_DECISION, **changes).encode())
+    return dict(routed(**changes).encode())
 
 
 class Try:

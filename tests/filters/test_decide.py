@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from extproc.core import Decision, Dialect, Failure, Impact
+from extproc.core import Decision, Failure
 from extproc.core.names import (
     ATTEMPTS,
     CLUSTER_HEADER,
@@ -33,6 +33,7 @@ from tests.builders import (
     request_body,
     request_headers,
     response_headers,
+    routed,
     sample,
     set_headers,
 )
@@ -82,23 +83,7 @@ def test_healthy_request_is_routed_to_the_whole_ladder_on_the_headers_message() 
         "x-envoy-upstream-rq-per-try-timeout-ms": "2000",
     }
     assert not response.HasField("mode_override")
-    assert decision_of(response) == Decision(
-        policy="unit-2026.1",
-        ladder="main",
-        rungs=(0, 1, 2),
-        cluster="rw.main.7",
-        tries=3,
-        per_try_ms=2000,
-        tenant="default",
-        task="default",
-        impact=Impact.CUSTOMER_FACING,
-        dialect=Dialect.OPENAI,
-        model="gpt-4o",
-        stream=False,
-        include_usage=False,
-        body_bytes=400,
-        skip=None,
-    )
+    assert decision_of(response) == routed(tenant="default")
     assert dynamic_metadata(response, META_DECISION)["routed"] is True  # the ladder route matches on it
     assert (
         sample(sidecar, "rungway_decisions_total", tenant="default", task="default", ladder="main", outcome="routed")
