@@ -17,7 +17,6 @@ as effects.
 
 from __future__ import annotations
 
-import json
 import logging
 import secrets
 from enum import StrEnum
@@ -29,7 +28,13 @@ from ..policy import Policy
 from ..routing.quota import HEADERS as QUOTA_HEADERS
 from ..routing.quota import exhausted_until
 from ..routing.trip import parse_retry_after
-from ..translate import TranslationError, dump_json, render_error, stream_failure
+from ..translate import (
+    TranslationError,
+    dump_json,
+    load_json,
+    render_error,
+    stream_failure,
+)
 from .effects import Effect, Served, StreamEnded, Tried, Tripped, TryRefused
 from .flags import own_answer_headers
 from .request import TryPlan, UnsafeTryError, header_mutation, plan_try, request_schema, rewrite_body
@@ -165,6 +170,12 @@ class AttemptProcessor:
             failure = Failure.CONNECT_ERROR
         self._observe(failure)
 
+    def on_failure(self) -> None:
+        """This processor raised (a bug of ours, counted by the loop as a sidecar error): the
+        try's outcome says nothing about the rung, so it is not reported to the board."""
+        self._observed = True
+        self._trip_counted = True
+
     # ---- request ---------------------------------------------------------------------------
 
     def request_headers(self, request: ProcessingRequest) -> list[ProcessingResponse]:
@@ -196,7 +207,7 @@ class AttemptProcessor:
         if not plan.needs_body:
             return [request_body_response()]
         try:
-            body = json.loads(request.request_body.body)
+            body = load_json(request.request_body.body)
             if not isinstance(body, dict):
                 raise TranslationError("the request body must be a JSON object")
             if plan.read_schema:
@@ -204,10 +215,12 @@ class AttemptProcessor:
             if not plan.rewrite:
                 return [request_body_response()]
             body, self._tools_stripped = rewrite_body(plan, body)
+            data = dump_json(body)
         except (ValueError, TranslationError) as exc:
             message = exc.message if isinstance(exc, TranslationError) else "the request body is not valid JSON"
             return [self._reject(Failure.CLIENT_ERROR, message)]
-        data = dump_json(body)
+        except RecursionError:
+            return [self._reject(Failure.CLIENT_ERROR, "the request body is nested too deeply")]
         return [request_body_response(common({"content-length": str(len(data))}, body=data))]
 
     def _refuse_try(self, exc: UnsafeTryError) -> ProcessingResponse:

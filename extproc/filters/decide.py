@@ -7,7 +7,6 @@ for only when the answer depends on whether the request carries tools.
 
 from __future__ import annotations
 
-import json
 import secrets
 from dataclasses import replace
 
@@ -24,7 +23,10 @@ from ..core.names import (
     endpoint_key,
 )
 from ..routing.ladder import NeedBody, Refusal, RequestFeatures, Route, choose, reroute
-from ..translate import render_error
+from ..translate import (
+    load_json,
+    render_error,
+)
 from .effects import Decided, Effect, HalfOpenAdmitted, RequestCounted
 from .flags import own_answer_headers
 from .wire import (
@@ -85,6 +87,9 @@ class DecideProcessor:
     def on_close(self) -> None:
         pass
 
+    def on_failure(self) -> None:
+        pass
+
     def request_headers(self, request: ProcessingRequest) -> ProcessingResponse:
         policy = self._policy
         wanted = frozenset(
@@ -113,6 +118,8 @@ class DecideProcessor:
             task = policy.default_task
         length = headers.get("content-length")
         max_tokens = fields.get("max_tokens", fields.get("max_completion_tokens"))
+        if max_tokens is not None and not _is_token_count(max_tokens):
+            return self._refuse(Failure.CLIENT_ERROR, "max_tokens must be a positive integer", "invalid")
         self._features = RequestFeatures(
             dialect=self._dialect,
             model=model,
@@ -140,7 +147,7 @@ class DecideProcessor:
     def request_body(self, request: ProcessingRequest) -> ProcessingResponse:
         assert self._features is not None
         try:
-            body = json.loads(request.request_body.body)
+            body = load_json(request.request_body.body)
         except ValueError:
             body = None
         if not isinstance(body, dict):
@@ -188,7 +195,9 @@ class DecideProcessor:
         token, _, rest = header.partition(" ")
         ladder, _, index = rest.partition(" ")
         rungs = self._policy.ladders.get(ladder)
-        if not secrets.compare_digest(token, self._worker.probe_token) or rungs is None or not index.isdigit():
+        # Bytes: compare_digest refuses non-ASCII text, and the header is the client's to choose.
+        genuine = secrets.compare_digest(token.encode(), self._worker.probe_token.encode())
+        if not genuine or rungs is None or not index.isascii() or not index.isdigit():
             return Refusal(Failure.CLIENT_ERROR, "invalid probe")
         i = int(index)
         if i >= len(rungs):
@@ -254,3 +263,8 @@ class DecideProcessor:
         response = immediate(CLIENT_STATUS[failure], headers, render_error(self._dialect.value, failure, message))
         # Marks the answer as already rendered, so Envoy's local-reply mappers leave it alone.
         return with_metadata(response, META_DECISION, Refused(tenant, task).encode())
+
+
+def _is_token_count(value: object) -> bool:
+    """json_to_metadata lifts max_tokens as a number (a string like "nan" becomes NaN)."""
+    return isinstance(value, float) and value.is_integer() and 0 < value <= 100_000_000

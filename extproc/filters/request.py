@@ -11,6 +11,7 @@ from typing import Any
 from ..core import Capability, ContractError, Decision, Dialect, Failure, RungAddress, TripRecord
 from ..core.names import CLUSTER_HEADER, PROBE_HEADER, endpoint_key
 from ..policy import Policy, Provider, Rung, TaskClass
+from ..policy.json_schema import untrusted
 from ..routing import Position, previous_failure, prompt_tokens_estimate
 from ..translate import ApiPair, api_pair
 
@@ -215,8 +216,9 @@ def rewrite_body(plan: TryPlan, body: dict[str, Any]) -> tuple[dict[str, Any], b
 
 
 def request_schema(body: dict[str, Any]) -> dict[str, Any] | None:
-    """The JSON schema an OpenAI request asked for in response_format, if any."""
+    """The JSON schema an OpenAI request asked for in response_format, if any, made safe to
+    check in bounded time (the client wrote it)."""
     fmt = body.get("response_format")
     spec = fmt.get("json_schema") if isinstance(fmt, dict) else None
     schema = spec.get("schema") if isinstance(spec, dict) else None
-    return schema if isinstance(schema, dict) else None
+    return untrusted(schema)

@@ -3,7 +3,6 @@ contract is a partial outage, classified like any other failure."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,7 +11,11 @@ from referencing.exceptions import Unresolvable
 from ..core import Dialect, Failure
 from ..policy import TaskClass
 from ..policy.json_schema import compiled
-from ..translate import classify, parse_provider_error
+from ..translate import (
+    classify,
+    load_json,
+    parse_provider_error,
+)
 from ..translate.answer import AnswerFacts, answer_facts
 
 
@@ -42,7 +45,7 @@ def judge_answer(dialect: Dialect, status: int, body: bytes, contract: Contract)
         failure = classify(wire, status, error) or Failure.SERVER_ERROR
         return Judgement(failure, error.message if error is not None else f"the provider answered HTTP {status}")
     try:
-        parsed = json.loads(body) if body else None
+        parsed = load_json(body) if body else None
     except ValueError:
         parsed = None
     if parsed is None:
@@ -95,7 +98,7 @@ def check(facts: AnswerFacts, contract: Contract) -> Verdict:
 
 def _check_json_content(text: str, contract: Contract) -> Verdict:
     try:
-        value = json.loads(_strip_fence(text))
+        value = load_json(_strip_fence(text))
     except ValueError:
         return Verdict(Failure.SCHEMA_ERROR, "the answer is not the JSON the request asked for")
     for schema in (contract.task.json_schema, contract.request_schema if contract.task.use_request_schema else None):

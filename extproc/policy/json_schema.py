@@ -56,10 +56,68 @@ def _refs(node: Any) -> list[str]:
 
 
 def compiled(schema: dict[str, Any]) -> Draft202012Validator | None:
-    key = json.dumps(schema, sort_keys=True, separators=(",", ":"))
-    if key in _VALIDATORS:
-        return _VALIDATORS[key]
-    # A schema we cannot check answers against is not the answer's fault: skip it.
-    validator = None if schema_problem(schema) else Draft202012Validator(schema, registry=_registry(schema))
+    try:
+        key = json.dumps(schema, sort_keys=True, separators=(",", ":"))
+        if key in _VALIDATORS:
+            return _VALIDATORS[key]
+        # A schema we cannot check answers against is not the answer's fault: skip it.
+        validator = None if schema_problem(schema) else Draft202012Validator(schema, registry=_registry(schema))
+    except RecursionError:
+        return None
     _VALIDATORS[key] = validator
     return validator
+
+
+# Keywords whose values are regular expressions: Python's `re` can take exponential time on a
+# crafted pattern, and a client-supplied schema must be checked in bounded time.
+_REGEX_KEYWORDS = frozenset({"pattern", "patternProperties"})
+MAX_UNTRUSTED_SCHEMA_BYTES = 64 * 1024
+MAX_UNTRUSTED_SCHEMA_DEPTH = 32
+
+
+def untrusted(schema: Any) -> dict[str, Any] | None:
+    """A schema a client sent (response_format), made safe to check answers against: regular
+    expressions dropped (validation gets laxer, never slower), None when it is too large or too
+    deep to be worth checking. Policy schemas are the platform team's and are used as written."""
+    if not isinstance(schema, dict):
+        return None
+    try:
+        size = len(json.dumps(schema))
+    except (RecursionError, ValueError):
+        return None
+    if size > MAX_UNTRUSTED_SCHEMA_BYTES:
+        return None
+    return _strip_regexes(schema, MAX_UNTRUSTED_SCHEMA_DEPTH)
+
+
+def _strip_regexes(node: dict[str, Any], depth: int) -> dict[str, Any] | None:
+    if depth <= 0:
+        return None
+    out: dict[str, Any] = {}
+    # Without its patternProperties, keys they matched would count as additional: drop the
+    # rules about additional keys too, or a valid answer would be called invalid.
+    drop = _REGEX_KEYWORDS | (
+        {"additionalProperties", "unevaluatedProperties"} if "patternProperties" in node else set()
+    )
+    for key, value in node.items():
+        if key in drop:
+            continue
+        if isinstance(value, dict):
+            inner = _strip_regexes(value, depth - 1)
+            if inner is None:
+                return None
+            out[key] = inner
+        elif isinstance(value, list):
+            items: list[Any] = []
+            for item in value:
+                if isinstance(item, dict):
+                    stripped = _strip_regexes(item, depth - 1)
+                    if stripped is None:
+                        return None
+                    items.append(stripped)
+                else:
+                    items.append(item)
+            out[key] = items
+        else:
+            out[key] = value
+    return out

@@ -14,6 +14,7 @@ from extproc.translate.errors import (
     TranslationError,
     classify,
     dump_json,
+    load_json,
     parse_provider_error,
     render_error,
 )
@@ -67,6 +68,7 @@ __all__ = [
     "classify",
     "classify_stream_error",
     "dump_json",
+    "load_json",
     "openai_to_anthropic",
     "output_tokens",
     "parse_provider_error",

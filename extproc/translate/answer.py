@@ -3,11 +3,11 @@ dialect-free facts, so that the health contract can judge it without knowing eit
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
 from ..core import Dialect
+from .errors import load_json
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +121,6 @@ def _parse_arguments(arguments: Any) -> Any:
     if not isinstance(arguments, str) or not arguments.strip():
         return None
     try:
-        return json.loads(arguments)
+        return load_json(arguments)
     except ValueError:
         return None

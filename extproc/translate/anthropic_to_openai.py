@@ -11,10 +11,12 @@ the caller's to classify). Nothing is deep-copied: output dicts share the client
 
 from __future__ import annotations
 
-import json
 from typing import Any, Final
 
-from extproc.translate.errors import TranslationError
+from extproc.translate.errors import (
+    TranslationError,
+    load_json,
+)
 from extproc.translate.fields import dumps, int_or_zero, is_number, text_field, text_or_empty
 from extproc.translate.stream import (
     FinishReason,
@@ -325,7 +327,7 @@ def _tool_input(arguments: object) -> dict[str, Any]:
     if not isinstance(arguments, str) or not arguments.strip():
         return {}
     try:
-        value = json.loads(arguments)
+        value = load_json(arguments)
     except ValueError:
         value = None
     if isinstance(value, dict):

@@ -55,6 +55,15 @@ _ANTHROPIC_TYPE: Final[dict[Failure, str]] = {
 }
 
 
+def load_json(data: bytes | str) -> Any:
+    """json.loads for what clients and providers send: JSON nested too deeply for Python is a
+    ValueError like any other malformed JSON, never a RecursionError that escapes."""
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise ValueError("the JSON is nested too deeply") from None
+
+
 def dump_json(value: Any) -> bytes:
     """Compact UTF-8 JSON.
 
@@ -117,7 +126,7 @@ def parse_provider_error(dialect: str, body: bytes) -> ProviderError | None:
     """
     del dialect  # the shapes do not collide, so one tolerant reader serves both
     try:
-        data = json.loads(body)
+        data = load_json(body)
     except (ValueError, UnicodeDecodeError):
         return None
     if not isinstance(data, dict):

@@ -11,10 +11,12 @@ the caller's to classify). Nothing is deep-copied: output dicts share the client
 
 from __future__ import annotations
 
-import json
 from typing import Any, Final
 
-from extproc.translate.errors import TranslationError
+from extproc.translate.errors import (
+    TranslationError,
+    load_json,
+)
 from extproc.translate.fields import dumps, is_int, is_number, text_field, text_or_empty
 from extproc.translate.stream import finish_from_anthropic
 
@@ -133,7 +135,7 @@ def _tool_input(arguments: object, where: str) -> Any:
     if not arguments.strip():
         return {}
     try:
-        value = json.loads(arguments)
+        value = load_json(arguments)
     except ValueError:
         raise TranslationError(f"{where}.function.arguments is not valid JSON") from None
     if not isinstance(value, dict):

@@ -25,6 +25,8 @@ from extproc.translate.errors import ANTHROPIC, OPENAI, dump_json, error_body
 from extproc.translate.fields import int_or_zero, text_or_empty
 from extproc.translate.sse import SseEvent
 
+from .errors import load_json
+
 
 class FinishReason(StrEnum):
     STOP = "stop"
@@ -141,7 +143,7 @@ def classify_stream_error(error: StreamError) -> Failure:
 
 def _loads_object(data: str) -> dict[str, Any] | None:
     try:
-        value = json.loads(data)
+        value = load_json(data)
     except ValueError:
         return None
     return value if isinstance(value, dict) else None

@@ -118,6 +118,7 @@ def _listener(policy: Policy, settings: EnvoySettings) -> dict[str, Any]:
             ],
         },
         "http_filters": [
+            _strip_envoy_headers(),
             _json_to_metadata(),
             _decide_filter(settings),
             {
@@ -234,6 +235,21 @@ def _not_rendered() -> dict[str, Any]:
             },
             "match_if_key_not_found": True,
         }
+    }
+
+
+def _strip_envoy_headers() -> dict[str, Any]:
+    """Clients may not steer Envoy: every x-envoy-* request header (retry policy, timeouts,
+    hedging, internal markers) is removed before any other filter runs. decide then sets the
+    retries and per-try timeout it chose."""
+    return {
+        "name": "envoy.filters.http.header_mutation",
+        "typed_config": {
+            "@type": _ANY + "envoy.extensions.filters.http.header_mutation.v3.HeaderMutation",
+            "mutations": {
+                "request_mutations": [{"remove_on_match": {"key_matcher": {"prefix": "x-envoy-"}}}],
+            },
+        },
     }
 
 

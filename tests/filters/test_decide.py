@@ -315,3 +315,17 @@ def test_decide_processes_only_request_messages_and_has_no_timer() -> None:
     assert processor.on_deadline() == []
     with pytest.raises(ValueError, match="decide does not process response_headers"):
         processor.dispatch(response_headers(200))
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -5.0, 0.0, 2.5, 1e300])
+def test_a_max_tokens_that_is_not_a_positive_integer_is_a_client_error(value: float) -> None:
+    sidecar = make_sidecar()
+    _, response = decide(sidecar, model="gpt-4o", max_tokens=value)
+    assert response.immediate_response.status.code == 400
+    assert error_body(response)["error"]["message"] == "max_tokens must be a positive integer"
+
+
+def test_a_non_ascii_probe_token_is_an_invalid_probe_not_a_crash() -> None:
+    _, response = decide(make_sidecar(), extra={"x-rungway-probe": "tökén main 0"}, model="gpt-4o")
+    assert response.immediate_response.status.code == 400
+    assert error_body(response)["error"]["message"] == "invalid probe"

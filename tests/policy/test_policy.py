@@ -375,3 +375,29 @@ def test_key_values_are_secret_in_the_policy_repr(tmp_path: Path) -> None:
     key_file.write_text("sk-file-value")
     policy = credential_policy(tmp_path, primary={"file": str(key_file)})
     assert "sk-file-value" not in repr(policy)
+
+
+def test_a_clients_schema_loses_its_regular_expressions_and_the_rules_that_lean_on_them() -> None:
+    from extproc.policy.json_schema import untrusted
+
+    schema = {
+        "type": "object",
+        "properties": {"a": {"type": "string", "pattern": "^(a+)+$"}, "b": {"items": [{"pattern": "x"}]}},
+        "patternProperties": {"^x_": {"type": "number"}},
+        "additionalProperties": False,
+    }
+    assert untrusted(schema) == {
+        "type": "object",
+        "properties": {"a": {"type": "string"}, "b": {"items": [{}]}},
+    }
+
+
+def test_a_clients_schema_too_large_or_too_deep_is_not_checked() -> None:
+    from extproc.policy.json_schema import MAX_UNTRUSTED_SCHEMA_BYTES, untrusted
+
+    assert untrusted({"description": "x" * MAX_UNTRUSTED_SCHEMA_BYTES}) is None
+    deep: dict[str, object] = {}
+    for _ in range(100):
+        deep = {"items": deep}
+    assert untrusted(deep) is None
+    assert untrusted("not a schema") is None

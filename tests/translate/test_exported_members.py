@@ -33,6 +33,7 @@ def test_public_names_are_pinned() -> None:
         "classify",
         "classify_stream_error",
         "dump_json",
+        "load_json",
         "openai_to_anthropic",
         "output_tokens",
         "parse_provider_error",

@@ -231,9 +231,14 @@ def test_listener_buffers_the_largest_allowed_body() -> None:
 # ---- filters ------------------------------------------------------------------------------------
 
 
-def test_downstream_filter_order_is_json_to_metadata_decide_router() -> None:
+def test_downstream_filter_order_is_strip_json_to_metadata_decide_router() -> None:
     names = [f["name"] for f in hcm(render(make_policy(), SETTINGS))["http_filters"]]
-    assert names == ["envoy.filters.http.json_to_metadata", "envoy.filters.http.ext_proc", "envoy.filters.http.router"]
+    assert names == [
+        "envoy.filters.http.header_mutation",
+        "envoy.filters.http.json_to_metadata",
+        "envoy.filters.http.ext_proc",
+        "envoy.filters.http.router",
+    ]
 
 
 def test_json_to_metadata_marks_a_missing_or_invalid_model() -> None:
