@@ -107,7 +107,6 @@ def routed(**changes: Any) -> Decision:
         rungs=(0, 1, 2),
         cluster="rw.main.7",
         tries=3,
-        per_try_ms=2000,
         tenant="acme",
         task="default",
         impact=Impact.CUSTOMER_FACING,

@@ -17,13 +17,13 @@ from .events import (
     RequestsDecided,
     decode_event,
 )
-from .failure import CLIENT_STATUS, HOP_RULE, Failure, Hop
+from .failure import CLIENT_STATUS, RETRY_RULE, Failure, Retry
 from .fields import ContractError
 from .impact import Impact
 
 __all__ = [
     "CLIENT_STATUS",
-    "HOP_RULE",
+    "RETRY_RULE",
     "Abandoned",
     "BusEvent",
     "Capability",
@@ -34,12 +34,12 @@ __all__ = [
     "Dialect",
     "Failure",
     "FakeClock",
-    "Hop",
     "Impact",
     "Observation",
     "QuotaSignal",
     "Refused",
     "RequestsDecided",
+    "Retry",
     "RungAddress",
     "SystemClock",
     "TripRecord",

@@ -38,7 +38,6 @@ class Decision:
     rungs: tuple[int, ...]  # the ordering the aggregate cluster tries
     cluster: str
     tries: int
-    per_try_ms: int
     tenant: str
     task: str
     impact: Impact
@@ -63,7 +62,6 @@ class Decision:
             "rungs": ",".join(map(str, self.rungs)),
             "cluster": self.cluster,
             "tries": self.tries,
-            "per_try_ms": self.per_try_ms,
             "tenant": self.tenant,
             "task": self.task,
             "impact": self.impact.value,
@@ -102,7 +100,6 @@ class Decision:
             rungs=rungs,
             cluster=f.text(meta, "cluster", k),
             tries=f.count(meta, "tries", k, 100),
-            per_try_ms=f.count(meta, "per_try_ms", k),
             tenant=f.text(meta, "tenant", k),
             task=f.text(meta, "task", k),
             impact=f.member(meta, "impact", Impact, k),
@@ -155,21 +152,31 @@ class RungAddress:
 class TripRecord:
     """What the latest try of a request left for the next one."""
 
-    attempt: int  # 1-based, as Envoy counts
+    attempt: int  # 1-based, as Envoy counts (skipped slots included)
     rung: int
     started_ms: float  # monotonic ms (one host: comparable across worker processes)
-    failure: Failure | None = None  # how this try failed, once its answer was judged
+    slot: int = 0
+    real_tries: int = 1  # tries that reached a provider so far, this one included
+    failure: Failure | None = None  # how the latest real try failed, once its answer was judged
     first_failure: Failure | None = None  # why the request left its first rung
+    next_rung: int | None = None  # where the next real try must be (set by a judged failure)
+    skipped: bool = False  # this slot was skipped: no provider saw it
 
     def encode(self) -> Meta:
-        return {
+        out: Meta = {
             "v": TRIP_VERSION,
             "attempt": self.attempt,
             "rung": self.rung,
+            "slot": self.slot,
             "started_ms": self.started_ms,
+            "real_tries": self.real_tries,
             "failure": self.failure.value if self.failure else "",
             "first_failure": self.first_failure.value if self.first_failure else "",
+            "skipped": self.skipped,
         }
+        if self.next_rung is not None:
+            out["next_rung"] = self.next_rung
+        return out
 
     @classmethod
     def decode(cls, meta: Mapping[str, object]) -> TripRecord | None:
@@ -182,6 +189,10 @@ class TripRecord:
             attempt=f.count(meta, "attempt", k, 100),
             rung=f.count(meta, "rung", k, 63),
             started_ms=f.number(meta, "started_ms", k),
+            slot=f.count(meta, "slot", k, 63),
+            real_tries=f.count(meta, "real_tries", k, 100),
             failure=f.optional_member(meta, "failure", Failure, k),
             first_failure=f.optional_member(meta, "first_failure", Failure, k),
+            next_rung=f.optional_count(meta, "next_rung", k, 63),
+            skipped=f.flag(meta, "skipped", k),
         )

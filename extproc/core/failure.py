@@ -26,34 +26,40 @@ class Failure(StrEnum):
     STREAM_INTERRUPTED = "stream_interrupted"
 
 
-class Hop(StrEnum):
-    """What the ladder does after an attempt failed with a given class."""
+class Retry(StrEnum):
+    """Where the request goes after a try failed with a given class: one rule per class."""
 
-    NEXT_RUNG = "next_rung"  # flip to 503 so Envoy retries on the next rung
-    LARGER_CONTEXT = "larger_context"  # hop only if a later rung has a larger window
-    PROPAGATE = "propagate"  # hand the failure to the client as it is
+    # The same rung again, once per extra slot it has (after backoff, or the provider's short
+    # Retry-After), then the next rung.
+    SAME_RUNG = "same_rung"
+    NEXT_RUNG = "next_rung"  # the next rung at once: never this rung again for this request
+    LARGER_CONTEXT = "larger_context"  # only a later rung whose context window is larger
+    STOP = "stop"  # never re-sent: the failure is the client's answer
 
 
-HOP_RULE: dict[Failure, Hop] = {
-    Failure.TIMEOUT: Hop.NEXT_RUNG,
-    Failure.RATE_LIMITED: Hop.NEXT_RUNG,
-    Failure.SERVER_ERROR: Hop.NEXT_RUNG,
-    Failure.CONNECT_ERROR: Hop.NEXT_RUNG,
-    Failure.CONTEXT_OVERFLOW: Hop.LARGER_CONTEXT,
+RETRY_RULE: dict[Failure, Retry] = {
+    # No first byte within the rung's budget: re-sending to a silent rung only waits again.
+    Failure.TIMEOUT: Retry.NEXT_RUNG,
+    # A short Retry-After is waited out on the same rung; a long or missing one, or a second
+    # 429, is a persistent limit: the next rung at once (routing.trip decides which).
+    Failure.RATE_LIMITED: Retry.SAME_RUNG,
+    Failure.SERVER_ERROR: Retry.SAME_RUNG,  # a single 500/502/503/529
+    Failure.CONNECT_ERROR: Retry.SAME_RUNG,  # a reset or a refused connection
+    Failure.CONTEXT_OVERFLOW: Retry.LARGER_CONTEXT,
     # A provider's safety refusal is an answer about the content: routing around it would be
     # shopping for a laxer model. Policy may opt in (`hop_on_safety_block`).
-    Failure.SAFETY_BLOCK: Hop.PROPAGATE,
-    Failure.SCHEMA_ERROR: Hop.NEXT_RUNG,
-    Failure.QUALITY_REGRESSION: Hop.NEXT_RUNG,
-    Failure.TOOL_MISMATCH: Hop.NEXT_RUNG,
+    Failure.SAFETY_BLOCK: Retry.STOP,
+    Failure.SCHEMA_ERROR: Retry.NEXT_RUNG,
+    Failure.QUALITY_REGRESSION: Retry.NEXT_RUNG,
+    Failure.TOOL_MISMATCH: Retry.NEXT_RUNG,
     # Tenant budgets are enforced before a request is routed, so at a rung this can only be the
     # provider account's quota (OpenAI's insufficient_quota): another rung has its own.
-    Failure.BUDGET_EXCEEDED: Hop.NEXT_RUNG,
-    # A key the provider refuses is our misconfiguration for that rung, not the client's fault:
-    # the next rung has its own key.
-    Failure.ACCESS_DENIED: Hop.NEXT_RUNG,
-    Failure.CLIENT_ERROR: Hop.PROPAGATE,
-    Failure.STREAM_INTERRUPTED: Hop.PROPAGATE,
+    Failure.BUDGET_EXCEEDED: Retry.NEXT_RUNG,
+    # A key the provider refuses is our misconfiguration for that rung (401/403), not the
+    # client's fault: the next rung has its own key.
+    Failure.ACCESS_DENIED: Retry.NEXT_RUNG,
+    Failure.CLIENT_ERROR: Retry.STOP,
+    Failure.STREAM_INTERRUPTED: Retry.STOP,
 }
 
 # The HTTP status a client sees when Rungway itself reports a failure of this class.

@@ -58,3 +58,14 @@ META_TRIP = "rungway.trip"  # written by each try, read by the next one
 META_REQUEST = "rungway.req"  # written by json_to_metadata, read by decide
 MISSING = "\u0000missing"  # json_to_metadata's marker for an absent `model`
 INVALID = "\u0000invalid"  # ... and for a body that is not a JSON object
+
+# ---- the rung relay ------------------------------------------------------------------------------
+
+# Every try reaches its provider through an internal listener of Envoy's own: there each rung
+# has its own per-try budget, and a slot the failure rules forbid is skipped without a provider
+# seeing it (the attempt filter sets SKIP_HEADER; the relay answers SKIP_STATUS at once).
+RELAY_LISTENER = "rungway_relay"
+RUNG_HEADER = "x-rungway-rung"  # "<ladder>/<rung>": which relay route (budget, provider) a try takes
+SKIP_HEADER = "x-rungway-skip"
+SKIPPED_HEADER = "x-rungway-skipped"
+SKIP_STATUS = 421  # "misdirected": retried by the router, not counted as a 5xx by outlier detection

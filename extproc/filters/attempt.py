@@ -82,16 +82,18 @@ class Phase(StrEnum):
     STREAMING = "streaming"  # the client has the headers; events flow
     CLOSED = "closed"  # this try's answer is decided and ended
     REFUSED = "refused"  # answered by the sidecar itself (never reached, or never left, the rung)
+    SKIPPED = "skipped"  # a slot the failure rules forbid: the relay answers it, no provider sees it
 
 
 TRANSITIONS: Final[dict[Phase, frozenset[Phase]]] = {
-    Phase.NEW: frozenset({Phase.STARTED, Phase.REFUSED}),
+    Phase.NEW: frozenset({Phase.STARTED, Phase.REFUSED, Phase.SKIPPED}),
     Phase.STARTED: frozenset({Phase.BUFFERING, Phase.HELD, Phase.CLOSED, Phase.REFUSED}),
     Phase.BUFFERING: frozenset({Phase.CLOSED}),
     Phase.HELD: frozenset({Phase.STREAMING, Phase.CLOSED}),
     Phase.STREAMING: frozenset({Phase.CLOSED}),
     Phase.CLOSED: frozenset(),
     Phase.REFUSED: frozenset(),
+    Phase.SKIPPED: frozenset(),
 }
 
 
@@ -125,6 +127,8 @@ class AttemptProcessor:
             return self.request_headers(request)
         if self.phase is Phase.REFUSED:
             return []  # Envoy may still deliver what was in flight
+        if self.phase is Phase.SKIPPED:
+            return self._pass_skip(request)
         if kind == "request_body":
             return self.request_body(request)
         if kind == "response_headers":
@@ -158,13 +162,11 @@ class AttemptProcessor:
         """The try's gRPC stream ended. Without an answer seen, Envoy's per-try timer or a reset
         ended it: the board learns that here, at once."""
         plan = self._plan
-        if plan is None or self._observed or self.phase is Phase.REFUSED:
+        if plan is None or self._observed or self.phase in (Phase.REFUSED, Phase.SKIPPED):
             return
         if plan.stream and self.phase is Phase.STREAMING:
             failure = Failure.STREAM_INTERRUPTED
-        elif plan.decision.per_try_ms > 0 and (
-            self._worker.clock.now() - plan.started_at >= plan.decision.per_try_ms / 1000 * 0.95
-        ):
+        elif self._worker.clock.now() - plan.started_at >= plan.rung.timeout_s * 0.95:
             failure = Failure.TIMEOUT
         else:
             failure = Failure.CONNECT_ERROR
@@ -193,14 +195,47 @@ class AttemptProcessor:
         except UnsafeTryError as exc:
             return [self._refuse_try(exc)]
         self._plan = plan
-        self._move(Phase.STARTED)
+        if plan.final is not None:
+            return [self._final_without_a_try(plan.final)]
+        if plan.skip:
+            self._move(Phase.SKIPPED)
+            self._count("skipped")
+        else:
+            self._move(Phase.STARTED)
         set_headers, remove = header_mutation(plan, self._policy, worker.key_for(plan.provider_name))
         response = with_metadata(
             request_headers_response(common(set_headers, remove)), META_TRIP, plan.record().encode()
         )
-        if not plan.needs_body and not plan.stream:
+        if (plan.skip or not plan.needs_body) and not plan.stream:
             with_mode(response, _NO_REQUEST_BODY)
         return [response]
+
+    def _pass_skip(self, request: ProcessingRequest) -> list[ProcessingResponse]:
+        """A skipped slot: the relay's answer goes back to the router untouched (it retries it)."""
+        kind = request.WhichOneof("request")
+        if kind == "request_body":
+            return [request_body_response()]
+        if kind == "response_headers":
+            return [response_headers_response()]
+        if kind == "response_body":
+            if self._started().stream:  # duplex: whatever comes in goes out
+                return [streamed(request.response_body.body, request.response_body.end_of_stream)]
+            return [response_body_response()]
+        if kind == "response_trailers":
+            return [trailers_response()]
+        return []
+
+    def _final_without_a_try(self, failure: Failure) -> ProcessingResponse:
+        """The previous try failed in a way only now known (a reset, the deadline) and no rung
+        may serve the request any more: the client's answer is that failure."""
+        plan = self._started()
+        self._move(Phase.REFUSED)
+        self._count("failed")
+        message = {
+            Failure.TIMEOUT: "no rung answered within its time budget",
+        }.get(failure, "no rung could serve the request")
+        headers = {"content-type": "application/json", **self._flags(failure)}
+        return immediate(CLIENT_STATUS[failure], headers, plan.pair.error(failure, message))
 
     def request_body(self, request: ProcessingRequest) -> list[ProcessingResponse]:
         plan = self._started()
@@ -331,6 +366,11 @@ class AttemptProcessor:
     def _wake_at(self) -> float | None:
         if self._stream is None or self.phase is Phase.CLOSED:
             return None
+        if self.phase is Phase.HELD and self._stream.relay is not None and not self._stream.relay.started:
+            # The provider answered but no token came: the rung's own budget is the time to the
+            # first token (the relay's timer stopped at the provider's headers).
+            plan = self._started()
+            return plan.started_at + plan.rung.timeout_s
         return self._stream.wake_at(self._policy)
 
     def _slow_at(self) -> float | None:
@@ -338,7 +378,13 @@ class AttemptProcessor:
         times the endpoint's baseline). Slow calls in flight move the circuit before they end,
         which matters when a brownout makes them end only at the per-try timeout."""
         plan = self._plan
-        if plan is None or self._observed or self._answered_at is not None or not self._policy.health.enabled:
+        if (
+            plan is None
+            or plan.skip
+            or self._observed
+            or self._answered_at is not None
+            or not self._policy.health.enabled
+        ):
             return None
         baseline = self._worker.baseline(plan.key, plan.stream)
         if baseline is None:
@@ -349,6 +395,9 @@ class AttemptProcessor:
         stream = self._stream
         assert stream is not None and stream.relay is not None
         relay = stream.relay
+        if not relay.started:
+            budget = self._started().rung.timeout_s
+            return self._failed_before_first_token(Failure.TIMEOUT, f"no first token within {budget:g}s")
         answers = [self._release_headers()] if self.phase is Phase.HELD else []
         if relay.finished:
             tail = stream.take_pending() + relay.finalise()

@@ -207,7 +207,6 @@ class DecideProcessor:
             rungs=(i,),
             cluster=cluster_name(ladder, (i,), False),
             tries=1,
-            per_try_timeout_s=rungs[i].timeout_s,
             skip_reason=None,
             probe=True,
         )
@@ -223,7 +222,6 @@ class DecideProcessor:
             {
                 CLUSTER_HEADER: result.cluster,
                 "x-envoy-max-retries": str(result.tries - 1),
-                "x-envoy-upstream-rq-per-try-timeout-ms": str(int(result.per_try_timeout_s * 1000)),
             }
         )
         response = request_body_response(c) if body_phase else request_headers_response(c)
@@ -234,7 +232,6 @@ class DecideProcessor:
             rungs=result.rungs,
             cluster=result.cluster,
             tries=result.tries,
-            per_try_ms=int(result.per_try_timeout_s * 1000),
             tenant=f.tenant,
             task=f.task,
             impact=f.impact,

@@ -5,14 +5,14 @@ rung's provider), and what the next try must know."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ..core import Capability, ContractError, Decision, Dialect, Failure, RungAddress, TripRecord
-from ..core.names import CLUSTER_HEADER, PROBE_HEADER, endpoint_key
+from ..core.names import CLUSTER_HEADER, PROBE_HEADER, RUNG_HEADER, SKIP_HEADER, endpoint_key
 from ..policy import Policy, Provider, Rung, TaskClass
 from ..policy.json_schema import untrusted
-from ..routing import Position, previous_failure, prompt_tokens_estimate
+from ..routing import Action, Position, next_step, previous_failure, prompt_tokens_estimate
 from ..translate import ApiPair, api_pair
 
 # Headers that carry a provider's identity or a previous try's rewrite. Removed on every try.
@@ -30,6 +30,8 @@ _SCRUB = (
     "accept-encoding",
     CLUSTER_HEADER,
     PROBE_HEADER,
+    RUNG_HEADER,
+    SKIP_HEADER,
     "x-envoy-max-retries",
     "x-envoy-upstream-rq-per-try-timeout-ms",
 )
@@ -64,6 +66,16 @@ class TryPlan:
     read_schema: bool  # the request's own JSON schema holds the answer
     started_at: float  # monotonic
     started_ms: float  # monotonic ms (one host: comparable across worker processes), for the trip record
+    real_tries: int  # tries of this request that reached a provider, this one included unless skipped
+    previous: TripRecord | None  # what the try before this one left
+    # The failure rules forbid this slot (the next real try must be on another rung): the relay
+    # answers it at once, without a provider seeing it.
+    skip: bool = False
+    next_rung: int | None = None  # where the next real try must be, as this try learned it
+    previous_failure: Failure | None = None  # why the previous try failed, as this try learned it
+    # No rung may serve the request any more (a failure the previous try could not judge, with
+    # nothing eligible left): this try answers the client with it.
+    final: Failure | None = None
 
     @property
     def needs_body(self) -> bool:
@@ -86,14 +98,30 @@ class TryPlan:
             return PROBE_CONTRACT
         return policy.tasks.get(self.decision.task) or policy.tasks[policy.default_task]
 
-    def record(self, failure: Failure | None = None) -> TripRecord:
-        """What this try leaves for the next one."""
+    def record(self, failure: Failure | None = None, next_rung: int | None = None) -> TripRecord:
+        """What this try leaves for the next one. A skipped slot passes on what it was given."""
+        p = self.position
+        if self.skip and self.previous is not None:
+            return replace(
+                self.previous,
+                attempt=p.attempt,
+                rung=p.rung,
+                slot=p.slot,
+                started_ms=self.started_ms,
+                skipped=True,
+                failure=self.previous_failure,
+                first_failure=self.why,
+                next_rung=self.next_rung,
+            )
         return TripRecord(
-            attempt=self.position.attempt,
-            rung=self.position.rung,
+            attempt=p.attempt,
+            rung=p.rung,
             started_ms=self.started_ms,
+            slot=p.slot,
+            real_tries=self.real_tries,
             failure=failure,
             first_failure=(self.why or failure) if failure is not None else self.why,
+            next_rung=next_rung,
         )
 
 
@@ -147,7 +175,12 @@ def plan_try(
     pair = api_pair(client, provider.dialect)
     model = rung.model_for(decision.model)
     now_ms = now * 1000
-    previous = previous_failure(record, attempt, now_ms, float(decision.per_try_ms))
+    previous = _previous_try_failure(policy, record, position, now_ms)
+    target, final = _where_next(policy, record, position, previous)
+    skip = target is not None and target != position.rung
+    real_tries = (record.real_tries if record is not None else 0) + (0 if skip else 1)
+    if not skip and final is None and real_tries > policy.max_attempts:
+        final = previous or (record.failure if record else None) or Failure.SERVER_ERROR
     why = (record.first_failure if record else None) or previous or decision.skip
     if why is None and position.rung != position.order[0]:
         # Envoy skipped the rungs before this one without trying them: its outlier detection
@@ -170,14 +203,54 @@ def plan_try(
         read_schema=not decision.stream and decision.response_format == "json_schema" and task.use_request_schema,
         started_at=now,
         started_ms=now_ms,
+        real_tries=real_tries,
+        previous=record,
+        skip=skip and final is None,
+        next_rung=target,
+        previous_failure=previous,
+        final=final,
     )
+
+
+def _previous_try_failure(
+    policy: Policy, record: TripRecord | None, position: Position, now_ms: float
+) -> Failure | None:
+    """Why the try before this one failed, as far as this try can know."""
+    if record is not None and record.skipped:
+        return record.failure
+    budget_ms = 0.0
+    if record is not None and record.rung < len(policy.ladders[position.ladder]):
+        budget_ms = policy.ladders[position.ladder][record.rung].timeout_s * 1000
+    return previous_failure(record, position.attempt, now_ms, budget_ms)
+
+
+def _where_next(
+    policy: Policy, record: TripRecord | None, position: Position, previous: Failure | None
+) -> tuple[int | None, Failure | None]:
+    """The rung the next real try must be on (None: this slot may be tried), or the failure to
+    answer with when no rung may serve any more."""
+    if record is None or record.attempt != position.attempt - 1:
+        return None, None  # the first try, or the previous one never reached a filter: try
+    if record.next_rung is not None:
+        return record.next_rung, None  # decided when the failure was judged (or carried on)
+    if previous is None:
+        return None, None
+    # The previous try ended without a judged answer (a reset, the deadline): apply the rules now.
+    at = replace(position, rung=record.rung, slot=record.slot, attempt=record.attempt)
+    step = next_step(policy, at, previous, None, record.real_tries)
+    if step.action is Action.FINAL:
+        return None, previous
+    return step.next_rung, None
 
 
 def header_mutation(plan: TryPlan, policy: Policy, key: str | None) -> tuple[dict[str, str], list[str]]:
     """Headers to set and to remove on this try: the rung's path and key; every other credential
     and every previous try's rewrite removed (header mutations carry over between tries)."""
     d = plan.decision
+    if plan.skip:
+        return {SKIP_HEADER: "1"}, list(scrub_list(policy))
     set_headers = {
+        RUNG_HEADER: f"{plan.position.ladder}/{plan.position.rung}",
         ":path": plan.pair.provider_path(plan.provider.path_prefix),
         **plan.pair.auth_headers(key, anthropic_version=d.anthropic_version, anthropic_beta=d.anthropic_beta),
     }

@@ -10,7 +10,7 @@ from enum import StrEnum
 from ..core import CLIENT_STATUS, Failure, TripRecord
 from ..health.contract import Contract, judge_answer
 from ..policy import Policy
-from ..routing import Action, after_failure
+from ..routing import Action, next_step
 from ..translate import TranslationError, dump_json, output_tokens
 from .flags import CANARY, flags
 from .request import TryPlan
@@ -18,8 +18,9 @@ from .request import TryPlan
 
 class Next(StrEnum):
     SERVED = "served"
-    WAIT = "wait"
-    HOP = "hop"
+    SAME = "same"  # the same rung's next slot
+    WAIT = "wait"  # the same rung's next slot, after the provider's Retry-After
+    HOP = "hop"  # a later rung
     FINAL = "failed"
 
 
@@ -114,18 +115,20 @@ def rule_on_failure(
     error (its error body is then passed on as it is when already in the client's dialect).
     `can_wait`: False when the provider's status was a 200 (a stream that failed before its
     first token): Envoy waits out Retry-After only on a 429 it sees."""
-    record = plan.record(failure)
-    action = after_failure(policy, plan.position, failure, retry_after_s)
+    step = next_step(policy, plan.position, failure, retry_after_s, plan.real_tries)
+    action = step.action
     if action is Action.WAIT and not can_wait:
-        action = Action.HOP
+        action = Action.SAME
+    record = plan.record(failure, step.next_rung)
     if action is Action.WAIT:
-        return Ruling(
-            Next.WAIT, failure, answer_flags(plan, policy, failure, tools_stripped=tools_stripped), None, record
-        )
+        flags_ = answer_flags(plan, policy, failure, tools_stripped=tools_stripped)
+        return Ruling(Next.WAIT, failure, flags_, None, record)
     err = plan.pair.error(failure, detail)
     error_headers = {"content-type": "application/json", "content-length": str(len(err))}
-    if action is Action.HOP:
-        return Ruling(Next.HOP, failure, {":status": "503", **error_headers}, err, record)
+    if action in (Action.SAME, Action.HOP):
+        # A 503 is what Envoy's router retries: on this rung's next slot, or (the attempt filter
+        # skipping the slots in between) on the rung the record names.
+        return Ruling(Next(action.value), failure, {":status": "503", **error_headers}, err, record)
     set_headers = answer_flags(plan, policy, failure, tools_stripped=tools_stripped)
     provider_error = status is not None and not 200 <= status < 300
     set_headers[":status"] = str(status if provider_error else CLIENT_STATUS[failure])

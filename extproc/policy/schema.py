@@ -125,12 +125,17 @@ class Rung(_Frozen):
     provider: str
     model: str = REQUESTED_MODEL
     tier: int | None = Field(None, ge=0, le=3)
-    attempts: int = Field(1, ge=1, le=5)
-    # Time to first byte: the whole answer for JSON, the first event for a stream.
+    # Tries this rung may get for a failure that allows the same rung again (a single 5xx, a
+    # reset, a 429 with a short Retry-After): 2 is "the same rung once". Other failures move on.
+    attempts: int = Field(2, ge=1, le=5)
+    # Time to first byte on this rung: the whole answer for JSON, the first event for a stream.
     timeout_s: float = Field(30.0, gt=0, le=600)
     # Serve a request with tools on a provider without tool support by dropping the tools
     # (a degraded answer) instead of skipping the rung.
     strip_tools: bool = False
+    # The rung's context window in tokens, when smaller or larger than its provider's (e.g. a
+    # model with a smaller window at the same provider).
+    context_window: int | None = Field(None, gt=0)
     # Expected latency of a healthy answer (JSON: whole answer; stream: first token). Learned
     # from healthy traffic when not set.
     baseline_latency_s: float | None = Field(None, gt=0, le=600)

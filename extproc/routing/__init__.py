@@ -15,7 +15,7 @@ from .ladder import (
     prompt_tokens_estimate,
     reroute,
 )
-from .trip import Action, Position, after_failure, parse_retry_after, previous_failure
+from .trip import Action, Position, Step, may_try, next_step, parse_retry_after, previous_failure, window
 
 __all__ = [
     "Action",
@@ -25,11 +25,14 @@ __all__ = [
     "Refusal",
     "RequestFeatures",
     "Route",
-    "after_failure",
+    "Step",
     "choose",
+    "may_try",
+    "next_step",
     "orderings",
     "parse_retry_after",
     "previous_failure",
     "prompt_tokens_estimate",
     "reroute",
+    "window",
 ]

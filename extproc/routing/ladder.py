@@ -41,7 +41,6 @@ class Route:
     rungs: tuple[int, ...]
     cluster: str
     tries: int
-    per_try_timeout_s: float
     # Why the ladder's first rung is not serving (rungs dropped for this request), if so.
     skip_reason: Failure | None
     # Sent to the fallback rungs on purpose, to keep them measured (health.canary_share).
@@ -53,13 +52,11 @@ class Route:
 def reroute(policy: Policy, route: Route, rungs: tuple[int, ...], stream: bool, **changes: Any) -> Route:
     """The same decision over a different subsequence of the ladder."""
     ladder = policy.ladders[route.ladder]
-    slots = sum(ladder[i].attempts for i in rungs)
     return replace(
         route,
         rungs=rungs,
         cluster=cluster_name(route.ladder, rungs, stream),
-        tries=min(slots, policy.max_attempts),
-        per_try_timeout_s=ladder[rungs[0]].timeout_s,
+        tries=sum(ladder[i].attempts for i in rungs),
         **changes,
     )
 
@@ -115,7 +112,7 @@ def choose(policy: Policy, features: RequestFeatures, health: HealthView | None 
         if features.json_mode and Capability.JSON_MODE not in caps:
             dropped.append(Failure.SCHEMA_ERROR)
             continue
-        if needed > provider.context_window:
+        if needed > (rung.context_window or provider.context_window):
             dropped.append(Failure.CONTEXT_OVERFLOW)
             continue
         if Capability.TOOLS not in caps and not rung.strip_tools:
@@ -146,13 +143,13 @@ def choose(policy: Policy, features: RequestFeatures, health: HealthView | None 
                 skip = skip or unhealthy[0]
             kept = healthy
     order = tuple(kept)
-    slots = sum(rungs[i].attempts for i in order)
     return Route(
         ladder=ladder,
         rungs=order,
         cluster=cluster_name(ladder, order, features.stream),
-        tries=min(slots, policy.max_attempts),
-        per_try_timeout_s=rungs[order[0]].timeout_s,
+        # Envoy's attempts: every slot of the ordering. Slots a failure class may not use are
+        # skipped by the attempt filter; policy.max_attempts caps the tries that reach a provider.
+        tries=sum(rungs[i].attempts for i in order),
         skip_reason=skip,
     )
 

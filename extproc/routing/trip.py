@@ -14,14 +14,21 @@ from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from enum import StrEnum
 
-from ..core import HOP_RULE, Failure, Hop, TripRecord
+from ..core import RETRY_RULE, Failure, Retry, TripRecord
 from ..policy import Policy
 
 
 class Action(StrEnum):
-    HOP = "hop"  # flip the answer to 503: Envoy retries on the next slot
-    WAIT = "wait"  # keep the 429: Envoy waits out Retry-After, then retries the same rung
+    SAME = "same"  # flip the answer to 503: Envoy retries on this rung's next slot
+    WAIT = "wait"  # keep the 429: Envoy waits out Retry-After, then this rung's next slot
+    HOP = "hop"  # flip to 503: the next real try is on `next_rung`; slots before it are skipped
     FINAL = "final"  # this is the client's answer: render the failure in its dialect
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    action: Action
+    next_rung: int | None = None  # where the next real try goes (SAME, WAIT, HOP)
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,43 +39,60 @@ class Position:
     rung: int
     slot: int
     order: tuple[int, ...]
-    attempt: int  # 1-based, as Envoy counts
-    tries: int
+    attempt: int  # 1-based, as Envoy counts (skipped slots included)
+    tries: int  # Envoy's attempts for the request: every slot of the ordering, or 1
 
-    def rung_attempts(self, policy: Policy) -> int:
-        return policy.ladders[self.ladder][self.rung].attempts
-
-    def is_last(self, policy: Policy) -> bool:
-        if self.attempt >= self.tries:
-            return True
-        return self.rung == self.order[-1] and self.slot >= self.rung_attempts(policy) - 1
-
-    def next_is_same_rung(self, policy: Policy) -> bool:
-        return self.slot < self.rung_attempts(policy) - 1 and not self.is_last(policy)
-
-    def later_rungs(self) -> tuple[int, ...]:
-        return self.order[self.order.index(self.rung) + 1 :] if self.rung in self.order else ()
+    def slots(self, policy: Policy) -> list[tuple[int, int]]:
+        """The aggregate cluster's priorities in order: (rung, slot), `attempts` slots a rung."""
+        rungs = policy.ladders[self.ladder]
+        return [(r, s) for r in self.order for s in range(rungs[r].attempts)]
 
 
-def after_failure(policy: Policy, position: Position, failure: Failure, retry_after_s: float | None) -> Action:
-    rule = HOP_RULE[failure]
+def window(policy: Policy, ladder: str, rung: int) -> int:
+    """A rung's context window: its own, else its provider's."""
+    r = policy.ladders[ladder][rung]
+    return r.context_window or policy.providers[r.provider].context_window
+
+
+def next_step(
+    policy: Policy, position: Position, failure: Failure, retry_after_s: float | None, real_tries: int
+) -> Step:
+    """After a try failed with `failure` (`real_tries` tries reached a provider, this one
+    included): the same rung again, a later rung, or the end. The rule of each failure class is
+    RETRY_RULE; the Envoy mechanics enforce it: a slot the next real try must not use is skipped
+    by the attempt filter without reaching its provider."""
+    rule = RETRY_RULE[failure]
     if failure is Failure.SAFETY_BLOCK and policy.hop_on_safety_block:
-        rule = Hop.NEXT_RUNG
-    if rule is Hop.PROPAGATE or position.is_last(policy):
-        return Action.FINAL
-    if rule is Hop.LARGER_CONTEXT:
-        ladder = policy.ladders[position.ladder]
-        window = policy.providers[ladder[position.rung].provider].context_window
-        larger = any(policy.providers[ladder[i].provider].context_window > window for i in position.later_rungs())
-        return Action.HOP if larger else Action.FINAL
-    if (
-        failure is Failure.RATE_LIMITED
-        and retry_after_s is not None
-        and retry_after_s <= policy.retry_after_max_s
-        and position.next_is_same_rung(policy)
-    ):
-        return Action.WAIT
-    return Action.HOP
+        rule = Retry.NEXT_RUNG
+    if rule is Retry.STOP or real_tries >= policy.max_attempts:
+        return Step(Action.FINAL)
+    plan = position.slots(policy)
+    here = plan.index((position.rung, position.slot)) if (position.rung, position.slot) in plan else len(plan)
+    envoy_left = position.tries - position.attempt  # Envoy attempts after this one
+    if rule is Retry.SAME_RUNG:
+        short_wait = retry_after_s is not None and retry_after_s <= policy.retry_after_max_s
+        same_again = here + 1 < len(plan) and plan[here + 1][0] == position.rung and envoy_left >= 1
+        if failure is Failure.RATE_LIMITED and not short_wait:
+            same_again = False  # a long or missing Retry-After: a persistent limit
+        if same_again:
+            return Step(Action.WAIT if failure is Failure.RATE_LIMITED else Action.SAME, position.rung)
+        rule = Retry.NEXT_RUNG
+    here_window = window(policy, position.ladder, position.rung)
+    for k in range(here + 1, len(plan)):
+        rung, slot = plan[k]
+        if rung == position.rung or slot != 0:
+            continue
+        if k - here > envoy_left:
+            break  # Envoy would run out of attempts on the way there
+        if rule is Retry.LARGER_CONTEXT and window(policy, position.ladder, rung) <= here_window:
+            continue
+        return Step(Action.HOP, rung)
+    return Step(Action.FINAL)
+
+
+def may_try(step_target: int | None, position: Position) -> bool:
+    """Is this slot where the next real try must be? (None: nothing was decided: try it.)"""
+    return step_target is None or step_target == position.rung
 
 
 def parse_retry_after(value: str | None, now_wall: float) -> float | None:

@@ -27,6 +27,11 @@ from ..core.names import (
     META_TRIP,
     MISSING,
     OPENAI_CHAT_PATH,
+    RELAY_LISTENER,
+    RUNG_HEADER,
+    SKIP_HEADER,
+    SKIP_STATUS,
+    SKIPPED_HEADER,
     cluster_name,
     direct_cluster,
     rung_cluster,
@@ -62,17 +67,9 @@ def render(policy: Policy, settings: EnvoySettings) -> dict[str, Any]:
     clusters: list[dict[str, Any]] = [_extproc_cluster(settings)]
     for ladder, rungs in policy.ladders.items():
         for i, rung in enumerate(rungs):
-            clusters.append(
-                _provider_cluster(
-                    rung_cluster(ladder, i),
-                    policy.providers[rung.provider],
-                    slots=rung.attempts,
-                    address=(ladder, i),
-                    ejection=policy.envoy_ejection,
-                )
-            )
+            clusters.append(_rung_cluster(ladder, i, rung.attempts, policy.envoy_ejection))
     for name, provider in policy.providers.items():
-        clusters.append(_provider_cluster(direct_cluster(name), provider, slots=1, address=None, ejection=None))
+        clusters.append(_provider_cluster(direct_cluster(name), provider))
     for ladder, order in orderings(policy):
         for stream in (False, True):
             clusters.append(_aggregate_cluster(ladder, order, stream, settings))
@@ -91,7 +88,13 @@ def render(policy: Policy, settings: EnvoySettings) -> dict[str, Any]:
                 }
             ]
         },
-        "static_resources": {"listeners": [_listener(policy, settings)], "clusters": clusters},
+        "static_resources": {"listeners": [_listener(policy, settings), _relay_listener(policy)], "clusters": clusters},
+        "bootstrap_extensions": [
+            {
+                "name": "envoy.bootstrap.internal_listener",
+                "typed_config": {"@type": _ANY + "envoy.extensions.bootstrap.internal_listener.v3.InternalListener"},
+            }
+        ],
     }
 
 
@@ -408,34 +411,33 @@ def _is_ip(host: str) -> bool:
     return True
 
 
-def _provider_cluster(
-    name: str, provider: Provider, *, slots: int, address: tuple[str, int] | None, ejection: Ejection | None
-) -> dict[str, Any]:
-    """One child cluster; a rung with `attempts: n` lists its endpoint at n priorities, so
-    Envoy's previous_priorities retry walks the same provider n times before moving on."""
+_CIRCUIT_BREAKERS = {
+    "thresholds": [{"max_connections": 4096, "max_pending_requests": 4096, "max_requests": 4096, "max_retries": 1024}]
+}
+
+
+def _rung_cluster(ladder: str, index: int, slots: int, ejection: Ejection | None) -> dict[str, Any]:
+    """One rung: `attempts` endpoints at successive priorities (Envoy's previous_priorities retry
+    walks them before moving on), each the relay listener, carrying the rung's address."""
     priorities = []
     for slot in range(slots):
-        endpoint: dict[str, Any] = {
-            "endpoint": {"address": _addr(provider.host, provider.port), "hostname": provider.authority},
+        endpoint = {
+            "endpoint": {"address": {"envoy_internal_address": {"server_listener_name": RELAY_LISTENER}}},
+            "metadata": {"filter_metadata": {META_DECISION: RungAddress(ladder, index, slot).encode()}},
         }
-        if address is not None:
-            rung = RungAddress(ladder=address[0], rung=address[1], slot=slot)
-            endpoint["metadata"] = {"filter_metadata": {META_DECISION: rung.encode()}}
         priorities.append({"priority": slot, "lb_endpoints": [endpoint]})
+    name = rung_cluster(ladder, index)
     cluster: dict[str, Any] = {
         "name": name,
-        "type": "STATIC" if _is_ip(provider.host) else "STRICT_DNS",
-        "connect_timeout": _seconds(provider.connect_timeout_s),
+        "type": "STATIC",
+        "connect_timeout": "1s",
         "load_assignment": {"cluster_name": name, "endpoints": priorities},
         "typed_extension_protocol_options": _http_options(),
-        "circuit_breakers": {
-            "thresholds": [
-                {"max_connections": 4096, "max_pending_requests": 4096, "max_requests": 4096, "max_retries": 1024}
-            ]
-        },
+        "circuit_breakers": _CIRCUIT_BREAKERS,
     }
     if ejection is not None:
         # Envoy's passive breaker: the fast, dumb first line under Rungway's own health view.
+        # Skipped slots answer 421, which it does not count.
         cluster["outlier_detection"] = {
             "consecutive_5xx": ejection.consecutive_5xx,
             "interval": "1s",
@@ -443,6 +445,81 @@ def _provider_cluster(
             "max_ejection_percent": 100,
             "consecutive_gateway_failure": ejection.consecutive_5xx,
         }
+    return cluster
+
+
+def _relay_listener(policy: Policy) -> dict[str, Any]:
+    """Where every try reaches its provider: one route a rung, with the rung's own per-try
+    budget (time to the provider's response headers; the request's deadline caps it), and one
+    route that answers a skipped slot at once."""
+    routes: list[dict[str, Any]] = [
+        {
+            "name": "skip",
+            "match": {"prefix": "/", "headers": [{"name": SKIP_HEADER, "present_match": True}]},
+            "direct_response": {"status": SKIP_STATUS, "body": {"inline_string": "skipped by the failure rules"}},
+            "response_headers_to_add": [{"header": {"key": SKIPPED_HEADER, "value": "1"}}],
+        }
+    ]
+    for ladder, rungs in policy.ladders.items():
+        for i, rung in enumerate(rungs):
+            routes.append(
+                {
+                    "name": f"rung_{ladder}_{i}",
+                    "match": {
+                        "prefix": "/",
+                        "headers": [{"name": RUNG_HEADER, "string_match": {"exact": f"{ladder}/{i}"}}],
+                    },
+                    "route": {
+                        "cluster": direct_cluster(rung.provider),
+                        "timeout": "0s",  # the whole request's deadline is the outer route's
+                        "auto_host_rewrite": True,
+                        "retry_policy": {"num_retries": 0, "per_try_timeout": _seconds(rung.timeout_s)},
+                    },
+                    "request_headers_to_remove": [RUNG_HEADER, SKIP_HEADER],
+                }
+            )
+    routes.append(
+        {
+            "name": "unknown_rung",
+            "match": {"prefix": "/"},
+            "direct_response": {"status": 502, "body": {"inline_string": "no such rung"}},
+        }
+    )
+    hcm = {
+        "@type": _ANY + "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": "relay",
+        "codec_type": "AUTO",
+        "stream_idle_timeout": "0s",  # streams pause; the outer listener and the sidecar time them
+        "route_config": {"name": "relay", "virtual_hosts": [{"name": "rungs", "domains": ["*"], "routes": routes}]},
+        "http_filters": [
+            {
+                "name": "envoy.filters.http.router",
+                "typed_config": {"@type": _ANY + "envoy.extensions.filters.http.router.v3.Router"},
+            }
+        ],
+    }
+    return {
+        "name": RELAY_LISTENER,
+        "internal_listener": {},
+        "filter_chains": [
+            {"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}
+        ],
+    }
+
+
+def _provider_cluster(name: str, provider: Provider) -> dict[str, Any]:
+    """A provider reached directly: from the relay (every try), fail-open and pass-through."""
+    endpoint: dict[str, Any] = {
+        "endpoint": {"address": _addr(provider.host, provider.port), "hostname": provider.authority},
+    }
+    cluster: dict[str, Any] = {
+        "name": name,
+        "type": "STATIC" if _is_ip(provider.host) else "STRICT_DNS",
+        "connect_timeout": _seconds(provider.connect_timeout_s),
+        "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [endpoint]}]},
+        "typed_extension_protocol_options": _http_options(),
+        "circuit_breakers": _CIRCUIT_BREAKERS,
+    }
     if not _is_ip(provider.host):
         cluster["dns_lookup_family"] = "V4_PREFERRED"
     if provider.tls:
@@ -512,7 +589,8 @@ def _extproc_cluster(settings: EnvoySettings) -> dict[str, Any]:
 def _routes(policy: Policy) -> list[dict[str, Any]]:
     retry_policy = {
         "retry_on": "5xx,reset,connect-failure,retriable-status-codes",
-        "retriable_status_codes": [429],
+        # 429: waited out (a short Retry-After) or hopped; SKIP_STATUS: a slot skipped at the relay.
+        "retriable_status_codes": [429, SKIP_STATUS],
         # Overridden per request by decide (x-envoy-max-retries): the ladder's slots, capped.
         "num_retries": policy.max_attempts - 1,
         "retry_priority": {

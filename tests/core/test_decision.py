@@ -17,7 +17,6 @@ DECISION = Decision(
     rungs=(0, 2),
     cluster="rw.main.5",
     tries=2,
-    per_try_ms=2000,
     tenant="acme",
     task="default",
     impact=Impact.DEFERRABLE,
@@ -92,7 +91,7 @@ def test_a_missing_decision_field_is_an_error(missing: str) -> None:
 def test_a_trip_record_survives_envoys_metadata(
     attempt: int, rung: int, started: float, failure: Failure | None, first: Failure | None
 ) -> None:
-    record = TripRecord(attempt, rung, started, failure, first)
+    record = TripRecord(attempt, rung, started, failure=failure, first_failure=first)
     assert TripRecord.decode(as_envoy_returns_it(record.encode())) == record
 
 

@@ -17,7 +17,10 @@ from extproc.core.names import (
     META_TRIP,
     POLICY_VERSION,
     REASON,
+    RUNG_HEADER,
     SERVED_BY,
+    SKIP_HEADER,
+    SKIPPED_HEADER,
     TIER,
 )
 from extproc.filters.attempt import AttemptProcessor, Phase
@@ -156,15 +159,26 @@ def anthropic_answer(text: str = "Paris.") -> dict[str, Any]:
     }
 
 
-def record(attempt: int, started_ms: float, rung: int, failure: str = "", first_failure: str = "") -> dict[str, Any]:
-    """The trip metadata a previous try left."""
+def record(
+    attempt: int,
+    started_ms: float,
+    rung: int,
+    failure: str = "",
+    first_failure: str = "",
+    next_rung: int | None = None,
+    real_tries: int | None = None,
+) -> dict[str, Any]:
+    """The trip metadata a previous try left; a judged failure sends the next try to the next
+    rung unless `next_rung` says otherwise."""
     return dict(
         TripRecord(
             attempt=attempt,
             rung=rung,
             started_ms=started_ms,
+            real_tries=real_tries if real_tries is not None else attempt,
             failure=Failure(failure) if failure else None,
             first_failure=Failure(first_failure) if first_failure else None,
+            next_rung=next_rung if next_rung is not None else (rung + 1 if failure else None),
         ).encode()
     )
 
@@ -222,6 +236,7 @@ def test_openai_rung_gets_its_own_bearer_key_and_every_provider_header_is_scrubb
     t = Try(make_sidecar(), rung=0)
     answer = t.headers_answer
     assert set_headers(answer) == {
+        RUNG_HEADER: "main/0",  # the relay route: the rung's provider and budget
         ":path": "/v1/chat/completions",
         "authorization": "Bearer " + PRIMARY_KEY,
         "openai-project": "proj_rungway",
@@ -243,6 +258,7 @@ def test_unchanged_request_body_is_not_even_sent_to_the_sidecar() -> None:
 def test_anthropic_rung_gets_x_api_key_and_version_and_never_the_app_key() -> None:
     t = Try(make_sidecar(), rung=1)
     assert set_headers(t.headers_answer) == {
+        RUNG_HEADER: "main/1",
         ":path": "/v1/messages",
         "anthropic-version": "2023-06-01",
         "x-api-key": SECONDARY_KEY,
@@ -270,7 +286,7 @@ def test_anthropic_client_version_and_beta_carry_over_to_an_anthropic_rung() -> 
 def test_rung_without_a_key_gets_no_credential_and_loses_the_app_key() -> None:
     t = Try(make_sidecar(), rung=2)
     headers = set_headers(t.headers_answer)
-    assert headers == {":path": "/v1/chat/completions"}
+    assert headers == {RUNG_HEADER: "main/2", ":path": "/v1/chat/completions"}
     assert "authorization" in removed_headers(t.headers_answer)
 
 
@@ -760,9 +776,9 @@ def test_watchdog_ends_a_stalled_stream_with_an_error_event() -> None:
     clock = FakeClock()
     sidecar = make_sidecar(clock=clock)
     t = stream_try(sidecar)
-    assert t.processor.deadline() is None  # before the first token Envoy's per-try timeout rules
+    assert t.processor.deadline() is None  # before the provider answers the relay's per-try timer rules
     t.send(response_headers(200, SSE))
-    assert t.processor.deadline() is None
+    assert t.processor.deadline() == clock.now() + 2.0  # then the rung's budget to the first token
     clock.advance(1.0)
     t.send(response_body(sse(openai_events(["Par"], finish=None, usage=False, done=False)), end_of_stream=False))
     last_chunk = clock.now()
@@ -841,3 +857,98 @@ def test_attempt_refuses_request_trailers() -> None:
     t = Try(make_sidecar(), rung=0)
     with pytest.raises(ValueError, match="attempt does not process request_trailers"):
         t.send(ep.ProcessingRequest(request_trailers=ep.HttpTrailers()))
+
+
+# ---- the failure rules, enforced: skipped slots, each rung's own budget ---------------------------
+
+
+def test_a_slot_the_rules_forbid_is_skipped_without_a_key_or_a_provider() -> None:
+    sidecar = make_sidecar()
+    # Rung 0 timed out (judged): the next real try must be on rung 1, so rung 0's second slot is skipped.
+    previous = record(attempt=1, started_ms=0.0, rung=0, failure="timeout", first_failure="timeout", next_rung=1)
+    t = Try(sidecar, rung=0, slot=1, attempt=2, trip=previous)
+    assert t.processor.phase is Phase.SKIPPED
+    headers = set_headers(t.headers_answer)
+    assert headers == {SKIP_HEADER: "1"}
+    assert PRIMARY_KEY not in str(t.headers_answer)
+    assert "authorization" in removed_headers(t.headers_answer)
+    passed_on = trip_of(t.headers_answer)
+    assert (passed_on.failure, passed_on.next_rung, passed_on.skipped, passed_on.attempt) == (
+        Failure.TIMEOUT,
+        1,
+        True,
+        2,
+    )
+    # The relay's 421 goes back to the router as it is; nothing is observed or blamed.
+    assert t.send(response_headers(421, {SKIPPED_HEADER: "1"})) == [response_headers_response()]
+    t.on_close()
+    kinds = [type(e).__name__ for e in t.effects]
+    assert "Observation" not in kinds and "Tripped" not in kinds
+    labels = {"ladder": "main", "rung": "0", "provider": "primary", "model": "gpt-4o"}
+    assert sample(sidecar, "rungway_attempts_total", **labels, outcome="skipped") == 1
+
+
+def test_the_rung_a_skip_passes_on_is_served_and_counts_the_real_tries() -> None:
+    skipped = dict(
+        TripRecord(
+            2,
+            0,
+            0.0,
+            slot=1,
+            real_tries=1,
+            failure=Failure.TIMEOUT,
+            first_failure=Failure.TIMEOUT,
+            next_rung=1,
+            skipped=True,
+        ).encode()
+    )
+    t = Try(make_sidecar(), rung=1, slot=0, attempt=3, trip=skipped)
+    assert t.processor.phase is Phase.STARTED
+    assert set_headers(t.headers_answer)["x-api-key"] == SECONDARY_KEY
+    assert trip_of(t.headers_answer).real_tries == 2
+
+
+def test_a_transient_failure_gets_the_same_rung_once() -> None:
+    t = Try(make_sidecar(), rung=0, slot=0, attempt=1, tries=6)
+    judged = t.answer_json(503, {"error": {"message": "overloaded", "type": "server_error"}})
+    assert set_headers(judged)[":status"] == "503"
+    assert trip_of(judged).next_rung == 0  # the same rung's next slot
+    again = Try(make_sidecar(), rung=0, slot=1, attempt=2, tries=6, trip=dynamic_metadata(judged, META_TRIP))
+    assert again.processor.phase is Phase.STARTED
+    judged = again.answer_json(503, {"error": {"message": "overloaded", "type": "server_error"}})
+    assert trip_of(judged).next_rung == 1  # once only: then the next rung
+
+
+def test_a_silent_rung_is_never_tried_again() -> None:
+    clock = FakeClock(start=100.0)
+    sidecar = make_sidecar(clock=clock)
+    # The previous try on rung 0 reached the provider and ended without an answer after its
+    # 2 s budget (the deadline or a reset): a timeout, inferred.
+    previous = record(attempt=1, started_ms=clock.now() * 1000, rung=0)
+    clock.advance(2.1)
+    t = Try(sidecar, rung=0, slot=1, attempt=2, trip=previous, tries=6)
+    assert t.processor.phase is Phase.SKIPPED
+    assert trip_of(t.headers_answer).next_rung == 1
+
+
+def test_no_first_token_within_the_rungs_budget_hops_before_the_stream_starts() -> None:
+    clock = FakeClock()
+    sidecar = make_sidecar(clock=clock)
+    t = stream_try(sidecar, tries=6)
+    t.send(response_headers(200, SSE))
+    assert t.send(response_body(b": keep-alive\n\n", end_of_stream=False)) == []
+    clock.advance(2.0)  # rung main/0 has timeout_s 2
+    headers, body = t.on_deadline()
+    assert set_headers(headers)[":status"] == "503"
+    assert trip_of(headers).failure is Failure.TIMEOUT and trip_of(headers).next_rung == 1
+    assert body.response_body.response.body_mutation.streamed_response.end_of_stream
+
+
+def test_with_max_attempts_spent_a_try_answers_the_client_instead_of_a_provider() -> None:
+    previous = record(attempt=3, started_ms=1_000_000.0, rung=1, real_tries=3)  # ended unanswered, early
+    t = Try(make_sidecar(), rung=1, slot=1, attempt=4, tries=6, trip=previous)
+    assert t.processor.phase is Phase.REFUSED
+    answer = t.headers_answer
+    assert answer.immediate_response.status.code == 503
+    assert immediate_headers(answer)[REASON] == "connect_error"
+    assert PRIMARY_KEY not in str(answer) and SECONDARY_KEY not in str(answer)

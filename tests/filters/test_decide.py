@@ -77,13 +77,10 @@ def test_healthy_request_is_routed_to_the_whole_ladder_on_the_headers_message() 
     sidecar = make_sidecar()
     _, response = decide(sidecar, model="gpt-4o", max_tokens=100.0)
     assert response.WhichOneof("response") == "request_headers"
-    assert set_headers(response) == {
-        CLUSTER_HEADER: "rw.main.7",
-        "x-envoy-max-retries": "2",
-        "x-envoy-upstream-rq-per-try-timeout-ms": "2000",
-    }
+    # Envoy gets every slot of the ordering (two a rung); each rung's own budget is the relay's.
+    assert set_headers(response) == {CLUSTER_HEADER: "rw.main.7", "x-envoy-max-retries": "5"}
     assert not response.HasField("mode_override")
-    assert decision_of(response) == routed(tenant="default")
+    assert decision_of(response) == routed(tenant="default", tries=6)
     assert dynamic_metadata(response, META_DECISION)["routed"] is True  # the ladder route matches on it
     assert (
         sample(sidecar, "rungway_decisions_total", tenant="default", task="default", ladder="main", outcome="routed")
@@ -107,8 +104,8 @@ def test_json_mode_skips_the_rung_without_it_and_records_why() -> None:
 def test_large_request_skips_small_windows_and_says_context_overflow() -> None:
     _, response = decide(make_sidecar(), extra={"content-length": str(4 * 10_000)}, model="gpt-4o")
     d = decision_of(response)
-    assert (d.rungs, d.skip, d.per_try_ms) == ((1,), Failure.CONTEXT_OVERFLOW, 30000)
-    assert set_headers(response)["x-envoy-max-retries"] == "0"
+    assert (d.rungs, d.skip, d.tries) == ((1,), Failure.CONTEXT_OVERFLOW, 2)
+    assert set_headers(response)["x-envoy-max-retries"] == "1"
 
 
 def test_max_completion_tokens_counts_like_max_tokens() -> None:
@@ -288,7 +285,7 @@ def test_body_with_tools_drops_the_tool_less_rung() -> None:
     (response,) = processor.dispatch(request_body(body))
     processor._worker.apply(processor.drain_effects())
     assert set_headers(response)[CLUSTER_HEADER] == "rw.tool_check.1"
-    assert decision_of(response).tries == 1
+    assert decision_of(response).tries == 2  # rung 0's two slots
 
 
 def test_tools_with_no_tool_rung_are_refused_in_the_body_phase() -> None:

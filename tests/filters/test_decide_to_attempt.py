@@ -59,16 +59,20 @@ def decided(path: str, model: str, **fields: Any) -> tuple[Any, dict[str, Any]]:
 )
 def test_every_rung_decide_chose_is_served_with_its_own_key(path: str, model: str, stream: bool) -> None:
     sidecar, decision = decided(path, model, stream=stream)
-    rungs = Decision.decode(decision).rungs
+    ladder = str(decision["ladder"])
+    rungs = sidecar.policy.ladders[ladder]
+    # Envoy walks every slot: each try here ends unanswered (a reset), which the next try infers;
+    # a reset allows the same rung once, so no slot is skipped.
+    slots = [(r, s) for r in Decision.decode(decision).rungs for s in range(rungs[r].attempts)]
     previous: dict[str, Any] | None = None
-    for attempt, rung in enumerate(rungs, start=1):
-        ladder = str(decision["ladder"])
+    tries = sidecar.policy.max_attempts
+    for attempt, (rung, slot) in enumerate(slots[: tries + 1], start=1):
         attempt_processor = AttemptProcessor(sidecar)
         metadata: dict[str, Any] = {META_DECISION: decision}
         if previous is not None:
             metadata[META_TRIP] = previous
         attributes = {
-            "xds.upstream_host_metadata": endpoint_metadata_text(ladder, rung),
+            "xds.upstream_host_metadata": endpoint_metadata_text(ladder, rung, slot),
             "upstream.request_attempt_count": attempt,
         }
         (answer,) = attempt_processor.dispatch(
@@ -76,6 +80,11 @@ def test_every_rung_decide_chose_is_served_with_its_own_key(path: str, model: st
                 {":path": path, "authorization": "Bearer app-key"}, metadata=metadata, attributes=attributes
             )
         )
+        if attempt > tries:
+            # max_attempts tries reached a provider: the next one answers the client instead.
+            assert attempt_processor.phase is Phase.REFUSED
+            assert PRIMARY_KEY not in str(answer) and SECONDARY_KEY not in str(answer)
+            break
         assert attempt_processor.phase is Phase.STARTED, answer
         headers = set_headers(answer)
         provider = sidecar.policy.ladders[ladder][rung].provider

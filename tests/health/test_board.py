@@ -960,8 +960,7 @@ def test_choose_skips_an_unusable_first_rung_and_says_why() -> None:
     sidecar = make_sidecar(health_policy())
     break_endpoint(sidecar, KEY, Failure.TIMEOUT)
     found = route(sidecar)
-    assert (found.rungs, found.cluster, found.skip_reason, found.tries) == ((1, 2), "rw.main.6", Failure.TIMEOUT, 2)
-    assert found.per_try_timeout_s == 30.0
+    assert (found.rungs, found.cluster, found.skip_reason, found.tries) == ((1, 2), "rw.main.6", Failure.TIMEOUT, 4)
 
 
 def test_choose_drops_an_unusable_later_rung_without_a_skip_reason() -> None:
@@ -984,7 +983,7 @@ def test_when_every_rung_is_unusable_the_whole_ladder_is_still_tried() -> None:
     for key in (KEY, FALLBACK, SMALL):
         break_endpoint(sidecar, key)
     found = route(sidecar, Impact.REVENUE_CRITICAL)
-    assert (found.rungs, found.skip_reason, found.tries) == ((0, 1, 2), None, 3)
+    assert (found.rungs, found.skip_reason, found.tries) == ((0, 1, 2), None, 6)
 
 
 def test_a_half_open_rung_behind_an_unusable_first_rung_may_take_a_live_probe() -> None:
@@ -1045,7 +1044,7 @@ def test_about_the_canary_share_of_other_traffic_starts_on_the_fallback_rungs(im
     decisions = [decide(sidecar, impact) for _ in range(400)]
     canaries = [d for d in decisions if d["canary"]]
     assert 60 <= len(canaries) <= 140
-    assert {(d["rungs"], d["cluster"], d["skip"], d["tries"]) for d in canaries} == {("1,2", "rw.main.6", "", 2.0)}
+    assert {(d["rungs"], d["cluster"], d["skip"], d["tries"]) for d in canaries} == {("1,2", "rw.main.6", "", 4.0)}
     assert {d["rungs"] for d in decisions if not d["canary"]} == {"0,1,2"}
 
 
@@ -1081,7 +1080,7 @@ def test_the_canary_does_not_divert_a_request_admitted_as_a_half_open_probe() ->
 
 def test_once_the_retry_budget_is_spent_a_request_gets_a_single_try() -> None:
     sidecar = make_sidecar(make_policy(health={"retry_budget_floor": 2, "retry_budget_ratio": 0}))
-    assert decide(sidecar, Impact.CUSTOMER_FACING)["tries"] == 3
+    assert decide(sidecar, Impact.CUSTOMER_FACING)["tries"] == 6
     for _ in range(2):
         sidecar.apply([Observation(KEY, sidecar.clock.wall(), None, attempt=2)])
     assert decide(sidecar, Impact.REVENUE_CRITICAL)["tries"] == 1

@@ -4,21 +4,21 @@ from __future__ import annotations
 
 import pytest
 
-from extproc.core import CLIENT_STATUS, HOP_RULE, Failure, Hop, TripRecord
+from extproc.core import CLIENT_STATUS, RETRY_RULE, Failure, TripRecord
 from extproc.policy import Policy
-from extproc.routing.trip import Action, Position, after_failure, parse_retry_after, previous_failure
+from extproc.routing.trip import Action, Position, Step, next_step, parse_retry_after, previous_failure, window
 from tests.builders import make_policy
 
 F = Failure
-HOP, WAIT, FINAL = Action.HOP, Action.WAIT, Action.FINAL
+SAME, WAIT, HOP, FINAL = Action.SAME, Action.WAIT, Action.HOP, Action.FINAL
 
 
 def trip_policy(**overrides: object) -> Policy:
-    # Windows: primary 8000, secondary 200000, small 4000 tokens.
+    # Windows: primary 8000, secondary 200000, small 4000 tokens. Two slots a rung (the default).
     return make_policy(
         ladders={
             "t": [
-                {"provider": "primary", "attempts": 2},
+                {"provider": "primary"},
                 {"provider": "secondary"},
                 {"provider": "small", "strip_tools": True},
             ]
@@ -28,85 +28,77 @@ def trip_policy(**overrides: object) -> Policy:
     )
 
 
+ORDER = (0, 1, 2)  # slots: (0,0) (0,1) (1,0) (1,1) (2,0) (2,1): Envoy's six attempts
 POSITIONS = {
-    # name: where the try stands (ladder t, order 0,1,2: slots 0 0 1 2)
-    "rung0-slot0": Position("t", rung=0, slot=0, order=(0, 1, 2), attempt=1, tries=4),
-    "rung0-slot1": Position("t", rung=0, slot=1, order=(0, 1, 2), attempt=2, tries=4),
-    "rung1": Position("t", rung=1, slot=0, order=(0, 1, 2), attempt=3, tries=4),
-    "rung2-last": Position("t", rung=2, slot=0, order=(0, 1, 2), attempt=4, tries=4),
-    "out-of-tries": Position("t", rung=0, slot=1, order=(0, 1, 2), attempt=2, tries=2),
+    "rung0-slot0": Position("t", rung=0, slot=0, order=ORDER, attempt=1, tries=6),
+    "rung0-slot1": Position("t", rung=0, slot=1, order=ORDER, attempt=2, tries=6),
+    "rung1-slot0": Position("t", rung=1, slot=0, order=ORDER, attempt=3, tries=6),
+    "rung2-slot1": Position("t", rung=2, slot=1, order=ORDER, attempt=6, tries=6),
 }
-_NEXT = (HOP, HOP, HOP, FINAL, FINAL)
-_PROPAGATE = (FINAL, FINAL, FINAL, FINAL, FINAL)
-EXPECTED: dict[Failure, tuple[Action, ...]] = {
-    F.TIMEOUT: _NEXT,
-    F.RATE_LIMITED: _NEXT,  # without Retry-After
-    F.SERVER_ERROR: _NEXT,
-    F.CONNECT_ERROR: _NEXT,
-    # A larger window lies ahead from rung 0 (secondary), not from rung 1 (only small is left).
-    F.CONTEXT_OVERFLOW: (HOP, HOP, FINAL, FINAL, FINAL),
-    F.SAFETY_BLOCK: _PROPAGATE,
-    F.SCHEMA_ERROR: _NEXT,
-    F.QUALITY_REGRESSION: _NEXT,
-    F.TOOL_MISMATCH: _NEXT,
-    F.BUDGET_EXCEEDED: _NEXT,
-    F.ACCESS_DENIED: _NEXT,
-    F.CLIENT_ERROR: _PROPAGATE,
-    F.STREAM_INTERRUPTED: _PROPAGATE,
+
+
+def step(failure: Failure, where: str, retry_after: float | None = None, real_tries: int = 1, **policy: object) -> Step:
+    return next_step(trip_policy(**policy), POSITIONS[where], failure, retry_after, real_tries)
+
+
+# One row per failure class: what happens after a first try on rung 0 (slot 0) fails with it.
+TABLE: dict[Failure, Step] = {
+    F.TIMEOUT: Step(HOP, 1),  # no first byte in the rung's budget: never re-sent to a silent rung
+    F.RATE_LIMITED: Step(HOP, 1),  # no (or a long) Retry-After: a persistent limit
+    F.SERVER_ERROR: Step(SAME, 0),  # a single 500/502/503/529: the same rung once
+    F.CONNECT_ERROR: Step(SAME, 0),  # a reset or refused connection: the same rung once
+    F.CONTEXT_OVERFLOW: Step(HOP, 1),  # only a rung whose window is larger (secondary's 200k)
+    F.SAFETY_BLOCK: Step(FINAL),  # propagated
+    F.SCHEMA_ERROR: Step(HOP, 1),
+    F.QUALITY_REGRESSION: Step(HOP, 1),
+    F.TOOL_MISMATCH: Step(HOP, 1),
+    F.BUDGET_EXCEEDED: Step(HOP, 1),
+    F.ACCESS_DENIED: Step(HOP, 1),  # 401/403: the next rung has its own key
+    F.CLIENT_ERROR: Step(FINAL),  # never retried
+    F.STREAM_INTERRUPTED: Step(FINAL),  # after the first token nothing is re-sent
 }
 
 
 def test_the_table_covers_every_failure_class() -> None:
-    assert set(EXPECTED) == set(Failure) == set(HOP_RULE) == set(CLIENT_STATUS)
+    assert set(TABLE) == set(Failure) == set(RETRY_RULE) == set(CLIENT_STATUS)
 
 
 @pytest.mark.parametrize("failure", list(Failure))
-@pytest.mark.parametrize("where", list(POSITIONS))
-def test_after_failure_for_every_class_and_position(failure: Failure, where: str) -> None:
-    expected = EXPECTED[failure][list(POSITIONS).index(where)]
-    assert after_failure(trip_policy(), POSITIONS[where], failure, None) is expected
+def test_one_rule_per_failure_class(failure: Failure) -> None:
+    assert step(failure, "rung0-slot0") == TABLE[failure]
 
 
-@pytest.mark.parametrize(
-    ("where", "expected"),
-    [("rung0-slot0", HOP), ("rung0-slot1", HOP), ("rung1", HOP), ("rung2-last", FINAL), ("out-of-tries", FINAL)],
-)
-def test_safety_block_hops_only_when_the_policy_opts_in(where: str, expected: Action) -> None:
-    policy = trip_policy(hop_on_safety_block=True)
-    assert after_failure(policy, POSITIONS[where], F.SAFETY_BLOCK, None) is expected
+def test_a_rate_limit_with_a_short_retry_after_waits_on_the_same_rung() -> None:
+    assert step(F.RATE_LIMITED, "rung0-slot0", retry_after=0.0) == Step(WAIT, 0)
+    assert step(F.RATE_LIMITED, "rung0-slot0", retry_after=2.0) == Step(WAIT, 0)
+    assert step(F.RATE_LIMITED, "rung0-slot0", retry_after=2.5) == Step(HOP, 1)  # over retry_after_max_s
 
 
-@pytest.mark.parametrize(
-    ("where", "retry_after", "expected"),
-    [
-        # Short Retry-After and the next slot is the same rung: keep the 429, Envoy waits it out.
-        ("rung0-slot0", 0.0, WAIT),
-        ("rung0-slot0", 2.0, WAIT),
-        # Longer than retry_after_max_s: flip to 503 and go on at once.
-        ("rung0-slot0", 2.5, HOP),
-        # The next slot is another rung: nothing to wait for.
-        ("rung0-slot1", 1.0, HOP),
-        ("rung1", 1.0, HOP),
-        # Nothing left: the 429 is the client's answer.
-        ("rung2-last", 1.0, FINAL),
-        ("out-of-tries", 1.0, FINAL),
-    ],
-)
-def test_rate_limited_waits_only_for_a_short_retry_after_on_the_same_rung(
-    where: str, retry_after: float, expected: Action
-) -> None:
-    assert after_failure(trip_policy(), POSITIONS[where], F.RATE_LIMITED, retry_after) is expected
+def test_the_same_rung_only_once_then_the_next() -> None:
+    assert step(F.SERVER_ERROR, "rung0-slot1", real_tries=2) == Step(HOP, 1)
+    assert step(F.RATE_LIMITED, "rung0-slot1", retry_after=1.0, real_tries=2) == Step(HOP, 1)  # a second 429
 
 
-def test_a_retry_after_on_another_class_is_ignored() -> None:
-    assert after_failure(trip_policy(), POSITIONS["rung0-slot0"], F.SERVER_ERROR, 1.0) is HOP
+def test_a_retry_after_on_another_class_changes_nothing() -> None:
+    assert step(F.TIMEOUT, "rung0-slot0", retry_after=1.0) == Step(HOP, 1)
+    assert step(F.SERVER_ERROR, "rung0-slot0", retry_after=1.0) == Step(SAME, 0)
 
 
-def test_larger_window_is_looked_for_only_among_the_rungs_this_request_may_use() -> None:
-    # Order 0,2 leaves out the large secondary rung: nothing larger lies ahead of rung 0.
-    position = Position("t", rung=0, slot=1, order=(0, 2), attempt=2, tries=3)
-    assert after_failure(trip_policy(), position, F.CONTEXT_OVERFLOW, None) is FINAL
-    assert after_failure(trip_policy(), position, F.SERVER_ERROR, None) is HOP
+def test_a_context_overflow_goes_only_to_a_larger_window() -> None:
+    # From rung 1 (200k) nothing larger is left: small has 4k.
+    assert step(F.CONTEXT_OVERFLOW, "rung1-slot0", real_tries=2) == Step(FINAL)
+
+
+def test_a_rungs_own_context_window_beats_its_providers() -> None:
+    policy = make_policy(
+        ladders={
+            "t": [{"provider": "primary"}, {"provider": "primary", "model": "gpt-long", "context_window": 128_000}]
+        },
+        models=[{"match": "*", "ladder": "t"}],
+    )
+    at = Position("t", rung=0, slot=0, order=(0, 1), attempt=1, tries=4)
+    assert next_step(policy, at, F.CONTEXT_OVERFLOW, None, 1) == Step(HOP, 1)  # same provider, larger model
+    assert window(policy, "t", 1) == 128_000 and window(policy, "t", 0) == 8000
 
 
 def test_equal_window_later_is_not_larger() -> None:
@@ -114,32 +106,39 @@ def test_equal_window_later_is_not_larger() -> None:
         ladders={"t": [{"provider": "primary"}, {"provider": "primary", "model": "other"}]},
         models=[{"match": "*", "ladder": "t"}],
     )
-    position = Position("t", rung=0, slot=0, order=(0, 1), attempt=1, tries=2)
-    assert after_failure(policy, position, F.CONTEXT_OVERFLOW, None) is FINAL
+    at = Position("t", rung=0, slot=0, order=(0, 1), attempt=1, tries=4)
+    assert next_step(policy, at, F.CONTEXT_OVERFLOW, None, 1) == Step(FINAL)
 
 
-def test_last_rung_with_a_slot_left_is_not_last() -> None:
-    policy = trip_policy()
-    only_rung0 = Position("t", rung=0, slot=0, order=(0,), attempt=1, tries=2)
-    assert not only_rung0.is_last(policy)
-    assert only_rung0.next_is_same_rung(policy)
-    assert after_failure(policy, only_rung0, F.RATE_LIMITED, 1.0) is WAIT
-    second = Position("t", rung=0, slot=1, order=(0,), attempt=2, tries=2)
-    assert second.is_last(policy)
-    assert not second.next_is_same_rung(policy)
+def test_the_larger_window_is_looked_for_only_among_the_rungs_this_request_may_use() -> None:
+    at = Position("t", rung=0, slot=0, order=(0, 2), attempt=1, tries=4)
+    assert next_step(trip_policy(), at, F.CONTEXT_OVERFLOW, None, 1) == Step(FINAL)
 
 
-def test_tries_cap_makes_a_try_last_before_the_ladder_ends() -> None:
-    policy = trip_policy()
-    position = Position("t", rung=0, slot=0, order=(0, 1, 2), attempt=1, tries=1)
-    assert position.is_last(policy)
-    assert not position.next_is_same_rung(policy)
+def test_safety_block_hops_only_when_the_policy_opts_in() -> None:
+    assert step(F.SAFETY_BLOCK, "rung0-slot0", hop_on_safety_block=True) == Step(HOP, 1)
 
 
-def test_later_rungs_of_a_rung_outside_the_order_are_none() -> None:
-    # Envoy's own ejection may land a try on a rung decide did not choose.
-    assert Position("t", rung=1, slot=0, order=(0, 2), attempt=1, tries=2).later_rungs() == ()
-    assert Position("t", rung=0, slot=0, order=(0, 1, 2), attempt=1, tries=3).later_rungs() == (1, 2)
+def test_nothing_after_the_last_rung_or_past_max_attempts() -> None:
+    assert step(F.SERVER_ERROR, "rung2-slot1", real_tries=2) == Step(FINAL)
+    assert step(F.TIMEOUT, "rung1-slot0", real_tries=3) == Step(FINAL)  # max_attempts 3 tries reached
+    assert step(F.TIMEOUT, "rung1-slot0", real_tries=3, max_attempts=4) == Step(HOP, 2)
+
+
+def test_envoys_attempts_bound_how_far_a_hop_can_reach() -> None:
+    # One Envoy attempt left (the retry budget cut tries): rung 1's first slot is two away.
+    at = Position("t", rung=0, slot=0, order=ORDER, attempt=1, tries=2)
+    assert next_step(trip_policy(), at, F.TIMEOUT, None, 1) == Step(FINAL)
+    assert next_step(trip_policy(), at, F.SERVER_ERROR, None, 1) == Step(SAME, 0)
+
+
+def test_a_one_slot_rung_hops_even_for_a_transient_failure() -> None:
+    policy = make_policy(
+        ladders={"t": [{"provider": "primary", "attempts": 1}, {"provider": "secondary", "attempts": 1}]},
+        models=[{"match": "*", "ladder": "t"}],
+    )
+    at = Position("t", rung=0, slot=0, order=(0, 1), attempt=1, tries=2)
+    assert next_step(policy, at, F.SERVER_ERROR, None, 1) == Step(HOP, 1)
 
 
 # ---- Retry-After --------------------------------------------------------------------------------
@@ -201,15 +200,6 @@ def test_without_a_per_try_budget_a_silent_try_is_a_connect_error() -> None:
 
 
 # ---- the taxonomy tables --------------------------------------------------------------------------
-
-
-def test_hop_rules_follow_the_design() -> None:
-    assert HOP_RULE[F.CONTEXT_OVERFLOW] is Hop.LARGER_CONTEXT
-    assert {f for f, hop in HOP_RULE.items() if hop is Hop.PROPAGATE} == {
-        F.SAFETY_BLOCK,
-        F.CLIENT_ERROR,
-        F.STREAM_INTERRUPTED,
-    }
 
 
 def test_client_status_is_an_http_error_status_for_every_class() -> None:

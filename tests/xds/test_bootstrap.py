@@ -22,6 +22,11 @@ from extproc.core.names import (
     META_REQUEST,
     META_TRIP,
     MISSING,
+    RELAY_LISTENER,
+    RUNG_HEADER,
+    SKIP_HEADER,
+    SKIP_STATUS,
+    SKIPPED_HEADER,
     cluster_name,
     direct_cluster,
     rung_cluster,
@@ -42,10 +47,20 @@ def clusters(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {c["name"]: c for c in config["static_resources"]["clusters"]}
 
 
-def hcm(config: dict[str, Any]) -> dict[str, Any]:
-    (listener,) = config["static_resources"]["listeners"]
-    typed: dict[str, Any] = listener["filter_chains"][0]["filters"][0]["typed_config"]
+def listener(config: dict[str, Any], name: str = "rungway") -> dict[str, Any]:
+    found: list[dict[str, Any]] = [x for x in config["static_resources"]["listeners"] if x["name"] == name]
+    (one,) = found
+    return one
+
+
+def hcm(config: dict[str, Any], name: str = "rungway") -> dict[str, Any]:
+    typed: dict[str, Any] = listener(config, name)["filter_chains"][0]["filters"][0]["typed_config"]
     return typed
+
+
+def relay_routes(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    (vhost,) = hcm(config, RELAY_LISTENER)["route_config"]["virtual_hosts"]
+    return {r["name"]: r for r in vhost["routes"]}
 
 
 def routes(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -121,7 +136,8 @@ def test_every_cluster_a_choice_can_name_is_rendered(data: st.DataObject) -> Non
 def test_every_cluster_a_config_refers_to_exists(policy: Policy) -> None:
     config = render(policy, SETTINGS)
     names = set(clusters(config))
-    referenced = {r["route"]["cluster"] for r in routes(config).values() if "cluster" in r.get("route", {})}
+    every_route = [*routes(config).values(), *relay_routes(config).values()]
+    referenced = {r["route"]["cluster"] for r in every_route if "cluster" in r.get("route", {})}
     for cluster in config["static_resources"]["clusters"]:
         if "cluster_type" in cluster:
             referenced |= set(cluster["cluster_type"]["typed_config"]["clusters"])
@@ -139,12 +155,29 @@ def test_rung_cluster_has_one_priority_per_attempt_slot_with_endpoint_metadata()
         assert endpoint["metadata"] == {
             "filter_metadata": {META_DECISION: {"ladder": "retry_same", "rung": 0, "slot": slot}}
         }
-        assert endpoint["endpoint"]["address"] == {"socket_address": {"address": "primary.test", "port_value": 8001}}
-        assert endpoint["endpoint"]["hostname"] == "primary.test:8001"
+        # Every try reaches its provider through the relay listener (per-rung budget, skips).
+        assert endpoint["endpoint"]["address"] == {"envoy_internal_address": {"server_listener_name": RELAY_LISTENER}}
+
+
+def test_the_relay_gives_each_rung_its_own_budget_and_provider_and_skips_at_once() -> None:
+    relay = relay_routes(render(make_policy(), SETTINGS))
+    skip = relay["skip"]
+    assert skip["match"]["headers"] == [{"name": SKIP_HEADER, "present_match": True}]
+    assert skip["direct_response"]["status"] == SKIP_STATUS == 421
+    assert skip["response_headers_to_add"] == [{"header": {"key": SKIPPED_HEADER, "value": "1"}}]
+    primary = relay["rung_main_0"]
+    assert primary["match"]["headers"] == [{"name": RUNG_HEADER, "string_match": {"exact": "main/0"}}]
+    assert primary["route"]["cluster"] == direct_cluster("primary")
+    assert primary["route"]["retry_policy"] == {"num_retries": 0, "per_try_timeout": "2.000s"}  # rung main/0 timeout_s
+    assert relay["rung_main_1"]["route"]["retry_policy"]["per_try_timeout"] == "30.000s"
+    assert primary["request_headers_to_remove"] == [RUNG_HEADER, SKIP_HEADER]
+    assert next(iter(relay)) == "skip" and list(relay)[-1] == "unknown_rung"
 
 
 def test_single_attempt_rung_has_a_single_priority() -> None:
-    rung = clusters(render(make_policy(), SETTINGS))[rung_cluster("main", 2)]
+    ladders = policy_data()["ladders"]
+    ladders["main"][2]["attempts"] = 1
+    rung = clusters(render(make_policy(ladders=ladders), SETTINGS))[rung_cluster("main", 2)]
     (priority,) = rung["load_assignment"]["endpoints"]
     assert priority["lb_endpoints"][0]["metadata"]["filter_metadata"][META_DECISION] == {
         "ladder": "main",
@@ -162,7 +195,7 @@ def test_direct_clusters_carry_no_rung_metadata_and_no_ejection() -> None:
 
 def test_https_provider_gets_tls_with_sni_and_san_check() -> None:
     rendered = clusters(render(make_policy(), SETTINGS))
-    tls = rendered[rung_cluster("main", 1)]["transport_socket"]
+    tls = rendered[direct_cluster("secondary")]["transport_socket"]
     assert tls["name"] == "envoy.transport_sockets.tls"
     context = tls["typed_config"]
     assert context["sni"] == "api.secondary.test"
@@ -171,10 +204,10 @@ def test_https_provider_gets_tls_with_sni_and_san_check() -> None:
     assert validation["match_typed_subject_alt_names"] == [
         {"san_type": "DNS", "matcher": {"exact": "api.secondary.test"}}
     ]
-    assert rendered[rung_cluster("main", 1)]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"][
+    assert rendered[direct_cluster("secondary")]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"][
         "address"
     ] == {"socket_address": {"address": "api.secondary.test", "port_value": 443}}
-    assert "transport_socket" not in rendered[rung_cluster("main", 0)]
+    assert "transport_socket" not in rendered[direct_cluster("primary")]
 
 
 def test_private_ca_and_ip_san_for_an_https_provider_on_an_ip(tmp_path: Path) -> None:
@@ -216,16 +249,16 @@ def test_extproc_cluster_has_the_32_mib_buffer_limit() -> None:
 
 def test_reuse_port_is_off_on_every_listener() -> None:
     config = render(make_policy(), SETTINGS)
-    for listener in config["static_resources"]["listeners"]:
-        assert listener["enable_reuse_port"] is False
+    for found in config["static_resources"]["listeners"]:
+        assert "internal_listener" in found or found["enable_reuse_port"] is False
     assert all(value is False for key, value in walk(config) if key == "enable_reuse_port")
 
 
 def test_listener_buffers_the_largest_allowed_body() -> None:
     config = render(make_policy(max_body_bytes=2 * 1024 * 1024), SETTINGS)
-    (listener,) = config["static_resources"]["listeners"]
-    assert listener["per_connection_buffer_limit_bytes"] == 2 * 1024 * 1024
-    assert listener["address"] == {"socket_address": {"address": "127.0.0.1", "port_value": 10000}}
+    main = listener(config)
+    assert main["per_connection_buffer_limit_bytes"] == 2 * 1024 * 1024
+    assert main["address"] == {"socket_address": {"address": "127.0.0.1", "port_value": 10000}}
 
 
 # ---- filters ------------------------------------------------------------------------------------
@@ -317,7 +350,7 @@ def test_retry_policy_walks_priorities_and_waits_out_short_retry_after() -> None
     ]
     assert retry["num_retries"] == 3
     assert retry["retry_on"] == "5xx,reset,connect-failure,retriable-status-codes"
-    assert retry["retriable_status_codes"] == [429]
+    assert retry["retriable_status_codes"] == [429, SKIP_STATUS]
     assert retry["retry_priority"]["name"] == "envoy.retry_priorities.previous_priorities"
     assert retry["rate_limited_retry_back_off"]["max_interval"] == "1.500s"
     assert retry["rate_limited_retry_back_off"]["reset_headers"] == [{"name": "retry-after", "format": "SECONDS"}]
