@@ -69,3 +69,10 @@ RUNG_HEADER = "x-rungway-rung"  # "<ladder>/<rung>": which relay route (budget, 
 SKIP_HEADER = "x-rungway-skip"
 SKIPPED_HEADER = "x-rungway-skipped"
 SKIP_STATUS = 421  # "misdirected": retried by the router, not counted as a 5xx by outlier detection
+# The relay's response flags (Envoy's %RESPONSE_FLAGS%): tell its own 503 for a reset or refused
+# connection (UF, UC, UR, ...) and 504 for the rung's budget (UT) from a provider's answer ("-").
+RELAY_FLAGS_HEADER = "x-rungway-relay-flags"
+# On a try's answer: Envoy's router retries (the next slot) only when this header is present. The
+# attempt filter sets it on a hop and the relay on a skipped slot; a final answer never has it,
+# whatever its status.
+RETRY_HEADER = "x-rungway-retry"

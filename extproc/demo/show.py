@@ -76,16 +76,18 @@ async def _show(client: openai.AsyncOpenAI, fleet: dict[str, MockProvider]) -> N
     primary = fleet["openai-primary"]
     # One failure at a time, each followed by a healthy answer: single failures hop, but do not
     # add up to an open circuit (the brownout below shows that).
+    # A single 503 gets the same rung once (the second try usually succeeds): the demo's primary
+    # fails twice in a row, so the ladder moves on.
     steps = [
-        ("healthy primary", "ok", False),
-        ("primary answers 503", "status:503", False),
-        ("primary answers 200 with broken JSON (a partial outage)", "invalid_json", False),
-        ("streaming; primary sends an error event before its first token", "sse_error", True),
-        ("primary rate-limited (429, Retry-After: 3): skipped until its limit resets", "status:429:3", False),
+        ("healthy primary", "ok", False, 1),
+        ("primary answers 503, twice: the same rung once, then the fallback", "status:503", False, 2),
+        ("primary answers 200 with broken JSON (a partial outage): the fallback at once", "invalid_json", False, 1),
+        ("streaming; primary sends an error event before its first token, twice", "sse_error", True, 2),
+        ("primary rate-limited (429, Retry-After: 3): skipped until its limit resets", "status:429:3", False, 1),
     ]
     messages: Any = [{"role": "user", "content": "Where is my order #1234?"}]
-    for title, mode, stream in steps:
-        primary.set_mode(mode, times=1)
+    for title, mode, stream, times in steps:
+        primary.set_mode(mode, times=times)
         _say(f"\n▶ {title}")
         await _ask(client, messages, stream)
         if mode != "ok" and mode != "status:429:3":

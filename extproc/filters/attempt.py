@@ -23,7 +23,7 @@ from enum import StrEnum
 from typing import Any, Final
 
 from ..core import CLIENT_STATUS, Failure, Observation, QuotaSignal
-from ..core.names import META_DECISION, META_TRIP
+from ..core.names import META_DECISION, META_TRIP, RELAY_FLAGS_HEADER
 from ..policy import Policy
 from ..routing.quota import HEADERS as QUOTA_HEADERS
 from ..routing.quota import exhausted_until
@@ -39,7 +39,7 @@ from .effects import Effect, Served, StreamEnded, Tried, Tripped, TryRefused
 from .flags import own_answer_headers
 from .request import TryPlan, UnsafeTryError, header_mutation, plan_try, request_schema, rewrite_body
 from .stream import StreamTry
-from .verdict import Next, Ruling, answer_flags, rule_on_answer, rule_on_failure
+from .verdict import Next, Ruling, answer_flags, relay_failure, rule_on_answer, rule_on_failure
 from .wire import (
     Mode,
     ProcessingRequest,
@@ -71,7 +71,15 @@ _NO_REQUEST_BODY = Mode(
     request_trailer_mode=Mode.SKIP,
     response_trailer_mode=Mode.SKIP,
 )
-_HEADERS_WANTED = frozenset({":status", "content-type", "retry-after"}) | QUOTA_HEADERS
+# The relay's notes to this filter: never the client's to see.
+_RELAY_ONLY = (RELAY_FLAGS_HEADER,)
+_HEADERS_WANTED = frozenset({":status", "content-type", "retry-after", RELAY_FLAGS_HEADER}) | QUOTA_HEADERS
+
+
+_RELAY_DETAIL = {
+    Failure.TIMEOUT: "the provider did not answer within the rung's {budget:g}s budget",
+    Failure.CONNECT_ERROR: "the connection to the provider failed",
+}
 
 
 class Phase(StrEnum):
@@ -114,6 +122,7 @@ class AttemptProcessor:
         self._request_schema: dict[str, Any] | None = None
         self._answered_at: float | None = None  # response headers arrived
         self._first_token_at: float | None = None
+        self._relay_failure: Failure | None = None  # the relay's own answer: no provider was heard
         self._tools_stripped = False
         self._stream: StreamTry | None = None
         self._observed = False
@@ -284,6 +293,7 @@ class AttemptProcessor:
         headers = header_map(request.response_headers, _HEADERS_WANTED)
         self._answered_at = worker.clock.now()
         self._status = int(headers.get(":status", "0") or 0)
+        self._relay_failure = relay_failure(headers.get(RELAY_FLAGS_HEADER))
         wall = worker.clock.wall()
         self._retry_after = parse_retry_after(headers.get("retry-after"), wall)
         until = exhausted_until(headers, wall, self._policy.health.quota_floor_requests)
@@ -417,13 +427,26 @@ class AttemptProcessor:
         ruling = self._rule_on_answer(body)
         self._move(Phase.CLOSED)
         if headers_phase:  # an answer without a body: nothing to replace
-            response = response_headers_response(common(ruling.set_headers))
+            response = response_headers_response(common(ruling.set_headers, remove=_RELAY_ONLY))
         else:
-            response = response_body_response(common(ruling.set_headers, body=ruling.body))
+            response = response_body_response(common(ruling.set_headers, _RELAY_ONLY, body=ruling.body))
         return with_metadata(response, META_TRIP, ruling.record.encode()) if ruling.record is not None else response
 
     def _rule_on_answer(self, body: bytes) -> Ruling:
         plan = self._started()
+        if self._relay_failure is not None:
+            ruling = rule_on_failure(
+                plan,
+                self._policy,
+                self._relay_failure,
+                _RELAY_DETAIL[self._relay_failure].format(budget=plan.rung.timeout_s),
+                status=None,
+                provider_body=b"",
+                retry_after_s=None,
+                tools_stripped=self._tools_stripped,
+            )
+            self._apply(ruling)
+            return ruling
         ruling = rule_on_answer(
             plan,
             self._policy,
@@ -460,7 +483,7 @@ class AttemptProcessor:
                 )
             ruling = self._rule_on_answer(body)
             self._move(Phase.CLOSED)
-            headers = response_headers_response(common(ruling.set_headers))
+            headers = response_headers_response(common(ruling.set_headers, remove=_RELAY_ONLY))
             if ruling.record is not None:
                 headers = with_metadata(headers, META_TRIP, ruling.record.encode())
             return [headers, streamed(body if ruling.body is None else ruling.body, True)]
@@ -489,7 +512,7 @@ class AttemptProcessor:
         self._move(Phase.CLOSED)
         assert ruling.record is not None and ruling.body is not None
         headers = with_metadata(
-            response_headers_response(common(ruling.set_headers)), META_TRIP, ruling.record.encode()
+            response_headers_response(common(ruling.set_headers, remove=_RELAY_ONLY)), META_TRIP, ruling.record.encode()
         )
         return [headers, streamed(ruling.body, True)]
 
@@ -498,7 +521,7 @@ class AttemptProcessor:
         self._first_token_at = self._worker.clock.now()
         self._count_served()
         # The body is rewritten event by event: its length is not the provider's.
-        return response_headers_response(common(self._flags(None), remove=("content-length",)))
+        return response_headers_response(common(self._flags(None), remove=("content-length", *_RELAY_ONLY)))
 
     def _finish_stream(self) -> bytes:
         """The provider's stream ended after the first token: the client's tail, and the count

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from ..core import CLIENT_STATUS, Failure, TripRecord
+from ..core.names import RETRY_HEADER
 from ..health.contract import Contract, judge_answer
 from ..policy import Policy
 from ..routing import Action, next_step
@@ -34,6 +35,22 @@ class Ruling:
     output_tokens: int | None = None
 
 
+# Envoy's response flags on the relay's own answers: the provider was never heard from.
+_CONNECT_FLAGS = frozenset({"UF", "UC", "UR", "UH", "URX", "UO", "UPE", "DPE"})
+
+
+def relay_failure(flags: str | None) -> Failure | None:
+    """The failure the relay itself reported (its response flags), or None for a provider's answer."""
+    if not flags or flags == "-":
+        return None
+    codes = set(flags.split(","))
+    if "UT" in codes:
+        return Failure.TIMEOUT  # the rung's per-try budget ran out before the provider answered
+    if codes & _CONNECT_FLAGS:
+        return Failure.CONNECT_ERROR
+    return None
+
+
 def answer_flags(plan: TryPlan, policy: Policy, failure: Failure | None, *, tools_stripped: bool) -> dict[str, str]:
     """The x-rungway-* headers of the client's answer (A2)."""
     position = plan.position
@@ -49,7 +66,7 @@ def answer_flags(plan: TryPlan, policy: Policy, failure: Failure | None, *, tool
         degraded=degraded,
         reason=reason,
         policy_version=policy.version,
-        attempts=position.attempt,
+        attempts=plan.real_tries,  # tries that reached a provider (Envoy also counts skipped slots)
     )
 
 
@@ -122,13 +139,13 @@ def rule_on_failure(
     record = plan.record(failure, step.next_rung)
     if action is Action.WAIT:
         flags_ = answer_flags(plan, policy, failure, tools_stripped=tools_stripped)
-        return Ruling(Next.WAIT, failure, flags_, None, record)
+        return Ruling(Next.WAIT, failure, {**flags_, RETRY_HEADER: "1"}, None, record)
     err = plan.pair.error(failure, detail)
     error_headers = {"content-type": "application/json", "content-length": str(len(err))}
     if action in (Action.SAME, Action.HOP):
         # A 503 is what Envoy's router retries: on this rung's next slot, or (the attempt filter
         # skipping the slots in between) on the rung the record names.
-        return Ruling(Next(action.value), failure, {":status": "503", **error_headers}, err, record)
+        return Ruling(Next(action.value), failure, {":status": "503", RETRY_HEADER: "1", **error_headers}, err, record)
     set_headers = answer_flags(plan, policy, failure, tools_stripped=tools_stripped)
     provider_error = status is not None and not 200 <= status < 300
     set_headers[":status"] = str(status if provider_error else CLIENT_STATUS[failure])

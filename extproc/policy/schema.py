@@ -296,7 +296,9 @@ class Policy(_Frozen):
     default_tenant: str = "default"
     default_task: str = "default"
     default_impact: Impact = Impact.CUSTOMER_FACING
-    max_attempts: int = Field(3, ge=1, le=10)
+    # Tries that reach a provider, per request (skipped slots are free): room for the same rung
+    # once on the first two rungs and one more rung.
+    max_attempts: int = Field(5, ge=1, le=10)
     # A 429 whose Retry-After is at most this is waited out on the same rung when it has an
     # attempt left; otherwise the try hops at once (to the rung's next slot if it has one).
     retry_after_max_s: float = Field(2.0, ge=0, le=60)

@@ -27,7 +27,9 @@ from ..core.names import (
     META_TRIP,
     MISSING,
     OPENAI_CHAT_PATH,
+    RELAY_FLAGS_HEADER,
     RELAY_LISTENER,
+    RETRY_HEADER,
     RUNG_HEADER,
     SKIP_HEADER,
     SKIP_STATUS,
@@ -457,7 +459,10 @@ def _relay_listener(policy: Policy) -> dict[str, Any]:
             "name": "skip",
             "match": {"prefix": "/", "headers": [{"name": SKIP_HEADER, "present_match": True}]},
             "direct_response": {"status": SKIP_STATUS, "body": {"inline_string": "skipped by the failure rules"}},
-            "response_headers_to_add": [{"header": {"key": SKIPPED_HEADER, "value": "1"}}],
+            "response_headers_to_add": [
+                {"header": {"key": SKIPPED_HEADER, "value": "1"}},
+                {"header": {"key": RETRY_HEADER, "value": "1"}},
+            ],
         }
     ]
     for ladder, rungs in policy.ladders.items():
@@ -476,6 +481,12 @@ def _relay_listener(policy: Policy) -> dict[str, Any]:
                         "retry_policy": {"num_retries": 0, "per_try_timeout": _seconds(rung.timeout_s)},
                     },
                     "request_headers_to_remove": [RUNG_HEADER, SKIP_HEADER],
+                    "response_headers_to_add": [
+                        {
+                            "header": {"key": RELAY_FLAGS_HEADER, "value": "%RESPONSE_FLAGS%"},
+                            "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+                        }
+                    ],
                 }
             )
     routes.append(
@@ -588,9 +599,10 @@ def _extproc_cluster(settings: EnvoySettings) -> dict[str, Any]:
 
 def _routes(policy: Policy) -> list[dict[str, Any]]:
     retry_policy = {
-        "retry_on": "5xx,reset,connect-failure,retriable-status-codes",
-        # 429: waited out (a short Retry-After) or hopped; SKIP_STATUS: a slot skipped at the relay.
-        "retriable_status_codes": [429, SKIP_STATUS],
+        # Only what the attempt filter (or the relay, for a skipped slot) marks for a retry is
+        # retried: a final answer is final whatever its status (5xx included).
+        "retry_on": "retriable-headers,reset,connect-failure",
+        "retriable_headers": [{"name": RETRY_HEADER, "present_match": True}],
         # Overridden per request by decide (x-envoy-max-retries): the ladder's slots, capped.
         "num_retries": policy.max_attempts - 1,
         "retry_priority": {

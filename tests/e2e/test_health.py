@@ -170,11 +170,11 @@ def test_the_retry_budget_bounds_extra_tries_fleet_wide(fresh: Fleet, tmp_path: 
                 answered += 1
             except openai.InternalServerError:
                 pass
-        extra = len(fresh.secondary.requests) + len(fresh.small.requests)
-        assert len(fresh.primary.requests) == 20
+        served_elsewhere = len(fresh.secondary.requests) + len(fresh.small.requests)
+        extra = len(fresh.primary.requests) - 20 + served_elsewhere  # same-rung retries count too
         # At most 20 % of the requests plus the floor of 2 (one in flight may overshoot by one).
         assert extra <= 0.2 * 20 + 2 + 1
-        assert answered == extra
+        assert answered == served_elsewhere
 
 
 def test_status_and_the_status_cli_show_circuits_and_scores(fresh: Fleet, tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ from extproc.core.names import (
     META_TRIP,
     POLICY_VERSION,
     REASON,
+    RETRY_HEADER,
     RUNG_HEADER,
     SERVED_BY,
     SKIP_HEADER,
@@ -495,7 +496,12 @@ def test_invalid_200_is_flipped_to_503_with_the_failure_in_the_trip_metadata() -
     headers = set_headers(judged)
     body = body_of(judged)
     assert body is not None
-    assert headers == {":status": "503", "content-type": "application/json", "content-length": str(len(body))}
+    assert headers == {
+        ":status": "503",
+        RETRY_HEADER: "1",  # what Envoy's router retries on
+        "content-type": "application/json",
+        "content-length": str(len(body)),
+    }
     assert json.loads(body)["error"]["code"] == "quality_regression"
     assert (trip_of(judged).failure, trip_of(judged).first_failure) == (
         Failure("quality_regression"),
@@ -544,7 +550,7 @@ def test_short_retry_after_429_is_kept_when_the_next_slot_is_the_same_rung() -> 
     headers = set_headers(judged)
     assert ":status" not in headers  # Envoy sees the 429 and waits out Retry-After
     assert body_of(judged) is None
-    assert flag_headers(headers) == flags_of("primary/gpt-4o", 0, False, "rate_limited")
+    assert flag_headers(headers) == {**flags_of("primary/gpt-4o", 0, False, "rate_limited"), RETRY_HEADER: "1"}
     assert (trip_of(judged).failure, trip_of(judged).first_failure) == (
         Failure("rate_limited"),
         Failure("rate_limited"),
@@ -681,7 +687,7 @@ def test_stream_headers_are_held_until_the_first_token() -> None:
     headers, first = released
     assert headers.WhichOneof("response") == "response_headers"
     assert set_headers(headers) == flags_of("primary/gpt-4o", 0, False)
-    assert removed_headers(headers) == ["content-length"]
+    assert removed_headers(headers) == ["content-length", "x-rungway-relay-flags"]
     assert body_of(first) == sse(events[:2])  # the held role chunk goes out with the first token
     assert not first.response_body.response.body_mutation.streamed_response.end_of_stream
     (rest,) = t.send(response_body(sse(events[2:]), end_of_stream=True))
@@ -945,7 +951,7 @@ def test_no_first_token_within_the_rungs_budget_hops_before_the_stream_starts() 
 
 
 def test_with_max_attempts_spent_a_try_answers_the_client_instead_of_a_provider() -> None:
-    previous = record(attempt=3, started_ms=1_000_000.0, rung=1, real_tries=3)  # ended unanswered, early
+    previous = record(attempt=3, started_ms=1_000_000.0, rung=1, real_tries=5)  # ended unanswered, early
     t = Try(make_sidecar(), rung=1, slot=1, attempt=4, tries=6, trip=previous)
     assert t.processor.phase is Phase.REFUSED
     answer = t.headers_answer

@@ -121,8 +121,9 @@ def test_safety_block_hops_only_when_the_policy_opts_in() -> None:
 
 def test_nothing_after_the_last_rung_or_past_max_attempts() -> None:
     assert step(F.SERVER_ERROR, "rung2-slot1", real_tries=2) == Step(FINAL)
-    assert step(F.TIMEOUT, "rung1-slot0", real_tries=3) == Step(FINAL)  # max_attempts 3 tries reached
-    assert step(F.TIMEOUT, "rung1-slot0", real_tries=3, max_attempts=4) == Step(HOP, 2)
+    assert step(F.TIMEOUT, "rung1-slot0", real_tries=5) == Step(FINAL)  # max_attempts (5) tries reached
+    assert step(F.TIMEOUT, "rung1-slot0", real_tries=3, max_attempts=3) == Step(FINAL)
+    assert step(F.TIMEOUT, "rung1-slot0", real_tries=3) == Step(HOP, 2)
 
 
 def test_envoys_attempts_bound_how_far_a_hop_can_reach() -> None:

@@ -23,6 +23,7 @@ from extproc.core.names import (
     META_TRIP,
     MISSING,
     RELAY_LISTENER,
+    RETRY_HEADER,
     RUNG_HEADER,
     SKIP_HEADER,
     SKIP_STATUS,
@@ -164,7 +165,10 @@ def test_the_relay_gives_each_rung_its_own_budget_and_provider_and_skips_at_once
     skip = relay["skip"]
     assert skip["match"]["headers"] == [{"name": SKIP_HEADER, "present_match": True}]
     assert skip["direct_response"]["status"] == SKIP_STATUS == 421
-    assert skip["response_headers_to_add"] == [{"header": {"key": SKIPPED_HEADER, "value": "1"}}]
+    assert skip["response_headers_to_add"] == [
+        {"header": {"key": SKIPPED_HEADER, "value": "1"}},
+        {"header": {"key": RETRY_HEADER, "value": "1"}},
+    ]
     primary = relay["rung_main_0"]
     assert primary["match"]["headers"] == [{"name": RUNG_HEADER, "string_match": {"exact": "main/0"}}]
     assert primary["route"]["cluster"] == direct_cluster("primary")
@@ -349,8 +353,9 @@ def test_retry_policy_walks_priorities_and_waits_out_short_retry_after() -> None
         "retry_policy"
     ]
     assert retry["num_retries"] == 3
-    assert retry["retry_on"] == "5xx,reset,connect-failure,retriable-status-codes"
-    assert retry["retriable_status_codes"] == [429, SKIP_STATUS]
+    # Only answers the attempt filter (or the relay) marks are retried: a final 5xx is final.
+    assert retry["retry_on"] == "retriable-headers,reset,connect-failure"
+    assert retry["retriable_headers"] == [{"name": RETRY_HEADER, "present_match": True}]
     assert retry["retry_priority"]["name"] == "envoy.retry_priorities.previous_priorities"
     assert retry["rate_limited_retry_back_off"]["max_interval"] == "1.500s"
     assert retry["rate_limited_retry_back_off"]["reset_headers"] == [{"name": "retry-after", "format": "SECONDS"}]
