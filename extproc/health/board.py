@@ -137,7 +137,7 @@ class Board:
             ep.last_trip = (obs.at, Failure.TIMEOUT)
         # Timer transitions first: they fell due before this result.
         transitions = ep.circuit.tick(now)
-        transitions += ep.circuit.record(now, outcome)
+        transitions += ep.circuit.record(now, outcome, probe=obs.probe)
         if any(t.target is CircuitState.CLOSED for t in transitions):
             # Probes proved the endpoint well again: the window's samples describe the outage,
             # not the endpoint now, and would keep traffic away for another whole window.
@@ -267,9 +267,10 @@ class Board:
             return Outcome.FAILURE
         baseline = self.baseline(ep, obs.stream)
         factor = self.settings.circuit.slow_call_factor
-        if ep.circuit.state(now) is CircuitState.HALF_OPEN:
+        if ep.circuit.state(now) is not CircuitState.CLOSED:
             # To close, a probe must answer within the latency SLO: a circuit opened for a
-            # latency score would otherwise close on probes the score still calls slow.
+            # latency score would otherwise close on probes the score still calls slow. (Open
+            # or half-open alike: a probe's answer means the same on either side of the hold's end.)
             factor = min(factor, self.settings.latency_slo_factor)
         if obs.latency_s is not None and baseline is not None and obs.latency_s > baseline * factor:
             return Outcome.SLOW
