@@ -841,3 +841,28 @@ def test_attempt_refuses_request_trailers() -> None:
     t = Try(make_sidecar(), rung=0)
     with pytest.raises(ValueError, match="attempt does not process request_trailers"):
         t.send(ep.ProcessingRequest(request_trailers=ep.HttpTrailers()))
+
+
+# ---- synthetic probes: observed for the board, never counted as traffic ---------------------------
+
+
+@pytest.mark.parametrize(("status", "answer"), [(200, openai_answer()), (503, {"error": {"message": "down"}})])
+def test_a_probe_is_observed_for_the_board_but_counted_as_no_tenants_or_rungs_traffic(
+    status: int, answer: dict[str, Any]
+) -> None:
+    sidecar = make_sidecar()
+    t = Try(sidecar, rung=0, rungs=(0,), tries=1, probe=True, tenant="default")
+    t.answer_json(status, answer)
+    kinds = sorted(type(e).__name__ for e in t.effects)
+    assert kinds == ["Observation"]
+    (obs,) = t.effects
+    assert obs.probe is True and (obs.failure is None) == (status == 200)
+    counted = [
+        s
+        for counter in vars(sidecar.metrics).values()
+        if hasattr(counter, "collect")
+        for metric in counter.collect()
+        for s in metric.samples
+        if s.name.endswith("_total") and s.value
+    ]
+    assert [(s.name, s.labels) for s in counted if not s.name.startswith("rungway_circuit_transitions")] == []

@@ -315,3 +315,24 @@ def test_decide_processes_only_request_messages_and_has_no_timer() -> None:
     assert processor.on_deadline() == []
     with pytest.raises(ValueError, match="decide does not process response_headers"):
         processor.dispatch(response_headers(200))
+
+
+# ---- synthetic probes ---------------------------------------------------------------------------------
+
+
+def test_a_probe_is_routed_to_exactly_its_rung_and_counted_as_no_tenants_request() -> None:
+    sidecar = make_sidecar()
+    probe = {"x-rungway-probe": f"{sidecar.probe_token} main 1", "x-rungway-tenant": "acme"}
+    processor = DecideProcessor(sidecar)
+    (response,) = processor.dispatch(request_headers(headers(**probe), metadata=decide_fields(model="gpt-4o")))
+    chosen = decision_of(response)
+    assert (chosen.probe, chosen.rungs, chosen.tries) == (True, (1,), 1)
+    # No Decided (tenant series), no RequestCounted (the retry budget's base): the prober counts it.
+    assert processor.drain_effects() == []
+
+
+def test_a_probe_without_the_token_is_a_refused_request_of_its_tenant() -> None:
+    sidecar = make_sidecar()
+    _, response = decide(sidecar, extra={"x-rungway-probe": "guess main 1", "x-rungway-tenant": "acme"}, model="gpt-4o")
+    assert response.immediate_response.status.code == 400
+    assert sample(sidecar, "rungway_decisions_total", tenant="acme", task="default", ladder="", outcome="refused") == 1
