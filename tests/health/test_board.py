@@ -829,7 +829,11 @@ def test_applying_an_observation_event_matches_observing_the_object() -> None:
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.lists(st.sampled_from(["obs", "quota", "abandon", "req", "circuit"]).flatmap(well_typed_event), max_size=8))
+@given(
+    st.lists(
+        st.sampled_from(["obs", "quota", "abandon", "req", "circuit", "probe"]).flatmap(well_typed_event), max_size=8
+    )
+)
 def test_applying_any_event_that_decodes_never_raises(batch: list[Any]) -> None:
     b = board(circuit=CircuitSettings())
     for event in batch:
