@@ -316,7 +316,7 @@ def test_two_sidecars_on_one_bus_probe_an_endpoint_once_per_interval_between_the
                 )
                 for stack in (a, b)
             ]
-            assert all(n >= 0 for n in sent) and sum(sent) >= len(probed), sent
+            assert sum(sent) >= len(probed), sent  # each supervisor counts the probes it sent
     finally:
         redis.stop()
 
