@@ -180,10 +180,38 @@ class CircuitChanged:
         )
 
 
-BusEvent = Observation | QuotaSignal | Abandoned | RequestsDecided | CircuitChanged
-_KINDS: dict[
-    str, type[Observation] | type[QuotaSignal] | type[Abandoned] | type[RequestsDecided] | type[CircuitChanged]
-] = {kind.KIND: kind for kind in (Observation, QuotaSignal, Abandoned, RequestsDecided, CircuitChanged)}
+@dataclass(frozen=True, slots=True)
+class ProbeClaim:
+    """A prober is about to probe an endpoint: every prober on the bus resets its timer for it,
+    and of two claims made at once the earlier (by time, then by prober) probes."""
+
+    KIND = "probe"
+
+    key: str
+    at: float
+    by: str  # the prober's bus origin
+
+    def encode(self) -> dict[str, Any]:
+        return {"v": EVENT_VERSION, "k": self.KIND, "key": self.key, "at": self.at, "by": self.by}
+
+    @classmethod
+    def decode(cls, event: Mapping[str, object]) -> ProbeClaim:
+        k = "probe"
+        return cls(key=f.text(event, "key", k), at=f.number(event, "at", k), by=f.text(event, "by", k))
+
+
+BusEvent = Observation | QuotaSignal | Abandoned | RequestsDecided | CircuitChanged | ProbeClaim
+_EventType = (
+    type[Observation]
+    | type[QuotaSignal]
+    | type[Abandoned]
+    | type[RequestsDecided]
+    | type[CircuitChanged]
+    | type[ProbeClaim]
+)
+_KINDS: dict[str, _EventType] = {
+    kind.KIND: kind for kind in (Observation, QuotaSignal, Abandoned, RequestsDecided, CircuitChanged, ProbeClaim)
+}
 
 
 def decode_event(event: Mapping[str, object]) -> BusEvent:

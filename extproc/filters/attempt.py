@@ -572,18 +572,23 @@ class AttemptProcessor:
         return (plan.position.ladder, plan.position.rung, plan.provider_name, plan.model)
 
     def _count(self, outcome: str) -> None:
-        self._effects.append(Tried(*self._rung_labels(), outcome))
+        # A synthetic probe is no tenant's traffic and no rung's load: the prober counts it
+        # (rungway_probes_total); here it only becomes an observation for the health board.
+        if not self._started().decision.probe:
+            self._effects.append(Tried(*self._rung_labels(), outcome))
 
     def _count_served(self) -> None:
         plan = self._started()
         self._count("served")
+        if plan.decision.probe:
+            return
         degraded = plan.position.rung != 0 or self._tools_stripped
         tier = self._policy.tier_of(plan.position.ladder, plan.position.rung)
         self._effects.append(Served(plan.decision.tenant, plan.decision.task, plan.position.ladder, tier, degraded))
 
     def _observe(self, failure: Failure | None, tokens: int | None = None) -> None:
         """Report this try to the health board, once; a failed try is also a counted trip."""
-        if failure is not None and not self._trip_counted:
+        if failure is not None and not self._trip_counted and not self._started().decision.probe:
             self._trip_counted = True
             self._effects.append(Tripped(*self._rung_labels(), failure))
         if self._observed:

@@ -217,7 +217,8 @@ class DecideProcessor:
         if isinstance(result, Refusal):
             return self._refuse(result.failure, result.message, "refused", ladder="")
         policy = self._policy
-        self._effects.append(Decided(f.tenant, f.task, result.ladder, "routed"))
+        if not result.probe:  # probes are counted by the prober (rungway_probes_total), never as a tenant's
+            self._effects.append(Decided(f.tenant, f.task, result.ladder, "routed"))
         c = common(
             {
                 CLUSTER_HEADER: result.cluster,

@@ -58,6 +58,9 @@ class Endpoint:
     unscored: int = 0  # samples added since the score was computed
     off_until: dict[Impact, float] = field(default_factory=dict)  # score-based hysteresis
     cleared_at: float = float("-inf")  # when probes last closed the circuit (and cleared the window)
+    # Latest live try that said something about the endpoint (not a probe, not a failure about
+    # the request itself): which client-named models are worth probing.
+    used_at: float = float("-inf")
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,12 +118,16 @@ class Board:
         ep = self.endpoint(obs.key)
         if obs.ladder:
             ep.routes.add((obs.ladder, obs.rung))
+        if not obs.probe and obs.failure not in IGNORED:
+            ep.used_at = max(ep.used_at, obs.at)
         if obs.attempt > 1 and not obs.probe:
             self.budget.note_retry(obs.at)
+        # Timer transitions first: they fell due before this result (a hold may end in a close).
+        transitions = self._tick_circuit(ep, now)
         if obs.at < ep.cleared_at:
             # From before probes closed the circuit (a replay after a bus reconnect, a slow
             # relay): it describes the outage that is over, not the endpoint now.
-            return [(obs.key, t) for t in ep.circuit.tick(now)]
+            return [(obs.key, t) for t in transitions]
         if obs.failure is not None and obs.failure not in IGNORED:
             ep.last_trip = (obs.at, obs.failure)
         ep.samples.append(Sample(obs.at, obs.failure, obs.latency_s, obs.output_tokens, obs.task, obs.stream))
@@ -135,18 +142,9 @@ class Board:
         outcome = self._outcome(ep, obs, now)
         if outcome is Outcome.SLOW:
             ep.last_trip = (obs.at, Failure.TIMEOUT)
-        # Timer transitions first: they fell due before this result.
-        transitions = ep.circuit.tick(now)
-        transitions += ep.circuit.record(now, outcome)
-        if any(t.target is CircuitState.CLOSED for t in transitions):
-            # Probes proved the endpoint well again: the window's samples describe the outage,
-            # not the endpoint now, and would keep traffic away for another whole window.
-            ep.samples.clear()
-            ep.scored = (now, HEALTHY)
-            ep.unscored = 0
-            ep.off_until.clear()
-            ep.slo_breach_since = None
-            ep.cleared_at = now
+        recorded = ep.circuit.record(now, outcome, probe=obs.probe)
+        self._clear_if_closed(ep, recorded, now)
+        transitions += recorded
         transitions += self._open_if_abandoned(ep, now)
         return [(obs.key, t) for t in transitions]
 
@@ -155,7 +153,7 @@ class Board:
         breaches. The runtime calls it before it asks the board anything."""
         moved: list[tuple[str, Transition]] = []
         for key, ep in self.endpoints.items():
-            moved += [(key, t) for t in ep.circuit.tick(now)]
+            moved += [(key, t) for t in self._tick_circuit(ep, now)]
             self._refresh(ep, now)
         self.budget.tick(now)
         return moved
@@ -164,12 +162,32 @@ class Board:
         """A live request takes one of a half-open circuit's probe slots."""
         ep = self.endpoint(key)
         ep.circuit.allow(now)
-        return [(key, t) for t in ep.circuit.tick(now)]
+        return [(key, t) for t in self._tick_circuit(ep, now)]
 
     def drain_outbox(self) -> list[Abandoned]:
         """Events this replica owes the bus (an abandonment it saw first)."""
         out, self._outbox = self._outbox, []
         return out
+
+    def _tick_circuit(self, ep: Endpoint, now: float) -> list[Transition]:
+        moved = ep.circuit.tick(now)
+        self._clear_if_closed(ep, moved, now)
+        return moved
+
+    @staticmethod
+    def _clear_if_closed(ep: Endpoint, transitions: list[Transition], now: float) -> None:
+        closes = [t for t in transitions if t.target is CircuitState.CLOSED]
+        if not closes:
+            return
+        # Probes proved the endpoint well again: the window's samples describe the outage,
+        # not the endpoint now, and would keep traffic away for another whole window. (Stamped
+        # when the close fell due: a hold that ended in a close is noticed a little later.)
+        ep.samples.clear()
+        ep.scored = (now, HEALTHY)
+        ep.unscored = 0
+        ep.off_until.clear()
+        ep.slo_breach_since = None
+        ep.cleared_at = closes[-1].at
 
     def _refresh(self, ep: Endpoint, now: float) -> None:
         """Recompute the score when it is stale, and move what depends on it: which impact
@@ -228,7 +246,7 @@ class Board:
         ):
             return []  # opened already, or not clearly newer than what this circuit did since
         ep.last_trip = (event.at, event.reason)
-        moved = ep.circuit.tick(now) + ep.circuit.force_open(now, degraded_reason(event.score))
+        moved = self._tick_circuit(ep, now) + ep.circuit.force_open(now, degraded_reason(event.score))
         return [(event.key, t) for t in moved]
 
     def _learn_baseline(self, ep: Endpoint, at: float, stream: bool, latency: float) -> None:
@@ -267,9 +285,10 @@ class Board:
             return Outcome.FAILURE
         baseline = self.baseline(ep, obs.stream)
         factor = self.settings.circuit.slow_call_factor
-        if ep.circuit.state(now) is CircuitState.HALF_OPEN:
+        if ep.circuit.state(now) is not CircuitState.CLOSED:
             # To close, a probe must answer within the latency SLO: a circuit opened for a
-            # latency score would otherwise close on probes the score still calls slow.
+            # latency score would otherwise close on probes the score still calls slow. (Open
+            # or half-open alike: a probe's answer means the same on either side of the hold's end.)
             factor = min(factor, self.settings.latency_slo_factor)
         if obs.latency_s is not None and baseline is not None and obs.latency_s > baseline * factor:
             return Outcome.SLOW

@@ -12,19 +12,32 @@ rate reached ``failure_rate_threshold``. Outcomes:
 - SLOW (answered, but over the slow-call threshold) counts as a failure for the rate only. It
   neither extends the run, since the rung did answer, nor ends it, since a slow answer is no sign
   of recovery.
-- IGNORED (client errors) is not evidence about the rung and changes no count. In HALF_OPEN it still
-  frees its probe slot: the call did finish.
+- IGNORED (client errors) is not evidence about the rung and changes no count. In HALF_OPEN a live
+  call's result still frees its admission: the call did finish.
 
-OPEN admits nothing for ``open_s``; this is the hysteresis that keeps traffic off a rung it just left.
-A rung that fails again within ``window_s`` of closing is flapping (its probes pass but its traffic
-does not): each such re-open doubles the time open, up to ``FLAP_BACKOFF_CAP`` x ``open_s``, until
-a close that lasts a window resets it.
-Then HALF_OPEN admits up to ``half_open_probes`` calls at once. ``half_open_successes`` successes
-close the circuit; one failure or slow answer re-opens it, as does a probe left unanswered for
-``probe_bound_s``. Results also arrive for calls this circuit did not admit (other sidecars'
-observations, via the health bus), so a result is not matched to an admission: it frees the
-*oldest* one. That way the hung-probe timer can fire late but never early, because the admissions
-left are the newest ones.
+OPEN admits no live call for ``open_s``; this is the hysteresis that keeps traffic off a rung it
+just left. A rung that fails again within ``window_s`` of closing is flapping (its probes pass but
+its traffic does not): each such re-open doubles the time open, up to ``FLAP_BACKOFF_CAP`` x
+``open_s``, until a close that lasts a window resets it.
+
+Finding out is separate from letting traffic back. Synthetic probes are sent all the while the
+circuit is not closed, and a probe's result (``probe=True``) counts the same in OPEN and in
+HALF_OPEN: a pass adds to the run of passes, anything else (failure, slow) ends the run and moves
+nothing — a failing probe never prolongs the hold. A run of ``half_open_successes`` passes closes a
+HALF_OPEN circuit at once; an OPEN one closes the moment its hold ends (OPEN → CLOSED), otherwise it
+turns HALF_OPEN keeping the run. So the backoff decides when live traffic may come back, never how
+late recovery is noticed. This is also what keeps replicas of the board in step: they apply the same
+observations at slightly different local times, and a probe's answer landing just before the hold
+ends in one replica and just after it in another has the same effect in both. (Live answers in OPEN
+are still dropped: they are late answers to calls admitted before it opened.)
+
+HALF_OPEN also admits up to ``half_open_probes`` live calls at once (when the board lets live
+traffic try it). A live success adds to the run; a live failure or slow answer re-opens it, as does
+an admitted call left unanswered for ``probe_bound_s``. Results also arrive for live calls this
+circuit did not admit (other sidecars' observations, via the health bus), so a live result is not
+matched to an admission: it frees the *oldest* one. That way the hung-call timer can fire late but
+never early, because the admissions left are the newest ones. Probes are never admitted, so their
+results free nothing.
 
 Timers are applied lazily by whichever command comes next (``tick``, ``record``, ``allow``,
 ``force_open``), and a transition is stamped with the time it fell due, not the time someone
@@ -49,13 +62,14 @@ from typing import Any, Final
 class CircuitState(StrEnum):
     CLOSED = "closed"  # traffic flows and is counted
     OPEN = "open"  # no traffic, for at least open_s
-    HALF_OPEN = "half_open"  # a bounded number of probes decide
+    HALF_OPEN = "half_open"  # the hold is over: passing probes (and admitted live calls) close it
 
 
 TRANSITIONS: Final[frozenset[tuple[CircuitState, CircuitState]]] = frozenset(
     {
         (CircuitState.CLOSED, CircuitState.OPEN),
         (CircuitState.OPEN, CircuitState.HALF_OPEN),
+        (CircuitState.OPEN, CircuitState.CLOSED),  # the hold ends with the probes already passing
         (CircuitState.HALF_OPEN, CircuitState.CLOSED),
         (CircuitState.HALF_OPEN, CircuitState.OPEN),
     }
@@ -104,9 +118,9 @@ class CircuitConfig:
     minimum_calls: int = 5  # calls in the window before the rate can open the circuit
     consecutive_failures: int = 5
     open_s: float = 30.0  # least time OPEN: the hysteresis
-    half_open_probes: int = 2  # calls admitted at once while HALF_OPEN
-    half_open_successes: int = 2  # successes in HALF_OPEN that close the circuit
-    probe_bound_s: float = 30.0  # an admitted probe unanswered this long re-opens the circuit
+    half_open_probes: int = 2  # live calls admitted at once while HALF_OPEN
+    half_open_successes: int = 2  # passes in a row (probes, or admitted live calls) that close it
+    probe_bound_s: float = 30.0  # an admitted live call unanswered this long re-opens the circuit
 
     def __post_init__(self) -> None:
         rate = self.failure_rate_threshold
@@ -205,16 +219,18 @@ class Circuit:
         """May a live call go to this rung now? In HALF_OPEN a yes is an admission (a command:
         timers it fires are returned by the next tick)."""
         now = self._tick(now)
+        if self._state is not CircuitState.CLOSED:
+            self._fire_timers(now, self._pending)  # the hold may end in CLOSED, probes passed
         if self._state is CircuitState.CLOSED:
             return True
-        self._fire_timers(now, self._pending)
         if self._state is CircuitState.HALF_OPEN and len(self._admitted) < self._config.half_open_probes:
             self._admitted.append(now)
             return True
         return False
 
-    def record(self, now: float, outcome: Outcome) -> list[Transition]:
-        """An observed call result; returns the transitions it and any due timers caused."""
+    def record(self, now: float, outcome: Outcome, *, probe: bool = False) -> list[Transition]:
+        """An observed call result; returns the transitions it and any due timers caused.
+        `probe`: a synthetic probe's result, which counts while OPEN too (see the module doc)."""
         now = self._tick(now)
         moved: list[Transition] = []
         state = self._state
@@ -224,18 +240,27 @@ class Circuit:
         if state is CircuitState.CLOSED:
             if outcome is not Outcome.IGNORED:
                 self._count(now, outcome, moved)
+        elif probe:
+            # The same in OPEN and HALF_OPEN, so it does not matter on which side of the hold's
+            # end a replica hears it. Only a HALF_OPEN circuit closes at once; an OPEN one at the
+            # end of its hold (_fire_timers).
+            if outcome is Outcome.SUCCESS:
+                self._successes += 1
+                if state is CircuitState.HALF_OPEN:
+                    moved += self._close_if_passed(now, "")
+            elif outcome is not Outcome.IGNORED:
+                self._successes = 0
         elif state is CircuitState.HALF_OPEN:
             if self._admitted:
                 self._admitted.popleft()
             if outcome is Outcome.SUCCESS:
                 self._successes += 1
-                if self._successes >= self._config.half_open_successes:
-                    moved.append(self._move(now, CircuitState.CLOSED, f"{self._successes} probe successes"))
+                moved += self._close_if_passed(now, "")
             elif outcome is Outcome.FAILURE:
                 moved.append(self._move(now, CircuitState.OPEN, "probe failed"))
             elif outcome is Outcome.SLOW:
                 moved.append(self._move(now, CircuitState.OPEN, "probe slow"))
-        # OPEN: late answers to calls admitted before it opened say nothing new.
+        # OPEN: late live answers to calls admitted before it opened say nothing new.
         return moved
 
     def force_open(self, now: float, reason: str) -> list[Transition]:
@@ -297,7 +322,8 @@ class Circuit:
         self._failures = 0
         self._consecutive = 0
         self._admitted.clear()
-        self._successes = 0
+        if (source, target) != (CircuitState.OPEN, CircuitState.HALF_OPEN):
+            self._successes = 0  # probes that passed during the hold still count once it ends
         if target is CircuitState.CLOSED:
             self._closed_at = now
         elif target is CircuitState.OPEN and source is CircuitState.CLOSED:
@@ -340,7 +366,11 @@ class Circuit:
                 open_until = self._open_until
                 if open_until is None or now < open_until:
                     return
-                into.append(self._move(open_until, CircuitState.HALF_OPEN, f"open for {self._open_for():g}s"))
+                held = f"open for {self._open_for():g}s"
+                passed = self._close_if_passed(open_until, f"{held}, ")
+                if not passed:
+                    into.append(self._move(open_until, CircuitState.HALF_OPEN, held))
+                into += passed
             elif self._state is CircuitState.HALF_OPEN and self._admitted:
                 due = self._admitted[0] + config.probe_bound_s
                 if now < due:
@@ -348,6 +378,11 @@ class Circuit:
                 into.append(self._move(due, CircuitState.OPEN, f"probe unanswered for {config.probe_bound_s:g}s"))
             else:
                 return
+
+    def _close_if_passed(self, now: float, prefix: str) -> list[Transition]:
+        if self._successes < self._config.half_open_successes:
+            return []
+        return [self._move(now, CircuitState.CLOSED, f"{prefix}{self._successes} probe successes")]
 
     def _open_for(self) -> float:
         return self._config.open_s * (1 << self._flaps)

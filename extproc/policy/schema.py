@@ -254,10 +254,14 @@ class HealthSettings(_Frozen):
     # ...and a breach that lasts this long marks the rung degraded.
     latency_slo_s: float = Field(300.0, gt=0, le=86_400)
     # Synthetic probes through Envoy, per rung endpoint; 0 turns them off. Endpoints some
-    # traffic is avoiding (circuit half-open, or a score some class left) are probed every
-    # `recovery_probe_s`; an open circuit waits for half-open (it would ignore the answer).
+    # traffic is avoiding (circuit open or half-open, or a score some class left) are probed
+    # every `recovery_probe_s`, so recovery is noticed within seconds however long the outage.
+    # Never while the provider's Retry-After or rate-limit reset runs.
     probe_interval_s: float = Field(60.0, ge=0, le=86_400)
     recovery_probe_s: float = Field(5.0, gt=0, le=3600)
+    # Probe targets: every endpoint the policy names with a fixed model, plus at most this many
+    # client-named models (`$requested` rungs), the most recently used by live traffic.
+    max_probed_models: int = Field(20, ge=0, le=10_000)
     # Share of live traffic (not revenue-critical) served by fallback rungs to keep them measured.
     canary_share: float = Field(0.0, ge=0, le=0.5)
     # Fleet-wide: extra tries at most this share of requests, plus a floor, per window.

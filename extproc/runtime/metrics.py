@@ -89,6 +89,20 @@ class Metrics:
         return "other"
 
 
+class ProbeMetrics:
+    """The prober's own counters (the supervisor's process; probes are never tenant traffic).
+    Labels are bounded: endpoints by the probe targets, outcomes by the failure classes."""
+
+    def __init__(self) -> None:
+        # Registered into each scrape's registry by the supervisor, next to the workers' metrics.
+        self.probes = Counter(
+            "rungway_probes_total",
+            "Synthetic probes sent, by endpoint and outcome (ok, a failure class, unanswered, error).",
+            ["endpoint", "outcome"],
+            registry=None,
+        )
+
+
 _STATE_VALUE = {"closed": 0.0, "half_open": 1.0, "open": 2.0}
 
 

@@ -31,13 +31,15 @@ import yaml
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
 
-from ..core import CircuitChanged
+from ..core import CircuitChanged, Failure, ProbeClaim
+from ..core.names import REASON
 from ..health.board import Board
-from ..health.probe import ProbeTarget, ReplicaReports, due, targets
+from ..health.circuit import Transition
+from ..health.probe import ProbeSchedule, ProbeTarget, ReplicaReports, due, rate_limited, targets
 from ..policy import Policy
 from ..xds.bootstrap import EnvoySettings, render
 from .bus import HealthBus, HubServer, RedisBus
-from .metrics import BoardCollector
+from .metrics import BoardCollector, ProbeMetrics
 from .sidecar import HUB_ENV, PROBE_TOKEN_ENV, configured_baselines, read_bus_event
 
 log = logging.getLogger("rungway.up")
@@ -55,6 +57,16 @@ def free_port(host: str = "127.0.0.1") -> int:
         s.bind((host, 0))
         port: int = s.getsockname()[1]
         return port
+
+
+_FAILURES = frozenset(f.value for f in Failure)
+
+
+def probe_outcome(status: int, reason: str | None) -> str:
+    """A probe's outcome label: ok, a failure class, or error (a bounded set)."""
+    if 200 <= status < 300:
+        return "ok"
+    return reason if reason in _FAILURES else "error"
 
 
 def split_address(value: str, default_host: str = "127.0.0.1") -> tuple[str, int]:
@@ -107,8 +119,10 @@ class Supervisor:
         else:
             self._bus = RedisBus(options.policy.health.bus)
         self._bus.subscribe(self._on_event)
-        self._probes_sent: dict[str, float] = {}
         health = options.policy.health
+        # The pod's only prober; claims on the bus keep it in step with other pods' (a fleet).
+        self._schedule = ProbeSchedule(self._bus.origin, rival_window_s=health.recovery_probe_s)
+        self._probe_metrics = ProbeMetrics()
         self._reports = ReplicaReports(
             ttl_s=health.circuit.open_s + health.circuit.probe_bound_s + 4 * health.recovery_probe_s
         )
@@ -222,6 +236,7 @@ class Supervisor:
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry, path=str(self._metrics_dir))  # type: ignore[no-untyped-call]
         registry.register(BoardCollector(self.board, time.time))
+        registry.register(self._probe_metrics.probes)
         return web.Response(body=generate_latest(registry), headers={"content-type": CONTENT_TYPE_LATEST})
 
     async def _healthz(self, request: web.Request) -> web.Response:
@@ -274,13 +289,21 @@ class Supervisor:
         now = time.time()
         if isinstance(event, CircuitChanged):
             self._reports.note(event, str(raw.get("origin")), now)
-        for key, t in self.board.tick(now) + self.board.apply(event, now):
-            log.info("circuit %s: %s → %s (%s)", key, t.source.value, t.target.value, t.reason)
+        elif isinstance(event, ProbeClaim):
+            self._schedule.hear(event, now)
+            return
+        self._log_moves(self.board.tick(now) + self.board.apply(event, now))
         for owed in self.board.drain_outbox():
             self._bus.publish(owed.encode())
 
+    @staticmethod
+    def _log_moves(moves: list[tuple[str, Transition]]) -> None:
+        for key, t in moves:
+            log.info("circuit %s: %s → %s (%s)", key, t.source.value, t.target.value, t.reason)
+
     async def _probe_loop(self) -> None:
-        """Synthetic probes through Envoy, at the policy's intervals."""
+        """Synthetic probes through Envoy, at the policy's intervals: claimed on the bus one pass,
+        sent the next if no other prober's claim came first (health.probe.ProbeSchedule)."""
         timeout = aiohttp.ClientTimeout(
             total=max(r.timeout_s for rs in self.options.policy.ladders.values() for r in rs) + 5
         )
@@ -290,26 +313,35 @@ class Supervisor:
                 if not self.listen_port:
                     continue
                 now = time.time()
+                self._log_moves(self.board.tick(now))
+                found = {t.key: t for t in targets(self.options.policy, self.board)}
+                self._schedule.keep(found)
+                for key in self._schedule.ready(now):
+                    # Checked again as it leaves: a 429 may have come since it was claimed.
+                    if key in found and not rate_limited(self.board, key, now):
+                        self._tasks.append(asyncio.create_task(self._probe(session, found[key])))
                 elsewhere = self._reports.half_open(now)
-                for target in due(
-                    targets(self.options.policy, self.board), self.board, self._probes_sent, now, elsewhere
-                ):
-                    self._probes_sent[target.key] = now
-                    self._tasks.append(asyncio.create_task(self._probe(session, target)))
+                for target in due(found.values(), self.board, self._schedule.last, now, elsewhere):
+                    for claim in self._schedule.claim([target.key], now):
+                        self._bus.publish(claim.encode())
                 self._tasks = [t for t in self._tasks if not t.done()]
 
     async def _probe(self, session: aiohttp.ClientSession, target: ProbeTarget) -> None:
         host = "127.0.0.1" if self.options.listen[0] in ("0.0.0.0", "::", "") else self.options.listen[0]
         body = {"model": target.model, "messages": [{"role": "user", "content": "Reply with: ok"}], "max_tokens": 8}
         headers = {"x-rungway-probe": f"{self._probe_token} {target.ladder} {target.rung}"}
+        outcome = "unanswered"
         try:
             async with session.post(
                 f"http://{host}:{self.listen_port}/v1/chat/completions", json=body, headers=headers
             ) as r:
                 await r.read()
+                outcome = probe_outcome(r.status, r.headers.get(REASON))
         except (aiohttp.ClientError, TimeoutError) as exc:
             # The attempt filter observed the try already; this is only our side of it.
             log.debug("probe of %s: %s", target.key, exc)
+        finally:
+            self._probe_metrics.probes.labels(target.key, outcome).inc()
 
     async def _status(self, request: web.Request) -> web.Response:
         body = {

@@ -15,6 +15,7 @@ from extproc.core import (
     ContractError,
     Failure,
     Observation,
+    ProbeClaim,
     QuotaSignal,
     RequestsDecided,
     decode_event,
@@ -50,12 +51,14 @@ def well_typed_event(kind: str) -> st.SearchStrategy[Any]:
         return st.builds(Abandoned, key=keys, at=st.floats(T0 - 100, T0 + 100), score=st.floats(0, 1), reason=failures)
     if kind == "req":
         return st.builds(RequestsDecided, at=st.floats(T0 - 100, T0 + 100), count=st.integers(0, 1000))
+    if kind == "probe":
+        return st.builds(ProbeClaim, key=keys, at=st.floats(T0 - 100, T0 + 100), by=st.sampled_from(["a1", "b2"]))
     states = st.sampled_from(["closed", "open", "half_open"])
     return st.builds(CircuitChanged, key=keys, at=finite, source=states, target=states, reason=st.text(max_size=10))
 
 
 @settings(max_examples=200)
-@given(st.sampled_from(["obs", "quota", "abandon", "req", "circuit"]).flatmap(well_typed_event))
+@given(st.sampled_from(["obs", "quota", "abandon", "req", "circuit", "probe"]).flatmap(well_typed_event))
 def test_every_event_survives_its_encoding(event: Any) -> None:
     assert decode_event(event.encode()) == event
 
@@ -94,6 +97,8 @@ def test_an_observation_with_every_field_round_trips() -> None:
         {"v": 1, "k": "req", "at": T0, "count": "many"},
         {"v": 1, "k": "req", "at": T0, "count": math.inf},
         {"v": 1, "k": "circuit", "key": KEY, "at": T0, "from": "closed", "to": "ajar", "reason": ""},
+        {"v": 1, "k": "probe", "key": KEY, "at": T0},  # who claimed it decides a tie: required
+        {"v": 1, "k": "probe", "key": KEY, "at": math.inf, "by": "a1"},
     ],
 )
 def test_a_malformed_or_foreign_event_is_an_error_never_a_default(event: dict[str, Any]) -> None:
@@ -132,9 +137,10 @@ FIELDS = [
     "reason",
     "from",
     "to",
+    "by",
 ]
 raw_events = st.fixed_dictionaries(
-    {"v": st.just(1) | values, "k": st.sampled_from(["obs", "quota", "req", "circuit", "abandon"]) | values},
+    {"v": st.just(1) | values, "k": st.sampled_from(["obs", "quota", "req", "circuit", "abandon", "probe"]) | values},
     optional={name: values for name in FIELDS},
 ) | st.dictionaries(st.text(max_size=6), values, max_size=5)
 

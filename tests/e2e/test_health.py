@@ -4,6 +4,7 @@ contracts, the retry budget, /status — and a provider outage that ends."""
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 import time
@@ -201,22 +202,42 @@ def test_status_and_the_status_cli_show_circuits_and_scores(fresh: Fleet, tmp_pa
         assert 'rungway_degradation_score{endpoint="secondary/claude-fallback"}' in metrics
 
 
+def probes_of(mock: Any, model: str) -> list[float]:
+    """When Rungway's synthetic probes of `model` reached a mock provider (time.monotonic())."""
+    return [
+        r.at
+        for r in mock.requests
+        if PROBE_TEXT in r.body.decode(errors="replace") and isinstance(r.json, dict) and r.json.get("model") == model
+    ]
+
+
+def most_in_a_minute(times: list[float]) -> int:
+    return max((sum(1 for u in times if t <= u < t + 60) for t in times), default=0)
+
+
 def test_flap_the_primary_fails_for_60s_then_recovers(fresh: Fleet, tmp_path: Path) -> None:
-    """The issue's flap scenario: primary 503 for 60 s, then healthy; 20 requests 4 s apart."""
-    policy = health_policy(fresh, tmp_path, recovery_probe_s=3, circuit={"consecutive_failures": 3, "open_s": 10})
+    """The issue's flap scenario: primary 503 for 60 s, then healthy; 20 requests 4 s apart.
+    Two passing probes close the circuit; recovery probes every 5 s; a hold of 45 s (a flapping
+    rung's doubled open_s is longer still). The hold ends at about 53 s, mid-outage: a failing
+    probe there used to re-open the circuit for another hold (live traffic back only after about
+    100 s). Now the open circuit is probed all along and failing probes do not prolong it, so
+    the recovery is found within seconds."""
+    circuit = {"consecutive_failures": 3, "open_s": 45, "half_open_successes": 2}
+    policy = health_policy(fresh, tmp_path, recovery_probe_s=5, circuit=circuit)
     with running(policy, env=KEY_ENV) as stack:
         fresh.primary.set_mode("status:503")
         start = time.monotonic()
         served: list[tuple[float, str]] = []
         primary_during_outage = 0
         recovered = False
+        recovered_at = recovered_wall = math.inf
         for i in range(20):
             target = start + 4 * i
             time.sleep(max(0.0, target - time.monotonic()))
             if not recovered and time.monotonic() - start >= 60:
                 fresh.primary.set_mode("ok")
                 recovered = True
-                recovered_at = time.monotonic() - start
+                recovered_at, recovered_wall = time.monotonic() - start, time.time()
             before = len(client_requests(fresh.primary))
             raw = ask(stack)  # raises on anything but a 2xx: every request is answered
             if not recovered:
@@ -227,6 +248,77 @@ def test_flap_the_primary_fails_for_60s_then_recovers(fresh: Fleet, tmp_path: Pa
         back = [t for t, by in served if by == "primary/gpt-4o" and t >= recovered_at]
         assert back, served
         assert back[0] - recovered_at <= 30, served
+        # During the outage, once open: probes only, every recovery_probe_s: at most 12 a minute.
+        opened = start + 9  # after the live request at 8 s, the third failure
+        outage = [at for at in (r.at for r in fresh.primary.requests) if opened < at < start + recovered_at]
+        assert most_in_a_minute(outage) <= 60 / 5, outage
+        closed = endpoint(stack, "primary/gpt-4o")["circuit"]["last_transition"]
+        assert closed["target"] == "closed" and closed["at"] - recovered_wall <= 20, closed
+        print(
+            f"\nflap: circuit closed {closed['at'] - recovered_wall:.1f} s after the recovery ({closed['reason']});"
+            f" first live request on the primary {back[0] - recovered_at:.1f} s after it;"
+            f" primary calls while open: {len(outage)} in {recovered_at - 9:.0f} s"
+            f" (at most {most_in_a_minute(outage)} in a minute)"
+        )
+
+
+def test_probes_wait_out_a_retry_after_and_are_no_tenants_traffic(fresh: Fleet, tmp_path: Path) -> None:
+    """The issue's 429: Retry-After 3 s, and no probe of that model inside it, though probes
+    of it are otherwise due every half second."""
+    policy = health_policy(fresh, tmp_path, probe_interval_s=0.5, recovery_probe_s=0.5)
+    with running(policy, env=KEY_ENV) as stack:
+        assert ask(stack).headers["x-rungway-served-by"] == "primary/gpt-4o"  # a client-named model: a target
+        deadline = time.monotonic() + 10
+        while len(probes_of(fresh.primary, "gpt-4o")) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(probes_of(fresh.primary, "gpt-4o")) >= 2
+        fresh.primary.set_mode("status:429:3")
+        raw = ask(stack)
+        assert raw.headers["x-rungway-served-by"] == "secondary/claude-fallback"
+        limited_at = client_requests(fresh.primary)[-1].at
+        time.sleep(4.5)
+        fresh.primary.set_mode("ok")
+        after = [at for at in probes_of(fresh.primary, "gpt-4o") if at > limited_at]
+        assert after, "probes resume once the Retry-After is over"
+        assert min(after) >= limited_at + 2.9, [round(at - limited_at, 2) for at in after]
+        metrics = stack.metrics()
+        # Probes have their own series; the default tenant's count is the two client requests.
+        assert 'rungway_probes_total{endpoint="primary/gpt-4o",outcome="ok"}' in metrics
+        decided = [
+            line
+            for line in metrics.splitlines()
+            if line.startswith("rungway_decisions_total{") and 'tenant="default"' in line
+        ]
+        assert [float(line.rsplit(" ", 1)[1]) for line in decided] == [2.0], decided
+        served = [line for line in metrics.splitlines() if line.startswith("rungway_served_total{")]
+        assert sum(float(line.rsplit(" ", 1)[1]) for line in served) == 2.0, served
+
+
+def test_two_sidecars_on_one_bus_probe_an_endpoint_once_per_interval_between_them(fresh: Fleet, tmp_path: Path) -> None:
+    redis = RedisServer()
+    redis.start()
+    try:
+        policy = health_policy(fresh, tmp_path, bus=redis.url, probe_interval_s=2)
+        with running(policy, env=KEY_ENV) as a, running(policy, env=KEY_ENV) as b:
+            for stack in (a, b):
+                assert status(stack)["bus"]["connected"] is True
+            time.sleep(2)  # both probers settled into their schedules
+            since = time.monotonic()
+            time.sleep(12)
+            probed = [at for at in probes_of(fresh.primary, "gpt-fallback") if at >= since]
+            # One probe every 2 to 2.5 s between the two of them (each alone would send as many).
+            assert 3 <= len(probed) <= 12 / 2 + 1, probed
+            sent = [
+                sum(
+                    float(line.rsplit(" ", 1)[1])
+                    for line in stack.metrics().splitlines()
+                    if line.startswith('rungway_probes_total{endpoint="primary/gpt-fallback"')
+                )
+                for stack in (a, b)
+            ]
+            assert sum(sent) >= len(probed), sent  # each supervisor counts the probes it sent
+    finally:
+        redis.stop()
 
 
 def test_two_sidecars_sharing_redis_see_the_same_picture(fresh: Fleet, tmp_path: Path) -> None:

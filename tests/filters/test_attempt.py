@@ -958,3 +958,28 @@ def test_with_max_attempts_spent_a_try_answers_the_client_instead_of_a_provider(
     assert answer.immediate_response.status.code == 503
     assert immediate_headers(answer)[REASON] == "connect_error"
     assert PRIMARY_KEY not in str(answer) and SECONDARY_KEY not in str(answer)
+
+
+# ---- synthetic probes: observed for the board, never counted as traffic ---------------------------
+
+
+@pytest.mark.parametrize(("status", "answer"), [(200, openai_answer()), (503, {"error": {"message": "down"}})])
+def test_a_probe_is_observed_for_the_board_but_counted_as_no_tenants_or_rungs_traffic(
+    status: int, answer: dict[str, Any]
+) -> None:
+    sidecar = make_sidecar()
+    t = Try(sidecar, rung=0, rungs=(0,), tries=1, probe=True, tenant="default")
+    t.answer_json(status, answer)
+    kinds = sorted(type(e).__name__ for e in t.effects)
+    assert kinds == ["Observation"]
+    (obs,) = t.effects
+    assert obs.probe is True and (obs.failure is None) == (status == 200)
+    counted = [
+        s
+        for counter in vars(sidecar.metrics).values()
+        if hasattr(counter, "collect")
+        for metric in counter.collect()
+        for s in metric.samples
+        if s.name.endswith("_total") and s.value
+    ]
+    assert [(s.name, s.labels) for s in counted if not s.name.startswith("rungway_circuit_transitions")] == []

@@ -326,3 +326,24 @@ def test_a_non_ascii_probe_token_is_an_invalid_probe_not_a_crash() -> None:
     _, response = decide(make_sidecar(), extra={"x-rungway-probe": "tökén main 0"}, model="gpt-4o")
     assert response.immediate_response.status.code == 400
     assert error_body(response)["error"]["message"] == "invalid probe"
+
+
+# ---- synthetic probes ---------------------------------------------------------------------------------
+
+
+def test_a_probe_is_routed_to_exactly_its_rung_and_counted_as_no_tenants_request() -> None:
+    sidecar = make_sidecar()
+    probe = {"x-rungway-probe": f"{sidecar.probe_token} main 1", "x-rungway-tenant": "acme"}
+    processor = DecideProcessor(sidecar)
+    (response,) = processor.dispatch(request_headers(headers(**probe), metadata=decide_fields(model="gpt-4o")))
+    chosen = decision_of(response)
+    assert (chosen.probe, chosen.rungs, chosen.tries) == (True, (1,), 1)
+    # No Decided (tenant series), no RequestCounted (the retry budget's base): the prober counts it.
+    assert processor.drain_effects() == []
+
+
+def test_a_probe_without_the_token_is_a_refused_request_of_its_tenant() -> None:
+    sidecar = make_sidecar()
+    _, response = decide(sidecar, extra={"x-rungway-probe": "guess main 1", "x-rungway-tenant": "acme"}, model="gpt-4o")
+    assert response.immediate_response.status.code == 400
+    assert sample(sidecar, "rungway_decisions_total", tenant="acme", task="default", ladder="", outcome="refused") == 1

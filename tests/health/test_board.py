@@ -573,15 +573,18 @@ def test_observations_from_before_probes_closed_the_circuit_do_not_reopen_it() -
     assert b.endpoints[KEY].circuit.state(at + 2) is CircuitState.OPEN
 
 
-def test_a_half_open_probe_must_answer_within_the_latency_slo_to_close() -> None:
+@pytest.mark.parametrize("during", ["open", "half_open"])
+def test_a_probe_must_answer_within_the_latency_slo_to_close(during: str) -> None:
     # latency_slo_factor 2, slow_call_factor 4: a probe at 3x the baseline is fine for a closed
     # circuit's rate, but does not prove an endpoint opened for its latency well again.
     settings = {"consecutive_failures": 5, "open_s": 30, "half_open_successes": 1, "slow_call_factor": 4}
     b = board(baseline=1.0, circuit=CircuitSettings(**settings), latency_slo_factor=2)
     failed(b, T0, 5)
-    moved = b.observe(Observation(KEY, T0 + 31, None, latency_s=3.0, probe=True), T0 + 31)
-    assert [(t.target, t.reason) for _, t in moved][-1] == (CircuitState.OPEN, "probe slow")
-    moved = b.observe(Observation(KEY, T0 + 62, None, latency_s=1.9, probe=True), T0 + 62)
+    at = T0 + (10 if during == "open" else 31)
+    b.observe(Observation(KEY, at, None, latency_s=3.0, probe=True), at)
+    assert b.endpoints[KEY].circuit.snapshot(at)["half_open_successes"] == 0
+    assert b.endpoints[KEY].circuit.state(T0 + 45) is CircuitState.HALF_OPEN  # the hold ended; no close
+    moved = b.observe(Observation(KEY, T0 + 45, None, latency_s=1.9, probe=True), T0 + 45)
     assert moved[-1][1].target is CircuitState.CLOSED
 
 
@@ -826,7 +829,11 @@ def test_applying_an_observation_event_matches_observing_the_object() -> None:
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.lists(st.sampled_from(["obs", "quota", "abandon", "req", "circuit"]).flatmap(well_typed_event), max_size=8))
+@given(
+    st.lists(
+        st.sampled_from(["obs", "quota", "abandon", "req", "circuit", "probe"]).flatmap(well_typed_event), max_size=8
+    )
+)
 def test_applying_any_event_that_decodes_never_raises(batch: list[Any]) -> None:
     b = board(circuit=CircuitSettings())
     for event in batch:

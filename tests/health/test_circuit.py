@@ -8,7 +8,7 @@ from fractions import Fraction
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
@@ -90,6 +90,7 @@ def test_the_transition_table_is_closed_open_half_open_closed() -> None:
     assert {(s.value, t.value) for s, t in TRANSITIONS} == {
         ("closed", "open"),
         ("open", "half_open"),
+        ("open", "closed"),  # the hold ends with the probes already passing
         ("half_open", "closed"),
         ("half_open", "open"),
     }
@@ -243,7 +244,7 @@ def test_queries_do_not_change_the_circuit() -> None:
     assert moves(circuit.tick(T0 + 500)) == [(T0 + 30, "open", "half_open", "open for 30s")]
 
 
-def test_results_while_open_are_dropped() -> None:
+def test_live_results_while_open_are_dropped() -> None:
     circuit = opened()
     before = circuit.snapshot(T0 + 1)
     assert feed(circuit, T0 + 1, OK, OK, OK, FAIL, SLOW, IGNORED) == []
@@ -265,7 +266,74 @@ def test_opening_frees_the_window_so_an_open_circuit_shows_its_reason_instead() 
     )
 
 
-# ---- HALF_OPEN: probes -------------------------------------------------------------------------
+# ---- probes while not closed: finding out is not letting traffic back ----------------------------
+
+
+def probe(circuit: Circuit, now: float, *outcomes: Outcome) -> list[Transition]:
+    moved: list[Transition] = []
+    for outcome in outcomes:
+        moved += circuit.record(now, outcome, probe=True)
+    return moved
+
+
+def test_probe_results_count_while_open_but_live_traffic_waits_out_the_hold() -> None:
+    circuit = opened()  # open until T0 + 30
+    assert probe(circuit, T0 + 5, OK, OK) == []  # passes, but the hold is for live traffic
+    assert circuit.snapshot(T0 + 5)["half_open_successes"] == 2
+    assert circuit.state(T0 + 29.9) is OPEN and not circuit.allow(T0 + 29.9)
+    assert moves(circuit.tick(T0 + 30)) == [(T0 + 30, "open", "closed", "open for 30s, 2 probe successes")]
+    assert circuit.allow(T0 + 30)
+
+
+def test_a_failing_probe_keeps_it_open_without_prolonging_the_hold() -> None:
+    circuit = opened()
+    for at in range(5, 30, 5):
+        assert probe(circuit, T0 + at, FAIL, SLOW) == []
+    assert circuit.snapshot(T0 + 29)["open_until"] == T0 + 30
+    assert moves(circuit.tick(T0 + 30)) == [(T0 + 30, "open", "half_open", "open for 30s")]
+
+
+def test_a_failing_probe_breaks_the_run_of_passes() -> None:
+    circuit = opened()
+    probe(circuit, T0 + 5, OK, FAIL, OK)
+    assert circuit.snapshot(T0 + 5)["half_open_successes"] == 1
+    assert moves(circuit.tick(T0 + 30)) == [(T0 + 30, "open", "half_open", "open for 30s")]
+    assert circuit.snapshot(T0 + 30)["half_open_successes"] == 1  # the run goes on in half-open
+    assert moves(probe(circuit, T0 + 31, OK)) == [(T0 + 31, "half_open", "closed", "2 probe successes")]
+
+
+def test_a_failing_probe_in_half_open_ends_the_run_but_does_not_reopen() -> None:
+    circuit = half_open()
+    assert probe(circuit, T0 + 1, OK, FAIL) == []
+    assert circuit.state(T0 + 1) is HALF_OPEN
+    assert circuit.snapshot(T0 + 1)["half_open_successes"] == 0
+    assert moves(probe(circuit, T0 + 5, OK, OK)) == [(T0 + 5, "half_open", "closed", "2 probe successes")]
+
+
+def test_ignored_probe_results_neither_extend_nor_break_the_run() -> None:
+    circuit = opened()
+    probe(circuit, T0 + 1, OK, IGNORED, IGNORED)
+    assert circuit.snapshot(T0 + 1)["half_open_successes"] == 1
+
+
+def test_probes_are_never_admitted_so_their_results_free_no_live_admission() -> None:
+    circuit = half_open(replace(RATE, half_open_successes=3))
+    assert circuit.allow(T0)
+    probe(circuit, T0 + 1, OK)
+    assert circuit.snapshot(T0 + 1)["half_open_admitted"] == 1
+    # The live call hangs: its bound re-opens the circuit, whatever the probes said.
+    assert moves(circuit.tick(T0 + 10)) == [(T0 + 10, "half_open", "open", "probe unanswered for 10s")]
+
+
+def test_a_flapping_rung_whose_probes_pass_gets_live_traffic_back_only_after_its_longer_hold() -> None:
+    circuit = half_open()
+    until = flap(circuit, T0)  # re-opened within a window of closing: held 60 s
+    probe(circuit, T0 + 5, OK, OK)
+    assert circuit.state(until - 0.1) is OPEN
+    assert moves(circuit.tick(until)) == [(until, "open", "closed", "open for 60s, 2 probe successes")]
+
+
+# ---- HALF_OPEN: admitted live calls -----------------------------------------------------------
 
 
 def test_half_open_admits_at_most_half_open_probes_at_once() -> None:
@@ -334,7 +402,7 @@ def test_a_close_that_lasts_a_window_resets_the_flap_backoff() -> None:
     assert circuit.snapshot(later)["open_until"] == later + 30
 
 
-def test_a_failed_probe_of_a_flapping_rung_keeps_its_longer_open_time() -> None:
+def test_a_failed_live_call_of_a_flapping_rung_keeps_its_longer_open_time() -> None:
     circuit = half_open()
     until = flap(circuit, T0)  # open for 60 s
     assert circuit.state(until) is HALF_OPEN
@@ -342,7 +410,7 @@ def test_a_failed_probe_of_a_flapping_rung_keeps_its_longer_open_time() -> None:
     assert circuit.snapshot(until + 1)["open_until"] == until + 61
 
 
-def test_a_failed_probe_reopens_for_another_open_s() -> None:
+def test_a_failed_admitted_live_call_reopens_for_another_open_s() -> None:
     circuit = half_open()
     circuit.allow(T0)
     circuit.record(T0 + 1, OK)
@@ -355,7 +423,7 @@ def test_a_failed_probe_reopens_for_another_open_s() -> None:
     assert not circuit.allow(T0 + 31.9)
 
 
-def test_a_slow_probe_reopens() -> None:
+def test_a_slow_admitted_live_call_reopens() -> None:
     circuit = half_open()
     circuit.allow(T0)
     assert moves(circuit.record(T0 + 2, SLOW)) == [(T0 + 2, "half_open", "open", "probe slow")]
@@ -371,7 +439,7 @@ def test_an_ignored_probe_result_frees_its_slot_without_counting() -> None:
     assert circuit.allow(T0 + 1)
 
 
-def test_a_hung_probe_reopens_after_probe_bound_s() -> None:
+def test_a_hung_admitted_call_reopens_after_probe_bound_s() -> None:
     circuit = half_open()
     circuit.allow(T0)
     circuit.allow(T0 + 4)
@@ -536,7 +604,10 @@ class Model:
     open_until: float | None = None
     history: list[tuple[float, Outcome]] = field(default_factory=list)  # counted outcomes since CLOSED began
     admitted: list[float] = field(default_factory=list)  # unanswered admissions since HALF_OPEN began
-    probe_results: list[Outcome] = field(default_factory=list)  # since HALF_OPEN began
+    # Results that count toward closing, since the circuit last opened: probes' in OPEN and
+    # HALF_OPEN, live calls' in HALF_OPEN. Closing needs the last half_open_successes of them
+    # to be passes; a failing probe is only a break in the run.
+    probe_results: list[Outcome] = field(default_factory=list)
     last: tuple[float, str, str, str] | None = None
     pending: list[tuple[float, str, str, str]] = field(default_factory=list)
     closed_at: float | None = None  # when probes last closed it
@@ -565,19 +636,35 @@ class Model:
         if target is CLOSED:
             self.closed_at = at
         self.last = (at, self.state.value, target.value, reason)
+        keep = (self.state, target) == (OPEN, HALF_OPEN)
         self.state = target
-        self.history, self.admitted, self.probe_results = [], [], []
+        self.history, self.admitted = [], []
+        if not keep:
+            self.probe_results = []
         self.open_until = at + self.open_for() if target is OPEN else None
         return self.last
 
     def open_for(self) -> float:
         return self.config.open_s * (1 << self.flaps)
 
+    def passes(self) -> int:
+        """Passes at the end of the results that count toward closing."""
+        run = 0
+        for outcome in reversed(self.probe_results):
+            if outcome is not OK:
+                break
+            run += 1
+        return run
+
     def timers(self, now: float) -> list[tuple[float, str, str, str]]:
         fired = []
         while True:
             if self.state is OPEN and self.open_until is not None and now >= self.open_until:
-                fired.append(self.go(self.open_until, HALF_OPEN, f"open for {self.open_for():g}s"))
+                held = f"open for {self.open_for():g}s"
+                if self.passes() >= self.config.half_open_successes:
+                    fired.append(self.go(self.open_until, CLOSED, f"{held}, {self.passes()} probe successes"))
+                else:
+                    fired.append(self.go(self.open_until, HALF_OPEN, held))
             elif self.state is HALF_OPEN and self.admitted and now >= min(self.admitted) + self.config.probe_bound_s:
                 due = min(self.admitted) + self.config.probe_bound_s
                 fired.append(self.go(due, OPEN, f"probe unanswered for {self.config.probe_bound_s:g}s"))
@@ -597,7 +684,7 @@ class Model:
             return True
         return False
 
-    def record(self, now: float, outcome: Outcome) -> list[tuple[float, str, str, str]]:
+    def record(self, now: float, outcome: Outcome, probe: bool = False) -> list[tuple[float, str, str, str]]:
         moved = self.timers(now)
         config = self.config
         if self.state is CLOSED and outcome is not IGNORED:
@@ -610,14 +697,21 @@ class Model:
             ):
                 rate = f"{100 * failures / calls:g}% >= {config.failure_rate_threshold:g}%"
                 moved.append(self.go(now, OPEN, f"failure rate {rate} over {calls} calls"))
+        elif self.state is not CLOSED and probe:
+            # Whether it is OPEN or HALF_OPEN, a probe's result only extends or breaks the run.
+            if outcome is not IGNORED:
+                self.probe_results.append(outcome)
+            if self.state is HALF_OPEN and self.passes() >= config.half_open_successes:
+                moved.append(self.go(now, CLOSED, f"{self.passes()} probe successes"))
         elif self.state is HALF_OPEN:
             if self.admitted:
                 self.admitted.remove(min(self.admitted))
-            self.probe_results.append(outcome)
             if outcome in (FAIL, SLOW):
                 moved.append(self.go(now, OPEN, "probe failed" if outcome is FAIL else "probe slow"))
-            elif self.probe_results.count(OK) >= config.half_open_successes:
-                moved.append(self.go(now, CLOSED, f"{self.probe_results.count(OK)} probe successes"))
+            elif outcome is OK:
+                self.probe_results.append(outcome)
+                if self.passes() >= config.half_open_successes:
+                    moved.append(self.go(now, CLOSED, f"{self.passes()} probe successes"))
         return moved
 
     def force_open(self, now: float, reason: str) -> list[tuple[float, str, str, str]]:
@@ -638,7 +732,7 @@ class Model:
             "consecutive_failures": self.consecutive(),
             "open_until": self.open_until,
             "half_open_admitted": len(self.admitted),
-            "half_open_successes": self.probe_results.count(OK),
+            "half_open_successes": self.passes(),
             "last_transition": last,
         }
 
@@ -688,9 +782,10 @@ class CircuitAgainstModel(RuleBasedStateMachine):
             assert moves(self.circuit.tick(self.now)) == self.model.pending
             self.model.pending = []
 
-    @rule(outcome=st.sampled_from([OK, OK, OK, FAIL, SLOW, IGNORED]))
-    def record(self, outcome: Outcome) -> None:
-        assert moves(self.circuit.record(self.now, outcome)) == self.model.record(self.now, outcome)
+    @rule(outcome=st.sampled_from([OK, OK, OK, FAIL, SLOW, IGNORED]), probe=st.booleans())
+    def record(self, outcome: Outcome, probe: bool) -> None:
+        got = self.circuit.record(self.now, outcome, probe=probe)
+        assert moves(got) == self.model.record(self.now, outcome, probe)
 
     @rule()
     def allow(self) -> None:
@@ -729,6 +824,11 @@ class CircuitAgainstModel(RuleBasedStateMachine):
         assert admitted == sorted(self.model.admitted)
 
     @invariant()
+    def the_run_of_passes_agrees(self) -> None:
+        assert self.circuit._successes == self.model.passes()
+        assert self.circuit._successes == 0 or self.circuit._state is not CLOSED
+
+    @invariant()
     def window_only_when_closed_and_counts_consistent(self) -> None:
         circuit = self.circuit
         assert len(circuit._window) == 0 or circuit._state is CLOSED
@@ -743,7 +843,10 @@ test_circuit_agrees_with_the_reference_model = CircuitAgainstModel.TestCase
 @settings(max_examples=200, deadline=None)
 @given(
     config=configs,
-    events=st.lists(st.tuples(steps, st.sampled_from([*Outcome, "allow", "force_open"])), max_size=40),
+    events=st.lists(
+        st.tuples(steps, st.sampled_from([*Outcome, *(f"probe:{o}" for o in Outcome), "allow", "force_open"])),
+        max_size=40,
+    ),
     polls=st.lists(st.booleans(), min_size=40, max_size=40),
 )
 def test_polling_state_in_between_changes_no_outcome(
@@ -762,9 +865,60 @@ def test_polling_state_in_between_changes_no_outcome(
                 answers.append(circuit.allow(now))
             elif event == "force_open":
                 every += circuit.force_open(now, "quota")
+            elif event.startswith("probe:"):
+                every += circuit.record(now, Outcome(event.removeprefix("probe:")), probe=True)
             else:
                 every += circuit.record(now, Outcome(event))
             every += circuit.tick(now)
         return answers, every
 
     assert run(polls) == run([False] * len(polls))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    config=configs,
+    before=st.lists(st.sampled_from([OK, FAIL, SLOW, IGNORED]), max_size=6),
+    around=st.sampled_from([OK, FAIL, SLOW, IGNORED]),
+    after=st.lists(st.sampled_from([OK, FAIL, SLOW, IGNORED]), max_size=6),
+)
+def test_a_probe_result_means_the_same_on_either_side_of_the_holds_end(
+    config: CircuitConfig, before: list[Outcome], around: Outcome, after: list[Outcome]
+) -> None:
+    """Replicas hear the same probe results at slightly different local times: one that lands
+    just before the hold ends in one replica and just after it in another leaves them agreeing.
+    (A hold that ends with the probes already passed closes as it ends: what lands after that
+    lands in a fresh window, like any observation heard a moment apart; see the next test.)"""
+    end = T0 + config.open_s
+    passed = Model(config)
+    passed.probe_results = [o for o in before if o is not IGNORED]
+    assume(passed.passes() < config.half_open_successes)
+
+    def replica(hears_at: float) -> tuple[str, int]:
+        circuit = opened(config)
+        probe(circuit, T0 + config.open_s / 2, *before)
+        probe(circuit, hears_at, around)
+        circuit.tick(end + 0.01)
+        probe(circuit, end + 0.01, *after)
+        snap = circuit.snapshot(end + 0.01)
+        return snap["state"], snap["half_open_successes"]
+
+    assert replica(end - 0.01) == replica(end + 0.005)
+
+
+def test_a_failing_probe_heard_either_side_of_a_hold_ending_in_a_close_parts_replicas_for_one_run() -> None:
+    """The one case the previous test leaves out. The replica that heard the failure first
+    turns half-open (the run is broken); the other closed with the hold and counts the failure
+    in its fresh window. They agree again with the next passing probes, which `rungway up`
+    sends because the half-open replica says so (probe.ReplicaReports)."""
+    early, late = opened(), opened()
+    for circuit in (early, late):
+        probe(circuit, T0 + 10, OK, OK)
+    probe(early, T0 + 29.99, FAIL)
+    late.tick(T0 + 30)
+    probe(late, T0 + 30.01, FAIL)
+    assert (early.state(T0 + 30.01), late.state(T0 + 30.01)) == (HALF_OPEN, CLOSED)
+    for circuit in (early, late):
+        probe(circuit, T0 + 35, OK)
+        probe(circuit, T0 + 40, OK)
+    assert early.state(T0 + 40) is late.state(T0 + 40) is CLOSED

@@ -101,6 +101,14 @@ def test_rung_ranges_echo_the_bound() -> None:
     ]
 
 
+def test_probe_targets_default_to_twenty_client_named_models_and_echo_a_bad_bound() -> None:
+    assert make_policy().health.max_probed_models == 20
+    assert make_policy(health={"max_probed_models": 0}).health.max_probed_models == 0
+    assert problems_of(health={"max_probed_models": -1}) == [
+        "health.max_probed_models: Input should be greater than or equal to 0"
+    ]
+
+
 def test_header_names_must_be_lower_case_tokens() -> None:
     assert problems_of(tenant_header="X-Tenant") == [
         "tenant_header: header names must be lower-case tokens, but was 'X-Tenant'"
