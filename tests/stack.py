@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -27,6 +28,8 @@ from extproc.demo.mock_provider import MockProvider, RecordedRequest
 
 REPO = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
+# What Envoy (or `rungway up` about Envoy) logs when it crashed or hit an internal bug check.
+ENVOY_TROUBLE = re.compile(r"Caught [A-Z][a-z]+|envoy bug|Pure virtual|libc\+\+abi|assert failure|Envoy exited")
 APP_KEY = "sk-app-own-key"
 
 
@@ -67,7 +70,10 @@ class Stack:
         fail_closed: bool = False,
         restart: bool = True,
         env: dict[str, str] | None = None,
+        envoy_trouble_expected: bool = False,
     ) -> None:
+        self.envoy_trouble_expected = envoy_trouble_expected
+        self._trouble_offset = 0
         self.dir = Path(tempfile.mkdtemp(prefix="rungway-test-"))
         self.policy_path = self.dir / "policy.yaml"
         self.policy_path.write_text(yaml.safe_dump(policy, sort_keys=False))
@@ -118,6 +124,15 @@ class Stack:
     def refresh_state(self) -> dict[str, Any]:
         self.state = json.loads(self.state_path.read_text())
         return self.state
+
+    def envoy_trouble(self) -> list[str]:
+        """Lines of the stack's log since the last call that say Envoy crashed, hit a bug check
+        or was restarted. Every end-to-end test fails on any (tests/conftest.py `clean`, and
+        `running` for a whole stack)."""
+        self._log.flush()
+        text = (self.dir / "up.log").read_text(errors="replace")
+        fresh, self._trouble_offset = text[self._trouble_offset :], len(text)
+        return [line for line in fresh.splitlines() if ENVOY_TROUBLE.search(line)]
 
     def output(self) -> str:
         self._log.flush()
@@ -195,6 +210,8 @@ def running(policy: dict[str, Any], **kwargs: Any) -> Iterator[Stack]:
     stack = Stack(policy, **kwargs)
     try:
         yield stack
+        trouble = stack.envoy_trouble()
+        assert stack.envoy_trouble_expected or not trouble, f"Envoy crashed or was restarted: {trouble}"
     finally:
         stack.stop()
 

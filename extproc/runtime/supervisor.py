@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,8 @@ import aiohttp
 import yaml
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 from ..core import CircuitChanged, Failure, ProbeClaim
 from ..core.names import REASON
@@ -102,6 +105,9 @@ class Supervisor:
         self._worker_ports = [free_port() for _ in range(options.workers)]
         self._workers: list[subprocess.Popen[bytes] | None] = [None] * options.workers
         self._envoy: subprocess.Popen[bytes] | None = None
+        # An Envoy restart is never silent: counted, logged, in /status and /metrics, with the
+        # requests it had in flight (as last seen) counted as lost.
+        self.envoy_restarts = EnvoyRestarts()
         self._stopping = False
         self.listen_port = 0
         self.envoy_admin_port = 0
@@ -237,6 +243,7 @@ class Supervisor:
         multiprocess.MultiProcessCollector(registry, path=str(self._metrics_dir))  # type: ignore[no-untyped-call]
         registry.register(BoardCollector(self.board, time.time))
         registry.register(self._probe_metrics.probes)
+        registry.register(self.envoy_restarts)
         return web.Response(body=generate_latest(registry), headers={"content-type": CONTENT_TYPE_LATEST})
 
     async def _healthz(self, request: web.Request) -> web.Response:
@@ -273,6 +280,7 @@ class Supervisor:
             "worker_ports": self._worker_ports,
             "worker_pids": [p.pid if p is not None else None for p in self._workers],
             "envoy_pid": self._envoy.pid if self._envoy is not None else None,
+            "envoy_restarts": self.envoy_restarts.count,
             "config": str(self._dir / "envoy.yaml"),
         }
 
@@ -348,6 +356,7 @@ class Supervisor:
             "policy_version": self.options.policy.version,
             "at": time.time(),
             "bus": self._bus.snapshot(),
+            "envoy": self.envoy_restarts.snapshot(),
             **self.board.snapshot(time.time()),
         }
         return web.json_response(body)
@@ -361,6 +370,7 @@ class Supervisor:
         await self._await_envoy()
         await self._start_admin()
         self._tasks.append(asyncio.create_task(self._probe_loop()))
+        self._tasks.append(asyncio.create_task(self._watch_envoy()))
         self._write_state()
         log.info(
             "rungway up: listening on %s:%d, admin on %s:%d, %d worker(s), policy %s",
@@ -384,7 +394,12 @@ class Supervisor:
                     self._start_worker(i)
                     self._write_state()
             if self._envoy is not None and self._envoy.poll() is not None:
-                log.warning("Envoy exited with code %s; restarting", self._envoy.returncode)
+                lost = self.envoy_restarts.note(self._envoy.returncode, time.time())
+                log.error(
+                    "Envoy exited (%s) with about %d request(s) in flight, now lost; restarting",
+                    _exit_reason(self._envoy.returncode),
+                    lost,
+                )
                 self.options.listen = (self.options.listen[0], self.listen_port or self.options.listen[1])
                 self._start_envoy()
                 try:
@@ -392,6 +407,24 @@ class Supervisor:
                 except RuntimeError as exc:
                     log.error("%s", exc)
                 self._write_state()
+
+    async def _watch_envoy(self) -> None:
+        """Keep the count of requests in flight at Envoy current, so that a crash can say how
+        many it took with it (once a second: a few requests more or less)."""
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1)) as session:
+            while True:
+                await asyncio.sleep(1.0)
+                if not self.envoy_admin_port or self._envoy is None or self._envoy.poll() is not None:
+                    continue
+                url = f"http://{self.options.envoy_admin[0]}:{self.envoy_admin_port}/stats"
+                try:
+                    async with session.get(url, params={"filter": "^http\\.rungway\\.downstream_rq_active$"}) as r:
+                        text = await r.text()
+                except (aiohttp.ClientError, TimeoutError):
+                    continue
+                _, _, value = text.strip().rpartition(" ")
+                if value.isdigit():
+                    self.envoy_restarts.in_flight = int(value)
 
     async def _drain_envoy(self, timeout: float) -> None:
         """Stop accepting new requests and let in-flight ones finish, for up to `timeout`."""
@@ -452,3 +485,44 @@ async def run_up(options: UpOptions, stop: asyncio.Event | None = None) -> None:
         await supervisor.supervise(stop)
     finally:
         await supervisor.stop()
+
+
+class EnvoyRestarts(Collector):
+    """How often `rungway up` had to restart Envoy, and the requests lost with it."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.lost = 0
+        self.in_flight = 0  # Envoy's downstream requests in flight, as last seen
+        self.last: dict[str, object] | None = None
+
+    def note(self, returncode: int | None, at: float) -> int:
+        lost = self.in_flight
+        self.count += 1
+        self.lost += lost
+        self.in_flight = 0
+        self.last = {"at": at, "exit": _exit_reason(returncode), "requests_lost": lost}
+        return lost
+
+    def snapshot(self) -> dict[str, object]:
+        return {"restarts": self.count, "requests_lost": self.lost, "last_restart": self.last}
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        restarts = CounterMetricFamily("rungway_envoy_restarts", "Times rungway up had to restart a dead Envoy.")
+        restarts.add_metric([], float(self.count))
+        lost = CounterMetricFamily(
+            "rungway_envoy_requests_lost", "Requests in flight at Envoy when it died (as last seen, once a second)."
+        )
+        lost.add_metric([], float(self.lost))
+        yield from (restarts, lost)
+
+
+def _exit_reason(returncode: int | None) -> str:
+    if returncode is None:
+        return "running"
+    if returncode < 0:
+        try:
+            return f"signal {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"signal {-returncode}"
+    return f"exit code {returncode}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 import time
@@ -9,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx2 as httpx
 import openai
 import pytest
 
@@ -110,3 +112,43 @@ def test_sigterm_lets_an_in_flight_request_finish(fresh: Fleet, tmp_path: Path) 
         assert len(fresh.primary.requests) == 1
     finally:
         stack.stop()
+
+
+def test_an_envoy_restart_is_never_silent(fresh: Fleet, tmp_path: Path) -> None:
+    with running(fresh.policy(tmp_path), env=KEY_ENV, envoy_trouble_expected=True) as stack:
+        for mock in (fresh.primary, fresh.secondary):
+            mock.set_mode("delay:8")
+        errors: list[BaseException] = []
+
+        def in_flight() -> None:
+            try:
+                stack.openai().chat.completions.create(model="gpt-4o", messages=HI)
+            except BaseException as exc:  # the crash cuts it
+                errors.append(exc)
+
+        threads = [threading.Thread(target=in_flight) for _ in range(3)]
+        for t in threads:
+            t.start()
+        time.sleep(2.5)  # the supervisor has seen them in flight (it looks once a second)
+        os.kill(int(stack.refresh_state()["envoy_pid"]), signal.SIGSEGV)
+        for t in threads:
+            t.join(timeout=30)
+        assert len(errors) == 3  # every in-flight request was cut
+        assert wait_until(lambda: stack.refresh_state().get("envoy_restarts") == 1, timeout=30)
+        fresh.reset()
+        assert wait_until(lambda: _answers(stack), timeout=30)  # Envoy is back
+        with httpx.Client(timeout=10) as client:
+            envoy = client.get(stack.admin_url + "/status").json()["envoy"]
+        assert envoy["restarts"] == 1 and envoy["requests_lost"] >= 1
+        assert envoy["last_restart"]["exit"] == "signal SIGSEGV"
+        metrics = stack.metrics()
+        assert "rungway_envoy_restarts_total 1.0" in metrics
+        assert "Envoy exited (signal SIGSEGV)" in stack.output()
+        assert stack.envoy_trouble()  # what the e2e guard sees for every other test
+
+
+def _answers(stack: Stack) -> bool:
+    try:
+        return stack.openai().chat.completions.create(model="gpt-4o", messages=HI).model == "gpt-4o"
+    except openai.APIError:
+        return False
