@@ -40,6 +40,7 @@ class Fleet:
             "version": "test-2026.12.1",
             "stream_stall_s": 1.5,
             "stream_finish_grace_s": 0.5,
+            "stream_abandon_s": 1.0,
             # Tests provoke many failures in a row: neither Envoy's ejection nor Rungway's own
             # circuits may carry one test's failures into the next. Both get their own tests.
             "envoy_ejection": None,
@@ -117,8 +118,13 @@ def clean(fleet: Fleet, stack: Stack, envoy_guard: EnvoyGuard) -> Iterator[Stack
     """A reset fleet before the test; after it, no 5xx that Envoy generated unless allowed."""
     fleet.reset()
     stack.new_access_entries()
+    stack.envoy_trouble()
     yield stack
     fleet.reset()
+    # Envoy 1.40 crashed on stream paths before (an upstream filter ending a stream early): a
+    # test that makes Envoy hit a bug fails even when the client saw what it expected.
+    trouble = stack.envoy_trouble()
+    assert not trouble, f"Envoy reported bugs or crashed: {trouble}"
     errors = [
         e
         for e in envoy_errors(stack.new_access_entries())

@@ -107,6 +107,9 @@ class Stack:
         self.admin_url = f"http://127.0.0.1:{self.state['admin_port']}"
         self.envoy_admin_url = f"http://127.0.0.1:{self.state['envoy_admin_port']}"
         self._log_offset = 0
+        self._envoy_pid = self.state.get("envoy_pid")
+        self._envoy_bugs = 0
+        self.make_envoy_strict()
         self._openai: openai.OpenAI | None = None
         self._anthropic: anthropic.Anthropic | None = None
 
@@ -125,14 +128,43 @@ class Stack:
         self.state = json.loads(self.state_path.read_text())
         return self.state
 
+    def make_envoy_strict(self) -> None:
+        """A use-after-free access Envoy detects ("Wrapped decoder use after free") aborts Envoy
+        instead of being logged now and then (Envoy logs an envoy bug only on its 1st, 2nd, 4th,
+        8th... hit): tests cannot miss one. Runtime admin layer."""
+        with contextlib.suppress(httpx.HTTPError, OSError), httpx.Client(timeout=5) as client:
+            client.post(
+                f"http://127.0.0.1:{self.state['envoy_admin_port']}/runtime_modify?"
+                "envoy.reloadable_features.abort_when_accessing_dead_decoder=true"
+            )
+
     def envoy_trouble(self) -> list[str]:
-        """Lines of the stack's log since the last call that say Envoy crashed, hit a bug check
-        or was restarted. Every end-to-end test fails on any (tests/conftest.py `clean`, and
-        `running` for a whole stack)."""
+        """Since the last call: lines of the stack's log that say Envoy crashed, hit a bug check
+        or was restarted, a new Envoy process, or a rise of server.envoy_bug_failures. Every
+        end-to-end test fails on any (tests/conftest.py `clean`, and `running` for a stack)."""
         self._log.flush()
         text = (self.dir / "up.log").read_text(errors="replace")
         fresh, self._trouble_offset = text[self._trouble_offset :], len(text)
-        return [line for line in fresh.splitlines() if ENVOY_TROUBLE.search(line)]
+        trouble = [line for line in fresh.splitlines() if ENVOY_TROUBLE.search(line)]
+        with contextlib.suppress(ValueError, OSError):
+            pid = self.refresh_state().get("envoy_pid")
+            if pid != self._envoy_pid:
+                trouble.append(f"Envoy restarted (pid {self._envoy_pid} -> {pid})")
+                self._envoy_pid = pid
+                self._envoy_bugs = 0
+                self.make_envoy_strict()
+        try:
+            with httpx.Client(timeout=5) as client:
+                stats = client.get(
+                    f"http://127.0.0.1:{self.state['envoy_admin_port']}/stats?filter=server.envoy_bug_failures"
+                ).text
+            bugs = int(stats.split(":")[1]) if ":" in stats else 0
+        except (httpx.HTTPError, OSError, ValueError):
+            bugs = self._envoy_bugs
+        if bugs > self._envoy_bugs:
+            trouble.append(f"server.envoy_bug_failures rose to {bugs}")
+        self._envoy_bugs = bugs
+        return trouble
 
     def output(self) -> str:
         self._log.flush()

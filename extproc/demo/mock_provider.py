@@ -45,7 +45,16 @@ DEFAULT_TOKENS: Final = 12
 MODE_GRAMMAR: Final = (
     "ok, tokens:N, json, tool, status:CODE[:RETRY_AFTER], delay:S, reset, invalid_json, empty, "
     "empty_tool, safety, context_overflow, big:BYTES, sse_error, first_delay:S, stall:N:S, cut:N, "
-    "no_done, finish_hang:S, reset_after:N, quota:REMAINING:RESET_S, brownout:FAIL_SHARE:FROM_S:TO_S:OVER_S"
+    "no_done, finish_hang:S, reset_after:N, quota:REMAINING:RESET_S, brownout:FAIL_SHARE:FROM_S:TO_S:OVER_S, "
+    "badevent:N[:TOTAL], pause:N:S[:TOTAL], stall_close:N:S[:TOTAL], stall_end:N:S[:TOTAL], "
+    "stall_reset:N:S[:TOTAL], close_after:N[:TOTAL], no_done_n:TOTAL"
+)
+# Stream fault modes with an explicit answer length (TOTAL tokens, default below).
+_FAULTS: Final = frozenset({"badevent", "pause", "stall_close", "stall_end", "stall_reset", "close_after", "no_done_n"})
+_FAULT_TOTAL: Final = 40
+# The cut-off event of `badevent`: an OpenAI chunk whose JSON stops mid-object.
+_BAD_EVENT: Final = (
+    b'data: {"id": "chatcmpl-bad", "object": "chat.completion.chunk", "choices": [{"delta": {"content": \n\n'
 )
 
 _PLAIN: Final = frozenset(
@@ -65,7 +74,9 @@ _PLAIN: Final = frozenset(
 )
 _COUNTED: Final = frozenset({"tokens", "big", "cut", "reset_after"})
 _TIMED: Final = frozenset({"delay", "first_delay", "finish_hang"})
-_STREAM_ONLY: Final = frozenset({"sse_error", "first_delay", "stall", "cut", "no_done", "finish_hang", "reset_after"})
+_STREAM_ONLY: Final = frozenset(
+    {"sse_error", "first_delay", "stall", "cut", "no_done", "finish_hang", "reset_after"} | _FAULTS
+)
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\Z")
 _TOOL_ARGUMENTS: Final = ('{"city": ', '"Paris"}')
@@ -132,6 +143,8 @@ def parse_mode(text: str) -> Mode:
             count = int(args[0])
             if count >= 0:
                 return Mode(text, kind, count=count, seconds=_seconds(args[1]))
+        elif kind in _FAULTS:
+            return _parse_fault(text, kind, args)
         elif kind == "quota" and len(args) == 2:
             return Mode(text, kind, count=int(args[0]), seconds=_seconds(args[1]))
         elif kind == "brownout" and len(args) == 4:
@@ -148,6 +161,23 @@ def parse_mode(text: str) -> Mode:
     except ValueError:
         pass
     raise ValueError(f"mock mode must be one of {MODE_GRAMMAR}, but was {text!r}")
+
+
+def _parse_fault(text: str, kind: str, args: list[str]) -> Mode:
+    """badevent:N[:T], close_after:N[:T], no_done_n:T, and pause/stall_*:N:S[:T]."""
+    timed = kind in ("pause", "stall_close", "stall_end", "stall_reset")
+    if kind == "no_done_n" and len(args) == 1:
+        total = int(args[0])
+        return Mode(text, kind, count=total, numbers=(float(total),))
+    need = 2 if timed else 1
+    if len(args) not in (need, need + 1):
+        raise ValueError(text)
+    count = int(args[0])
+    seconds = _seconds(args[1]) if timed else 0.0
+    total = int(args[need]) if len(args) > need else max(_FAULT_TOTAL, count + 1)
+    if count < 1 or total < count:
+        raise ValueError(text)
+    return Mode(text, kind, count=count, seconds=seconds, numbers=(float(total),))
 
 
 def _as_json_mode(mode: Mode) -> Mode:
@@ -241,6 +271,9 @@ def _build_reply(name: str, mode: Mode, payload: Mapping[str, Any], body_size: i
     elif kind == "big":
         pieces, words = _big_words(name, model, mode.count)
         return _Reply(model, prompt, pieces, words, "stop")
+    elif kind in _FAULTS:
+        total = int(mode.numbers[0])
+        return _Reply(model, prompt, _words(name, model, total), total, "stop")
     count = mode.count if kind == "tokens" else DEFAULT_TOKENS
     return _Reply(model, prompt, _words(name, model, count), count, "stop")
 
@@ -805,12 +838,34 @@ class MockProvider:
                 await response.write_eof()
                 return response
             end = mode.count if kind in ("cut", "reset_after") else len(plan.tokens)
+            if kind in ("stall_close", "stall_end", "stall_reset", "close_after"):
+                end = mode.count
             for index, event in enumerate(plan.tokens[:end]):
-                if kind == "stall" and index == mode.count:
+                if kind in ("stall", "pause") and index == mode.count:
                     await asyncio.sleep(mode.seconds)
                 elif index and self.token_interval:
                     await asyncio.sleep(self.token_interval)
+                if kind == "badevent" and index == mode.count:
+                    await response.write(_BAD_EVENT)
+                    if self.token_interval:
+                        await asyncio.sleep(self.token_interval)
                 await response.write(event)
+            if kind in ("stall_close", "stall_end", "stall_reset", "close_after"):
+                # N tokens, (silence), then: FIN without the terminating chunk / a clean end of
+                # the HTTP response without finish or [DONE] / an RST.
+                if kind != "close_after":
+                    await asyncio.sleep(mode.seconds)
+                if kind == "stall_end":
+                    await response.write_eof()
+                elif kind == "stall_reset":
+                    _abort(request)
+                elif request.transport is not None:
+                    request.transport.close()
+                return response
+            if kind == "no_done_n":
+                await response.write(plan.tail)
+                await response.write_eof()
+                return response
             if kind == "stall" and mode.count >= len(plan.tokens):
                 await asyncio.sleep(mode.seconds)
             if kind == "reset_after":

@@ -10,6 +10,16 @@ JSON answers arrive BUFFERED. Streams arrive FULL_DUPLEX_STREAMED (stream): the 
 headers are held until the first token, so an error event before it still falls back; after
 it, a stall is ended by the sidecar's own watchdog with an in-band error event.
 
+Envoy 1.40: this filter must not end the response (streamed_response end_of_stream) before
+Envoy has handed it the provider's own end of stream. If it does, the router counts the try as
+complete without resetting it, frees the upstream request while the connection still carries
+the response, and the next bytes or the close crash Envoy (`Wrapped decoder use after free`,
+`Pure virtual function called`, SIGSEGV). So the client's last bytes (error event, finalised
+tail, [DONE]) go out at once, but the end of the HTTP response waits for the provider's end; a
+provider that does not end within stream_abandon_s is reset through Envoy (an ImmediateResponse,
+which Envoy turns into a reset of the try and, the headers having gone out, of the client's
+stream).
+
 A try's phases are explicit (`Phase`, with a transition table like the circuit's); what the try
 changes outside itself — metrics, observations for the health board, quota signals — it returns
 as effects.
@@ -125,6 +135,11 @@ class AttemptProcessor:
         self._relay_failure: Failure | None = None  # the relay's own answer: no provider was heard
         self._tools_stripped = False
         self._stream: StreamTry | None = None
+        # A stream's end (see the module docstring): the provider's end seen, ours sent, and
+        # since when the client has had its last bytes while the provider's side is still open.
+        self._upstream_done = False
+        self._ended = False
+        self._closed_at: float | None = None
         self._observed = False
         self._trip_counted = False
 
@@ -154,11 +169,19 @@ class AttemptProcessor:
 
     def deadline(self) -> float | None:
         """The next moment this try must act without a message from Envoy."""
-        times = [t for t in (self._wake_at(), self._slow_at()) if t is not None]
+        times = [t for t in (self._wake_at(), self._slow_at(), self._abandon_at()) if t is not None]
         return min(times) if times else None
 
     def on_deadline(self) -> list[ProcessingResponse]:
         now = self._worker.clock.now()
+        abandon_at = self._abandon_at()
+        if abandon_at is not None and now >= abandon_at:
+            # The client has its last bytes; the provider never ended its side. Envoy resets the
+            # try (and, the headers having gone out, the client's stream) on an immediate
+            # response: the only safe way to let go of a provider that is still open.
+            self._ended = True
+            self._effects.append(StreamEnded("abandoned"))
+            return [immediate(502, {}, b"")]
         slow_at = self._slow_at()
         if slow_at is not None and now >= slow_at:
             self._observe(None)  # latency so far is over the threshold: the board counts it slow
@@ -302,6 +325,7 @@ class AttemptProcessor:
         if until is not None:
             self._effects.append(QuotaSignal(plan.key, until))
         end_of_stream = request.response_headers.end_of_stream
+        self._upstream_done = self._upstream_done or end_of_stream
         if not plan.stream:
             if end_of_stream:
                 return [self._judge_json(b"", headers_phase=True)]
@@ -331,8 +355,12 @@ class AttemptProcessor:
         end_of_stream = request.response_body.end_of_stream
         if not plan.stream:
             return [self._judge_json(chunk, headers_phase=False)]
+        if end_of_stream:
+            self._upstream_done = True
         if self.phase is Phase.CLOSED:
-            return []
+            # The client has its last bytes already; the provider's late bytes are dropped and
+            # only its end of stream is passed on, as the end of the client's response.
+            return self._end(b"") if end_of_stream else []
         stream = self._stream
         assert stream is not None
         if stream.error_body is not None:
@@ -352,7 +380,7 @@ class AttemptProcessor:
             answers.append(self._release_headers())
             out = stream.take_pending() + out
         if end_of_stream or relay.closed:
-            answers.append(streamed(out + self._finish_stream(), True))
+            answers.extend(self._end(out + self._finish_stream()))
         elif out:
             answers.append(streamed(out, False))
         return answers
@@ -361,15 +389,36 @@ class AttemptProcessor:
         answers: list[ProcessingResponse] = []
         plan = self._started()
         stream = self._stream
+        self._upstream_done = True
         if plan.stream and stream is not None and self.phase is not Phase.CLOSED:
             if stream.relay is not None and stream.relay.started:
                 if self.phase is Phase.HELD:
                     answers.append(self._release_headers())
-                answers.append(streamed(stream.take_pending() + self._finish_stream(), True))
+                answers.extend(self._end(stream.take_pending() + self._finish_stream()))
             else:
                 answers.extend(self._end_of_held_stream())
+        elif plan.stream:
+            answers.extend(self._end(b""))
         answers.append(trailers_response())
         return answers
+
+    def _end(self, tail: bytes) -> list[ProcessingResponse]:
+        """The client's stream is complete with `tail`. The HTTP response ends with it only if
+        the provider's side has ended too; otherwise `tail` goes out now and the end follows the
+        provider's (or, stream_abandon_s later, a reset)."""
+        if self._ended:
+            return []
+        if self._upstream_done:
+            self._ended = True
+            return [streamed(tail, True)]
+        if self._closed_at is None:
+            self._closed_at = self._worker.clock.now()
+        return [streamed(tail, False)] if tail else []
+
+    def _abandon_at(self) -> float | None:
+        if self._closed_at is None or self._ended:
+            return None
+        return self._closed_at + self._policy.stream_abandon_s
 
     # ---- timers ------------------------------------------------------------------------------
 
@@ -418,7 +467,7 @@ class AttemptProcessor:
             )
             self._close_stream("interrupted")
             self._observe(Failure.STREAM_INTERRUPTED)
-        answers.append(streamed(tail, True))
+        answers.extend(self._end(tail))
         return answers
 
     # ---- judging -----------------------------------------------------------------------------
@@ -486,7 +535,7 @@ class AttemptProcessor:
             headers = response_headers_response(common(ruling.set_headers, remove=_RELAY_ONLY))
             if ruling.record is not None:
                 headers = with_metadata(headers, META_TRIP, ruling.record.encode())
-            return [headers, streamed(body if ruling.body is None else ruling.body, True)]
+            return [headers, *self._end(body if ruling.body is None else ruling.body)]
         relay = stream.relay
         assert relay is not None
         if relay.finished:
@@ -514,7 +563,7 @@ class AttemptProcessor:
         headers = with_metadata(
             response_headers_response(common(ruling.set_headers, remove=_RELAY_ONLY)), META_TRIP, ruling.record.encode()
         )
-        return [headers, streamed(ruling.body, True)]
+        return [headers, *self._end(ruling.body)]
 
     def _release_headers(self) -> ProcessingResponse:
         self._move(Phase.STREAMING)

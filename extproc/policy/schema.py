@@ -312,6 +312,10 @@ class Policy(_Frozen):
     # After a finish event, how long to wait for the provider's terminal marker before
     # finalising the stream ourselves.
     stream_finish_grace_s: float = Field(1.0, gt=0, le=60)
+    # Once Rungway has sent the client the end of a stream (an error event or the finalised
+    # tail) the provider's side must still end before the HTTP response may end (Envoy 1.40
+    # crashes otherwise). A provider that does not end within this is reset through Envoy.
+    stream_abandon_s: float = Field(5.0, gt=0, le=600)
     # The longest generation allowed end to end (Envoy's route timeout; 0 disables it).
     route_timeout_s: float = Field(600.0, ge=0)
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=64 * 1024, le=30 * 1024 * 1024)

@@ -30,6 +30,7 @@ from .stream import (
 )
 
 _OPENAI_DONE = b"data: [DONE]\n\n"
+INVALID_EVENT = "invalid_event"  # the readers' StreamError type for an event that does not parse
 _ANTHROPIC_STOP = b'event: message_stop\ndata: {"type":"message_stop"}\n\n'
 
 
@@ -67,6 +68,7 @@ class StreamRelay:
         self.done = False
         self.usage_seen = False
         self.closed = False  # the client stream has been ended by us (terminal or error)
+        self.skipped = 0  # events that were not valid JSON: dropped, the stream goes on
         self._units = 0
 
     def feed(self, chunk: bytes) -> bytes:
@@ -75,6 +77,11 @@ class StreamRelay:
         out = bytearray()
         for event in self._parser.feed(chunk):
             deltas = self._reader.read(event)
+            if any(isinstance(d, StreamError) and d.type == INVALID_EVENT for d in deltas):
+                # One broken event (e.g. cut-off JSON) is not the end of the answer: drop it and
+                # keep relaying. The stream's own end decides how it ends.
+                self.skipped += 1
+                continue
             for delta in deltas:
                 self._track(delta)
             if self.error is not None and not self.started:

@@ -91,6 +91,9 @@ def render(policy: Policy, settings: EnvoySettings) -> dict[str, Any]:
             ]
         },
         "static_resources": {"listeners": [_listener(policy, settings), _relay_listener(policy)], "clusters": clusters},
+        # An admin layer lets an operator (or a test) flip a runtime guard on the running Envoy,
+        # e.g. envoy.reloadable_features.abort_when_accessing_dead_decoder. Admin is loopback.
+        "layered_runtime": {"layers": [{"name": "admin", "admin_layer": {}}]},
         "bootstrap_extensions": [
             {
                 "name": "envoy.bootstrap.internal_listener",

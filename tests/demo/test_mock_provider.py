@@ -143,6 +143,10 @@ async def timed_events(
         ("stall:4:2", {"kind": "stall", "count": 4, "seconds": 2.0}),
         ("big:1000", {"kind": "big", "count": 1000}),
         (" reset_after:0 ", {"kind": "reset_after", "count": 0, "text": "reset_after:0"}),
+        ("badevent:10", {"kind": "badevent", "count": 10, "numbers": (40.0,)}),
+        ("stall_close:20:1.5:30", {"kind": "stall_close", "count": 20, "seconds": 1.5, "numbers": (30.0,)}),
+        ("pause:3:2", {"kind": "pause", "count": 3, "seconds": 2.0}),
+        ("no_done_n:7", {"kind": "no_done_n", "numbers": (7.0,)}),
     ],
 )
 def test_parse_mode_reads_the_grammar(text: str, fields: dict[str, Any]) -> None:
@@ -153,7 +157,8 @@ def test_parse_mode_reads_the_grammar(text: str, fields: dict[str, Any]) -> None
 @pytest.mark.parametrize(
     "text",
     ["", "nope", "ok:1", "tokens", "tokens:-1", "status:200", "status:503:x", "delay:-1",
-     "delay:nan", "stall:3", "big:0", "cut:a"],
+     "delay:nan", "stall:3", "big:0", "cut:a", "badevent", "badevent:0", "badevent:10:5", "stall_end:3",
+     "pause:1:x"],
 )  # fmt: skip
 def test_parse_mode_rejects_bad_values_and_echoes_them(text: str) -> None:
     with pytest.raises(ValueError, match=repr(text.strip()).replace("(", r"\(")):

@@ -136,13 +136,46 @@ def test_a_stream_missing_done_is_finalised_with_usage(clean: Stack, fleet: Flee
 def test_a_stream_whose_terminal_marker_hangs_is_finalised_promptly(clean: Stack, fleet: Fleet) -> None:
     fleet.primary.set_mode("finish_hang:20")
     started = time.monotonic()
-    _, events = raw_events(
-        clean, {"model": "gpt-4o", "messages": HI, "stream": True, "stream_options": {"include_usage": True}}
-    )
+    body = {"model": "gpt-4o", "messages": HI, "stream": True, "stream_options": {"include_usage": True}}
+    data, done_at = b"", None
+    # The finalised tail reaches the client at once, but the HTTP response may not end before the
+    # provider's does (Envoy 1.40 crashes when an upstream filter ends it early): a provider that
+    # stays open is reset through Envoy after stream_abandon_s (1 s here).
+    with (
+        pytest.raises(httpx.RemoteProtocolError),
+        httpx.Client(timeout=30) as client,
+        client.stream("POST", clean.base_url + "/v1/chat/completions", json=body) as response,
+    ):
+        for piece in response.iter_bytes():
+            data += piece
+            if done_at is None and b"data: [DONE]\n\n" in data:
+                done_at = time.monotonic()
+    events = [e for e in data.decode().split("\n\n") if e.strip()]
     # The policy's stream_finish_grace_s is 0.5 s; the provider would send [DONE] after 20 s.
-    assert time.monotonic() - started < 5
+    assert done_at is not None and done_at - started < 5
+    assert time.monotonic() - done_at < 5
     assert events[-1] == "data: [DONE]" and '"usage"' in events[-2]
     assert events.count("data: [DONE]") == 1
+
+
+def test_a_broken_event_mid_stream_is_skipped_and_the_answer_completes(clean: Stack, fleet: Fleet) -> None:
+    fleet.primary.set_mode("badevent:5:20")
+    text, finishes, _ = collect(clean.openai().chat.completions.create(model="gpt-4o", messages=HI, stream=True))
+    assert text.startswith("Hello from primary (gpt-4o)") and text.endswith(" w20")
+    assert finishes == ["stop"]
+
+
+@pytest.mark.parametrize("mode", ["stall_close:4:3:20", "stall_end:4:3:20", "stall_reset:4:3:20", "pause:4:3:20"])
+def test_a_stall_ended_by_the_watchdog_survives_whatever_the_provider_does_next(
+    clean: Stack, fleet: Fleet, mode: str
+) -> None:
+    # The watchdog (1.5 s) fires while the provider is still open; 3 s in, the provider closes,
+    # ends, resets or resumes. Envoy 1.40 used to crash on each (use after free).
+    fleet.primary.set_mode(mode)
+    with pytest.raises(openai.APIError, match="stopped sending"):
+        for _ in clean.openai().chat.completions.create(model="gpt-4o", messages=HI, stream=True):
+            pass
+    time.sleep(2.0)  # let the provider act after the client is done
 
 
 def test_a_reset_after_the_first_token_is_an_error_for_the_client(

@@ -726,8 +726,10 @@ def test_error_event_before_the_first_token_hops_like_a_5xx(rung: int, events: l
     assert trip_of(headers).failure is Failure("server_error")
     data = body_of(body)
     assert data is not None and json.loads(data)["error"]["code"] == "server_error"
-    assert body.response_body.response.body_mutation.streamed_response.end_of_stream
-    assert t.send(response_body(sse(openai_events(["late"])), end_of_stream=True)) == []
+    # The provider's side is still open: the response may not end before it does (Envoy 1.40).
+    assert not body.response_body.response.body_mutation.streamed_response.end_of_stream
+    (end,) = t.send(response_body(sse(openai_events(["late"])), end_of_stream=True))
+    assert end.response_body.response.body_mutation.streamed_response == ep.StreamedBodyResponse(end_of_stream=True)
 
 
 def test_error_event_before_the_first_token_on_the_last_rung_is_final() -> None:
@@ -791,16 +793,21 @@ def test_watchdog_ends_a_stalled_stream_with_an_error_event() -> None:
     assert t.processor.deadline() == last_chunk + 15.0
     clock.advance(15.0)
     (tail,) = t.on_deadline()
-    assert tail.response_body.response.body_mutation.streamed_response.end_of_stream
+    # The error event goes out now; the end of the response waits for the provider's (Envoy 1.40
+    # crashes on an upstream filter ending the response while the provider is still open).
+    assert not tail.response_body.response.body_mutation.streamed_response.end_of_stream
     data = body_of(tail)
     assert data is not None
     ((_, payload),) = sse_events(data)
     error = json.loads(payload)["error"]
     assert error["code"] == "stream_interrupted"
     assert "15s" in error["message"]
+    assert t.processor.deadline() == clock.now() + 5.0  # stream_abandon_s
+    assert t.send(response_body(sse(openai_events(["late"])), end_of_stream=False)) == []
+    (end,) = t.send(response_body(b"", end_of_stream=True))
+    assert end.response_body.response.body_mutation.streamed_response == ep.StreamedBodyResponse(end_of_stream=True)
     assert t.processor.deadline() is None
     assert t.on_deadline() == []
-    assert t.send(response_body(sse(openai_events(["late"])), end_of_stream=True)) == []
     assert sample(sidecar, "rungway_streams_total", outcome="interrupted") == 1
     labels = {"ladder": "main", "rung": "0", "provider": "primary", "model": "gpt-4o"}
     assert sample(sidecar, "rungway_trips_total", **labels, reason="stream_interrupted") == 1
@@ -947,7 +954,7 @@ def test_no_first_token_within_the_rungs_budget_hops_before_the_stream_starts() 
     headers, body = t.on_deadline()
     assert set_headers(headers)[":status"] == "503"
     assert trip_of(headers).failure is Failure.TIMEOUT and trip_of(headers).next_rung == 1
-    assert body.response_body.response.body_mutation.streamed_response.end_of_stream
+    assert body_of(body) is not None  # the router retries on the 503 and resets this try itself
 
 
 def test_with_max_attempts_spent_a_try_answers_the_client_instead_of_a_provider() -> None:
@@ -983,3 +990,61 @@ def test_a_probe_is_observed_for_the_board_but_counted_as_no_tenants_or_rungs_tr
         if s.name.endswith("_total") and s.value
     ]
     assert [(s.name, s.labels) for s in counted if not s.name.startswith("rungway_circuit_transitions")] == []
+
+
+# ---- Envoy 1.40: the response ends only after the provider's end ----------------------------------
+
+
+def test_a_provider_that_never_ends_after_the_clients_last_bytes_is_reset_through_envoy() -> None:
+    clock = FakeClock()
+    sidecar = make_sidecar(clock=clock)
+    t = stream_try(sidecar)
+    t.send(response_headers(200, SSE))
+    t.send(response_body(sse(openai_events(["Par"], finish=None, usage=False, done=False)), end_of_stream=False))
+    clock.advance(15.0)
+    (tail,) = t.on_deadline()  # the stall's error event
+    assert not tail.response_body.response.body_mutation.streamed_response.end_of_stream
+    clock.advance(5.0)
+    (reset,) = t.on_deadline()
+    assert reset.WhichOneof("response") == "immediate_response"
+    assert t.processor.deadline() is None
+    assert t.send(response_body(b"", end_of_stream=True)) == []
+    assert sample(sidecar, "rungway_streams_total", outcome="abandoned") == 1
+
+
+def test_done_before_the_providers_end_of_stream_does_not_end_the_response() -> None:
+    t = stream_try()
+    t.send(response_headers(200, SSE))
+    headers, body = t.send(response_body(sse(openai_events(["Paris."])), end_of_stream=False))
+    assert set_headers(headers)[SERVED_BY] == "primary/gpt-4o"
+    data = body_of(body)
+    assert data is not None and data.endswith(b"data: [DONE]\n\n")
+    assert not body.response_body.response.body_mutation.streamed_response.end_of_stream
+    (end,) = t.send(response_body(b"", end_of_stream=True))
+    assert end.response_body.response.body_mutation.streamed_response == ep.StreamedBodyResponse(end_of_stream=True)
+    assert t.send(response_trailers()) == [ep.ProcessingResponse(response_trailers=ep.TrailersResponse())]
+
+
+def test_a_stream_ending_with_its_last_chunk_ends_in_one_answer() -> None:
+    t = stream_try()
+    t.send(response_headers(200, SSE))
+    _headers, body = t.send(response_body(sse(openai_events(["Paris."])), end_of_stream=True))
+    assert body.response_body.response.body_mutation.streamed_response.end_of_stream
+    data = body_of(body)
+    assert data is not None and data.endswith(b"data: [DONE]\n\n")
+
+
+def test_an_event_that_is_not_json_is_skipped_and_the_stream_goes_on() -> None:
+    sidecar = make_sidecar()
+    t = stream_try(sidecar)
+    t.send(response_headers(200, SSE))
+    events = openai_events(["Par", "is."])
+    first = sse(events[:2])
+    bad = b'data: {"id": "x", "object": "chat.completion.chunk", "choices": [{"delta": {"content": \n\n'
+    _headers, body = t.send(response_body(first, end_of_stream=False))
+    assert body_of(body) == first
+    assert t.send(response_body(bad, end_of_stream=False)) == []
+    (rest,) = t.send(response_body(sse(events[2:]), end_of_stream=True))
+    assert body_of(rest) == sse(events[2:])
+    assert rest.response_body.response.body_mutation.streamed_response.end_of_stream
+    assert sample(sidecar, "rungway_streams_total", outcome="complete") == 1

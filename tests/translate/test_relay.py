@@ -337,6 +337,22 @@ def test_unknown_stream_error_is_a_server_error_before_the_first_token_and_an_in
     assert stream_failure(error, started=True) is Failure.STREAM_INTERRUPTED
 
 
+@pytest.mark.parametrize("client", [OA, AN])
+@pytest.mark.parametrize("provider", [OA, AN])
+def test_an_event_that_is_not_json_is_skipped_not_the_end_of_the_stream(client: Dialect, provider: Dialect) -> None:
+    relay = make_relay(client, provider)
+    whole = provider_stream(provider, ["Hello", " world"])
+    events = whole.split(b"\n\n")
+    bad = b'data: {"id": "x", "object": "chat.completion.chunk", "choices": [{"delta": {"content": \n\n'
+    cut = len(b"\n\n".join(events[:3])) + 2
+    out = relay.feed(whole[:cut]) + relay.feed(bad) + relay.feed(whole[cut:]) + relay.finish()
+    assert relay.skipped == 1 and relay.error is None and (relay.done or relay.finished)
+    assert b'"content": \n' not in out
+    reference = make_relay(client, provider)
+    expected = reference.feed(whole) + reference.finish()
+    assert events_of(out) == events_of(expected)
+
+
 # ---- properties -------------------------------------------------------------------------------------
 
 texts = st.lists(st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), min_size=0, max_size=6), max_size=5)
