@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: run test check bench clean
+.PHONY: run test check bench soak clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,9 @@ check: $(STAMP)  ## lint and types
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+
+soak: $(STAMP)  ## 3,000 fault-mixed streams through real Envoy: no crash, no truncated success
+	$(BIN)/python -m tests.soak --streams 3000 --concurrency 8
 
 bench: $(STAMP)  ## plain Envoy vs the full Rungway path, as ratios
 	$(BIN)/python -m bench.run

@@ -1,0 +1,22 @@
+"""A bounded soak of fault-mixed streams (tests/soak.py; `make soak` runs 3,000)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.soak import run_soak
+
+pytestmark = pytest.mark.e2e
+
+
+def test_a_few_hundred_fault_mixed_streams_never_crash_envoy_nor_truncate_silently(tmp_path: Path) -> None:
+    report = run_soak(streams=240, concurrency=8, seed=7, key_dir=tmp_path)
+    print("\n" + report.summary())
+    assert len(report.streams) == 240
+    assert not report.truncated, report.truncated[:5]
+    assert report.envoy_trouble == [] and report.envoy_restarts == 0
+    assert report.sidecar_errors == 0
+    # Every fault kind was exercised.
+    assert {s.fault for s in report.streams} >= {"malformed_event", "stall_at_watchdog_then_close", "cut"}
