@@ -131,7 +131,7 @@ class Rung(_Frozen):
     # Serve a request with tools on a provider without tool support by dropping the tools
     # (a degraded answer) instead of skipping the rung.
     strip_tools: bool = False
-    # Expected latency of a healthy answer (JSON: whole answer; stream: first token). Learned
+    # The p95 of a healthy answer's latency (JSON: whole answer; stream: first token). Learned
     # from healthy traffic when not set.
     baseline_latency_s: float | None = Field(None, gt=0, le=600)
 
@@ -207,9 +207,10 @@ class CircuitSettings(_Frozen):
     live_half_open: bool = False
     half_open_successes: int = Field(2, ge=1, le=100)
     probe_bound_s: float = Field(30.0, gt=0, le=3600)
-    # A call slower than this many times its endpoint's baseline counts as a failure for the
-    # rate (a brownout shows as slowness before it shows as errors). Counted while still in
-    # flight, so a brownout moves the circuit before its slow calls reach their timeout.
+    # A call slower than this many times its endpoint's baseline (the healthy p95) counts as a
+    # failure for the rate (a brownout shows as slowness before it shows as errors); at 4, a
+    # healthy call about one in a million times. Counted while still in flight, so a brownout
+    # moves the circuit before its slow calls reach their timeout.
     slow_call_factor: float = Field(4.0, gt=1, le=100)
 
 
@@ -241,10 +242,11 @@ class HealthSettings(_Frozen):
     min_samples: int = Field(5, ge=1, le=10_000)  # below this a rung's score is 1.0 (unknown)
     circuit: CircuitSettings = CircuitSettings()
     leave_below: LeaveBelow = LeaveBelow()
-    # Latencies are judged against max(baseline, latency_floor_s): an endpoint answering in
-    # milliseconds is not "4x slower" because a busy proxy added a few more.
+    # Latencies are judged against healthy latencies of at least latency_floor_s: an endpoint
+    # answering in milliseconds is not "4x slower" because a busy proxy added a few more.
     latency_floor_s: float = Field(0.5, ge=0, le=600)
-    # Latency SLO: p95 over this many times the rung's baseline is a breach...
+    # Latency SLO: a window's p95 over this many times the healthy p95 (the rung's baseline) is a
+    # breach...
     latency_slo_factor: float = Field(2.0, gt=1, le=100)
     # ...and a breach that lasts this long marks the rung degraded.
     latency_slo_s: float = Field(300.0, gt=0, le=86_400)
