@@ -2,8 +2,14 @@
 error rate, schema conformance, latency against the endpoint's baseline, and output size against
 the task class's usual answers. Pure: samples and baselines in, a Score out.
 
-Latency is judged like with like: the window's p95 against `latency_slo_factor` x the healthy
-p95 (the SLO). Only answers (and timeouts, the least an answer would have taken) carry latency: a 503 that came
+Latency is judged like with like, two ways, and the worse one counts:
+* the tail: the window's p95 against `latency_slo_factor` x the healthy p95 (the SLO);
+* the body: the median of the recent answers (the last 1/20 of the window, at least RECENT of
+  them) against `latency_slo_factor` x the healthy median, and never below the healthy p95. The
+  window's p95 needs 5 % of a whole window to be slow, so it lags a brownout by tens of seconds;
+  the recent median moves as soon as the typical answer slows, yet a healthy endpoint cannot move
+  it by chance: over half of its recent answers would have to be slower than its own p95.
+Only answers (and timeouts, the least an answer would have taken) carry latency: a 503 that came
 back in 50 ms says nothing about how long answers take (the error rate counts it).
 """
 
@@ -22,6 +28,8 @@ IGNORED = frozenset({Failure.CLIENT_ERROR, Failure.SAFETY_BLOCK, Failure.CONTEXT
 # The answer arrived but broke the contract: counted by the schema-conformance component.
 CONTRACT = frozenset({Failure.SCHEMA_ERROR, Failure.QUALITY_REGRESSION, Failure.TOOL_MISMATCH})
 LATENCY_ZERO_AT = 2.0  # the latency component reaches 0 at 2 x its threshold
+RECENT = 8  # the fewest answers the body's median is taken over
+RECENT_SHARE = 1 / 20  # ...or those in this share of the window before the newest, if more
 # Failures whose latency describes how long an answer takes (a timeout: at least that long).
 TIMED = frozenset({Failure.TIMEOUT, Failure.STREAM_INTERRUPTED}) | CONTRACT
 TOKEN_Z_OK = 2.0
@@ -115,19 +123,24 @@ def _latency_component(
     p95_any: float | None = None
     factor = settings.latency_slo_factor
     for stream in (False, True):
-        timed = sorted(
-            s.latency_s
+        # In arrival order: the newest last.
+        timed = [
+            (s.at, s.latency_s)
             for s in samples
             if s.latency_s is not None and s.stream is stream and (s.failure is None or s.failure in TIMED)
-        )
+        ]
         if len(timed) < settings.min_samples:
             continue
-        p95 = nearest_rank(timed, 0.95)
+        p95 = nearest_rank(sorted(latency for _, latency in timed), 0.95)
         p95_any = p95 if p95_any is None else max(p95_any, p95)
         base = baseline(stream)
         if base is None or base.p95 <= 0:
             continue
-        worst = min(worst, _over(p95, factor * base.p95))
+        since = timed[-1][0] - settings.window_s * RECENT_SHARE
+        last = len(timed) - RECENT
+        recent = sorted(latency for i, (at, latency) in enumerate(timed) if i >= last or at >= since)
+        median = nearest_rank(recent, 0.5)
+        worst = min(worst, _over(p95, factor * base.p95), _over(median, max(base.p95, factor * base.p50)))
     return worst, p95_any
 
 

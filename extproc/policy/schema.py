@@ -131,8 +131,9 @@ class Rung(_Frozen):
     # Serve a request with tools on a provider without tool support by dropping the tools
     # (a degraded answer) instead of skipping the rung.
     strip_tools: bool = False
-    # The p95 of a healthy answer's latency (JSON: whole answer; stream: first token). Learned
-    # from healthy traffic when not set.
+    # The p95 of a healthy answer's latency (JSON: whole answer; stream: first token); its median
+    # is taken to be half of it (LLM latencies are roughly lognormal). Learned from healthy
+    # traffic when not set.
     baseline_latency_s: float | None = Field(None, gt=0, le=600)
 
     def model_for(self, requested: str) -> str:
@@ -245,8 +246,9 @@ class HealthSettings(_Frozen):
     # Latencies are judged against healthy latencies of at least latency_floor_s: an endpoint
     # answering in milliseconds is not "4x slower" because a busy proxy added a few more.
     latency_floor_s: float = Field(0.5, ge=0, le=600)
-    # Latency SLO: a window's p95 over this many times the healthy p95 (the rung's baseline) is a
-    # breach...
+    # Latency SLO: a window's p95 over this many times the healthy p95 (the rung's baseline), or
+    # the recent answers' median over this many times the healthy median (and over the healthy
+    # p95), is a breach...
     latency_slo_factor: float = Field(2.0, gt=1, le=100)
     # ...and a breach that lasts this long marks the rung degraded.
     latency_slo_s: float = Field(300.0, gt=0, le=86_400)

@@ -161,6 +161,17 @@ def test_latency_component_falls_from_the_slo_factor_to_zero_at_twice_it(latency
         assert found.worst() is Failure.TIMEOUT
 
 
+@pytest.mark.parametrize(("latency", "component"), [(0.9, 1.0), (1.0, 1.0), (1.5, 0.5), (2.0, 0.0)])
+def test_when_the_typical_answer_is_slower_than_the_healthy_p95_latency_falls_before_the_p95_breaches(
+    latency: float, component: float
+) -> None:
+    # Every answer at 1.5 x the healthy p95 keeps the p95 inside the SLO (2 x), but half the
+    # answers slower than a healthy endpoint's slowest 5 % is a slowdown: the body test sees it.
+    b = board(baseline=1.0)
+    ok(b, T0, 10, latency=latency)
+    assert score(b, LATER).latency == component
+
+
 def test_latency_is_judged_on_the_p95_so_one_outlier_in_twenty_is_tolerated() -> None:
     b = board(baseline=1.0)
     ok(b, T0, 19, latency=1.0)
