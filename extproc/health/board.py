@@ -4,10 +4,11 @@ Theory of operation. Every try the attempt filter sees becomes an observation; q
 abandonments and decided-request counts are events too. Each sidecar process keeps one Board and
 applies every event it receives — its own at once, other sidecars' through the health bus — so
 boards fed the same events agree. From the events the board keeps, per endpoint: a circuit (H1),
-a rolling window of samples for the degradation score (H2), a latency baseline and the task
-classes' usual output size, the latency-SLO state and the quota reset time (H4). `decide` asks
-`usable()` for each rung of a ladder; the answer depends on the request's impact class, so
-low-stakes traffic leaves a sick rung first and revenue-critical traffic last.
+a rolling window of samples for the degradation score (H2), a latency baseline (the p95 and
+median of its healthy answers) and the task classes' usual output size, the latency-SLO state
+and the quota reset time (H4). `decide` asks `usable()` for each rung of a ladder; the answer
+depends on the request's impact class, so low-stakes traffic leaves a sick rung first and
+revenue-critical traffic last.
 
 State moves only in the commands `observe`, `apply`, `tick` and `admit`; the queries `usable`,
 `half_open`, `baseline`, `score` and `snapshot` never change it (the runtime ticks the board
