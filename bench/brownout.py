@@ -1,17 +1,23 @@
 """Brownout replay: the write-ups' provider brownout against three set-ups, same load.
 
-The primary's latency climbs from 2 s toward 38 s and 31 % of its answers are 503s (after a
-short healthy start, so baselines exist); the fallback provider stays healthy. Open-loop load
-(requests arrive at a fixed rate whatever the answers do), measured as the client sees it:
+The primary's p95 climbs from 2.1 s toward 38 s and 31 % of its answers are 503s (after a
+healthy start: a false alarm there sends traffic away for nothing); the fallback provider stays
+healthy. Latencies are lognormal (sigma `--jitter`, 0.45 by default: p95 / median = 2.1), as an
+LLM provider's are. Open-loop load (requests arrive at a fixed rate whatever the answers do),
+measured as the client sees it:
 
 * `direct`: the app calls the primary itself (no Envoy, no Rungway) — the outage as it was;
 * `ladder`: Rungway's ladder with its health board off: every request starts at the primary;
 * `circuits`: the same with circuits, scores and probes on.
 
-`python -m bench.brownout` runs it at full scale (~7 min) and writes bench/BROWNOUT.md;
-`--scale 0.1` compresses every time (latencies, timeouts, windows) ten-fold. The end-to-end
-test runs the compressed replay. `BROWNOUT_TRACE=1` prints one line per request (set-up, sent
-at, took, served by) to see where a tail comes from.
+Besides hard failures and the p50/p95 of every request, it reports the healthy phase's share
+served by the fallback (false alarms), the p95 of the brownout's requests, and the share of
+them that waited out the primary's whole per-try budget (10 s) before the fallback answered.
+
+`python -m bench.brownout` runs it at full scale (60 s healthy, then a 108 s brownout: ~9 min)
+and writes bench/BROWNOUT.md; `--scale 0.1` compresses every time (latencies, timeouts,
+windows) ten-fold. The end-to-end test runs the compressed replay. `BROWNOUT_TRACE=1` prints one
+line per request (set-up, sent at, took, served by) to see where a tail comes from.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import aiohttp
 import yaml
@@ -37,6 +43,15 @@ from extproc.demo.mock_provider import MockProvider
 REPO = Path(__file__).resolve().parent.parent
 PROBE_TEXT = "Reply with: ok"
 HI = [{"role": "user", "content": "Where is my order #1234?"}]
+PRIMARY_BUDGET_S: Final = 10.0  # the primary rung's per-try timeout, at full scale
+HEALTHY_P95_S: Final = 2.1
+SICK_P95_S: Final = 38.0
+FALLBACK_P95_S: Final = 1.5
+
+
+def p95(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))] if ordered else 0.0
 
 
 @dataclass
@@ -48,15 +63,22 @@ class Result:
     p95_s: float
     attempts_per_request: float
     primary_share: float
+    primary_calls_per_request: float = 1.0
+    healthy_fallback_share: float | None = None  # of the healthy phase's requests (None: no ladder)
+    stress_p95_s: float = 0.0  # p95 of the requests sent during the brownout
+    full_budget_share: float = 0.0  # of the brownout's requests: waited out the primary's budget
 
     @property
     def failure_rate(self) -> float:
         return self.hard_failures / self.requests if self.requests else 0.0
 
     def row(self, scale: float) -> str:
+        healthy = "-" if self.healthy_fallback_share is None else f"{self.healthy_fallback_share:.1%}"
         return (
             f"| {self.variant} | {self.requests} | {self.failure_rate:.1%} | {self.p50_s / scale:.2f} s "
-            f"| {self.p95_s / scale:.2f} s | {self.attempts_per_request:.2f} | {self.primary_share:.0%} |"
+            f"| {self.p95_s / scale:.2f} s | {self.attempts_per_request:.2f} | {self.primary_share:.0%} "
+            f"| {healthy} | {self.stress_p95_s / scale:.2f} s | {self.full_budget_share:.1%} "
+            f"| {self.primary_calls_per_request:.2f} |"
         )
 
 
@@ -70,7 +92,7 @@ def policy(primary: MockProvider, fallback: MockProvider, *, scale: float, circu
         },
         "ladders": {
             "main": [
-                {"provider": "primary", "timeout_s": 10 * scale},
+                {"provider": "primary", "timeout_s": PRIMARY_BUDGET_S * scale},
                 {"provider": "fallback", "model": "claude-fallback", "timeout_s": 30 * scale},
             ]
         },
@@ -111,9 +133,12 @@ async def _start_up(policy_data: dict[str, Any], workdir: Path) -> tuple[subproc
     return process, int(json.loads(state.read_text())["listen_port"])
 
 
-async def replay(variant: str, *, scale: float, duration: float, rate: float) -> Result:
-    primary = MockProvider("primary", "openai", token_interval=0)
-    fallback = MockProvider("fallback", "anthropic", token_interval=0)
+async def replay(
+    variant: str, *, scale: float, duration: float, rate: float, healthy: float | None = None, jitter: float = 0.45
+) -> Result:
+    """`duration` and `healthy` (the healthy start; default a tenth) in compressed seconds."""
+    primary = MockProvider("primary", "openai", token_interval=0, jitter=jitter, seed=1)
+    fallback = MockProvider("fallback", "anthropic", token_interval=0, jitter=jitter, seed=2)
     await primary.start()
     await fallback.start()
     process: subprocess.Popen[bytes] | None = None
@@ -126,14 +151,18 @@ async def replay(variant: str, *, scale: float, duration: float, rate: float) ->
                 policy(primary, fallback, scale=scale, circuits=variant == "circuits"), workdir
             )
             base = f"http://127.0.0.1:{port}"
-        healthy = 2 * scale
-        primary.set_mode(f"delay:{healthy}")
-        fallback.set_mode(f"delay:{1.5 * scale}")
+        well = HEALTHY_P95_S * scale
+        primary.set_mode(f"delay:{well}")
+        fallback.set_mode(f"delay:{FALLBACK_P95_S * scale}")
         latencies: list[float] = []
         failures = 0
+        total = int(duration * rate)
+        brownout_from = int((duration * 0.1 if healthy is None else healthy) * rate)
+        healthy_fallback = 0  # healthy-phase requests the fallback served
+        stress: list[float] = []  # latencies of the requests sent during the brownout
 
-        async def one(session: aiohttp.ClientSession) -> None:
-            nonlocal failures
+        async def one(session: aiohttp.ClientSession, i: int) -> None:
+            nonlocal failures, healthy_fallback
             started = time.monotonic()
             served_by = "failed"
             try:
@@ -149,6 +178,10 @@ async def replay(variant: str, *, scale: float, duration: float, rate: float) ->
             except (aiohttp.ClientError, TimeoutError):
                 failures += 1
             latencies.append(time.monotonic() - started)
+            if i < brownout_from:
+                healthy_fallback += served_by.startswith("fallback/")
+            else:
+                stress.append(latencies[-1])
             if os.environ.get("BROWNOUT_TRACE"):  # one line per request: sent at, took, served by
                 print(variant, f"{started - start:.2f}", f"{time.monotonic() - started:.3f}", served_by)
 
@@ -156,14 +189,12 @@ async def replay(variant: str, *, scale: float, duration: float, rate: float) ->
         async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=0)) as session:
             tasks = []
             start = time.monotonic()
-            total = int(duration * rate)
-            brownout_from = int(total * 0.1)
             for i in range(total):
                 if i == brownout_from:
-                    span = duration * 0.9
-                    primary.set_mode(f"brownout:0.31:{healthy}:{38 * scale}:{span}")
+                    span = (total - brownout_from) / rate
+                    primary.set_mode(f"brownout:0.31:{well}:{SICK_P95_S * scale}:{span}")
                 await asyncio.sleep(max(0.0, start + i / rate - time.monotonic()))
-                tasks.append(asyncio.create_task(one(session)))
+                tasks.append(asyncio.create_task(one(session, i)))
             await asyncio.gather(*tasks)
 
         def client_calls(mock: MockProvider) -> int:
@@ -172,14 +203,20 @@ async def replay(variant: str, *, scale: float, duration: float, rate: float) ->
         primary_calls, fallback_calls = client_calls(primary), client_calls(fallback)
         latencies.sort()
         n = len(latencies)
+        budget = PRIMARY_BUDGET_S * scale
         return Result(
             variant=variant,
             requests=n,
             hard_failures=failures,
             p50_s=latencies[n // 2],
-            p95_s=latencies[min(n - 1, int(0.95 * n))],
+            p95_s=p95(latencies),
             attempts_per_request=(primary_calls + fallback_calls) / n,
             primary_share=1.0 if variant == "direct" else 1 - fallback_calls / n if n else 0.0,
+            primary_calls_per_request=primary_calls / n,
+            healthy_fallback_share=None if variant == "direct" else healthy_fallback / max(1, brownout_from),
+            stress_p95_s=p95(stress),
+            # Directly, a request waits as long as the primary takes: past the budget counts too.
+            full_budget_share=sum(1 for took in stress if took >= budget) / max(1, len(stress)),
         )
     finally:
         if process is not None and process.poll() is None:
@@ -189,21 +226,34 @@ async def replay(variant: str, *, scale: float, duration: float, rate: float) ->
         await fallback.stop()
 
 
-async def run_all(scale: float, duration: float, rate: float) -> list[Result]:
-    return [await replay(v, scale=scale, duration=duration, rate=rate) for v in ("direct", "ladder", "circuits")]
+async def run_all(
+    scale: float, duration: float, rate: float, healthy: float | None = None, jitter: float = 0.45
+) -> list[Result]:
+    return [
+        await replay(v, scale=scale, duration=duration, rate=rate, healthy=healthy, jitter=jitter)
+        for v in ("direct", "ladder", "circuits")
+    ]
 
 
-def report(results: list[Result], scale: float, duration: float, rate: float) -> str:
+def report(
+    results: list[Result], scale: float, duration: float, rate: float, healthy: float | None, jitter: float
+) -> str:
     lines = [
-        "| set-up | requests | hard failures | p50 | p95 | provider calls / request | served by the primary |",
-        "|---|---|---|---|---|---|---|",
+        "| set-up | requests | hard failures | p50 | p95 | provider calls / request | served by the primary "
+        "| healthy phase: served by the fallback | brownout: p95 | brownout: waited out the primary's budget "
+        "| primary calls / request |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
         *(r.row(scale) for r in results),
     ]
+    well = duration * 0.1 if healthy is None else healthy
+    spread = f"lognormal latencies (sigma {jitter:g})" if jitter else "constant latencies"
     note = (
         f"{duration / scale:.0f} s replay at {rate * scale:.1f} requests/s (open loop), times shown at full scale"
         + (f" (run compressed {1 / scale:.0f}x)" if scale != 1 else "")
-        + ". Primary: healthy 2 s answers for the first 10 %, then latency climbing to 38 s and 31 % 503s; "
-        "fallback (another provider, translated): healthy, 1.5 s. The primary rung's per-try budget is 10 s."
+        + f", {spread}. Primary: healthy for {well / scale:.0f} s (p95 {HEALTHY_P95_S:g} s), then its p95 "
+        f"climbing to {SICK_P95_S:g} s over {(duration - well) / scale:.0f} s with 31 % 503s; fallback (another "
+        f"provider, translated): healthy, p95 {FALLBACK_P95_S:g} s. The primary rung's per-try budget is "
+        f"{PRIMARY_BUDGET_S:g} s."
     )
     return "\n".join(lines) + "\n\n" + note + "\n"
 
@@ -211,13 +261,16 @@ def report(results: list[Result], scale: float, duration: float, rate: float) ->
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--scale", type=float, default=1.0, help="compress every time by this factor (0.1 = 10x)")
-    parser.add_argument("--duration", type=float, default=120.0, help="replay length at full scale, seconds")
+    parser.add_argument("--duration", type=float, default=168.0, help="replay length at full scale, seconds")
+    parser.add_argument("--healthy", type=float, default=60.0, help="healthy start at full scale, seconds")
     parser.add_argument("--rate", type=float, default=4.0, help="requests per second at full scale")
+    parser.add_argument("--jitter", type=float, default=0.45, help="sigma of the lognormal latencies (0: constant)")
     args = parser.parse_args()
     duration = args.duration * args.scale
+    healthy = args.healthy * args.scale
     rate = args.rate / args.scale
-    results = asyncio.run(run_all(args.scale, duration, rate))
-    text = report(results, args.scale, duration, rate)
+    results = asyncio.run(run_all(args.scale, duration, rate, healthy, args.jitter))
+    text = report(results, args.scale, duration, rate, healthy, args.jitter)
     print(text)
     if args.scale == 1.0:
         out = REPO / "bench" / "BROWNOUT.md"

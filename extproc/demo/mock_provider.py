@@ -7,7 +7,9 @@ the header `x-mock-mode`, then `set_mode()` (sticky, or for the next N requests 
 overrides do not use up a `set_mode(..., times=N)` count; neither do `/health` nor unknown paths.
 
 Answers are deterministic: "Hello from {name} ({model}): w1 w2 … wN", one word per completion
-token, and input tokens = request body bytes // 4. A stream sends one word per event.
+token, and input tokens = request body bytes // 4. A stream sends one word per event. Latencies
+are too, unless `jitter` is set: then `delay:S` and `brownout` wait a lognormal time whose p95 is
+the mode's (sigma = jitter, from a seeded random.Random), as an LLM provider's latency spreads.
 
 Stream-only modes applied to a non-streaming request fall back to their nearest JSON equivalent,
 so a sticky mode means something for every request: `first_delay:S` and `stall:N:S` wait S seconds
@@ -26,6 +28,7 @@ import functools
 import itertools
 import json
 import math
+import random
 import re
 import signal
 import socket
@@ -56,6 +59,8 @@ _FAULT_TOTAL: Final = 40
 _BAD_EVENT: Final = (
     b'data: {"id": "chatcmpl-bad", "object": "chat.completion.chunk", "choices": [{"delta": {"content": \n\n'
 )
+
+_Z95: Final = 1.6448536269514722  # the standard normal's 95th percentile
 
 _PLAIN: Final = frozenset(
     {
@@ -627,8 +632,11 @@ class MockProvider:
         ssl_context: ssl.SSLContext | None = None,
         token_interval: float = 0.01,
         max_recorded: int | None = None,
+        jitter: float = 0.0,
+        seed: int = 0,
     ) -> None:
-        """`max_recorded` bounds `requests` (the newest are kept) for long benchmark runs."""
+        """`max_recorded` bounds `requests` (the newest are kept) for long benchmark runs;
+        `jitter` > 0 spreads timed modes lognormally (their time is then the p95)."""
         if not _NAME.match(name):
             raise ValueError(f"provider name must match {_NAME.pattern!r}, but was {name!r}")
         if dialect not in _WIRES:
@@ -637,12 +645,16 @@ class MockProvider:
             raise ValueError(f"token_interval must be >= 0, but was {token_interval!r}")
         if max_recorded is not None and max_recorded < 1:
             raise ValueError(f"max_recorded must be None or >= 1, but was {max_recorded!r}")
+        if not math.isfinite(jitter) or jitter < 0:
+            raise ValueError(f"jitter must be >= 0, but was {jitter!r}")
         self.name = name
         self.dialect: Dialect = dialect
         self.token_interval = token_interval
         self.requests: list[RecordedRequest] = []
         self.request_count = 0  # since start or reset(), even when max_recorded trimmed some
         self.max_recorded = max_recorded
+        self.jitter = jitter
+        self._rng = random.Random(seed)
         self.port = 0
         self._ssl_context = ssl_context
         self._wire = _WIRES[dialect]
@@ -782,7 +794,7 @@ class MockProvider:
         if problem is not None:
             return self._error(400, wire.error(400, problem))
         if kind == "delay":
-            await asyncio.sleep(mode.seconds)
+            await asyncio.sleep(self._spread(mode.seconds))
         extra_headers: dict[str, str] = {}
         if kind == "brownout":
             share, start, end, span = mode.numbers
@@ -792,7 +804,7 @@ class MockProvider:
             n = self._brownout_calls
             if math.floor(n * share) > math.floor((n - 1) * share):
                 return self._error(503, wire.error(503))
-            await asyncio.sleep(start + (end - start) * progress)
+            await asyncio.sleep(self._spread(start + (end - start) * progress))
         elif kind == "quota":
             extra_headers = wire.quota_headers(mode.count, mode.seconds)
 
@@ -807,6 +819,12 @@ class MockProvider:
             data = data[: len(data) // 2]
         headers = {"content-type": "application/json", wire.request_id_header: f"req_mock{serial}", **extra_headers}
         return web.Response(body=data, headers=headers)
+
+    def _spread(self, p95: float) -> float:
+        """A latency whose p95 is `p95`: lognormal with sigma `jitter` (exactly `p95` without)."""
+        if not self.jitter:
+            return p95
+        return p95 * math.exp(self.jitter * (self._rng.gauss(0.0, 1.0) - _Z95))
 
     def _error(self, status: int, body: bytes, retry_after: str | None = None) -> web.Response:
         headers = {"content-type": "application/json"}

@@ -434,7 +434,7 @@ class AttemptProcessor:
 
     def _slow_at(self) -> float | None:
         """While no answer has come: when this try becomes a slow call (over slow_call_factor
-        times the endpoint's baseline). Slow calls in flight move the circuit before they end,
+        times the endpoint's healthy p95). Slow calls in flight move the circuit before they end,
         which matters when a brownout makes them end only at the per-try timeout."""
         plan = self._plan
         if (

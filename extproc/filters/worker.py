@@ -30,5 +30,5 @@ class Worker(Protocol):
     def retries_allowed(self) -> bool: ...
 
     def baseline(self, key: str, stream: bool) -> float | None:
-        """What a healthy answer takes at the endpoint (TTFT for streams), if known."""
+        """The p95 of a healthy answer's latency at the endpoint (TTFT for streams), if known."""
         ...

@@ -4,10 +4,11 @@ Theory of operation. Every try the attempt filter sees becomes an observation; q
 abandonments and decided-request counts are events too. Each sidecar process keeps one Board and
 applies every event it receives — its own at once, other sidecars' through the health bus — so
 boards fed the same events agree. From the events the board keeps, per endpoint: a circuit (H1),
-a rolling window of samples for the degradation score (H2), a latency baseline and the task
-classes' usual output size, the latency-SLO state and the quota reset time (H4). `decide` asks
-`usable()` for each rung of a ladder; the answer depends on the request's impact class, so
-low-stakes traffic leaves a sick rung first and revenue-critical traffic last.
+a rolling window of samples for the degradation score (H2), a latency baseline (the p95 and
+median of its healthy answers) and the task classes' usual output size, the latency-SLO state
+and the quota reset time (H4). `decide` asks `usable()` for each rung of a ladder; the answer
+depends on the request's impact class, so low-stakes traffic leaves a sick rung first and
+revenue-critical traffic last.
 
 State moves only in the commands `observe`, `apply`, `tick` and `admit`; the queries `usable`,
 `half_open`, `baseline`, `score` and `snapshot` never change it (the runtime ticks the board
@@ -20,20 +21,26 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any
 
 from ..core import Abandoned, BusEvent, Failure, Impact, Observation, QuotaSignal, RequestsDecided
 from ..policy import HealthSettings
+from .baseline import HISTORY, Baseline, LatencyHistory
 from .budget import RetryBudget
 from .circuit import Circuit, CircuitConfig, CircuitState, Outcome, Transition
 from .score import HEALTHY, IGNORED, Running, Sample, Score, compute_score, degraded_reason
 
 _MAX_SAMPLES = 5000
-_BASELINE_ALPHA = 0.05  # slow: a baseline should describe the rung when it is well
+_TOKEN_ALPHA = 0.05  # slow: the usual output size should describe the rung when it is well
 _SCORE_TTL_S = 1.0  # scores are recomputed at most this often per endpoint (or on new samples)
 _WELL = 0.9  # error component at or above which the baseline learns
-_BASELINE_BAND = 1.2  # answers within this factor of the baseline teach it; slower ones do not
-_BASELINE_UP = 0.01  # the baseline rises slowly and falls quickly: a slide cannot drag it along
+# At most HISTORY / this many answers join a baseline per window, so at any request rate its p95
+# spans at least this many windows: a slow drift moves it slowly.
+_BASELINE_SPAN_WINDOWS = 10
+# The first answers teach at once, so there is a baseline: this many, so that its p95 is no
+# longer just their max (a max of five can sit at a healthy median and call the tail slow).
+_BASELINE_FIRST = 20
 _CLOCK_SKEW_S = 5.0  # an event stamped later than this ahead of us is another host's clock
 _TOKEN_Z_OK = 2.0
 _TOKEN_MIN_HISTORY = 20
@@ -45,7 +52,7 @@ class Endpoint:
     key: str
     circuit: Circuit
     samples: deque[Sample] = field(default_factory=lambda: deque(maxlen=_MAX_SAMPLES))
-    baselines: dict[bool, Running] = field(default_factory=dict)  # by stream (TTFT vs whole answer)
+    baselines: dict[bool, LatencyHistory] = field(default_factory=dict)  # by stream (TTFT vs whole answer)
     configured_baseline_s: float | None = None
     tokens: dict[str, Running] = field(default_factory=dict)  # by task class
     quota_until: float = 0.0
@@ -132,14 +139,22 @@ class Board:
             ep.last_trip = (obs.at, obs.failure)
         ep.samples.append(Sample(obs.at, obs.failure, obs.latency_s, obs.output_tokens, obs.task, obs.stream))
         ep.unscored += 1
+        outcome = self._outcome(ep, obs, now)  # against the baseline as it stood before this answer
+        # What may teach the baseline: an answer in time (a probe is a tiny completion: how fast
+        # it answers says little about a real answer).
+        teaching = obs.latency_s if outcome is Outcome.SUCCESS and not obs.probe else None
+        forming = self._forming(ep, obs.stream)
+        if teaching is not None and forming and self._is_well(ep, now, judge_latency=False):
+            # Taught before it is scored: the window then holds no answer the forming baseline
+            # has not seen, so an early outlier cannot raise an alarm that stops the learning.
+            ep.baselines.setdefault(obs.stream, LatencyHistory()).add(teaching, obs.at)
         self._refresh(ep, now)
-        healthy = obs.failure is None
-        if healthy and obs.latency_s is not None and self._is_well(ep, now):
-            self._learn_baseline(ep, obs.at, obs.stream, obs.latency_s)
+        if teaching is not None and not forming and self._is_well(ep, now):
+            ep.unlearned.append((obs.at, obs.stream, teaching))
         self._fold_baseline(ep, now)
-        if healthy and obs.output_tokens is not None and obs.task and not obs.probe and self._is_well(ep, now):
+        healthy = obs.failure is None and not obs.probe
+        if healthy and obs.output_tokens is not None and obs.task and self._is_well(ep, now):
             self._learn_tokens(ep, obs.task, obs.output_tokens)
-        outcome = self._outcome(ep, obs, now)
         if outcome is Outcome.SLOW:
             ep.last_trip = (obs.at, Failure.TIMEOUT)
         recorded = ep.circuit.record(now, outcome, probe=obs.probe)
@@ -211,11 +226,12 @@ class Board:
                 ep.slo_breach_since = now
         else:
             ep.slo_breach_since = None
+        if ep.unlearned and not self._is_well(ep, now):
+            # An alarm: the answers still waiting to teach the baseline may be the slide's start.
+            ep.unlearned.clear()
 
     def _compute(self, ep: Endpoint) -> Score:
-        return compute_score(
-            ep.samples, self.settings, lambda stream: self.baseline(ep, stream), lambda task: ep.tokens.get(task)
-        )
+        return compute_score(ep.samples, self.settings, partial(self.latency_baseline, ep), ep.tokens.get)
 
     def _open_if_abandoned(self, ep: Endpoint, now: float) -> list[Transition]:
         """A score below every impact class's threshold leaves no traffic on the endpoint: say
@@ -249,24 +265,22 @@ class Board:
         moved = self._tick_circuit(ep, now) + ep.circuit.force_open(now, degraded_reason(event.score))
         return [(event.key, t) for t in moved]
 
-    def _learn_baseline(self, ep: Endpoint, at: float, stream: bool, latency: float) -> None:
-        """A healthy answer teaches the baseline only once it is a window old (the first few
-        teach at once, so there is a baseline): a slide within one window — a brownout — can
-        then never drag the baseline it is judged by."""
-        running = ep.baselines.setdefault(stream, Running())
-        if running.n < self.settings.min_samples:
-            running.add(latency, _BASELINE_ALPHA)
-        else:
-            ep.unlearned.append((at, stream, latency))
+    def _forming(self, ep: Endpoint, stream: bool) -> bool:
+        """The first answers teach at once, so there is a baseline; later ones only once they are
+        a window old, so that a slide within one window — a brownout — can never drag the
+        baseline it is judged by."""
+        history = ep.baselines.get(stream)
+        return history is None or history.n < _BASELINE_FIRST
 
     def _fold_baseline(self, ep: Endpoint, now: float) -> None:
         cutoff = now - self.settings.window_s
+        gap = self.settings.window_s * _BASELINE_SPAN_WINDOWS / HISTORY
         while ep.unlearned and ep.unlearned[0][0] <= cutoff:
-            _, stream, latency = ep.unlearned.popleft()
-            running = ep.baselines.setdefault(stream, Running())
-            # Only answers close to it teach it; it rises slowly and falls fast.
-            if latency <= running.mean * _BASELINE_BAND:
-                running.add(latency, _BASELINE_UP if latency > running.mean else _BASELINE_ALPHA, by_count=False)
+            at, stream, latency = ep.unlearned.popleft()
+            history = ep.baselines.setdefault(stream, LatencyHistory())
+            # Thinned by time: a busy endpoint's history still spans many windows.
+            if at - history.joined_at >= gap:
+                history.add(latency, at)
 
     def _learn_tokens(self, ep: Endpoint, task: str, tokens: int) -> None:
         """The task's usual output size; an answer far outside it (the collapse the z-score
@@ -276,7 +290,7 @@ class Board:
             sigma = max(math.sqrt(usual.var), 1.0)
             if abs(tokens - usual.mean) > _TOKEN_Z_OK * sigma:
                 return
-        usual.add(float(tokens), _BASELINE_ALPHA)
+        usual.add(float(tokens), _TOKEN_ALPHA)
 
     def _outcome(self, ep: Endpoint, obs: Observation, now: float) -> Outcome:
         if obs.failure in IGNORED:
@@ -294,10 +308,12 @@ class Board:
             return Outcome.SLOW
         return Outcome.SUCCESS
 
-    def _is_well(self, ep: Endpoint, now: float) -> bool:
+    def _is_well(self, ep: Endpoint, now: float, *, judge_latency: bool = True) -> bool:
         """Well enough to learn what normal looks like from: a baseline learned during a
-        brownout's early, error-laden minutes would hide the slowdown that follows."""
-        return ep.circuit.state(now) is CircuitState.CLOSED and ep.scored[1].errors >= _WELL
+        brownout's early, error-laden or slow minutes would hide the slowdown that follows."""
+        score = ep.scored[1]
+        slow = judge_latency and score.latency < 1.0
+        return ep.circuit.state(now) is CircuitState.CLOSED and score.errors >= _WELL and not slow
 
     # ---- queries ---------------------------------------------------------------------------
 
@@ -335,13 +351,22 @@ class Board:
         return self.budget.retries_allowed(now)
 
     def baseline(self, ep: Endpoint, stream: bool) -> float | None:
-        """What a healthy answer takes (configured, else learned), never below the floor."""
+        """The p95 of a healthy answer's latency (configured, else learned), never below the floor."""
+        found = self.latency_baseline(ep, stream)
+        return found.p95 if found is not None else None
+
+    def latency_baseline(self, ep: Endpoint, stream: bool) -> Baseline | None:
+        """A healthy answer's p95 and median (configured, else learned), neither below the
+        floor: an endpoint answering in milliseconds is not slow because a proxy queued."""
         if ep.configured_baseline_s is not None:
-            return max(ep.configured_baseline_s, self.settings.latency_floor_s)
-        running = ep.baselines.get(stream)
-        if running is None or running.n < self.settings.min_samples:
-            return None
-        return max(running.mean, self.settings.latency_floor_s)
+            found = Baseline.configured(ep.configured_baseline_s)
+        else:
+            history = ep.baselines.get(stream)
+            if history is None or history.n < self.settings.min_samples:
+                return None
+            found = Baseline(history.p95, history.p50)
+        floor = self.settings.latency_floor_s
+        return Baseline(max(found.p95, floor), max(found.p50, floor))
 
     def score(self, ep: Endpoint, now: float) -> Score:
         """The endpoint's score over the window ending at `now`, computed afresh."""
@@ -349,8 +374,8 @@ class Board:
         return compute_score(
             (s for s in ep.samples if s.at >= cutoff),
             self.settings,
-            lambda stream: self.baseline(ep, stream),
-            lambda task: ep.tokens.get(task),
+            partial(self.latency_baseline, ep),
+            ep.tokens.get,
         )
 
     def slo_degraded(self, ep: Endpoint, now: float) -> bool:

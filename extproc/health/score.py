@@ -1,6 +1,17 @@
 """The degradation score (H2): one number 0-1 per endpoint over a rolling window, the product of
 error rate, schema conformance, latency against the endpoint's baseline, and output size against
-the task class's usual answers. Pure: samples and baselines in, a Score out."""
+the task class's usual answers. Pure: samples and baselines in, a Score out.
+
+Latency is judged like with like, two ways, and the worse one counts:
+* the tail: the window's p95 against `latency_slo_factor` x the healthy p95 (the SLO);
+* the body: the median of the recent answers (the last 1/20 of the window, at least RECENT of
+  them) against `latency_slo_factor` x the healthy median, and never below the healthy p95. The
+  window's p95 needs 5 % of a whole window to be slow, so it lags a brownout by tens of seconds;
+  the recent median moves as soon as the typical answer slows, yet a healthy endpoint cannot move
+  it by chance: over half of its recent answers would have to be slower than its own p95.
+Only answers (and timeouts, the least an answer would have taken) carry latency: a 503 that came
+back in 50 ms says nothing about how long answers take (the error rate counts it).
+"""
 
 from __future__ import annotations
 
@@ -10,12 +21,17 @@ from dataclasses import dataclass
 
 from ..core import Failure
 from ..policy import HealthSettings
+from .baseline import Baseline, nearest_rank
 
 # Failures that say nothing about the endpoint: the request's own fault or its content.
 IGNORED = frozenset({Failure.CLIENT_ERROR, Failure.SAFETY_BLOCK, Failure.CONTEXT_OVERFLOW})
 # The answer arrived but broke the contract: counted by the schema-conformance component.
 CONTRACT = frozenset({Failure.SCHEMA_ERROR, Failure.QUALITY_REGRESSION, Failure.TOOL_MISMATCH})
-LATENCY_ZERO_AT = 2.0  # the latency component reaches 0 at 2 x the SLO factor
+LATENCY_ZERO_AT = 2.0  # the latency component reaches 0 at 2 x its threshold
+RECENT = 8  # the fewest answers the body's median is taken over
+RECENT_SHARE = 1 / 20  # ...or those in this share of the window before the newest, if more
+# Failures whose latency describes how long an answer takes (a timeout: at least that long).
+TIMED = frozenset({Failure.TIMEOUT, Failure.STREAM_INTERRUPTED}) | CONTRACT
 TOKEN_Z_OK = 2.0
 TOKEN_Z_ZERO = 6.0
 TOKEN_MIN_HISTORY = 20
@@ -83,7 +99,7 @@ def degraded_reason(score: float) -> str:
 def compute_score(
     samples: Iterable[Sample],
     settings: HealthSettings,
-    baseline: Callable[[bool], float | None],
+    baseline: Callable[[bool], Baseline | None],
     usual_tokens: Callable[[str], Running | None],
 ) -> Score:
     """The score of the samples in the window (the caller drops older ones)."""
@@ -101,24 +117,37 @@ def compute_score(
 
 
 def _latency_component(
-    samples: list[Sample], settings: HealthSettings, baseline: Callable[[bool], float | None]
+    samples: list[Sample], settings: HealthSettings, baseline: Callable[[bool], Baseline | None]
 ) -> tuple[float, float | None]:
     worst = 1.0
     p95_any: float | None = None
+    factor = settings.latency_slo_factor
     for stream in (False, True):
-        lat = sorted(s.latency_s for s in samples if s.latency_s is not None and s.stream is stream)
-        if len(lat) < settings.min_samples:
+        # In arrival order: the newest last.
+        timed = [
+            (s.at, s.latency_s)
+            for s in samples
+            if s.latency_s is not None and s.stream is stream and (s.failure is None or s.failure in TIMED)
+        ]
+        if len(timed) < settings.min_samples:
             continue
-        p95 = lat[min(len(lat) - 1, math.ceil(0.95 * len(lat)) - 1)]
+        p95 = nearest_rank(sorted(latency for _, latency in timed), 0.95)
         p95_any = p95 if p95_any is None else max(p95_any, p95)
         base = baseline(stream)
-        if base is None or base <= 0:
+        if base is None or base.p95 <= 0:
             continue
-        factor = settings.latency_slo_factor
-        ratio = p95 / base
-        if ratio > factor:
-            worst = min(worst, max(0.0, 1.0 - (ratio - factor) / (factor * (LATENCY_ZERO_AT - 1))))
+        since = timed[-1][0] - settings.window_s * RECENT_SHARE
+        last = len(timed) - RECENT
+        recent = sorted(latency for i, (at, latency) in enumerate(timed) if i >= last or at >= since)
+        median = nearest_rank(recent, 0.5)
+        worst = min(worst, _over(p95, factor * base.p95), _over(median, max(base.p95, factor * base.p50)))
     return worst, p95_any
+
+
+def _over(value: float, threshold: float) -> float:
+    """1.0 up to the threshold, falling to 0 at LATENCY_ZERO_AT x it."""
+    ratio = value / threshold
+    return 1.0 if ratio <= 1 else max(0.0, 1.0 - (ratio - 1) / (LATENCY_ZERO_AT - 1))
 
 
 def _token_component(

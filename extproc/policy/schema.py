@@ -136,8 +136,9 @@ class Rung(_Frozen):
     # The rung's context window in tokens, when smaller or larger than its provider's (e.g. a
     # model with a smaller window at the same provider).
     context_window: int | None = Field(None, gt=0)
-    # Expected latency of a healthy answer (JSON: whole answer; stream: first token). Learned
-    # from healthy traffic when not set.
+    # The p95 of a healthy answer's latency (JSON: whole answer; stream: first token); its median
+    # is taken to be half of it (LLM latencies are roughly lognormal). Learned from healthy
+    # traffic when not set.
     baseline_latency_s: float | None = Field(None, gt=0, le=600)
 
     def model_for(self, requested: str) -> str:
@@ -212,9 +213,10 @@ class CircuitSettings(_Frozen):
     live_half_open: bool = False
     half_open_successes: int = Field(2, ge=1, le=100)
     probe_bound_s: float = Field(30.0, gt=0, le=3600)
-    # A call slower than this many times its endpoint's baseline counts as a failure for the
-    # rate (a brownout shows as slowness before it shows as errors). Counted while still in
-    # flight, so a brownout moves the circuit before its slow calls reach their timeout.
+    # A call slower than this many times its endpoint's baseline (the healthy p95) counts as a
+    # failure for the rate (a brownout shows as slowness before it shows as errors); at 4, a
+    # healthy call about one in a million times. Counted while still in flight, so a brownout
+    # moves the circuit before its slow calls reach their timeout.
     slow_call_factor: float = Field(4.0, gt=1, le=100)
 
 
@@ -246,10 +248,12 @@ class HealthSettings(_Frozen):
     min_samples: int = Field(5, ge=1, le=10_000)  # below this a rung's score is 1.0 (unknown)
     circuit: CircuitSettings = CircuitSettings()
     leave_below: LeaveBelow = LeaveBelow()
-    # Latencies are judged against max(baseline, latency_floor_s): an endpoint answering in
-    # milliseconds is not "4x slower" because a busy proxy added a few more.
+    # Latencies are judged against healthy latencies of at least latency_floor_s: an endpoint
+    # answering in milliseconds is not "4x slower" because a busy proxy added a few more.
     latency_floor_s: float = Field(0.5, ge=0, le=600)
-    # Latency SLO: p95 over this many times the rung's baseline is a breach...
+    # Latency SLO: a window's p95 over this many times the healthy p95 (the rung's baseline), or
+    # the recent answers' median over this many times the healthy median (and over the healthy
+    # p95), is a breach...
     latency_slo_factor: float = Field(2.0, gt=1, le=100)
     # ...and a breach that lasts this long marks the rung degraded.
     latency_slo_s: float = Field(300.0, gt=0, le=86_400)

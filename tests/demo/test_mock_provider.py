@@ -175,7 +175,17 @@ def test_constructor_and_set_mode_validate_eagerly() -> None:
         provider.set_mode("warp:9")
     with pytest.raises(ValueError, match="but was 0"):
         provider.set_mode("reset", times=0)
+    with pytest.raises(ValueError, match=r"but was -0\.1"):
+        MockProvider("p", "openai", jitter=-0.1)
     assert provider.mode == "ok"
+
+
+def test_jitter_spreads_a_timed_mode_lognormally_around_it_as_the_p95() -> None:
+    assert MockProvider("p", "openai")._spread(2.1) == 2.1
+    jittery = MockProvider("p", "openai", jitter=0.45, seed=7)
+    spread = sorted(jittery._spread(2.1) for _ in range(4000))
+    assert spread[int(0.95 * len(spread))] == pytest.approx(2.1, rel=0.05)
+    assert spread[len(spread) // 2] == pytest.approx(1.0, rel=0.05)  # p95 / median = e^(1.645 x 0.45)
 
 
 @pytest.mark.parametrize("dialect", ["openai", "anthropic"])
