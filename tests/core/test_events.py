@@ -6,7 +6,7 @@ import math
 from typing import Any
 
 import pytest
-from hypothesis import example, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from extproc.core import (
@@ -57,7 +57,7 @@ def well_typed_event(kind: str) -> st.SearchStrategy[Any]:
     return st.builds(CircuitChanged, key=keys, at=finite, source=states, target=states, reason=st.text(max_size=10))
 
 
-@settings(max_examples=200)
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.sampled_from(["obs", "quota", "abandon", "req", "circuit", "probe"]).flatmap(well_typed_event))
 def test_every_event_survives_its_encoding(event: Any) -> None:
     assert decode_event(event.encode()) == event
@@ -145,7 +145,7 @@ raw_events = st.fixed_dictionaries(
 ) | st.dictionaries(st.text(max_size=6), values, max_size=5)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(raw_events)
 @example({"v": 1, "k": "obs", "key": KEY, "at": 10**400})
 @example({"v": 1, "k": "req", "at": 10**400, "count": 1})
