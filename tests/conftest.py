@@ -7,13 +7,13 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, settings
 
+from extproc.runtime.supervisor import free_port
+from tests.stack import MockThread, Stack, envoy_errors, provider_entry, running
+
 # The suite runs on small, noisy machines (CI: 2 cores, other jobs): how fast Hypothesis draws its
 # inputs is not what any test is about, and a slow draw under load must not fail a run.
 settings.register_profile("rungway", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("rungway")
-
-from extproc.runtime.supervisor import free_port
-from tests.stack import MockThread, Stack, envoy_errors, provider_entry, running
 
 PRIMARY_KEY = "sk-primary-rung"
 SECONDARY_KEY = "sk-secondary-rung"
