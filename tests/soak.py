@@ -21,7 +21,6 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import httpx2 as httpx
@@ -84,8 +83,7 @@ class Stream:
         return not text.endswith(f" w{expected}")
 
 
-def policy(fleet: dict[str, Any], key_dir: Path) -> dict[str, Any]:
-    del key_dir
+def policy(fleet: dict[str, Any]) -> dict[str, Any]:
     return {
         "version": "soak",
         "stream_stall_s": STALL_S,
@@ -195,7 +193,7 @@ class Report:
         return "\n".join(lines)
 
 
-def run_soak(streams: int, concurrency: int, seed: int, key_dir: Path) -> Report:
+def run_soak(streams: int, concurrency: int, seed: int) -> Report:
     rng = random.Random(seed)
     plan = [(rng.choice(list(FAULTS)), rng.choice(["raw", "sdk"])) for _ in range(streams)]
     mocks = MockThread()
@@ -205,7 +203,7 @@ def run_soak(streams: int, concurrency: int, seed: int, key_dir: Path) -> Report
         }
         for mock in fleet.values():
             mock.token_interval = 0.005
-        with running(policy(fleet, key_dir), env={"RW_SOAK_KEY": "sk-soak"}, envoy_trouble_expected=True) as stack:
+        with running(policy(fleet), env={"RW_SOAK_KEY": "sk-soak"}, envoy_trouble_expected=True) as stack:
             results: list[Stream] = []
             lock = threading.Lock()
             todo = iter(plan)
@@ -247,9 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args(argv)
-    import tempfile
-
-    report = run_soak(args.streams, args.concurrency, args.seed, Path(tempfile.mkdtemp()))
+    report = run_soak(args.streams, args.concurrency, args.seed)
     print(report.summary())
     for s in report.truncated[:10]:
         print("TRUNCATED", s)

@@ -8,7 +8,6 @@ from collections.abc import Mapping
 from enum import StrEnum
 from typing import TypeVar
 
-Scalar = str | float | int | bool | None
 E = TypeVar("E", bound=StrEnum)
 
 

@@ -263,9 +263,10 @@ class AttemptProcessor:
         plan = self._started()
         self._move(Phase.REFUSED)
         self._count("failed")
-        message = {
-            Failure.TIMEOUT: "no rung answered within its time budget",
-        }.get(failure, "no rung could serve the request")
+        if failure is Failure.TIMEOUT:
+            message = "no rung answered within its time budget"
+        else:
+            message = "no rung could serve the request"
         headers = {"content-type": "application/json", **self._flags(failure)}
         return immediate(CLIENT_STATUS[failure], headers, plan.pair.error(failure, message))
 

@@ -12,7 +12,7 @@ from ..core import Capability, ContractError, Decision, Dialect, Failure, RungAd
 from ..core.names import CLUSTER_HEADER, PROBE_HEADER, RUNG_HEADER, SKIP_HEADER, endpoint_key
 from ..policy import Policy, Provider, Rung, TaskClass
 from ..policy.json_schema import untrusted
-from ..routing import Action, Position, next_step, previous_failure, prompt_tokens_estimate
+from ..routing import Action, Position, may_try, next_step, previous_failure, prompt_tokens_estimate
 from ..translate import ApiPair, api_pair
 
 # Headers that carry a provider's identity or a previous try's rewrite. Removed on every try.
@@ -94,9 +94,7 @@ class TryPlan:
         return prompt_tokens_estimate(self.decision.body_bytes)
 
     def contract_task(self, policy: Policy) -> TaskClass:
-        if self.decision.probe:
-            return PROBE_CONTRACT
-        return policy.tasks.get(self.decision.task) or policy.tasks[policy.default_task]
+        return contract_task(policy, self.decision)
 
     def record(self, failure: Failure | None = None, next_rung: int | None = None) -> TripRecord:
         """What this try leaves for the next one. A skipped slot passes on what it was given."""
@@ -177,7 +175,7 @@ def plan_try(
     now_ms = now * 1000
     previous = _previous_try_failure(policy, record, position, now_ms)
     target, final = _where_next(policy, record, position, previous)
-    skip = target is not None and target != position.rung
+    skip = not may_try(target, position)
     real_tries = (record.real_tries if record is not None else 0) + (0 if skip else 1)
     if not skip and final is None and real_tries > policy.max_attempts:
         final = previous or (record.failure if record else None) or Failure.SERVER_ERROR
@@ -187,7 +185,7 @@ def plan_try(
         # ejected them after consecutive 5xx answers.
         why = Failure.SERVER_ERROR
     may_strip = rung.strip_tools and Capability.TOOLS not in provider.capabilities
-    task = PROBE_CONTRACT if decision.probe else (policy.tasks.get(decision.task) or policy.tasks[policy.default_task])
+    task = contract_task(policy, decision)
     return TryPlan(
         decision=decision,
         position=position,
@@ -210,6 +208,13 @@ def plan_try(
         previous_failure=previous,
         final=final,
     )
+
+
+def contract_task(policy: Policy, decision: Decision) -> TaskClass:
+    """The health contract the request's answer is held to (a probe's: any sensible answer)."""
+    if decision.probe:
+        return PROBE_CONTRACT
+    return policy.tasks.get(decision.task) or policy.tasks[policy.default_task]
 
 
 def _previous_try_failure(

@@ -15,6 +15,8 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 from envoy.type.v3 import http_status_pb2
 from google.protobuf import struct_pb2, text_format
 
+from ..core.decision import Meta
+
 # xds-protos ships no type stubs: its messages are Any to mypy. Names for readers, not checks.
 ProcessingRequest: TypeAlias = Any
 ProcessingResponse: TypeAlias = Any
@@ -24,7 +26,6 @@ _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 ATTRIBUTES_KEY = "envoy.filters.http.ext_proc"
 
 Scalar = str | float | bool
-Meta = dict[str, Scalar]
 
 
 def header_map(headers: ep.HttpHeaders, wanted: frozenset[str] | None = None) -> dict[str, str]:

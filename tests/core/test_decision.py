@@ -10,15 +10,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from extproc.core import ContractError, Decision, Dialect, Failure, Impact, RungAddress, TripRecord
+from tests.builders import routed
 
-DECISION = Decision(
+DECISION = routed(  # every optional field set, values of every kind
     policy="p-1",
-    ladder="main",
     rungs=(0, 2),
     cluster="rw.main.5",
     tries=2,
-    tenant="acme",
-    task="default",
     impact=Impact.DEFERRABLE,
     dialect=Dialect.ANTHROPIC,
     model="claude-x",
@@ -27,7 +25,6 @@ DECISION = Decision(
     body_bytes=1234,
     skip=Failure.CONTEXT_OVERFLOW,
     canary=True,
-    probe=False,
     response_format="json_object",
     anthropic_version="2023-06-01",
     anthropic_beta="tools-2024",

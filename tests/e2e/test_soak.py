@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from tests.soak import run_soak
@@ -11,8 +9,8 @@ from tests.soak import run_soak
 pytestmark = pytest.mark.e2e
 
 
-def test_a_few_hundred_fault_mixed_streams_never_crash_envoy_nor_truncate_silently(tmp_path: Path) -> None:
-    report = run_soak(streams=240, concurrency=8, seed=7, key_dir=tmp_path)
+def test_a_few_hundred_fault_mixed_streams_never_crash_envoy_nor_truncate_silently() -> None:
+    report = run_soak(streams=240, concurrency=8, seed=7)
     print("\n" + report.summary())
     assert len(report.streams) == 240
     assert not report.truncated, report.truncated[:5]
