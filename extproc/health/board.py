@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
@@ -230,8 +231,10 @@ class Board:
             # An alarm: the answers still waiting to teach the baseline may be the slide's start.
             ep.unlearned.clear()
 
-    def _compute(self, ep: Endpoint) -> Score:
-        return compute_score(ep.samples, self.settings, partial(self.latency_baseline, ep), ep.tokens.get)
+    def _compute(self, ep: Endpoint, samples: Iterable[Sample] | None = None) -> Score:
+        """The score of `samples` (the endpoint's window as kept, by default)."""
+        chosen = ep.samples if samples is None else samples
+        return compute_score(chosen, self.settings, partial(self.latency_baseline, ep), ep.tokens.get)
 
     def _open_if_abandoned(self, ep: Endpoint, now: float) -> list[Transition]:
         """A score below every impact class's threshold leaves no traffic on the endpoint: say
@@ -371,12 +374,7 @@ class Board:
     def score(self, ep: Endpoint, now: float) -> Score:
         """The endpoint's score over the window ending at `now`, computed afresh."""
         cutoff = now - self.settings.window_s
-        return compute_score(
-            (s for s in ep.samples if s.at >= cutoff),
-            self.settings,
-            partial(self.latency_baseline, ep),
-            ep.tokens.get,
-        )
+        return self._compute(ep, (s for s in ep.samples if s.at >= cutoff))
 
     def slo_degraded(self, ep: Endpoint, now: float) -> bool:
         """p95 over latency_slo_factor x baseline, continuously for latency_slo_s."""

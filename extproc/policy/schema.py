@@ -397,6 +397,11 @@ class Policy(_Frozen):
             return None
         return route.tasks.get(task, route.ladder)
 
+    def context_window_of(self, ladder: str, index: int) -> int:
+        """A rung's context window: its own, else its provider's."""
+        rung = self.ladders[ladder][index]
+        return rung.context_window or self.providers[rung.provider].context_window
+
     def tier_of(self, ladder: str, index: int) -> int:
         rung = self.ladders[ladder][index]
         return rung.tier if rung.tier is not None else min(index, 3)

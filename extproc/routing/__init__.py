@@ -15,7 +15,7 @@ from .ladder import (
     prompt_tokens_estimate,
     reroute,
 )
-from .trip import Action, Position, Step, may_try, next_step, parse_retry_after, previous_failure, window
+from .trip import Action, Position, Step, may_try, next_step, parse_retry_after, previous_failure
 
 __all__ = [
     "Action",
@@ -34,5 +34,4 @@ __all__ = [
     "previous_failure",
     "prompt_tokens_estimate",
     "reroute",
-    "window",
 ]

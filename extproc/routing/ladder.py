@@ -112,7 +112,7 @@ def choose(policy: Policy, features: RequestFeatures, health: HealthView | None 
         if features.json_mode and Capability.JSON_MODE not in caps:
             dropped.append(Failure.SCHEMA_ERROR)
             continue
-        if needed > (rung.context_window or provider.context_window):
+        if needed > policy.context_window_of(ladder, i):
             dropped.append(Failure.CONTEXT_OVERFLOW)
             continue
         if Capability.TOOLS not in caps and not rung.strip_tools:

@@ -48,12 +48,6 @@ class Position:
         return [(r, s) for r in self.order for s in range(rungs[r].attempts)]
 
 
-def window(policy: Policy, ladder: str, rung: int) -> int:
-    """A rung's context window: its own, else its provider's."""
-    r = policy.ladders[ladder][rung]
-    return r.context_window or policy.providers[r.provider].context_window
-
-
 def next_step(
     policy: Policy, position: Position, failure: Failure, retry_after_s: float | None, real_tries: int
 ) -> Step:
@@ -77,14 +71,14 @@ def next_step(
         if same_again:
             return Step(Action.WAIT if failure is Failure.RATE_LIMITED else Action.SAME, position.rung)
         rule = Retry.NEXT_RUNG
-    here_window = window(policy, position.ladder, position.rung)
+    here_window = policy.context_window_of(position.ladder, position.rung)
     for k in range(here + 1, len(plan)):
         rung, slot = plan[k]
         if rung == position.rung or slot != 0:
             continue
         if k - here > envoy_left:
             break  # Envoy would run out of attempts on the way there
-        if rule is Retry.LARGER_CONTEXT and window(policy, position.ladder, rung) <= here_window:
+        if rule is Retry.LARGER_CONTEXT and policy.context_window_of(position.ladder, rung) <= here_window:
             continue
         return Step(Action.HOP, rung)
     return Step(Action.FINAL)

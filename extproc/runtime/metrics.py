@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
@@ -143,3 +143,33 @@ class BoardCollector(Collector):
         )
         retries.add_metric([], budget["retries"] / budget["allowed"] if budget["allowed"] else 0.0)
         yield from (state, score, p95, quota, retries)
+
+
+class EnvoyRestarts(Collector):
+    """How often `rungway up` had to restart Envoy, and the requests lost with it."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.lost = 0
+        self.in_flight = 0  # Envoy's downstream requests in flight, as last seen
+        self.last: dict[str, object] | None = None
+
+    def note(self, exit_reason: str, at: float) -> int:
+        lost = self.in_flight
+        self.count += 1
+        self.lost += lost
+        self.in_flight = 0
+        self.last = {"at": at, "exit": exit_reason, "requests_lost": lost}
+        return lost
+
+    def snapshot(self) -> dict[str, object]:
+        return {"restarts": self.count, "requests_lost": self.lost, "last_restart": self.last}
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        restarts = CounterMetricFamily("rungway_envoy_restarts", "Times rungway up had to restart a dead Envoy.")
+        restarts.add_metric([], float(self.count))
+        lost = CounterMetricFamily(
+            "rungway_envoy_requests_lost", "Requests in flight at Envoy when it died (as last seen, once a second)."
+        )
+        lost.add_metric([], float(self.lost))
+        yield from (restarts, lost)

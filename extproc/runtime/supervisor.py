@@ -22,7 +22,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,8 +30,6 @@ import aiohttp
 import yaml
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
-from prometheus_client.core import CounterMetricFamily
-from prometheus_client.registry import Collector
 
 from ..core import CircuitChanged, Failure, ProbeClaim
 from ..core.names import REASON
@@ -42,7 +39,7 @@ from ..health.probe import ProbeSchedule, ProbeTarget, ReplicaReports, due, rate
 from ..policy import Policy
 from ..xds.bootstrap import EnvoySettings, render
 from .bus import HealthBus, HubServer, RedisBus
-from .metrics import BoardCollector, ProbeMetrics
+from .metrics import BoardCollector, EnvoyRestarts, ProbeMetrics
 from .sidecar import HUB_ENV, PROBE_TOKEN_ENV, configured_baselines, read_bus_event
 
 log = logging.getLogger("rungway.up")
@@ -394,12 +391,9 @@ class Supervisor:
                     self._start_worker(i)
                     self._write_state()
             if self._envoy is not None and self._envoy.poll() is not None:
-                lost = self.envoy_restarts.note(self._envoy.returncode, time.time())
-                log.error(
-                    "Envoy exited (%s) with about %d request(s) in flight, now lost; restarting",
-                    _exit_reason(self._envoy.returncode),
-                    lost,
-                )
+                reason = _exit_reason(self._envoy.returncode)
+                lost = self.envoy_restarts.note(reason, time.time())
+                log.error("Envoy exited (%s) with about %d request(s) in flight, now lost; restarting", reason, lost)
                 self.options.listen = (self.options.listen[0], self.listen_port or self.options.listen[1])
                 self._start_envoy()
                 try:
@@ -407,6 +401,16 @@ class Supervisor:
                 except RuntimeError as exc:
                     log.error("%s", exc)
                 self._write_state()
+
+    async def _envoy_in_flight(self, session: aiohttp.ClientSession) -> int | None:
+        """Requests in flight at Envoy's listener (None when its admin does not say)."""
+        admin = f"http://{self.options.envoy_admin[0]}:{self.envoy_admin_port}"
+        async with session.get(f"{admin}/stats?filter=^http\\.rungway\\.downstream_rq_active$") as r:
+            text = (await r.text()).strip()
+        if not text:
+            return 0
+        _, _, value = text.rpartition(" ")
+        return int(value) if value.isdigit() else None
 
     async def _watch_envoy(self) -> None:
         """Keep the count of requests in flight at Envoy current, so that a crash can say how
@@ -416,15 +420,12 @@ class Supervisor:
                 await asyncio.sleep(1.0)
                 if not self.envoy_admin_port or self._envoy is None or self._envoy.poll() is not None:
                     continue
-                url = f"http://{self.options.envoy_admin[0]}:{self.envoy_admin_port}/stats"
                 try:
-                    async with session.get(url, params={"filter": "^http\\.rungway\\.downstream_rq_active$"}) as r:
-                        text = await r.text()
+                    active = await self._envoy_in_flight(session)
                 except (aiohttp.ClientError, TimeoutError):
                     continue
-                _, _, value = text.strip().rpartition(" ")
-                if value.isdigit():
-                    self.envoy_restarts.in_flight = int(value)
+                if active is not None:
+                    self.envoy_restarts.in_flight = active
 
     async def _drain_envoy(self, timeout: float) -> None:
         """Stop accepting new requests and let in-flight ones finish, for up to `timeout`."""
@@ -438,9 +439,7 @@ class Supervisor:
                 async with session.post(f"{admin}/drain_listeners?graceful&inboundonly"):
                     pass
                 while loop.time() < deadline:
-                    async with session.get(f"{admin}/stats?filter=^http\\.rungway\\.downstream_rq_active$") as r:
-                        text = await r.text()
-                    if text.strip().endswith(": 0") or not text.strip():
+                    if await self._envoy_in_flight(session) == 0:
                         return
                     await asyncio.sleep(0.1)
         except aiohttp.ClientError as exc:
@@ -485,36 +484,6 @@ async def run_up(options: UpOptions, stop: asyncio.Event | None = None) -> None:
         await supervisor.supervise(stop)
     finally:
         await supervisor.stop()
-
-
-class EnvoyRestarts(Collector):
-    """How often `rungway up` had to restart Envoy, and the requests lost with it."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.lost = 0
-        self.in_flight = 0  # Envoy's downstream requests in flight, as last seen
-        self.last: dict[str, object] | None = None
-
-    def note(self, returncode: int | None, at: float) -> int:
-        lost = self.in_flight
-        self.count += 1
-        self.lost += lost
-        self.in_flight = 0
-        self.last = {"at": at, "exit": _exit_reason(returncode), "requests_lost": lost}
-        return lost
-
-    def snapshot(self) -> dict[str, object]:
-        return {"restarts": self.count, "requests_lost": self.lost, "last_restart": self.last}
-
-    def collect(self) -> Iterator[CounterMetricFamily]:
-        restarts = CounterMetricFamily("rungway_envoy_restarts", "Times rungway up had to restart a dead Envoy.")
-        restarts.add_metric([], float(self.count))
-        lost = CounterMetricFamily(
-            "rungway_envoy_requests_lost", "Requests in flight at Envoy when it died (as last seen, once a second)."
-        )
-        lost.add_metric([], float(self.lost))
-        yield from (restarts, lost)
 
 
 def _exit_reason(returncode: int | None) -> str:

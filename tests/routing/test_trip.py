@@ -6,7 +6,7 @@ import pytest
 
 from extproc.core import CLIENT_STATUS, RETRY_RULE, Failure, TripRecord
 from extproc.policy import Policy
-from extproc.routing.trip import Action, Position, Step, next_step, parse_retry_after, previous_failure, window
+from extproc.routing.trip import Action, Position, Step, next_step, parse_retry_after, previous_failure
 from tests.builders import make_policy
 
 F = Failure
@@ -98,7 +98,7 @@ def test_a_rungs_own_context_window_beats_its_providers() -> None:
     )
     at = Position("t", rung=0, slot=0, order=(0, 1), attempt=1, tries=4)
     assert next_step(policy, at, F.CONTEXT_OVERFLOW, None, 1) == Step(HOP, 1)  # same provider, larger model
-    assert window(policy, "t", 1) == 128_000 and window(policy, "t", 0) == 8000
+    assert policy.context_window_of("t", 1) == 128_000 and policy.context_window_of("t", 0) == 8000
 
 
 def test_equal_window_later_is_not_larger() -> None:
