@@ -49,7 +49,7 @@ from .effects import Effect, Served, StreamEnded, Tried, Tripped, TryRefused
 from .flags import own_answer_headers
 from .request import TryPlan, UnsafeTryError, header_mutation, plan_try, request_schema, rewrite_body
 from .stream import StreamTry
-from .verdict import Next, Ruling, answer_flags, relay_failure, rule_on_answer, rule_on_failure
+from .verdict import Next, Ruling, answer_flags, rule_on_answer, rule_on_failure
 from .wire import (
     Mode,
     ProcessingRequest,
@@ -83,13 +83,23 @@ _NO_REQUEST_BODY = Mode(
 )
 # The relay's notes to this filter: never the client's to see.
 _RELAY_ONLY = (RELAY_FLAGS_HEADER,)
+
+
+def _to_client(set_headers: dict[str, str], *remove: str, body: bytes | None = None) -> Any:
+    """A mutation of the answer's headers (and body) as the client will get them: the relay's
+    notes to this filter never reach it."""
+    return common(set_headers, (*remove, *_RELAY_ONLY), body=body)
+
+
+_SKIPPED_SLOT = Mode(
+    request_header_mode=Mode.SEND,
+    request_body_mode=Mode.NONE,
+    response_header_mode=Mode.SKIP,
+    response_body_mode=Mode.NONE,
+    request_trailer_mode=Mode.SKIP,
+    response_trailer_mode=Mode.SKIP,
+)
 _HEADERS_WANTED = frozenset({":status", "content-type", "retry-after", RELAY_FLAGS_HEADER}) | QUOTA_HEADERS
-
-
-_RELAY_DETAIL = {
-    Failure.TIMEOUT: "the provider did not answer within the rung's {budget:g}s budget",
-    Failure.CONNECT_ERROR: "the connection to the provider failed",
-}
 
 
 class Phase(StrEnum):
@@ -132,7 +142,7 @@ class AttemptProcessor:
         self._request_schema: dict[str, Any] | None = None
         self._answered_at: float | None = None  # response headers arrived
         self._first_token_at: float | None = None
-        self._relay_failure: Failure | None = None  # the relay's own answer: no provider was heard
+        self._relay_flags: str | None = None  # the relay's response flags: its own answer, or "-"
         self._tools_stripped = False
         self._stream: StreamTry | None = None
         # A stream's end (see the module docstring): the provider's end seen, ours sent, and
@@ -238,7 +248,11 @@ class AttemptProcessor:
         response = with_metadata(
             request_headers_response(common(set_headers, remove)), META_TRIP, plan.record().encode()
         )
-        if (plan.skip or not plan.needs_body) and not plan.stream:
+        if plan.skip and not plan.stream:
+            # Nothing of a skipped slot needs the sidecar: the relay's answer carries its own
+            # retry mark. (A stream's duplex mode cannot be overridden: _pass_skip relays it.)
+            with_mode(response, _SKIPPED_SLOT)
+        elif not plan.needs_body and not plan.stream:
             with_mode(response, _NO_REQUEST_BODY)
         return [response]
 
@@ -317,7 +331,7 @@ class AttemptProcessor:
         headers = header_map(request.response_headers, _HEADERS_WANTED)
         self._answered_at = worker.clock.now()
         self._status = int(headers.get(":status", "0") or 0)
-        self._relay_failure = relay_failure(headers.get(RELAY_FLAGS_HEADER))
+        self._relay_flags = headers.get(RELAY_FLAGS_HEADER)
         wall = worker.clock.wall()
         self._retry_after = parse_retry_after(headers.get("retry-after"), wall)
         until = exhausted_until(headers, wall, self._policy.health.quota_floor_requests)
@@ -477,26 +491,13 @@ class AttemptProcessor:
         ruling = self._rule_on_answer(body)
         self._move(Phase.CLOSED)
         if headers_phase:  # an answer without a body: nothing to replace
-            response = response_headers_response(common(ruling.set_headers, remove=_RELAY_ONLY))
+            response = response_headers_response(_to_client(ruling.set_headers))
         else:
-            response = response_body_response(common(ruling.set_headers, _RELAY_ONLY, body=ruling.body))
+            response = response_body_response(_to_client(ruling.set_headers, body=ruling.body))
         return with_metadata(response, META_TRIP, ruling.record.encode()) if ruling.record is not None else response
 
     def _rule_on_answer(self, body: bytes) -> Ruling:
         plan = self._started()
-        if self._relay_failure is not None:
-            ruling = rule_on_failure(
-                plan,
-                self._policy,
-                self._relay_failure,
-                _RELAY_DETAIL[self._relay_failure].format(budget=plan.rung.timeout_s),
-                status=None,
-                provider_body=b"",
-                retry_after_s=None,
-                tools_stripped=self._tools_stripped,
-            )
-            self._apply(ruling)
-            return ruling
         ruling = rule_on_answer(
             plan,
             self._policy,
@@ -506,6 +507,7 @@ class AttemptProcessor:
             request_schema=self._request_schema,
             tools_stripped=self._tools_stripped,
             created=int(self._worker.clock.wall()),
+            relay_flags=self._relay_flags,
         )
         self._apply(ruling)
         return ruling
@@ -533,7 +535,7 @@ class AttemptProcessor:
                 )
             ruling = self._rule_on_answer(body)
             self._move(Phase.CLOSED)
-            headers = response_headers_response(common(ruling.set_headers, remove=_RELAY_ONLY))
+            headers = response_headers_response(_to_client(ruling.set_headers))
             if ruling.record is not None:
                 headers = with_metadata(headers, META_TRIP, ruling.record.encode())
             return [headers, *self._end(body if ruling.body is None else ruling.body)]
@@ -562,7 +564,7 @@ class AttemptProcessor:
         self._move(Phase.CLOSED)
         assert ruling.record is not None and ruling.body is not None
         headers = with_metadata(
-            response_headers_response(common(ruling.set_headers, remove=_RELAY_ONLY)), META_TRIP, ruling.record.encode()
+            response_headers_response(_to_client(ruling.set_headers)), META_TRIP, ruling.record.encode()
         )
         return [headers, *self._end(ruling.body)]
 
@@ -571,7 +573,7 @@ class AttemptProcessor:
         self._first_token_at = self._worker.clock.now()
         self._count_served()
         # The body is rewritten event by event: its length is not the provider's.
-        return response_headers_response(common(self._flags(None), remove=("content-length", *_RELAY_ONLY)))
+        return response_headers_response(_to_client(self._flags(None), "content-length"))
 
     def _finish_stream(self) -> bytes:
         """The provider's stream ended after the first token: the client's tail, and the count

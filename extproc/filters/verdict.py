@@ -39,6 +39,12 @@ class Ruling:
 _CONNECT_FLAGS = frozenset({"UF", "UC", "UR", "UH", "URX", "UO", "UPE", "DPE"})
 
 
+_RELAY_DETAIL = {
+    Failure.TIMEOUT: "the provider did not answer within the rung's {budget:g}s budget",
+    Failure.CONNECT_ERROR: "the connection to the provider failed",
+}
+
+
 def relay_failure(flags: str | None) -> Failure | None:
     """The failure the relay itself reported (its response flags), or None for a provider's answer."""
     if not flags or flags == "-":
@@ -80,8 +86,24 @@ def rule_on_answer(
     request_schema: dict[str, object] | None,
     tools_stripped: bool,
     created: int,
+    relay_flags: str | None = None,
 ) -> Ruling:
-    """A whole answer (JSON, or the held error answer of a stream request) → what happens next."""
+    """A whole answer (JSON, or the held error answer of a stream request) → what happens next.
+    `relay_flags`: when the relay answered itself (the rung's budget ran out, the provider could
+    not be reached), that is the failure, whatever its body says."""
+    relayed = relay_failure(relay_flags)
+    if relayed is not None:
+        detail = _RELAY_DETAIL[relayed].format(budget=plan.rung.timeout_s)
+        return rule_on_failure(
+            plan,
+            policy,
+            relayed,
+            detail,
+            status=None,
+            provider_body=b"",
+            retry_after_s=None,
+            tools_stripped=tools_stripped,
+        )
     contract = Contract(plan.contract_task(policy), request_schema=request_schema, json_mode=plan.json_mode)
     judged = judge_answer(plan.provider.dialect, status, body, contract)
     failure, detail = judged.failure, judged.detail
