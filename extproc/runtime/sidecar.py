@@ -53,6 +53,11 @@ log = logging.getLogger("rungway.health")
 PROBE_TOKEN_ENV = "RUNGWAY_PROBE_TOKEN"
 HUB_ENV = "RUNGWAY_HEALTH_HUB"
 _REQUEST_COUNT_EVERY_S = 0.25
+# How often the board is ticked for decide. Its queries already see circuit timers as due, and
+# observations move it at once; a tick moves only what time alone changes (scores of aging
+# windows, departures, SLO timers), which a few tens of ms cannot change in a way that matters.
+# Ticking per request would walk every endpoint on every request.
+_TICK_EVERY_S = 0.05
 
 
 def configured_baselines(policy: Policy) -> dict[str, float]:
@@ -88,6 +93,7 @@ class Sidecar:
     board: Board = field(init=False)
     _requests_unsent: int = field(default=0, init=False)
     _requests_sent_at: float = field(default=float("-inf"), init=False)
+    _ticked_at: float = field(default=float("-inf"), init=False)
 
     def __post_init__(self) -> None:
         self.board = Board(self.policy.health, configured_baselines(self.policy))
@@ -109,7 +115,9 @@ class Sidecar:
         if not self.policy.health.enabled:
             return None
         now = self.clock.wall()
-        self._announce_all(self.board.tick(now))  # time moved: timers, windows, departures
+        if now - self._ticked_at >= _TICK_EVERY_S:
+            self._ticked_at = now
+            self._announce_all(self.board.tick(now))  # time moved: timers, windows, departures
         board = self.board
 
         def view(key: str, first: bool) -> Failure | None:
