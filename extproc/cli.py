@@ -66,8 +66,8 @@ def cmd_envoy_config(args: argparse.Namespace) -> int:
         listen_port=args.listen[1],
         admin_address=args.envoy_admin[0],
         admin_port=args.envoy_admin[1],
-        extproc_ports=tuple(args.extproc_port or [50051]),
-        failure_mode_allow=not args.fail_closed,
+        extproc_sockets=tuple(args.extproc_socket or ["/run/rungway/worker-0.sock"]),
+        channel_token=_channel_token(args.channel_token_file),
         access_log_path=args.access_log,
     )
     text = yaml.safe_dump(render(policy, settings), sort_keys=False)
@@ -78,6 +78,19 @@ def cmd_envoy_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _channel_token(path: Path | None) -> str:
+    """The secret Envoy sends on every ext_proc stream: from a file (shared by envoy-config and
+    serve, e.g. a k8s secret) or $RUNGWAY_CHANNEL_TOKEN."""
+    from .runtime.sidecar import CHANNEL_TOKEN_ENV
+
+    token = path.read_text().strip() if path is not None else os.environ.get(CHANNEL_TOKEN_ENV, "")
+    if len(token) < 16:
+        raise SystemExit(
+            f"rungway: a channel token of 16+ characters is needed (--channel-token-file or ${CHANNEL_TOKEN_ENV})"
+        )
+    return token
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     _configure_logging(args.log_level)
     from .runtime.metrics import Metrics
@@ -86,8 +99,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     policy = _load(args.policy)
     assert isinstance(policy, Policy)
+    from .identity import KeyStoreError
     from .runtime.bus import bus_from_url
-    from .runtime.sidecar import HUB_ENV, PROBE_TOKEN_ENV
+    from .runtime.sidecar import CHANNEL_TOKEN_ENV, HUB_ENV, PROBE_TOKEN_ENV
+
+    if CHANNEL_TOKEN_ENV not in os.environ:
+        os.environ[CHANNEL_TOKEN_ENV] = _channel_token(args.channel_token_file)
 
     if PROBE_TOKEN_ENV not in os.environ:
         policy = _live_half_open(policy)
@@ -101,12 +118,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         for problem in exc.problems:
             print(f"  {problem}", file=sys.stderr)
         return 1
+    except KeyStoreError as exc:
+        print(f"rungway serve: {exc}", file=sys.stderr)
+        return 1
     _install_uvloop()
     # Everything loaded so far lives as long as the process: keep it out of GC passes, and
     # collect young objects less often (each request allocates many short-lived protobufs).
     gc.freeze()
     gc.set_threshold(20_000, 20, 20)
-    asyncio.run(serve(sidecar, args.address))
+    asyncio.run(serve(sidecar, args.socket))
     return 0
 
 
@@ -143,6 +163,15 @@ def cmd_up(args: argparse.Namespace) -> int:
         for problem in exc.problems:
             print(f"  {problem}", file=sys.stderr)
         return 1
+    if policy.clients.key_store is not None:
+        from .identity import KeyStoreError
+        from .runtime.keyfile import read_store
+
+        try:
+            read_store(policy.clients.key_store)
+        except KeyStoreError as exc:
+            print(f"cannot start: {exc}", file=sys.stderr)
+            return 1
     options = UpOptions(
         policy_path=args.policy,
         policy=policy,
@@ -150,7 +179,6 @@ def cmd_up(args: argparse.Namespace) -> int:
         admin=args.admin,
         envoy_admin=args.envoy_admin,
         workers=args.workers,
-        failure_mode_allow=not args.fail_closed,
         access_log=args.access_log,
         envoy_concurrency=args.envoy_concurrency,
         log_level=args.log_level,
@@ -161,6 +189,67 @@ def cmd_up(args: argparse.Namespace) -> int:
         asyncio.run(run_up(options))
     except RuntimeError as exc:
         print(f"rungway up failed: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _key_store_path(args: argparse.Namespace) -> Path:
+    if args.store is not None:
+        return Path(args.store)
+    policy = _load(args.policy)
+    assert isinstance(policy, Policy)
+    if policy.clients.key_store is None:
+        raise SystemExit(f"rungway keys: {args.policy} names no clients.key_store")
+    return policy.clients.key_store
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration(text: str) -> float:
+    """'90d', '12h', '30m' or seconds."""
+    unit = _UNITS.get(text[-1:], 0)
+    number = text[:-1] if unit else text
+    try:
+        value = float(number) * (unit or 1)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a duration like 90d, 12h or 30m, not {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError("a duration must be positive")
+    return value
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    """Client keys: issued once (printed, never stored), listed by id, revoked by id."""
+    import secrets
+    import time
+
+    from .identity import ID_BYTES, SECRET_BYTES, KeyStoreError, issue
+    from .runtime.keyfile import read_store, write_store
+
+    path = _key_store_path(args)
+    try:
+        store = read_store(path)
+        if args.keys_command == "new":
+            now = time.time()
+            expires = now + args.expires_in if args.expires_in is not None else None
+            plaintext, key = issue(
+                args.tenant, now, secrets.token_bytes(ID_BYTES + SECRET_BYTES), expires=expires, label=args.label
+            )
+            write_store(path, store.with_key(key))
+            print(plaintext)
+            print(f"key {key.id} for tenant {key.tenant} stored in {path}; the key is shown only now", file=sys.stderr)
+        elif args.keys_command == "revoke":
+            write_store(path, store.without(args.id))
+            print(f"key {args.id} revoked (running sidecars stop accepting it within a second)", file=sys.stderr)
+        else:
+            now = time.time()
+            for k in store.keys:
+                state = "expired" if k.expired(now) else "active"
+                until = time.strftime("%Y-%m-%d", time.gmtime(k.expires)) if k.expires else "-"
+                print(f"{k.id}  {k.tenant:<20} {state:<8} expires {until:<10} {k.label}")
+    except KeyStoreError as exc:
+        print(f"rungway keys: {exc}", file=sys.stderr)
         return 1
     return 0
 
@@ -258,15 +347,16 @@ def build_parser() -> argparse.ArgumentParser:
     cfg.add_argument("--policy", type=Path, required=True)
     cfg.add_argument("--listen", type=_address, default=("127.0.0.1", 10000), help="HOST:PORT for client traffic")
     cfg.add_argument("--envoy-admin", type=_address, default=("127.0.0.1", 9902))
-    cfg.add_argument("--extproc-port", type=int, action="append", help="sidecar worker port (repeat for several)")
-    cfg.add_argument("--fail-closed", action="store_true", help="answer 503 when the sidecar is down")
+    cfg.add_argument("--extproc-socket", action="append", help="a sidecar worker's Unix socket (repeat for several)")
+    cfg.add_argument("--channel-token-file", type=Path, help="the secret Envoy shows the sidecar (shared with serve)")
     cfg.add_argument("--access-log", default="/dev/stdout")
     cfg.add_argument("-o", "--output")
     cfg.set_defaults(func=cmd_envoy_config)
 
     serve = sub.add_parser("serve", help="run one sidecar worker (the ext_proc gRPC server)")
     serve.add_argument("--policy", type=Path, required=True)
-    serve.add_argument("--address", default="127.0.0.1:50051")
+    serve.add_argument("--socket", type=Path, required=True, help="the Unix socket to serve on (made 0600)")
+    serve.add_argument("--channel-token-file", type=Path, help="the secret Envoy shows (or $RUNGWAY_CHANNEL_TOKEN)")
     serve.add_argument("--log-level", default="info")
     serve.set_defaults(func=cmd_serve)
 
@@ -280,15 +370,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     up.add_argument("--envoy-admin", type=_address, default=("127.0.0.1", 0))
     up.add_argument("--workers", type=int, default=1, help="sidecar worker processes (about one per spare core)")
-    up.add_argument(
-        "--fail-closed", action="store_true", help="answer 503 when the sidecar is down (default: fail open)"
-    )
     up.add_argument("--access-log", default="/dev/stdout")
     up.add_argument("--envoy-concurrency", type=int, default=1)
     up.add_argument("--log-level", default="info")
     up.add_argument("--state-file", type=Path, help="write bound ports and pids here (JSON)")
     up.add_argument("--no-restart", action="store_true", help="do not restart a worker or Envoy that exits")
     up.set_defaults(func=cmd_up)
+
+    keys = sub.add_parser("keys", help="client keys: who may call, as which tenant")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    for name, text in (("new", "issue a key (printed once)"), ("list", "list keys"), ("revoke", "revoke a key")):
+        cmd = keys_sub.add_parser(name, help=text)
+        where = cmd.add_mutually_exclusive_group(required=True)
+        where.add_argument("--policy", type=Path, help="the policy whose clients.key_store to use")
+        where.add_argument("--store", type=Path, help="the key store file")
+        cmd.set_defaults(func=cmd_keys)
+        if name == "new":
+            cmd.add_argument("--tenant", required=True)
+            cmd.add_argument("--expires-in", type=_duration, help="e.g. 90d, 12h (default: never)")
+            cmd.add_argument("--label", default="", help="a note, e.g. who holds it")
+        elif name == "revoke":
+            cmd.add_argument("id", help="the key id (`rungway keys list`)")
 
     status = sub.add_parser("status", help="circuits, scores and budgets of a running `rungway up`, as a table")
     status.add_argument("--admin", type=_address, default=("127.0.0.1", 9901))

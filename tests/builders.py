@@ -22,6 +22,7 @@ from pydantic import SecretStr
 from extproc.core import Capability, Decision, Dialect, FakeClock, Impact
 from extproc.core.names import META_DECISION, META_REQUEST
 from extproc.filters.wire import ATTRIBUTES_KEY
+from extproc.identity import ID_BYTES, SECRET_BYTES, KeyStore, issue
 from extproc.policy import Policy, parse_policy
 from extproc.routing.ladder import RequestFeatures
 from extproc.runtime.metrics import Metrics
@@ -39,6 +40,7 @@ def policy_data(**overrides: Any) -> dict[str, Any]:
     without tools or JSON mode; ladders shaped like the end-to-end tests' (tests/conftest.py)."""
     data: dict[str, Any] = {
         "version": "unit-2026.1",
+        "clients": {"key_store": "unit-keys.json"},  # make_sidecar holds CLIENT_STORE instead
         "stream_stall_s": 15,
         "stream_finish_grace_s": 1,
         "providers": {
@@ -96,6 +98,10 @@ def make_policy(**overrides: Any) -> Policy:
 
 
 KEYS = {"primary": SecretStr(PRIMARY_KEY), "secondary": SecretStr(SECONDARY_KEY), "small": None}
+# The app's Rungway key (tenant acme), and a second tenant's.
+CLIENT_KEY, _ACME = issue("acme", 0.0, bytes(ID_BYTES + SECRET_BYTES))
+OTHER_KEY, _BLUE = issue("blue", 0.0, bytes(range(1, ID_BYTES + SECRET_BYTES + 1)))
+CLIENT_STORE = KeyStore((_ACME, _BLUE))
 
 
 def routed(**changes: Any) -> Decision:
@@ -122,7 +128,9 @@ def routed(**changes: Any) -> Decision:
 
 def make_sidecar(policy: Policy | None = None, clock: FakeClock | None = None) -> Sidecar:
     """A sidecar with its own metrics registry (never the process-wide default)."""
-    return Sidecar(policy or make_policy(), dict(KEYS), Metrics(CollectorRegistry()), clock or FakeClock())
+    sidecar = Sidecar(policy or make_policy(), dict(KEYS), Metrics(CollectorRegistry()), clock or FakeClock())
+    sidecar.key_store = CLIENT_STORE
+    return sidecar
 
 
 def sample(sidecar: Sidecar, name: str, **labels: str) -> float:
@@ -173,6 +181,7 @@ def policies(draw: st.DrawFn, max_rungs: int = 4, max_ladders: int = 3) -> Polic
     return parse_policy(
         {
             "version": "hypothesis",
+            "clients": {"key_store": "unit-keys.json"},
             "max_attempts": draw(st.integers(1, 10)),
             "providers": providers,
             "tasks": {"default": {}, "batch": {}},

@@ -26,7 +26,7 @@ from typing import Any
 import httpx2 as httpx
 import openai
 
-from tests.stack import APP_KEY, MockThread, Stack, provider_entry, running
+from tests.stack import MockThread, Stack, provider_entry, running
 
 STALL_S = 0.6
 TOTAL = 30  # words in a fault mode's answer
@@ -102,7 +102,7 @@ def policy(fleet: dict[str, Any]) -> dict[str, Any]:
 
 def raw_stream(stack: Stack, fault: str) -> Stream:
     out = Stream(fault, "raw")
-    headers = {"authorization": f"Bearer {APP_KEY}", "x-mock-mode-primary": FAULTS[fault]}
+    headers = {"authorization": f"Bearer {stack.app_key}", "x-mock-mode-primary": FAULTS[fault]}
     buf = b""
     try:
         with (
@@ -141,7 +141,7 @@ def raw_stream(stack: Stack, fault: str) -> Stream:
 
 def sdk_stream(stack: Stack, fault: str) -> Stream:
     out = Stream(fault, "sdk")
-    client = openai.OpenAI(base_url=stack.base_url + "/v1", api_key=APP_KEY, max_retries=0, timeout=30)
+    client = openai.OpenAI(base_url=stack.base_url + "/v1", api_key=stack.app_key, max_retries=0, timeout=30)
     try:
         stream = client.chat.completions.create(
             model="gpt-4o",

@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import re
+import secrets
 import signal
 import socket
 import subprocess
@@ -25,12 +26,15 @@ import openai
 import yaml
 
 from extproc.demo.mock_provider import MockProvider, RecordedRequest
+from extproc.identity import ID_BYTES, SECRET_BYTES, issue
+from extproc.runtime.keyfile import read_store, write_store
 
 REPO = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
+OpenAIClient = openai.OpenAI
+AnthropicClient = anthropic.Anthropic
 # What Envoy (or `rungway up` about Envoy) logs when it crashed or hit an internal bug check.
 ENVOY_TROUBLE = re.compile(r"Caught [A-Z][a-z]+|envoy bug|Pure virtual|libc\+\+abi|assert failure|Envoy exited")
-APP_KEY = "sk-app-own-key"
 
 
 class MockThread:
@@ -67,7 +71,6 @@ class Stack:
         policy: dict[str, Any],
         *,
         workers: int = 1,
-        fail_closed: bool = False,
         restart: bool = True,
         env: dict[str, str] | None = None,
         envoy_trouble_expected: bool = False,
@@ -75,6 +78,13 @@ class Stack:
         self.envoy_trouble_expected = envoy_trouble_expected
         self._trouble_offset = 0
         self.dir = Path(tempfile.mkdtemp(prefix="rungway-test-"))
+        # Every caller is authenticated: unless the policy says otherwise, a key store here
+        # and a key for the tenant "app", which the SDK clients below use.
+        if "clients" not in policy:
+            policy = {**policy, "clients": {"key_store": str(self.dir / "keys.json")}}
+        store = policy["clients"].get("key_store")
+        self.key_store = Path(store) if store else None
+        self.app_key = self.issue_key("app") if self.key_store else ""
         self.policy_path = self.dir / "policy.yaml"
         self.policy_path.write_text(yaml.safe_dump(policy, sort_keys=False))
         self.access_log = self.dir / "access.log"
@@ -90,8 +100,6 @@ class Stack:
             "--state-file", str(self.state_path),
             "--log-level", "warning",
         ]  # fmt: skip
-        if fail_closed:
-            cmd.append("--fail-closed")
         if not restart:
             cmd.append("--no-restart")
         self.process = subprocess.Popen(
@@ -173,19 +181,45 @@ class Stack:
     def openai(self) -> openai.OpenAI:
         """The official OpenAI SDK pointed at Envoy, as an unchanged app would be."""
         if self._openai is None:
-            self._openai = openai.OpenAI(base_url=self.base_url + "/v1", api_key=APP_KEY, max_retries=0, timeout=30)
+            self._openai = self.openai_as(self.app_key)
         return self._openai
 
     def anthropic(self) -> anthropic.Anthropic:
         if self._anthropic is None:
-            self._anthropic = anthropic.Anthropic(base_url=self.base_url, api_key=APP_KEY, max_retries=0, timeout=30)
+            self._anthropic = self.anthropic_as(self.app_key)
         return self._anthropic
 
+    def openai_as(self, key: str) -> OpenAIClient:
+        return openai.OpenAI(base_url=self.base_url + "/v1", api_key=key, max_retries=0, timeout=30)
+
+    def anthropic_as(self, key: str) -> AnthropicClient:
+        return anthropic.Anthropic(base_url=self.base_url, api_key=key, max_retries=0, timeout=30)
+
+    def issue_key(self, tenant: str, *, expires: float | None = None) -> str:
+        """A new client key for `tenant`, written to the stack's key store (as `rungway keys new`)."""
+        assert self.key_store is not None
+        now = time.time()
+        plaintext, key = issue(tenant, now, secrets.token_bytes(ID_BYTES + SECRET_BYTES), expires=expires)
+        write_store(self.key_store, read_store(self.key_store).with_key(key))
+        return plaintext
+
     def post(
-        self, path: str, body: bytes | str | dict[str, Any], headers: dict[str, str] | None = None
+        self,
+        path: str,
+        body: bytes | str | dict[str, Any],
+        headers: dict[str, str] | None = None,
+        *,
+        key: str | None = None,
     ) -> httpx.Response:
+        """POST as the app (its key, in the header the path's SDK uses), or with `key` ("" for none)."""
         data = json.dumps(body).encode() if isinstance(body, dict) else body
-        hdrs = {"content-type": "application/json", **(headers or {})}
+        key = self.app_key if key is None else key
+        auth = (
+            ({"x-api-key": key} if path.startswith("/v1/messages") else {"authorization": f"Bearer {key}"})
+            if key
+            else {}
+        )
+        hdrs = {"content-type": "application/json", **auth, **(headers or {})}
         with httpx.Client(timeout=30) as client:
             return client.post(self.base_url + path, content=data, headers=hdrs)
 

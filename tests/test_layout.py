@@ -13,10 +13,11 @@ PACKAGE = Path(__file__).resolve().parent.parent / "extproc"
 ALLOWED: dict[str, set[str]] = {
     "core": set(),
     "policy": {"core"},
+    "identity": {"core"},
     "translate": {"core"},
     "routing": {"core", "policy"},
     "health": {"core", "policy", "translate"},
-    "filters": {"core", "policy", "routing", "health", "translate"},
+    "filters": {"core", "policy", "identity", "routing", "health", "translate"},
     "xds": {"core", "policy", "routing"},
 }
 TOP_LEVEL = {"__init__.py", "cli.py", "__main__.py"}

@@ -6,7 +6,7 @@ Imports nothing else of ours (a test enforces it), so any room may import it.
 """
 
 from .clock import Clock, FakeClock, SystemClock
-from .decision import Decision, Refused, RungAddress, TripRecord
+from .decision import Decision, PassedThrough, Refused, RungAddress, TripRecord
 from .dialect import Capability, Dialect
 from .events import (
     Abandoned,
@@ -37,6 +37,7 @@ __all__ = [
     "FakeClock",
     "Impact",
     "Observation",
+    "PassedThrough",
     "ProbeClaim",
     "QuotaSignal",
     "Refused",

@@ -130,6 +130,17 @@ class Refused:
 
 
 @dataclass(frozen=True, slots=True)
+class PassedThrough:
+    """decide sent an authenticated request for another API path straight to one provider."""
+
+    tenant: str
+    provider: str
+
+    def encode(self) -> Meta:
+        return {"v": DECISION_VERSION, "passthrough": True, "tenant": self.tenant, "provider": self.provider}
+
+
+@dataclass(frozen=True, slots=True)
 class RungAddress:
     """Which rung (and which of its slots) an endpoint is: endpoint metadata of a rung cluster."""
 

@@ -24,6 +24,8 @@ class Failure(StrEnum):
     ACCESS_DENIED = "access_denied"
     CLIENT_ERROR = "client_error"
     STREAM_INTERRUPTED = "stream_interrupted"
+    # The caller holds no credential Rungway knows: answered before any provider is called.
+    UNAUTHENTICATED = "unauthenticated"
 
 
 class Retry(StrEnum):
@@ -60,6 +62,7 @@ RETRY_RULE: dict[Failure, Retry] = {
     Failure.ACCESS_DENIED: Retry.NEXT_RUNG,
     Failure.CLIENT_ERROR: Retry.STOP,
     Failure.STREAM_INTERRUPTED: Retry.STOP,
+    Failure.UNAUTHENTICATED: Retry.STOP,
 }
 
 # The HTTP status a client sees when Rungway itself reports a failure of this class.
@@ -77,4 +80,5 @@ CLIENT_STATUS: dict[Failure, int] = {
     Failure.ACCESS_DENIED: 502,
     Failure.CLIENT_ERROR: 400,
     Failure.STREAM_INTERRUPTED: 502,
+    Failure.UNAUTHENTICATED: 401,
 }

@@ -37,6 +37,15 @@ CLUSTER_HEADER = "x-rungway-cluster"
 PROBE_HEADER = "x-rungway-probe"
 # gRPC initial metadata that tells the sidecar which filter a stream serves.
 FILTER_ROLE_KEY = "x-rungway-filter"
+# gRPC initial metadata carrying the secret Envoy and the sidecar share: a stream without it is
+# refused before it can ask for a key.
+CHANNEL_TOKEN_KEY = "x-rungway-channel"
+# The ext_proc request attribute with the downstream peer's address (trusted_header auth).
+PEER_ATTRIBUTE = "source.address"
+# The tenant label of a request refused before anyone was identified (a bounded label), and of
+# `rungway up`'s synthetic probes.
+UNAUTHENTICATED_TENANT = "-"
+PROBE_TENANT = "-probe"
 
 # Client-visible flags on every answer (A2).
 SERVED_BY = "x-rungway-served-by"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import secrets
 from dataclasses import replace
 
-from ..core import CLIENT_STATUS, Decision, Dialect, Failure, Impact, Refused
+from ..core import CLIENT_STATUS, Decision, Dialect, Failure, Impact, PassedThrough, Refused
 from ..core.names import (
     ANTHROPIC_MESSAGES_PATH,
     CLUSTER_HEADER,
@@ -18,21 +18,26 @@ from ..core.names import (
     META_DECISION,
     META_REQUEST,
     MISSING,
+    OPENAI_CHAT_PATH,
+    PEER_ATTRIBUTE,
     PROBE_HEADER,
+    PROBE_TENANT,
+    UNAUTHENTICATED_TENANT,
     cluster_name,
+    direct_cluster,
     endpoint_key,
 )
+from ..identity import Identity, Unknown
 from ..routing.ladder import NeedBody, Refusal, RequestFeatures, Route, choose, reroute
-from ..translate import (
-    load_json,
-    render_error,
-)
-from .effects import Decided, Effect, HalfOpenAdmitted, RequestCounted
+from ..translate import api_pair, load_json, render_error
+from .caller import foreign_headers, identify
+from .effects import Decided, Effect, HalfOpenAdmitted, RequestCounted, Unauthenticated
 from .flags import own_answer_headers
 from .wire import (
     Mode,
     ProcessingRequest,
     ProcessingResponse,
+    attributes,
     common,
     header_map,
     immediate,
@@ -65,6 +70,8 @@ class DecideProcessor:
         self._include_usage = False
         self._response_format = ""
         self._anthropic: dict[str, str] = {}
+        self._identity: Identity | None = None
+        self._scrub: list[str] = []
 
     def dispatch(self, request: ProcessingRequest) -> list[ProcessingResponse]:
         kind = request.WhichOneof("request")
@@ -92,21 +99,27 @@ class DecideProcessor:
 
     def request_headers(self, request: ProcessingRequest) -> ProcessingResponse:
         policy = self._policy
-        wanted = frozenset(
-            {
-                ":path",
-                "content-length",
-                "anthropic-version",
-                "anthropic-beta",
-                policy.tenant_header,
-                policy.task_header,
-                policy.impact_header,
-                PROBE_HEADER,
-            }
-        )
-        headers = header_map(request.request_headers, wanted)
+        worker = self._worker
+        headers = header_map(request.request_headers)
         path = headers.get(":path", "").split("?", 1)[0]
         self._dialect = Dialect.ANTHROPIC if path == ANTHROPIC_MESSAGES_PATH else Dialect.OPENAI
+        peer = str(attributes(request).get(PEER_ATTRIBUTE, ""))
+        probe = headers.get(PROBE_HEADER)
+        if probe is not None:
+            # `rungway up`'s synthetic probe: its token is its credential.
+            token = probe.partition(" ")[0].encode()
+            # Bytes: compare_digest refuses non-ASCII text, and the header is the client's to choose.
+            genuine = secrets.compare_digest(token, worker.probe_token.encode())
+            who = Identity(PROBE_TENANT, "", self._dialect) if genuine else Unknown.UNKNOWN
+        else:
+            who = identify(policy, worker.key_store, headers, peer, worker.clock.wall())
+        if isinstance(who, Unknown):
+            self._effects.append(Unauthenticated(who.name.lower()))
+            return self._refuse(Failure.UNAUTHENTICATED, who.value, "unauthenticated")
+        self._identity = who
+        self._scrub = foreign_headers(headers, policy)
+        if path not in (OPENAI_CHAT_PATH, ANTHROPIC_MESSAGES_PATH):
+            return self._pass_through(headers)
         fields = namespace(request, META_REQUEST)
         model = fields.get("model")
         if model == INVALID:
@@ -127,7 +140,7 @@ class DecideProcessor:
             json_mode=fields.get("response_format") in ("json_object", "json_schema"),
             max_tokens=int(max_tokens) if isinstance(max_tokens, float) else None,
             body_bytes=int(length) if length and length.isdigit() else None,
-            tenant=headers.get(policy.tenant_header) or policy.default_tenant,
+            tenant=who.tenant,
             task=task,
             impact=_IMPACTS.get(headers.get(policy.impact_header, ""), policy.default_impact),
         )
@@ -136,7 +149,6 @@ class DecideProcessor:
         # (the attempt filter scrubs provider headers on every try).
         self._anthropic = {name: headers[name] for name in ("anthropic-version", "anthropic-beta") if name in headers}
         self._response_format = str(fields.get("response_format", ""))
-        probe = headers.get(PROBE_HEADER)
         if probe is not None:
             return self._answer(self._probe_route(probe), body_phase=False)
         result = self._route()
@@ -191,13 +203,10 @@ class DecideProcessor:
         return endpoint_key(first.provider, first.model_for(self._features.model))
 
     def _probe_route(self, header: str) -> Route | Refusal:
-        """`token ladder rung`: a synthetic probe of one rung, only with `rungway up`'s token."""
-        token, _, rest = header.partition(" ")
-        ladder, _, index = rest.partition(" ")
+        """`token ladder rung`: a synthetic probe of one rung (its token was checked already)."""
+        ladder, _, index = header.partition(" ")[2].partition(" ")
         rungs = self._policy.ladders.get(ladder)
-        # Bytes: compare_digest refuses non-ASCII text, and the header is the client's to choose.
-        genuine = secrets.compare_digest(token.encode(), self._worker.probe_token.encode())
-        if not genuine or rungs is None or not index.isascii() or not index.isdigit():
+        if rungs is None or not index.isascii() or not index.isdigit():
             return Refusal(Failure.CLIENT_ERROR, "invalid probe")
         i = int(index)
         if i >= len(rungs):
@@ -223,7 +232,8 @@ class DecideProcessor:
             {
                 CLUSTER_HEADER: result.cluster,
                 "x-envoy-max-retries": str(result.tries - 1),
-            }
+            },
+            remove=self._scrub,
         )
         response = request_body_response(c) if body_phase else request_headers_response(c)
         anthropic = self._anthropic if f.dialect is Dialect.ANTHROPIC else {}
@@ -250,10 +260,37 @@ class DecideProcessor:
         )
         return with_metadata(response, META_DECISION, decision.encode())
 
+    def _pass_through(self, headers: dict[str, str]) -> ProcessingResponse:
+        """Another path of a provider's API (model lists, token counting): untranslated, to the
+        provider of the dialect the caller's key came in, with that provider's key only."""
+        who = self._identity
+        assert who is not None
+        policy = self._policy
+        self._dialect = who.dialect
+        name = policy.passthrough_provider(who.dialect)
+        if name is None:
+            message = f"no {who.dialect.value} provider is configured for {headers.get(':path', '')!r}"
+            return self._refuse(Failure.CLIENT_ERROR, message, "refused")
+        provider = policy.providers[name]
+        pair = api_pair(who.dialect, provider.dialect)
+        set_headers = {
+            CLUSTER_HEADER: direct_cluster(name),
+            ":path": provider.path_prefix.removesuffix("/v1") + headers.get(":path", "/"),
+            **pair.auth_headers(
+                self._worker.key_for(name),
+                anthropic_version=headers.get("anthropic-version"),
+                anthropic_beta=headers.get("anthropic-beta"),
+            ),
+            **{k.lower(): v for k, v in provider.headers.items()},
+        }
+        self._effects.append(Decided(who.tenant, policy.default_task, "", "passthrough"))
+        c = common(set_headers, remove=[n for n in self._scrub if n not in set_headers])
+        return with_metadata(request_headers_response(c), META_DECISION, PassedThrough(who.tenant, name).encode())
+
     def _refuse(self, failure: Failure, message: str, outcome: str, ladder: str = "") -> ProcessingResponse:
         policy = self._policy
         f = self._features
-        tenant = f.tenant if f else policy.default_tenant
+        tenant = f.tenant if f else (self._identity.tenant if self._identity else UNAUTHENTICATED_TENANT)
         task = f.task if f else policy.default_task
         self._effects.append(Decided(tenant, task, ladder, outcome))
         headers = own_answer_headers(failure, policy.version)

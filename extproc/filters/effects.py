@@ -22,6 +22,13 @@ class Decided:
 
 
 @dataclass(frozen=True, slots=True)
+class Unauthenticated:
+    """decide refused a caller it could not identify (the reason is an Unknown's name)."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class RequestCounted:
     """One more decided request, for the fleet's retry budget."""
 
@@ -83,6 +90,7 @@ class TryRefused:
 
 Effect = (
     Decided
+    | Unauthenticated
     | RequestCounted
     | HalfOpenAdmitted
     | Tried

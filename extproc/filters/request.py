@@ -275,7 +275,7 @@ def scrub_list(policy: Policy) -> tuple[str, ...]:
     if cached is not None and cached[0] is policy:
         return cached[1]
     extra = {name.lower() for p in policy.providers.values() for name in p.headers}
-    own = (policy.tenant_header, policy.task_header, policy.impact_header)
+    own = (policy.clients.tenant_header, policy.task_header, policy.impact_header)
     names = _SCRUB + tuple(sorted(extra - set(_SCRUB))) + own
     if len(_SCRUB_BY_POLICY) > 16:
         _SCRUB_BY_POLICY.clear()

@@ -7,6 +7,7 @@ import random
 from typing import Protocol
 
 from ..core import Clock, Impact
+from ..identity import KeyStore
 from ..policy import Policy
 from ..routing import HealthView
 
@@ -16,6 +17,8 @@ class Worker(Protocol):
     clock: Clock
     rng: random.Random
     probe_token: str
+    # The client keys in force (replaced whole when the store file changes, never edited).
+    key_store: KeyStore
 
     def key_for(self, provider: str) -> str | None:
         """The provider's API key, or None when it needs none."""

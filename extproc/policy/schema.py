@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import fnmatch
 import os
+from ipaddress import IPv4Network, IPv6Network, ip_address
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -65,6 +66,41 @@ class Credential(_Frozen):
 
 class CredentialError(Exception):
     pass
+
+
+class Clients(_Frozen):
+    """Who may spend the providers' keys. Every request is authenticated; the tenant is who
+    holds the credential, never what a header claims."""
+
+    # keys: each request carries a Rungway-issued key (`rungway keys new`) from key_store.
+    # trusted_header: an authenticating mesh in front of Rungway names the tenant in
+    # tenant_header, and only requests from trusted_peers' addresses are served at all.
+    auth: Literal["keys", "trusted_header"] = "keys"
+    key_store: Path | None = None
+    trusted_peers: tuple[IPv4Network | IPv6Network, ...] = ()
+    tenant_header: str = "x-rungway-tenant"
+
+    @field_validator("tenant_header")
+    @classmethod
+    def _lower_header(cls, value: str) -> str:
+        return _header_name(value)
+
+    @model_validator(mode="after")
+    def _mode_complete(self) -> Clients:
+        if self.auth == "keys" and self.key_store is None:
+            raise ValueError("auth 'keys' needs key_store: the file `rungway keys new` writes")
+        if self.auth == "trusted_header" and not self.trusted_peers:
+            raise ValueError("auth 'trusted_header' needs trusted_peers: the addresses of the mesh proxies")
+        return self
+
+    def trusts(self, peer: str) -> bool:
+        """Whether a peer address ('ip:port', '[v6]:port' or a bare ip) is a trusted proxy."""
+        host = peer.rsplit(":", 1)[0] if peer.count(":") == 1 or peer.startswith("[") else peer
+        try:
+            address = ip_address(host.strip("[]"))
+        except ValueError:
+            return False
+        return any(address in network for network in self.trusted_peers)
 
 
 class Cost(_Frozen):
@@ -286,8 +322,9 @@ class HealthSettings(_Frozen):
         return value
 
 
-class FailOpen(_Frozen):
-    """Where a request goes untranslated when the sidecar is down and failure_mode_allow is on."""
+class Passthrough(_Frozen):
+    """Where an authenticated request for another path (a model list, token counting) goes,
+    untranslated, by the dialect of the header its key came in: never the other dialect's."""
 
     openai: str | None = None
     anthropic: str | None = None
@@ -298,10 +335,9 @@ Ladder = Annotated[list[Rung], Field(min_length=1, max_length=MAX_LADDER_LENGTH)
 
 class Policy(_Frozen):
     version: str = Field(min_length=1)
-    tenant_header: str = "x-rungway-tenant"
+    clients: Clients
     task_header: str = "x-rungway-task"
     impact_header: str = "x-rungway-impact"
-    default_tenant: str = "default"
     default_task: str = "default"
     default_impact: Impact = Impact.CUSTOMER_FACING
     # Tries that reach a provider, per request (skipped slots are free): room for the same rung
@@ -327,17 +363,15 @@ class Policy(_Frozen):
     tasks: dict[str, TaskClass] = Field(default_factory=lambda: {"default": TaskClass()})
     ladders: dict[str, Ladder] = Field(min_length=1)
     models: list[ModelRoute] = Field(min_length=1)
-    fail_open: FailOpen = FailOpen()
+    passthrough: Passthrough = Passthrough()
     # None turns Envoy's ejection off (Rungway's own circuits still apply).
     envoy_ejection: Ejection | None = Ejection()
     health: HealthSettings = HealthSettings()
 
-    @field_validator("tenant_header", "task_header", "impact_header")
+    @field_validator("task_header", "impact_header")
     @classmethod
     def _lower_header(cls, value: str) -> str:
-        if not value or value != value.lower() or not all(c.isalnum() or c == "-" for c in value):
-            raise ValueError(f"header names must be lower-case tokens, but was {value!r}")
-        return value
+        return _header_name(value)
 
     @field_validator("ladders")
     @classmethod
@@ -370,13 +404,13 @@ class Policy(_Frozen):
                 elif ladder not in self.ladders:
                     problems.append(f"models.{i}.tasks.{task}: {ladder!r} is not a ladder")
         for dialect in ("openai", "anthropic"):
-            name = getattr(self.fail_open, dialect)
+            name = getattr(self.passthrough, dialect)
             if name is None:
                 continue
             if name not in self.providers:
-                problems.append(f"fail_open.{dialect}: {name!r} is not a provider")
+                problems.append(f"passthrough.{dialect}: {name!r} is not a provider")
             elif self.providers[name].dialect.wire.value != dialect:
-                problems.append(f"fail_open.{dialect}: {name!r} does not speak {dialect}")
+                problems.append(f"passthrough.{dialect}: {name!r} does not speak {dialect}")
         if problems:
             raise ValueError(PROBLEM_MARK + PROBLEM_MARK.join(problems))
         return self
@@ -406,9 +440,9 @@ class Policy(_Frozen):
         rung = self.ladders[ladder][index]
         return rung.tier if rung.tier is not None else min(index, 3)
 
-    def fail_open_provider(self, dialect: Dialect) -> str | None:
-        """The client dialect's primary: explicit, else the first tier-0 rung speaking it."""
-        explicit = getattr(self.fail_open, dialect.wire.value)
+    def passthrough_provider(self, dialect: Dialect) -> str | None:
+        """The dialect's primary: explicit, else the first tier-0 rung speaking it."""
+        explicit = getattr(self.passthrough, dialect.wire.value)
         if explicit is not None:
             return str(explicit)
         for route in self.models:
@@ -420,3 +454,9 @@ class Policy(_Frozen):
             if provider.dialect.wire is dialect.wire:
                 return name
         return None
+
+
+def _header_name(value: str) -> str:
+    if not value or value != value.lower() or not all(c.isalnum() or c == "-" for c in value):
+        raise ValueError(f"header names must be lower-case tokens, but was {value!r}")
+    return value

@@ -72,6 +72,22 @@ class Metrics:
             "Health-bus events dropped as malformed or foreign.",
             **kw,  # type: ignore[arg-type]
         )
+        self.unauthenticated = Counter(
+            "rungway_unauthenticated_total",
+            "Requests refused with 401 before any provider was called, by reason.",
+            ["reason"],
+            **kw,  # type: ignore[arg-type]
+        )
+        self.channel_refused = Counter(
+            "rungway_channel_refused_total",
+            "ext_proc streams refused for not carrying Envoy's channel token.",
+            **kw,  # type: ignore[arg-type]
+        )
+        self.key_store_reloads = Counter(
+            "rungway_key_store_reloads_total",
+            "Times a changed client key store was taken without a restart.",
+            **kw,  # type: ignore[arg-type]
+        )
         self.sidecar_errors = Counter(
             "rungway_sidecar_errors_total",
             "Exceptions inside the sidecar that were answered with an error instead of a crash.",

@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import secrets
 import signal
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any, Protocol
 
 import grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as epg
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from ..core.names import FILTER_ROLE_KEY
+from ..core.names import CHANNEL_TOKEN_KEY, FILTER_ROLE_KEY
 from ..filters.attempt import AttemptProcessor
 from ..filters.decide import DecideProcessor
 from ..filters.effects import Effect
@@ -48,10 +51,17 @@ class ExternalProcessor(epg.ExternalProcessorServicer):  # type: ignore[misc]
     async def Process(  # noqa: N802 - the gRPC method name
         self, request_iterator: AsyncIterator[ProcessingRequest], context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[ProcessingResponse]:
-        role = ""
+        role, token = "", b""
         for key, value in context.invocation_metadata() or ():
             if key == FILTER_ROLE_KEY:
                 role = value if isinstance(value, str) else value.decode()
+            elif key == CHANNEL_TOKEN_KEY:
+                token = value.encode() if isinstance(value, str) else value
+        if not secrets.compare_digest(token, self._sidecar.channel_token.encode()):
+            # Not our Envoy: nothing it sends is read, so it can learn no key.
+            self._sidecar.metrics.channel_refused.inc()
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "unknown caller")
+            return
         factory = _PROCESSORS.get(role)
         if factory is None:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unknown {FILTER_ROLE_KEY}: {role!r}")
@@ -115,7 +125,7 @@ class ExternalProcessor(epg.ExternalProcessorServicer):  # type: ignore[misc]
 
 async def serve(
     sidecar: Sidecar,
-    address: str,
+    socket_path: Path,
     *,
     grace_s: float = 5.0,
     ready: asyncio.Event | None = None,
@@ -134,12 +144,15 @@ async def serve(
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     await sidecar.bus.start()
-    port = server.add_insecure_port(address)
-    if port == 0:
-        raise OSError(f"cannot bind the gRPC server to {address}")
+    # A Unix socket, never a TCP port: in a 0700 directory and itself 0600, so only the
+    # sidecar's user (Envoy runs as it) can connect at all.
+    socket_path.unlink(missing_ok=True)
+    if server.add_insecure_port(f"unix:{socket_path}") == 0:
+        raise OSError(f"cannot bind the gRPC server to {socket_path}")
     await server.start()
+    os.chmod(socket_path, 0o600)
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-    log.info("ext_proc server listening on %s", address)
+    log.info("ext_proc server listening on %s", socket_path)
     if stop is None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

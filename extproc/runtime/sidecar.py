@@ -38,12 +38,15 @@ from ..filters.effects import (
     Tried,
     Tripped,
     TryRefused,
+    Unauthenticated,
 )
 from ..health.board import Board
 from ..health.circuit import Transition
+from ..identity import KeyStore
 from ..policy import REQUESTED_MODEL, Policy, resolve_credentials
 from ..routing import HealthView
 from .bus import HealthBus, InProcessBus
+from .keyfile import KeyFile
 from .metrics import Metrics
 
 log = logging.getLogger("rungway.health")
@@ -52,6 +55,8 @@ log = logging.getLogger("rungway.health")
 # and the pod-local health hub's Unix socket.
 PROBE_TOKEN_ENV = "RUNGWAY_PROBE_TOKEN"
 HUB_ENV = "RUNGWAY_HEALTH_HUB"
+# The secret Envoy sends on every ext_proc stream (EnvoySettings.channel_token).
+CHANNEL_TOKEN_ENV = "RUNGWAY_CHANNEL_TOKEN"
 _REQUEST_COUNT_EVERY_S = 0.25
 # How often the board is ticked for decide. Its queries already see circuit timers as due, and
 # observations move it at once; a tick moves only what time alone changes (scores of aging
@@ -89,7 +94,10 @@ class Sidecar:
     clock: Clock = field(default_factory=SystemClock)
     bus: HealthBus = field(default_factory=InProcessBus)
     probe_token: str = field(default_factory=lambda: os.environ.get(PROBE_TOKEN_ENV) or secrets.token_hex(16))
+    channel_token: str = field(default_factory=lambda: os.environ.get(CHANNEL_TOKEN_ENV) or secrets.token_hex(16))
     rng: random.Random = field(default_factory=random.Random)
+    key_file: KeyFile | None = None
+    key_store: KeyStore = field(init=False)
     board: Board = field(init=False)
     _requests_unsent: int = field(default=0, init=False)
     _requests_sent_at: float = field(default=float("-inf"), init=False)
@@ -98,12 +106,28 @@ class Sidecar:
     def __post_init__(self) -> None:
         self.board = Board(self.policy.health, configured_baselines(self.policy))
         self.bus.subscribe(self._on_event)
+        self.key_store = self.key_file.store if self.key_file is not None else KeyStore()
 
     @classmethod
     def start(
         cls, policy: Policy, metrics: Metrics, clock: Clock | None = None, bus: HealthBus | None = None
     ) -> Sidecar:
-        return cls(policy, resolve_credentials(policy), metrics, clock or SystemClock(), bus or InProcessBus())
+        """Raises KeyStoreError for an unreadable or broken key store."""
+        store = policy.clients.key_store
+        return cls(
+            policy,
+            resolve_credentials(policy),
+            metrics,
+            clock or SystemClock(),
+            bus or InProcessBus(),
+            key_file=KeyFile(store) if policy.clients.auth == "keys" and store is not None else None,
+        )
+
+    def refresh_keys(self) -> None:
+        """Take a changed key store (called about once a second by the server)."""
+        if self.key_file is not None and self.key_file.refresh():
+            self.key_store = self.key_file.store
+            self.metrics.key_store_reloads.inc()
 
     # ---- reads (the processors' Worker) ------------------------------------------------------
 
@@ -148,6 +172,8 @@ class Sidecar:
                     self.bus.publish(effect.encode())
                 case Decided(tenant, task, ladder, outcome):
                     m.decisions.labels(m.tenant(tenant), task, ladder, outcome).inc()
+                case Unauthenticated(reason):
+                    m.unauthenticated.labels(reason).inc()
                 case RequestCounted():
                     self._note_request()
                 case HalfOpenAdmitted(key):

@@ -40,7 +40,7 @@ from ..policy import Policy
 from ..xds.bootstrap import EnvoySettings, render
 from .bus import HealthBus, HubServer, RedisBus
 from .metrics import BoardCollector, EnvoyRestarts, ProbeMetrics
-from .sidecar import HUB_ENV, PROBE_TOKEN_ENV, configured_baselines, read_bus_event
+from .sidecar import CHANNEL_TOKEN_ENV, HUB_ENV, PROBE_TOKEN_ENV, configured_baselines, read_bus_event
 
 log = logging.getLogger("rungway.up")
 
@@ -82,7 +82,6 @@ class UpOptions:
     admin: tuple[str, int] = ("127.0.0.1", 9901)
     envoy_admin: tuple[str, int] = ("127.0.0.1", 0)
     workers: int = 1
-    failure_mode_allow: bool = True
     access_log: str = "/dev/stdout"
     envoy_concurrency: int = 1
     envoy_log_level: str = "warning"
@@ -99,7 +98,8 @@ class Supervisor:
         self._dir = Path(tempfile.mkdtemp(prefix="rungway-"))
         self._metrics_dir = self._dir / "metrics"
         self._metrics_dir.mkdir()
-        self._worker_ports = [free_port() for _ in range(options.workers)]
+        # The workers' Unix sockets, in this 0700 directory: only this user can reach them.
+        self._worker_sockets = [self._dir / f"worker-{i}.sock" for i in range(options.workers)]
         self._workers: list[subprocess.Popen[bytes] | None] = [None] * options.workers
         self._envoy: subprocess.Popen[bytes] | None = None
         # An Envoy restart is never silent: counted, logged, in /status and /metrics, with the
@@ -113,6 +113,7 @@ class Supervisor:
         # The health board replica behind /status, fed by the same bus as the workers.
         self.board = Board(options.policy.health, configured_baselines(options.policy))
         self._probe_token = secrets.token_hex(16)
+        self._channel_token = secrets.token_hex(32)
         self._hub_path = self._dir / "health.sock"
         self._hub: HubServer | None = None
         self._bus: HubServer | HealthBus
@@ -139,6 +140,7 @@ class Supervisor:
             **self.options.extra_env,
             "PROMETHEUS_MULTIPROC_DIR": str(self._metrics_dir),
             PROBE_TOKEN_ENV: self._probe_token,
+            CHANNEL_TOKEN_ENV: self._channel_token,
         }
         if self._hub is not None:
             env[HUB_ENV] = str(self._hub_path)
@@ -149,8 +151,8 @@ class Supervisor:
             "serve",
             "--policy",
             str(self.options.policy_path),
-            "--address",
-            f"127.0.0.1:{self._worker_ports[index]}",
+            "--socket",
+            str(self._worker_sockets[index]),
             "--log-level",
             self.options.log_level,
         ]
@@ -162,8 +164,8 @@ class Supervisor:
             listen_port=self.options.listen[1],
             admin_address=self.options.envoy_admin[0],
             admin_port=self.options.envoy_admin[1],
-            extproc_ports=tuple(self._worker_ports),
-            failure_mode_allow=self.options.failure_mode_allow,
+            extproc_sockets=tuple(str(p) for p in self._worker_sockets),
+            channel_token=self._channel_token,
             access_log_path=self.options.access_log,
         )
         config_path = self._dir / "envoy.yaml"
@@ -224,11 +226,13 @@ class Supervisor:
                 proc = self._workers[i]
                 if proc is not None and proc.poll() is not None:
                     raise RuntimeError(f"sidecar worker {i} exited with code {proc.returncode} while starting")
-                try:
-                    with socket.create_connection(("127.0.0.1", self._worker_ports[i]), timeout=0.2):
+                with socket.socket(socket.AF_UNIX) as probe:
+                    probe.settimeout(0.2)
+                    try:
+                        probe.connect(str(self._worker_sockets[i]))
                         pending.discard(i)
-                except OSError:
-                    pass
+                    except OSError:
+                        pass
             await asyncio.sleep(0.05)
         if pending:
             raise RuntimeError("sidecar workers did not start in time")
@@ -274,7 +278,7 @@ class Supervisor:
             "listen_port": self.listen_port,
             "admin_port": self.admin_port,
             "envoy_admin_port": self.envoy_admin_port,
-            "worker_ports": self._worker_ports,
+            "worker_sockets": [str(p) for p in self._worker_sockets],
             "worker_pids": [p.pid if p is not None else None for p in self._workers],
             "envoy_pid": self._envoy.pid if self._envoy is not None else None,
             "envoy_restarts": self.envoy_restarts.count,

@@ -43,6 +43,7 @@ _OPENAI_TYPE: Final[dict[Failure, str]] = {
     Failure.CONTEXT_OVERFLOW: "invalid_request_error",
     Failure.SAFETY_BLOCK: "invalid_request_error",
     Failure.CLIENT_ERROR: "invalid_request_error",
+    Failure.UNAUTHENTICATED: "invalid_request_error",
 }
 _ANTHROPIC_TYPE: Final[dict[Failure, str]] = {
     Failure.TIMEOUT: "timeout_error",
@@ -52,6 +53,7 @@ _ANTHROPIC_TYPE: Final[dict[Failure, str]] = {
     Failure.CONTEXT_OVERFLOW: "invalid_request_error",
     Failure.SAFETY_BLOCK: "invalid_request_error",
     Failure.CLIENT_ERROR: "invalid_request_error",
+    Failure.UNAUTHENTICATED: "authentication_error",
 }
 
 

@@ -16,9 +16,10 @@ from ipaddress import ip_address
 from pathlib import Path
 from typing import Any
 
-from ..core import Dialect, Failure, RungAddress
+from ..core import Failure, RungAddress
 from ..core.names import (
     ANTHROPIC_MESSAGES_PATH,
+    CHANNEL_TOKEN_KEY,
     CLUSTER_HEADER,
     FILTER_ROLE_KEY,
     INVALID,
@@ -26,7 +27,7 @@ from ..core.names import (
     META_REQUEST,
     META_TRIP,
     MISSING,
-    OPENAI_CHAT_PATH,
+    PEER_ATTRIBUTE,
     RELAY_FLAGS_HEADER,
     RELAY_LISTENER,
     RETRY_HEADER,
@@ -53,13 +54,14 @@ _ANY = "type.googleapis.com/"
 class EnvoySettings:
     listen_port: int
     admin_port: int
-    extproc_ports: tuple[int, ...]
+    # The sidecar workers' Unix sockets (0600, in a 0700 directory): no TCP port, so no
+    # process without the sidecar's user can open an ext_proc stream.
+    extproc_sockets: tuple[str, ...]
+    # Sent by Envoy on every ext_proc stream; a stream without it is refused (a second lock,
+    # for a neighbour that runs as the same user).
+    channel_token: str
     listen_address: str = "127.0.0.1"
     admin_address: str = "127.0.0.1"
-    extproc_address: str = "127.0.0.1"
-    # True: a dead sidecar sends requests untranslated to the client dialect's primary.
-    # False: a dead sidecar answers 503 (in the client's dialect).
-    failure_mode_allow: bool = True
     message_timeout_s: float = 1.0
     access_log_path: str = "/dev/stdout"
     extra_ca_files: dict[str, Path] = field(default_factory=dict)
@@ -128,7 +130,7 @@ def _listener(policy: Policy, settings: EnvoySettings) -> dict[str, Any]:
         "http_filters": [
             _strip_envoy_headers(),
             _json_to_metadata(),
-            _decide_filter(settings),
+            _decide_filter(policy, settings),
             {
                 "name": "envoy.filters.http.router",
                 "typed_config": {"@type": _ANY + "envoy.extensions.filters.http.router.v3.Router"},
@@ -295,7 +297,10 @@ def _json_to_metadata() -> dict[str, Any]:
 def _grpc_service(role: str, settings: EnvoySettings) -> dict[str, Any]:
     return {
         "envoy_grpc": {"cluster_name": "rungway_extproc"},
-        "initial_metadata": [{"key": FILTER_ROLE_KEY, "value": role}],
+        "initial_metadata": [
+            {"key": FILTER_ROLE_KEY, "value": role},
+            {"key": CHANNEL_TOKEN_KEY, "value": settings.channel_token},
+        ],
     }
 
 
@@ -303,11 +308,14 @@ def _seconds(value: float) -> str:
     return f"{value:.3f}s"
 
 
-def _decide_filter(settings: EnvoySettings) -> dict[str, Any]:
+def _decide_filter(policy: Policy, settings: EnvoySettings) -> dict[str, Any]:
     config: dict[str, Any] = {
         "@type": _ANY + "envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor",
         "grpc_service": _grpc_service("decide", settings),
-        "failure_mode_allow": settings.failure_mode_allow,
+        # Fail closed: only the sidecar authenticates callers and holds the providers' keys, so
+        # a request it did not see goes nowhere (503 in the client's dialect).
+        "failure_mode_allow": False,
+        "status_on_error": {"code": 503},
         "processing_mode": {
             "request_header_mode": "SEND",
             "request_body_mode": "NONE",  # asked for per request, only when tools matter
@@ -327,8 +335,9 @@ def _decide_filter(settings: EnvoySettings) -> dict[str, Any]:
             "receiving_namespaces": {"untyped": [META_DECISION]},
         },
     }
-    if not settings.failure_mode_allow:
-        config["status_on_error"] = {"code": 503}
+    if policy.clients.auth == "trusted_header":
+        # The peer's address: only named mesh proxies may say who the tenant is.
+        config["request_attributes"] = [PEER_ATTRIBUTE]
     return {"name": "envoy.filters.http.ext_proc", "typed_config": config}
 
 
@@ -570,8 +579,7 @@ def _extproc_cluster(settings: EnvoySettings) -> dict[str, Any]:
             "endpoints": [
                 {
                     "lb_endpoints": [
-                        {"endpoint": {"address": _addr(settings.extproc_address, port)}}
-                        for port in settings.extproc_ports
+                        {"endpoint": {"address": {"pipe": {"path": path}}}} for path in settings.extproc_sockets
                     ]
                 }
             ],
@@ -640,55 +648,31 @@ def _routes(policy: Policy) -> list[dict[str, Any]]:
             },
         }
     ]
-    for dialect, path in ((Dialect.ANTHROPIC, ANTHROPIC_MESSAGES_PATH), (Dialect.OPENAI, OPENAI_CHAT_PATH)):
-        routes.append(
-            _fail_open_route(policy, dialect, {"path": path}, name=f"fail_open_{dialect.value}", extproc=True)
-        )
     routes.append(
-        _fail_open_route(
-            policy,
-            Dialect.ANTHROPIC,
-            {"prefix": ANTHROPIC_MESSAGES_PATH + "/"},
-            name="passthrough_anthropic",
-            extproc=False,
-        )
+        {
+            # decide authenticated the caller, chose the provider by the dialect of the
+            # caller's key, set that provider's key and path, and scrubbed every other credential.
+            "name": "passthrough",
+            "match": {
+                "prefix": "/",
+                "dynamic_metadata": [
+                    {"filter": META_DECISION, "path": [{"key": "passthrough"}], "value": {"bool_match": True}}
+                ],
+            },
+            "route": {
+                "cluster_header": CLUSTER_HEADER,
+                "timeout": _seconds(policy.route_timeout_s),
+                "auto_host_rewrite": True,
+            },
+        }
     )
-    routes.append(_fail_open_route(policy, Dialect.OPENAI, {"prefix": "/"}, name="passthrough", extproc=False))
+    # Every request meets decide first, which routes it, passes it through or answers it.
+    # Reaching this route means none of that happened: it never goes to a provider.
+    routes.append(
+        {
+            "name": "unrouted",
+            "match": {"prefix": "/"},
+            "direct_response": {"status": 503, "body": {"inline_string": "the request was not routed"}},
+        }
+    )
     return routes
-
-
-def _fail_open_route(
-    policy: Policy, dialect: Dialect, match: dict[str, Any], *, name: str, extproc: bool
-) -> dict[str, Any]:
-    """Where a request goes when decide did not route it: its dialect's primary, untranslated.
-
-    With extproc=True this is the landing route of chat requests (decide runs there and
-    reroutes); it is only ever served when the sidecar is down and failure_mode_allow is on.
-    Other paths (models list, token counting...) pass through without the sidecar.
-    """
-    route: dict[str, Any] = {"name": name, "match": match}
-    provider_name = policy.fail_open_provider(dialect)
-    if provider_name is None and not extproc:
-        provider_name = policy.fail_open_provider(Dialect.ANTHROPIC if dialect is Dialect.OPENAI else Dialect.OPENAI)
-    if provider_name is None:
-        message = f"no {dialect.value} provider is configured"
-        route["direct_response"] = {"status": 503, "body": {"inline_string": message}}
-    else:
-        provider = policy.providers[provider_name]
-        action: dict[str, Any] = {
-            "cluster": direct_cluster(provider_name),
-            "timeout": _seconds(policy.route_timeout_s),
-            "auto_host_rewrite": True,
-        }
-        prefix = provider.path_prefix.removesuffix("/v1")
-        if prefix:
-            # Prepend the provider's path prefix, keeping the whole client path after it.
-            action["regex_rewrite"] = {"pattern": {"regex": "^(.*)$"}, "substitution": prefix + r"\1"}
-        route["route"] = action
-    if not extproc:
-        disabled = {"@type": _ANY + "envoy.config.route.v3.FilterConfig", "disabled": True}
-        route["typed_per_filter_config"] = {
-            "envoy.filters.http.json_to_metadata": disabled,
-            "envoy.filters.http.ext_proc": disabled,
-        }
-    return route

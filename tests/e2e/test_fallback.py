@@ -10,7 +10,7 @@ import openai
 import pytest
 
 from tests.conftest import PRIMARY_KEY, SECONDARY_KEY, SMALL_KEY, EnvoyGuard, Fleet
-from tests.stack import APP_KEY, Stack, body_of
+from tests.stack import Stack, body_of
 
 pytestmark = pytest.mark.e2e
 HI: Any = [{"role": "user", "content": "hi"}]
@@ -62,7 +62,7 @@ def test_primary_503_is_served_by_second_provider_in_the_clients_dialect(clean: 
     # The second provider got its own key and nothing of the app's or the primary's.
     assert sent.headers["x-api-key"] == SECONDARY_KEY
     assert "authorization" not in sent.headers
-    assert APP_KEY not in str(sent.headers)
+    assert clean.app_key not in str(sent.headers)
 
 
 def test_two_failing_rungs_walk_to_the_third_with_each_rungs_own_key(clean: Stack, fleet: Fleet) -> None:

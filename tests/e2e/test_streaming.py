@@ -13,7 +13,7 @@ import openai
 import pytest
 
 from tests.conftest import EnvoyGuard, Fleet
-from tests.stack import APP_KEY, Stack, body_of
+from tests.stack import Stack, body_of
 
 pytestmark = pytest.mark.e2e
 HI: Any = [{"role": "user", "content": "hi"}]
@@ -37,7 +37,7 @@ def raw_events(
     with (
         httpx.Client(timeout=30) as client,
         client.stream(
-            "POST", stack.base_url + path, json=body, headers={"authorization": f"Bearer {APP_KEY}"}
+            "POST", stack.base_url + path, json=body, headers={"authorization": f"Bearer {stack.app_key}"}
         ) as response,
     ):
         data = b"".join(response.iter_bytes())

@@ -300,7 +300,8 @@ def test_one_providers_extra_headers_are_scrubbed_on_every_other_rung() -> None:
 
 
 def test_renamed_policy_headers_are_scrubbed_too() -> None:
-    sidecar = make_sidecar(make_policy(tenant_header="x-team"))
+    mesh = {"auth": "trusted_header", "trusted_peers": ["10.0.0.0/8"], "tenant_header": "x-team"}
+    sidecar = make_sidecar(make_policy(clients=mesh))
     assert "x-team" in removed_headers(Try(sidecar, rung=0).headers_answer)
 
 

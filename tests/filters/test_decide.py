@@ -22,14 +22,21 @@ from extproc.core.names import (
 )
 from extproc.filters.decide import DecideProcessor
 from extproc.filters.wire import Mode
+from extproc.identity import ID_BYTES, SECRET_BYTES, issue
 from extproc.runtime.sidecar import Sidecar
 from tests.builders import (
+    CLIENT_KEY,
+    CLIENT_STORE,
+    OTHER_KEY,
+    PRIMARY_KEY,
+    SECONDARY_KEY,
     decide_fields,
     dynamic_metadata,
     immediate_headers,
     make_policy,
     make_sidecar,
     policy_data,
+    removed_headers,
     request_body,
     request_headers,
     response_headers,
@@ -49,7 +56,7 @@ def headers(path: str = OPENAI_PATH, **extra: str) -> dict[str, str]:
         ":authority": "rungway.local",
         "content-type": "application/json",
         "content-length": "400",
-        "authorization": "Bearer sk-app",
+        "authorization": f"Bearer {CLIENT_KEY}",
         **extra,
     }
 
@@ -80,11 +87,10 @@ def test_healthy_request_is_routed_to_the_whole_ladder_on_the_headers_message() 
     # Envoy gets every slot of the ordering (two a rung); each rung's own budget is the relay's.
     assert set_headers(response) == {CLUSTER_HEADER: "rw.main.7", "x-envoy-max-retries": "5"}
     assert not response.HasField("mode_override")
-    assert decision_of(response) == routed(tenant="default", tries=6)
+    assert decision_of(response) == routed(tries=6)
     assert dynamic_metadata(response, META_DECISION)["routed"] is True  # the ladder route matches on it
     assert (
-        sample(sidecar, "rungway_decisions_total", tenant="default", task="default", ladder="main", outcome="routed")
-        == 1
+        sample(sidecar, "rungway_decisions_total", tenant="acme", task="default", ladder="main", outcome="routed") == 1
     )
 
 
@@ -113,8 +119,9 @@ def test_max_completion_tokens_counts_like_max_tokens() -> None:
     assert decision_of(response).rungs == (0, 1)
 
 
-def test_tenant_task_and_impact_come_from_the_policy_headers() -> None:
-    extra = {"x-rungway-tenant": "acme", "x-rungway-task": "summarizer", "x-rungway-impact": "revenue_critical"}
+def test_tenant_is_the_keys_holder_and_task_and_impact_come_from_the_policy_headers() -> None:
+    # A tenant header is no claim with a key: the key's holder is the tenant.
+    extra = {"x-rungway-tenant": "evil", "x-rungway-task": "summarizer", "x-rungway-impact": "revenue_critical"}
     sidecar = make_sidecar()
     _, response = decide(sidecar, extra=extra, model="gpt-4o")
     d = decision_of(response)
@@ -153,10 +160,165 @@ def test_openai_client_does_not_carry_anthropic_headers() -> None:
     assert decision_of(response).anthropic_version is None
 
 
-def test_policy_headers_can_be_renamed() -> None:
-    sidecar = make_sidecar(make_policy(tenant_header="x-team"))
-    _, response = decide(sidecar, extra={"x-team": "blue", "x-rungway-tenant": "ignored"}, model="gpt-4o")
+def test_each_key_is_its_own_tenant_whichever_header_it_comes_in() -> None:
+    sidecar = make_sidecar()
+    _, response = decide(sidecar, extra={"authorization": f"Bearer {OTHER_KEY}"}, model="gpt-4o")
     assert decision_of(response).tenant == "blue"
+    no_bearer = {"authorization": "", "x-api-key": OTHER_KEY}
+    processor = DecideProcessor(sidecar)
+    hdrs = {k: v for k, v in {**headers(ANTHROPIC_PATH), **no_bearer}.items() if v}
+    (response,) = processor.dispatch(request_headers(hdrs, metadata=decide_fields(model="claude-x")))
+    assert decision_of(response).tenant == "blue"
+
+
+def unauthenticated(response: Any, dialect: str = "openai") -> str:
+    assert response.immediate_response.status.code == 401
+    body = error_body(response)
+    if dialect == "anthropic":
+        assert body["type"] == "error" and body["error"]["type"] == "authentication_error"
+    else:
+        assert body["error"]["type"] == "invalid_request_error"
+    assert body["error"]["rungway_reason"] == "unauthenticated"
+    return str(body["error"]["message"])
+
+
+def without_key(path: str = OPENAI_PATH, **extra: str) -> dict[str, str]:
+    return {**{k: v for k, v in headers(path).items() if k != "authorization"}, **extra}
+
+
+@pytest.mark.parametrize(
+    ("extra", "reason", "message"),
+    [
+        ({}, "missing", "no API key"),
+        ({"authorization": "Bearer sk-proj-some-openai-key"}, "unknown", "not valid"),
+        ({"authorization": "Basic dXNlcjpwYXNz"}, "unknown", "not valid"),
+        ({"authorization": f"Bearer {CLIENT_KEY}x"}, "unknown", "not valid"),
+        ({"authorization": "Bearer " + "rwk_" + "a" * 5000}, "unknown", "not valid"),
+        ({"authorization": f"Bearer {CLIENT_KEY}", "x-api-key": OTHER_KEY}, "ambiguous", "two different"),
+    ],
+)
+def test_a_request_without_a_known_key_is_401_before_any_choice(
+    extra: dict[str, str], reason: str, message: str
+) -> None:
+    sidecar = make_sidecar()
+    processor = DecideProcessor(sidecar)
+    (response,) = processor.dispatch(request_headers(without_key(**extra), metadata=decide_fields(model="gpt-4o")))
+    sidecar.apply(processor.drain_effects())
+    assert message in unauthenticated(response)
+    assert not response.immediate_response.HasField("headers") or CLUSTER_HEADER not in immediate_headers(response)
+    assert sample(sidecar, "rungway_unauthenticated_total", reason=reason) == 1
+    labels = {"tenant": "-", "task": "default", "ladder": "", "outcome": "unauthenticated"}
+    assert sample(sidecar, "rungway_decisions_total", **labels) == 1
+
+
+def test_an_anthropic_client_without_a_key_gets_its_dialects_401() -> None:
+    processor = DecideProcessor(make_sidecar())
+    (response,) = processor.dispatch(request_headers(without_key(ANTHROPIC_PATH), metadata=decide_fields(model="c")))
+    assert "no API key" in unauthenticated(response, "anthropic")
+
+
+def test_an_expired_key_is_refused() -> None:
+    sidecar = make_sidecar()
+    plaintext, key = issue("acme", 0.0, bytes(range(7, 7 + ID_BYTES + SECRET_BYTES)), expires=10.0)
+    sidecar.key_store = CLIENT_STORE.with_key(key)
+    sidecar.clock.advance(11.0)  # type: ignore[attr-defined]
+    _, response = decide(sidecar, extra={"authorization": f"Bearer {plaintext}"}, model="gpt-4o")
+    assert "expired" in unauthenticated(response)
+
+
+def test_the_apps_credentials_and_provider_headers_never_go_upstream() -> None:
+    extra = {
+        "x-api-key": CLIENT_KEY,
+        "cookie": "session=1",
+        "proxy-authorization": "Basic x",
+        "x-goog-api-key": "g",
+        "ocp-apim-subscription-key": "azure",
+        "openai-organization": "org-app",
+        "anthropic-beta": "b",
+        "x-amz-security-token": "aws",
+        "x-rungway-tenant": "evil",
+        "x-stainless-lang": "python",
+    }
+    _, response = decide(make_sidecar(), extra=extra, model="gpt-4o")
+    removed = set(removed_headers(response))
+    assert removed == set(extra) - {"x-stainless-lang"} | {"authorization"}
+    assert CLUSTER_HEADER in set_headers(response)
+
+
+MESH = {"auth": "trusted_header", "trusted_peers": ["10.1.0.0/16", "::1/128"], "tenant_header": "x-team"}
+
+
+@pytest.mark.parametrize(
+    ("peer", "team", "expected"),
+    [
+        ("10.1.2.3:5555", "blue", "blue"),
+        ("[::1]:5555", "blue", "blue"),
+        ("10.2.0.1:5555", "blue", None),  # not a trusted proxy: nobody, whatever it says
+        ("", "blue", None),
+        ("10.1.2.3:5555", "", None),  # a trusted proxy that names no tenant
+        ("10.1.2.3:5555", "bad tenant!", None),
+    ],
+)
+def test_behind_a_mesh_only_trusted_peers_name_the_tenant(peer: str, team: str, expected: str | None) -> None:
+    sidecar = make_sidecar(make_policy(clients=MESH))
+    hdrs = without_key(**({"x-team": team} if team else {}))
+    request = request_headers(hdrs, metadata=decide_fields(model="gpt-4o"), attributes={"source.address": peer})
+    (response,) = DecideProcessor(sidecar).dispatch(request)
+    if expected is None:
+        unauthenticated(response)
+    else:
+        assert decision_of(response).tenant == expected
+        assert "x-team" in removed_headers(response)
+
+
+def test_passthrough_goes_to_the_provider_of_the_keys_dialect_with_its_key_only() -> None:
+    sidecar = make_sidecar()
+    get = {":method": "GET", ":path": "/v1/models?limit=5", "authorization": f"Bearer {CLIENT_KEY}", "cookie": "c"}
+    (response,) = DecideProcessor(sidecar).dispatch(request_headers(get, metadata=decide_fields(model=MISSING)))
+    assert set_headers(response) == {
+        CLUSTER_HEADER: "rw.direct.primary",
+        ":path": "/v1/models?limit=5",
+        "authorization": f"Bearer {PRIMARY_KEY}",
+        "openai-project": "proj_rungway",
+    }
+    assert set(removed_headers(response)) == {"cookie"}
+    assert dynamic_metadata(response, META_DECISION) == {
+        "v": 1.0,
+        "passthrough": True,
+        "tenant": "acme",
+        "provider": "primary",
+    }
+    # An Anthropic SDK's key on the same path: the Anthropic provider, never the OpenAI one.
+    get = {":method": "GET", ":path": "/v1/models", "x-api-key": CLIENT_KEY, "anthropic-version": "2023-06-01"}
+    (response,) = DecideProcessor(sidecar).dispatch(request_headers(get, metadata=decide_fields(model=MISSING)))
+    assert set_headers(response) == {
+        CLUSTER_HEADER: "rw.direct.secondary",
+        ":path": "/v1/models",
+        "x-api-key": SECONDARY_KEY,
+        "anthropic-version": "2023-06-01",
+    }
+
+
+def test_passthrough_keeps_the_providers_path_prefix() -> None:
+    providers = policy_data()["providers"]
+    providers["secondary"]["base_url"] = "https://gw.test/anthropic"
+    sidecar = make_sidecar(make_policy(providers=providers))
+    post = {":method": "POST", ":path": "/v1/messages/count_tokens", "x-api-key": CLIENT_KEY}
+    (response,) = DecideProcessor(sidecar).dispatch(request_headers(post, metadata=decide_fields(model="claude-x")))
+    assert set_headers(response)[":path"] == "/anthropic/v1/messages/count_tokens"
+
+
+def test_passthrough_without_a_provider_of_the_dialect_is_refused_not_sent_elsewhere() -> None:
+    providers = {"primary": policy_data()["providers"]["primary"]}
+    policy = make_policy(
+        providers=providers, ladders={"a": [{"provider": "primary"}]}, models=[{"match": "*", "ladder": "a"}]
+    )
+    get = {":method": "GET", ":path": "/v1/models", "x-api-key": CLIENT_KEY}
+    (response,) = DecideProcessor(make_sidecar(policy)).dispatch(
+        request_headers(get, metadata=decide_fields(model=MISSING))
+    )
+    assert response.immediate_response.status.code == 400
+    assert "no anthropic provider" in error_body(response)["error"]["message"]
 
 
 # ---- refusals -------------------------------------------------------------------------------------------
@@ -182,12 +344,10 @@ def test_unknown_model_is_refused_with_400_in_the_openai_dialect() -> None:
     assert dynamic_metadata(response, META_DECISION) == {
         "v": 1.0,
         "rendered": True,
-        "tenant": "default",
+        "tenant": "acme",
         "task": "default",
     }
-    assert (
-        sample(sidecar, "rungway_decisions_total", tenant="default", task="default", ladder="", outcome="refused") == 1
-    )
+    assert sample(sidecar, "rungway_decisions_total", tenant="acme", task="default", ladder="", outcome="refused") == 1
 
 
 def test_refusal_is_rendered_in_the_anthropic_dialect_for_an_anthropic_client() -> None:
@@ -252,9 +412,7 @@ def test_bad_body_is_refused_before_any_choice(fields: dict[str, Any], message: 
     _, response = decide(sidecar, **fields)
     assert response.immediate_response.status.code == 400
     assert error_body(response)["error"]["message"] == message
-    assert (
-        sample(sidecar, "rungway_decisions_total", tenant="default", task="default", ladder="", outcome="invalid") == 1
-    )
+    assert sample(sidecar, "rungway_decisions_total", tenant="acme", task="default", ladder="", outcome="invalid") == 1
 
 
 # ---- asking for the body --------------------------------------------------------------------------------
@@ -322,8 +480,14 @@ def test_a_max_tokens_that_is_not_a_positive_integer_is_a_client_error(value: fl
     assert error_body(response)["error"]["message"] == "max_tokens must be a positive integer"
 
 
-def test_a_non_ascii_probe_token_is_an_invalid_probe_not_a_crash() -> None:
+def test_a_non_ascii_probe_token_is_an_unknown_caller_not_a_crash() -> None:
     _, response = decide(make_sidecar(), extra={"x-rungway-probe": "tökén main 0"}, model="gpt-4o")
+    unauthenticated(response)
+
+
+def test_a_genuine_probe_of_a_rung_that_does_not_exist_is_an_invalid_probe() -> None:
+    sidecar = make_sidecar()
+    _, response = decide(sidecar, extra={"x-rungway-probe": f"{sidecar.probe_token} main 9"}, model="gpt-4o")
     assert response.immediate_response.status.code == 400
     assert error_body(response)["error"]["message"] == "invalid probe"
 
@@ -342,8 +506,8 @@ def test_a_probe_is_routed_to_exactly_its_rung_and_counted_as_no_tenants_request
     assert processor.drain_effects() == []
 
 
-def test_a_probe_without_the_token_is_a_refused_request_of_its_tenant() -> None:
+def test_a_probe_without_the_token_is_unauthenticated_even_with_a_key() -> None:
     sidecar = make_sidecar()
-    _, response = decide(sidecar, extra={"x-rungway-probe": "guess main 1", "x-rungway-tenant": "acme"}, model="gpt-4o")
-    assert response.immediate_response.status.code == 400
-    assert sample(sidecar, "rungway_decisions_total", tenant="acme", task="default", ladder="", outcome="refused") == 1
+    _, response = decide(sidecar, extra={"x-rungway-probe": "guess main 1"}, model="gpt-4o")
+    unauthenticated(response)
+    assert sample(sidecar, "rungway_unauthenticated_total", reason="unknown") == 1

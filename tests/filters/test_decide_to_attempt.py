@@ -15,6 +15,7 @@ from extproc.filters.attempt import AttemptProcessor, Phase
 from extproc.filters.decide import DecideProcessor
 from extproc.xds.bootstrap import EnvoySettings, render
 from tests.builders import (
+    CLIENT_KEY,
     PRIMARY_KEY,
     SECONDARY_KEY,
     decide_fields,
@@ -24,7 +25,7 @@ from tests.builders import (
     set_headers,
 )
 
-SETTINGS = EnvoySettings(listen_port=10000, admin_port=9901, extproc_ports=(50051,))
+SETTINGS = EnvoySettings(listen_port=10000, admin_port=9901, extproc_sockets=("/run/w0.sock",), channel_token="t" * 32)
 
 
 def endpoint_metadata_text(ladder: str, rung: int, slot: int = 0) -> str:
@@ -43,7 +44,13 @@ def endpoint_metadata_text(ladder: str, rung: int, slot: int = 0) -> str:
 def decided(path: str, model: str, **fields: Any) -> tuple[Any, dict[str, Any]]:
     sidecar = make_sidecar()
     processor = DecideProcessor(sidecar)
-    headers = {":method": "POST", ":path": path, "content-length": "300", "anthropic-version": "2023-06-01"}
+    headers = {
+        ":method": "POST",
+        ":path": path,
+        "content-length": "300",
+        "anthropic-version": "2023-06-01",
+        "x-api-key": CLIENT_KEY,
+    }
     (response,) = processor.dispatch(request_headers(headers, metadata=decide_fields(model=model, **fields)))
     return sidecar, json_format.MessageToDict(response.dynamic_metadata)[META_DECISION]
 

@@ -32,7 +32,7 @@ from extproc.health.score import HEALTHY, Score
 from extproc.policy import CircuitSettings, HealthSettings, LeaveBelow, Policy
 from extproc.routing.ladder import RequestFeatures, Route, choose
 from extproc.runtime.sidecar import Sidecar
-from tests.builders import decide_fields, dynamic_metadata, make_policy, make_sidecar, request_headers
+from tests.builders import CLIENT_KEY, decide_fields, dynamic_metadata, make_policy, make_sidecar, request_headers
 from tests.core.test_events import well_typed_event
 
 T0 = 1_767_225_600.0  # wall seconds; FakeClock's default wall time
@@ -1097,7 +1097,13 @@ def test_the_view_announces_timer_transitions_on_the_bus_and_in_metrics() -> Non
 
 
 def decide(sidecar: Sidecar, impact: Impact) -> dict[str, Any]:
-    headers = {":method": "POST", ":path": "/v1/chat/completions", "content-length": "400", "x-rungway-impact": impact}
+    headers = {
+        ":method": "POST",
+        ":path": "/v1/chat/completions",
+        "content-length": "400",
+        "x-rungway-impact": impact,
+        "authorization": f"Bearer {CLIENT_KEY}",
+    }
     processor = DecideProcessor(sidecar)
     (response,) = processor.dispatch(request_headers(headers, metadata=decide_fields(model="gpt-4o")))
     return dynamic_metadata(response, META_DECISION)

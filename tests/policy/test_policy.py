@@ -1,5 +1,5 @@
 """Policy v1: eager validation with 'location: message' problems, the model map, providers' paths,
-tiers, the fail-open primary, and credentials."""
+tiers, the pass-through primary, client authentication, and credentials."""
 
 from __future__ import annotations
 
@@ -110,8 +110,8 @@ def test_probe_targets_default_to_twenty_client_named_models_and_echo_a_bad_boun
 
 
 def test_header_names_must_be_lower_case_tokens() -> None:
-    assert problems_of(tenant_header="X-Tenant") == [
-        "tenant_header: header names must be lower-case tokens, but was 'X-Tenant'"
+    assert problems_of(clients={"key_store": "k.json", "tenant_header": "X-Tenant"}) == [
+        "clients.tenant_header: header names must be lower-case tokens, but was 'X-Tenant'"
     ]
 
 
@@ -144,14 +144,14 @@ def test_credential_needs_exactly_one_source() -> None:
             id="model-task",
         ),
         pytest.param(
-            {"fail_open": {"openai": "secondary"}},
-            "fail_open.openai: 'secondary' does not speak openai",
-            id="fail-open-dialect",
+            {"passthrough": {"openai": "secondary"}},
+            "passthrough.openai: 'secondary' does not speak openai",
+            id="passthrough-dialect",
         ),
         pytest.param(
-            {"fail_open": {"anthropic": "ghost"}},
-            "fail_open.anthropic: 'ghost' is not a provider",
-            id="fail-open-provider",
+            {"passthrough": {"anthropic": "ghost"}},
+            "passthrough.anthropic: 'ghost' is not a provider",
+            id="passthrough-provider",
         ),
         pytest.param({"default_task": "coding"}, "default_task: 'coding' is not in tasks", id="default-task"),
     ],
@@ -166,10 +166,10 @@ def test_cross_field_problem_says_what_is_wrong() -> None:
     assert "'nope' is not a provider (known: primary, secondary, small)" in line
 
 
-def test_fail_open_accepts_an_openai_compatible_provider_for_openai() -> None:
-    policy = make_policy(fail_open={"openai": "small", "anthropic": "secondary"})
-    assert policy.fail_open_provider(Dialect.OPENAI) == "small"
-    assert policy.fail_open_provider(Dialect.ANTHROPIC) == "secondary"
+def test_passthrough_accepts_an_openai_compatible_provider_for_openai() -> None:
+    policy = make_policy(passthrough={"openai": "small", "anthropic": "secondary"})
+    assert policy.passthrough_provider(Dialect.OPENAI) == "small"
+    assert policy.passthrough_provider(Dialect.ANTHROPIC) == "secondary"
 
 
 def test_policy_error_message_joins_source_and_problems() -> None:
@@ -265,7 +265,7 @@ def test_openai_compatible_speaks_openai_on_the_wire() -> None:
     assert Dialect.ANTHROPIC.wire is Dialect.ANTHROPIC
 
 
-# ---- tiers and the fail-open primary ------------------------------------------------------------
+# ---- tiers and the pass-through primary --------------------------------------------------------
 
 
 def test_tier_defaults_to_the_rung_index_capped_at_three() -> None:
@@ -280,39 +280,39 @@ def test_explicit_tier_overrides_the_default() -> None:
     assert [policy.tier_of("l", i) for i in range(3)] == [0, 0, 3]
 
 
-def test_fail_open_prefers_the_explicit_choice() -> None:
-    policy = make_policy(fail_open={"openai": "small"})
-    assert policy.fail_open_provider(Dialect.OPENAI) == "small"
-    assert policy.fail_open_provider(Dialect.OPENAI_COMPATIBLE) == "small"
+def test_passthrough_prefers_the_explicit_choice() -> None:
+    policy = make_policy(passthrough={"openai": "small"})
+    assert policy.passthrough_provider(Dialect.OPENAI) == "small"
+    assert policy.passthrough_provider(Dialect.OPENAI_COMPATIBLE) == "small"
 
 
-def test_fail_open_defaults_to_the_first_tier0_rung_speaking_the_dialect() -> None:
+def test_passthrough_defaults_to_the_first_tier0_rung_speaking_the_dialect() -> None:
     policy = make_policy()
     # gpt-* → main, whose tier-0 rung is the OpenAI primary; claude-* → claude, tier 0 is Anthropic.
-    assert policy.fail_open_provider(Dialect.OPENAI) == "primary"
-    assert policy.fail_open_provider(Dialect.ANTHROPIC) == "secondary"
+    assert policy.passthrough_provider(Dialect.OPENAI) == "primary"
+    assert policy.passthrough_provider(Dialect.ANTHROPIC) == "secondary"
 
 
-def test_fail_open_follows_model_map_order() -> None:
+def test_passthrough_follows_model_map_order() -> None:
     policy = make_policy(
         ladders={"a": [{"provider": "small"}], "b": [{"provider": "primary"}]},
         models=[{"match": "x", "ladder": "a"}, {"match": "y", "ladder": "b"}],
     )
-    assert policy.fail_open_provider(Dialect.OPENAI) == "small"
+    assert policy.passthrough_provider(Dialect.OPENAI) == "small"
 
 
-def test_fail_open_falls_back_to_any_provider_of_the_dialect() -> None:
+def test_passthrough_falls_back_to_any_provider_of_the_dialect() -> None:
     # No tier-0 rung speaks Anthropic: the first Anthropic provider listed serves.
     policy = make_policy(ladders={"a": [{"provider": "primary"}]}, models=[{"match": "*", "ladder": "a"}])
-    assert policy.fail_open_provider(Dialect.ANTHROPIC) == "secondary"
+    assert policy.passthrough_provider(Dialect.ANTHROPIC) == "secondary"
 
 
-def test_fail_open_is_none_without_a_provider_of_the_dialect() -> None:
+def test_passthrough_is_none_without_a_provider_of_the_dialect() -> None:
     providers = {"primary": policy_data()["providers"]["primary"]}
     policy = make_policy(
         providers=providers, ladders={"a": [{"provider": "primary"}]}, models=[{"match": "*", "ladder": "a"}]
     )
-    assert policy.fail_open_provider(Dialect.ANTHROPIC) is None
+    assert policy.passthrough_provider(Dialect.ANTHROPIC) is None
 
 
 # ---- credentials --------------------------------------------------------------------------------

@@ -56,6 +56,7 @@ TABLE: dict[Failure, Step] = {
     F.ACCESS_DENIED: Step(HOP, 1),  # 401/403: the next rung has its own key
     F.CLIENT_ERROR: Step(FINAL),  # never retried
     F.STREAM_INTERRUPTED: Step(FINAL),  # after the first token nothing is re-sent
+    F.UNAUTHENTICATED: Step(FINAL),  # decided before any rung; never a provider's failure
 }
 
 

@@ -9,9 +9,10 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
+import pytest
 
 from extproc.core import SystemClock
-from extproc.core.names import FILTER_ROLE_KEY, META_DECISION
+from extproc.core.names import CHANNEL_TOKEN_KEY, FILTER_ROLE_KEY, META_DECISION
 from extproc.runtime.server import ExternalProcessor
 from tests.builders import (
     host_metadata_text,
@@ -30,12 +31,15 @@ from tests.filters.test_attempt import CLIENT_HEADERS, decision
 class Context:
     """The part of grpc.aio's ServicerContext the loop uses."""
 
-    def __init__(self, role: str) -> None:
+    def __init__(self, role: str, token: str | None = None) -> None:
         self.role = role
+        self.token = token
         self.aborted: tuple[grpc.StatusCode, str] | None = None
 
     def invocation_metadata(self) -> list[tuple[str, str]]:
-        return [(FILTER_ROLE_KEY, self.role)]
+        if self.token is None:
+            return [(FILTER_ROLE_KEY, self.role)]
+        return [(FILTER_ROLE_KEY, self.role), (CHANNEL_TOKEN_KEY, self.token)]
 
     async def abort(self, code: grpc.StatusCode, details: str) -> None:
         self.aborted = (code, details)
@@ -61,7 +65,7 @@ async def test_a_stream_that_ends_while_the_watchdog_answers_leaves_no_unretriev
     leaked: list[dict[str, Any]] = []
     loop.set_exception_handler(lambda _loop, context: leaked.append(context))
     sidecar = make_sidecar(make_policy(stream_stall_s=0.05), clock=SystemClock())  # type: ignore[arg-type]
-    context: Any = Context("attempt")
+    context: Any = Context("attempt", sidecar.channel_token)
     process: Any = ExternalProcessor(sidecar).Process(requests(stream_messages(), then_wait_s=0.1), context)
     answers = []
     async for answer in process:
@@ -80,7 +84,18 @@ async def test_a_stream_that_ends_while_the_watchdog_answers_leaves_no_unretriev
 
 
 async def test_an_unknown_filter_role_is_refused() -> None:
-    context: Any = Context("sideways")
-    process = ExternalProcessor(make_sidecar()).Process(requests([], 0), context)
+    sidecar = make_sidecar()
+    context: Any = Context("sideways", sidecar.channel_token)
+    process = ExternalProcessor(sidecar).Process(requests([], 0), context)
     assert [a async for a in process] == []
     assert context.aborted is not None and context.aborted[0] is grpc.StatusCode.INVALID_ARGUMENT
+
+
+@pytest.mark.parametrize("token", [None, "", "wrong-token", "é"])
+async def test_a_stream_without_envoys_channel_token_reads_nothing_and_gets_no_key(token: str | None) -> None:
+    sidecar = make_sidecar()
+    context: Any = Context("attempt", token)
+    process = ExternalProcessor(sidecar).Process(requests(stream_messages(), 0), context)
+    assert [a async for a in process] == []  # not even the header mutation that carries the key
+    assert context.aborted == (grpc.StatusCode.UNAUTHENTICATED, "unknown caller")
+    assert sample(sidecar, "rungway_channel_refused_total") == 1

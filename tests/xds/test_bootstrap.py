@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from extproc.core import Dialect
 from extproc.core.names import (
+    CHANNEL_TOKEN_KEY,
     CLUSTER_HEADER,
     FILTER_ROLE_KEY,
     INVALID,
@@ -35,13 +35,14 @@ from extproc.core.names import (
 from extproc.policy import Policy
 from extproc.routing.ladder import Route, choose, orderings
 from extproc.runtime.supervisor import envoy_binary
-from extproc.translate import api_pair
 from extproc.xds.bootstrap import EXTPROC_BUFFER_LIMIT, EnvoySettings, render
 from tests.builders import make_policy, policies, policy_data, request_features
 from tests.tlsca import make_test_ca
 
-SETTINGS = EnvoySettings(listen_port=10000, admin_port=10001, extproc_ports=(10002, 10003))
-FAIL_CLOSED = EnvoySettings(listen_port=10000, admin_port=10001, extproc_ports=(10002,), failure_mode_allow=False)
+TOKEN = "channel-token-0123456789abcdef"
+SETTINGS = EnvoySettings(
+    listen_port=10000, admin_port=10001, extproc_sockets=("/run/rw/w0.sock", "/run/rw/w1.sock"), channel_token=TOKEN
+)
 
 
 def clusters(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -244,9 +245,10 @@ def test_extproc_cluster_has_the_32_mib_buffer_limit() -> None:
     extproc = clusters(render(make_policy(), SETTINGS))["rungway_extproc"]
     assert extproc["per_connection_buffer_limit_bytes"] == EXTPROC_BUFFER_LIMIT == 32 * 1024 * 1024
     (locality,) = extproc["load_assignment"]["endpoints"]
-    assert [e["endpoint"]["address"]["socket_address"]["port_value"] for e in locality["lb_endpoints"]] == [
-        10002,
-        10003,
+    # Unix sockets only: no TCP port another local process could open an ext_proc stream on.
+    assert [e["endpoint"]["address"] for e in locality["lb_endpoints"]] == [
+        {"pipe": {"path": "/run/rw/w0.sock"}},
+        {"pipe": {"path": "/run/rw/w1.sock"}},
     ]
     assert "http2_protocol_options" in json.dumps(extproc)
 
@@ -290,21 +292,26 @@ def test_json_to_metadata_marks_a_missing_or_invalid_model() -> None:
     assert keys == ["model", "stream", "response_format", "max_tokens", "max_completion_tokens", "include_usage"]
 
 
-def test_fail_open_decide_filter_allows_failure_without_a_status() -> None:
+def test_decide_fails_closed_with_503() -> None:
     decide = http_filters(render(make_policy(), SETTINGS))["envoy.filters.http.ext_proc"]
-    assert decide["failure_mode_allow"] is True
-    assert "status_on_error" not in decide
-
-
-def test_fail_closed_decide_filter_answers_503() -> None:
-    decide = http_filters(render(make_policy(), FAIL_CLOSED))["envoy.filters.http.ext_proc"]
     assert decide["failure_mode_allow"] is False
     assert decide["status_on_error"] == {"code": 503}
 
 
+def test_decide_asks_for_the_peer_address_only_when_peers_may_name_tenants() -> None:
+    keys = http_filters(render(make_policy(), SETTINGS))["envoy.filters.http.ext_proc"]
+    assert "request_attributes" not in keys
+    mesh = make_policy(clients={"auth": "trusted_header", "trusted_peers": ["127.0.0.6/32"]})
+    trusted = http_filters(render(mesh, SETTINGS))["envoy.filters.http.ext_proc"]
+    assert trusted["request_attributes"] == ["source.address"]
+
+
 def test_decide_filter_sees_the_request_fields_and_writes_the_decision() -> None:
     decide = http_filters(render(make_policy(), SETTINGS))["envoy.filters.http.ext_proc"]
-    assert decide["grpc_service"]["initial_metadata"] == [{"key": FILTER_ROLE_KEY, "value": "decide"}]
+    assert decide["grpc_service"]["initial_metadata"] == [
+        {"key": FILTER_ROLE_KEY, "value": "decide"},
+        {"key": CHANNEL_TOKEN_KEY, "value": TOKEN},
+    ]
     assert decide["metadata_options"] == {
         "forwarding_namespaces": {"untyped": [META_REQUEST]},
         "receiving_namespaces": {"untyped": [META_DECISION]},
@@ -318,12 +325,15 @@ def test_decide_filter_sees_the_request_fields_and_writes_the_decision() -> None
 
 @pytest.mark.parametrize(("stream", "body_mode"), [(False, "BUFFERED"), (True, "FULL_DUPLEX_STREAMED")])
 def test_attempt_filter_sits_on_every_aggregate_and_fails_closed(stream: bool, body_mode: str) -> None:
-    for settings_ in (SETTINGS, FAIL_CLOSED):
+    for settings_ in (SETTINGS,):
         cluster = clusters(render(make_policy(), settings_))[cluster_name("main", (0, 2), stream)]
         attempt, codec = upstream_filters(cluster)
         assert codec["name"] == "envoy.filters.http.upstream_codec"
         config = attempt["typed_config"]
-        assert config["grpc_service"]["initial_metadata"] == [{"key": FILTER_ROLE_KEY, "value": "attempt"}]
+        assert config["grpc_service"]["initial_metadata"] == [
+            {"key": FILTER_ROLE_KEY, "value": "attempt"},
+            {"key": CHANNEL_TOKEN_KEY, "value": TOKEN},
+        ]
         assert config["failure_mode_allow"] is False
         assert config["status_on_error"] == {"code": 503}
         assert config["processing_mode"]["response_body_mode"] == body_mode
@@ -365,83 +375,20 @@ def test_route_timeout_follows_the_policy() -> None:
     assert routes(render(make_policy(route_timeout_s=0), SETTINGS))["ladder"]["route"]["timeout"] == "0.000s"
 
 
-def test_passthrough_routes_skip_json_to_metadata_and_ext_proc() -> None:
-    rendered = routes(render(make_policy(), SETTINGS))
-    disabled = {"@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig", "disabled": True}
-    for name in ("passthrough", "passthrough_anthropic"):
-        assert rendered[name]["typed_per_filter_config"] == {
-            "envoy.filters.http.json_to_metadata": disabled,
-            "envoy.filters.http.ext_proc": disabled,
-        }
-    for name in ("ladder", "fail_open_openai", "fail_open_anthropic"):
-        assert "typed_per_filter_config" not in rendered[name]
-
-
-def test_route_order_puts_the_ladder_first_and_the_catch_all_last() -> None:
-    assert list(routes(render(make_policy(), SETTINGS))) == [
-        "ladder",
-        "fail_open_anthropic",
-        "fail_open_openai",
-        "passthrough_anthropic",
-        "passthrough",
+def test_passthrough_route_takes_only_requests_decide_passed_through() -> None:
+    route = routes(render(make_policy(), SETTINGS))["passthrough"]
+    assert route["match"]["dynamic_metadata"] == [
+        {"filter": META_DECISION, "path": [{"key": "passthrough"}], "value": {"bool_match": True}}
     ]
+    assert route["route"]["cluster_header"] == CLUSTER_HEADER
+    assert "retry_policy" not in route["route"]
 
 
-def prefixed_policy() -> Policy:
-    providers = policy_data()["providers"]
-    providers["primary"]["base_url"] = "https://gw.test/openai/v1"
-    providers["secondary"]["base_url"] = "https://gw.test/anthropic"
-    return make_policy(providers=providers)
-
-
-@pytest.mark.parametrize("policy", [make_policy(), prefixed_policy()], ids=["no-prefix", "prefix"])
-def test_fail_open_chat_routes_reach_the_dialect_primary_at_its_chat_path(policy: Policy) -> None:
-    rendered = routes(render(policy, SETTINGS))
-    for dialect, route_name, path in (
-        (Dialect.OPENAI, "fail_open_openai", "/v1/chat/completions"),
-        (Dialect.ANTHROPIC, "fail_open_anthropic", "/v1/messages"),
-    ):
-        primary = policy.fail_open_provider(dialect)
-        assert primary is not None
-        route = rendered[route_name]
-        assert route["route"]["cluster"] == direct_cluster(primary)
-        assert envoy_path(route, path) == api_pair(dialect, policy.providers[primary].dialect).provider_path(
-            policy.providers[primary].path_prefix
-        )
-
-
-@pytest.mark.parametrize(
-    ("route_name", "path", "expected"),
-    [
-        ("passthrough", "/v1/models", "/openai/v1/models"),
-        ("passthrough", "/v1/embeddings", "/openai/v1/embeddings"),
-        ("passthrough_anthropic", "/v1/messages/count_tokens", "/anthropic/v1/messages/count_tokens"),
-        ("passthrough_anthropic", "/v1/messages/batches", "/anthropic/v1/messages/batches"),
-    ],
-)
-def test_passthrough_keeps_the_provider_path_prefix(route_name: str, path: str, expected: str) -> None:
-    route = routes(render(prefixed_policy(), SETTINGS))[route_name]
-    assert envoy_path(route, path) == expected
-
-
-def test_passthrough_without_prefix_leaves_the_path_alone() -> None:
+def test_no_route_reaches_a_provider_without_decide() -> None:
     rendered = routes(render(make_policy(), SETTINGS))
-    assert envoy_path(rendered["passthrough_anthropic"], "/v1/messages/count_tokens") == "/v1/messages/count_tokens"
-    assert envoy_path(rendered["passthrough"], "/v1/models") == "/v1/models"
-
-
-def test_a_dialect_without_any_provider_gets_a_503_landing_route() -> None:
-    providers = {"primary": policy_data()["providers"]["primary"]}
-    policy = make_policy(
-        providers=providers, ladders={"a": [{"provider": "primary"}]}, models=[{"match": "*", "ladder": "a"}]
-    )
-    rendered = routes(render(policy, SETTINGS))
-    assert rendered["fail_open_anthropic"]["direct_response"] == {
-        "status": 503,
-        "body": {"inline_string": "no anthropic provider is configured"},
-    }
-    # Non-chat Anthropic paths still pass through to whatever provider exists.
-    assert rendered["passthrough_anthropic"]["route"]["cluster"] == direct_cluster("primary")
+    assert list(rendered) == ["ladder", "passthrough", "unrouted"]
+    assert rendered["unrouted"]["direct_response"]["status"] == 503
+    assert all("typed_per_filter_config" not in r for r in rendered.values())
 
 
 def test_local_replies_are_rendered_in_the_client_dialect_unless_rungway_rendered_them() -> None:
@@ -468,7 +415,10 @@ def test_rendered_config_passes_envoy_validate_mode(tmp_path: Path) -> None:
     providers["small"].update(base_url="https://10.0.0.7:8443/v1", ca_file=str(ca))
     policy = make_policy(providers=providers, envoy_ejection={"consecutive_5xx": 2})
     path = tmp_path / "envoy.json"
-    path.write_text(json.dumps(render(policy, FAIL_CLOSED)))
+    mesh = policy.model_copy(
+        update={"clients": make_policy(clients={"auth": "trusted_header", "trusted_peers": ["10.0.0.0/8"]}).clients}
+    )
+    path.write_text(json.dumps(render(mesh, SETTINGS)))
     result = subprocess.run(
         [envoy_binary(), "--mode", "validate", "-c", str(path), "--log-level", "error"],
         capture_output=True,

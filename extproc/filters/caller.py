@@ -1,0 +1,52 @@
+"""Who is calling (the tenant holding the credential) and what of the caller's never goes
+upstream: every credential and every provider-specific header the client sent."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from ..core import Dialect
+from ..core.names import CLUSTER_HEADER
+from ..identity import Identity, KeyStore, Unknown, presented_credential
+from ..identity.keys import valid_tenant
+from ..policy import Policy
+
+# Headers that carry a credential for some API or service: the app's, never a provider's.
+CREDENTIAL_HEADERS = frozenset(
+    {
+        "authorization",
+        "proxy-authorization",
+        "x-api-key",
+        "api-key",
+        "cookie",
+        "x-goog-api-key",
+        "ocp-apim-subscription-key",
+    }
+)
+# Provider-specific headers (organisation, project, betas, AWS signing) and Rungway's own.
+# Anthropic's version and betas survive in the decision and are set again per rung.
+FOREIGN_PREFIXES = ("openai-", "anthropic-", "x-amz-", "x-rungway-")
+
+
+def identify(policy: Policy, store: KeyStore, headers: Mapping[str, str], peer: str, now: float) -> Identity | Unknown:
+    clients = policy.clients
+    if clients.auth == "keys":
+        credential = presented_credential(headers.get("authorization"), headers.get("x-api-key"))
+        return store.resolve(credential, now)
+    if not clients.trusts(peer):
+        return Unknown.UNTRUSTED_PEER
+    tenant = headers.get(clients.tenant_header, "")
+    if not valid_tenant(tenant):
+        return Unknown.NO_TENANT
+    anthropic = "x-api-key" in headers or "anthropic-version" in headers
+    return Identity(tenant, "", Dialect.ANTHROPIC if anthropic else Dialect.OPENAI)
+
+
+def foreign_headers(names: Iterable[str], policy: Policy) -> list[str]:
+    """The client's headers to remove before anything goes upstream (names are lower-case)."""
+    own = {policy.clients.tenant_header, policy.task_header, policy.impact_header}
+    return [
+        name
+        for name in names
+        if name != CLUSTER_HEADER and (name in CREDENTIAL_HEADERS or name in own or name.startswith(FOREIGN_PREFIXES))
+    ]
