@@ -39,6 +39,7 @@ import aiohttp
 import yaml
 
 from extproc.demo.mock_provider import MockProvider
+from extproc.runtime.keyfile import add_key
 
 REPO = Path(__file__).resolve().parent.parent
 PROBE_TEXT = "Reply with: ok"
@@ -110,9 +111,12 @@ def policy(primary: MockProvider, fallback: MockProvider, *, scale: float, circu
     }
 
 
-async def _start_up(policy_data: dict[str, Any], workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
+async def _start_up(policy_data: dict[str, Any], workdir: Path) -> tuple[subprocess.Popen[bytes], int, str]:
+    """`rungway up` on the policy: its process, listen port, and a client key."""
     policy_path = workdir / "policy.yaml"
-    policy_path.write_text(yaml.safe_dump(policy_data, sort_keys=False))
+    key_store = workdir / "keys.json"
+    key, _ = add_key(key_store, "replay")
+    policy_path.write_text(yaml.safe_dump({**policy_data, "clients": {"key_store": str(key_store)}}, sort_keys=False))
     state = workdir / "state.json"
     state.unlink(missing_ok=True)
     process = subprocess.Popen(
@@ -130,7 +134,7 @@ async def _start_up(policy_data: dict[str, Any], workdir: Path) -> tuple[subproc
         if process.poll() is not None or time.monotonic() > deadline:
             raise RuntimeError("rungway up did not start")
         await asyncio.sleep(0.05)
-    return process, int(json.loads(state.read_text())["listen_port"])
+    return process, int(json.loads(state.read_text())["listen_port"]), key
 
 
 async def replay(
@@ -143,14 +147,16 @@ async def replay(
     await fallback.start()
     process: subprocess.Popen[bytes] | None = None
     try:
+        headers: dict[str, str] = {}
         if variant == "direct":
             base = primary.url
         else:
             workdir = Path(tempfile.mkdtemp(prefix="rungway-brownout-"))
-            process, port = await _start_up(
+            process, port, key = await _start_up(
                 policy(primary, fallback, scale=scale, circuits=variant == "circuits"), workdir
             )
             base = f"http://127.0.0.1:{port}"
+            headers = {"authorization": f"Bearer {key}"}
         well = HEALTHY_P95_S * scale
         primary.set_mode(f"delay:{well}")
         fallback.set_mode(f"delay:{FALLBACK_P95_S * scale}")
@@ -167,7 +173,7 @@ async def replay(
             served_by = "failed"
             try:
                 async with session.post(
-                    base + "/v1/chat/completions", json={"model": "gpt-4o", "messages": HI}
+                    base + "/v1/chat/completions", json={"model": "gpt-4o", "messages": HI}, headers=headers
                 ) as response:
                     body = await response.read()
                     served_by = response.headers.get("x-rungway-served-by", "-")

@@ -316,5 +316,5 @@ def policy(upstream_port: int, mock_openai_port: int | None, mock_anthropic_port
         "providers": providers,
         "ladders": ladders,
         "models": models,
-        "fail_open": {"openai": "fast-openai", "anthropic": "fast-anthropic"},
+        "passthrough": {"openai": "fast-openai", "anthropic": "fast-anthropic"},
     }

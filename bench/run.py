@@ -432,6 +432,7 @@ def build_cells(args: argparse.Namespace, up: EnvoyProc, plain: EnvoyProc, rw1: 
     def rw_t(
         variant: str, stack: RungwayStack, model: str, headers: dict[str, str], up_pid: int, events: int
     ) -> Target:
+        headers = {**headers, "authorization": f"Bearer {stack.key}"}
         return Target(
             variant, stack.port, fx.MODELS[model], headers, stack.envoy_pid, stack.worker_pids, up_pid, events, stack
         )

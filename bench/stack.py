@@ -12,6 +12,8 @@ from typing import Any
 
 import yaml
 
+from extproc.runtime.keyfile import add_key
+
 from .procs import Procs, http_json, pin
 
 REPO = Path(__file__).absolute().parent.parent
@@ -22,6 +24,7 @@ class RungwayStack:
     name: str
     workers: int
     state: dict[str, Any]
+    key: str  # the load generator's client key
 
     @property
     def port(self) -> int:
@@ -48,6 +51,10 @@ def start_rungway(
     procs: Procs, name: str, policy: dict[str, Any], *, workers: int, envoy_cpu: int | None, timeout: float = 60.0
 ) -> RungwayStack:
     policy_path = procs.dir / f"{name}-policy.yaml"
+    # Every caller is authenticated: a key store and one key for the load generator.
+    key_store = procs.dir / f"{name}-keys.json"
+    policy = {**policy, "clients": {"key_store": str(key_store)}}
+    key, _ = add_key(key_store, "bench")
     policy_path.write_text(yaml.safe_dump(policy, sort_keys=False))
     state_path = procs.dir / f"{name}-state.json"
     cmd = [
@@ -68,7 +75,7 @@ def start_rungway(
             raise RuntimeError(f"rungway up ({name}) exited with code {proc.returncode}:\n{procs.tail(name)}")
         if state_path.exists():
             state: dict[str, Any] = json.loads(state_path.read_text())
-            stack = RungwayStack(name, workers, state)
+            stack = RungwayStack(name, workers, state, key)
             if envoy_cpu is not None:
                 pin(stack.envoy_pid, envoy_cpu)
             _await_workers_healthy(stack, deadline)

@@ -221,22 +221,17 @@ def _duration(text: str) -> float:
 
 def cmd_keys(args: argparse.Namespace) -> int:
     """Client keys: issued once (printed, never stored), listed by id, revoked by id."""
-    import secrets
     import time
 
-    from .identity import ID_BYTES, SECRET_BYTES, KeyStoreError, issue
-    from .runtime.keyfile import read_store, write_store
+    from .identity import KeyStoreError
+    from .runtime.keyfile import add_key, read_store, write_store
 
     path = _key_store_path(args)
     try:
         store = read_store(path)
         if args.keys_command == "new":
-            now = time.time()
-            expires = now + args.expires_in if args.expires_in is not None else None
-            plaintext, key = issue(
-                args.tenant, now, secrets.token_bytes(ID_BYTES + SECRET_BYTES), expires=expires, label=args.label
-            )
-            write_store(path, store.with_key(key))
+            expires = time.time() + args.expires_in if args.expires_in is not None else None
+            plaintext, key = add_key(path, args.tenant, expires=expires, label=args.label)
             print(plaintext)
             print(f"key {key.id} for tenant {key.tenant} stored in {path}; the key is shown only now", file=sys.stderr)
         elif args.keys_command == "revoke":

@@ -8,7 +8,6 @@ import contextlib
 import json
 import os
 import re
-import secrets
 import signal
 import socket
 import subprocess
@@ -26,8 +25,7 @@ import openai
 import yaml
 
 from extproc.demo.mock_provider import MockProvider, RecordedRequest
-from extproc.identity import ID_BYTES, SECRET_BYTES, issue
-from extproc.runtime.keyfile import read_store, write_store
+from extproc.runtime.keyfile import add_key
 
 REPO = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
@@ -198,10 +196,7 @@ class Stack:
     def issue_key(self, tenant: str, *, expires: float | None = None) -> str:
         """A new client key for `tenant`, written to the stack's key store (as `rungway keys new`)."""
         assert self.key_store is not None
-        now = time.time()
-        plaintext, key = issue(tenant, now, secrets.token_bytes(ID_BYTES + SECRET_BYTES), expires=expires)
-        write_store(self.key_store, read_store(self.key_store).with_key(key))
-        return plaintext
+        return add_key(self.key_store, tenant, expires=expires)[0]
 
     def post(
         self,

@@ -748,6 +748,13 @@ class MockProvider:
                     self._mode, self._times_left = _OK, None
         return mode
 
+    def _models(self) -> dict[str, Any]:
+        model = f"{self.name}-model"
+        if self.dialect == "anthropic":
+            entry = {"type": "model", "id": model, "display_name": model, "created_at": "2026-01-01T00:00:00Z"}
+            return {"data": [entry], "has_more": False, "first_id": model, "last_id": model}
+        return {"object": "list", "data": [{"id": model, "object": "model", "created": 0, "owned_by": self.name}]}
+
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         at = time.monotonic()
         # Not request.read(): it refuses bodies over 1 MiB, and context-overflow tests send more.
@@ -767,6 +774,9 @@ class MockProvider:
         wire = self._wire
         if request.path == "/health" and request.method == "GET":
             return web.Response(body=b'{"status":"ok"}', headers={"content-type": "application/json"})
+        if request.path == "/v1/models" and request.method == "GET":
+            # The models list both APIs have: what pass-through requests are tested with.
+            return web.json_response(self._models())
         if request.path != wire.endpoint or request.method != "POST":
             return self._error(404, wire.not_found(request.method, request.path))
         try:

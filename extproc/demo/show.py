@@ -19,6 +19,7 @@ import openai
 import yaml
 
 from ..policy import parse_policy
+from ..runtime.keyfile import add_key
 from ..runtime.supervisor import Supervisor, UpOptions
 from .mock_provider import MockFleet, MockProvider
 
@@ -200,6 +201,10 @@ async def run_demo(
     for name, mock in fleet.items():
         template["providers"][name]["base_url"] = mock.url
     policy_path = workdir / "policy.yaml"
+    # Every caller needs a Rungway key: the demo issues one for its app, as `rungway keys new` does.
+    key_store = workdir / template["clients"]["key_store"]
+    template["clients"]["key_store"] = str(key_store)
+    app_key, _ = add_key(key_store, "demo-app", label="demo")
     policy_path.write_text(yaml.safe_dump(template, sort_keys=False))
     policy = parse_policy(template, str(policy_path))
     os.environ.update({k: os.environ.get(k, v) for k, v in DEMO_KEYS.items()})
@@ -224,7 +229,8 @@ async def run_demo(
         _say(f"Envoy listens on {base}  (apps point their SDK's base URL here)")
         admin_url = f"http://{options.admin[0]}:{supervisor.admin_port}"
         _say("ladder 'chat': openai-primary/gpt-4o → anthropic-backup/claude-sonnet-4-5 → small-local/llama-3.1-8b")
-        async with openai.AsyncOpenAI(base_url=base + "/v1", api_key="sk-the-apps-own-key", max_retries=0) as client:
+        _say(f"the app's Rungway key (tenant demo-app): {app_key[:12]}…  (from `rungway keys new`)")
+        async with openai.AsyncOpenAI(base_url=base + "/v1", api_key=app_key, max_retries=0) as client:
             await _show(client, fleet)
             if brownout:
                 await _brownout(client, fleet, supervisor, admin_url)
@@ -236,12 +242,15 @@ async def run_demo(
         _say(
             f"""
 Try it yourself (Ctrl-C stops everything):
-  curl -s {base}/v1/chat/completions -H 'content-type: application/json' \\
+  export RUNGWAY_KEY={app_key}
+  curl -s {base}/v1/chat/completions -H "authorization: Bearer $RUNGWAY_KEY" -H 'content-type: application/json' \\
        -d '{{"model": "gpt-4o", "messages": [{{"role": "user", "content": "hi"}}]}}' -D - -o /dev/null | grep x-rungway
   curl -s -XPOST http://127.0.0.1:{control_port}/providers/openai-primary/mode -d '{{"mode": "status:503"}}'
   curl -s -XPOST http://127.0.0.1:{control_port}/providers/openai-primary/mode -d '{{"mode": "ok"}}'
   metrics:  curl -s {admin_url}/metrics | grep rungway_
   modes:    ok, status:CODE[:RETRY_AFTER], delay:S, reset, invalid_json, empty, tokens:N, sse_error, cut:N, stall:N:S …
+  new keys: rungway keys new --store {key_store} --tenant NAME
+  no key:   curl -s {base}/v1/chat/completions -d '{{}}'   → 401 in the OpenAI dialect
   access log: {options.access_log}"""
         )
         await stop.wait()

@@ -4,6 +4,7 @@ upstream: every credential and every provider-specific header the client sent.""
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 
 from ..core import Dialect
 from ..core.names import CLUSTER_HEADER
@@ -29,17 +30,21 @@ FOREIGN_PREFIXES = ("openai-", "anthropic-", "x-amz-", "x-rungway-")
 
 
 def identify(policy: Policy, store: KeyStore, headers: Mapping[str, str], peer: str, now: float) -> Identity | Unknown:
+    """The caller, and the API its SDK speaks: Anthropic's SDKs send `anthropic-version` on
+    every request (and their key as x-api-key or, in newer ones, as a Bearer token)."""
     clients = policy.clients
+    anthropic = "x-api-key" in headers or "anthropic-version" in headers
+    dialect = Dialect.ANTHROPIC if anthropic else Dialect.OPENAI
     if clients.auth == "keys":
         credential = presented_credential(headers.get("authorization"), headers.get("x-api-key"))
-        return store.resolve(credential, now)
+        found = store.resolve(credential, now)
+        return found if isinstance(found, Unknown) else replace(found, dialect=dialect)
     if not clients.trusts(peer):
         return Unknown.UNTRUSTED_PEER
     tenant = headers.get(clients.tenant_header, "")
     if not valid_tenant(tenant):
         return Unknown.NO_TENANT
-    anthropic = "x-api-key" in headers or "anthropic-version" in headers
-    return Identity(tenant, "", Dialect.ANTHROPIC if anthropic else Dialect.OPENAI)
+    return Identity(tenant, "", dialect)
 
 
 def foreign_headers(names: Iterable[str], policy: Policy) -> list[str]:

@@ -97,8 +97,7 @@ class Unknown(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Credential:
-    """A key as the client sent it, and the dialect of the header it came in: the dialect
-    decides where a pass-through request may go."""
+    """A key as the client sent it, and the dialect of the header it came in."""
 
     secret: str
     dialect: Dialect
@@ -106,6 +105,8 @@ class Credential:
 
 @dataclass(frozen=True, slots=True)
 class Identity:
+    """Who is calling, and which API their SDK speaks (where a pass-through request may go)."""
+
     tenant: str
     key_id: str  # "" when the tenant came from a trusted peer's header
     dialect: Dialect

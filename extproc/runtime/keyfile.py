@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..identity import KeyStore, KeyStoreError
+from ..identity import ID_BYTES, SECRET_BYTES, ClientKey, KeyStore, KeyStoreError, issue
 
 log = logging.getLogger("rungway.keys")
 
@@ -38,6 +40,16 @@ def write_store(path: Path, store: KeyStore) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def add_key(path: Path, tenant: str, *, expires: float | None = None, label: str = "") -> tuple[str, ClientKey]:
+    """Issue a key for `tenant` into the store at `path` (`rungway keys new`): the key, shown
+    only now, and its stored record."""
+    plaintext, key = issue(
+        tenant, time.time(), secrets.token_bytes(ID_BYTES + SECRET_BYTES), expires=expires, label=label
+    )
+    write_store(path, read_store(path).with_key(key))
+    return plaintext, key
 
 
 def _stamp(path: Path) -> tuple[int, int, int] | None:

@@ -160,8 +160,20 @@ async def serve(
             loop.add_signal_handler(sig, stop.set)
     if ready is not None:
         ready.set()
+    keys = asyncio.create_task(_watch_keys(sidecar))
     await stop.wait()
+    keys.cancel()
     await health_servicer.enter_graceful_shutdown()
     await server.stop(grace_s)
     await sidecar.bus.stop()
     log.info("ext_proc server stopped")
+
+
+async def _watch_keys(sidecar: Sidecar, every_s: float = 1.0) -> None:
+    """A new client key works, and a revoked one stops, within about a second."""
+    while True:
+        await asyncio.sleep(every_s)
+        try:
+            sidecar.refresh_keys()
+        except Exception:  # a stat or read failure must never stop the worker serving
+            log.exception("key store check failed")

@@ -136,11 +136,16 @@ def test_hostile_payloads_are_a_400_in_the_clients_dialect_and_charge_no_rung(
 def test_a_non_ascii_probe_header_is_refused_not_a_crash(clean: Stack, fleet: Fleet) -> None:
     errors_before = sidecar_errors(clean)
     body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
-    headers = [(b"content-type", b"application/json"), (b"x-rungway-probe", "tökén main 0".encode())]
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"authorization", f"Bearer {clean.app_key}".encode()),
+        (b"x-rungway-probe", "tökén main 0".encode()),
+    ]
     with httpx.Client(timeout=30) as client:
         response = client.post(clean.base_url + "/v1/chat/completions", content=json.dumps(body), headers=headers)
-    assert response.status_code == 400
-    assert response.json()["error"]["message"] == "invalid probe"
+    # A probe's token is its credential: a wrong one is an unknown caller, even with a key.
+    assert response.status_code == 401
+    assert response.json()["error"]["rungway_reason"] == "unauthenticated"
     assert not fleet.primary.requests
     assert sidecar_errors(clean) == errors_before
 

@@ -283,12 +283,12 @@ def test_probes_wait_out_a_retry_after_and_are_no_tenants_traffic(fresh: Fleet, 
         assert after, "probes resume once the Retry-After is over"
         assert min(after) >= limited_at + 2.9, [round(at - limited_at, 2) for at in after]
         metrics = stack.metrics()
-        # Probes have their own series; the default tenant's count is the two client requests.
+        # Probes have their own series; the app tenant's count is the two client requests.
         assert 'rungway_probes_total{endpoint="primary/gpt-4o",outcome="ok"}' in metrics
         decided = [
             line
             for line in metrics.splitlines()
-            if line.startswith("rungway_decisions_total{") and 'tenant="default"' in line
+            if line.startswith("rungway_decisions_total{") and 'tenant="app"' in line
         ]
         assert [float(line.rsplit(" ", 1)[1]) for line in decided] == [2.0], decided
         served = [line for line in metrics.splitlines() if line.startswith("rungway_served_total{")]

@@ -144,7 +144,12 @@ def test_a_stream_whose_terminal_marker_hangs_is_finalised_promptly(clean: Stack
     with (
         pytest.raises(httpx.RemoteProtocolError),
         httpx.Client(timeout=30) as client,
-        client.stream("POST", clean.base_url + "/v1/chat/completions", json=body) as response,
+        client.stream(
+            "POST",
+            clean.base_url + "/v1/chat/completions",
+            json=body,
+            headers={"authorization": f"Bearer {clean.app_key}"},
+        ) as response,
     ):
         for piece in response.iter_bytes():
             data += piece

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import secrets
 import subprocess
 import sys
 from pathlib import Path
@@ -80,10 +81,17 @@ def test_policy_check_names_yaml_syntax_errors_by_line(tmp_path: Path) -> None:
 
 def test_envoy_config_renders_a_bootstrap_envoy_accepts(tmp_path: Path) -> None:
     out = tmp_path / "envoy.yaml"
+    token = tmp_path / "channel.token"
+    token.write_text(secrets.token_hex(32))
     result = rungway(
-        "envoy-config", "--policy", str(REPO / "policies" / "example.yaml"), "--extproc-port", "50051", "-o", str(out)
-    )
+        "envoy-config",
+        "--policy", str(REPO / "policies" / "example.yaml"),
+        "--extproc-socket", "/run/rungway/worker-0.sock",
+        "--channel-token-file", str(token),
+        "-o", str(out),
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr
+    assert token.read_text() in out.read_text()
     check = subprocess.run(
         [envoy_binary(), "--mode", "validate", "-c", str(out)], capture_output=True, text=True, timeout=60
     )

@@ -33,8 +33,8 @@ def test_a_3mb_answer_passes_the_buffering_filter(clean: Stack, fleet: Fleet) ->
 
 
 def test_workers_answer_grpc_health_checks(clean: Stack) -> None:
-    port = clean.refresh_state()["worker_ports"][0]
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+    path = clean.refresh_state()["worker_sockets"][0]
+    with grpc.insecure_channel(f"unix:{path}") as channel:
         reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
@@ -44,7 +44,7 @@ def test_metrics_count_hops_by_reason(clean: Stack, fleet: Fleet) -> None:
     clean.openai().chat.completions.create(model="gpt-4o", messages=HI)
     text = clean.metrics()
     assert 'rungway_trips_total{ladder="main",model="gpt-4o",provider="primary",reason="schema_error",rung="0"}' in text
-    assert 'rungway_served_total{degraded="true",ladder="main",task="default",tenant="default",tier="1"}' in text
+    assert 'rungway_served_total{degraded="true",ladder="main",task="default",tenant="app",tier="1"}' in text
 
 
 @pytest.fixture(scope="module")
