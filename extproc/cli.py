@@ -86,17 +86,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     policy = _load(args.policy)
     assert isinstance(policy, Policy)
-    from .runtime.bus import bus_from_url
-    from .runtime.sidecar import HUB_ENV, PROBE_TOKEN_ENV
+    from .runtime.bus import BusConfigError, bus_from_settings
+    from .runtime.sidecar import HUB_ENV, HUB_SECRET_ENV, PROBE_TOKEN_ENV
 
     if PROBE_TOKEN_ENV not in os.environ:
         policy = _live_half_open(policy)
 
+    _bus_secret_file(args)
     hub = os.environ.get(HUB_ENV)
     try:
-        sidecar = Sidecar.start(
-            policy, Metrics(), bus=bus_from_url(policy.health.bus, hub_path=Path(hub) if hub else None)
+        bus = bus_from_settings(
+            policy.health, hub_path=Path(hub) if hub else None, hub_secret=os.environ.get(HUB_SECRET_ENV)
         )
+        sidecar = Sidecar.start(policy, Metrics(), bus=bus)
+    except BusConfigError as exc:
+        print(f"cannot start: {exc}", file=sys.stderr)
+        return 1
     except PolicyError as exc:
         for problem in exc.problems:
             print(f"  {problem}", file=sys.stderr)
@@ -108,6 +113,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     gc.set_threshold(20_000, 20, 20)
     asyncio.run(serve(sidecar, args.address))
     return 0
+
+
+def _bus_secret_file(args: argparse.Namespace) -> None:
+    """--bus-secret-file: read where the environment says, so `rungway up`'s workers inherit it."""
+    if getattr(args, "bus_secret_file", None) is not None:
+        from .runtime.bus import SECRET_FILE_ENV
+
+        os.environ[SECRET_FILE_ENV] = str(args.bus_secret_file)
 
 
 def _live_half_open(policy: Policy) -> Policy:
@@ -143,6 +156,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         for problem in exc.problems:
             print(f"  {problem}", file=sys.stderr)
         return 1
+    _bus_secret_file(args)
     options = UpOptions(
         policy_path=args.policy,
         policy=policy,
@@ -268,6 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--policy", type=Path, required=True)
     serve.add_argument("--address", default="127.0.0.1:50051")
     serve.add_argument("--log-level", default="info")
+    serve.add_argument("--bus-secret-file", type=Path, help="file holding the fleet bus's signing secret")
     serve.set_defaults(func=cmd_serve)
 
     up = sub.add_parser("up", help="start Envoy and the sidecar on a policy, supervise both")
@@ -288,6 +303,11 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--log-level", default="info")
     up.add_argument("--state-file", type=Path, help="write bound ports and pids here (JSON)")
     up.add_argument("--no-restart", action="store_true", help="do not restart a worker or Envoy that exits")
+    up.add_argument(
+        "--bus-secret-file",
+        type=Path,
+        help="file holding the fleet (Redis) bus's signing secret (or RUNGWAY_BUS_SECRET)",
+    )
     up.set_defaults(func=cmd_up)
 
     status = sub.add_parser("status", help="circuits, scores and budgets of a running `rungway up`, as a table")

@@ -23,6 +23,7 @@ from ..core import (
     Impact,
     Observation,
     QuotaSignal,
+    Rejection,
     RequestsDecided,
     SystemClock,
     decode_event,
@@ -52,6 +53,7 @@ log = logging.getLogger("rungway.health")
 # and the pod-local health hub's Unix socket.
 PROBE_TOKEN_ENV = "RUNGWAY_PROBE_TOKEN"
 HUB_ENV = "RUNGWAY_HEALTH_HUB"
+HUB_SECRET_ENV = "RUNGWAY_HEALTH_HUB_SECRET"  # the hub's signing secret, made by `rungway up` per run
 _REQUEST_COUNT_EVERY_S = 0.25
 # How often the board is ticked for decide. Its queries already see circuit timers as due, and
 # observations move it at once; a tick moves only what time alone changes (scores of aging
@@ -98,6 +100,7 @@ class Sidecar:
     def __post_init__(self) -> None:
         self.board = Board(self.policy.health, configured_baselines(self.policy))
         self.bus.subscribe(self._on_event)
+        self.bus.on_reject(self._count_rejection)
 
     @classmethod
     def start(
@@ -185,10 +188,13 @@ class Sidecar:
             return  # applied already, as an object, by _observe()
         event = read_bus_event(raw)
         if event is None:
-            self.metrics.bus_rejected.inc()
+            self._count_rejection(Rejection.MALFORMED.value)
             return
         self._announce_all(self.board.apply(event, self.clock.wall()))
         self._publish_outbox()
+
+    def _count_rejection(self, reason: str) -> None:
+        self.metrics.bus_rejected.labels(reason).inc()
 
     def _announce_all(self, transitions: Iterable[tuple[str, Transition]]) -> None:
         for key, t in transitions:
