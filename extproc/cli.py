@@ -239,6 +239,9 @@ def format_status(status: dict[str, Any]) -> str:
         f"({'connected' if bus.get('connected') else 'disconnected'})   "
         f"retries {budget.get('retries')}/{budget.get('allowed', 0):.0f} allowed in {budget.get('window_s')}s"
     )
+    refused = {reason: n for reason, n in (bus.get("rejected") or {}).items() if n}
+    if refused:
+        lines.append("bus frames refused: " + ", ".join(f"{n} {reason}" for reason, n in sorted(refused.items())))
     return "\n".join(lines)
 
 

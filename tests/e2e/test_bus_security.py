@@ -90,7 +90,7 @@ def served_by_primary(stack: Stack) -> None:
 
 def captured_frame(server: RedisServer, stack: Stack) -> bytes:
     """A genuine frame the fleet sent, as an eavesdropper on the channel records it."""
-    pubsub = attacker(server).pubsub()
+    pubsub = attacker(server).pubsub()  # type: ignore[no-untyped-call]  # redis-py leaves PubSub untyped
     pubsub.subscribe(CHANNEL)
     try:
         ask(stack)  # the worker publishes what it observed

@@ -799,3 +799,11 @@ async def test_a_hub_member_with_another_secret_is_heard_by_nobody(sock_dir: Pat
         # ...and the stranger cannot read the fleet either.
         await eventually(lambda: stranger.snapshot()["rejected"]["signature"] >= 1, "the stranger to refuse ours")
         await stranger.stop()
+
+
+def test_the_status_table_says_how_many_frames_the_bus_refused_and_why() -> None:
+    from extproc.cli import format_status
+
+    status = {"rungs": [], "bus": {"kind": "redis", "connected": True, "rejected": {**NO_REJECTIONS, "signature": 3}}}
+    assert format_status(status).splitlines()[-1] == "bus frames refused: 3 signature"
+    assert "refused" not in format_status({"rungs": [], "bus": {"rejected": NO_REJECTIONS}})
