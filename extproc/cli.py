@@ -100,8 +100,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     policy = _load(args.policy)
     assert isinstance(policy, Policy)
     from .identity import KeyStoreError
-    from .runtime.bus import bus_from_url
-    from .runtime.sidecar import CHANNEL_TOKEN_ENV, HUB_ENV, PROBE_TOKEN_ENV
+    from .runtime.bus import BusConfigError, bus_from_settings
+    from .runtime.sidecar import CHANNEL_TOKEN_ENV, HUB_ENV, HUB_SECRET_ENV, PROBE_TOKEN_ENV
 
     if CHANNEL_TOKEN_ENV not in os.environ:
         os.environ[CHANNEL_TOKEN_ENV] = _channel_token(args.channel_token_file)
@@ -109,11 +109,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if PROBE_TOKEN_ENV not in os.environ:
         policy = _live_half_open(policy)
 
+    _bus_secret_file(args)
     hub = os.environ.get(HUB_ENV)
     try:
-        sidecar = Sidecar.start(
-            policy, Metrics(), bus=bus_from_url(policy.health.bus, hub_path=Path(hub) if hub else None)
+        bus = bus_from_settings(
+            policy.health, hub_path=Path(hub) if hub else None, hub_secret=os.environ.get(HUB_SECRET_ENV)
         )
+        sidecar = Sidecar.start(policy, Metrics(), bus=bus)
+    except BusConfigError as exc:
+        print(f"cannot start: {exc}", file=sys.stderr)
+        return 1
     except PolicyError as exc:
         for problem in exc.problems:
             print(f"  {problem}", file=sys.stderr)
@@ -128,6 +133,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     gc.set_threshold(20_000, 20, 20)
     asyncio.run(serve(sidecar, args.socket))
     return 0
+
+
+def _bus_secret_file(args: argparse.Namespace) -> None:
+    """--bus-secret-file: read where the environment says, so `rungway up`'s workers inherit it."""
+    if getattr(args, "bus_secret_file", None) is not None:
+        from .runtime.bus import SECRET_FILE_ENV
+
+        os.environ[SECRET_FILE_ENV] = str(args.bus_secret_file)
 
 
 def _live_half_open(policy: Policy) -> Policy:
@@ -172,6 +185,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         except KeyStoreError as exc:
             print(f"cannot start: {exc}", file=sys.stderr)
             return 1
+    _bus_secret_file(args)
     options = UpOptions(
         policy_path=args.policy,
         policy=policy,
@@ -309,6 +323,9 @@ def format_status(status: dict[str, Any]) -> str:
         f"({'connected' if bus.get('connected') else 'disconnected'})   "
         f"retries {budget.get('retries')}/{budget.get('allowed', 0):.0f} allowed in {budget.get('window_s')}s"
     )
+    refused = {reason: n for reason, n in (bus.get("rejected") or {}).items() if n}
+    if refused:
+        lines.append("bus frames refused: " + ", ".join(f"{n} {reason}" for reason, n in sorted(refused.items())))
     return "\n".join(lines)
 
 
@@ -353,6 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--socket", type=Path, required=True, help="the Unix socket to serve on (made 0600)")
     serve.add_argument("--channel-token-file", type=Path, help="the secret Envoy shows (or $RUNGWAY_CHANNEL_TOKEN)")
     serve.add_argument("--log-level", default="info")
+    serve.add_argument("--bus-secret-file", type=Path, help="file holding the fleet bus's signing secret")
     serve.set_defaults(func=cmd_serve)
 
     up = sub.add_parser("up", help="start Envoy and the sidecar on a policy, supervise both")
@@ -370,6 +388,11 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--log-level", default="info")
     up.add_argument("--state-file", type=Path, help="write bound ports and pids here (JSON)")
     up.add_argument("--no-restart", action="store_true", help="do not restart a worker or Envoy that exits")
+    up.add_argument(
+        "--bus-secret-file",
+        type=Path,
+        help="file holding the fleet (Redis) bus's signing secret (or RUNGWAY_BUS_SECRET)",
+    )
     up.set_defaults(func=cmd_up)
 
     keys = sub.add_parser("keys", help="client keys: who may call, as which tenant")

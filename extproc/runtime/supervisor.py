@@ -31,16 +31,16 @@ import yaml
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
 
-from ..core import CircuitChanged, Failure, ProbeClaim
+from ..core import CircuitChanged, Failure, FrameRules, ProbeClaim
 from ..core.names import REASON
 from ..health.board import Board
 from ..health.circuit import Transition
 from ..health.probe import ProbeSchedule, ProbeTarget, ReplicaReports, due, rate_limited, targets
 from ..policy import Policy
 from ..xds.bootstrap import EnvoySettings, render
-from .bus import HealthBus, HubServer, RedisBus
+from .bus import HealthBus, HubServer, fleet_bus
 from .metrics import BoardCollector, EnvoyRestarts, ProbeMetrics
-from .sidecar import CHANNEL_TOKEN_ENV, HUB_ENV, PROBE_TOKEN_ENV, configured_baselines, read_bus_event
+from .sidecar import CHANNEL_TOKEN_ENV, HUB_ENV, HUB_SECRET_ENV, PROBE_TOKEN_ENV, configured_baselines, read_bus_event
 
 log = logging.getLogger("rungway.up")
 
@@ -95,7 +95,7 @@ class UpOptions:
 class Supervisor:
     def __init__(self, options: UpOptions) -> None:
         self.options = options
-        self._dir = Path(tempfile.mkdtemp(prefix="rungway-"))
+        self._dir = Path(tempfile.mkdtemp(prefix="rungway-"))  # 0700: the hub's socket lives here
         self._metrics_dir = self._dir / "metrics"
         self._metrics_dir.mkdir()
         # The workers' Unix sockets, in this 0700 directory: only this user can reach them.
@@ -115,13 +115,20 @@ class Supervisor:
         self._probe_token = secrets.token_hex(16)
         self._channel_token = secrets.token_hex(32)
         self._hub_path = self._dir / "health.sock"
+        # The pod's hub signs with a secret of its own, made for this run: a fleet's secret
+        # rotates without touching it, and nothing outside this pod ever holds it.
+        self._hub_secret = secrets.token_hex(32)
         self._hub: HubServer | None = None
         self._bus: HubServer | HealthBus
         if options.policy.health.bus in (None, "local"):
-            self._hub = HubServer(self._hub_path)
+            self._hub = HubServer(self._hub_path, rules=FrameRules.signed(self._hub_secret))
             self._bus = self._hub
         else:
-            self._bus = RedisBus(options.policy.health.bus)
+            try:
+                self._bus = fleet_bus(options.policy.health)
+            except BaseException:
+                shutil.rmtree(self._dir, ignore_errors=True)
+                raise
         self._bus.subscribe(self._on_event)
         health = options.policy.health
         # The pod's only prober; claims on the bus keep it in step with other pods' (a fleet).
@@ -144,6 +151,7 @@ class Supervisor:
         }
         if self._hub is not None:
             env[HUB_ENV] = str(self._hub_path)
+            env[HUB_SECRET_ENV] = self._hub_secret
         cmd = [
             sys.executable,
             "-m",

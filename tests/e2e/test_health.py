@@ -22,6 +22,8 @@ from tests.stack import RedisServer, Stack, body_of, running
 pytestmark = pytest.mark.e2e
 HI: Any = [{"role": "user", "content": "hi"}]
 PROBE_TEXT = "Reply with: ok"
+# A Redis bus is a fleet bus: signed with a secret every member holds.
+FLEET_ENV = {**KEY_ENV, "RUNGWAY_BUS_SECRET": "e2e-fleet-secret-0123456789abcdef"}
 
 
 def health_policy(fleet: Fleet, key_dir: Path, **health: Any) -> dict[str, Any]:
@@ -300,7 +302,7 @@ def test_two_sidecars_on_one_bus_probe_an_endpoint_once_per_interval_between_the
     redis.start()
     try:
         policy = health_policy(fresh, tmp_path, bus=redis.url, probe_interval_s=2)
-        with running(policy, env=KEY_ENV) as a, running(policy, env=KEY_ENV) as b:
+        with running(policy, env=FLEET_ENV) as a, running(policy, env=FLEET_ENV) as b:
             for stack in (a, b):
                 assert status(stack)["bus"]["connected"] is True
             time.sleep(2)  # both probers settled into their schedules
@@ -327,7 +329,7 @@ def test_two_sidecars_sharing_redis_see_the_same_picture(fresh: Fleet, tmp_path:
     redis.start()
     try:
         policy = health_policy(fresh, tmp_path, bus=redis.url, circuit={"consecutive_failures": 3, "open_s": 30})
-        with running(policy, env=KEY_ENV) as a, running(policy, env=KEY_ENV) as b:
+        with running(policy, env=FLEET_ENV) as a, running(policy, env=FLEET_ENV) as b:
             fresh.primary.set_mode("status:503")
             for _ in range(3):
                 ask(a)  # only sidecar A meets the broken primary
