@@ -266,6 +266,11 @@ class HealthSettings(_Frozen):
     # Probe targets: every endpoint the policy names with a fixed model, plus at most this many
     # client-named models (`$requested` rungs), the most recently used by live traffic.
     max_probed_models: int = Field(20, ge=0, le=10_000)
+    # Endpoints of client-named models (`$requested` rungs) the board remembers, least recently
+    # used out; endpoints the policy names with a fixed model are never evicted. Every model name
+    # a client sends could otherwise become an endpoint for good. A few hundred covers any real
+    # catalogue of models, and bounds the board's memory and its per-tick walk.
+    max_client_endpoints: int = Field(500, ge=1, le=100_000)
     # Share of live traffic (not revenue-critical) served by fallback rungs to keep them measured.
     canary_share: float = Field(0.0, ge=0, le=0.5)
     # Fleet-wide: extra tries at most this share of requests, plus a floor, per window.
