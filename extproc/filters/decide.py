@@ -29,6 +29,7 @@ from ..translate import (
 )
 from .effects import Decided, Effect, HalfOpenAdmitted, RequestCounted
 from .flags import own_answer_headers
+from .shed import shed
 from .wire import (
     Mode,
     ProcessingRequest,
@@ -91,6 +92,10 @@ class DecideProcessor:
         pass
 
     def request_headers(self, request: ProcessingRequest) -> ProcessingResponse:
+        if self._worker.overloaded():  # load shedding: before any other work (filters/shed.py)
+            answer, effect = shed(request, self._policy)
+            self._effects.append(effect)
+            return answer
         policy = self._policy
         wanted = frozenset(
             {

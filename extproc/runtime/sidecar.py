@@ -34,6 +34,7 @@ from ..filters.effects import (
     HalfOpenAdmitted,
     RequestCounted,
     Served,
+    Shed,
     StreamEnded,
     Tried,
     Tripped,
@@ -43,6 +44,7 @@ from ..health.board import Board
 from ..health.circuit import Transition
 from ..policy import REQUESTED_MODEL, Policy, resolve_credentials
 from ..routing import HealthView
+from .admission import Admission
 from .bus import HealthBus, InProcessBus
 from .metrics import Metrics
 
@@ -101,6 +103,7 @@ class Sidecar:
     probe_token: str = field(default_factory=lambda: os.environ.get(PROBE_TOKEN_ENV) or secrets.token_hex(16))
     rng: random.Random = field(default_factory=random.Random)
     board: Board = field(init=False)
+    admission: Admission = field(init=False)
     _requests_unsent: int = field(default=0, init=False)
     _requests_sent_at: float = field(default=float("-inf"), init=False)
     _ticked_at: float = field(default=float("-inf"), init=False)
@@ -110,6 +113,7 @@ class Sidecar:
         configured = configured_endpoints(self.policy)
         self.board = Board(self.policy.health, configured_baselines(self.policy), configured)
         self.metrics.pin_models(key.partition("/")[2] for key in configured)
+        self.admission = Admission(self.policy.max_in_flight)
         self.bus.subscribe(self._on_event)
 
     @classmethod
@@ -149,6 +153,17 @@ class Sidecar:
         endpoint = self.board.endpoints.get(key)
         return self.board.baseline(endpoint, stream) if endpoint is not None else None
 
+    def overloaded(self) -> bool:
+        return self.admission.full(self.clock.now())
+
+    # ---- the gRPC loop's stream lifetimes (load shedding) ------------------------------------
+
+    def try_started(self) -> None:
+        self.admission.try_started(self.clock.now())
+
+    def try_ended(self) -> None:
+        self.admission.try_ended()
+
     # ---- writes: the effects processors return ------------------------------------------------
 
     def apply(self, effects: Iterable[Effect]) -> None:
@@ -163,6 +178,9 @@ class Sidecar:
                     m.decisions.labels(m.tenant(tenant), task, ladder, outcome).inc()
                 case RequestCounted():
                     self._note_request()
+                    self.admission.routed(self.clock.now())  # in flight until its try starts
+                case Shed():
+                    m.requests_shed.inc()
                 case HalfOpenAdmitted(key):
                     self._announce_all(self.board.admit(key, self.clock.wall()))
                 case Tried(ladder, rung, provider, model, outcome):

@@ -84,3 +84,22 @@ async def test_an_unknown_filter_role_is_refused() -> None:
     process = ExternalProcessor(make_sidecar()).Process(requests([], 0), context)
     assert [a async for a in process] == []
     assert context.aborted is not None and context.aborted[0] is grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_a_try_is_in_flight_at_the_worker_for_as_long_as_its_stream() -> None:
+    sidecar = make_sidecar(clock=SystemClock())  # type: ignore[arg-type]
+    context: Any = Context("attempt")
+    process: Any = ExternalProcessor(sidecar).Process(requests(stream_messages(), then_wait_s=0.05), context)
+    seen = []
+    async for _ in process:
+        seen.append(sidecar.admission.tries)
+    assert seen and set(seen) == {1}
+    assert sidecar.admission.tries == 0
+
+
+async def test_a_decide_stream_is_not_a_try() -> None:
+    sidecar = make_sidecar()
+    context: Any = Context("decide")
+    process: Any = ExternalProcessor(sidecar).Process(requests([], 0), context)
+    assert [a async for a in process] == []
+    assert sidecar.admission.tries == 0
