@@ -13,8 +13,12 @@ the mode's (sigma = jitter, from a seeded random.Random), as an LLM provider's l
 
 Stream-only modes applied to a non-streaming request fall back to their nearest JSON equivalent,
 so a sticky mode means something for every request: `first_delay:S` and `stall:N:S` wait S seconds
-before answering, `cut:N` sends a truncated body, `reset_after:N` resets, `sse_error` and `no_done`
-answer normally.
+before answering, `cut:N` and `endless_line:N` send a truncated body, `reset_after:N` resets,
+`sse_error`, `no_done` and `junk_head:BYTES` answer normally.
+
+`endless_line:N` sends N tokens, then one `data:` line that never ends (a provider gone wrong
+that would make a naive proxy buffer without bound); `junk_head:BYTES` sends about BYTES of
+well-formed events without a token (pings, empty chunks) before the answer.
 
 `MockFleet` adds a JSON control API for out-of-process use; `main()` is its command line.
 """
@@ -50,7 +54,7 @@ MODE_GRAMMAR: Final = (
     "empty_tool, safety, context_overflow, big:BYTES, sse_error, first_delay:S, stall:N:S, cut:N, "
     "no_done, finish_hang:S, reset_after:N, quota:REMAINING:RESET_S, brownout:FAIL_SHARE:FROM_S:TO_S:OVER_S, "
     "badevent:N[:TOTAL], pause:N:S[:TOTAL], stall_close:N:S[:TOTAL], stall_end:N:S[:TOTAL], "
-    "stall_reset:N:S[:TOTAL], close_after:N[:TOTAL], no_done_n:TOTAL"
+    "stall_reset:N:S[:TOTAL], close_after:N[:TOTAL], no_done_n:TOTAL, endless_line:N, junk_head:BYTES"
 )
 # Stream fault modes with an explicit answer length (TOTAL tokens, default below).
 _FAULTS: Final = frozenset({"badevent", "pause", "stall_close", "stall_end", "stall_reset", "close_after", "no_done_n"})
@@ -77,10 +81,11 @@ _PLAIN: Final = frozenset(
         "no_done",
     }
 )
-_COUNTED: Final = frozenset({"tokens", "big", "cut", "reset_after"})
+_COUNTED: Final = frozenset({"tokens", "big", "cut", "reset_after", "endless_line", "junk_head"})
 _TIMED: Final = frozenset({"delay", "first_delay", "finish_hang"})
 _STREAM_ONLY: Final = frozenset(
-    {"sse_error", "first_delay", "stall", "cut", "no_done", "finish_hang", "reset_after"} | _FAULTS
+    {"sse_error", "first_delay", "stall", "cut", "no_done", "finish_hang", "reset_after", "endless_line", "junk_head"}
+    | _FAULTS
 )
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\Z")
@@ -90,6 +95,11 @@ _BIG_SLICE: Final = 16 * 1024
 # A mock owes nobody a graceful drain, and stop() sits on every test's teardown path.
 _SHUTDOWN_TIMEOUT: Final = 0.25
 _LINGER_RST: Final = struct.pack("ii", 1, 0)
+
+# endless_line writes its line in slices this size, up to this much in all (a mock stays bounded
+# even when nobody stops reading).
+_ENDLESS_SLICE: Final = 64 * 1024
+_ENDLESS_MAX: Final = 256 * 1024 * 1024
 
 _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
@@ -189,7 +199,7 @@ def _as_json_mode(mode: Mode) -> Mode:
     """The non-streaming stand-in for a stream-only mode (see the module docstring)."""
     if mode.kind in ("first_delay", "stall"):
         return Mode(mode.text, "delay", seconds=mode.seconds)
-    if mode.kind == "cut":
+    if mode.kind in ("cut", "endless_line"):
         return Mode(mode.text, "invalid_json")
     if mode.kind == "reset_after":
         return Mode(mode.text, "reset")
@@ -859,7 +869,12 @@ class MockProvider:
                 await response.write(self._wire.sse_error)
                 await response.write_eof()
                 return response
+            if kind == "junk_head":
+                await self._junk_head(response, mode.count)
             await response.write(plan.head)
+            if kind == "endless_line":
+                await self._endless_line(response, plan, mode.count)
+                return response
             if kind == "invalid_json":
                 first = plan.tokens[0]
                 await response.write(first[: len(first) // 2] + b"\n\n")
@@ -910,6 +925,27 @@ class MockProvider:
         except ConnectionError:
             pass  # the client hung up; there is nobody left to answer
         return response
+
+    async def _endless_line(self, response: web.StreamResponse, plan: _StreamPlan, tokens: int) -> None:
+        """N tokens, then one `data:` line that never ends (up to _ENDLESS_MAX bytes)."""
+        for event in plan.tokens[:tokens]:
+            await response.write(event)
+        await response.write(b"data: ")
+        line = b"x" * _ENDLESS_SLICE
+        for _ in range(_ENDLESS_MAX // _ENDLESS_SLICE):
+            await response.write(line)  # waits while the reader is not reading
+        await response.write_eof()
+
+    async def _junk_head(self, response: web.StreamResponse, size: int) -> None:
+        """About `size` bytes of well-formed events that carry no token (an Anthropic ping, an
+        OpenAI chunk with an empty delta) before the answer's first event."""
+        if self.dialect == "anthropic":
+            event = _event("ping", {"type": "ping"})
+        else:
+            event = b"data: " + _dumps({"object": "chat.completion.chunk", "choices": []}) + b"\n\n"
+        batch = event * max(1, _ENDLESS_SLICE // len(event))
+        for _ in range(max(1, size // len(batch))):
+            await response.write(batch)
 
 
 # ---------------------------------------------------------------------------------------------

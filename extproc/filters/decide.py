@@ -33,6 +33,7 @@ from ..translate import api_pair, load_json, render_error
 from .caller import foreign_headers, identify
 from .effects import Decided, Effect, HalfOpenAdmitted, RequestCounted, Unauthenticated
 from .flags import own_answer_headers
+from .shed import shed
 from .wire import (
     Mode,
     ProcessingRequest,
@@ -98,6 +99,10 @@ class DecideProcessor:
         pass
 
     def request_headers(self, request: ProcessingRequest) -> ProcessingResponse:
+        if self._worker.overloaded():  # load shedding: before any other work (filters/shed.py)
+            answer, effect = shed(request, self._policy)
+            self._effects.append(effect)
+            return answer
         policy = self._policy
         worker = self._worker
         headers = header_map(request.request_headers)

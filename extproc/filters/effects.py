@@ -30,7 +30,12 @@ class Unauthenticated:
 
 @dataclass(frozen=True, slots=True)
 class RequestCounted:
-    """One more decided request, for the fleet's retry budget."""
+    """One more routed request: for the fleet's retry budget, and in flight at the worker."""
+
+
+@dataclass(frozen=True, slots=True)
+class Shed:
+    """decide answered 503 + Retry-After at once: the worker had max_in_flight in flight."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +97,7 @@ Effect = (
     Decided
     | Unauthenticated
     | RequestCounted
+    | Shed
     | HalfOpenAdmitted
     | Tried
     | Tripped

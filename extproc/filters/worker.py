@@ -35,3 +35,7 @@ class Worker(Protocol):
     def baseline(self, key: str, stream: bool) -> float | None:
         """The p95 of a healthy answer's latency at the endpoint (TTFT for streams), if known."""
         ...
+
+    def overloaded(self) -> bool:
+        """Does the worker have policy.max_in_flight requests in flight? (decide sheds the next.)"""
+        ...

@@ -19,8 +19,8 @@ events cross processes and hosts), and nothing does I/O.
 from __future__ import annotations
 
 import math
-from collections import deque
-from collections.abc import Iterable
+from collections import OrderedDict, deque
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
@@ -77,7 +77,15 @@ class Unusable:
 
 
 class Board:
-    def __init__(self, settings: HealthSettings, baselines: dict[str, float] | None = None) -> None:
+    def __init__(
+        self,
+        settings: HealthSettings,
+        baselines: dict[str, float] | None = None,
+        configured: Collection[str] = (),
+    ) -> None:
+        """`configured`: the endpoints the policy names with a fixed model. They are never
+        evicted; every other endpoint is named by a client's model and counts against
+        `max_client_endpoints`."""
         self.settings = settings
         c = settings.circuit
         self._circuit_config = CircuitConfig(
@@ -94,10 +102,23 @@ class Board:
         self.endpoints: dict[str, Endpoint] = {}
         self.budget = RetryBudget(settings)
         self._outbox: list[Abandoned] = []
+        self._configured = frozenset(configured)
+        self._client_named: OrderedDict[str, None] = OrderedDict()  # least recently mentioned first
+        self.evictions = 0  # client-named endpoints forgotten to stay within the cap
 
     def endpoint(self, key: str) -> Endpoint:
-        """The endpoint's record, created on first mention (a command)."""
+        """The endpoint's record, created on first mention (a command). A client-named endpoint
+        past `max_client_endpoints` evicts the least recently mentioned one."""
         ep = self.endpoints.get(key)
+        if key not in self._configured:
+            if ep is not None:
+                self._client_named.move_to_end(key)
+            else:
+                self._client_named[key] = None
+                if len(self._client_named) > self.settings.max_client_endpoints:
+                    gone, _ = self._client_named.popitem(last=False)
+                    del self.endpoints[gone]
+                    self.evictions += 1
         if ep is None:
             provider = key.partition("/")[0]
             configured = self._configured_baselines.get(key, self._configured_baselines.get(f"{provider}/*"))
@@ -406,4 +427,4 @@ class Board:
                     "last_trip": {"at": ep.last_trip[0], "reason": ep.last_trip[1].value} if ep.last_trip else None,
                 }
             )
-        return {"rungs": rungs, "retry_budget": self.budget.snapshot(now)}
+        return {"rungs": rungs, "retry_budget": self.budget.snapshot(now), "evictions": self.evictions}

@@ -319,6 +319,11 @@ class HealthSettings(_Frozen):
     # Probe targets: every endpoint the policy names with a fixed model, plus at most this many
     # client-named models (`$requested` rungs), the most recently used by live traffic.
     max_probed_models: int = Field(20, ge=0, le=10_000)
+    # Endpoints of client-named models (`$requested` rungs) the board remembers, least recently
+    # used out; endpoints the policy names with a fixed model are never evicted. Every model name
+    # a client sends could otherwise become an endpoint for good. A few hundred covers any real
+    # catalogue of models, and bounds the board's memory and its per-tick walk.
+    max_client_endpoints: int = Field(500, ge=1, le=100_000)
     # Share of live traffic (not revenue-critical) served by fallback rungs to keep them measured.
     canary_share: float = Field(0.0, ge=0, le=0.5)
     # Fleet-wide: extra tries at most this share of requests, plus a floor, per window.
@@ -385,6 +390,13 @@ class Policy(_Frozen):
     # The longest generation allowed end to end (Envoy's route timeout; 0 disables it).
     route_timeout_s: float = Field(600.0, ge=0)
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=64 * 1024, le=30 * 1024 * 1024)
+    # Load shedding: requests one sidecar worker has in flight (its tries, and requests it routed
+    # whose try has not started). Past it, decide answers at once: 503 with a Retry-After of
+    # shed_retry_after_s, in the client's dialect. Without a cap, overload shows as ext_proc
+    # message timeouts and mass fail-open. A worker relays a few thousand stream events a second:
+    # 256 streams at ~20 tokens/s is about all one core can carry.
+    max_in_flight: int = Field(256, ge=1, le=100_000)
+    shed_retry_after_s: int = Field(1, ge=1, le=300)
     providers: dict[str, Provider] = Field(min_length=1)
     tasks: dict[str, TaskClass] = Field(default_factory=lambda: {"default": TaskClass()})
     ladders: dict[str, Ladder] = Field(min_length=1)

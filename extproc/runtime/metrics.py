@@ -6,7 +6,7 @@ mode (PROMETHEUS_MULTIPROC_DIR), so the supervisor's /metrics shows the whole si
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter
@@ -16,14 +16,40 @@ from prometheus_client.registry import Collector
 if TYPE_CHECKING:
     from ..health.board import Board
 
-# Tenant names come from a request header: past this many distinct ones per process, further
-# tenants are counted as "other" so a noisy or hostile client cannot blow up the label sets.
+# Tenant names come from a request header, and model names from the request body: past this many
+# distinct ones per process, further ones are counted as "other" so a noisy or hostile client
+# cannot blow up the label sets (each value multiplies every series it appears in). Models the
+# policy names are always their own label.
 MAX_TENANT_LABELS = 200
+MAX_MODEL_LABELS = 200
+OTHER = "other"
+
+
+class LabelBudget:
+    """Label values named by clients: the first `limit` distinct ones (and the pinned ones) are
+    their own label; any later one has none (the caller counts it as `other`)."""
+
+    def __init__(self, limit: int, pinned: Iterable[str] = ()) -> None:
+        self.limit = limit
+        self._pinned = set(pinned)
+        self._seen: set[str] = set()
+
+    def pin(self, values: Iterable[str]) -> None:
+        self._pinned.update(values)
+
+    def label(self, value: str) -> str | None:
+        if value in self._pinned or value in self._seen:
+            return value
+        if len(self._seen) < self.limit:
+            self._seen.add(value)
+            return value
+        return None
 
 
 class Metrics:
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        self._tenants: set[str] = set()
+    def __init__(self, registry: CollectorRegistry | None = None, max_models: int = MAX_MODEL_LABELS) -> None:
+        self._tenants = LabelBudget(MAX_TENANT_LABELS)
+        self._models = LabelBudget(max_models)
         kw = {"registry": registry} if registry is not None else {}
         self.decisions = Counter(
             "rungway_decisions_total",
@@ -97,21 +123,54 @@ class Metrics:
             **kw,  # type: ignore[arg-type]
         )
 
+        self.labels_folded = Counter(
+            "rungway_label_values_folded_total",
+            "Metric updates whose client-named label value (tenant, model) was folded into 'other'.",
+            ["label"],
+            **kw,  # type: ignore[arg-type]
+        )
+        self.board_evictions = Counter(
+            "rungway_board_evictions_total",
+            "Client-named endpoints the health board forgot to stay within max_client_endpoints.",
+            **kw,  # type: ignore[arg-type]
+        )
+        self.requests_shed = Counter(
+            "rungway_requests_shed_total",
+            "Requests answered 503 + Retry-After at once because the worker had max_in_flight in flight.",
+            **kw,  # type: ignore[arg-type]
+        )
+
+    def pin_models(self, names: Iterable[str]) -> None:
+        """Models the policy names: always their own label, outside the budget."""
+        self._models.pin(names)
+
     def tenant(self, name: str) -> str:
         """The label for a tenant: its name, or "other" once the label budget is spent."""
-        if name in self._tenants:
-            return name
-        if len(self._tenants) < MAX_TENANT_LABELS:
-            self._tenants.add(name)
-            return name
-        return "other"
+        return self._fold("tenant", self._tenants.label(name))
+
+    def model(self, name: str) -> str:
+        """The label for a model: its name, or "other" once the label budget is spent."""
+        return self._fold("model", self._models.label(name))
+
+    def endpoint(self, key: str) -> str:
+        """The label for an endpoint (provider/model), its model folded like `model`."""
+        provider, _, model = key.partition("/")
+        return f"{provider}/{self.model(model)}"
+
+    def _fold(self, label: str, value: str | None) -> str:
+        if value is None:
+            self.labels_folded.labels(label).inc()
+            return OTHER
+        return value
 
 
 class ProbeMetrics:
     """The prober's own counters (the supervisor's process; probes are never tenant traffic).
-    Labels are bounded: endpoints by the probe targets, outcomes by the failure classes."""
+    Labels are bounded: endpoints by the probe targets (whose client-named models are folded
+    like the workers' model labels: targets change over time), outcomes by the failure classes."""
 
-    def __init__(self) -> None:
+    def __init__(self, pinned_models: Iterable[str] = ()) -> None:
+        self._models = LabelBudget(MAX_MODEL_LABELS, pinned_models)
         # Registered into each scrape's registry by the supervisor, next to the workers' metrics.
         self.probes = Counter(
             "rungway_probes_total",
@@ -119,6 +178,10 @@ class ProbeMetrics:
             ["endpoint", "outcome"],
             registry=None,
         )
+
+    def endpoint(self, key: str) -> str:
+        provider, _, model = key.partition("/")
+        return f"{provider}/{self._models.label(model) or OTHER}"
 
 
 _STATE_VALUE = {"closed": 0.0, "half_open": 1.0, "open": 2.0}

@@ -70,6 +70,10 @@ class ExternalProcessor(epg.ExternalProcessorServicer):  # type: ignore[misc]
         processor: Processor = factory(sidecar)
         clock = sidecar.clock
         requests = aiter(request_iterator)
+        # A try's stream lives as long as the try: what decide's load shedding counts.
+        is_try = factory is AttemptProcessor
+        if is_try:
+            sidecar.try_started()
         # With a deadline armed the read is awaited with a timeout; it is never cancelled (a
         # cancelled read would lose the message), so it stays pending across wake-ups.
         pending_read: asyncio.Future[ProcessingRequest] | None = None
@@ -119,6 +123,8 @@ class ExternalProcessor(epg.ExternalProcessorServicer):  # type: ignore[misc]
                         pending_read.exception()
                 else:
                     pending_read.cancel()
+            if is_try:
+                sidecar.try_ended()
             processor.on_close()
             sidecar.apply(processor.drain_effects())
 

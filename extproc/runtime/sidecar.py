@@ -35,6 +35,7 @@ from ..filters.effects import (
     HalfOpenAdmitted,
     RequestCounted,
     Served,
+    Shed,
     StreamEnded,
     Tried,
     Tripped,
@@ -46,6 +47,7 @@ from ..health.circuit import Transition
 from ..identity import KeyStore
 from ..policy import REQUESTED_MODEL, Policy, resolve_credentials
 from ..routing import HealthView
+from .admission import Admission
 from .bus import HealthBus, InProcessBus
 from .keyfile import KeyFile
 from .metrics import Metrics
@@ -79,6 +81,16 @@ def configured_baselines(policy: Policy) -> dict[str, float]:
     return out
 
 
+def configured_endpoints(policy: Policy) -> frozenset[str]:
+    """Endpoints the policy names with a fixed model: the board never evicts them."""
+    return frozenset(
+        endpoint_key(rung.provider, rung.model)
+        for rungs in policy.ladders.values()
+        for rung in rungs
+        if rung.model != REQUESTED_MODEL
+    )
+
+
 def read_bus_event(raw: dict[str, Any]) -> BusEvent | None:
     """A typed event from the bus's JSON, or None (logged) for anything malformed or foreign."""
     try:
@@ -101,12 +113,17 @@ class Sidecar:
     key_file: KeyFile | None = None
     key_store: KeyStore = field(init=False)
     board: Board = field(init=False)
+    admission: Admission = field(init=False)
     _requests_unsent: int = field(default=0, init=False)
     _requests_sent_at: float = field(default=float("-inf"), init=False)
     _ticked_at: float = field(default=float("-inf"), init=False)
+    _evictions_counted: int = field(default=0, init=False)
 
     def __post_init__(self) -> None:
-        self.board = Board(self.policy.health, configured_baselines(self.policy))
+        configured = configured_endpoints(self.policy)
+        self.board = Board(self.policy.health, configured_baselines(self.policy), configured)
+        self.metrics.pin_models(key.partition("/")[2] for key in configured)
+        self.admission = Admission(self.policy.max_in_flight)
         self.bus.subscribe(self._on_event)
         self.key_store = self.key_file.store if self.key_file is not None else KeyStore()
         self.bus.on_reject(self._count_rejection)
@@ -163,6 +180,17 @@ class Sidecar:
         endpoint = self.board.endpoints.get(key)
         return self.board.baseline(endpoint, stream) if endpoint is not None else None
 
+    def overloaded(self) -> bool:
+        return self.admission.full(self.clock.now())
+
+    # ---- the gRPC loop's stream lifetimes (load shedding) ------------------------------------
+
+    def try_started(self) -> None:
+        self.admission.try_started(self.clock.now())
+
+    def try_ended(self) -> None:
+        self.admission.try_ended()
+
     # ---- writes: the effects processors return ------------------------------------------------
 
     def apply(self, effects: Iterable[Effect]) -> None:
@@ -179,12 +207,15 @@ class Sidecar:
                     m.unauthenticated.labels(reason).inc()
                 case RequestCounted():
                     self._note_request()
+                    self.admission.routed(self.clock.now())  # in flight until its try starts
+                case Shed():
+                    m.requests_shed.inc()
                 case HalfOpenAdmitted(key):
                     self._announce_all(self.board.admit(key, self.clock.wall()))
                 case Tried(ladder, rung, provider, model, outcome):
-                    m.attempts.labels(ladder, str(rung), provider, model, outcome).inc()
+                    m.attempts.labels(ladder, str(rung), provider, m.model(model), outcome).inc()
                 case Tripped(ladder, rung, provider, model, reason):
-                    m.trips.labels(ladder, str(rung), provider, model, reason.value).inc()
+                    m.trips.labels(ladder, str(rung), provider, m.model(model), reason.value).inc()
                 case Served(tenant, task, ladder, tier, degraded):
                     m.served.labels(m.tenant(tenant), task, ladder, str(tier), str(degraded).lower()).inc()
                 case StreamEnded(outcome):
@@ -223,10 +254,15 @@ class Sidecar:
         self.metrics.bus_rejected.labels(reason).inc()
 
     def _announce_all(self, transitions: Iterable[tuple[str, Transition]]) -> None:
+        """Every board command's result passes here: its transitions, and its evictions."""
+        evicted = self.board.evictions - self._evictions_counted
+        if evicted:
+            self.metrics.board_evictions.inc(evicted)
+            self._evictions_counted = self.board.evictions
         for key, t in transitions:
             # `rungway up` logs transitions once, from its own replica of the board.
             log.debug("circuit %s: %s → %s (%s)", key, t.source.value, t.target.value, t.reason)
-            self.metrics.circuit_transitions.labels(key, t.target.value).inc()
+            self.metrics.circuit_transitions.labels(self.metrics.endpoint(key), t.target.value).inc()
             # Boards derive state from observations; this event is for dashboards and logs.
             self.bus.publish(CircuitChanged(key, t.at, t.source.value, t.target.value, t.reason).encode())
 

@@ -40,7 +40,15 @@ from ..policy import Policy
 from ..xds.bootstrap import EnvoySettings, render
 from .bus import HealthBus, HubServer, fleet_bus
 from .metrics import BoardCollector, EnvoyRestarts, ProbeMetrics
-from .sidecar import CHANNEL_TOKEN_ENV, HUB_ENV, HUB_SECRET_ENV, PROBE_TOKEN_ENV, configured_baselines, read_bus_event
+from .sidecar import (
+    CHANNEL_TOKEN_ENV,
+    HUB_ENV,
+    HUB_SECRET_ENV,
+    PROBE_TOKEN_ENV,
+    configured_baselines,
+    configured_endpoints,
+    read_bus_event,
+)
 
 log = logging.getLogger("rungway.up")
 
@@ -111,7 +119,8 @@ class Supervisor:
         self.admin_port = 0
         self._runner: web.AppRunner | None = None
         # The health board replica behind /status, fed by the same bus as the workers.
-        self.board = Board(options.policy.health, configured_baselines(options.policy))
+        policy = options.policy
+        self.board = Board(policy.health, configured_baselines(policy), configured_endpoints(policy))
         self._probe_token = secrets.token_hex(16)
         self._channel_token = secrets.token_hex(32)
         self._hub_path = self._dir / "health.sock"
@@ -133,7 +142,7 @@ class Supervisor:
         health = options.policy.health
         # The pod's only prober; claims on the bus keep it in step with other pods' (a fleet).
         self._schedule = ProbeSchedule(self._bus.origin, rival_window_s=health.recovery_probe_s)
-        self._probe_metrics = ProbeMetrics()
+        self._probe_metrics = ProbeMetrics(key.partition("/")[2] for key in configured_endpoints(policy))
         self._reports = ReplicaReports(
             ttl_s=health.circuit.open_s + health.circuit.probe_bound_s + 4 * health.recovery_probe_s
         )
@@ -358,7 +367,7 @@ class Supervisor:
             # The attempt filter observed the try already; this is only our side of it.
             log.debug("probe of %s: %s", target.key, exc)
         finally:
-            self._probe_metrics.probes.labels(target.key, outcome).inc()
+            self._probe_metrics.probes.labels(self._probe_metrics.endpoint(target.key), outcome).inc()
 
     async def _status(self, request: web.Request) -> web.Response:
         body = {

@@ -11,8 +11,9 @@ from __future__ import annotations
 import json
 
 from ..core import Dialect, Failure
-from .sse import SseParser
+from .sse import MAX_EVENT_BYTES, SseParser
 from .stream import (
+    MALFORMED_STREAM,
     AnthropicStreamReader,
     AnthropicStreamWriter,
     Delta,
@@ -31,6 +32,12 @@ from .stream import (
 
 _OPENAI_DONE = b"data: [DONE]\n\n"
 INVALID_EVENT = "invalid_event"  # the readers' StreamError type for an event that does not parse
+# What the relay produces before the first token is held with the response headers (the attempt
+# filter's pending bytes). Usually a few hundred bytes (a role chunk, message_start, a ping), but
+# an Anthropic client served by an Anthropic rung is relayed its thinking blocks unchanged, held
+# until the first text: ~1-2 MB of events for 64k thinking tokens. Past this the provider is
+# sending something other than an answer, and the try ends as a malformed stream.
+MAX_HELD_BYTES = 4 * 1024 * 1024
 _ANTHROPIC_STOP = b'event: message_stop\ndata: {"type":"message_stop"}\n\n'
 
 
@@ -45,10 +52,14 @@ class StreamRelay:
         created: int,
         include_usage: bool,
         prompt_tokens: int,
+        max_event_bytes: int = MAX_EVENT_BYTES,
+        max_held_bytes: int = MAX_HELD_BYTES,
     ) -> None:
         self._client = client.wire
         self._same = client.wire is provider.wire
-        self._parser = SseParser()
+        self._parser = SseParser(max_event_bytes)
+        self._max_held = max_held_bytes
+        self._held = 0  # bytes produced before the first token
         self._reader: OpenAIStreamReader | AnthropicStreamReader = (
             AnthropicStreamReader() if provider.wire is Dialect.ANTHROPIC else OpenAIStreamReader()
         )
@@ -75,7 +86,8 @@ class StreamRelay:
         if self.closed:
             return b""
         out = bytearray()
-        for event in self._parser.feed(chunk):
+        parser = self._parser
+        for event in parser.feed(chunk):
             deltas = self._reader.read(event)
             if any(isinstance(d, StreamError) and d.type == INVALID_EVENT for d in deltas):
                 # One broken event (e.g. cut-off JSON) is not the end of the answer: drop it and
@@ -99,7 +111,24 @@ class StreamRelay:
             if self.done or (self.error is not None and self.started):
                 self.closed = True
                 break
+        if not self.closed:
+            if parser.overflowed:
+                limit = parser.max_event_bytes
+                return bytes(out) + self._malformed(f"the provider sent an event over {limit} bytes")
+            if not self.started:
+                self._held += len(out)
+                if self._held > self._max_held:
+                    return self._malformed(f"the provider sent over {self._max_held} bytes before the first token")
         return bytes(out)
+
+    def _malformed(self, message: str) -> bytes:
+        """The stream broke a cap: before the first token the attempt filter hops (nothing went
+        out); after it the client gets an in-band error event."""
+        self.error = StreamError(type=MALFORMED_STREAM, message=message)
+        self.closed = True
+        if not self.started:
+            return b""
+        return self._writer.error(stream_failure(self.error, started=True), message)
 
     def _track(self, delta: Delta) -> None:
         if isinstance(delta, (TextDelta, ToolCallStart, ToolCallArgs)):

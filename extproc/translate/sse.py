@@ -11,6 +11,12 @@ from dataclasses import dataclass
 
 _CR = 0x0D
 _LF = 0x0A
+# The longest event (or line) the parser holds while waiting for its end. One event carries one
+# delta: the largest real ones — a whole tool call's arguments from servers that do not stream
+# them, a server tool's result block — are tens of KB. A provider sending an endless line, or
+# lines without the blank line that ends an event, would otherwise grow the buffer for as long as
+# it keeps sending; past this the stream is malformed.
+MAX_EVENT_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,11 +35,15 @@ class SseEvent:
 
 
 class SseParser:
-    """Turns a byte stream, split anywhere, into complete events."""
+    """Turns a byte stream, split anywhere, into complete events. An event in progress over
+    `max_event_bytes` sets `overflowed`, drops what was held and ends the parse: every later
+    feed returns nothing."""
 
-    __slots__ = ("_buffer", "_data", "_event", "_has_data", "_scan", "_skip_lf")
+    __slots__ = ("_buffer", "_data", "_event", "_has_data", "_scan", "_skip_lf", "max_event_bytes", "overflowed")
 
-    def __init__(self) -> None:
+    def __init__(self, max_event_bytes: int = MAX_EVENT_BYTES) -> None:
+        self.max_event_bytes = max_event_bytes
+        self.overflowed = False
         self._buffer = bytearray()  # bytes of the event in progress
         self._scan = 0  # offset in _buffer up to which lines have been interpreted
         self._skip_lf = False  # the last line ended with CR: an LF right after it belongs to it
@@ -47,6 +57,8 @@ class SseParser:
         return bytes(self._buffer)
 
     def feed(self, chunk: bytes) -> list[SseEvent]:
+        if self.overflowed:
+            return []
         buffer = self._buffer
         buffer += chunk
         events: list[SseEvent] = []
@@ -84,6 +96,12 @@ class SseParser:
             end -= pos
             pos = 0
         self._scan = pos
+        if len(buffer) > self.max_event_bytes:
+            # The events completed before it still count; the stream ends after them.
+            self.overflowed = True
+            buffer.clear()
+            self._data = []
+            self._scan = 0
         return events
 
     def _field(self, line: bytes) -> None:

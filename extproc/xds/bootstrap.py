@@ -65,6 +65,11 @@ class EnvoySettings:
     message_timeout_s: float = 1.0
     access_log_path: str = "/dev/stdout"
     extra_ca_files: dict[str, Path] = field(default_factory=dict)
+    # Envoy's overload manager (_overload_manager): connections it accepts at all, and the heap
+    # past which it sheds load itself. Envoy with Rungway's buffers (ext_proc bodies up to
+    # EXTPROC_BUFFER_LIMIT per connection) stays far below 1 GiB in normal operation.
+    max_downstream_connections: int = 50_000
+    max_heap_bytes: int = 1024 * 1024 * 1024
 
 
 def render(policy: Policy, settings: EnvoySettings) -> dict[str, Any]:
@@ -80,18 +85,7 @@ def render(policy: Policy, settings: EnvoySettings) -> dict[str, Any]:
     return {
         "node": {"id": "rungway", "cluster": "rungway"},
         "admin": {"address": _addr(settings.admin_address, settings.admin_port)},
-        "overload_manager": {
-            "resource_monitors": [
-                {
-                    "name": "envoy.resource_monitors.global_downstream_max_connections",
-                    "typed_config": {
-                        "@type": _ANY
-                        + "envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig",
-                        "max_active_downstream_connections": 50000,
-                    },
-                }
-            ]
-        },
+        "overload_manager": _overload_manager(settings),
         "static_resources": {"listeners": [_listener(policy, settings), _relay_listener(policy)], "clusters": clusters},
         # An admin layer lets an operator (or a test) flip a runtime guard on the running Envoy,
         # e.g. envoy.reloadable_features.abort_when_accessing_dead_decoder. Admin is loopback.
@@ -101,6 +95,44 @@ def render(policy: Policy, settings: EnvoySettings) -> dict[str, Any]:
                 "name": "envoy.bootstrap.internal_listener",
                 "typed_config": {"@type": _ANY + "envoy.extensions.bootstrap.internal_listener.v3.InternalListener"},
             }
+        ],
+    }
+
+
+def _overload_manager(settings: EnvoySettings) -> dict[str, Any]:
+    """Envoy's own last line against overload (the sidecar sheds first, per worker: decide's 503).
+    Past max_heap_bytes of heap, Envoy frees what it can, then stops keep-alive (clients spread to
+    other replicas), then answers new requests 503 itself (the local-reply mapper renders that in
+    the client's dialect) rather than be OOM-killed with every stream in it."""
+    monitors: list[dict[str, Any]] = [
+        {
+            "name": "envoy.resource_monitors.global_downstream_max_connections",
+            "typed_config": {
+                "@type": _ANY
+                + "envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig",
+                "max_active_downstream_connections": settings.max_downstream_connections,
+            },
+        },
+        {
+            "name": "envoy.resource_monitors.fixed_heap",
+            "typed_config": {
+                "@type": _ANY + "envoy.extensions.resource_monitors.fixed_heap.v3.FixedHeapConfig",
+                "max_heap_size_bytes": settings.max_heap_bytes,
+            },
+        },
+    ]
+
+    def on_heap(action: str, at: float) -> dict[str, Any]:
+        trigger = {"name": "envoy.resource_monitors.fixed_heap", "threshold": {"value": at}}
+        return {"name": f"envoy.overload_actions.{action}", "triggers": [trigger]}
+
+    return {
+        "refresh_interval": "0.25s",
+        "resource_monitors": monitors,
+        "actions": [
+            on_heap("shrink_heap", 0.90),
+            on_heap("disable_http_keepalive", 0.95),
+            on_heap("stop_accepting_requests", 0.98),
         ],
     }
 

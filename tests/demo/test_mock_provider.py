@@ -906,3 +906,38 @@ async def test_cli_serves_providers_until_sigterm(http: aiohttp.ClientSession, t
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+@pytest.mark.parametrize("dialect", ["openai", "anthropic"])
+async def test_endless_line_sends_tokens_then_a_line_that_never_ends(
+    openai_mock: MockProvider, anthropic_mock: MockProvider, http: aiohttp.ClientSession, dialect: str
+) -> None:
+    provider = openai_mock if dialect == "openai" else anthropic_mock
+    body = openai_body(stream=True) if dialect == "openai" else anthropic_body(stream=True)
+    provider.set_mode("endless_line:2")
+    path = "/v1/chat/completions" if dialect == "openai" else "/v1/messages"
+    received = b""
+    async with http.post(provider.url + path, json=body) as response:
+        async for chunk in response.content.iter_any():
+            received += chunk
+            if len(received) > 1024 * 1024:
+                break  # the reader hangs up; the mock stops writing
+    head, _, line = received.rpartition(b"\n\n")
+    assert line.startswith(b"data: xxxx") and b"\n" not in line
+    tokens = [d for _, d in sse(head + b"\n\n") if "w1" in d or "w2" in d]
+    assert len(tokens) == 2
+
+
+@pytest.mark.parametrize("dialect", ["openai", "anthropic"])
+async def test_junk_head_sends_token_less_events_before_a_normal_answer(
+    openai_mock: MockProvider, anthropic_mock: MockProvider, http: aiohttp.ClientSession, dialect: str
+) -> None:
+    provider = openai_mock if dialect == "openai" else anthropic_mock
+    body = openai_body(stream=True) if dialect == "openai" else anthropic_body(stream=True)
+    provider.set_mode("junk_head:200000")
+    status, _, raw = await post(http, provider, body)
+    assert status == 200 and len(raw) >= 190_000
+    events = sse(raw)
+    junk = [d for _, d in events if '"ping"' in d or '"choices":[]' in d]
+    assert len(junk) > 1000
+    assert events[-1][1] in ("[DONE]", '{"type":"message_stop"}')

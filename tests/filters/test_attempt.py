@@ -28,6 +28,7 @@ from extproc.filters.attempt import AttemptProcessor, Phase
 from extproc.filters.wire import Mode, response_headers_response
 from extproc.runtime.sidecar import Sidecar
 from extproc.translate import SseParser
+from extproc.translate.sse import MAX_EVENT_BYTES
 from tests.builders import (
     ANTHROPIC_ERROR_EVENT,
     OPENAI_ERROR_EVENT,
@@ -1049,3 +1050,43 @@ def test_an_event_that_is_not_json_is_skipped_and_the_stream_goes_on() -> None:
     assert body_of(rest) == sse(events[2:])
     assert rest.response_body.response.body_mutation.streamed_response.end_of_stream
     assert sample(sidecar, "rungway_streams_total", outcome="complete") == 1
+
+
+def test_an_endless_line_before_the_first_token_hops_as_a_malformed_stream() -> None:
+    sidecar = make_sidecar()
+    t = stream_try(sidecar)
+    t.send(response_headers(200, SSE))
+    assert t.send(response_body(sse(openai_events([])[:1]), end_of_stream=False)) == []
+    chunk = b"data: " + b"x" * (64 * 1024)
+    answers: list[Any] = []
+    for _ in range(MAX_EVENT_BYTES // len(chunk) + 2):
+        answers = t.send(response_body(chunk, end_of_stream=False))
+        if answers:
+            break
+    headers, body = answers
+    assert set_headers(headers)[":status"] == "503"  # the router retries on the next rung
+    assert trip_of(headers).failure is Failure.SCHEMA_ERROR
+    data = body_of(body)
+    assert data is not None and json.loads(data)["error"]["code"] == "schema_error"
+    labels = {"ladder": "main", "rung": "0", "provider": "primary", "model": "gpt-4o"}
+    assert sample(sidecar, "rungway_trips_total", **labels, reason="schema_error") == 1
+    # Later bytes are dropped; only the provider's end of stream is passed on.
+    assert t.send(response_body(chunk, end_of_stream=False)) == []
+
+
+def test_an_endless_line_after_the_first_token_ends_the_stream_with_an_error_event() -> None:
+    sidecar = make_sidecar()
+    t = stream_try(sidecar)
+    t.send(response_headers(200, SSE))
+    released = t.send(response_body(sse(openai_events(["Par"], finish=None, usage=False, done=False)), False))
+    assert len(released) == 2  # headers and the first token went out
+    (tail,) = t.send(response_body(b"data: " + b"x" * (MAX_EVENT_BYTES + 1), end_of_stream=False))
+    data = body_of(tail)
+    assert data is not None
+    ((_, payload),) = sse_events(data)
+    assert json.loads(payload)["error"]["code"] == "schema_error"
+    assert sample(sidecar, "rungway_streams_total", outcome="provider_error") == 1
+    labels = {"ladder": "main", "rung": "0", "provider": "primary", "model": "gpt-4o"}
+    assert sample(sidecar, "rungway_trips_total", **labels, reason="schema_error") == 1
+    (end,) = t.send(response_body(b"more", end_of_stream=True))
+    assert end.response_body.response.body_mutation.streamed_response == ep.StreamedBodyResponse(end_of_stream=True)

@@ -975,6 +975,7 @@ def test_snapshot_shows_every_endpoint_and_the_retry_budget() -> None:
             },
         ],
         "retry_budget": {"window_s": 10.0, "requests": 20, "retries": 1, "allowed": 14.0},
+        "evictions": 0,
     }
 
 

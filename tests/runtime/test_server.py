@@ -99,3 +99,22 @@ async def test_a_stream_without_envoys_channel_token_reads_nothing_and_gets_no_k
     assert [a async for a in process] == []  # not even the header mutation that carries the key
     assert context.aborted == (grpc.StatusCode.UNAUTHENTICATED, "unknown caller")
     assert sample(sidecar, "rungway_channel_refused_total") == 1
+
+
+async def test_a_try_is_in_flight_at_the_worker_for_as_long_as_its_stream() -> None:
+    sidecar = make_sidecar(clock=SystemClock())  # type: ignore[arg-type]
+    context: Any = Context("attempt", sidecar.channel_token)
+    process: Any = ExternalProcessor(sidecar).Process(requests(stream_messages(), then_wait_s=0.05), context)
+    seen = []
+    async for _ in process:
+        seen.append(sidecar.admission.tries)
+    assert seen and set(seen) == {1}
+    assert sidecar.admission.tries == 0
+
+
+async def test_a_decide_stream_is_not_a_try() -> None:
+    sidecar = make_sidecar()
+    context: Any = Context("decide", sidecar.channel_token)
+    process: Any = ExternalProcessor(sidecar).Process(requests([], 0), context)
+    assert [a async for a in process] == []
+    assert sidecar.admission.tries == 0

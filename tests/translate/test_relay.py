@@ -426,3 +426,63 @@ def test_a_translated_stream_is_what_the_client_sdk_reassembles(
         message = anthropic_message(out)
         assert "".join(b.text for b in message.content if b.type == "text") == "".join(words)
         assert message.stop_reason == "end_turn"
+
+
+def capped_relay(client: Dialect, provider: Dialect, **caps: int) -> StreamRelay:
+    return StreamRelay(
+        client,
+        provider,
+        model="served-model",
+        stream_id="chatcmpl-rw1" if client.wire is OA else "msg_rw1",
+        created=1_767_225_600,
+        include_usage=False,
+        prompt_tokens=12,
+        **caps,
+    )
+
+
+@pytest.mark.parametrize(("client", "provider"), [(OA, OA), (OA, AN), (AN, AN), (AN, OA)])
+def test_an_endless_line_before_the_first_token_is_a_malformed_stream_with_nothing_sent(
+    client: Dialect, provider: Dialect
+) -> None:
+    relay = capped_relay(client, provider, max_event_bytes=4096)
+    head = provider_stream(provider, [])[:40]  # an event's start, never ended
+    assert relay.feed(head + b"z" * 5000) == b""
+    assert relay.closed and not relay.started
+    assert relay.error is not None and stream_failure(relay.error, started=False) is Failure.SCHEMA_ERROR
+    assert relay.feed(b"\n\n" + provider_stream(provider, ["late"])) == b""
+
+
+@pytest.mark.parametrize(("client", "provider"), [(OA, OA), (OA, AN), (AN, AN), (AN, OA)])
+def test_an_endless_line_after_the_first_token_ends_with_an_in_band_error(client: Dialect, provider: Dialect) -> None:
+    relay = capped_relay(client, provider, max_event_bytes=4096)
+    first = relay.feed(started_then_cut(provider))
+    assert relay.started and first
+    tail = relay.feed(b"data: " + b"z" * 5000)
+    assert relay.closed and relay.error is not None
+    assert stream_failure(relay.error, started=True) is Failure.SCHEMA_ERROR
+    (last,) = [e for e in SseParser().feed(tail)]
+    error = json.loads(last.data)["error"]
+    assert (error.get("code") or error.get("type")) in ("schema_error", "api_error")
+    assert relay.finish() == b""  # closed: nothing more
+
+
+def test_megabytes_of_events_without_a_token_are_a_malformed_stream() -> None:
+    relay = capped_relay(OA, OA, max_held_bytes=10_000)
+    role = sse(openai_events([], finish=None, usage=False, done=False))  # a role chunk: no text yet
+    out = b""
+    for _ in range(100):
+        out += relay.feed(role)
+        if relay.closed:
+            break
+    assert relay.closed and not relay.started
+    assert relay.error is not None and stream_failure(relay.error, started=False) is Failure.SCHEMA_ERROR
+    assert len(out) <= 10_000 + len(role)
+
+
+def test_what_is_held_before_the_first_token_stops_counting_once_it_started() -> None:
+    relay = capped_relay(OA, OA, max_held_bytes=2_000)
+    relay.feed(started_then_cut(OA))
+    assert relay.started
+    more = relay.feed(sse(openai_events(["more"] * 50, finish=None, usage=False, done=False)))
+    assert len(more) > 2_000 and relay.error is None and not relay.closed

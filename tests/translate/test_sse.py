@@ -111,3 +111,35 @@ def test_parser_gives_the_same_events_however_the_bytes_are_split(
 )
 def test_parser_splitting_never_changes_the_events_of_arbitrary_bytes(raw: bytes, cuts: list[int]) -> None:
     assert feed_in_pieces(raw, cuts) == feed_in_pieces(raw, [])
+
+
+def test_an_endless_line_overflows_the_parser_instead_of_growing_its_buffer() -> None:
+    parser = SseParser(max_event_bytes=1024)
+    assert parser.feed(b"data: " + b"x" * 1000) == []
+    assert not parser.overflowed
+    assert parser.feed(b"x" * 100) == []
+    assert parser.overflowed and parser.pending == b""
+    assert parser.feed(b"\n\n" + b"data: late\n\n") == []  # the parse has ended
+
+
+def test_lines_without_the_blank_line_that_ends_an_event_overflow_too() -> None:
+    parser = SseParser(max_event_bytes=1024)
+    for _ in range(100):
+        parser.feed(b": junk comment that never ends the event\n")
+    assert parser.overflowed
+
+
+def test_events_completed_before_an_overflow_are_still_dispatched() -> None:
+    parser = SseParser(max_event_bytes=64)
+    assert parser.feed(b"data: a\n\ndata: " + b"y" * 100) == [SseEvent("a")]
+    assert parser.overflowed
+
+
+@settings(max_examples=50, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.binary(max_size=300), max_size=40))
+def test_the_parser_never_holds_more_than_its_cap(chunks: list[bytes]) -> None:
+    parser = SseParser(max_event_bytes=256)
+    for chunk in chunks:
+        parser.feed(chunk)
+        # At most the cap, plus nothing: an overflow drops what was held.
+        assert len(parser.pending) <= 256
