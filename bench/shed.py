@@ -38,10 +38,10 @@ def quantile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
-async def burst(session: aiohttp.ClientSession, url: str, n: int, model: str = "gpt-4o") -> list[Outcome]:
-    """n requests at once; each one's status, Retry-After and latency."""
+async def burst(session: aiohttp.ClientSession, url: str, key: str, n: int, model: str = "gpt-4o") -> list[Outcome]:
+    """n requests at once, as the holder of `key`; each one's status, Retry-After and latency."""
     body = json.dumps({"model": model, "messages": HI}).encode()
-    headers = {"content-type": "application/json", "authorization": "Bearer sk-app"}
+    headers = {"content-type": "application/json", "authorization": f"Bearer {key}"}
     gate = asyncio.Event()
 
     async def one() -> Outcome:
@@ -57,28 +57,34 @@ async def burst(session: aiohttp.ClientSession, url: str, n: int, model: str = "
     return list(await asyncio.gather(*tasks))
 
 
-async def waves(url: str, n: int, count: int, pause_s: float) -> list[Outcome]:
+async def _warm(session: aiohttp.ClientSession, url: str, key: str) -> None:
+    """Open a connection (an authenticated pass-through the provider answers 404)."""
+    async with session.get(url + "/warm", headers={"authorization": f"Bearer {key}"}) as response:
+        await response.read()
+
+
+async def waves(url: str, key: str, n: int, count: int, pause_s: float) -> list[Outcome]:
     """`count` bursts of n, each after the previous one's admitted requests are done."""
     out: list[Outcome] = []
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
         # Open the connections first: a burst measures Rungway, not TCP handshakes.
-        await asyncio.gather(*(session.get(url + "/warm") for _ in range(n)))
+        await asyncio.gather(*(_warm(session, url, key) for _ in range(n)))
         for _ in range(count):
-            out += await burst(session, url, n)
+            out += await burst(session, url, key, n)
             await asyncio.sleep(pause_s)
     return out
 
 
-async def one_by_one(url: str, limit: int, n: int) -> list[Outcome]:
+async def one_by_one(url: str, key: str, limit: int, n: int) -> list[Outcome]:
     """The worker held full by `limit` slow requests; then n requests one after another: each
     one's shed latency without a burst's queueing in front of it."""
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
-        await asyncio.gather(*(session.get(url + "/warm") for _ in range(limit + 1)))
-        holding = asyncio.create_task(burst(session, url, limit))
+        await asyncio.gather(*(_warm(session, url, key) for _ in range(limit + 1)))
+        holding = asyncio.create_task(burst(session, url, key, limit))
         await asyncio.sleep(0.2)  # their tries have started
         out = []
         for _ in range(n):
-            out += await burst(session, url, 1)
+            out += await burst(session, url, key, 1)
         await holding
     return out
 
@@ -147,8 +153,8 @@ def main() -> None:
         fleet.primary.set_mode(f"delay:{args.delay:g}")
         policy = shedding_policy(fleet.policy(Path(tempfile.mkdtemp())), args.limit)
         with running(policy, env=KEY_ENV) as stack:
-            outcomes = asyncio.run(waves(stack.base_url, 5 * args.limit, args.waves, 0.2))
-            single = asyncio.run(one_by_one(stack.base_url, args.limit, 50))
+            outcomes = asyncio.run(waves(stack.base_url, stack.app_key, 5 * args.limit, args.waves, 0.2))
+            single = asyncio.run(one_by_one(stack.base_url, stack.app_key, args.limit, 50))
             stats = envoy_counters(stack.envoy_admin_url, "http.rungway.ext_proc")
         print(summarise(outcomes).text(args.delay, args.limit))
         alone = summarise(single)
