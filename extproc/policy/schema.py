@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+from ipaddress import ip_address
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit
@@ -84,6 +85,9 @@ class Provider(_Frozen):
     headers: dict[str, str] = Field(default_factory=dict)
     # CA bundle for an https provider with a private CA (default: the system bundle).
     ca_file: Path | None = None
+    # A credential goes over plain http only to a loopback host, unless this says the network
+    # between Envoy and the provider is trusted (e.g. a service mesh that adds mTLS).
+    allow_plaintext_credential: bool = False
 
     @field_validator("base_url")
     @classmethod
@@ -94,6 +98,15 @@ class Provider(_Frozen):
         if parts.query or parts.fragment:
             raise ValueError(f"base_url must not carry a query or fragment, but was {value!r}")
         return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _no_credential_in_clear(self) -> Provider:
+        if self.credential is None or self.tls or self.allow_plaintext_credential or _is_loopback(self.host):
+            return self
+        raise ValueError(
+            f"base_url {self.base_url!r} would send the credential in clear text to a host that is not "
+            "loopback; use https://, or set allow_plaintext_credential: true if the network is trusted"
+        )
 
     @property
     def tls(self) -> bool:
@@ -119,6 +132,15 @@ class Provider(_Frozen):
     @property
     def path_prefix(self) -> str:
         return urlsplit(self.base_url).path.rstrip("/")
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class Rung(_Frozen):
