@@ -18,8 +18,9 @@ REDACTED: Final = "[redacted]"
 _AUTH_SCHEME: Final = re.compile(r"(?i)\b(bearer|basic)(\s+)[^\s\"',;]+")
 # `name: value` or `name=value` for names that hold a secret.
 _NAMED: Final = re.compile(r"(?i)(api[_-]?key|token|secret|password)([\"']?\s*[:=]\s*)[\"']?[^\s\"',;]+[\"']?")
-# A word: a maximal run of the characters keys (plain, base64, base64url, hex, masked) are made of.
-_WORD: Final = re.compile(r"[A-Za-z0-9_+/=*.\u2026-]+")
+# A word: a maximal run of the characters keys (plain, base64, base64url, hex, masked) are made of,
+# less a sentence's closing dots.
+_WORD: Final = re.compile(r"[A-Za-z0-9_+/=*.\u2026-]*[A-Za-z0-9_+/=*\u2026-]")
 # Vendors' key prefixes: "sk-" (OpenAI's sk-proj-/sk-svcacct-, Anthropic's sk-ant-), Groq, xAI,
 # Hugging Face, Perplexity, NVIDIA, Replicate, Google. Found anywhere in a word: a key glued to
 # other text is still a key.

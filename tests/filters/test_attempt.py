@@ -615,7 +615,7 @@ def test_same_dialect_final_failure_passes_the_providers_body_on_without_the_ech
     assert body is not None and headers["content-length"] == str(len(body))
     assert json.loads(body) == {
         "error": {
-            "message": "Incorrect API key provided: [redacted] Bearer [redacted] refused",
+            "message": "Incorrect API key provided: [redacted]. Bearer [redacted] refused",
             "type": "invalid_request_error",
             "code": "invalid_api_key",
         }

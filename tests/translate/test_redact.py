@@ -25,10 +25,10 @@ B64URL = ALNUM + "-_"
         (
             "Incorrect API key provided: sk-proj-****abcd. You can find your API key at "
             "https://platform.openai.com/account/api-keys.",
-            "Incorrect API key provided: [redacted] You can find your API key at "
+            "Incorrect API key provided: [redacted]. You can find your API key at "
             "https://platform.openai.com/account/api-keys.",
         ),
-        ("Incorrect API key provided: sk-abc1***********wxyz.", "Incorrect API key provided: [redacted]"),
+        ("Incorrect API key provided: sk-abc1***********wxyz.", "Incorrect API key provided: [redacted]."),
         ("invalid x-api-key", "invalid x-api-key"),
         ("key ****f00d was revoked", "key [redacted] was revoked"),
         ("Authorization: Bearer abc", "Authorization: Bearer [redacted]"),
