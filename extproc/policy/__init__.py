@@ -19,6 +19,7 @@ from .schema import (
     Provider,
     Rung,
     TaskClass,
+    is_loopback_host,
 )
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "Provider",
     "Rung",
     "TaskClass",
+    "is_loopback_host",
     "load_policy",
     "parse_policy",
     "resolve_credentials",

@@ -101,7 +101,7 @@ class Provider(_Frozen):
 
     @model_validator(mode="after")
     def _no_credential_in_clear(self) -> Provider:
-        if self.credential is None or self.tls or self.allow_plaintext_credential or _is_loopback(self.host):
+        if self.credential is None or self.tls or self.allow_plaintext_credential or is_loopback_host(self.host):
             return self
         raise ValueError(
             f"base_url {self.base_url!r} would send the credential in clear text to a host that is not "
@@ -134,7 +134,8 @@ class Provider(_Frozen):
         return urlsplit(self.base_url).path.rstrip("/")
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback_host(host: str) -> bool:
+    """127.0.0.0/8, ::1 or localhost."""
     if host.lower() == "localhost":
         return True
     try:
