@@ -5,7 +5,12 @@ COPY pyproject.toml README.md ./
 COPY extproc ./extproc
 RUN pip install --no-cache-dir . && useradd --system --uid 10001 rungway
 USER rungway
-# Client traffic on 10000, admin (/metrics, /healthz, /readyz) on 9901.
-EXPOSE 10000 9901
-ENTRYPOINT ["rungway", "up", "--listen", "0.0.0.0:10000", "--admin", "0.0.0.0:9901"]
+# Client traffic on 10000: the app reaches it from outside the container, so it binds 0.0.0.0.
+# The admin endpoint (/metrics, /status, /healthz, /readyz) stays on loopback by default. To let
+# a kubelet or Prometheus reach it, add to the args (the last --admin wins):
+#   --admin 0.0.0.0:9901 --admin-token-file /run/secrets/rungway-admin-token
+# (/healthz and /readyz stay open for probes; everything else then needs the bearer token).
+# Envoy's own admin has no authentication and always binds loopback.
+EXPOSE 10000
+ENTRYPOINT ["rungway", "up", "--listen", "0.0.0.0:10000", "--admin", "127.0.0.1:9901"]
 CMD ["--policy", "/etc/rungway/policy.yaml"]

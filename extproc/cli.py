@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from .core.names import ADMIN_TOKEN_ENV
 from .policy import Policy, PolicyError, load_policy
 
 
@@ -31,6 +32,34 @@ def _address(value: str) -> tuple[str, int]:
         return split_address(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}") from None
+
+
+def _loopback_address(value: str) -> tuple[str, int]:
+    """Envoy's admin has no authentication and can stop Envoy: it never leaves loopback."""
+    from .policy import is_loopback_host
+
+    host, port = _address(value)
+    if not is_loopback_host(host):
+        raise argparse.ArgumentTypeError(f"Envoy's admin has no authentication: it binds loopback only, not {host!r}")
+    return host, port
+
+
+def _admin_token(token_file: Path | None) -> str | None:
+    """The admin bearer token from --admin-token-file, else from RUNGWAY_ADMIN_TOKEN (None: no
+    token). Taken out of the environment, so no child process inherits it."""
+    from_env = os.environ.pop(ADMIN_TOKEN_ENV, None)
+    if token_file is None:
+        token = from_env
+    else:
+        try:
+            token = token_file.read_text()
+        except OSError as exc:
+            raise SystemExit(f"cannot read the admin token file {token_file}: {exc.strerror}") from None
+    if token is None:
+        return None
+    if not token.strip():
+        raise SystemExit("the admin token is empty")
+    return token.strip()
 
 
 def _load(path: Path) -> object:
@@ -164,7 +193,7 @@ def _install_uvloop() -> None:
 
 def cmd_up(args: argparse.Namespace) -> int:
     _configure_logging(args.log_level)
-    from .policy import Policy, resolve_credentials
+    from .policy import Policy, is_loopback_host, resolve_credentials
     from .runtime.supervisor import UpOptions, run_up
 
     policy = _load(args.policy)
@@ -186,6 +215,14 @@ def cmd_up(args: argparse.Namespace) -> int:
             print(f"cannot start: {exc}", file=sys.stderr)
             return 1
     _bus_secret_file(args)
+    admin_token = _admin_token(args.admin_token_file)
+    if admin_token is None and not is_loopback_host(args.admin[0]):
+        logging.getLogger("rungway").warning(
+            "the admin endpoint on %s has no token: /status and /metrics are open to that network "
+            "(--admin-token-file or %s)",
+            args.admin[0],
+            ADMIN_TOKEN_ENV,
+        )
     options = UpOptions(
         policy_path=args.policy,
         policy=policy,
@@ -198,6 +235,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         log_level=args.log_level,
         state_file=args.state_file,
         restart=not args.no_restart,
+        admin_token=admin_token,
     )
     try:
         asyncio.run(run_up(options))
@@ -269,8 +307,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     import urllib.request
 
     url = f"http://{args.admin[0]}:{args.admin[1]}/status"
+    token = _admin_token(args.admin_token_file)
+    request = urllib.request.Request(url, headers={"authorization": f"Bearer {token}"} if token else {})
     try:
-        with urllib.request.urlopen(url, timeout=5) as response:
+        with urllib.request.urlopen(request, timeout=5) as response:
             status = json.loads(response.read())
     except (urllib.error.URLError, OSError, ValueError) as exc:
         print(f"cannot read {url}: {exc}", file=sys.stderr)
@@ -358,7 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
     cfg = sub.add_parser("envoy-config", help="render the Envoy bootstrap for a policy")
     cfg.add_argument("--policy", type=Path, required=True)
     cfg.add_argument("--listen", type=_address, default=("127.0.0.1", 10000), help="HOST:PORT for client traffic")
-    cfg.add_argument("--envoy-admin", type=_address, default=("127.0.0.1", 9902))
+    cfg.add_argument("--envoy-admin", type=_loopback_address, default=("127.0.0.1", 9902))
     cfg.add_argument("--extproc-socket", action="append", help="a sidecar worker's Unix socket (repeat for several)")
     cfg.add_argument("--channel-token-file", type=Path, help="the secret Envoy shows the sidecar (shared with serve)")
     cfg.add_argument("--access-log", default="/dev/stdout")
@@ -379,9 +419,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--listen", type=_address, default=("127.0.0.1", 10000), help="HOST:PORT apps call (default 127.0.0.1:10000)"
     )
     up.add_argument(
-        "--admin", type=_address, default=("127.0.0.1", 9901), help="HOST:PORT of /metrics, /healthz, /readyz"
+        "--admin",
+        type=_address,
+        default=("127.0.0.1", 9901),
+        help="HOST:PORT of /metrics, /status, /healthz, /readyz (default loopback)",
     )
-    up.add_argument("--envoy-admin", type=_address, default=("127.0.0.1", 0))
+    up.add_argument(
+        "--admin-token-file",
+        type=Path,
+        help=f"require `Authorization: Bearer <token>` on the admin endpoint but /healthz and /readyz "
+        f"(or set {ADMIN_TOKEN_ENV})",
+    )
+    up.add_argument(
+        "--envoy-admin", type=_loopback_address, default=("127.0.0.1", 0), help="loopback only: no authentication"
+    )
     up.add_argument("--workers", type=int, default=1, help="sidecar worker processes (about one per spare core)")
     up.add_argument("--access-log", default="/dev/stdout")
     up.add_argument("--envoy-concurrency", type=int, default=1)
@@ -413,6 +464,11 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="circuits, scores and budgets of a running `rungway up`, as a table")
     status.add_argument("--admin", type=_address, default=("127.0.0.1", 9901))
     status.add_argument("--json", action="store_true", help="the raw /status JSON")
+    status.add_argument(
+        "--admin-token-file",
+        type=Path,
+        help=f"the admin bearer token, when `up` requires one (or set {ADMIN_TOKEN_ENV})",
+    )
     status.set_defaults(func=cmd_status)
 
     demo = sub.add_parser("demo", help="mock providers + demo policy + a fallback, live (what `make run` runs)")

@@ -48,6 +48,7 @@ def policy_data(**overrides: Any) -> dict[str, Any]:
                 "base_url": "http://primary.test:8001",
                 "dialect": "openai",
                 "credential": {"env": "RW_UNIT_PRIMARY"},
+                "allow_plaintext_credential": True,  # a plain-http provider with a key, on purpose
                 "context_window": 8000,
                 "headers": {"OpenAI-Project": "proj_rungway"},
             },

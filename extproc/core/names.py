@@ -85,3 +85,6 @@ RELAY_FLAGS_HEADER = "x-rungway-relay-flags"
 # attempt filter sets it on a hop and the relay on a skipped slot; a final answer never has it,
 # whatever its status.
 RETRY_HEADER = "x-rungway-retry"
+
+# The environment variable that may carry the admin endpoint's bearer token (`rungway up`, `status`).
+ADMIN_TOKEN_ENV = "RUNGWAY_ADMIN_TOKEN"

@@ -29,6 +29,7 @@ import argparse
 import asyncio
 import datetime
 import functools
+import hashlib
 import itertools
 import json
 import math
@@ -41,7 +42,7 @@ import struct
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final, Literal, TypeAlias
 
 from aiohttp import web
@@ -50,7 +51,7 @@ Dialect: TypeAlias = Literal["openai", "anthropic"]
 
 DEFAULT_TOKENS: Final = 12
 MODE_GRAMMAR: Final = (
-    "ok, tokens:N, json, tool, status:CODE[:RETRY_AFTER], delay:S, reset, invalid_json, empty, "
+    "ok, tokens:N, json, tool, status:CODE[:RETRY_AFTER], bad_key, delay:S, reset, invalid_json, empty, "
     "empty_tool, safety, context_overflow, big:BYTES, sse_error, first_delay:S, stall:N:S, cut:N, "
     "no_done, finish_hang:S, reset_after:N, quota:REMAINING:RESET_S, brownout:FAIL_SHARE:FROM_S:TO_S:OVER_S, "
     "badevent:N[:TOTAL], pause:N:S[:TOTAL], stall_close:N:S[:TOTAL], stall_end:N:S[:TOTAL], "
@@ -79,6 +80,7 @@ _PLAIN: Final = frozenset(
         "context_overflow",
         "sse_error",
         "no_done",
+        "bad_key",
     }
 )
 _COUNTED: Final = frozenset({"tokens", "big", "cut", "reset_after", "endless_line", "junk_head"})
@@ -603,13 +605,31 @@ _WIRES: Final[dict[str, _Wire]] = {"openai": _OpenAIWire(), "anthropic": _Anthro
 class RecordedRequest:
     method: str
     path: str
-    headers: dict[str, str]  # lower-cased names; repeated headers joined with ", "
+    # Lower-cased names; repeated headers joined with ", ". Kept out of repr: they hold the key.
+    headers: dict[str, str] = field(repr=False)
     body: bytes
     json: Any | None
     at: float  # time.monotonic() when the request arrived
 
     def to_json(self) -> dict[str, Any]:
-        return {"method": self.method, "path": self.path, "headers": self.headers, "json": self.json, "at": self.at}
+        """For the control API: credential headers as fingerprints (tests in this process compare
+        `headers` itself; nothing that leaves the mock carries a key in clear)."""
+        headers = {k: key_fingerprint(v) if k in _CREDENTIAL_HEADERS else v for k, v in self.headers.items()}
+        return {"method": self.method, "path": self.path, "headers": headers, "json": self.json, "at": self.at}
+
+
+_CREDENTIAL_HEADERS: Final = frozenset({"authorization", "x-api-key", "api-key", "proxy-authorization"})
+
+
+def key_fingerprint(value: str) -> str:
+    """What the control API shows of a credential header: enough to tell two keys apart."""
+    return "sha256:" + hashlib.sha256(value.encode()).hexdigest()[:12]
+
+
+def _masked_key(request: web.BaseRequest) -> str:
+    """The key a request carried, masked the way OpenAI's 401 echoes it (first 8, last 4)."""
+    key = request.headers.get("x-api-key") or request.headers.get("authorization", "").removeprefix("Bearer ")
+    return key[:8] + "*" * max(4, len(key) - 12) + key[-4:]
 
 
 def _parse_json(body: bytes) -> Any | None:
@@ -808,6 +828,8 @@ class MockProvider:
             return self._error(mode.status, wire.error(mode.status), mode.retry_after)
         if kind == "context_overflow":
             return self._error(400, wire.context_overflow)
+        if kind == "bad_key":
+            return self._error(401, wire.error(401, f"Incorrect API key provided: {_masked_key(request)}."))
         if not isinstance(payload, dict):
             return self._error(400, wire.error(400, "The request body is not a valid JSON object."))
         problem = wire.problem(payload)

@@ -12,7 +12,7 @@ from ..core.names import RETRY_HEADER
 from ..health.contract import Contract, judge_answer
 from ..policy import Policy
 from ..routing import Action, next_step
-from ..translate import TranslationError, dump_json, output_tokens
+from ..translate import TranslationError, dump_json, output_tokens, redact_error_body
 from .flags import CANARY, flags
 from .request import TryPlan
 
@@ -172,5 +172,10 @@ def rule_on_failure(
     provider_error = status is not None and not 200 <= status < 300
     set_headers[":status"] = str(status if provider_error else CLIENT_STATUS[failure])
     if provider_error and not plan.pair.translates and provider_body:
-        return Ruling(Next.FINAL, failure, set_headers, None, record)  # already the client's dialect
+        # Already the client's dialect: passed on, less anything shaped like a key (a provider's
+        # 401 may echo the rung's key, masked or not).
+        clean = redact_error_body(provider_body)
+        if clean is provider_body:
+            return Ruling(Next.FINAL, failure, set_headers, None, record)
+        return Ruling(Next.FINAL, failure, {**set_headers, "content-length": str(len(clean))}, clean, record)
     return Ruling(Next.FINAL, failure, {**set_headers, **error_headers}, err, record)

@@ -21,6 +21,7 @@ from .schema import (
     Provider,
     Rung,
     TaskClass,
+    is_loopback_host,
 )
 
 __all__ = [
@@ -40,6 +41,7 @@ __all__ = [
     "Provider",
     "Rung",
     "TaskClass",
+    "is_loopback_host",
     "load_policy",
     "parse_policy",
     "resolve_credentials",

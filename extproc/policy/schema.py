@@ -120,6 +120,9 @@ class Provider(_Frozen):
     headers: dict[str, str] = Field(default_factory=dict)
     # CA bundle for an https provider with a private CA (default: the system bundle).
     ca_file: Path | None = None
+    # A credential goes over plain http only to a loopback host, unless this says the network
+    # between Envoy and the provider is trusted (e.g. a service mesh that adds mTLS).
+    allow_plaintext_credential: bool = False
 
     @field_validator("base_url")
     @classmethod
@@ -130,6 +133,15 @@ class Provider(_Frozen):
         if parts.query or parts.fragment:
             raise ValueError(f"base_url must not carry a query or fragment, but was {value!r}")
         return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _no_credential_in_clear(self) -> Provider:
+        if self.credential is None or self.tls or self.allow_plaintext_credential or is_loopback_host(self.host):
+            return self
+        raise ValueError(
+            f"base_url {self.base_url!r} would send the credential in clear text to a host that is not "
+            "loopback; use https://, or set allow_plaintext_credential: true if the network is trusted"
+        )
 
     @property
     def tls(self) -> bool:
@@ -155,6 +167,16 @@ class Provider(_Frozen):
     @property
     def path_prefix(self) -> str:
         return urlsplit(self.base_url).path.rstrip("/")
+
+
+def is_loopback_host(host: str) -> bool:
+    """127.0.0.0/8, ::1 or localhost."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class Rung(_Frozen):

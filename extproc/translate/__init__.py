@@ -16,9 +16,11 @@ from extproc.translate.errors import (
     dump_json,
     load_json,
     parse_provider_error,
+    redact_error_body,
     render_error,
 )
 from extproc.translate.protocol import ApiPair, api_pair
+from extproc.translate.redact import redact_secrets
 from extproc.translate.relay import StreamRelay, stream_failure
 from extproc.translate.sse import SseEvent, SseParser
 from extproc.translate.stream import (
@@ -72,6 +74,8 @@ __all__ = [
     "openai_to_anthropic",
     "output_tokens",
     "parse_provider_error",
+    "redact_error_body",
+    "redact_secrets",
     "render_error",
     "stream_failure",
 ]

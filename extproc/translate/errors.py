@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from extproc.core import Failure
+from extproc.translate.redact import redact_json, redact_secrets
 
 OPENAI: Final = "openai"
 ANTHROPIC: Final = "anthropic"
@@ -80,7 +81,10 @@ def dump_json(value: Any) -> bytes:
 
 
 def error_object(dialect: str, failure: Failure, message: str) -> dict[str, Any]:
-    """The inner `error` object of an error body (also used for in-band stream errors)."""
+    """The inner `error` object of an error body (also used for in-band stream errors). The
+    message often quotes a provider's, which may echo the rung's key: it is redacted here, where
+    every error Rungway writes passes."""
+    message = redact_secrets(message)
     if dialect == OPENAI:
         return {
             "message": message,
@@ -108,6 +112,19 @@ def error_body(dialect: str, failure: Failure, message: str) -> dict[str, Any]:
 def render_error(dialect: str, failure: Failure, message: str) -> bytes:
     """A JSON error body in the client's dialect, carrying the taxonomy value."""
     return dump_json(error_body(dialect, failure, message))
+
+
+def redact_error_body(body: bytes) -> bytes:
+    """A provider's error body as a client may see it: every string redacted (JSON stays JSON,
+    anything else is redacted as text). A body with nothing to redact is returned as it came."""
+    try:
+        parsed = load_json(body)
+    except (ValueError, UnicodeDecodeError):
+        text = body.decode("utf-8", "replace")
+        clean_text = redact_secrets(text)
+        return body if clean_text == text else clean_text.encode()
+    clean = redact_json(parsed)
+    return body if clean == parsed else dump_json(clean)
 
 
 def _opt_str(value: Any) -> str | None:

@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 
 from ..core import Dialect, Failure
-from .sse import MAX_EVENT_BYTES, SseParser
+from .errors import redact_error_body
+from .sse import MAX_EVENT_BYTES, SseEvent, SseParser
 from .stream import (
     MALFORMED_STREAM,
     AnthropicStreamReader,
@@ -100,7 +101,10 @@ class StreamRelay:
                 # The attempt filter hops; nothing more of this stream reaches the client.
                 self.closed = True
                 return b""
-            if self._same:
+            if self._same and self.error is not None:
+                # The provider's own error event, passed on without anything shaped like a key.
+                out += SseEvent(redact_error_body(event.data.encode()).decode(), event.event).encode()
+            elif self._same:
                 out += event.encode()
             else:
                 for delta in deltas:

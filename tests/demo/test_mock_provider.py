@@ -941,3 +941,37 @@ async def test_junk_head_sends_token_less_events_before_a_normal_answer(
     junk = [d for _, d in events if '"ping"' in d or '"choices":[]' in d]
     assert len(junk) > 1000
     assert events[-1][1] in ("[DONE]", '{"type":"message_stop"}')
+
+
+# ---- credentials ----------------------------------------------------------------------------------
+
+MOCK_KEY = "sk-proj-mockkey0123456789wxyz"
+
+
+async def test_bad_key_answers_401_echoing_the_key_masked_as_openai_does(openai_mock: MockProvider) -> None:
+    openai_mock.set_mode("bad_key")
+    async with openai.AsyncOpenAI(base_url=openai_mock.url + "/v1", api_key=MOCK_KEY, max_retries=0) as client:
+        with pytest.raises(openai.AuthenticationError) as caught:
+            await client.chat.completions.create(model="gpt-x", messages=USER)
+    message = caught.value.response.json()["error"]["message"]
+    assert message == "Incorrect API key provided: sk-proj-*****************wxyz."
+
+
+async def test_bad_key_echoes_an_anthropic_key_too(anthropic_mock: MockProvider) -> None:
+    async with anthropic.AsyncAnthropic(base_url=anthropic_mock.url, api_key=MOCK_KEY, max_retries=0) as client:
+        with pytest.raises(anthropic.AuthenticationError) as caught:
+            await client.messages.create(
+                model="claude-x", max_tokens=8, messages=USER, extra_headers={"x-mock-mode": "bad_key"}
+            )
+    assert caught.value.response.json()["error"]["message"].endswith("wxyz.")
+
+
+async def test_recorded_keys_stay_in_memory_and_leave_only_as_fingerprints(openai_mock: MockProvider) -> None:
+    async with openai.AsyncOpenAI(base_url=openai_mock.url + "/v1", api_key=MOCK_KEY, max_retries=0) as client:
+        await client.chat.completions.create(model="gpt-x", messages=USER)
+    [recorded] = openai_mock.requests
+    assert recorded.headers["authorization"] == f"Bearer {MOCK_KEY}"  # what tests compare
+    shown = json.dumps(recorded.to_json())  # what the control API serves
+    assert MOCK_KEY not in shown and "wxyz" not in shown
+    assert recorded.to_json()["headers"]["authorization"] == mock_provider.key_fingerprint(f"Bearer {MOCK_KEY}")
+    assert MOCK_KEY not in repr(recorded)

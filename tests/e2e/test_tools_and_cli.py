@@ -72,6 +72,28 @@ def test_policy_check_reports_field_level_errors(tmp_path: Path) -> None:
     assert ok.returncode == 0 and "OK" in ok.stdout
 
 
+def test_policy_check_refuses_a_credential_over_plain_http_naming_the_provider(tmp_path: Path) -> None:
+    policy: dict[str, Any] = {
+        "version": "v1",
+        "providers": {
+            "remote": {"base_url": "http://llm.corp.test:8000", "dialect": "openai", "credential": {"env": "K"}}
+        },
+        "ladders": {"main": [{"provider": "remote"}]},
+        "models": [{"match": "*", "ladder": "main"}],
+    }
+    path = tmp_path / "plain.yaml"
+    path.write_text(yaml.safe_dump(policy))
+    refused = rungway("policy", "check", str(path))
+    assert refused.returncode == 1
+    assert "providers.remote: base_url 'http://llm.corp.test:8000' would send the credential in clear text" in (
+        refused.stderr
+    )
+    policy["providers"]["remote"]["allow_plaintext_credential"] = True
+    path.write_text(yaml.safe_dump(policy))
+    opted = rungway("policy", "check", str(path))
+    assert opted.returncode == 0 and "OK" in opted.stdout
+
+
 def test_policy_check_names_yaml_syntax_errors_by_line(tmp_path: Path) -> None:
     bad = tmp_path / "broken.yaml"
     bad.write_text("version: v1\nproviders: [\n")

@@ -6,12 +6,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anthropic
 import grpc
+import openai
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.conftest import KEY_ENV, Fleet
-from tests.stack import MockThread, Stack, running
+from tests.stack import MockThread, Stack, envoy_errors, running
 from tests.tlsca import make_test_ca
 
 pytestmark = pytest.mark.e2e
@@ -75,3 +77,103 @@ def test_an_https_provider_is_reached_over_tls_with_sni(tls_fleet: tuple[Path, o
     assert completion.model == "claude-tls"
     sent = provider.requests[-1]  # type: ignore[attr-defined]
     assert sent.headers["host"] == f"localhost:{port}"
+
+
+TLS_KEY = "sk-tls-rung-key-0123456789abcdef"
+
+
+class TlsMocks:
+    """Three HTTPS mocks on `localhost` that Envoy is told to trust with one CA: one with a
+    certificate from that CA, one from another CA, one from that CA for another host name."""
+
+    def __init__(self, mocks: MockThread, root: Path) -> None:
+        trusted = make_test_ca(root / "trusted", hostnames=["localhost"])
+        stranger = make_test_ca(root / "stranger", hostnames=["localhost"])
+        elsewhere = make_test_ca(root / "elsewhere", hostnames=["api.elsewhere.test"])
+        self.right = mocks.provider("tls_right", "openai", ssl_context=trusted.server_context())
+        self.wrong_ca = mocks.provider("tls_wrong_ca", "openai", ssl_context=stranger.server_context())
+        self.wrong_name = mocks.provider("tls_wrong_name", "openai", ssl_context=elsewhere.server_context())
+        self.fallback = mocks.provider("tls_fallback", "openai")
+        self.ca_of = {"right": trusted.ca_cert, "wrong_ca": trusted.ca_cert, "wrong_name": elsewhere.ca_cert}
+
+    def policy(self) -> dict[str, Any]:
+        key = {"env": "RW_TEST_TLS_KEY"}
+        providers: dict[str, Any] = {
+            name: {
+                "base_url": f"https://localhost:{mock.port}",
+                "dialect": "openai",
+                "ca_file": str(self.ca_of[name]),
+                "credential": key,
+            }
+            for name, mock in (("right", self.right), ("wrong_ca", self.wrong_ca), ("wrong_name", self.wrong_name))
+        }
+        providers["fallback"] = {"base_url": self.fallback.url, "dialect": "openai", "credential": key}
+        ladders = {name: [{"provider": name, "model": f"{name}-model"}] for name in providers}
+        for name in ("wrong_ca", "wrong_name"):
+            ladders[f"{name}_then_fallback"] = [*ladders[name], *ladders["fallback"]]
+        return {
+            "version": "tls-2",
+            "envoy_ejection": None,
+            "health": {"enabled": False, "probe_interval_s": 0},
+            "providers": providers,
+            "ladders": ladders,
+            "models": [{"match": name, "ladder": name} for name in ladders],
+        }
+
+    def sightings_of_the_key(self, *mocks: object) -> list[str]:
+        return [
+            request.path
+            for mock in mocks
+            for request in mock.requests  # type: ignore[attr-defined]
+            if TLS_KEY in request.headers.get("authorization", "")
+        ]
+
+
+@pytest.fixture(scope="module")
+def tls_stack(mocks: MockThread, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TlsMocks, Stack]]:
+    tls = TlsMocks(mocks, tmp_path_factory.mktemp("tls"))
+    with running(tls.policy(), env={"RW_TEST_TLS_KEY": TLS_KEY}) as stack:
+        yield tls, stack
+
+
+def test_a_provider_with_a_certificate_from_the_configured_ca_for_its_host_is_served(
+    tls_stack: tuple[TlsMocks, Stack],
+) -> None:
+    tls, stack = tls_stack
+    raw = stack.openai().chat.completions.with_raw_response.create(model="right", messages=HI)
+    assert raw.status_code == 200 and raw.parse().model == "right-model"
+    assert tls.right.requests[-1].headers["authorization"] == f"Bearer {TLS_KEY}"
+
+
+@pytest.mark.parametrize("attack", ["wrong_ca", "wrong_name"])
+def test_a_provider_whose_certificate_fails_verification_never_gets_the_key_and_the_next_rung_serves(
+    tls_stack: tuple[TlsMocks, Stack], attack: str
+) -> None:
+    tls, stack = tls_stack
+    impostor = getattr(tls, attack)
+    raw = stack.openai().chat.completions.with_raw_response.create(model=f"{attack}_then_fallback", messages=HI)
+    assert raw.status_code == 200 and raw.parse().model == "fallback-model"
+    assert raw.headers["x-rungway-reason"] == "connect_error"
+    assert raw.headers["x-rungway-served-by"] == "fallback/fallback-model"
+    # The handshake failed before any HTTP: the impostor saw no request at all, let alone the key.
+    assert impostor.requests == []
+    assert tls.sightings_of_the_key(impostor) == []
+
+
+@pytest.mark.parametrize("attack", ["wrong_ca", "wrong_name"])
+def test_a_provider_whose_certificate_fails_verification_alone_is_a_clean_503_in_each_dialect(
+    tls_stack: tuple[TlsMocks, Stack], attack: str
+) -> None:
+    tls, stack = tls_stack
+    impostor = getattr(tls, attack)
+    with pytest.raises(openai.InternalServerError) as from_openai:
+        stack.openai().chat.completions.create(model=attack, messages=HI)
+    assert from_openai.value.status_code == 503
+    assert from_openai.value.response.json()["error"]["rungway_reason"] == "connect_error"
+    with pytest.raises(anthropic.InternalServerError) as from_anthropic:
+        stack.anthropic().messages.create(model=attack, max_tokens=16, messages=HI)
+    assert from_anthropic.value.status_code == 503
+    body = from_anthropic.value.response.json()
+    assert body["type"] == "error" and body["error"]["rungway_reason"] == "connect_error"
+    assert impostor.requests == []
+    assert not envoy_errors(stack.new_access_entries())

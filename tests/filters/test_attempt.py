@@ -605,6 +605,25 @@ def test_same_dialect_final_failure_keeps_the_providers_own_body() -> None:
     assert body_of(judged) is None
 
 
+def test_same_dialect_final_failure_passes_the_providers_body_on_without_the_echoed_key() -> None:
+    t = Try(make_sidecar(), rung=2, attempt=3)
+    echoed = f"Incorrect API key provided: sk-****{PRIMARY_KEY[-4:]}. Bearer {PRIMARY_KEY} refused"
+    judged = t.answer_json(
+        401, {"error": {"message": echoed, "type": "invalid_request_error", "code": "invalid_api_key"}}
+    )
+    headers = set_headers(judged)
+    assert headers[":status"] == "401"
+    body = body_of(judged)
+    assert body is not None and headers["content-length"] == str(len(body))
+    assert json.loads(body) == {
+        "error": {
+            "message": "Incorrect API key provided: [redacted]. Bearer [redacted] refused",
+            "type": "invalid_request_error",
+            "code": "invalid_api_key",
+        }
+    }
+
+
 def test_provider_safety_refusal_is_the_clients_answer_not_a_hop() -> None:
     t = Try(make_sidecar(), rung=0)
     judged = t.answer_json(200, openai_answer(content=None, finish="content_filter"))

@@ -260,6 +260,42 @@ def test_provider_address_parts() -> None:
     assert default_port.port == 80
 
 
+PLAIN_KEY = {"env": "RW_UNIT_PRIMARY"}
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://primary.test:8001",
+        "http://10.0.0.7:8000/v1",
+        "http://[2001:db8::1]:8000",
+        "http://localhost.evil.test",
+        "http://127.0.0.1.nip.io",
+    ],
+)
+def test_a_credential_over_plain_http_to_a_remote_host_is_refused_naming_the_provider(url: str) -> None:
+    providers = with_provider("primary", base_url=url, credential=PLAIN_KEY, allow_plaintext_credential=False)
+    (problem,) = problems_of(providers=providers)
+    assert problem.startswith(f"providers.primary: base_url {url!r} would send the credential in clear text")
+    assert "allow_plaintext_credential" in problem
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://127.0.0.1:8001", "http://127.9.9.9", "http://[::1]:8001/v1", "http://localhost:8001", "http://LOCALHOST"],
+)
+def test_a_credential_over_plain_http_to_loopback_is_allowed(url: str) -> None:
+    provider = Provider.model_validate({"base_url": url, "dialect": "openai", "credential": PLAIN_KEY})
+    assert not provider.tls
+
+
+def test_plain_http_is_allowed_with_the_explicit_opt_in_or_without_a_credential() -> None:
+    opted = {"base_url": "http://vllm.internal:8000", "dialect": "openai", "credential": PLAIN_KEY}
+    assert Provider.model_validate({**opted, "allow_plaintext_credential": True}).allow_plaintext_credential
+    assert Provider.model_validate({"base_url": "http://vllm.internal:8000", "dialect": "openai"}).credential is None
+    assert Provider.model_validate({**opted, "base_url": "https://vllm.internal:8443"}).tls
+
+
 def test_openai_compatible_speaks_openai_on_the_wire() -> None:
     assert Dialect.OPENAI_COMPATIBLE.wire is Dialect.OPENAI
     assert Dialect.ANTHROPIC.wire is Dialect.ANTHROPIC
@@ -324,6 +360,8 @@ def credential_policy(tmp_path: Path, **credentials: dict[str, str]) -> Policy:
         provider.pop("credential", None)
         if name in credentials:
             provider["credential"] = credentials[name]
+            if provider["base_url"].startswith("http://"):
+                provider["allow_plaintext_credential"] = True  # these tests are about reading keys
     return make_policy(providers=providers)
 
 

@@ -1,12 +1,17 @@
-"""The supervisor's pure pieces: how a probe's answer is labelled in rungway_probes_total."""
+"""The supervisor's pure pieces: how a probe's answer is labelled in rungway_probes_total, the
+admin token check, and which addresses the admin endpoints may bind."""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
+from extproc.cli import build_parser
 from extproc.runtime.metrics import ProbeMetrics
-from extproc.runtime.supervisor import probe_outcome
+from extproc.runtime.supervisor import bearer_matches, probe_outcome
 
 
 @pytest.mark.parametrize(
@@ -36,3 +41,47 @@ def test_probes_are_counted_by_endpoint_and_outcome_in_their_own_series() -> Non
     assert 'rungway_probes_total{endpoint="primary/gpt-4o",outcome="server_error"} 2.0' in text
     assert 'rungway_probes_total{endpoint="primary/gpt-4o",outcome="ok"} 1.0' in text
     assert "tenant" not in text
+
+
+@pytest.mark.parametrize(
+    ("header", "ok"),
+    [
+        ("Bearer s3cret-token", True),
+        ("bearer s3cret-token", True),
+        ("Bearer  s3cret-token ", True),
+        (None, False),
+        ("", False),
+        ("Bearer", False),
+        ("Bearer s3cret-toke", False),
+        ("Bearer s3cret-token2", False),
+        ("Basic s3cret-token", False),
+        ("s3cret-token", False),
+    ],
+)
+def test_the_admin_token_must_come_as_the_exact_bearer_token(header: str | None, ok: bool) -> None:
+    headers = {} if header is None else {"authorization": header}
+    assert bearer_matches(headers, "s3cret-token") is ok
+
+
+@pytest.mark.parametrize("command", [["up", "--policy", "p.yaml"], ["envoy-config", "--policy", "p.yaml"]])
+def test_envoys_admin_binds_only_loopback(command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    parser = build_parser()
+    assert parser.parse_args([*command, "--envoy-admin", "127.0.0.1:9902"]).envoy_admin == ("127.0.0.1", 9902)
+    assert parser.parse_args([*command, "--envoy-admin", "[::1]:9902"]).envoy_admin == ("::1", 9902)
+    with pytest.raises(SystemExit):
+        parser.parse_args([*command, "--envoy-admin", "0.0.0.0:9902"])
+    assert "Envoy's admin has no authentication" in capsys.readouterr().err
+
+
+def test_both_admin_endpoints_default_to_loopback() -> None:
+    args = build_parser().parse_args(["up", "--policy", "p.yaml"])
+    assert args.admin[0] == "127.0.0.1" and args.envoy_admin[0] == "127.0.0.1"
+
+
+def test_the_image_serves_apps_on_every_interface_and_admin_on_loopback() -> None:
+    dockerfile = (Path(__file__).resolve().parents[2] / "Dockerfile").read_text()
+    (entrypoint,) = [line for line in dockerfile.splitlines() if line.startswith("ENTRYPOINT")]
+    args = json.loads(entrypoint.removeprefix("ENTRYPOINT"))
+    assert args[args.index("--listen") + 1] == "0.0.0.0:10000"
+    assert args[args.index("--admin") + 1] == "127.0.0.1:9901"
+    assert "--envoy-admin" not in args

@@ -37,6 +37,8 @@ def test_public_names_are_pinned() -> None:
         "openai_to_anthropic",
         "output_tokens",
         "parse_provider_error",
+        "redact_error_body",
+        "redact_secrets",
         "render_error",
         "stream_failure",
     ]

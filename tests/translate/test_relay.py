@@ -199,6 +199,16 @@ def test_same_dialect_error_after_the_first_token_is_relayed_and_closes() -> Non
     assert relay.finish() == b""
 
 
+@pytest.mark.parametrize("dialect", [OA, AN], ids=["openai", "anthropic"])
+def test_same_dialect_error_event_is_relayed_without_an_echoed_key(dialect: Dialect) -> None:
+    name, error = OPENAI_ERROR_EVENT if dialect is OA else ANTHROPIC_ERROR_EVENT
+    leaky = {**error, "error": {**error["error"], "message": "key sk-proj-****wxyz was revoked"}}
+    head = anthropic_events(["Par"], stop_reason=None, stop=False) if dialect is AN else openai_events(["Par"])[:2]
+    out = make_relay(dialect, dialect).feed(sse([*head, (name, leaky)]))
+    assert out.startswith(sse(head)) and b"wxyz" not in out
+    assert b"key [redacted] was revoked" in out
+
+
 def test_cross_dialect_error_after_the_first_token_reaches_the_openai_sdk() -> None:
     relay = make_relay(OA, AN)
     out = relay.feed(sse([*anthropic_events(["Par"], stop_reason=None, stop=False), ANTHROPIC_ERROR_EVENT]))
