@@ -70,7 +70,7 @@ def test_a_stream_request_gets_the_providers_401_without_the_key(clean: Stack) -
     response = clean.post(
         "/v1/chat/completions",
         {"model": "gpt-4o", "messages": HI, "stream": True},
-        headers={"authorization": "Bearer sk-app-own-key", **EVERY_RUNG_SAYS_BAD_KEY},
+        headers=EVERY_RUNG_SAYS_BAD_KEY,
     )
     assert response.status_code == 401
     assert response.json()["error"]["message"] == "Incorrect API key provided: [redacted]."

@@ -75,6 +75,7 @@ def test_policy_check_reports_field_level_errors(tmp_path: Path) -> None:
 def test_policy_check_refuses_a_credential_over_plain_http_naming_the_provider(tmp_path: Path) -> None:
     policy: dict[str, Any] = {
         "version": "v1",
+        "clients": {"key_store": str(tmp_path / "keys.json")},
         "providers": {
             "remote": {"base_url": "http://llm.corp.test:8000", "dialect": "openai", "credential": {"env": "K"}}
         },
