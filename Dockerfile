@@ -11,6 +11,9 @@ USER rungway
 #   --admin 0.0.0.0:9901 --admin-token-file /run/secrets/rungway-admin-token
 # (/healthz and /readyz stay open for probes; everything else then needs the bearer token).
 # Envoy's own admin has no authentication and always binds loopback.
+# Mount the policy at /etc/rungway/policy.yaml and its clients.key_store (e.g. a k8s Secret at
+# /etc/rungway/keys.json, written by `rungway keys new --store keys.json --tenant NAME`): every
+# caller needs a key from it. Envoy reaches the sidecar over Unix sockets in a private temp dir.
 EXPOSE 10000
 ENTRYPOINT ["rungway", "up", "--listen", "0.0.0.0:10000", "--admin", "127.0.0.1:9901"]
 CMD ["--policy", "/etc/rungway/policy.yaml"]
