@@ -164,3 +164,24 @@ def test_demo_stages_a_brownout_the_board_rides_out() -> None:
     last = lines[-1]
     assert last["phase"] == "recovered" and last["state"] == "closed", result.stdout
     assert re.search(r"\d+ requests, 0 failed; the primary is back", result.stdout), result.stdout
+
+
+def test_keys_new_prints_the_key_once_and_list_and_revoke_name_it_by_id(tmp_path: Path) -> None:
+    store = tmp_path / "keys.json"
+    issued = rungway(
+        "keys", "new", "--store", str(store), "--tenant", "checkout", "--expires-in", "90d", "--label", "ci"
+    )
+    assert issued.returncode == 0, issued.stderr
+    key = issued.stdout.strip()
+    assert key.startswith("rwk_") and "shown only now" in issued.stderr
+    assert key not in store.read_text() and key.split("_")[-1] not in store.read_text()
+    key_id = key.split("_")[1]
+    listed = rungway("keys", "list", "--store", str(store))
+    assert key_id in listed.stdout and "checkout" in listed.stdout and "active" in listed.stdout
+    assert key not in listed.stdout
+    assert rungway("keys", "revoke", "--store", str(store), key_id).returncode == 0
+    assert key_id not in rungway("keys", "list", "--store", str(store)).stdout
+    missing = rungway("keys", "revoke", "--store", str(store), key_id)
+    assert missing.returncode == 1 and "no key with id" in missing.stderr
+    bad = rungway("keys", "new", "--store", str(store), "--tenant", "no spaces")
+    assert bad.returncode == 1 and "tenant names" in bad.stderr
