@@ -174,8 +174,8 @@ def test_keys_new_prints_the_key_once_and_list_and_revoke_name_it_by_id(tmp_path
     assert issued.returncode == 0, issued.stderr
     key = issued.stdout.strip()
     assert key.startswith("rwk_") and "shown only now" in issued.stderr
-    assert key not in store.read_text() and key.split("_")[-1] not in store.read_text()
-    key_id = key.split("_")[1]
+    key_id, secret = key.removeprefix("rwk_")[:12], key.removeprefix("rwk_")[13:]
+    assert key not in store.read_text() and secret not in store.read_text()
     listed = rungway("keys", "list", "--store", str(store))
     assert key_id in listed.stdout and "checkout" in listed.stdout and "active" in listed.stdout
     assert key not in listed.stdout
