@@ -58,8 +58,8 @@ async def burst(session: aiohttp.ClientSession, url: str, key: str, n: int, mode
 
 
 async def _warm(session: aiohttp.ClientSession, url: str, key: str) -> None:
-    """Open a connection (an authenticated pass-through the provider answers 404)."""
-    async with session.get(url + "/warm", headers={"authorization": f"Bearer {key}"}) as response:
+    """Open a connection (an authenticated pass-through: the model list)."""
+    async with session.get(url + "/v1/models", headers={"authorization": f"Bearer {key}"}) as response:
         await response.read()
 
 

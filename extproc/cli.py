@@ -276,7 +276,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
     import time
 
     from .identity import KeyStoreError
-    from .runtime.keyfile import add_key, read_store, write_store
+    from .runtime.keyfile import add_key, read_store, revoke_key
 
     path = _key_store_path(args)
     try:
@@ -287,7 +287,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
             print(plaintext)
             print(f"key {key.id} for tenant {key.tenant} stored in {path}; the key is shown only now", file=sys.stderr)
         elif args.keys_command == "revoke":
-            write_store(path, store.without(args.id))
+            revoke_key(path, args.id)
             print(f"key {args.id} revoked (running sidecars stop accepting it within a second)", file=sys.stderr)
         else:
             now = time.time()

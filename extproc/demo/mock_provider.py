@@ -785,6 +785,15 @@ class MockProvider:
             return {"data": [entry], "has_more": False, "first_id": model, "last_id": model}
         return {"object": "list", "data": [{"id": model, "object": "model", "created": 0, "owned_by": self.name}]}
 
+    def _bad_key(self, request: web.BaseRequest, wire: Any) -> web.Response:
+        """A 401 that echoes the key masked (as OpenAI does), and — as a careless gateway might —
+        whole in a header, with a session cookie."""
+        response = self._error(401, wire.error(401, f"Incorrect API key provided: {_masked_key(request)}."))
+        sent = request.headers.get("authorization") or request.headers.get("x-api-key") or ""
+        response.headers["x-echo-auth"] = sent
+        response.headers["set-cookie"] = "session=provider-side; HttpOnly"
+        return response
+
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         at = time.monotonic()
         # Not request.read(): it refuses bodies over 1 MiB, and context-overflow tests send more.
@@ -806,6 +815,8 @@ class MockProvider:
             return web.Response(body=b'{"status":"ok"}', headers={"content-type": "application/json"})
         if request.path == "/v1/models" and request.method == "GET":
             # The models list both APIs have: what pass-through requests are tested with.
+            if self._next_mode(request).kind == "bad_key":
+                return self._bad_key(request, wire)
             return web.json_response(self._models())
         if request.path != wire.endpoint or request.method != "POST":
             return self._error(404, wire.not_found(request.method, request.path))
@@ -829,7 +840,7 @@ class MockProvider:
         if kind == "context_overflow":
             return self._error(400, wire.context_overflow)
         if kind == "bad_key":
-            return self._error(401, wire.error(401, f"Incorrect API key provided: {_masked_key(request)}."))
+            return self._bad_key(request, wire)
         if not isinstance(payload, dict):
             return self._error(400, wire.error(400, "The request body is not a valid JSON object."))
         problem = wire.problem(payload)

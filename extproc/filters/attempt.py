@@ -39,9 +39,11 @@ from ..routing.quota import HEADERS as QUOTA_HEADERS
 from ..routing.quota import exhausted_until
 from ..routing.trip import parse_retry_after
 from ..translate import (
+    HeaderScrub,
     TranslationError,
     dump_json,
     load_json,
+    provider_header_scrub,
     render_error,
     stream_failure,
 )
@@ -85,10 +87,10 @@ _NO_REQUEST_BODY = Mode(
 _RELAY_ONLY = (RELAY_FLAGS_HEADER,)
 
 
-def _to_client(set_headers: dict[str, str], *remove: str, body: bytes | None = None) -> Any:
+def _to_client(scrub: HeaderScrub, set_headers: dict[str, str], *remove: str, body: bytes | None = None) -> Any:
     """A mutation of the answer's headers (and body) as the client will get them: the relay's
-    notes to this filter never reach it."""
-    return common(set_headers, (*remove, *_RELAY_ONLY), body=body)
+    notes to this filter never reach it, nor a cookie or a secret a provider put in a header."""
+    return common({**scrub.replace, **set_headers}, (*remove, *_RELAY_ONLY, *scrub.remove), body=body)
 
 
 _SKIPPED_SLOT = Mode(
@@ -138,6 +140,7 @@ class AttemptProcessor:
         self._effects: list[Effect] = []
         self._plan: TryPlan | None = None
         self._status = 0
+        self._scrub = HeaderScrub()
         self._retry_after: float | None = None
         self._request_schema: dict[str, Any] | None = None
         self._answered_at: float | None = None  # response headers arrived
@@ -328,7 +331,9 @@ class AttemptProcessor:
     def response_headers(self, request: ProcessingRequest) -> list[ProcessingResponse]:
         plan = self._started()
         worker = self._worker
-        headers = header_map(request.response_headers, _HEADERS_WANTED)
+        every = header_map(request.response_headers)
+        headers = {k: v for k, v in every.items() if k in _HEADERS_WANTED}
+        self._scrub = provider_header_scrub(every)
         self._answered_at = worker.clock.now()
         self._status = int(headers.get(":status", "0") or 0)
         self._relay_flags = headers.get(RELAY_FLAGS_HEADER)
@@ -491,9 +496,9 @@ class AttemptProcessor:
         ruling = self._rule_on_answer(body)
         self._move(Phase.CLOSED)
         if headers_phase:  # an answer without a body: nothing to replace
-            response = response_headers_response(_to_client(ruling.set_headers))
+            response = response_headers_response(_to_client(self._scrub, ruling.set_headers))
         else:
-            response = response_body_response(_to_client(ruling.set_headers, body=ruling.body))
+            response = response_body_response(_to_client(self._scrub, ruling.set_headers, body=ruling.body))
         return with_metadata(response, META_TRIP, ruling.record.encode()) if ruling.record is not None else response
 
     def _rule_on_answer(self, body: bytes) -> Ruling:
@@ -535,7 +540,7 @@ class AttemptProcessor:
                 )
             ruling = self._rule_on_answer(body)
             self._move(Phase.CLOSED)
-            headers = response_headers_response(_to_client(ruling.set_headers))
+            headers = response_headers_response(_to_client(self._scrub, ruling.set_headers))
             if ruling.record is not None:
                 headers = with_metadata(headers, META_TRIP, ruling.record.encode())
             return [headers, *self._end(body if ruling.body is None else ruling.body)]
@@ -564,7 +569,7 @@ class AttemptProcessor:
         self._move(Phase.CLOSED)
         assert ruling.record is not None and ruling.body is not None
         headers = with_metadata(
-            response_headers_response(_to_client(ruling.set_headers)), META_TRIP, ruling.record.encode()
+            response_headers_response(_to_client(self._scrub, ruling.set_headers)), META_TRIP, ruling.record.encode()
         )
         return [headers, *self._end(ruling.body)]
 
@@ -573,7 +578,7 @@ class AttemptProcessor:
         self._first_token_at = self._worker.clock.now()
         self._count_served()
         # The body is rewritten event by event: its length is not the provider's.
-        return response_headers_response(_to_client(self._flags(None), "content-length"))
+        return response_headers_response(_to_client(self._scrub, self._flags(None), "content-length"))
 
     def _finish_stream(self) -> bytes:
         """The provider's stream ended after the first token: the client's tail, and the count

@@ -29,13 +29,17 @@ CREDENTIAL_HEADERS = frozenset(
 FOREIGN_PREFIXES = ("openai-", "anthropic-", "x-amz-", "x-rungway-")
 
 
-def identify(policy: Policy, store: KeyStore, headers: Mapping[str, str], peer: str, now: float) -> Identity | Unknown:
-    """The caller, and the API its SDK speaks: Anthropic's SDKs send `anthropic-version` on
+def identify(
+    policy: Policy, store: KeyStore, headers: Mapping[str, str], peer: str, now: float, *, repeated: bool = False
+) -> Identity | Unknown:
+    """The caller (`repeated`: a credential header came more than once), and the API its SDK speaks: Anthropic's SDKs send `anthropic-version` on
     every request (and their key as x-api-key or, in newer ones, as a Bearer token)."""
     clients = policy.clients
     anthropic = "x-api-key" in headers or "anthropic-version" in headers
     dialect = Dialect.ANTHROPIC if anthropic else Dialect.OPENAI
     if clients.auth == "keys":
+        if repeated:
+            return Unknown.AMBIGUOUS  # which copy would count is the proxy's choice, not ours
         credential = presented_credential(headers.get("authorization"), headers.get("x-api-key"))
         found = store.resolve(credential, now)
         return found if isinstance(found, Unknown) else replace(found, dialect=dialect)
@@ -55,3 +59,14 @@ def foreign_headers(names: Iterable[str], policy: Policy) -> list[str]:
         for name in names
         if name != CLUSTER_HEADER and (name in CREDENTIAL_HEADERS or name in own or name.startswith(FOREIGN_PREFIXES))
     ]
+
+
+def repeated_credential(names: Iterable[str]) -> bool:
+    """Whether the authorization or x-api-key header appears more than once."""
+    seen: set[str] = set()
+    for name in names:
+        if name in ("authorization", "x-api-key"):
+            if name in seen:
+                return True
+            seen.add(name)
+    return False

@@ -29,8 +29,8 @@ from ..core.names import (
 )
 from ..identity import Identity, Unknown
 from ..routing.ladder import NeedBody, Refusal, RequestFeatures, Route, choose, reroute
-from ..translate import api_pair, load_json, render_error
-from .caller import foreign_headers, identify
+from ..translate import api_pair, load_json, provider_header_scrub, redact_error_body, render_error
+from .caller import foreign_headers, identify, repeated_credential
 from .effects import Decided, Effect, HalfOpenAdmitted, RequestCounted, Unauthenticated
 from .flags import own_answer_headers
 from .shed import shed
@@ -45,6 +45,8 @@ from .wire import (
     namespace,
     request_body_response,
     request_headers_response,
+    response_body_response,
+    response_headers_response,
     with_metadata,
     with_mode,
 )
@@ -55,6 +57,16 @@ _ASK_FOR_BODY = Mode(
     request_body_mode=Mode.BUFFERED,
     response_header_mode=Mode.SKIP,
     response_body_mode=Mode.NONE,
+    request_trailer_mode=Mode.SKIP,
+    response_trailer_mode=Mode.SKIP,
+)
+# A passed-through request: its answer is read (headers, and the body whole: model lists and
+# token counts are small) so that nothing of the provider's key reaches the client.
+_READ_THE_ANSWER = Mode(
+    request_header_mode=Mode.SEND,
+    request_body_mode=Mode.NONE,
+    response_header_mode=Mode.SEND,
+    response_body_mode=Mode.BUFFERED,
     request_trailer_mode=Mode.SKIP,
     response_trailer_mode=Mode.SKIP,
 )
@@ -73,6 +85,7 @@ class DecideProcessor:
         self._anthropic: dict[str, str] = {}
         self._identity: Identity | None = None
         self._scrub: list[str] = []
+        self._status = 0
 
     def dispatch(self, request: ProcessingRequest) -> list[ProcessingResponse]:
         kind = request.WhichOneof("request")
@@ -80,6 +93,10 @@ class DecideProcessor:
             return [self.request_headers(request)]
         if kind == "request_body":
             return [self.request_body(request)]
+        if kind == "response_headers" and self._identity is not None:
+            return [self.response_headers(request)]
+        if kind == "response_body" and self._identity is not None:
+            return [self.response_body(request)]
         raise ValueError(f"decide does not process {kind}")
 
     def drain_effects(self) -> list[Effect]:
@@ -117,7 +134,9 @@ class DecideProcessor:
             genuine = secrets.compare_digest(token, worker.probe_token.encode())
             who = Identity(PROBE_TENANT, "", self._dialect) if genuine else Unknown.UNKNOWN
         else:
-            who = identify(policy, worker.key_store, headers, peer, worker.clock.wall())
+            names = (h.key for h in request.request_headers.headers.headers)
+            repeated = repeated_credential(names)
+            who = identify(policy, worker.key_store, headers, peer, worker.clock.wall(), repeated=repeated)
         if isinstance(who, Unknown):
             self._effects.append(Unauthenticated(who.name.lower()))
             return self._refuse(Failure.UNAUTHENTICATED, who.value, "unauthenticated")
@@ -272,6 +291,10 @@ class DecideProcessor:
         assert who is not None
         policy = self._policy
         self._dialect = who.dialect
+        method, path = headers.get(":method", ""), headers.get(":path", "/")
+        if not policy.passthrough.allows(method, path):
+            message = f"{method} {path.split('?', 1)[0]} is not served through Rungway (policy passthrough.paths)"
+            return self._refuse(Failure.CLIENT_ERROR, message, "refused")
         name = policy.passthrough_provider(who.dialect)
         if name is None:
             message = f"no {who.dialect.value} provider is configured for {headers.get(':path', '')!r}"
@@ -290,7 +313,26 @@ class DecideProcessor:
         }
         self._effects.append(Decided(who.tenant, policy.default_task, "", "passthrough"))
         c = common(set_headers, remove=[n for n in self._scrub if n not in set_headers])
-        return with_metadata(request_headers_response(c), META_DECISION, PassedThrough(who.tenant, name).encode())
+        # The provider's answer is read too: its headers and an error body may echo the key.
+        response = with_mode(request_headers_response(c), _READ_THE_ANSWER)
+        return with_metadata(response, META_DECISION, PassedThrough(who.tenant, name).encode())
+
+    def response_headers(self, request: ProcessingRequest) -> ProcessingResponse:
+        """A passed-through answer's headers: cookies dropped, key-shaped values redacted."""
+        headers = header_map(request.response_headers)
+        self._status = int(headers.get(":status", "0") or 0)
+        scrub = provider_header_scrub(headers)
+        # An error body may be rewritten (redacted): its length is then not the provider's.
+        remove = (*scrub.remove, "content-length") if self._status >= 400 else scrub.remove
+        return response_headers_response(common(scrub.replace, remove))
+
+    def response_body(self, request: ProcessingRequest) -> ProcessingResponse:
+        """A passed-through error body without anything shaped like a key (a success passes)."""
+        body = request.response_body.body
+        if self._status < 400:
+            return response_body_response()
+        clean = redact_error_body(body)
+        return response_body_response(common(body=clean) if clean != body else None)
 
     def _refuse(self, failure: Failure, message: str, outcome: str, ladder: str = "") -> ProcessingResponse:
         policy = self._policy

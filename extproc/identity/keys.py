@@ -87,8 +87,8 @@ class ClientKey:
 class Unknown(StrEnum):
     """Why a request is not served: each value is the message its client reads."""
 
-    MISSING = "no API key: send a Rungway key as 'Authorization: Bearer <key>' or 'x-api-key: <key>'"
-    AMBIGUOUS = "two different API keys were sent: send one"
+    MISSING = "no API key: send your Rungway key as the SDK's API key (the authorization or x-api-key header)"
+    AMBIGUOUS = "more than one API key was sent: send one"
     UNKNOWN = "the API key is not valid"
     EXPIRED = "the API key has expired"
     UNTRUSTED_PEER = "this caller may not name a tenant"

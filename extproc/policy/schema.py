@@ -377,10 +377,35 @@ class HealthSettings(_Frozen):
 
 class Passthrough(_Frozen):
     """Where an authenticated request for another path (a model list, token counting) goes,
-    untranslated, by the dialect of the header its key came in: never the other dialect's."""
+    untranslated, by the dialect of the caller's SDK: never the other dialect's.
+
+    Only the listed `METHOD /path` globs pass: a pass-through spends the organisation's key with
+    no ladder and no tenant rule, and most other paths (files, batches, fine-tunes) reach objects
+    every tenant shares under that key. Add one (e.g. "POST /v1/embeddings") deliberately."""
 
     openai: str | None = None
     anthropic: str | None = None
+    paths: tuple[str, ...] = ("GET /v1/models", "GET /v1/models/*", "POST /v1/messages/count_tokens")
+
+    @field_validator("paths")
+    @classmethod
+    def _method_and_path(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for entry in value:
+            method, _, path = entry.partition(" ")
+            if not method.isupper() or not method.isalpha() or not path.startswith("/") or ".." in path:
+                raise ValueError(f"pass-through paths are 'METHOD /path-glob', but one was {entry!r}")
+        return value
+
+    def allows(self, method: str, path: str) -> bool:
+        """Whether `METHOD /path` (query ignored) may pass through."""
+        path = path.split("?", 1)[0]
+        if ".." in path:
+            return False
+        for entry in self.paths:
+            allowed_method, _, pattern = entry.partition(" ")
+            if method == allowed_method and fnmatch.fnmatchcase(path, pattern):
+                return True
+        return False
 
 
 Ladder = Annotated[list[Rung], Field(min_length=1, max_length=MAX_LADDER_LENGTH)]

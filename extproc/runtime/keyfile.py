@@ -4,11 +4,14 @@ restart. A broken rewrite never replaces the last good store."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import os
 import secrets
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,14 +45,34 @@ def write_store(path: Path, store: KeyStore) -> None:
         raise
 
 
+@contextlib.contextmanager
+def _editing(path: Path) -> Iterator[None]:
+    """One editor of the store at a time (a lock file beside it): two `rungway keys` commands
+    at once must not write back a key the other just revoked."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path.with_name(f".{path.name}.lock"), os.O_CREAT | os.O_RDWR, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def add_key(path: Path, tenant: str, *, expires: float | None = None, label: str = "") -> tuple[str, ClientKey]:
     """Issue a key for `tenant` into the store at `path` (`rungway keys new`): the key, shown
     only now, and its stored record."""
     plaintext, key = issue(
         tenant, time.time(), secrets.token_bytes(ID_BYTES + SECRET_BYTES), expires=expires, label=label
     )
-    write_store(path, read_store(path).with_key(key))
+    with _editing(path):
+        write_store(path, read_store(path).with_key(key))
     return plaintext, key
+
+
+def revoke_key(path: Path, key_id: str) -> None:
+    """Remove a key from the store (`rungway keys revoke`); KeyStoreError if there is none."""
+    with _editing(path):
+        write_store(path, read_store(path).without(key_id))
 
 
 def _stamp(path: Path) -> tuple[int, int, int] | None:

@@ -20,7 +20,7 @@ from extproc.translate.errors import (
     render_error,
 )
 from extproc.translate.protocol import ApiPair, api_pair
-from extproc.translate.redact import redact_secrets
+from extproc.translate.redact import HeaderScrub, provider_header_scrub, redact_secrets
 from extproc.translate.relay import StreamRelay, stream_failure
 from extproc.translate.sse import SseEvent, SseParser
 from extproc.translate.stream import (
@@ -50,6 +50,7 @@ __all__ = [
     "Done",
     "Finish",
     "FinishReason",
+    "HeaderScrub",
     "MessageStart",
     "OpenAIStreamReader",
     "OpenAIStreamWriter",
@@ -74,6 +75,7 @@ __all__ = [
     "openai_to_anthropic",
     "output_tokens",
     "parse_provider_error",
+    "provider_header_scrub",
     "redact_error_body",
     "redact_secrets",
     "render_error",

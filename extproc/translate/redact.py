@@ -10,6 +10,8 @@ opaque token in an error message (a request id, say) is lost with the keys.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 REDACTED: Final = "[redacted]"
@@ -68,3 +70,36 @@ def redact_json(value: Any) -> Any:
     if isinstance(value, dict):
         return {redact_secrets(str(k)): redact_json(v) for k, v in value.items()}
     return value
+
+
+# Response headers a provider sends whose values are ids, limits and formats: passed as they are.
+_KNOWN_HEADERS: Final = frozenset(
+    {"content-type", "content-length", "content-encoding", "date", "server", "via", "vary", "cache-control",
+     "connection", "transfer-encoding", "retry-after", "request-id", "x-request-id", "cf-ray", "alt-svc"}
+)  # fmt: skip
+_KNOWN_PREFIXES: Final = ("x-ratelimit-", "openai-", "anthropic-", "x-envoy-", "x-rungway-", "access-control-")
+# Never the client's: a provider's session cookies belong to Rungway's key, not the app.
+_DROPPED: Final = frozenset({"set-cookie", "set-cookie2", "www-authenticate", "proxy-authenticate"})
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderScrub:
+    """What to change in a provider's response headers before a client sees them."""
+
+    replace: dict[str, str] = field(default_factory=dict)
+    remove: tuple[str, ...] = ()
+
+
+def provider_header_scrub(headers: Mapping[str, str]) -> HeaderScrub:
+    """Cookies and auth challenges dropped; any other unknown header's value redacted if it holds
+    something shaped like a key (a provider may echo the rung's key anywhere)."""
+    replace: dict[str, str] = {}
+    remove: list[str] = []
+    for name, value in headers.items():
+        if name in _DROPPED:
+            remove.append(name)
+        elif name.startswith(":") or name in _KNOWN_HEADERS or name.startswith(_KNOWN_PREFIXES):
+            continue
+        elif (clean := redact_secrets(value)) != value:
+            replace[name] = clean
+    return HeaderScrub(replace, tuple(remove))

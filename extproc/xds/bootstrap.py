@@ -146,6 +146,15 @@ def _listener(policy: Policy, settings: EnvoySettings) -> dict[str, Any]:
         "@type": _ANY + "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
         "stat_prefix": "rungway",
         "codec_type": "AUTO",
+        # The peer is the TCP peer, never what X-Forwarded-For claims: trusted_header auth
+        # believes a tenant header only from trusted_peers' real addresses.
+        "use_remote_address": True,
+        # One spelling of every path and header name: `//v1/chat/completions`, `%2F` or
+        # `x_api_key` must not slip past decide's rules as another path or another header.
+        "normalize_path": True,
+        "merge_slashes": True,
+        "path_with_escaped_slashes_action": "REJECT_REQUEST",
+        "common_http_protocol_options": {"headers_with_underscores_action": "REJECT_REQUEST"},
         "access_log": [_access_log(settings.access_log_path)],
         "local_reply_config": _local_reply_config(),
         "route_config": {
@@ -696,6 +705,8 @@ def _routes(policy: Policy) -> list[dict[str, Any]]:
                 "timeout": _seconds(policy.route_timeout_s),
                 "auto_host_rewrite": True,
             },
+            # Nothing of Rungway's own routing reaches the provider.
+            "request_headers_to_remove": [CLUSTER_HEADER, "x-envoy-original-host", "x-envoy-expected-rq-timeout-ms"],
         }
     )
     # Every request meets decide first, which routes it, passes it through or answers it.

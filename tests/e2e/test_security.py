@@ -14,6 +14,7 @@ from typing import Any
 
 import anthropic
 import grpc
+import httpx2 as httpx
 import openai
 import pytest
 import yaml
@@ -192,3 +193,63 @@ def test_a_broken_key_store_stops_the_start_with_a_clear_error(fleet: Fleet, tmp
     result = subprocess.run(cmd, env={**os.environ, **KEY_ENV}, capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 1
     assert "cannot start" in result.stderr and "keys.0.id" in result.stderr
+
+
+# ---- found in review: each was a way around the rules above --------------------------------------
+
+
+def test_x_forwarded_for_does_not_make_an_outsider_a_trusted_peer(fleet: Fleet, tmp_path: Path) -> None:
+    fleet.reset()
+    mesh = {"auth": "trusted_header", "trusted_peers": ["10.9.0.0/16"], "tenant_header": "x-team"}
+    with running(fleet.policy(tmp_path, clients=mesh), env=KEY_ENV) as stack:
+        spoof = {"x-team": "red", "x-forwarded-for": "10.9.1.1"}
+        response = stack.post("/v1/chat/completions", {"model": "gpt-4o", "messages": HI}, spoof, key="")
+        assert response.status_code == 401, response.text
+        assert no_provider_called(fleet)
+
+
+def test_underscore_spellings_of_credential_headers_are_refused(clean: Stack, fleet: Fleet) -> None:
+    for sneaky in ({"x_api_key": "sk-client-own"}, {"openai_organization": "org-client"}):
+        response = clean.post("/v1/chat/completions", {"model": "gpt-4o", "messages": HI}, sneaky)
+        assert response.status_code == 400
+    assert no_provider_called(fleet)
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("POST", "//v1/chat//completions"),  # merged into the chat path: routed, not passed through
+        ("GET", "/v1/files"),
+        ("DELETE", "/v1/files/file-abc"),
+        ("POST", "/v1/fine_tuning/jobs"),
+        ("GET", "/v1/models/../files"),
+    ],
+)
+def test_only_listed_paths_pass_through(clean: Stack, fleet: Fleet, method: str, path: str) -> None:
+    with httpx.Client(timeout=30) as client:
+        body = {"model": "gpt-4o", "messages": HI}
+        auth = {"authorization": f"Bearer {clean.app_key}"}
+        response = client.request(method, clean.base_url + path, json=body, headers=auth)
+    if path.startswith("//v1/chat"):
+        assert response.status_code == 200 and fleet.primary.requests[-1].path == "/v1/chat/completions"
+        return
+    assert response.status_code in (400, 404), response.text
+    assert no_provider_called(fleet)
+
+
+def test_a_providers_headers_and_pass_through_errors_never_carry_its_key_to_the_client(
+    clean: Stack, fleet: Fleet
+) -> None:
+    fleet.primary.set_mode("bad_key")
+    fleet.secondary.set_mode("bad_key")
+    fleet.small.set_mode("bad_key")
+    chat = clean.post("/v1/chat/completions", {"model": "gpt-4o", "messages": HI})
+    assert chat.status_code in (401, 502)
+    with httpx.Client(timeout=30) as client:
+        models = client.get(clean.base_url + "/v1/models", headers={"authorization": f"Bearer {clean.app_key}"})
+    assert models.status_code == 401
+    for response in (chat, models):
+        seen = str(response.headers) + response.text
+        assert PRIMARY_KEY not in seen and SECONDARY_KEY not in seen
+        assert "set-cookie" not in response.headers
+        assert "rung" not in response.headers.get("x-echo-auth", "")  # redacted, when passed at all

@@ -30,6 +30,7 @@ from tests.builders import (
     OTHER_KEY,
     PRIMARY_KEY,
     SECONDARY_KEY,
+    body_of,
     decide_fields,
     dynamic_metadata,
     immediate_headers,
@@ -39,6 +40,7 @@ from tests.builders import (
     removed_headers,
     request_body,
     request_headers,
+    response_body,
     response_headers,
     routed,
     sample,
@@ -194,7 +196,7 @@ def without_key(path: str = OPENAI_PATH, **extra: str) -> dict[str, str]:
         ({"authorization": "Basic dXNlcjpwYXNz"}, "unknown", "not valid"),
         ({"authorization": f"Bearer {CLIENT_KEY}x"}, "unknown", "not valid"),
         ({"authorization": "Bearer " + "rwk_" + "a" * 5000}, "unknown", "not valid"),
-        ({"authorization": f"Bearer {CLIENT_KEY}", "x-api-key": OTHER_KEY}, "ambiguous", "two different"),
+        ({"authorization": f"Bearer {CLIENT_KEY}", "x-api-key": OTHER_KEY}, "ambiguous", "more than one"),
     ],
 )
 def test_a_request_without_a_known_key_is_401_before_any_choice(
@@ -511,3 +513,33 @@ def test_a_probe_without_the_token_is_unauthenticated_even_with_a_key() -> None:
     _, response = decide(sidecar, extra={"x-rungway-probe": "guess main 1"}, model="gpt-4o")
     unauthenticated(response)
     assert sample(sidecar, "rungway_unauthenticated_total", reason="unknown") == 1
+
+
+def test_a_repeated_credential_header_is_ambiguous() -> None:
+    hdrs = [*headers().items(), ("authorization", f"Bearer {CLIENT_KEY}")]
+    request = request_headers({}, metadata=decide_fields(model="gpt-4o"))
+    for key, value in hdrs:
+        request.request_headers.headers.headers.add(key=key, raw_value=value.encode())
+    (response,) = DecideProcessor(make_sidecar()).dispatch(request)
+    assert "more than one" in unauthenticated(response)
+
+
+def test_a_path_not_listed_for_pass_through_is_refused() -> None:
+    post = {":method": "POST", ":path": "/v1/files", "authorization": f"Bearer {CLIENT_KEY}"}
+    (response,) = DecideProcessor(make_sidecar()).dispatch(request_headers(post, metadata=decide_fields(model=MISSING)))
+    assert response.immediate_response.status.code == 400
+    assert "not served through Rungway" in error_body(response)["error"]["message"]
+
+
+def test_a_passed_through_error_answer_is_redacted_and_a_success_passes() -> None:
+    get = {":method": "GET", ":path": "/v1/models", "authorization": f"Bearer {CLIENT_KEY}"}
+    processor = DecideProcessor(make_sidecar())
+    (answer,) = processor.dispatch(request_headers(get, metadata=decide_fields(model=MISSING)))
+    assert answer.mode_override.response_body_mode == Mode.BUFFERED
+    echo = {"set-cookie": "s=1", "x-echo": f"Bearer {PRIMARY_KEY}", "content-length": "99"}
+    (headers_answer,) = processor.dispatch(response_headers(401, echo))
+    assert set(removed_headers(headers_answer)) == {"set-cookie", "content-length"}
+    assert set_headers(headers_answer) == {"x-echo": "Bearer [redacted]"}
+    body = {"error": {"message": f"Incorrect API key provided: {PRIMARY_KEY}"}}
+    (body_answer,) = processor.dispatch(response_body(body))
+    assert PRIMARY_KEY not in (body_of(body_answer) or b"").decode()

@@ -447,3 +447,37 @@ def test_a_clients_schema_too_large_or_too_deep_is_not_checked() -> None:
         deep = {"items": deep}
     assert untrusted(deep) is None
     assert untrusted("not a schema") is None
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allowed"),
+    [
+        ("GET", "/v1/models", True),
+        ("GET", "/v1/models?limit=2", True),
+        ("GET", "/v1/models/gpt-4o", True),
+        ("POST", "/v1/messages/count_tokens", True),
+        ("POST", "/v1/models", False),
+        ("GET", "/v1/files", False),
+        ("DELETE", "/v1/files/f", False),
+        ("GET", "/v1/models/../files", False),
+        ("POST", "/v1/embeddings", False),
+    ],
+)
+def test_only_listed_paths_pass_through(method: str, path: str, allowed: bool) -> None:
+    assert make_policy().passthrough.allows(method, path) is allowed
+
+
+def test_a_pass_through_path_is_opted_into_and_checked() -> None:
+    policy = make_policy(passthrough={"paths": ["POST /v1/embeddings"]})
+    assert policy.passthrough.allows("POST", "/v1/embeddings")
+    assert not policy.passthrough.allows("GET", "/v1/models")
+    assert problems_of(passthrough={"paths": ["/v1/models"]})[0].startswith("passthrough.paths:")
+    assert problems_of(passthrough={"paths": ["GET /v1/../x"]})[0].startswith("passthrough.paths:")
+
+
+def test_clients_need_a_key_store_or_trusted_peers() -> None:
+    assert problems_of(clients={"auth": "keys"})[0].startswith("clients:")
+    assert problems_of(clients={"auth": "trusted_header"})[0].startswith("clients:")
+    mesh = make_policy(clients={"auth": "trusted_header", "trusted_peers": ["10.0.0.0/8", "fd00::/8"]}).clients
+    assert mesh.trusts("10.1.2.3:80") and mesh.trusts("[fd00::1]:80") and mesh.trusts("10.0.0.1")
+    assert not mesh.trusts("11.0.0.1:80") and not mesh.trusts("") and not mesh.trusts("garbage")

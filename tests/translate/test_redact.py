@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from extproc.core import Failure
-from extproc.translate import redact_error_body, redact_secrets, render_error
+from extproc.translate import provider_header_scrub, redact_error_body, redact_secrets, render_error
 from extproc.translate.redact import REDACTED
 
 ALNUM = string.ascii_letters + string.digits
@@ -127,3 +127,19 @@ def test_every_error_rungway_renders_is_redacted() -> None:
     for dialect in ("openai", "anthropic"):
         body = render_error(dialect, Failure.ACCESS_DENIED, "Incorrect API key provided: sk-proj-****abcd")
         assert b"abcd" not in body and b"[redacted]" in body
+
+
+def test_a_providers_response_headers_lose_cookies_and_key_shaped_values_but_keep_ids() -> None:
+    headers = {
+        ":status": "401",
+        "content-type": "application/json",
+        "x-request-id": "req_0123456789abcdef0123456789abcdef",
+        "x-ratelimit-remaining-requests": "99",
+        "set-cookie": "session=abc",
+        "www-authenticate": "Bearer realm=api",
+        "x-echo-auth": "Bearer sk-proj-0123456789abcdefghij",
+        "x-debug": "plain words",
+    }
+    scrub = provider_header_scrub(headers)
+    assert set(scrub.remove) == {"set-cookie", "www-authenticate"}
+    assert scrub.replace == {"x-echo-auth": "Bearer [redacted]"}
