@@ -21,7 +21,7 @@ from extproc.translate.errors import (
 )
 from extproc.translate.protocol import ApiPair, api_pair
 from extproc.translate.redact import redact_secrets
-from extproc.translate.relay import StreamRelay, stream_failure
+from extproc.translate.relay import Delivered, StreamRelay, stream_failure
 from extproc.translate.sse import SseEvent, SseParser
 from extproc.translate.stream import (
     AnthropicStreamReader,
@@ -46,6 +46,7 @@ __all__ = [
     "AnthropicStreamReader",
     "AnthropicStreamWriter",
     "ApiPair",
+    "Delivered",
     "Delta",
     "Done",
     "Finish",

@@ -9,6 +9,7 @@ def test_public_names_are_pinned() -> None:
         "AnthropicStreamReader",
         "AnthropicStreamWriter",
         "ApiPair",
+        "Delivered",
         "Delta",
         "Done",
         "Finish",
