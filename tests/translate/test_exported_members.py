@@ -17,7 +17,13 @@ def test_public_names_are_pinned() -> None:
         "MessageStart",
         "OpenAIStreamReader",
         "OpenAIStreamWriter",
+        "PrefixMatch",
         "ProviderError",
+        "RescueOutcome",
+        "RescueStrategy",
+        "Splice",
+        "SpliceFailure",
+        "SpliceState",
         "SseEvent",
         "SseParser",
         "StreamError",
@@ -41,6 +47,8 @@ def test_public_names_are_pinned() -> None:
         "redact_error_body",
         "redact_secrets",
         "render_error",
+        "rescue_body",
+        "rescue_strategy",
         "stream_failure",
     ]
     for name in extproc.translate.__all__:
