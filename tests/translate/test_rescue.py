@@ -235,6 +235,14 @@ def test_the_clients_own_prefill_is_continued_not_repeated() -> None:
     assert len(body["messages"]) == 2
 
 
+def test_a_client_prefill_in_blocks_gets_the_delivered_text_as_one_more_block() -> None:
+    prefill = {"role": "assistant", "content": [{"type": "text", "text": "Answer:"}]}
+    request = {**REQUEST, "messages": [*REQUEST["messages"], prefill]}
+    relay, _ = begin(AN, AN, [" Paris "])
+    body = rescue_body(request, relay.delivered, CONTINUE, AN, AN, "m")
+    assert body["messages"][-1]["content"] == [{"type": "text", "text": "Answer:"}, {"type": "text", "text": " Paris"}]
+
+
 def test_a_continuation_on_anthropic_drops_extended_thinking() -> None:
     request = {**REQUEST, "max_tokens": 3000, "thinking": {"type": "enabled", "budget_tokens": 2048}}
     relay, _ = begin(AN, OA, ["Par"])
