@@ -17,7 +17,14 @@ class Dialect(StrEnum):
 
 
 class Capability(StrEnum):
+    """What a provider can do, declared in the policy (`capabilities: [tools, streaming, ...]`)."""
+
     TOOLS = "tools"
     JSON_MODE = "json_mode"
     STREAMING = "streaming"
     VISION = "vision"
+    # Continues a trailing assistant message instead of answering afresh (Anthropic's Messages API
+    # does; OpenAI's Chat Completions is not documented to). A stream rescued by such a rung gets
+    # the delivered text as that message; any other rung must regenerate and match the prefix.
+    # Not a default: a rung that ignores the prefill would repeat what the client already has.
+    PREFILL = "prefill"

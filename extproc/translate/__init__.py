@@ -4,6 +4,8 @@ Pure functions and small state machines: parsed JSON and SSE bytes in, parsed JS
 out. A module `X_to_Y` serves a client speaking dialect X from a provider speaking dialect Y;
 `api_pair(client, provider)` is the one protocol the rest of Rungway uses (path, auth, request,
 answer, stream relay, errors), so nothing outside this package branches on the dialect.
+`rescue` continues a stream cut after its first token from a fallback rung (`rescue_body`,
+`Splice`), starting from what the relay says the client has (`StreamRelay.delivered`).
 May import: core.
 """
 
@@ -21,7 +23,17 @@ from extproc.translate.errors import (
 )
 from extproc.translate.protocol import ApiPair, api_pair
 from extproc.translate.redact import HeaderScrub, provider_header_scrub, redact_secrets
-from extproc.translate.relay import StreamRelay, stream_failure
+from extproc.translate.relay import Delivered, StreamRelay, stream_failure
+from extproc.translate.rescue import (
+    PrefixMatch,
+    RescueOutcome,
+    RescueStrategy,
+    Splice,
+    SpliceFailure,
+    SpliceState,
+    rescue_body,
+    rescue_strategy,
+)
 from extproc.translate.sse import SseEvent, SseParser
 from extproc.translate.stream import (
     AnthropicStreamReader,
@@ -46,6 +58,7 @@ __all__ = [
     "AnthropicStreamReader",
     "AnthropicStreamWriter",
     "ApiPair",
+    "Delivered",
     "Delta",
     "Done",
     "Finish",
@@ -54,7 +67,13 @@ __all__ = [
     "MessageStart",
     "OpenAIStreamReader",
     "OpenAIStreamWriter",
+    "PrefixMatch",
     "ProviderError",
+    "RescueOutcome",
+    "RescueStrategy",
+    "Splice",
+    "SpliceFailure",
+    "SpliceState",
     "SseEvent",
     "SseParser",
     "StreamError",
@@ -79,5 +98,7 @@ __all__ = [
     "redact_error_body",
     "redact_secrets",
     "render_error",
+    "rescue_body",
+    "rescue_strategy",
     "stream_failure",
 ]

@@ -80,30 +80,35 @@ def dump_json(value: Any) -> bytes:
         return json.dumps(value, separators=(",", ":")).encode()
 
 
-def error_object(dialect: str, failure: Failure, message: str) -> dict[str, Any]:
+def error_object(dialect: str, failure: Failure, message: str, extra: dict[str, str] | None = None) -> dict[str, Any]:
     """The inner `error` object of an error body (also used for in-band stream errors). The
     message often quotes a provider's, which may echo the rung's key: it is redacted here, where
-    every error Rungway writes passes."""
+    every error Rungway writes passes. `extra` adds Rungway's own fields (`rungway_*`)."""
     message = redact_secrets(message)
+    error: dict[str, Any]
     if dialect == OPENAI:
-        return {
+        error = {
             "message": message,
             "type": _OPENAI_TYPE.get(failure, "server_error"),
             "param": None,
             "code": failure.value,
             "rungway_reason": failure.value,
         }
-    if dialect == ANTHROPIC:
-        return {
+    elif dialect == ANTHROPIC:
+        error = {
             "type": _ANTHROPIC_TYPE.get(failure, "api_error"),
             "message": message,
             "rungway_reason": failure.value,
         }
-    raise ValueError(f"dialect must be 'openai' or 'anthropic', but was {dialect!r}")
+    else:
+        raise ValueError(f"dialect must be 'openai' or 'anthropic', but was {dialect!r}")
+    if extra:
+        error.update({key: redact_secrets(value) for key, value in extra.items()})
+    return error
 
 
-def error_body(dialect: str, failure: Failure, message: str) -> dict[str, Any]:
-    error = error_object(dialect, failure, message)
+def error_body(dialect: str, failure: Failure, message: str, extra: dict[str, str] | None = None) -> dict[str, Any]:
+    error = error_object(dialect, failure, message, extra)
     if dialect == ANTHROPIC:
         return {"type": "error", "error": error}
     return {"error": error}

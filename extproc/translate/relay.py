@@ -3,12 +3,15 @@ attempt filter acts on (has the first token gone out? did the provider report an
 did the stream finish properly?).
 
 Only complete events are forwarded: a partial trailing event is held back, so an error event
-appended after a cut never lands in the middle of one.
+appended after a cut never lands in the middle of one. That also makes `delivered` exact: the
+text, identity and block state of what the client has, which a rescue continues from.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
+from typing import Final
 
 from ..core import Dialect, Failure
 from .errors import redact_error_body
@@ -40,6 +43,48 @@ INVALID_EVENT = "invalid_event"  # the readers' StreamError type for an event th
 # sending something other than an answer, and the try ends as a malformed stream.
 MAX_HELD_BYTES = 4 * 1024 * 1024
 _ANTHROPIC_STOP = b'event: message_stop\ndata: {"type":"message_stop"}\n\n'
+
+# Why a stream the client has begun cannot be rescued (`Delivered.blocked`).
+NOT_STARTED: Final = "not_started"  # no token went out: an ordinary hop, not a rescue
+TOOL_CALL: Final = "tool_call"  # a tool call started: its arguments cannot be spliced
+NON_TEXT: Final = "non_text_content"  # a thinking or server-tool block reached the client
+REFUSAL: Final = "refusal"  # the text is a refusal: re-asking would be shopping for a laxer model
+FINISHED: Final = "finished"  # the finish reason was given: complete it, nothing to rescue
+ERROR_SENT: Final = "error_sent"  # the client already has an error event: its stream is over
+
+
+@dataclass(frozen=True, slots=True)
+class Delivered:
+    """What the client has received of a stream, exactly (whole events only), and what a rescue
+    needs to continue it as the same stream.
+
+    `id`, `model` (and for OpenAI clients `created`, `system_fingerprint`) are the values the
+    client saw: the provider's own when its events passed through unchanged, ours when they were
+    translated. For Anthropic clients, `open_block` is the index of the open content block (None:
+    none is open), `open_text` whether it is a text block, `next_block` the index a new one takes.
+    """
+
+    client: Dialect
+    text: str
+    output_units: int  # content and tool-argument events delivered, roughly tokens
+    input_tokens: int  # the prompt's tokens as the provider reported them, else our estimate
+    id: str
+    model: str
+    created: int | None
+    system_fingerprint: str | None
+    open_block: int | None
+    open_text: bool
+    next_block: int
+    blocked: str | None  # why no rescue is possible (a constant above); None: it is
+
+    @property
+    def rescuable(self) -> bool:
+        return self.blocked is None
+
+    @property
+    def usage(self) -> Usage:
+        """The delivered part's usage: the prompt, and the output units as tokens."""
+        return Usage(input_tokens=self.input_tokens, output_tokens=self.output_units)
 
 
 class StreamRelay:
@@ -82,6 +127,9 @@ class StreamRelay:
         self.closed = False  # the client stream has been ended by us (terminal or error)
         self.skipped = 0  # events that were not valid JSON: dropped, the stream goes on
         self._units = 0
+        self._text: list[str] = []  # the text the client has, delta by delta
+        self._tool = False  # a tool call reached the client
+        self._error_sent = False
 
     def feed(self, chunk: bytes) -> bytes:
         if self.closed:
@@ -104,12 +152,14 @@ class StreamRelay:
             if self._same and self.error is not None:
                 # The provider's own error event, passed on without anything shaped like a key.
                 out += SseEvent(redact_error_body(event.data.encode()).decode(), event.event).encode()
+                self._error_sent = True
             elif self._same:
                 out += event.encode()
             else:
                 for delta in deltas:
                     if isinstance(delta, StreamError):
                         out += self._writer.error(stream_failure(delta, started=self.started), delta.message)
+                        self._error_sent = True
                     else:
                         out += self._writer.write(delta)
             if self.done or (self.error is not None and self.started):
@@ -132,13 +182,18 @@ class StreamRelay:
         self.closed = True
         if not self.started:
             return b""
+        self._error_sent = True
         return self._writer.error(stream_failure(self.error, started=True), message)
 
     def _track(self, delta: Delta) -> None:
         if isinstance(delta, (TextDelta, ToolCallStart, ToolCallArgs)):
             self._units += 1
-            if isinstance(delta, TextDelta) and not delta.text:
-                return
+            if isinstance(delta, TextDelta):
+                if not delta.text:
+                    return
+                self._text.append(delta.text)
+            elif isinstance(delta, ToolCallStart):
+                self._tool = True
             self.started = True
         elif isinstance(delta, Finish):
             self.finished = True
@@ -155,6 +210,61 @@ class StreamRelay:
     def output_units(self) -> int:
         """Content and tool-argument events relayed: the stream's output size, roughly in tokens."""
         return self._units
+
+    @property
+    def delivered(self) -> Delivered:
+        """What the client has so far. Read it before `finish()` or `interrupt()` when the stream
+        is to be rescued: those write an error event, after which it cannot be."""
+        reader, writer = self._reader, self._writer
+        created: int | None = None
+        fingerprint: str | None = None
+        open_block: int | None = None
+        open_text = False
+        next_block = 0
+        other = False
+        input_tokens = self._prompt_tokens
+        if isinstance(reader, AnthropicStreamReader):
+            input_tokens = reader.input_tokens or input_tokens
+        if self._client is Dialect.OPENAI:
+            created = self._created
+            if self._same and isinstance(reader, OpenAIStreamReader):
+                created = reader.created if reader.created is not None else created
+                fingerprint = reader.system_fingerprint
+        elif self._same and isinstance(reader, AnthropicStreamReader):
+            open_block, open_text, next_block = reader.open_block, reader.open_text, reader.next_block
+            other = reader.other_content
+        elif isinstance(writer, AnthropicStreamWriter):
+            open_block, next_block = writer.open_block, writer.next_block
+            open_text = writer.open_text_block is not None
+        return Delivered(
+            client=self._client,
+            text="".join(self._text),
+            output_units=self._units,
+            input_tokens=input_tokens,
+            id=self._id,
+            model=self._model,
+            created=created,
+            system_fingerprint=fingerprint,
+            open_block=open_block,
+            open_text=open_text,
+            next_block=next_block,
+            blocked=self._blocked(other),
+        )
+
+    def _blocked(self, other_content: bool) -> str | None:
+        if self._error_sent:
+            return ERROR_SENT
+        if self.finished or self.done:
+            return FINISHED
+        if not self.started:
+            return NOT_STARTED
+        if self._tool:
+            return TOOL_CALL
+        if other_content:
+            return NON_TEXT
+        if isinstance(self._reader, OpenAIStreamReader) and self._reader.refused:
+            return REFUSAL
+        return None
 
     def finish(self) -> bytes:
         """The provider ended its response: complete a finished stream, flag a cut one."""
@@ -182,6 +292,7 @@ class StreamRelay:
         return self._error(Failure.STREAM_INTERRUPTED, message)
 
     def _error(self, failure: Failure, message: str) -> bytes:
+        self._error_sent = True
         return self._writer.error(failure, message)
 
     def _finalise(self) -> bytes:

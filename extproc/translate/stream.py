@@ -176,14 +176,21 @@ def _error_delta(error: object) -> StreamError:
 
 
 class OpenAIStreamReader:
-    """Reads `chat.completion.chunk` events; only choice 0 is followed (n=1 is enforced upstream)."""
+    """Reads `chat.completion.chunk` events; only choice 0 is followed (n=1 is enforced upstream).
 
-    __slots__ = ("_last_key", "_started", "_tools")
+    Besides the deltas it keeps what a rescue needs to continue the stream as the client saw it:
+    the first chunk's `created` and `system_fingerprint`, and whether any text was a refusal.
+    """
+
+    __slots__ = ("_last_key", "_started", "_tools", "created", "refused", "system_fingerprint")
 
     def __init__(self) -> None:
         self._started = False
         self._tools: dict[object, int] = {}  # provider's tool-call key → ordinal
         self._last_key: object = None
+        self.created: int | None = None
+        self.system_fingerprint: str | None = None
+        self.refused = False
 
     def read(self, ev: SseEvent) -> list[Delta]:
         data = ev.data.strip()
@@ -200,6 +207,12 @@ class OpenAIStreamReader:
         if not self._started:
             self._started = True
             out.append(MessageStart(id=text_or_empty(obj.get("id")), model=text_or_empty(obj.get("model"))))
+            created = obj.get("created")
+            if isinstance(created, int) and not isinstance(created, bool):
+                self.created = created
+            fingerprint = obj.get("system_fingerprint")
+            if isinstance(fingerprint, str):
+                self.system_fingerprint = fingerprint
         choices = obj.get("choices")
         if isinstance(choices, list):
             for choice in choices:
@@ -218,10 +231,13 @@ class OpenAIStreamReader:
     def _read_choice(self, choice: dict[str, Any], out: list[Delta]) -> None:
         delta = choice.get("delta")
         if isinstance(delta, dict):
-            for field in ("content", "refusal"):
-                text = delta.get(field)
-                if isinstance(text, str) and text:
-                    out.append(TextDelta(text))
+            text = delta.get("content")
+            if isinstance(text, str) and text:
+                out.append(TextDelta(text))
+            text = delta.get("refusal")
+            if isinstance(text, str) and text:
+                self.refused = True
+                out.append(TextDelta(text))
             tool_calls = delta.get("tool_calls")
             if isinstance(tool_calls, list):
                 for call in tool_calls:
@@ -256,12 +272,22 @@ class OpenAIStreamReader:
 
 
 class AnthropicStreamReader:
-    """Reads Messages API stream events; thinking and server-tool blocks are not forwarded."""
+    """Reads Messages API stream events; thinking and server-tool blocks are not forwarded.
 
-    __slots__ = ("_input", "_tools")
+    Besides the deltas it keeps the content block state a rescue needs to continue the stream as
+    the client saw it (when the events passed through unchanged): the open block's index and
+    whether it is text, the index a new block would take, and whether any block was neither
+    text nor a tool call (thinking, server tools).
+    """
+
+    __slots__ = ("_input", "_tools", "next_block", "open_block", "open_text", "other_content")
 
     def __init__(self) -> None:
         self._tools: dict[object, int] = {}  # content block index → tool-call ordinal
+        self.open_block: int | None = None
+        self.open_text = False
+        self.next_block = 0
+        self.other_content = False
         # Anthropic splits prompt tokens into uncached, cache-write and cache-read parts; the
         # neutral (and OpenAI) count is their sum.
         self._input = {
@@ -299,11 +325,20 @@ class AnthropicStreamReader:
                 )
             )
             return out
+        if kind == "content_block_stop":
+            self.open_block = None
+            self.open_text = False
+            return []
         if kind == "message_stop":
             return [Done()]
         if kind == "error":
             return [_error_delta(obj.get("error"))]
-        return []  # ping, content_block_stop, and event types added after this was written
+        return []  # ping, and event types added after this was written
+
+    @property
+    def input_tokens(self) -> int:
+        """The prompt tokens the provider has reported so far (all three parts)."""
+        return sum(self._input.values())
 
     def _count_input(self, usage: dict[str, Any]) -> None:
         for field in self._input:
@@ -314,10 +349,16 @@ class AnthropicStreamReader:
     def _block_start(self, obj: dict[str, Any]) -> list[Delta]:
         block = _dict(obj.get("content_block"))
         kind = block.get("type")
+        index = obj.get("index")
+        if isinstance(index, int) and not isinstance(index, bool):
+            self.open_block = index
+            self.next_block = max(self.next_block, index + 1)
+        self.open_text = kind == "text"
         if kind == "text":
             text = block.get("text")
             return [TextDelta(text)] if isinstance(text, str) and text else []
         if kind != "tool_use":
+            self.other_content = True
             return []
         ordinal = self._tools[obj.get("index")] = len(self._tools)
         out: list[Delta] = [
@@ -352,6 +393,7 @@ class OpenAIStreamWriter:
     __slots__ = (
         "_closed",
         "_created",
+        "_fingerprint",
         "_id",
         "_include_usage",
         "_model",
@@ -359,12 +401,24 @@ class OpenAIStreamWriter:
         "_usage",
     )
 
-    def __init__(self, *, id: str, model: str, created: int, include_usage: bool) -> None:
+    def __init__(
+        self,
+        *,
+        id: str,
+        model: str,
+        created: int,
+        include_usage: bool,
+        system_fingerprint: str | None = None,
+        role_sent: bool = False,
+    ) -> None:
+        """`system_fingerprint` and `role_sent` continue a stream the client has begun (a rescue):
+        every chunk carries the fingerprint it saw, and no second role chunk is sent."""
         self._id = id
         self._model = model
         self._created = created
         self._include_usage = include_usage
-        self._role_sent = False
+        self._fingerprint = system_fingerprint
+        self._role_sent = role_sent
         self._usage: Usage | None = None
         self._closed = False
 
@@ -377,6 +431,8 @@ class OpenAIStreamWriter:
             "choices": choices,
             **extra,
         }
+        if self._fingerprint is not None:
+            chunk["system_fingerprint"] = self._fingerprint
         return b"data: " + dump_json(chunk) + b"\n\n"
 
     def _chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
@@ -429,10 +485,11 @@ class OpenAIStreamWriter:
                 return b"data: [DONE]\n\n"
         return b""
 
-    def error(self, failure: Failure, message: str) -> bytes:
-        """An in-band error: the openai SDK raises `APIError` on a chunk with an `error` key."""
+    def error(self, failure: Failure, message: str, *, extra: dict[str, str] | None = None) -> bytes:
+        """An in-band error: the openai SDK raises `APIError` on a chunk with an `error` key.
+        `extra` adds fields to the error object (a rescue's outcome)."""
         self._closed = True
-        return b"data: " + dump_json(error_body(OPENAI, failure, message)) + b"\n\n"
+        return b"data: " + dump_json(error_body(OPENAI, failure, message, extra)) + b"\n\n"
 
 
 class AnthropicStreamWriter:
@@ -452,18 +509,37 @@ class AnthropicStreamWriter:
         "_usage",
     )
 
-    def __init__(self, *, id: str, model: str) -> None:
+    def __init__(
+        self, *, id: str, model: str, begun: bool = False, next_block: int = 0, open_text_block: int | None = None
+    ) -> None:
+        """`begun` continues a stream the client has begun (a rescue): no message_start, new
+        blocks numbered from `next_block`, text deltas go on in `open_text_block` if one is open."""
         self._id = id
         self._model = model
-        self._started = False
-        self._next_block = 0
-        self._open_block: int | None = None
-        self._open_text = False  # the open block is a text block
+        self._started = begun
+        self._next_block = next_block
+        self._open_block: int | None = open_text_block
+        self._open_text = open_text_block is not None  # the open block is a text block
         self._tool_blocks: dict[int, int] = {}  # tool-call ordinal → content block index
         self._finish: FinishReason | None = None
         self._usage: Usage | None = None
         self._stopped = False  # message_delta sent
         self._closed = False
+
+    @property
+    def open_text_block(self) -> int | None:
+        """The index of the content block open for text, if one is."""
+        return self._open_block if self._open_text else None
+
+    @property
+    def open_block(self) -> int | None:
+        """The index of the open content block, if one is."""
+        return self._open_block
+
+    @property
+    def next_block(self) -> int:
+        """The index the next content block will take."""
+        return self._next_block
 
     @staticmethod
     def _event(name: bytes, payload: dict[str, Any]) -> bytes:
@@ -569,7 +645,8 @@ class AnthropicStreamWriter:
                 out += self._event(b"message_stop", {"type": "message_stop"})
         return out
 
-    def error(self, failure: Failure, message: str) -> bytes:
-        """An `error` event: the anthropic SDK raises `APIStatusError` on it."""
+    def error(self, failure: Failure, message: str, *, extra: dict[str, str] | None = None) -> bytes:
+        """An `error` event: the anthropic SDK raises `APIStatusError` on it. `extra` adds fields
+        to the error object (a rescue's outcome)."""
         self._closed = True
-        return self._event(b"error", error_body(ANTHROPIC, failure, message))
+        return self._event(b"error", error_body(ANTHROPIC, failure, message, extra))

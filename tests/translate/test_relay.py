@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from extproc.core import Dialect, Failure
-from extproc.translate import SseParser, StreamError
+from extproc.translate import AnthropicStreamReader, OpenAIStreamReader, SseParser, StreamError, TextDelta
 from extproc.translate.relay import StreamRelay, stream_failure
 from tests.builders import ANTHROPIC_ERROR_EVENT, OPENAI_ERROR_EVENT, anthropic_events, openai_events, sse
 
@@ -496,3 +496,155 @@ def test_what_is_held_before_the_first_token_stops_counting_once_it_started() ->
     assert relay.started
     more = relay.feed(sse(openai_events(["more"] * 50, finish=None, usage=False, done=False)))
     assert len(more) > 2_000 and relay.error is None and not relay.closed
+
+
+# ---- what the client has: Delivered ---------------------------------------------------------------
+
+
+def client_text(client: Dialect, data: bytes) -> str:
+    """The text a client reads from the relay's output, through the reader of its own dialect."""
+    reader = AnthropicStreamReader() if client is AN else OpenAIStreamReader()
+    parser = SseParser()
+    return "".join(d.text for e in parser.feed(data) for d in reader.read(e) if isinstance(d, TextDelta))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(provider_streams(), st.data())
+def test_delivered_text_is_exactly_what_the_client_has_after_every_chunk(
+    stream: tuple[Dialect, Dialect, bytes], data: st.DataObject
+) -> None:
+    client, provider, raw = stream
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(raw)), max_size=8)))
+    relay = make_relay(client, provider)
+    sent = b""
+    for a, b in zip([0, *cuts], [*cuts, len(raw)], strict=True):
+        out = relay.feed(raw[a:b])
+        if relay.error is not None and not relay.started:
+            return  # the attempt filter hops: none of it reaches the client
+        sent += out
+        assert relay.delivered.text == client_text(client, sent)
+
+
+@pytest.mark.parametrize(("client", "provider"), [(OA, OA), (AN, AN), (OA, AN), (AN, OA)])
+def test_a_cut_stream_is_rescuable_and_says_what_was_delivered(client: Dialect, provider: Dialect) -> None:
+    relay = make_relay(client, provider)
+    relay.feed(started_then_cut(provider))
+    delivered = relay.delivered
+    assert (delivered.text, delivered.output_units, delivered.blocked, delivered.rescuable) == ("Par", 1, None, True)
+    assert delivered.client is client
+    assert delivered.usage.output_tokens == 1
+
+
+def test_delivered_identity_of_a_passed_through_openai_stream_is_the_providers() -> None:
+    events = openai_events(["Par"], finish=None, usage=False, done=False)
+    for _, chunk in events:
+        assert isinstance(chunk, dict)
+        chunk.update(created=1_700_000_000, system_fingerprint="fp_1")
+    relay = make_relay(OA, OA)
+    relay.feed(sse(events))
+    d = relay.delivered
+    assert (d.id, d.model, d.created, d.system_fingerprint) == ("chatcmpl-p", "gpt-4o", 1_700_000_000, "fp_1")
+    assert (d.input_tokens, d.open_block, d.next_block) == (12, None, 0)
+
+
+def test_delivered_identity_of_a_translated_stream_is_ours() -> None:
+    relay = make_relay(OA, AN)
+    relay.feed(started_then_cut(AN))
+    d = relay.delivered
+    assert (d.id, d.model, d.created, d.system_fingerprint) == ("chatcmpl-rw1", "served-model", 1_767_225_600, None)
+
+
+def test_delivered_anthropic_block_state_of_a_passed_through_stream() -> None:
+    events = anthropic_events(["Par"], stop_reason=None, stop=False)
+    relay = make_relay(AN, AN)
+    relay.feed(sse(events[:-1]))  # content_block_stop not yet sent
+    d = relay.delivered
+    assert (d.id, d.model, d.open_block, d.open_text, d.next_block, d.created) == (
+        "msg_p",
+        "claude-fallback",
+        0,
+        True,
+        1,
+        None,
+    )
+    assert d.input_tokens == 12  # as the provider's message_start reported it
+    relay.feed(sse(events[-1:]))
+    assert (relay.delivered.open_block, relay.delivered.open_text, relay.delivered.next_block) == (None, False, 1)
+
+
+def test_delivered_anthropic_block_state_of_a_translated_stream_is_our_writers() -> None:
+    relay = make_relay(AN, OA)
+    relay.feed(started_then_cut(OA))
+    d = relay.delivered
+    assert (d.id, d.model, d.open_block, d.open_text, d.next_block) == ("msg_rw1", "served-model", 0, True, 1)
+
+
+def tool_call_chunk() -> dict[str, Any]:
+    call = {"index": 0, "id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    return {
+        "id": "c",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "m",
+        "choices": [{"index": 0, "delta": {"tool_calls": [call]}, "finish_reason": None}],
+    }
+
+
+@pytest.mark.parametrize("client", [OA, AN])
+def test_a_stream_with_a_tool_call_cannot_be_rescued(client: Dialect) -> None:
+    relay = make_relay(client, OA)
+    relay.feed(sse([*openai_events(["Let me look"], finish=None, usage=False, done=False), (None, tool_call_chunk())]))
+    d = relay.delivered
+    assert (d.text, d.blocked, d.rescuable) == ("Let me look", "tool_call", False)
+
+
+@pytest.mark.parametrize("client", [OA, AN])
+def test_a_refusal_cannot_be_rescued(client: Dialect) -> None:
+    events = openai_events([], finish=None, usage=False, done=False)
+    chunk = {**tool_call_chunk(), "choices": [{"index": 0, "delta": {"refusal": "I can't"}, "finish_reason": None}]}
+    relay = make_relay(client, OA)
+    relay.feed(sse([*events, (None, chunk)]))
+    assert (relay.started, relay.delivered.blocked) == (True, "refusal")
+
+
+def test_a_passed_through_thinking_block_cannot_be_rescued() -> None:
+    events = anthropic_events(["Paris"], stop_reason=None, stop=False)
+    thinking = [
+        (
+            "content_block_start",
+            {"type": "content_block_start", "index": 0, "content_block": {"type": "thinking", "thinking": ""}},
+        ),
+        ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+    ]
+    for _, payload in events:
+        if isinstance(payload, dict) and "index" in payload:
+            payload["index"] = 1
+    relay = make_relay(AN, AN)
+    relay.feed(sse([events[0], *thinking, *events[1:-1]]))
+    d = relay.delivered
+    assert (d.text, d.blocked, d.open_block, d.next_block) == ("Paris", "non_text_content", 1, 2)
+    translated = make_relay(OA, AN)  # an OpenAI client never saw the thinking
+    translated.feed(sse([events[0], *thinking, *events[1:-1]]))
+    assert translated.delivered.blocked is None
+
+
+@pytest.mark.parametrize(("client", "provider"), [(OA, OA), (AN, AN), (OA, AN), (AN, OA)])
+def test_nothing_to_rescue_before_the_first_token_after_the_finish_or_after_an_error(
+    client: Dialect, provider: Dialect
+) -> None:
+    assert make_relay(client, provider).delivered.blocked == "not_started"
+    finished = make_relay(client, provider)
+    finished.feed(
+        provider_stream(provider, ["Hi"], stop=False)
+        if provider is AN
+        else provider_stream(OA, ["Hi"], done=False, usage=False)
+    )
+    assert finished.delivered.blocked == "finished"
+    cut = make_relay(client, provider)
+    cut.feed(started_then_cut(provider))
+    assert cut.delivered.rescuable
+    cut.finish()  # the client got the error event: its stream is over
+    assert cut.delivered.blocked == "error_sent"
+    errored = make_relay(client, provider)
+    errored.feed(started_then_cut(provider) + sse([ANTHROPIC_ERROR_EVENT if provider is AN else OPENAI_ERROR_EVENT]))
+    assert errored.delivered.blocked == "error_sent"
