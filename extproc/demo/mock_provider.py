@@ -51,7 +51,8 @@ Dialect: TypeAlias = Literal["openai", "anthropic"]
 
 DEFAULT_TOKENS: Final = 12
 MODE_GRAMMAR: Final = (
-    "ok, tokens:N, json, tool, status:CODE[:RETRY_AFTER], bad_key, delay:S, reset, invalid_json, empty, "
+    "ok, tokens:N, json, tool, status:CODE[:RETRY_AFTER], bad_key, noprefill, mimic:NAME:MODEL[:noprefill], delay:S, reset, "
+    "invalid_json, empty, "
     "empty_tool, safety, context_overflow, big:BYTES, sse_error, first_delay:S, stall:N:S, cut:N, "
     "no_done, finish_hang:S, reset_after:N, quota:REMAINING:RESET_S, brownout:FAIL_SHARE:FROM_S:TO_S:OVER_S, "
     "badevent:N[:TOTAL], pause:N:S[:TOTAL], stall_close:N:S[:TOTAL], stall_end:N:S[:TOTAL], "
@@ -70,6 +71,7 @@ _Z95: Final = 1.6448536269514722  # the standard normal's 95th percentile
 _PLAIN: Final = frozenset(
     {
         "ok",
+        "noprefill",
         "json",
         "tool",
         "reset",
@@ -162,6 +164,9 @@ def parse_mode(text: str) -> Mode:
                 return Mode(text, kind, count=count, seconds=_seconds(args[1]))
         elif kind in _FAULTS:
             return _parse_fault(text, kind, args)
+        elif kind == "mimic" and len(args) in (2, 3) and all(args) and args[2:] in ([], ["noprefill"]):
+            # Answer as provider args[0] serving model args[1] would (refusing a prefill with :noprefill).
+            return Mode(text, kind)
         elif kind == "quota" and len(args) == 2:
             return Mode(text, kind, count=int(args[0]), seconds=_seconds(args[1]))
         elif kind == "brownout" and len(args) == 4:
@@ -267,10 +272,40 @@ def _first_tool_name(payload: Mapping[str, Any]) -> str | None:
     return None
 
 
+def assistant_prefill(payload: Mapping[str, Any]) -> str | None:
+    """The text of a trailing assistant message (a prefill to continue), in either API's shape."""
+    messages = payload.get("messages")
+    if not isinstance(messages, list) or not messages or not isinstance(messages[-1], dict):
+        return None
+    last = messages[-1]
+    if last.get("role") != "assistant":
+        return None
+    content = last.get("content")
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(b.get("text", "") for b in content if isinstance(b, dict) and b.get("type") == "text")
+    return None
+
+
+def _continued(prefill: str, total: int) -> tuple[str, ...]:
+    """The rest of a deterministic answer after its prefill: the words after the last `wK`."""
+    found = re.findall(r"w(\d+)", prefill)
+    after = int(found[-1]) if found else 0
+    return tuple(f" w{i}" for i in range(after + 1, total + 1))
+
+
 def _build_reply(name: str, mode: Mode, payload: Mapping[str, Any], body_size: int) -> _Reply:
     model = str(payload["model"])
     prompt = body_size // 4
     kind = mode.kind
+    if kind == "mimic":
+        name, model = mode.text.split(":")[1:3]
+    prefill = assistant_prefill(payload)
+    if prefill is not None and kind in ("ok", "tokens", "mimic"):
+        total = mode.count if kind == "tokens" else DEFAULT_TOKENS
+        rest = _continued(prefill, total)
+        return _Reply(model, prompt, rest, len(rest), "stop")
     if kind == "tool":
         tool = _first_tool_name(payload)
         if tool is not None:
@@ -841,6 +876,9 @@ class MockProvider:
             return self._error(400, wire.context_overflow)
         if kind == "bad_key":
             return self._bad_key(request, wire)
+        refuses = kind == "noprefill" or (kind == "mimic" and mode.text.endswith(":noprefill"))
+        if refuses and isinstance(payload, dict) and assistant_prefill(payload) is not None:
+            return self._error(400, wire.error(400, "This model does not support assistant message prefill."))
         if not isinstance(payload, dict):
             return self._error(400, wire.error(400, "The request body is not a valid JSON object."))
         problem = wire.problem(payload)

@@ -40,6 +40,9 @@ from ..routing.quota import exhausted_until
 from ..routing.trip import parse_retry_after
 from ..translate import (
     HeaderScrub,
+    RescueStrategy,
+    SpliceState,
+    StreamRelay,
     TranslationError,
     dump_json,
     load_json,
@@ -47,9 +50,23 @@ from ..translate import (
     render_error,
     stream_failure,
 )
-from .effects import Effect, Served, StreamEnded, Tried, Tripped, TryRefused
+from .effects import (
+    Effect,
+    RescueChunk,
+    Rescued,
+    RescueEnded,
+    RescueFailed,
+    RescueItem,
+    RescueRequested,
+    Served,
+    StreamEnded,
+    Tried,
+    Tripped,
+    TryRefused,
+)
 from .flags import own_answer_headers
 from .request import TryPlan, UnsafeTryError, header_mutation, plan_try, request_schema, rewrite_body
+from .rescue import Rescue, plan_rescue, rescue_note
 from .stream import StreamTry
 from .verdict import Next, Ruling, answer_flags, rule_on_answer, rule_on_failure
 from .wire import (
@@ -110,6 +127,7 @@ class Phase(StrEnum):
     BUFFERING = "buffering"  # a JSON answer's headers passed; its body is judged whole
     HELD = "held"  # a stream answer's headers held until the first token (or a held error answer)
     STREAMING = "streaming"  # the client has the headers; events flow
+    RESCUING = "rescuing"  # the provider failed after the first token; another rung completes it
     CLOSED = "closed"  # this try's answer is decided and ended
     REFUSED = "refused"  # answered by the sidecar itself (never reached, or never left, the rung)
     SKIPPED = "skipped"  # a slot the failure rules forbid: the relay answers it, no provider sees it
@@ -120,7 +138,8 @@ TRANSITIONS: Final[dict[Phase, frozenset[Phase]]] = {
     Phase.STARTED: frozenset({Phase.BUFFERING, Phase.HELD, Phase.CLOSED, Phase.REFUSED}),
     Phase.BUFFERING: frozenset({Phase.CLOSED}),
     Phase.HELD: frozenset({Phase.STREAMING, Phase.CLOSED}),
-    Phase.STREAMING: frozenset({Phase.CLOSED}),
+    Phase.STREAMING: frozenset({Phase.CLOSED, Phase.RESCUING}),
+    Phase.RESCUING: frozenset({Phase.CLOSED}),
     Phase.CLOSED: frozenset(),
     Phase.REFUSED: frozenset(),
     Phase.SKIPPED: frozenset(),
@@ -155,6 +174,10 @@ class AttemptProcessor:
         self._closed_at: float | None = None
         self._observed = False
         self._trip_counted = False
+        # A stream's rescue (filters/rescue.py): the client's request body, kept for it.
+        self._client_body: bytes | None = None
+        self._rescue: Rescue | None = None
+        self._rescue_chunk_at = 0.0
 
     # ---- the gRPC loop's interface ---------------------------------------------------------
 
@@ -289,6 +312,8 @@ class AttemptProcessor:
 
     def request_body(self, request: ProcessingRequest) -> list[ProcessingResponse]:
         plan = self._started()
+        if plan.stream and plan.contract_task(self._policy).rescue:
+            self._client_body = request.request_body.body  # a rescue rewrites it for another rung
         if not plan.needs_body:
             return [request_body_response()]
         try:
@@ -377,6 +402,8 @@ class AttemptProcessor:
             return [self._judge_json(chunk, headers_phase=False)]
         if end_of_stream:
             self._upstream_done = True
+        if self.phase is Phase.RESCUING:
+            return []  # the primary's late bytes: another rung completes the client's stream
         if self.phase is Phase.CLOSED:
             # The client has its last bytes already; the provider's late bytes are dropped and
             # only its end of stream is passed on, as the end of the client's response.
@@ -399,7 +426,9 @@ class AttemptProcessor:
         if self.phase is Phase.HELD:
             answers.append(self._release_headers())
             out = stream.take_pending() + out
-        if end_of_stream or relay.closed:
+        if end_of_stream and _cut(relay) and (rescued := self._start_rescue(out)) is not None:
+            answers.extend(rescued)
+        elif end_of_stream or relay.closed:
             answers.extend(self._end(out + self._finish_stream()))
         elif out:
             answers.append(streamed(out, False))
@@ -410,11 +439,17 @@ class AttemptProcessor:
         plan = self._started()
         stream = self._stream
         self._upstream_done = True
-        if plan.stream and stream is not None and self.phase is not Phase.CLOSED:
+        if self.phase is Phase.RESCUING:
+            pass  # the rescue ends the client's stream
+        elif plan.stream and stream is not None and self.phase is not Phase.CLOSED:
             if stream.relay is not None and stream.relay.started:
                 if self.phase is Phase.HELD:
                     answers.append(self._release_headers())
-                answers.extend(self._end(stream.take_pending() + self._finish_stream()))
+                pending = stream.take_pending()
+                if _cut(stream.relay) and (rescued := self._start_rescue(pending)) is not None:
+                    answers.extend(rescued)
+                else:
+                    answers.extend(self._end(pending + self._finish_stream()))
             else:
                 answers.extend(self._end_of_held_stream())
         elif plan.stream:
@@ -443,6 +478,9 @@ class AttemptProcessor:
     # ---- timers ------------------------------------------------------------------------------
 
     def _wake_at(self) -> float | None:
+        if self.phase is Phase.RESCUING:
+            # The rescue rung's silence: the same stall budget as any stream's.
+            return self._rescue_chunk_at + self._policy.stream_stall_s
         if self._stream is None or self.phase is Phase.CLOSED:
             return None
         if self.phase is Phase.HELD and self._stream.relay is not None and not self._stream.relay.started:
@@ -471,6 +509,9 @@ class AttemptProcessor:
         return plan.started_at + baseline * self._policy.health.circuit.slow_call_factor
 
     def _on_watchdog(self) -> list[ProcessingResponse]:
+        if self._rescue is not None and self.phase is Phase.RESCUING:
+            stall = self._policy.stream_stall_s
+            return self._rescue_ends(self._rescue.splice.interrupt(f"the rescue rung stopped sending for {stall:g}s"))
         stream = self._stream
         assert stream is not None and stream.relay is not None
         relay = stream.relay
@@ -481,14 +522,94 @@ class AttemptProcessor:
         if relay.finished:
             tail = stream.take_pending() + relay.finalise()
             self._close_stream("finalised")
+        elif (rescued := self._start_rescue(stream.take_pending(), stalled=True)) is not None:
+            return [*answers, *rescued]
         else:
-            tail = stream.take_pending() + relay.interrupt(
+            tail = relay.interrupt(
                 f"the provider stopped sending for {self._policy.stream_stall_s:g}s after the answer had started"
             )
             self._close_stream("interrupted")
             self._observe(Failure.STREAM_INTERRUPTED)
         answers.extend(self._end(tail))
         return answers
+
+    # ---- rescue ------------------------------------------------------------------------------
+
+    def _start_rescue(
+        self, out: bytes, *, stalled: bool = False, regenerate_on: int | None = None
+    ) -> list[ProcessingResponse] | None:
+        """The provider cut (or, `stalled`, abandoned) a stream the client has begun: ask the next
+        healthy rung to complete it. None when there is no rescue to make; `out` (whole events
+        the relay produced just now) is then the caller's to send."""
+        plan = self._started()
+        stream = self._stream
+        assert stream is not None and stream.relay is not None
+        worker = self._worker
+        deadline_s = self._policy.route_timeout_s or float("inf")
+        budget = min(self._policy.stream_rescue_s, deadline_s - (worker.clock.now() - plan.started_at))
+        providers = {name: worker.key_for(name) for name in self._policy.providers}
+        rescue = plan_rescue(
+            plan,
+            self._policy,
+            stream.relay.delivered,
+            self._client_body,
+            worker.health_view(plan.decision.impact),
+            providers,
+            primary=Failure.STREAM_INTERRUPTED,
+            budget_s=budget,
+            regenerate_on=regenerate_on,
+        )
+        if rescue is None:
+            return None
+        if regenerate_on is not None:  # the same rescue, asked again without a prefill
+            self._effects.append(RescueRequested(rescue.call))
+            self._rescue = rescue
+            self._rescue_chunk_at = worker.clock.now()
+            return []
+        self._observe(Failure.STREAM_INTERRUPTED)  # the primary failed: its health (and trips) say so
+        self._effects.append(RescueRequested(rescue.call))
+        log.info("stream %s on %s; rescued by %s", "stalled" if stalled else "cut", plan.key, rescue.key)
+        self._rescue = rescue
+        self._rescue_chunk_at = worker.clock.now()
+        self._move(Phase.RESCUING)
+        head = out + rescue_note(rescue, plan.decision.dialect)
+        return [streamed(head, False)]
+
+    def on_rescue(self, item: RescueItem) -> list[ProcessingResponse]:
+        """What the runtime's rescue call brought back."""
+        rescue = self._rescue
+        if rescue is None or self.phase is not Phase.RESCUING:
+            return []
+        splice = rescue.splice
+        match item:
+            case RescueChunk(data):
+                self._rescue_chunk_at = self._worker.clock.now()
+                out = splice.feed(data)
+                if splice.state in (SpliceState.DONE, SpliceState.FAILED):
+                    return self._rescue_ends(out)
+                return [streamed(out, False)] if out else []
+            case RescueEnded():
+                return self._rescue_ends(splice.finish_if_cut())
+            case RescueFailed(failure, message):
+                if failure is Failure.CLIENT_ERROR and rescue.strategy is RescueStrategy.CONTINUE:
+                    # The rung refused the prefill (whatever it declared): it regenerates instead.
+                    again = self._start_rescue(b"", regenerate_on=rescue.rung)
+                    if again is not None:
+                        return again
+                return self._rescue_ends(splice.fail(failure, message))
+        return []
+
+    def _rescue_ends(self, tail: bytes) -> list[ProcessingResponse]:
+        rescue = self._rescue
+        assert rescue is not None
+        splice = rescue.splice
+        plan = self._started()
+        done = splice.state is SpliceState.DONE
+        outcome = "rescued" if done else splice.failure.outcome.value if splice.failure else "rescue_failed"
+        self._effects.append(Rescued(plan.position.ladder, plan.position.rung, rescue.rung, outcome))
+        self._move(Phase.CLOSED)
+        self._effects.append(StreamEnded(outcome))
+        return self._end(tail)
 
     # ---- judging -----------------------------------------------------------------------------
 
@@ -671,3 +792,9 @@ class AttemptProcessor:
                 rung=plan.position.rung,
             )
         )
+
+
+def _cut(relay: StreamRelay) -> bool:
+    """The provider ended a begun stream without finishing it (no finish, no terminal marker, no
+    error event of its own)."""
+    return relay.started and not relay.done and not relay.finished and relay.error is None

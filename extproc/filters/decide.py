@@ -31,7 +31,7 @@ from ..identity import Identity, Unknown
 from ..routing.ladder import NeedBody, Refusal, RequestFeatures, Route, choose, reroute
 from ..translate import api_pair, load_json, provider_header_scrub, redact_error_body, render_error
 from .caller import foreign_headers, identify, repeated_credential
-from .effects import Decided, Effect, HalfOpenAdmitted, RequestCounted, Unauthenticated
+from .effects import Decided, Effect, HalfOpenAdmitted, RequestCounted, RescueItem, Unauthenticated
 from .flags import own_answer_headers
 from .shed import shed
 from .wire import (
@@ -105,6 +105,9 @@ class DecideProcessor:
 
     def deadline(self) -> float | None:
         return None  # decide answers every message at once
+
+    def on_rescue(self, item: RescueItem) -> list[ProcessingResponse]:
+        return []  # decide never rescues
 
     def on_deadline(self) -> list[ProcessingResponse]:
         return []

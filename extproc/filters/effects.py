@@ -86,6 +86,36 @@ class StreamEnded:
 
 
 @dataclass(frozen=True, slots=True)
+class RescueCall:
+    """One HTTP call to a rescue rung, as the runtime makes it through Envoy's rescue listener:
+    the provider's cluster, path, headers (its key among them) and body."""
+
+    cluster: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    budget_s: float  # the whole call: first byte and the rest
+    dialect: str  # the rescue provider's wire dialect (to read its error answers)
+
+
+@dataclass(frozen=True, slots=True)
+class RescueRequested:
+    """A stream is rescued: the runtime makes `call` and feeds what comes back to the try."""
+
+    call: RescueCall
+
+
+@dataclass(frozen=True, slots=True)
+class Rescued:
+    """How a stream rescue ended: rescued, or why not (the Splice's outcome)."""
+
+    ladder: str
+    from_rung: int
+    to_rung: int
+    outcome: str
+
+
+@dataclass(frozen=True, slots=True)
 class TryRefused:
     """attempt refused a try it cannot serve safely (e.g. decided under another policy)."""
 
@@ -103,7 +133,31 @@ Effect = (
     | Tripped
     | Served
     | StreamEnded
+    | RescueRequested
+    | Rescued
     | TryRefused
     | Observation
     | QuotaSignal
 )
+
+
+# What the runtime feeds back to a try from its rescue call.
+@dataclass(frozen=True, slots=True)
+class RescueChunk:
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class RescueEnded:
+    """The rescue rung's answer ended (cleanly: whether it was complete is the Splice's to say)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RescueFailed:
+    """The rescue call failed before or while streaming (status, connect error, budget)."""
+
+    failure: Failure
+    message: str
+
+
+RescueItem = RescueChunk | RescueEnded | RescueFailed

@@ -214,6 +214,11 @@ class TaskClass(_Frozen):
     required_fields: list[str] = Field(default_factory=list)
     # Also hold the answer to the schema the request itself asked for (response_format).
     use_request_schema: bool = True
+    # A stream cut or stalled after its first token is completed from the next healthy rung
+    # (continuation where the rung supports prefill, else regenerate-and-match). Off (the
+    # default): the client gets one in-band error event instead. A rescue costs the client's
+    # request body kept per stream, and a second provider call when it happens.
+    rescue: bool = False
 
     @model_validator(mode="after")
     def _consistent(self) -> TaskClass:
@@ -434,6 +439,12 @@ class Policy(_Frozen):
     # tail) the provider's side must still end before the HTTP response may end (Envoy 1.40
     # crashes otherwise). A provider that does not end within this is reset through Envoy.
     stream_abandon_s: float = Field(5.0, gt=0, le=600)
+    # A stream rescue's whole budget (the rescue rung's first token and the rest of the answer);
+    # it never outlives the request's own route timeout.
+    stream_rescue_s: float = Field(60.0, gt=0, le=600)
+    # How a regenerated answer must match what the client already has: "whitespace" ignores
+    # differences in whitespace, "exact" compares characters.
+    stream_rescue_match: Literal["whitespace", "exact"] = "whitespace"
     # The longest generation allowed end to end (Envoy's route timeout; 0 disables it).
     route_timeout_s: float = Field(600.0, ge=0)
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=64 * 1024, le=30 * 1024 * 1024)

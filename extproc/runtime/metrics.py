@@ -75,6 +75,13 @@ class Metrics:
             ["tenant", "task", "ladder", "tier", "degraded"],
             **kw,  # type: ignore[arg-type]
         )
+        self.rescues = Counter(
+            "rungway_stream_rescues_total",
+            "Streams cut or stalled after their first token, completed from another rung, by outcome "
+            "(rescued, rescue_diverged, rescue_error, rescue_cut, rescue_stalled, rescue_unavailable).",
+            ["ladder", "from_rung", "to_rung", "outcome"],
+            **kw,  # type: ignore[arg-type]
+        )
         self.streams = Counter(
             "rungway_streams_total",
             "Streamed answers by how they ended (complete, finalised, interrupted, cut).",

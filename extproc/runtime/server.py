@@ -22,8 +22,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from ..core.names import CHANNEL_TOKEN_KEY, FILTER_ROLE_KEY
 from ..filters.attempt import AttemptProcessor
 from ..filters.decide import DecideProcessor
-from ..filters.effects import Effect
+from ..filters.effects import Effect, RescueChunk, RescueItem, RescueRequested
 from ..filters.wire import ProcessingRequest, ProcessingResponse
+from .rescue import RescueCallTask
 from .sidecar import Sidecar
 
 log = logging.getLogger("rungway.server")
@@ -31,6 +32,7 @@ log = logging.getLogger("rungway.server")
 
 class Processor(Protocol):
     def dispatch(self, request: ProcessingRequest) -> list[ProcessingResponse]: ...
+    def on_rescue(self, item: RescueItem) -> list[ProcessingResponse]: ...
     def deadline(self) -> float | None: ...
     def on_deadline(self) -> list[ProcessingResponse]: ...
     def on_close(self) -> None: ...
@@ -77,10 +79,21 @@ class ExternalProcessor(epg.ExternalProcessorServicer):  # type: ignore[misc]
         # With a deadline armed the read is awaited with a timeout; it is never cancelled (a
         # cancelled read would lose the message), so it stays pending across wake-ups.
         pending_read: asyncio.Future[ProcessingRequest] | None = None
+        # A stream rescue's call (runtime/rescue.py) and its next item, read like Envoy's messages.
+        rescue: RescueCallTask | None = None
+        pending_item: asyncio.Future[RescueItem] | None = None
+
+        def effects() -> None:
+            nonlocal rescue
+            for effect in (drained := processor.drain_effects()):
+                if isinstance(effect, RescueRequested) and rescue is None:
+                    rescue = RescueCallTask(effect.call, sidecar.rescue_socket)
+            sidecar.apply(drained)
+
         try:
             while True:
                 deadline = processor.deadline()
-                if deadline is None and pending_read is None:
+                if deadline is None and pending_read is None and rescue is None:
                     try:
                         request = await anext(requests)
                     except StopAsyncIteration:
@@ -88,11 +101,23 @@ class ExternalProcessor(epg.ExternalProcessorServicer):  # type: ignore[misc]
                 else:
                     if pending_read is None:
                         pending_read = asyncio.ensure_future(anext(requests))
+                    if rescue is not None and pending_item is None:
+                        pending_item = asyncio.ensure_future(rescue.queue.get())
+                    waiting = {pending_read} if pending_item is None else {pending_read, pending_item}
                     timeout = None if deadline is None else max(0.0, deadline - clock.now())
-                    done, _ = await asyncio.wait({pending_read}, timeout=timeout)
+                    done, _ = await asyncio.wait(waiting, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                    if pending_item is not None and pending_item in done:
+                        item, pending_item = pending_item.result(), None
+                        if not isinstance(item, RescueChunk):
+                            rescue = None  # its last item
+                        answers = processor.on_rescue(item)
+                        effects()
+                        for answer in answers:
+                            yield answer
+                        continue
                     if not done:
                         answers = processor.on_deadline()
-                        sidecar.apply(processor.drain_effects())
+                        effects()
                         for answer in answers:
                             yield answer
                         continue
@@ -102,7 +127,7 @@ class ExternalProcessor(epg.ExternalProcessorServicer):  # type: ignore[misc]
                     except StopAsyncIteration:
                         return
                 answers = processor.dispatch(request)
-                sidecar.apply(processor.drain_effects())
+                effects()
                 for answer in answers:
                     yield answer
         except asyncio.CancelledError:
@@ -115,6 +140,10 @@ class ExternalProcessor(epg.ExternalProcessorServicer):  # type: ignore[misc]
             processor.on_failure()  # our fault: nothing it saw so far may blame a provider
             await context.abort(grpc.StatusCode.INTERNAL, "rungway sidecar error")
         finally:
+            if rescue is not None:
+                rescue.cancel()
+            if pending_item is not None:
+                pending_item.cancel()
             if pending_read is not None:
                 if pending_read.done():
                     # Retrieve it, so that asyncio does not log "exception was never retrieved"

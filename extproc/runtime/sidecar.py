@@ -10,6 +10,7 @@ import random
 import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from pydantic import SecretStr
@@ -34,6 +35,8 @@ from ..filters.effects import (
     Effect,
     HalfOpenAdmitted,
     RequestCounted,
+    Rescued,
+    RescueRequested,
     Served,
     Shed,
     StreamEnded,
@@ -51,6 +54,7 @@ from .admission import Admission
 from .bus import HealthBus, InProcessBus
 from .keyfile import KeyFile
 from .metrics import Metrics
+from .rescue import RESCUE_SOCKET_ENV
 
 log = logging.getLogger("rungway.health")
 
@@ -111,6 +115,10 @@ class Sidecar:
     channel_token: str = field(default_factory=lambda: os.environ.get(CHANNEL_TOKEN_ENV) or secrets.token_hex(16))
     rng: random.Random = field(default_factory=random.Random)
     key_file: KeyFile | None = None
+    # Envoy's rescue listener (runtime/rescue.py): set by `rungway up` for its workers.
+    rescue_socket: Path | None = field(
+        default_factory=lambda: Path(os.environ[RESCUE_SOCKET_ENV]) if os.environ.get(RESCUE_SOCKET_ENV) else None
+    )
     key_store: KeyStore = field(init=False)
     board: Board = field(init=False)
     admission: Admission = field(init=False)
@@ -222,6 +230,10 @@ class Sidecar:
                     m.streams.labels(outcome).inc()
                 case TryRefused(reason, _):
                     m.tries_refused.labels(reason).inc()
+                case Rescued(ladder, from_rung, to_rung, outcome):
+                    m.rescues.labels(ladder, str(from_rung), str(to_rung), outcome).inc()
+                case RescueRequested():
+                    pass  # the stream's own loop makes the call (runtime/server.py)
 
     def _observe(self, observation: Observation) -> None:
         self._announce_all(self.board.observe(observation, self.clock.wall()))

@@ -41,6 +41,7 @@ from ..policy import Policy
 from ..xds.bootstrap import EnvoySettings, render
 from .bus import HealthBus, HubServer, fleet_bus
 from .metrics import BoardCollector, EnvoyRestarts, ProbeMetrics
+from .rescue import RESCUE_SOCKET_ENV
 from .sidecar import (
     CHANNEL_TOKEN_ENV,
     HUB_ENV,
@@ -120,6 +121,7 @@ class Supervisor:
         self._metrics_dir.mkdir()
         # The workers' Unix sockets, in this 0700 directory: only this user can reach them.
         self._worker_sockets = [self._dir / f"worker-{i}.sock" for i in range(options.workers)]
+        self._rescue_socket = self._dir / "rescue.sock"  # Envoy's rescue listener
         self._workers: list[subprocess.Popen[bytes] | None] = [None] * options.workers
         self._envoy: subprocess.Popen[bytes] | None = None
         # An Envoy restart is never silent: counted, logged, in /status and /metrics, with the
@@ -169,6 +171,7 @@ class Supervisor:
             "PROMETHEUS_MULTIPROC_DIR": str(self._metrics_dir),
             PROBE_TOKEN_ENV: self._probe_token,
             CHANNEL_TOKEN_ENV: self._channel_token,
+            RESCUE_SOCKET_ENV: str(self._rescue_socket),
         }
         if self._hub is not None:
             env[HUB_ENV] = str(self._hub_path)
@@ -195,6 +198,7 @@ class Supervisor:
             admin_port=self.options.envoy_admin[1],
             extproc_sockets=tuple(str(p) for p in self._worker_sockets),
             channel_token=self._channel_token,
+            rescue_socket=str(self._rescue_socket),
             access_log_path=self.options.access_log,
         )
         config_path = self._dir / "envoy.yaml"

@@ -62,6 +62,10 @@ class EnvoySettings:
     channel_token: str
     listen_address: str = "127.0.0.1"
     admin_address: str = "127.0.0.1"
+    # Where the sidecar calls a rescue rung (a stream cut after its first token): a Unix socket
+    # (0600) listener without ext_proc that routes by x-rungway-cluster to a provider. None: no
+    # rescue listener (rescues then fail cleanly with an in-band error).
+    rescue_socket: str | None = None
     message_timeout_s: float = 1.0
     access_log_path: str = "/dev/stdout"
     extra_ca_files: dict[str, Path] = field(default_factory=dict)
@@ -86,7 +90,7 @@ def render(policy: Policy, settings: EnvoySettings) -> dict[str, Any]:
         "node": {"id": "rungway", "cluster": "rungway"},
         "admin": {"address": _addr(settings.admin_address, settings.admin_port)},
         "overload_manager": _overload_manager(settings),
-        "static_resources": {"listeners": [_listener(policy, settings), _relay_listener(policy)], "clusters": clusters},
+        "static_resources": {"listeners": _listeners(policy, settings), "clusters": clusters},
         # An admin layer lets an operator (or a test) flip a runtime guard on the running Envoy,
         # e.g. envoy.reloadable_features.abort_when_accessing_dead_decoder. Admin is loopback.
         "layered_runtime": {"layers": [{"name": "admin", "admin_layer": {}}]},
@@ -133,6 +137,57 @@ def _overload_manager(settings: EnvoySettings) -> dict[str, Any]:
             on_heap("shrink_heap", 0.90),
             on_heap("disable_http_keepalive", 0.95),
             on_heap("stop_accepting_requests", 0.98),
+        ],
+    }
+
+
+def _listeners(policy: Policy, settings: EnvoySettings) -> list[dict[str, Any]]:
+    listeners = [_listener(policy, settings), _relay_listener(policy)]
+    if settings.rescue_socket is not None:
+        listeners.append(_rescue_listener(settings.rescue_socket))
+    return listeners
+
+
+def _rescue_listener(path: str) -> dict[str, Any]:
+    """The sidecar's way to a provider for a stream rescue: no ext_proc (the sidecar already set
+    the rung's path, key and body), the provider's direct cluster by x-rungway-cluster. Envoy sets
+    no key here, so a neighbour that reached the socket would gain nothing."""
+    hcm = {
+        "@type": _ANY + "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": "rescue",
+        "codec_type": "HTTP1",
+        "route_config": {
+            "name": "rescue",
+            "virtual_hosts": [
+                {
+                    "name": "rescue",
+                    "domains": ["*"],
+                    "routes": [
+                        {
+                            "match": {"prefix": "/", "headers": [{"name": CLUSTER_HEADER, "present_match": True}]},
+                            "route": {
+                                "cluster_header": CLUSTER_HEADER,
+                                "timeout": "0s",  # the sidecar's rescue budget bounds the call
+                                "auto_host_rewrite": True,
+                            },
+                            "request_headers_to_remove": [CLUSTER_HEADER],
+                        }
+                    ],
+                }
+            ],
+        },
+        "http_filters": [
+            {
+                "name": "envoy.filters.http.router",
+                "typed_config": {"@type": _ANY + "envoy.extensions.filters.http.router.v3.Router"},
+            }
+        ],
+    }
+    return {
+        "name": "rungway_rescue",
+        "address": {"pipe": {"path": path, "mode": 0o600}},
+        "filter_chains": [
+            {"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}
         ],
     }
 
