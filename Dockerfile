@@ -10,7 +10,7 @@ USER rungway
 # a kubelet or Prometheus reach it, add to the args (the last --admin wins):
 #   --admin 0.0.0.0:9901 --admin-token-file /run/secrets/rungway-admin-token
 # (/healthz and /readyz stay open for probes; everything else then needs the bearer token).
-# Envoy's own admin has no authentication and always binds loopback.
+# Envoy's own admin has no authentication: under `rungway up` it is a 0600 Unix socket, no TCP port.
 # Mount the policy at /etc/rungway/policy.yaml and its clients.key_store (e.g. a k8s Secret at
 # /etc/rungway/keys.json, written by `rungway keys new --store keys.json --tenant NAME`): every
 # caller needs a key from it. Envoy reaches the sidecar over Unix sockets in a private temp dir.

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx2 as httpx
 import yaml
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -137,6 +138,13 @@ class Procs:
 def http_json(url: str, timeout: float = 2.0) -> Any:
     with urllib.request.urlopen(url, timeout=timeout) as r:
         return json.loads(r.read())
+
+
+def envoy_admin(socket_path: str, path: str, *, method: str = "GET", timeout: float = 5.0) -> httpx.Response:
+    """A request to Envoy's admin under `rungway up`, which binds no TCP port: only a 0600 Unix
+    socket (the state file's envoy_admin_socket). `path` includes the query, e.g. "/stats?..."."""
+    with httpx.Client(transport=httpx.HTTPTransport(uds=socket_path), timeout=timeout) as client:
+        return client.request(method, "http://envoy" + path)
 
 
 @dataclass

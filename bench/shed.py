@@ -15,12 +15,13 @@ import json
 import os
 import tempfile
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+
+from .procs import envoy_admin
 
 HI = [{"role": "user", "content": "hi"}]
 
@@ -127,10 +128,10 @@ def summarise(outcomes: list[Outcome]) -> Summary:
     )
 
 
-def envoy_counters(admin_url: str, name_filter: str) -> dict[str, int]:
-    """Envoy's counters whose name matches `name_filter` (e.g. ext_proc message timeouts)."""
-    with urllib.request.urlopen(f"{admin_url}/stats?format=json&filter={name_filter}", timeout=5) as response:
-        data = json.load(response)
+def envoy_counters(admin_socket: str, name_filter: str) -> dict[str, int]:
+    """Envoy's counters whose name matches `name_filter` (e.g. ext_proc message timeouts), from
+    its admin socket."""
+    data = envoy_admin(admin_socket, f"/stats?format=json&filter={name_filter}").json()
     return {s["name"]: s["value"] for s in data.get("stats", []) if isinstance(s.get("value"), int)}
 
 
@@ -155,7 +156,7 @@ def main() -> None:
         with running(policy, env=KEY_ENV) as stack:
             outcomes = asyncio.run(waves(stack.base_url, stack.app_key, 5 * args.limit, args.waves, 0.2))
             single = asyncio.run(one_by_one(stack.base_url, stack.app_key, args.limit, 50))
-            stats = envoy_counters(stack.envoy_admin_url, "http.rungway.ext_proc")
+            stats = envoy_counters(stack.envoy_admin_socket, "http.rungway.ext_proc")
         print(summarise(outcomes).text(args.delay, args.limit))
         alone = summarise(single)
         print(

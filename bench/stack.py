@@ -14,7 +14,7 @@ import yaml
 
 from extproc.runtime.keyfile import add_key
 
-from .procs import Procs, http_json, pin
+from .procs import Procs, envoy_admin, pin
 
 REPO = Path(__file__).absolute().parent.parent
 
@@ -39,11 +39,11 @@ class RungwayStack:
         return [int(p) for p in self.state["worker_pids"]]
 
     @property
-    def envoy_admin_port(self) -> int:
-        return int(self.state["envoy_admin_port"])
+    def envoy_admin_socket(self) -> str:
+        return str(self.state["envoy_admin_socket"])
 
     def envoy_stats(self, prefix_filter: str) -> dict[str, int]:
-        data = http_json(f"http://127.0.0.1:{self.envoy_admin_port}/stats?format=json&filter={prefix_filter}")
+        data = envoy_admin(self.envoy_admin_socket, f"/stats?format=json&filter={prefix_filter}").json()
         return {s["name"]: s["value"] for s in data.get("stats", []) if isinstance(s.get("value"), int)}
 
 
@@ -87,7 +87,7 @@ def start_rungway(
 def _await_workers_healthy(stack: RungwayStack, deadline: float) -> None:
     """Envoy health-checks the workers once a second; wait until all are in rotation."""
     while time.monotonic() < deadline:
-        data = http_json(f"http://127.0.0.1:{stack.envoy_admin_port}/clusters?format=json")
+        data = envoy_admin(stack.envoy_admin_socket, "/clusters?format=json").json()
         for cluster in data.get("cluster_statuses", []):
             if cluster.get("name") != "rungway_extproc":
                 continue

@@ -44,6 +44,14 @@ def _loopback_address(value: str) -> tuple[str, int]:
     return host, port
 
 
+def _envoy_admin_gone(value: str) -> tuple[str, int]:
+    """`up --envoy-admin` is refused rather than ignored: a script that set it learns why."""
+    raise argparse.ArgumentTypeError(
+        "is gone: under `rungway up` Envoy's admin (no authentication) binds no TCP port, only a "
+        "0600 Unix socket in the run directory (the state file's envoy_admin_socket)"
+    )
+
+
 def _admin_token(token_file: Path | None) -> str | None:
     """The admin bearer token from --admin-token-file, else from RUNGWAY_ADMIN_TOKEN (None: no
     token). Taken out of the environment, so no child process inherits it."""
@@ -228,7 +236,6 @@ def cmd_up(args: argparse.Namespace) -> int:
         policy=policy,
         listen=args.listen,
         admin=args.admin,
-        envoy_admin=args.envoy_admin,
         workers=args.workers,
         access_log=args.access_log,
         envoy_concurrency=args.envoy_concurrency,
@@ -430,9 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"require `Authorization: Bearer <token>` on the admin endpoint but /healthz and /readyz "
         f"(or set {ADMIN_TOKEN_ENV})",
     )
-    up.add_argument(
-        "--envoy-admin", type=_loopback_address, default=("127.0.0.1", 0), help="loopback only: no authentication"
-    )
+    up.add_argument("--envoy-admin", type=_envoy_admin_gone, help=argparse.SUPPRESS)
     up.add_argument("--workers", type=int, default=1, help="sidecar worker processes (about one per spare core)")
     up.add_argument("--access-log", default="/dev/stdout")
     up.add_argument("--envoy-concurrency", type=int, default=1)

@@ -24,6 +24,7 @@ import httpx2 as httpx
 import openai
 import yaml
 
+from bench.procs import envoy_admin
 from extproc.demo.mock_provider import MockProvider, RecordedRequest
 from extproc.runtime.keyfile import add_key
 
@@ -111,7 +112,8 @@ class Stack:
         self.port = int(self.state["listen_port"])
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.admin_url = f"http://127.0.0.1:{self.state['admin_port']}"
-        self.envoy_admin_url = f"http://127.0.0.1:{self.state['envoy_admin_port']}"
+        # Envoy's admin: a 0600 Unix socket in `up`'s run directory (bench.procs.envoy_admin).
+        self.envoy_admin_socket: str = self.state["envoy_admin_socket"]
         self._log_offset = 0
         self._envoy_pid = self.state.get("envoy_pid")
         self._envoy_bugs = 0
@@ -138,10 +140,11 @@ class Stack:
         """A use-after-free access Envoy detects ("Wrapped decoder use after free") aborts Envoy
         instead of being logged now and then (Envoy logs an envoy bug only on its 1st, 2nd, 4th,
         8th... hit): tests cannot miss one. Runtime admin layer."""
-        with contextlib.suppress(httpx.HTTPError, OSError), httpx.Client(timeout=5) as client:
-            client.post(
-                f"http://127.0.0.1:{self.state['envoy_admin_port']}/runtime_modify?"
-                "envoy.reloadable_features.abort_when_accessing_dead_decoder=true"
+        with contextlib.suppress(httpx.HTTPError, OSError):
+            envoy_admin(
+                self.envoy_admin_socket,
+                "/runtime_modify?envoy.reloadable_features.abort_when_accessing_dead_decoder=true",
+                method="POST",
             )
 
     def envoy_trouble(self) -> list[str]:
@@ -160,10 +163,7 @@ class Stack:
                 self._envoy_bugs = 0
                 self.make_envoy_strict()
         try:
-            with httpx.Client(timeout=5) as client:
-                stats = client.get(
-                    f"http://127.0.0.1:{self.state['envoy_admin_port']}/stats?filter=server.envoy_bug_failures"
-                ).text
+            stats = envoy_admin(self.envoy_admin_socket, "/stats?filter=server.envoy_bug_failures").text
             bugs = int(stats.split(":")[1]) if ":" in stats else 0
         except (httpx.HTTPError, OSError, ValueError):
             bugs = self._envoy_bugs

@@ -1,6 +1,11 @@
 """`rungway up`: render the Envoy config, start N sidecar workers and Envoy, supervise both,
 serve the admin endpoint, stop cleanly.
 
+Envoy's own admin has no authentication (a caller could turn on debug logging, which writes
+keys, read the channel token from /config_dump, or stop Envoy), so under `rungway up` it binds
+no TCP port: only a Unix socket, 0600 in the supervisor's 0700 run directory, which this
+supervisor alone uses (readiness, in-flight count, draining).
+
 Workers are separate processes (Python's per-process CPU ceiling), each a complete ext_proc
 server; Envoy round-robins ext_proc streams over them and health-checks them over gRPC, so a
 worker that dies is out of rotation within about two seconds and is restarted on its port.
@@ -56,6 +61,8 @@ log = logging.getLogger("rungway.up")
 
 # Probe endpoints a kubelet calls without credentials; they say whether, never what.
 _OPEN_ADMIN_PATHS = frozenset({"/healthz", "/readyz"})
+# Envoy's admin is reached over its Unix socket: the host part of these URLs means nothing.
+_ENVOY_ADMIN = "http://envoy"
 
 
 def envoy_binary() -> str:
@@ -99,7 +106,6 @@ class UpOptions:
     policy: Policy
     listen: tuple[str, int] = ("127.0.0.1", 10000)
     admin: tuple[str, int] = ("127.0.0.1", 9901)
-    envoy_admin: tuple[str, int] = ("127.0.0.1", 0)
     workers: int = 1
     access_log: str = "/dev/stdout"
     envoy_concurrency: int = 1
@@ -124,12 +130,14 @@ class Supervisor:
         self._rescue_socket = self._dir / "rescue.sock"  # Envoy's rescue listener
         self._workers: list[subprocess.Popen[bytes] | None] = [None] * options.workers
         self._envoy: subprocess.Popen[bytes] | None = None
+        # Envoy's admin: a Unix socket in this 0700 directory, made 0600 by Envoy (no TCP port).
+        self.envoy_admin_socket = self._dir / "envoy-admin.sock"
+        self._envoy_admin_up = False  # Envoy answered on it at least once
         # An Envoy restart is never silent: counted, logged, in /status and /metrics, with the
         # requests it had in flight (as last seen) counted as lost.
         self.envoy_restarts = EnvoyRestarts()
         self._stopping = False
         self.listen_port = 0
-        self.envoy_admin_port = 0
         self.admin_port = 0
         self._runner: web.AppRunner | None = None
         # The health board replica behind /status, fed by the same bus as the workers.
@@ -194,8 +202,8 @@ class Supervisor:
         settings = EnvoySettings(
             listen_address=self.options.listen[0],
             listen_port=self.options.listen[1],
-            admin_address=self.options.envoy_admin[0],
-            admin_port=self.options.envoy_admin[1],
+            admin_port=0,
+            admin_socket=str(self.envoy_admin_socket),
             extproc_sockets=tuple(str(p) for p in self._worker_sockets),
             channel_token=self._channel_token,
             rescue_socket=str(self._rescue_socket),
@@ -224,25 +232,32 @@ class Supervisor:
         ]
         self._envoy = subprocess.Popen(cmd)
 
+    def _envoy_admin_session(self, timeout: float | None = None) -> aiohttp.ClientSession:
+        """A client of Envoy's admin, over its Unix socket (URLs are `_ENVOY_ADMIN` + path)."""
+        return aiohttp.ClientSession(
+            connector=aiohttp.UnixConnector(path=str(self.envoy_admin_socket)),
+            timeout=aiohttp.ClientTimeout(total=timeout),
+        )
+
     async def _await_envoy(self, timeout: float = 30.0) -> None:
+        # Envoy writes the admin address (here the socket's path) once admin is bound.
         admin_file = self._dir / "envoy-admin-address"
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        async with aiohttp.ClientSession() as session:
+        async with self._envoy_admin_session(timeout=5) as session:
             while loop.time() < deadline:
                 if self._envoy is not None and self._envoy.poll() is not None:
                     raise RuntimeError(f"Envoy exited with code {self._envoy.returncode} while starting")
                 if admin_file.exists() and admin_file.read_text().strip():
-                    address = admin_file.read_text().strip()
                     try:
-                        async with session.get(f"http://{address}/listeners?format=json") as r:
+                        async with session.get(f"{_ENVOY_ADMIN}/listeners?format=json") as r:
                             listeners = await r.json(content_type=None)
-                        async with session.get(f"http://{address}/ready") as r:
+                        async with session.get(f"{_ENVOY_ADMIN}/ready") as r:
                             ready = r.status == 200
-                    except aiohttp.ClientError:
+                    except (aiohttp.ClientError, TimeoutError):
                         ready = False
                     if ready:
-                        self.envoy_admin_port = int(address.rsplit(":", 1)[1])
+                        self._envoy_admin_up = True
                         for listener in listeners.get("listener_statuses", []):
                             if listener.get("name") == "rungway":
                                 self.listen_port = int(listener["local_address"]["socket_address"]["port_value"])
@@ -320,7 +335,8 @@ class Supervisor:
         return {
             "listen_port": self.listen_port,
             "admin_port": self.admin_port,
-            "envoy_admin_port": self.envoy_admin_port,
+            # For this user's scripts and tests; never in /status.
+            "envoy_admin_socket": str(self.envoy_admin_socket),
             "worker_sockets": [str(p) for p in self._worker_sockets],
             "worker_pids": [p.pid if p is not None else None for p in self._workers],
             "envoy_pid": self._envoy.pid if self._envoy is not None else None,
@@ -452,8 +468,7 @@ class Supervisor:
 
     async def _envoy_in_flight(self, session: aiohttp.ClientSession) -> int | None:
         """Requests in flight at Envoy's listener (None when its admin does not say)."""
-        admin = f"http://{self.options.envoy_admin[0]}:{self.envoy_admin_port}"
-        async with session.get(f"{admin}/stats?filter=^http\\.rungway\\.downstream_rq_active$") as r:
+        async with session.get(f"{_ENVOY_ADMIN}/stats?filter=^http\\.rungway\\.downstream_rq_active$") as r:
             text = (await r.text()).strip()
         if not text:
             return 0
@@ -463,10 +478,10 @@ class Supervisor:
     async def _watch_envoy(self) -> None:
         """Keep the count of requests in flight at Envoy current, so that a crash can say how
         many it took with it (once a second: a few requests more or less)."""
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1)) as session:
+        async with self._envoy_admin_session(timeout=1) as session:
             while True:
                 await asyncio.sleep(1.0)
-                if not self.envoy_admin_port or self._envoy is None or self._envoy.poll() is not None:
+                if not self._envoy_admin_up or self._envoy is None or self._envoy.poll() is not None:
                     continue
                 try:
                     active = await self._envoy_in_flight(session)
@@ -477,14 +492,13 @@ class Supervisor:
 
     async def _drain_envoy(self, timeout: float) -> None:
         """Stop accepting new requests and let in-flight ones finish, for up to `timeout`."""
-        if self._envoy is None or self._envoy.poll() is not None or not self.envoy_admin_port:
+        if self._envoy is None or self._envoy.poll() is not None or not self._envoy_admin_up:
             return
-        admin = f"http://{self.options.envoy_admin[0]}:{self.envoy_admin_port}"
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         try:
-            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
-                async with session.post(f"{admin}/drain_listeners?graceful&inboundonly"):
+            async with self._envoy_admin_session(timeout=2) as session:
+                async with session.post(f"{_ENVOY_ADMIN}/drain_listeners?graceful&inboundonly"):
                     pass
                 while loop.time() < deadline:
                     if await self._envoy_in_flight(session) == 0:

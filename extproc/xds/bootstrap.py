@@ -48,6 +48,7 @@ SYSTEM_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 EXTPROC_BUFFER_LIMIT = 32 * 1024 * 1024
 
 _ANY = "type.googleapis.com/"
+ADMIN_SOCKET_MODE = 0o600
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,11 @@ class EnvoySettings:
     # (0600) listener without ext_proc that routes by x-rungway-cluster to a provider. None: no
     # rescue listener (rescues then fail cleanly with an in-band error).
     rescue_socket: str | None = None
+    # When set, Envoy's admin (no authentication: /logging, /config_dump, /quitquitquit...) binds
+    # this Unix socket instead of admin_address:admin_port, chmod 0600 by Envoy right after bind
+    # (Pipe.mode; 0 would leave the umask's bits). `rungway up` puts it in its 0700 run
+    # directory, so no other user's process can reach it; standalone renders keep TCP loopback.
+    admin_socket: str | None = None
     message_timeout_s: float = 1.0
     access_log_path: str = "/dev/stdout"
     extra_ca_files: dict[str, Path] = field(default_factory=dict)
@@ -74,6 +80,12 @@ class EnvoySettings:
     # EXTPROC_BUFFER_LIMIT per connection) stays far below 1 GiB in normal operation.
     max_downstream_connections: int = 50_000
     max_heap_bytes: int = 1024 * 1024 * 1024
+
+    def admin_bind(self) -> dict[str, Any]:
+        """Envoy's admin address: the private Unix socket when there is one, else TCP loopback."""
+        if self.admin_socket is not None:
+            return {"pipe": {"path": self.admin_socket, "mode": ADMIN_SOCKET_MODE}}
+        return _addr(self.admin_address, self.admin_port)
 
 
 def render(policy: Policy, settings: EnvoySettings) -> dict[str, Any]:
@@ -88,11 +100,11 @@ def render(policy: Policy, settings: EnvoySettings) -> dict[str, Any]:
             clusters.append(_aggregate_cluster(ladder, order, stream, settings))
     return {
         "node": {"id": "rungway", "cluster": "rungway"},
-        "admin": {"address": _addr(settings.admin_address, settings.admin_port)},
+        "admin": {"address": settings.admin_bind()},
         "overload_manager": _overload_manager(settings),
         "static_resources": {"listeners": _listeners(policy, settings), "clusters": clusters},
         # An admin layer lets an operator (or a test) flip a runtime guard on the running Envoy,
-        # e.g. envoy.reloadable_features.abort_when_accessing_dead_decoder. Admin is loopback.
+        # e.g. envoy.reloadable_features.abort_when_accessing_dead_decoder. Admin is private (see above).
         "layered_runtime": {"layers": [{"name": "admin", "admin_layer": {}}]},
         "bootstrap_extensions": [
             {

@@ -27,7 +27,7 @@ def test_a_burst_of_five_times_capacity_is_shed_fast_and_the_admitted_complete(f
     try:
         with running(shedding_policy(fleet.policy(tmp_path), LIMIT), env=KEY_ENV) as stack:
             outcomes = asyncio.run(waves(stack.base_url, stack.app_key, 5 * LIMIT, count=3, pause_s=0.2))
-            counters = envoy_counters(stack.envoy_admin_url, "http.rungway.ext_proc")
+            counters = envoy_counters(stack.envoy_admin_socket, "http.rungway.ext_proc")
             metrics = stack.metrics()
     finally:
         fleet.reset()

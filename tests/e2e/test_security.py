@@ -20,6 +20,7 @@ import pytest
 import yaml
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as epg
 
+from bench.procs import envoy_admin
 from extproc.core.names import FILTER_ROLE_KEY, META_DECISION
 from extproc.runtime.keyfile import read_store, write_store
 from tests.builders import host_metadata_text, request_headers
@@ -124,6 +125,51 @@ def test_the_sidecar_listens_only_on_private_unix_sockets(clean: Stack) -> None:
     pids = state["worker_pids"]
     for pid in pids:
         assert not _tcp_listeners(pid), f"worker {pid} listens on TCP"
+
+
+def test_envoys_admin_is_only_a_private_unix_socket(clean: Stack) -> None:
+    """Envoy's admin has no authentication: through it a neighbour could turn on debug logging
+    (which writes keys), read the channel token in /config_dump, or stop Envoy. Under `rungway
+    up` it binds no TCP port, only a socket 0600 in a 0700 directory."""
+    state = clean.refresh_state()
+    assert "envoy_admin_port" not in state
+    admin = Path(state["envoy_admin_socket"])
+    assert stat.S_ISSOCK(admin.stat().st_mode)
+    assert stat.S_IMODE(admin.stat().st_mode) == 0o600
+    assert stat.S_IMODE(admin.parent.stat().st_mode) == 0o700
+    # Envoy's every TCP listener is the one apps call.
+    ports = {int(address.rpartition(":")[2], 16) for address in _tcp_listeners(state["envoy_pid"])}
+    assert ports == {clean.port}
+    # A neighbour's "POST /logging?level=debug" there is an unauthenticated app request, not admin.
+    with httpx.Client(timeout=10) as client:
+        for port in ports:
+            answer = client.post(f"http://127.0.0.1:{port}/logging?level=debug")
+            assert answer.status_code == 401, answer.text
+    listing = envoy_admin(str(admin), "/logging", method="POST").text  # no level: lists them
+    levels = {line.rpartition(": ")[2] for line in listing.splitlines() if ": " in line}
+    assert levels == {"warning"}, levels
+
+
+# An interpreter another user may run (the suite's own may live in root's 0700 home).
+SYSTEM_PYTHON = Path("/usr/bin/python3")
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not SYSTEM_PYTHON.exists(), reason="needs root and /usr/bin/python3")
+def test_another_user_cannot_connect_to_envoys_admin_socket(clean: Stack) -> None:
+    """Root passes any mode bits, so this runs only when the suite can become someone else."""
+    admin = clean.refresh_state()["envoy_admin_socket"]
+    reach = "import socket, sys; socket.socket(socket.AF_UNIX).connect(sys.argv[1])"
+    other = subprocess.run(
+        [str(SYSTEM_PYTHON), "-I", "-S", "-c", reach, admin],
+        user=65534,
+        group=65534,
+        extra_groups=[],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert other.returncode != 0 and "PermissionError" in other.stderr, other.stderr
 
 
 def _tcp_listeners(pid: int) -> list[str]:

@@ -63,9 +63,9 @@ def test_the_admin_token_must_come_as_the_exact_bearer_token(header: str | None,
     assert bearer_matches(headers, "s3cret-token") is ok
 
 
-@pytest.mark.parametrize("command", [["up", "--policy", "p.yaml"], ["envoy-config", "--policy", "p.yaml"]])
-def test_envoys_admin_binds_only_loopback(command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_standalone_envoy_config_binds_envoys_admin_only_loopback(capsys: pytest.CaptureFixture[str]) -> None:
     parser = build_parser()
+    command = ["envoy-config", "--policy", "p.yaml"]
     assert parser.parse_args([*command, "--envoy-admin", "127.0.0.1:9902"]).envoy_admin == ("127.0.0.1", 9902)
     assert parser.parse_args([*command, "--envoy-admin", "[::1]:9902"]).envoy_admin == ("::1", 9902)
     with pytest.raises(SystemExit):
@@ -73,9 +73,19 @@ def test_envoys_admin_binds_only_loopback(command: list[str], capsys: pytest.Cap
     assert "Envoy's admin has no authentication" in capsys.readouterr().err
 
 
-def test_both_admin_endpoints_default_to_loopback() -> None:
+@pytest.mark.parametrize("value", ["127.0.0.1:9902", "127.0.0.1:0", "0.0.0.0:9902"])
+def test_up_refuses_an_envoy_admin_address_and_says_why(value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """Under `up`, Envoy's admin is only a 0600 Unix socket: an old script's TCP address is an
+    error that explains, not a flag silently ignored."""
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["up", "--policy", "p.yaml", "--envoy-admin", value])
+    err = capsys.readouterr().err
+    assert "--envoy-admin" in err and "no TCP port" in err and "envoy_admin_socket" in err
+
+
+def test_the_admin_endpoint_defaults_to_loopback() -> None:
     args = build_parser().parse_args(["up", "--policy", "p.yaml"])
-    assert args.admin[0] == "127.0.0.1" and args.envoy_admin[0] == "127.0.0.1"
+    assert args.admin[0] == "127.0.0.1"
 
 
 def test_the_image_serves_apps_on_every_interface_and_admin_on_loopback() -> None:
