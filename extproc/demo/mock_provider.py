@@ -302,7 +302,7 @@ def _build_reply(name: str, mode: Mode, payload: Mapping[str, Any], body_size: i
     if kind == "mimic":
         name, model = mode.text.split(":")[1:3]
     prefill = assistant_prefill(payload)
-    if prefill is not None and kind in ("ok", "tokens", "mimic"):
+    if prefill is not None and kind in ("ok", "tokens", "mimic", "delay", "first_delay"):
         total = mode.count if kind == "tokens" else DEFAULT_TOKENS
         rest = _continued(prefill, total)
         return _Reply(model, prompt, rest, len(rest), "stop")

@@ -131,3 +131,32 @@ def test_rescue_is_off_unless_the_task_class_asks(fleet: Fleet, tmp_path: Path) 
         with pytest.raises(openai.APIError):
             openai_stream(stack)
         assert not fleet.secondary.requests
+
+
+def test_a_slow_rescue_rung_still_completes_the_stream(rescue: Stack, fleet: Fleet) -> None:
+    fleet.primary.set_mode("cut:8")
+    fleet.secondary.set_mode("first_delay:0.5")
+    text, finishes, _, _ = openai_stream(rescue)
+    assert text == FULL and finishes == ["stop"]
+
+
+def test_a_rescue_rung_that_stalls_ends_with_one_clean_error_in_its_stall_budget(rescue: Stack, fleet: Fleet) -> None:
+    fleet.primary.set_mode("cut:8")
+    fleet.secondary.set_mode("stall:2:30")
+    started = time.monotonic()
+    with pytest.raises(openai.APIError) as caught:
+        openai_stream(rescue)
+    assert time.monotonic() - started < 10  # the rescue's own stall budget (1 s), not 30 s
+    body = caught.value.body
+    assert isinstance(body, dict) and body.get("rungway_rescue") == "rescue_stalled"
+
+
+def test_a_reset_after_the_first_token_cannot_be_rescued_and_is_never_a_silent_success(
+    rescue: Stack, fleet: Fleet
+) -> None:
+    # Envoy 1.40 destroys the upstream filter with the reset try: the client's stream is reset
+    # too (the SDK raises), never completed from another rung nor ended as if complete.
+    fleet.primary.set_mode("reset_after:4")
+    with pytest.raises((openai.APIError, openai.APIConnectionError)):
+        openai_stream(rescue)
+    assert not fleet.secondary.requests
