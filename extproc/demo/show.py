@@ -65,7 +65,7 @@ async def _ask(client: openai.AsyncOpenAI, messages: Any, stream: bool) -> None:
                 for choice in chunk.choices:
                     text += choice.delta.content or ""
             _say(f"  {_flags(response.headers)}")
-            _say(f"  streamed: {text[:70]}…")
+            _say(f"  streamed: {text if len(text) <= 90 else text[:70] + '…'}")
         return
     raw = await client.chat.completions.with_raw_response.create(model="gpt-4o", messages=messages)
     completion = raw.parse()
@@ -87,6 +87,7 @@ async def _show(client: openai.AsyncOpenAI, fleet: dict[str, MockProvider]) -> N
         ("primary answers 503, twice: the same rung once, then the fallback", "status:503", False, 2),
         ("primary answers 200 with broken JSON (a partial outage): the fallback at once", "invalid_json", False, 1),
         ("streaming; primary sends an error event before its first token, twice", "sse_error", True, 2),
+        ("streaming; primary cuts the stream after 6 of its 12 words: the next rung completes it", "cut:6", True, 1),
         ("primary rate-limited (429, Retry-After: 3): skipped until its limit resets", "status:429:3", False, 1),
     ]
     messages: Any = [{"role": "user", "content": "Where is my order #1234?"}]
@@ -94,6 +95,8 @@ async def _show(client: openai.AsyncOpenAI, fleet: dict[str, MockProvider]) -> N
         primary.set_mode(mode, times=times)
         _say(f"\n▶ {title}")
         await _ask(client, messages, stream)
+        if mode == "cut:6":
+            _say("  (w1-w6 from openai-primary, w7-w12 continued by anthropic-backup: one stream, one finish)")
         if mode != "ok" and mode != "status:429:3":
             # Healthy again: enough good answers that one staged failure (a 503 now costs two
             # tries, the same rung once) does not add up to a score the board would leave.
