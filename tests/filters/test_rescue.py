@@ -1,0 +1,127 @@
+"""A stream rescued after its first token, in the attempt filter: which rung, the call, the
+splice fed by what the runtime brings back, and the primary's failure never masked."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from extproc.core import Failure
+from extproc.filters.effects import RescueChunk, RescueEnded, RescueFailed, RescueRequested
+from tests.builders import (
+    SECONDARY_KEY,
+    body_of,
+    make_policy,
+    make_sidecar,
+    openai_events,
+    policy_data,
+    request_body,
+    response_body,
+    response_headers,
+    sample,
+    sse,
+)
+from tests.filters.test_attempt import SSE, Try, sse_events, stream_try
+
+HI = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+
+
+def rescuing_policy(prefill: bool = True, rescue: bool = True) -> Any:
+    data = policy_data()
+    data["tasks"] = {**data.get("tasks", {}), "default": {"rescue": rescue}}
+    if prefill:
+        data["providers"]["secondary"]["capabilities"] = ["tools", "json_mode", "streaming", "prefill"]
+    return make_policy(**{k: v for k, v in data.items() if k in ("tasks", "providers")})
+
+
+def begun(policy: Any) -> Try:
+    """A stream on rung 0 whose client has 'Hello wor' when the provider cuts it."""
+    t = stream_try(make_sidecar(policy))
+    t.send(request_body(HI, end_of_stream=True))
+    t.send(response_headers(200, SSE))
+    t.send(response_body(sse(openai_events(["Hello", " wor"], finish=None, usage=False, done=False)), False))
+    return t
+
+
+def rescue_calls(t: Try) -> list[Any]:
+    return [e.call for e in t.effects if isinstance(e, RescueRequested)]
+
+
+def test_a_cut_stream_is_handed_to_the_next_rung_with_a_prefill_and_its_own_key() -> None:
+    t = begun(rescuing_policy())
+    (note,) = t.send(response_body(b"", end_of_stream=True))
+    assert b": rungway rescued-by secondary/" in (body_of(note) or b"")
+    assert not note.response_body.response.body_mutation.streamed_response.end_of_stream
+    (call,) = rescue_calls(t)
+    assert call.cluster == "rw.direct.secondary" and call.path.endswith("/v1/messages")
+    assert call.headers["x-api-key"] == SECONDARY_KEY and "authorization" not in call.headers
+    body = json.loads(call.body)
+    assert body["messages"][-1] == {"role": "assistant", "content": "Hello wor"}  # continuation
+    assert sample(t.sidecar, "rungway_trips_total", ladder="main", rung="0", provider="primary",
+                  model="gpt-4o", reason="stream_interrupted") == 1  # fmt: skip
+
+
+def test_the_rescue_rungs_bytes_become_the_rest_of_the_clients_stream() -> None:
+    t = begun(rescuing_policy())
+    t.send(response_body(b"", end_of_stream=True))
+    anthropic_rest = (
+        b'event: message_start\ndata: {"type":"message_start","message":{"id":"msg_1","type":"message",'
+        b'"role":"assistant","model":"claude","content":[],"usage":{"input_tokens":5,"output_tokens":0}}}\n\n'
+        b'event: content_block_start\ndata: {"type":"content_block_start","index":0,'
+        b'"content_block":{"type":"text","text":""}}\n\n'
+        b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,'
+        b'"delta":{"type":"text_delta","text":"ld!"}}\n\n'
+    )
+    (more,) = t.processor.on_rescue(RescueChunk(anthropic_rest))
+    texts = [json.loads(d)["choices"][0]["delta"].get("content") for _, d in sse_events(body_of(more) or b"")]
+    assert texts == ["ld!"]
+    stop = (
+        b'event: content_block_stop\ndata: {"type":"content_block_stop","index":0}\n\n'
+        b'event: message_delta\ndata: {"type":"message_delta","delta":{"stop_reason":"end_turn"},'
+        b'"usage":{"output_tokens":2}}\n\n'
+        b'event: message_stop\ndata: {"type":"message_stop"}\n\n'
+    )
+    (end,) = t.processor.on_rescue(RescueChunk(stop))
+    t.apply()
+    events = sse_events(body_of(end) or b"")
+    assert events[-1] == (None, "[DONE]")
+    assert [json.loads(d)["choices"][0]["finish_reason"] for _, d in events[:-1] if "choices" in d] == ["stop"]
+    assert end.response_body.response.body_mutation.streamed_response.end_of_stream  # the provider had ended
+    assert t.processor.on_rescue(RescueEnded()) == []  # nothing after the end
+    labels = {"ladder": "main", "from_rung": "0", "to_rung": "1", "outcome": "rescued"}
+    assert sample(t.sidecar, "rungway_stream_rescues_total", **labels) == 1
+
+
+def test_a_refused_prefill_is_asked_again_as_a_regeneration_on_the_same_rung() -> None:
+    t = begun(rescuing_policy())
+    t.send(response_body(b"", end_of_stream=True))
+    assert t.processor.on_rescue(RescueFailed(Failure.CLIENT_ERROR, "the rescue rung answered HTTP 400")) == []
+    t.apply()
+    first, again = rescue_calls(t)
+    assert again.cluster == first.cluster
+    assert json.loads(again.body)["messages"][-1]["role"] == "user"  # the original request
+
+
+def test_a_failed_rescue_ends_with_one_error_that_keeps_the_primarys_failure() -> None:
+    t = begun(rescuing_policy(prefill=False))
+    t.send(response_body(b"", end_of_stream=True))
+    (end,) = t.processor.on_rescue(RescueFailed(Failure.SERVER_ERROR, "the rescue rung answered HTTP 500"))
+    ((_, payload),) = sse_events(body_of(end) or b"")
+    error = json.loads(payload)["error"]
+    assert error["rungway_reason"] == "stream_interrupted" and error["rungway_rescue"] == "rescue_unavailable"
+
+
+def test_no_rescue_when_the_task_class_does_not_ask() -> None:
+    t = begun(rescuing_policy(rescue=False))
+    (tail,) = t.send(response_body(b"", end_of_stream=True))
+    assert not rescue_calls(t)
+    ((_, payload),) = sse_events(body_of(tail) or b"")
+    assert json.loads(payload)["error"]["code"] == "stream_interrupted"
+
+
+def test_a_stall_is_rescued_by_the_watchdog_and_late_primary_bytes_are_dropped() -> None:
+    t = begun(rescuing_policy())
+    t.sidecar.clock.advance(16.0)  # type: ignore[attr-defined]
+    answers = t.on_deadline()
+    assert rescue_calls(t) and b"rescued-by" in (body_of(answers[-1]) or b"")
+    assert t.send(response_body(sse(openai_events([" late"], finish=None, usage=False, done=False)), False)) == []
