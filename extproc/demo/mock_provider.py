@@ -53,8 +53,8 @@ DEFAULT_TOKENS: Final = 12
 MODE_GRAMMAR: Final = (
     "ok, tokens:N, json, tool, status:CODE[:RETRY_AFTER], bad_key, noprefill, mimic:NAME:MODEL[:noprefill], delay:S, reset, "
     "invalid_json, empty, "
-    "empty_tool, safety, context_overflow, big:BYTES, sse_error, first_delay:S, stall:N:S, cut:N, "
-    "no_done, finish_hang:S, reset_after:N, quota:REMAINING:RESET_S, brownout:FAIL_SHARE:FROM_S:TO_S:OVER_S, "
+    "empty_tool, safety, context_overflow, big:BYTES, sse_error, first_delay:S, stall:N:S[:TOTAL], cut:N[:TOTAL], "
+    "no_done, finish_hang:S, reset_after:N[:TOTAL], quota:REMAINING:RESET_S, brownout:FAIL_SHARE:FROM_S:TO_S:OVER_S, "
     "badevent:N[:TOTAL], pause:N:S[:TOTAL], stall_close:N:S[:TOTAL], stall_end:N:S[:TOTAL], "
     "stall_reset:N:S[:TOTAL], close_after:N[:TOTAL], no_done_n:TOTAL, endless_line:N, junk_head:BYTES"
 )
@@ -158,10 +158,15 @@ def parse_mode(text: str) -> Mode:
                 return Mode(text, kind, count=count)
         elif kind in _TIMED and len(args) == 1:
             return Mode(text, kind, seconds=_seconds(args[0]))
-        elif kind == "stall" and len(args) == 2:
+        elif kind == "stall" and len(args) in (2, 3):
             count = int(args[0])
-            if count >= 0:
-                return Mode(text, kind, count=count, seconds=_seconds(args[1]))
+            total = (int(args[2]),) if len(args) == 3 else ()
+            if count >= 0 and all(t >= count for t in total):
+                return Mode(text, kind, count=count, seconds=_seconds(args[1]), numbers=tuple(map(float, total)))
+        elif kind in ("cut", "reset_after") and len(args) == 2:
+            count, total = int(args[0]), int(args[1])  # N of an answer of TOTAL words
+            if 0 <= count <= total:
+                return Mode(text, kind, count=count, numbers=(float(total),))
         elif kind in _FAULTS:
             return _parse_fault(text, kind, args)
         elif kind == "mimic" and len(args) in (2, 3) and all(args) and args[2:] in ([], ["noprefill"]):
@@ -324,6 +329,9 @@ def _build_reply(name: str, mode: Mode, payload: Mapping[str, Any], body_size: i
         pieces, words = _big_words(name, model, mode.count)
         return _Reply(model, prompt, pieces, words, "stop")
     elif kind in _FAULTS:
+        total = int(mode.numbers[0])
+        return _Reply(model, prompt, _words(name, model, total), total, "stop")
+    if kind in ("cut", "reset_after", "stall") and mode.numbers:
         total = int(mode.numbers[0])
         return _Reply(model, prompt, _words(name, model, total), total, "stop")
     count = mode.count if kind == "tokens" else DEFAULT_TOKENS

@@ -18,6 +18,7 @@ from tests.stack import Stack, body_of, running
 pytestmark = pytest.mark.e2e
 HI: Any = [{"role": "user", "content": "hi"}]
 FULL = "Hello from primary (gpt-4o): " + " ".join(f"w{i}" for i in range(1, 13))
+FULL_60 = "Hello from primary (gpt-4o): " + " ".join(f"w{i}" for i in range(1, 61))
 
 
 @pytest.fixture(scope="module")
@@ -56,26 +57,28 @@ def openai_stream(stack: Stack, **extra: Any) -> tuple[str, list[str], list[Any]
     return text, finishes, usages, ids
 
 
-def test_a_stream_cut_after_8_of_12_tokens_is_completed_by_continuation(rescue: Stack, fleet: Fleet) -> None:
-    fleet.primary.set_mode("cut:8")
+def test_a_stream_cut_after_40_of_60_tokens_is_completed_by_continuation(rescue: Stack, fleet: Fleet) -> None:
+    fleet.primary.set_mode("cut:40:60")
+    fleet.secondary.set_mode("tokens:60")  # continues a prefill up to word 60
     started = time.monotonic()
     text, finishes, usages, ids = openai_stream(rescue)
     took = time.monotonic() - started
-    assert text == FULL  # the rest came from the secondary, continuing the delivered text
+    assert text == FULL_60  # the rest came from the secondary, continuing the delivered text
     assert finishes == ["stop"] and len(ids) == 1 and len(usages) == 1
-    assert usages[0].completion_tokens >= 12
+    assert usages[0].completion_tokens >= 60
     sent = fleet.secondary.requests[-1]
     assert body_of(sent)["messages"][-1]["role"] == "assistant"  # a prefill: the secondary continues
     assert 'rungway_stream_rescues_total{from_rung="0",ladder="main",outcome="rescued",to_rung="1"}' in rescue.metrics()
     print(f"cut rescue: complete in {took:.2f}s")
 
 
-def test_a_stream_stalled_after_4_tokens_is_completed(rescue: Stack, fleet: Fleet) -> None:
-    fleet.primary.set_mode("stall:4:30")
+def test_a_stream_stalled_after_20_of_60_tokens_is_completed(rescue: Stack, fleet: Fleet) -> None:
+    fleet.primary.set_mode("stall:20:30:60")
+    fleet.secondary.set_mode("tokens:60")
     started = time.monotonic()
     text, finishes, _, ids = openai_stream(rescue)
     took = time.monotonic() - started
-    assert text == FULL and finishes == ["stop"] and len(ids) == 1
+    assert text == FULL_60 and finishes == ["stop"] and len(ids) == 1
     assert took < 10  # stall budget 1 s + the rescue, not the provider's 30 s
     print(f"stall rescue: complete in {took:.2f}s")
 
@@ -151,12 +154,14 @@ def test_a_rescue_rung_that_stalls_ends_with_one_clean_error_in_its_stall_budget
     assert isinstance(body, dict) and body.get("rungway_rescue") == "rescue_stalled"
 
 
-def test_a_reset_after_the_first_token_cannot_be_rescued_and_is_never_a_silent_success(
-    rescue: Stack, fleet: Fleet
-) -> None:
-    # Envoy 1.40 destroys the upstream filter with the reset try: the client's stream is reset
-    # too (the SDK raises), never completed from another rung nor ended as if complete.
-    fleet.primary.set_mode("reset_after:4")
-    with pytest.raises((openai.APIError, openai.APIConnectionError)):
-        openai_stream(rescue)
-    assert not fleet.secondary.requests
+def test_a_reset_after_the_first_token_is_never_a_silent_success(rescue: Stack, fleet: Fleet) -> None:
+    # Envoy 1.40 usually destroys the upstream filter with the reset try: the client's stream is
+    # reset too (the SDK raises). When the close reaches the filter as the stream's end first, the
+    # rescue starts; either way the client never gets a truncated answer that looks complete.
+    for _ in range(5):
+        fleet.primary.set_mode("reset_after:4")
+        try:
+            text, finishes, _, _ = openai_stream(rescue)
+        except (openai.APIError, openai.APIConnectionError):
+            continue
+        assert text == FULL and finishes == ["stop"]
