@@ -14,11 +14,12 @@ the mode's (sigma = jitter, from a seeded random.Random), as an LLM provider's l
 Stream-only modes applied to a non-streaming request fall back to their nearest JSON equivalent,
 so a sticky mode means something for every request: `first_delay:S` and `stall:N:S` wait S seconds
 before answering, `cut:N` and `endless_line:N` send a truncated body, `reset_after:N` resets,
-`sse_error`, `no_done` and `junk_head:BYTES` answer normally.
+`sse_error`, `no_done`, `junk_head:BYTES` and `junk_tail:N` answer normally.
 
 `endless_line:N` sends N tokens, then one `data:` line that never ends (a provider gone wrong
 that would make a naive proxy buffer without bound); `junk_head:BYTES` sends about BYTES of
-well-formed events without a token (pings, empty chunks) before the answer.
+well-formed events without a token (pings, empty chunks) before the answer; `junk_tail:N` sends
+N tokens, then such events as fast as it can, without end (a provider stuck in a loop).
 
 `MockFleet` adds a JSON control API for out-of-process use; `main()` is its command line.
 """
@@ -56,7 +57,7 @@ MODE_GRAMMAR: Final = (
     "empty_tool, safety, context_overflow, big:BYTES, sse_error, first_delay:S, stall:N:S[:TOTAL], cut:N[:TOTAL], "
     "no_done, finish_hang:S, reset_after:N[:TOTAL], quota:REMAINING:RESET_S, brownout:FAIL_SHARE:FROM_S:TO_S:OVER_S, "
     "badevent:N[:TOTAL], pause:N:S[:TOTAL], stall_close:N:S[:TOTAL], stall_end:N:S[:TOTAL], "
-    "stall_reset:N:S[:TOTAL], close_after:N[:TOTAL], no_done_n:TOTAL, endless_line:N, junk_head:BYTES"
+    "stall_reset:N:S[:TOTAL], close_after:N[:TOTAL], no_done_n:TOTAL, endless_line:N, junk_head:BYTES, junk_tail:N"
 )
 # Stream fault modes with an explicit answer length (TOTAL tokens, default below).
 _FAULTS: Final = frozenset({"badevent", "pause", "stall_close", "stall_end", "stall_reset", "close_after", "no_done_n"})
@@ -85,10 +86,21 @@ _PLAIN: Final = frozenset(
         "bad_key",
     }
 )
-_COUNTED: Final = frozenset({"tokens", "big", "cut", "reset_after", "endless_line", "junk_head"})
+_COUNTED: Final = frozenset({"tokens", "big", "cut", "reset_after", "endless_line", "junk_head", "junk_tail"})
 _TIMED: Final = frozenset({"delay", "first_delay", "finish_hang"})
 _STREAM_ONLY: Final = frozenset(
-    {"sse_error", "first_delay", "stall", "cut", "no_done", "finish_hang", "reset_after", "endless_line", "junk_head"}
+    {
+        "sse_error",
+        "first_delay",
+        "stall",
+        "cut",
+        "no_done",
+        "finish_hang",
+        "reset_after",
+        "endless_line",
+        "junk_head",
+        "junk_tail",
+    }
     | _FAULTS
 )
 
@@ -160,13 +172,13 @@ def parse_mode(text: str) -> Mode:
             return Mode(text, kind, seconds=_seconds(args[0]))
         elif kind == "stall" and len(args) in (2, 3):
             count = int(args[0])
-            total = (int(args[2]),) if len(args) == 3 else ()
-            if count >= 0 and all(t >= count for t in total):
-                return Mode(text, kind, count=count, seconds=_seconds(args[1]), numbers=tuple(map(float, total)))
+            words = (float(args[2]),) if len(args) == 3 else ()  # an answer of TOTAL words
+            if count >= 0 and all(w >= count for w in words):
+                return Mode(text, kind, count=count, seconds=_seconds(args[1]), numbers=words)
         elif kind in ("cut", "reset_after") and len(args) == 2:
-            count, total = int(args[0]), int(args[1])  # N of an answer of TOTAL words
-            if 0 <= count <= total:
-                return Mode(text, kind, count=count, numbers=(float(total),))
+            count, words_total = int(args[0]), int(args[1])  # N of an answer of TOTAL words
+            if 0 <= count <= words_total:
+                return Mode(text, kind, count=count, numbers=(float(words_total),))
         elif kind in _FAULTS:
             return _parse_fault(text, kind, args)
         elif kind == "mimic" and len(args) in (2, 3) and all(args) and args[2:] in ([], ["noprefill"]):
@@ -954,6 +966,12 @@ class MockProvider:
             if kind == "endless_line":
                 await self._endless_line(response, plan, mode.count)
                 return response
+            if kind == "junk_tail":
+                for event in plan.tokens[: mode.count]:
+                    await response.write(event)
+                await self._junk(response, _ENDLESS_MAX)
+                await response.write_eof()
+                return response
             if kind == "invalid_json":
                 first = plan.tokens[0]
                 await response.write(first[: len(first) // 2] + b"\n\n")
@@ -1018,6 +1036,10 @@ class MockProvider:
     async def _junk_head(self, response: web.StreamResponse, size: int) -> None:
         """About `size` bytes of well-formed events that carry no token (an Anthropic ping, an
         OpenAI chunk with an empty delta) before the answer's first event."""
+        await self._junk(response, size)
+
+    async def _junk(self, response: web.StreamResponse, size: int) -> None:
+        """About `size` bytes of well-formed events that carry no token."""
         if self.dialect == "anthropic":
             event = _event("ping", {"type": "ping"})
         else:

@@ -18,7 +18,12 @@ the response, and the next bytes or the close crash Envoy (`Wrapped decoder use 
 tail, [DONE]) go out at once, but the end of the HTTP response waits for the provider's end; a
 provider that does not end within stream_abandon_s is reset through Envoy (an ImmediateResponse,
 which Envoy turns into a reset of the try and, the headers having gone out, of the client's
-stream).
+stream). A provider that keeps sending instead (an endless line, a flood) is reset as soon as it
+has sent _LATE_BYTES past that point: in FULL_DUPLEX_STREAMED Envoy forwards every byte to the
+sidecar, its only brake is the ext_proc stream's write-buffer watermark, and Envoy 1.40 crashes
+when that watermark fires on an upstream filter whose upstream connection is not there (a try
+being torn down, or one not yet connected): UpstreamCodecFilter::onAbove/BelowWriteBufferHigh/
+LowWatermark calls upstream()->readDisable() on a null upstream.
 
 A try's phases are explicit (`Phase`, with a transition table like the circuit's); what the try
 changes outside itself — metrics, observations for the health board, quota signals — it returns
@@ -102,6 +107,9 @@ _NO_REQUEST_BODY = Mode(
 )
 # The relay's notes to this filter: never the client's to see.
 _RELAY_ONLY = (RELAY_FLAGS_HEADER,)
+# What a provider may still send after the client has its last bytes before it is reset at once
+# rather than after stream_abandon_s (a few late events, as a resumed stall sends, end cleanly).
+_LATE_BYTES = 64 * 1024
 
 
 def _to_client(scrub: HeaderScrub, set_headers: dict[str, str], *remove: str, body: bytes | None = None) -> Any:
@@ -172,6 +180,7 @@ class AttemptProcessor:
         self._upstream_done = False
         self._ended = False
         self._closed_at: float | None = None
+        self._late_bytes = 0  # what the provider sent after the client had its last bytes
         self._observed = False
         self._trip_counted = False
         # A stream's rescue (filters/rescue.py): the client's request body, kept for it.
@@ -212,12 +221,7 @@ class AttemptProcessor:
         now = self._worker.clock.now()
         abandon_at = self._abandon_at()
         if abandon_at is not None and now >= abandon_at:
-            # The client has its last bytes; the provider never ended its side. Envoy resets the
-            # try (and, the headers having gone out, the client's stream) on an immediate
-            # response: the only safe way to let go of a provider that is still open.
-            self._ended = True
-            self._effects.append(StreamEnded("abandoned"))
-            return [immediate(502, {}, b"")]
+            return self._abandon()
         slow_at = self._slow_at()
         if slow_at is not None and now >= slow_at:
             self._observe(None)  # latency so far is over the threshold: the board counts it slow
@@ -403,11 +407,24 @@ class AttemptProcessor:
         if end_of_stream:
             self._upstream_done = True
         if self.phase is Phase.RESCUING:
-            return []  # the primary's late bytes: another rung completes the client's stream
+            # The primary's late bytes: another rung completes the client's stream. One that
+            # floods meanwhile is let go of (a reset, the client's stream with it) rather than
+            # risk Envoy 1.40's watermark crash (docs/ENVOY-DEFECTS.md).
+            self._late_bytes += len(chunk)
+            if self._late_bytes > _LATE_BYTES and not self._ended:
+                self._effects.append(Rescued(*self._rescue_labels(), "primary_flooded"))
+                return self._abandon()
+            return []
         if self.phase is Phase.CLOSED:
             # The client has its last bytes already; the provider's late bytes are dropped and
-            # only its end of stream is passed on, as the end of the client's response.
-            return self._end(b"") if end_of_stream else []
+            # only its end of stream is passed on, as the end of the client's response. One that
+            # keeps sending is let go of now: every byte it sends still crosses to the sidecar.
+            if end_of_stream:
+                return self._end(b"")
+            self._late_bytes += len(chunk)
+            if self._late_bytes > _LATE_BYTES and not self._ended:
+                return self._abandon()
+            return []
         stream = self._stream
         assert stream is not None
         if stream.error_body is not None:
@@ -469,6 +486,14 @@ class AttemptProcessor:
         if self._closed_at is None:
             self._closed_at = self._worker.clock.now()
         return [streamed(tail, False)] if tail else []
+
+    def _abandon(self) -> list[ProcessingResponse]:
+        """The client has its last bytes; the provider never ended its side. Envoy resets the try
+        (and, the headers having gone out, the client's stream) on an immediate response: the only
+        safe way to let go of a provider that is still open."""
+        self._ended = True
+        self._effects.append(StreamEnded("abandoned"))
+        return [immediate(502, {}, b"")]
 
     def _abandon_at(self) -> float | None:
         if self._closed_at is None or self._ended:
@@ -598,6 +623,11 @@ class AttemptProcessor:
                         return again
                 return self._rescue_ends(splice.fail(failure, message))
         return []
+
+    def _rescue_labels(self) -> tuple[str, int, int]:
+        assert self._rescue is not None
+        position = self._started().position
+        return (position.ladder, position.rung, self._rescue.rung)
 
     def _rescue_ends(self, tail: bytes) -> list[ProcessingResponse]:
         rescue = self._rescue

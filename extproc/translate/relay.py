@@ -40,7 +40,9 @@ INVALID_EVENT = "invalid_event"  # the readers' StreamError type for an event th
 # filter's pending bytes). Usually a few hundred bytes (a role chunk, message_start, a ping), but
 # an Anthropic client served by an Anthropic rung is relayed its thinking blocks unchanged, held
 # until the first text: ~1-2 MB of events for 64k thinking tokens. Past this the provider is
-# sending something other than an answer, and the try ends as a malformed stream.
+# sending something other than an answer, and the try ends as a malformed stream. The same cap
+# holds between two tokens after the first: a provider looping on token-less events is ended
+# rather than relayed without bound (and every byte of it crosses Envoy to the sidecar).
 MAX_HELD_BYTES = 4 * 1024 * 1024
 _ANTHROPIC_STOP = b'event: message_stop\ndata: {"type":"message_stop"}\n\n'
 
@@ -106,6 +108,7 @@ class StreamRelay:
         self._parser = SseParser(max_event_bytes)
         self._max_held = max_held_bytes
         self._held = 0  # bytes produced before the first token
+        self._since_token = 0  # provider bytes since the last token, after the first
         self._reader: OpenAIStreamReader | AnthropicStreamReader = (
             AnthropicStreamReader() if provider.wire is Dialect.ANTHROPIC else OpenAIStreamReader()
         )
@@ -136,6 +139,8 @@ class StreamRelay:
             return b""
         out = bytearray()
         parser = self._parser
+        if self.started:
+            self._since_token += len(chunk)
         for event in parser.feed(chunk):
             deltas = self._reader.read(event)
             if any(isinstance(d, StreamError) and d.type == INVALID_EVENT for d in deltas):
@@ -173,6 +178,8 @@ class StreamRelay:
                 self._held += len(out)
                 if self._held > self._max_held:
                     return self._malformed(f"the provider sent over {self._max_held} bytes before the first token")
+            elif self._since_token > self._max_held:
+                return bytes(out) + self._malformed(f"the provider sent over {self._max_held} bytes without a token")
         return bytes(out)
 
     def _malformed(self, message: str) -> bytes:
@@ -195,6 +202,7 @@ class StreamRelay:
             elif isinstance(delta, ToolCallStart):
                 self._tool = True
             self.started = True
+            self._since_token = 0
         elif isinstance(delta, Finish):
             self.finished = True
         elif isinstance(delta, Usage):

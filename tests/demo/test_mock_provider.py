@@ -943,6 +943,27 @@ async def test_junk_head_sends_token_less_events_before_a_normal_answer(
     assert events[-1][1] in ("[DONE]", '{"type":"message_stop"}')
 
 
+@pytest.mark.parametrize("dialect", ["openai", "anthropic"])
+async def test_junk_tail_sends_tokens_then_token_less_events_without_end(
+    openai_mock: MockProvider, anthropic_mock: MockProvider, http: aiohttp.ClientSession, dialect: str
+) -> None:
+    provider = openai_mock if dialect == "openai" else anthropic_mock
+    body = openai_body(stream=True) if dialect == "openai" else anthropic_body(stream=True)
+    provider.set_mode("junk_tail:2")
+    path = "/v1/chat/completions" if dialect == "openai" else "/v1/messages"
+    received = b""
+    async with http.post(provider.url + path, json=body) as response:
+        async for chunk in response.content.iter_any():
+            received += chunk
+            if len(received) > 1024 * 1024:
+                break  # the reader hangs up; the mock stops writing
+    events = sse(received.rpartition(b"\n\n")[0] + b"\n\n")
+    tokens = [d for _, d in events if "w1" in d or "w2" in d]
+    assert len(tokens) == 2
+    assert sum('"ping"' in d or '"choices":[]' in d for _, d in events) > 1000
+    assert not any(d in ("[DONE]", '{"type":"message_stop"}') for _, d in events)
+
+
 # ---- credentials ----------------------------------------------------------------------------------
 
 MOCK_KEY = "sk-proj-mockkey0123456789wxyz"

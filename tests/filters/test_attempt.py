@@ -24,7 +24,7 @@ from extproc.core.names import (
     SKIPPED_HEADER,
     TIER,
 )
-from extproc.filters.attempt import AttemptProcessor, Phase
+from extproc.filters.attempt import _LATE_BYTES, AttemptProcessor, Phase
 from extproc.filters.wire import Mode, response_headers_response
 from extproc.runtime.sidecar import Sidecar
 from extproc.translate import SseParser
@@ -1033,6 +1033,47 @@ def test_a_provider_that_never_ends_after_the_clients_last_bytes_is_reset_throug
     assert sample(sidecar, "rungway_streams_total", outcome="abandoned") == 1
 
 
+def test_a_provider_that_keeps_sending_after_the_clients_last_bytes_is_reset_at_once() -> None:
+    # Envoy 1.40 forwards every byte of a FULL_DUPLEX_STREAMED body to the sidecar; a provider
+    # that floods it for stream_abandon_s pushes the ext_proc stream over its write watermark,
+    # and the watermark callback crashes Envoy on a try being torn down or not yet connected.
+    clock = FakeClock()
+    sidecar = make_sidecar(clock=clock)
+    t = stream_try(sidecar)
+    t.send(response_headers(200, SSE))
+    t.send(response_body(sse(openai_events(["Par"], finish=None, usage=False, done=False)), end_of_stream=False))
+    (tail,) = t.send(response_body(b"data: " + b"x" * (MAX_EVENT_BYTES + 1), end_of_stream=False))
+    assert json.loads(sse_events(body_of(tail) or b"")[0][1])["error"]["code"] == "schema_error"
+    assert not tail.response_body.response.body_mutation.streamed_response.end_of_stream
+    abandon_at = t.processor.deadline()
+    assert abandon_at == clock.now() + 5.0  # stream_abandon_s, for a provider that goes quiet
+    for _ in range(_LATE_BYTES // (16 * 1024)):  # up to _LATE_BYTES: dropped, still waiting
+        assert t.send(response_body(b"x" * (16 * 1024), end_of_stream=False)) == []
+    assert t.processor.deadline() == abandon_at
+    (reset,) = t.send(response_body(b"x", end_of_stream=False))
+    assert reset.WhichOneof("response") == "immediate_response"
+    assert t.processor.deadline() is None
+    assert t.send(response_body(b"x" * (1024 * 1024), end_of_stream=False)) == []  # in flight
+    assert t.send(response_body(b"", end_of_stream=True)) == []
+    assert t.on_deadline() == []
+    assert sample(sidecar, "rungway_streams_total", outcome="provider_error") == 1
+    assert sample(sidecar, "rungway_streams_total", outcome="abandoned") == 1
+
+
+def test_a_provider_that_sends_a_little_after_the_clients_last_bytes_still_ends_cleanly() -> None:
+    clock = FakeClock()
+    t = stream_try(make_sidecar(clock=clock))
+    t.send(response_headers(200, SSE))
+    t.send(response_body(sse(openai_events(["Par"], finish=None, usage=False, done=False)), end_of_stream=False))
+    clock.advance(15.0)
+    (_tail,) = t.on_deadline()  # the stall's error event
+    late = sse(openai_events([f" w{i}" for i in range(200)]))
+    assert len(late) < _LATE_BYTES
+    assert t.send(response_body(late, end_of_stream=False)) == []
+    (end,) = t.send(response_body(b"", end_of_stream=True))
+    assert end.response_body.response.body_mutation.streamed_response == ep.StreamedBodyResponse(end_of_stream=True)
+
+
 def test_done_before_the_providers_end_of_stream_does_not_end_the_response() -> None:
     t = stream_try()
     t.send(response_headers(200, SSE))
@@ -1089,8 +1130,9 @@ def test_an_endless_line_before_the_first_token_hops_as_a_malformed_stream() -> 
     assert data is not None and json.loads(data)["error"]["code"] == "schema_error"
     labels = {"ladder": "main", "rung": "0", "provider": "primary", "model": "gpt-4o"}
     assert sample(sidecar, "rungway_trips_total", **labels, reason="schema_error") == 1
-    # Later bytes are dropped; only the provider's end of stream is passed on.
-    assert t.send(response_body(chunk, end_of_stream=False)) == []
+    # A few later bytes are dropped (only the provider's end of stream is passed on); a flood of
+    # them is reset at once (see test_a_provider_that_keeps_sending_after_the_clients_last_bytes...).
+    assert t.send(response_body(b"x" * 1024, end_of_stream=False)) == []
 
 
 def test_an_endless_line_after_the_first_token_ends_the_stream_with_an_error_event() -> None:

@@ -125,3 +125,14 @@ def test_a_stall_is_rescued_by_the_watchdog_and_late_primary_bytes_are_dropped()
     answers = t.on_deadline()
     assert rescue_calls(t) and b"rescued-by" in (body_of(answers[-1]) or b"")
     assert t.send(response_body(sse(openai_events([" late"], finish=None, usage=False, done=False)), False)) == []
+
+
+def test_a_primary_that_floods_during_the_rescue_is_let_go_of() -> None:
+    t = begun(rescuing_policy())
+    t.sidecar.clock.advance(16.0)  # type: ignore[attr-defined]
+    t.on_deadline()  # stalled: the rescue starts, the primary is still open
+    junk = sse(openai_events([], finish=None, usage=False, done=False)) * 2000
+    answers = t.send(response_body(junk, end_of_stream=False))
+    assert [a.WhichOneof("response") for a in answers] == ["immediate_response"]
+    labels = {"ladder": "main", "from_rung": "0", "to_rung": "1", "outcome": "primary_flooded"}
+    assert sample(t.sidecar, "rungway_stream_rescues_total", **labels) == 1

@@ -648,3 +648,34 @@ def test_nothing_to_rescue_before_the_first_token_after_the_finish_or_after_an_e
     errored = make_relay(client, provider)
     errored.feed(started_then_cut(provider) + sse([ANTHROPIC_ERROR_EVENT if provider is AN else OPENAI_ERROR_EVENT]))
     assert errored.delivered.blocked == "error_sent"
+
+
+@pytest.mark.parametrize(("client", "provider"), [(OA, OA), (OA, AN), (AN, AN), (AN, OA)])
+def test_megabytes_of_events_without_a_token_after_the_first_end_with_an_in_band_error(
+    client: Dialect, provider: Dialect
+) -> None:
+    relay = capped_relay(client, provider, max_held_bytes=10_000)
+    relay.feed(started_then_cut(provider))
+    assert relay.started
+    junk = sse(openai_events([], finish=None, usage=False, done=False))  # a chunk with no text
+    if provider is AN:
+        junk = b'event: ping\ndata: {"type": "ping"}\n\n'
+    out = b""
+    for _ in range(10_000 // len(junk) + 2):
+        out += relay.feed(junk)
+        if relay.closed:
+            break
+    assert relay.closed and relay.error is not None
+    assert stream_failure(relay.error, started=True) is Failure.SCHEMA_ERROR
+    last = [e for e in SseParser().feed(out)][-1]
+    assert "without a token" in json.loads(last.data)["error"]["message"]
+
+
+def test_tokens_reset_the_count_of_bytes_without_a_token() -> None:
+    relay = capped_relay(OA, OA, max_held_bytes=2_000)
+    relay.feed(started_then_cut(OA))
+    junk = sse(openai_events([], finish=None, usage=False, done=False))
+    for _ in range(20):
+        relay.feed(junk * (1_500 // len(junk)))
+        relay.feed(sse(openai_events(["tok"], finish=None, usage=False, done=False)[-1:]))
+    assert relay.error is None and not relay.closed
