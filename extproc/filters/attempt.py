@@ -187,6 +187,7 @@ class AttemptProcessor:
         self._client_body: bytes | None = None
         self._rescue: Rescue | None = None
         self._rescue_chunk_at = 0.0
+        self._rescue_started_at = 0.0
 
     # ---- the gRPC loop's interface ---------------------------------------------------------
 
@@ -595,7 +596,7 @@ class AttemptProcessor:
         self._effects.append(RescueRequested(rescue.call))
         log.info("stream %s on %s; rescued by %s", "stalled" if stalled else "cut", plan.key, rescue.key)
         self._rescue = rescue
-        self._rescue_chunk_at = worker.clock.now()
+        self._rescue_chunk_at = self._rescue_started_at = worker.clock.now()
         self._move(Phase.RESCUING)
         head = out + rescue_note(rescue, plan.decision.dialect)
         return [streamed(head, False)]
@@ -637,6 +638,24 @@ class AttemptProcessor:
         done = splice.state is SpliceState.DONE
         outcome = "rescued" if done else splice.failure.outcome.value if splice.failure else "rescue_failed"
         self._effects.append(Rescued(plan.position.ladder, plan.position.rung, rescue.rung, outcome))
+        # The rescue rung's own result for its health: its failure, never the primary's (a text
+        # that merely diverged is no fault of the rung's), and the tokens it produced.
+        clock = self._worker.clock
+        reported = splice.rescue_usage
+        self._effects.append(
+            Observation(
+                key=rescue.key,
+                at=clock.wall(),
+                failure=splice.failure.rescue if splice.failure else None,
+                latency_s=clock.now() - self._rescue_started_at,
+                output_tokens=reported.output_tokens if reported else None,
+                task=plan.decision.task,
+                stream=True,
+                attempt=plan.position.attempt,
+                ladder=plan.position.ladder,
+                rung=rescue.rung,
+            )
+        )
         self._move(Phase.CLOSED)
         self._effects.append(StreamEnded(outcome))
         return self._end(tail)

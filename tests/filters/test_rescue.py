@@ -136,3 +136,16 @@ def test_a_primary_that_floods_during_the_rescue_is_let_go_of() -> None:
     assert [a.WhichOneof("response") for a in answers] == ["immediate_response"]
     labels = {"ladder": "main", "from_rung": "0", "to_rung": "1", "outcome": "primary_flooded"}
     assert sample(t.sidecar, "rungway_stream_rescues_total", **labels) == 1
+
+
+def test_the_rescue_rungs_own_result_goes_to_the_health_board() -> None:
+    from extproc.core import Observation
+
+    t = begun(rescuing_policy(prefill=False))
+    t.send(response_body(b"", end_of_stream=True))
+    t.processor.on_rescue(RescueFailed(Failure.SERVER_ERROR, "the rescue rung answered HTTP 500"))
+    t.apply()
+    observed = [(e.key, e.failure, e.rung) for e in t.effects if isinstance(e, Observation)]
+    # The primary's cut, then the rescue rung's own failure (its endpoint, its rung).
+    assert observed == [("primary/gpt-4o", Failure.STREAM_INTERRUPTED, 0),
+                        ("secondary/claude-fallback", Failure.SERVER_ERROR, 1)]  # fmt: skip
