@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from .core import Impact
 from .core.names import ADMIN_TOKEN_ENV
 from .policy import Policy, PolicyError, load_policy
 
@@ -90,6 +91,41 @@ def cmd_policy_check(args: argparse.Namespace) -> int:
         f"{args.file}: OK (version {policy.version}; {len(policy.providers)} providers, "
         f"{len(policy.ladders)} ladders, {len(policy.models)} model routes, {clusters} ladder clusters)"
     )
+    return 0
+
+
+def cmd_policy_explain(args: argparse.Namespace) -> int:
+    import json
+    import urllib.request
+
+    from .routing.explain import explain, features_for
+
+    policy = _load(args.file)
+    assert isinstance(policy, Policy)
+    health = None
+    if args.admin is not None:
+        request = urllib.request.Request(f"http://{args.admin[0]}:{args.admin[1]}/status")
+        token = _admin_token(args.admin_token_file)
+        if token:
+            request.add_header("authorization", f"Bearer {token}")
+        with urllib.request.urlopen(request, timeout=5) as response:
+            health = {row["endpoint"]: row for row in json.loads(response.read()).get("rungs", [])}
+    impact = Impact(args.impact) if args.impact else None
+    features = features_for(
+        policy,
+        tenant=args.tenant,
+        task=args.task,
+        model=args.model,
+        stream=args.stream,
+        tools=args.tools,
+        impact=impact,
+    )
+    result = explain(policy, features, health)
+    print(f"tenant {args.tenant}, task {features.task}, model {args.model}: ladder {result.ladder or '-'}")
+    for v in result.rungs:
+        mark = "serves " if v.serves else "skipped"
+        print(f"  {v.index}  tier {v.tier}  {v.endpoint:<40} {mark}  {v.reason}")
+    print(f"→ {result.outcome}")
     return 0
 
 
@@ -401,6 +437,18 @@ def build_parser() -> argparse.ArgumentParser:
     check = policy_sub.add_parser("check", help="validate a policy file; field-level errors")
     check.add_argument("file", type=Path)
     check.set_defaults(func=cmd_policy_check)
+
+    why = policy_sub.add_parser("explain", help="which rung would serve a tenant's request now, and why not the others")
+    why.add_argument("file", type=Path)
+    why.add_argument("--tenant", required=True)
+    why.add_argument("--task", default="default")
+    why.add_argument("--model", required=True)
+    why.add_argument("--impact", choices=[i.value for i in Impact])
+    why.add_argument("--stream", action="store_true")
+    why.add_argument("--tools", action=argparse.BooleanOptionalAction, default=None)
+    why.add_argument("--admin", type=_address, help="a running `rungway up`'s admin: include live health")
+    why.add_argument("--admin-token-file", type=Path)
+    why.set_defaults(func=cmd_policy_explain)
 
     cfg = sub.add_parser("envoy-config", help="render the Envoy bootstrap for a policy")
     cfg.add_argument("--policy", type=Path, required=True)

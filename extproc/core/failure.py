@@ -26,6 +26,9 @@ class Failure(StrEnum):
     STREAM_INTERRUPTED = "stream_interrupted"
     # The caller holds no credential Rungway knows: answered before any provider is called.
     UNAUTHENTICATED = "unauthenticated"
+    # The tenant's policy does not permit any rung that could serve now (a tier below the one it
+    # allows, a region outside its residency): an honest refusal rather than a silent downgrade.
+    NOT_PERMITTED = "not_permitted"
 
 
 class Retry(StrEnum):
@@ -63,6 +66,7 @@ RETRY_RULE: dict[Failure, Retry] = {
     Failure.CLIENT_ERROR: Retry.STOP,
     Failure.STREAM_INTERRUPTED: Retry.STOP,
     Failure.UNAUTHENTICATED: Retry.STOP,
+    Failure.NOT_PERMITTED: Retry.STOP,
 }
 
 # The HTTP status a client sees when Rungway itself reports a failure of this class.
@@ -81,4 +85,5 @@ CLIENT_STATUS: dict[Failure, int] = {
     Failure.CLIENT_ERROR: 400,
     Failure.STREAM_INTERRUPTED: 502,
     Failure.UNAUTHENTICATED: 401,
+    Failure.NOT_PERMITTED: 503,
 }

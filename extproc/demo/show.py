@@ -106,6 +106,31 @@ async def _show(client: openai.AsyncOpenAI, fleet: dict[str, MockProvider]) -> N
     await asyncio.sleep(3)  # the rate limit resets
 
 
+async def _tenants(base: str, keys: dict[str, str], fleet: dict[str, MockProvider]) -> None:
+    """The same outage, two tenants' policies: the agency is served by a fallback, the hospital
+    (never below tier 0) gets an honest refusal instead of a silent downgrade."""
+    primary = fleet["openai-primary"]
+    messages: Any = [{"role": "user", "content": "Summarise this patient's discharge notes."}]
+    _say("\n▶ the primary is down; two tenants with different policies (demo policy: tenants:)")
+    primary.set_mode("status:503")
+    async with (
+        openai.AsyncOpenAI(base_url=base + "/v1", api_key=keys["agency"], max_retries=0) as agency,
+        openai.AsyncOpenAI(base_url=base + "/v1", api_key=keys["hospital"], max_retries=0) as hospital,
+    ):
+        for _ in range(4):  # the agency's traffic finds the outage; the primary's circuit opens
+            raw = await agency.chat.completions.with_raw_response.create(model="gpt-4.1", messages=messages)
+        _say(f"  agency   (lowest_tier 2): {_flags(raw.headers)}")
+        try:
+            await hospital.chat.completions.create(model="gpt-4.1", messages=messages)
+            _say("  hospital (lowest_tier 0): served (the primary was still believed healthy)")
+        except openai.APIStatusError as exc:
+            body = exc.body if isinstance(exc.body, dict) else {}
+            _say(
+                f"  hospital (lowest_tier 0): HTTP {exc.status_code} {body.get('code')}: {str(body.get('message'))[:90]}…"
+            )
+    primary.set_mode("ok")
+
+
 IMPACTS = {"revenue_critical": "revenue", "customer_facing": "customer", "deferrable": "deferrable"}
 BROWNOUT_S = 20.0  # the brownout lasts this long, then the primary recovers
 TICK_S = 2.0  # one status line per tick
@@ -208,6 +233,7 @@ async def run_demo(
     key_store = workdir / template["clients"]["key_store"]
     template["clients"]["key_store"] = str(key_store)
     app_key, _ = add_key(key_store, "demo-app", label="demo")
+    tenant_keys = {name: add_key(key_store, name, label="demo")[0] for name in ("hospital", "agency")}
     policy_path.write_text(yaml.safe_dump(template, sort_keys=False))
     policy = parse_policy(template, str(policy_path))
     os.environ.update({k: os.environ.get(k, v) for k, v in DEMO_KEYS.items()})
@@ -235,6 +261,8 @@ async def run_demo(
         _say(f"the app's Rungway key (tenant demo-app): {app_key[:12]}…  (from `rungway keys new`)")
         async with openai.AsyncOpenAI(base_url=base + "/v1", api_key=app_key, max_retries=0) as client:
             await _show(client, fleet)
+        await _tenants(base, tenant_keys, fleet)
+        async with openai.AsyncOpenAI(base_url=base + "/v1", api_key=app_key, max_retries=0) as client:
             if brownout:
                 await _brownout(client, fleet, supervisor, admin_url)
         _say("\nThe client never changed: same SDK, same schema; the x-rungway-* headers say what served it.")

@@ -41,6 +41,7 @@ __all__ = [
     "Provider",
     "Rung",
     "TaskClass",
+    "TenantPolicy",
     "is_loopback_host",
     "load_policy",
     "parse_policy",

@@ -103,6 +103,29 @@ class Clients(_Frozen):
         return any(address in network for network in self.trusted_peers)
 
 
+class TenantTask(_Frozen):
+    """A tenant's rule for one task class, over its own (e.g. tier 2 for summarize, not codegen)."""
+
+    lowest_tier: int = Field(ge=0, le=3)
+
+
+class TenantPolicy(_Frozen):
+    """What one tenant permits when its models degrade (T2). Tier 0 is the ladder's primary; a
+    higher tier is a lower rung (another provider, a smaller model)."""
+
+    # Never served below this tier: a hospital's clinical summaries `lowest_tier: 0`.
+    lowest_tier: int = Field(3, ge=0, le=3)
+    # Data residency: only providers whose `region` is listed (a provider without one is out).
+    regions: tuple[str, ...] | None = None
+    tasks: dict[str, TenantTask] = Field(default_factory=dict)
+    # What the client reads when no permitted rung can serve (with the reason appended).
+    message: str = "Your organisation's policy does not permit a fallback model for this request"
+
+    def lowest_tier_for(self, task: str) -> int:
+        override = self.tasks.get(task)
+        return override.lowest_tier if override is not None else self.lowest_tier
+
+
 class Cost(_Frozen):
     input: float = Field(0.0, ge=0)
     output: float = Field(0.0, ge=0)
@@ -120,6 +143,8 @@ class Provider(_Frozen):
     headers: dict[str, str] = Field(default_factory=dict)
     # CA bundle for an https provider with a private CA (default: the system bundle).
     ca_file: Path | None = None
+    # Where the provider processes data (e.g. "eu", "us"), for tenants' residency rules.
+    region: str | None = None
     # A credential goes over plain http only to a loopback host, unless this says the network
     # between Envoy and the provider is trusted (e.g. a service mesh that adds mTLS).
     allow_plaintext_credential: bool = False
@@ -463,6 +488,9 @@ class Policy(_Frozen):
     # None turns Envoy's ejection off (Rungway's own circuits still apply).
     envoy_ejection: Ejection | None = Ejection()
     health: HealthSettings = HealthSettings()
+    # Per-tenant degradation rules, by tenant name (the key holder); `tenant_defaults` for the rest.
+    tenants: dict[str, TenantPolicy] = Field(default_factory=dict)
+    tenant_defaults: TenantPolicy = TenantPolicy()
 
     @field_validator("task_header", "impact_header")
     @classmethod
@@ -507,9 +535,17 @@ class Policy(_Frozen):
                 problems.append(f"passthrough.{dialect}: {name!r} is not a provider")
             elif self.providers[name].dialect.wire.value != dialect:
                 problems.append(f"passthrough.{dialect}: {name!r} does not speak {dialect}")
+        for name, tenant in [*self.tenants.items(), ("", self.tenant_defaults)]:
+            where = f"tenants.{name}" if name else "tenant_defaults"
+            for task in tenant.tasks:
+                if task not in self.tasks:
+                    problems.append(f"{where}.tasks: unknown task class {task!r}")
         if problems:
             raise ValueError(PROBLEM_MARK + PROBLEM_MARK.join(problems))
         return self
+
+    def tenant(self, name: str) -> TenantPolicy:
+        return self.tenants.get(name, self.tenant_defaults)
 
     def route_for(self, model: str) -> ModelRoute | None:
         """Exact names beat globs; among each kind the first listed wins."""

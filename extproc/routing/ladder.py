@@ -102,10 +102,16 @@ def choose(policy: Policy, features: RequestFeatures, health: HealthView | None 
     needed = prompt_tokens_estimate(features.body_bytes) + (features.max_tokens or 0)
     kept: list[int] = []
     dropped: list[Failure] = []
+    forbidden: list[str] = []  # what the tenant's policy ruled out, for an honest refusal
     tools_matter = False
     for i, rung in enumerate(rungs):
         provider = policy.providers[rung.provider]
         caps = provider.capabilities
+        not_permitted = tenant_forbids(policy, features.tenant, features.task, ladder, i)
+        if not_permitted is not None:
+            dropped.append(Failure.NOT_PERMITTED)
+            forbidden.append(not_permitted)
+            continue
         if features.stream and Capability.STREAMING not in caps:
             dropped.append(Failure.TOOL_MISMATCH)
             continue
@@ -125,6 +131,8 @@ def choose(policy: Policy, features: RequestFeatures, health: HealthView | None 
     if tools_matter:
         return NeedBody()
     if not kept:
+        if forbidden:
+            return _not_permitted(policy, features, forbidden)
         failure = dropped[0] if len(set(dropped)) == 1 else Failure.CLIENT_ERROR
         return Refusal(failure, _refusal_message(ladder, failure))
     skip = dropped[0] if kept[0] != 0 else None
@@ -137,7 +145,14 @@ def choose(policy: Policy, features: RequestFeatures, health: HealthView | None 
                 healthy.append(i)
             else:
                 unhealthy.append(why)
-        # Every rung unwell: still try them all in order rather than answer with an outage.
+        # Every rung unwell: still try them all in order rather than answer with an outage —
+        # unless the tenant's policy is what took the others away: then say so.
+        if not healthy and forbidden:
+            first = rungs[kept[0]]
+            down = (
+                f"{endpoint_key(first.provider, first.model_for(features.model))} is unavailable ({unhealthy[0].value})"
+            )
+            return _not_permitted(policy, features, [down, *forbidden])
         if healthy:
             if healthy[0] != kept[0]:
                 skip = skip or unhealthy[0]
@@ -152,6 +167,25 @@ def choose(policy: Policy, features: RequestFeatures, health: HealthView | None 
         tries=sum(rungs[i].attempts for i in order),
         skip_reason=skip,
     )
+
+
+def tenant_forbids(policy: Policy, tenant: str, task: str, ladder: str, index: int) -> str | None:
+    """Why the tenant's policy rules this rung out, or None (T2: tiers, per task, residency)."""
+    rules = policy.tenant(tenant)
+    tier = policy.tier_of(ladder, index)
+    lowest = rules.lowest_tier_for(task)
+    if tier > lowest:
+        return f"tier {tier} is below the lowest tier tenant {tenant!r} permits for {task!r} ({lowest})"
+    if rules.regions is not None:
+        region = policy.providers[policy.ladders[ladder][index].provider].region
+        if region not in rules.regions:
+            return f"region {region or 'unknown'} is outside tenant {tenant!r}'s residency ({', '.join(rules.regions)})"
+    return None
+
+
+def _not_permitted(policy: Policy, features: RequestFeatures, reasons: list[str]) -> Refusal:
+    message = policy.tenant(features.tenant).message
+    return Refusal(Failure.NOT_PERMITTED, f"{message}: {'; '.join(reasons)}")
 
 
 def _refusal_message(ladder: str, failure: Failure) -> str:

@@ -57,6 +57,7 @@ TABLE: dict[Failure, Step] = {
     F.CLIENT_ERROR: Step(FINAL),  # never retried
     F.STREAM_INTERRUPTED: Step(FINAL),  # after the first token nothing is re-sent
     F.UNAUTHENTICATED: Step(FINAL),  # decided before any rung; never a provider's failure
+    F.NOT_PERMITTED: Step(FINAL),  # the tenant's policy: decided before any rung
 }
 
 

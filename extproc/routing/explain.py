@@ -1,0 +1,101 @@
+"""`rungway policy explain`: for one tenant, task and model, which rung would serve now and why
+each other rung is skipped. A query over the same rules `choose` applies (tenant policy,
+capabilities, context window, health), in words a platform engineer reads."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ..core import Capability, Dialect, Failure, Impact
+from ..core.names import endpoint_key
+from ..policy import Policy
+from .ladder import NeedBody, Refusal, RequestFeatures, Route, choose, prompt_tokens_estimate, tenant_forbids
+
+
+@dataclass(frozen=True, slots=True)
+class RungVerdict:
+    index: int
+    endpoint: str
+    tier: int
+    serves: bool  # on the route this request would get, in order
+    reason: str  # why it is skipped ("" when it serves)
+
+
+@dataclass(frozen=True, slots=True)
+class Explanation:
+    ladder: str | None
+    rungs: tuple[RungVerdict, ...]
+    outcome: str  # which rung serves first, or the refusal the client would read
+
+
+def explain(
+    policy: Policy, features: RequestFeatures, health: Mapping[str, Mapping[str, Any]] | None = None
+) -> Explanation:
+    """`health`: the board's rows by endpoint (from `/status`), or None to leave health out."""
+    ladder = policy.ladder_for(features.model, features.task)
+    if ladder is None:
+        return Explanation(None, (), f"refused: no model map entry matches {features.model!r}")
+    needed = prompt_tokens_estimate(features.body_bytes) + (features.max_tokens or 0)
+    leave_below = getattr(policy.health.leave_below, features.impact.value)
+
+    def unhealthy(key: str, first: bool) -> str | None:
+        row = (health or {}).get(key)
+        if row is None:
+            return None
+        state = row.get("circuit", {}).get("state")
+        if state == "open":
+            return "circuit open"
+        score = row.get("score")
+        if isinstance(score, int | float) and score < leave_below:
+            return f"score {score:g} below {features.impact.value}'s {leave_below:g}"
+        return None
+
+    def view(key: str, first: bool) -> Failure | None:
+        return Failure.SERVER_ERROR if unhealthy(key, first) else None
+
+    route = choose(policy, features, view if health else None)
+    serving = route.rungs if isinstance(route, Route) else ()
+    verdicts: list[RungVerdict] = []
+    for i, rung in enumerate(policy.ladders[ladder]):
+        provider = policy.providers[rung.provider]
+        key = endpoint_key(rung.provider, rung.model_for(features.model))
+        reason = tenant_forbids(policy, features.tenant, features.task, ladder, i) or ""
+        if not reason and features.stream and Capability.STREAMING not in provider.capabilities:
+            reason = "does not stream"
+        if not reason and features.json_mode and Capability.JSON_MODE not in provider.capabilities:
+            reason = "no JSON mode"
+        if not reason and needed > policy.context_window_of(ladder, i):
+            reason = f"context window {policy.context_window_of(ladder, i)} < {needed} tokens needed"
+        if not reason and features.has_tools and Capability.TOOLS not in provider.capabilities and not rung.strip_tools:
+            reason = "no tool calling"
+        if not reason and health:
+            reason = unhealthy(key, not verdicts) or ""
+        if not reason and i not in serving:
+            reason = "not on the route (every permitted rung is unwell: all are tried in order)"
+        verdicts.append(RungVerdict(i, key, policy.tier_of(ladder, i), i in serving and not reason, reason))
+    if isinstance(route, Refusal):
+        outcome = f"refused ({route.failure.value}): {route.message}"
+    elif isinstance(route, NeedBody):
+        outcome = "depends on whether the request carries tools (--tools / --no-tools)"
+    else:
+        first = policy.ladders[ladder][route.rungs[0]]
+        outcome = f"served by {endpoint_key(first.provider, first.model_for(features.model))} (tier {policy.tier_of(ladder, route.rungs[0])})"
+    return Explanation(ladder, tuple(verdicts), outcome)
+
+
+def features_for(policy: Policy, *, tenant: str, task: str, model: str, stream: bool, tools: bool | None,
+                 impact: Impact | None = None) -> RequestFeatures:  # fmt: skip
+    return RequestFeatures(
+        dialect=Dialect.OPENAI,
+        model=model,
+        stream=stream,
+        json_mode=False,
+        max_tokens=None,
+        body_bytes=None,
+        tenant=tenant,
+        task=task if task in policy.tasks else policy.default_task,
+        impact=impact or policy.default_impact,
+        has_tools=tools,
+    )

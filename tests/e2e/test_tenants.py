@@ -1,0 +1,95 @@
+"""Per-tenant degradation rules through real Envoy (issue 11, T2): the same outage, different
+tenants, different answers; the tenant is the key's holder."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+
+from tests.conftest import KEY_ENV, Fleet
+from tests.stack import Stack, running
+
+pytestmark = pytest.mark.e2e
+HI: Any = [{"role": "user", "content": "hi"}]
+
+
+@pytest.fixture(scope="module")
+def tenants(fleet: Fleet, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    policy = fleet.policy(
+        tmp_path_factory.mktemp("tenants"),
+        tenants={
+            "hospital": {"lowest_tier": 0, "message": "Clinical work is never served by a fallback"},
+            "bank": {"regions": ["eu"]},
+            "agency": {"lowest_tier": 2},
+        },
+    )
+    policy["providers"]["primary"]["region"] = "us"
+    policy["providers"]["secondary"]["region"] = "eu"
+    with running(policy, env=KEY_ENV) as stack:
+        KEYS.update({name: stack.issue_key(name) for name in ("agency", "hospital", "bank")})
+        time.sleep(1.5)  # the sidecar takes a changed key store within a second
+        yield stack
+
+
+KEYS: dict[str, str] = {}
+
+
+def test_the_same_outage_serves_one_tenant_from_a_fallback_and_never_the_other(tenants: Stack, fleet: Fleet) -> None:
+    fleet.reset()
+    fleet.primary.set_mode("status:503")
+    with tenants.openai_as(KEYS["agency"]) as agency:
+        served = agency.chat.completions.with_raw_response.create(model="gpt-4o", messages=HI)
+    assert served.headers["x-rungway-served-by"] == "secondary/claude-fallback"
+    assert served.headers["x-rungway-tier"] == "1"
+    fleet.reset()
+    fleet.primary.set_mode("status:503")
+    with tenants.openai_as(KEYS["hospital"]) as hospital, pytest.raises(openai.APIStatusError) as caught:
+        hospital.chat.completions.create(model="gpt-4o", messages=HI)
+    assert caught.value.status_code == 503
+    assert not fleet.secondary.requests and not fleet.small.requests  # never a fallback
+    fleet.reset()
+
+
+def test_residency_keeps_a_tenant_on_providers_in_its_regions(tenants: Stack, fleet: Fleet) -> None:
+    fleet.reset()
+    with tenants.openai_as(KEYS["bank"]) as bank:
+        raw = bank.chat.completions.with_raw_response.create(model="gpt-4o", messages=HI)
+    assert raw.headers["x-rungway-served-by"] == "secondary/claude-fallback"
+    assert raw.headers["x-rungway-reason"] == "not_permitted"  # why not the primary
+    assert not fleet.primary.requests
+
+
+def test_policy_explain_says_which_rung_serves_and_why_not_the_others(fleet: Fleet, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    import yaml
+
+    from tests.stack import REPO
+
+    policy = fleet.policy(tmp_path, tenants={"hospital": {"lowest_tier": 0}}, clients={"key_store": "k.json"})
+    path = tmp_path / "policy.yaml"
+    path.write_text(yaml.safe_dump(policy))
+    cmd = [
+        sys.executable,
+        "-m",
+        "extproc.cli",
+        "policy",
+        "explain",
+        str(path),
+        "--tenant",
+        "hospital",
+        "--model",
+        "gpt-4o",
+    ]
+    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "serves" in lines[1] and "primary/gpt-4o" in lines[1]
+    assert "below the lowest tier tenant 'hospital' permits" in lines[2]
+    assert lines[-1] == "→ served by primary/gpt-4o (tier 0)"
