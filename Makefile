@@ -23,8 +23,9 @@ check: $(STAMP)  ## lint and types
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-soak: $(STAMP)  ## 3,000 fault-mixed streams through real Envoy: no crash, no truncated success
+soak: $(STAMP)  ## 3,000 fault-mixed streams (+1,000 with rescue on) through real Envoy: no crash, no truncated success
 	$(BIN)/python -m tests.soak --streams 3000 --concurrency 8
+	$(BIN)/python -m tests.soak --streams 1000 --concurrency 8 --rescue
 
 bench: $(STAMP)  ## plain Envoy vs the full Rungway path, as ratios
 	$(BIN)/python -m bench.run

@@ -67,6 +67,7 @@ class Stream:
     error_event: str = ""
     exception: str = ""
     unparseable: bool = False
+    fallback_words: int = FALLBACK_WORDS  # the length of the fallback's (or a rescue's) answer
 
     @property
     def truncated_success(self) -> bool:
@@ -79,12 +80,20 @@ class Stream:
         match = ANSWER.match(text)
         if match is None or not self.finish or (self.client == "raw" and not self.done):
             return True
-        expected = PRIMARY_WORDS.get(self.fault, TOTAL) if match.group(1) == "primary" else FALLBACK_WORDS
+        expected = PRIMARY_WORDS.get(self.fault, TOTAL) if match.group(1) == "primary" else self.fallback_words
         return not text.endswith(f" w{expected}")
 
 
-def policy(fleet: dict[str, Any]) -> dict[str, Any]:
+def policy(fleet: dict[str, Any], *, rescue: bool = False) -> dict[str, Any]:
+    secondary = provider_entry(fleet["secondary"], credential={"env": "RW_SOAK_KEY"})
+    extra: dict[str, Any] = {}
+    if rescue:
+        # Streams cut or stalled after their first token are completed by the secondary, which
+        # continues the delivered text (prefill) to the fault answers' length.
+        secondary["capabilities"] = ["tools", "json_mode", "streaming", "prefill"]
+        extra["tasks"] = {"default": {"rescue": True}}
     return {
+        **extra,
         "version": "soak",
         "stream_stall_s": STALL_S,
         "stream_finish_grace_s": 0.3,
@@ -93,7 +102,7 @@ def policy(fleet: dict[str, Any]) -> dict[str, Any]:
         "health": {"enabled": False, "probe_interval_s": 0},
         "providers": {
             "primary": provider_entry(fleet["primary"], credential={"env": "RW_SOAK_KEY"}),
-            "secondary": provider_entry(fleet["secondary"], credential={"env": "RW_SOAK_KEY"}),
+            "secondary": secondary,
         },
         "ladders": {"main": [{"provider": "primary", "timeout_s": 2}, {"provider": "secondary", "timeout_s": 5}]},
         "models": [{"match": "*", "ladder": "main"}],
@@ -193,7 +202,7 @@ class Report:
         return "\n".join(lines)
 
 
-def run_soak(streams: int, concurrency: int, seed: int) -> Report:
+def run_soak(streams: int, concurrency: int, seed: int, *, rescue: bool = False) -> Report:
     rng = random.Random(seed)
     plan = [(rng.choice(list(FAULTS)), rng.choice(["raw", "sdk"])) for _ in range(streams)]
     mocks = MockThread()
@@ -203,7 +212,10 @@ def run_soak(streams: int, concurrency: int, seed: int) -> Report:
         }
         for mock in fleet.values():
             mock.token_interval = 0.005
-        with running(policy(fleet), env={"RW_SOAK_KEY": "sk-soak"}, envoy_trouble_expected=True) as stack:
+        if rescue:
+            fleet["secondary"].set_mode(f"tokens:{TOTAL}")
+        soak_policy = policy(fleet, rescue=rescue)
+        with running(soak_policy, env={"RW_SOAK_KEY": "sk-soak"}, envoy_trouble_expected=True) as stack:
             results: list[Stream] = []
             lock = threading.Lock()
             todo = iter(plan)
@@ -216,6 +228,8 @@ def run_soak(streams: int, concurrency: int, seed: int) -> Report:
                         return
                     fault, client = item
                     result = raw_stream(stack, fault) if client == "raw" else sdk_stream(stack, fault)
+                    if rescue:
+                        result.fallback_words = TOTAL
                     with lock:
                         results.append(result)
 
@@ -244,8 +258,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--streams", type=int, default=3000)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--rescue", action="store_true", help="streams cut or stalled after the first token are rescued"
+    )
     args = parser.parse_args(argv)
-    report = run_soak(args.streams, args.concurrency, args.seed)
+    report = run_soak(args.streams, args.concurrency, args.seed, rescue=args.rescue)
     print(report.summary())
     for s in report.truncated[:10]:
         print("TRUNCATED", s)

@@ -18,3 +18,15 @@ def test_a_few_hundred_fault_mixed_streams_never_crash_envoy_nor_truncate_silent
     assert report.sidecar_errors == 0
     # Every fault kind was exercised.
     assert {s.fault for s in report.streams} >= {"malformed_event", "stall_at_watchdog_then_close", "cut"}
+
+
+def test_fault_mixed_streams_with_rescue_on_never_crash_envoy_nor_truncate_silently() -> None:
+    report = run_soak(streams=160, concurrency=8, seed=11, rescue=True)
+    print("\n" + report.summary())
+    assert not report.truncated, report.truncated[:5]
+    assert report.envoy_trouble == [] and report.envoy_restarts == 0
+    assert report.sidecar_errors == 0
+    rescued = [
+        s for s in report.streams if s.fault in ("cut", "stall_then_close") and not s.error_event and not s.exception
+    ]
+    assert rescued, "no cut or stalled stream was rescued"
