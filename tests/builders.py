@@ -123,6 +123,7 @@ def routed(**changes: Any) -> Decision:
         include_usage=False,
         body_bytes=400,
         skip=None,
+        decided_ms=FakeClock().now() * 1000,  # decide's time on the unit tests' clock
     )
     return dataclasses.replace(base, **changes)
 

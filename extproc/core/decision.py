@@ -52,6 +52,9 @@ class Decision:
     response_format: str = ""  # "json_object", "json_schema", "text" or ""
     anthropic_version: str | None = None  # an Anthropic client's, kept for Anthropic rungs
     anthropic_beta: str | None = None
+    # When decide routed it (monotonic ms; one host: comparable across worker processes): what
+    # is left of the route timeout for a stream rescue.
+    decided_ms: float = 0.0
 
     def encode(self) -> Meta:
         out: Meta = {
@@ -74,6 +77,7 @@ class Decision:
             "canary": self.canary,
             "probe": self.probe,
             "response_format": self.response_format,
+            "decided_ms": self.decided_ms,
         }
         if self.anthropic_version is not None:
             out["anthropic_version"] = self.anthropic_version
@@ -114,6 +118,7 @@ class Decision:
             response_format=f.text(meta, "response_format", k),
             anthropic_version=f.optional_text(meta, "anthropic_version", k),
             anthropic_beta=f.optional_text(meta, "anthropic_beta", k),
+            decided_ms=f.number(meta, "decided_ms", k),
         )
 
 

@@ -414,6 +414,7 @@ class AttemptProcessor:
             self._late_bytes += len(chunk)
             if self._late_bytes > _LATE_BYTES and not self._ended:
                 self._effects.append(Rescued(*self._rescue_labels(), "primary_flooded"))
+                self._move(Phase.CLOSED)  # nothing more of the rescue reaches the client
                 return self._abandon()
             return []
         if self.phase is Phase.CLOSED:
@@ -571,8 +572,13 @@ class AttemptProcessor:
         stream = self._stream
         assert stream is not None and stream.relay is not None
         worker = self._worker
-        deadline_s = self._policy.route_timeout_s or float("inf")
-        budget = min(self._policy.stream_rescue_s, deadline_s - (worker.clock.now() - plan.started_at))
+        now = worker.clock.now()
+        # What is left of the request's route timeout (from decide, not this try: earlier tries
+        # spent some), less a margin so the rescue's own timeout fires before Envoy's; a retry of
+        # the same rescue (regenerate) gets what is left of the first one's budget.
+        left = (self._policy.route_timeout_s or float("inf")) - (now - plan.decision.decided_ms / 1000) - 0.2
+        spent = now - self._rescue_started_at if regenerate_on is not None else 0.0
+        budget = min(self._policy.stream_rescue_s - spent, left)
         providers = {name: worker.key_for(name) for name in self._policy.providers}
         rescue = plan_rescue(
             plan,
@@ -600,6 +606,10 @@ class AttemptProcessor:
         self._move(Phase.RESCUING)
         head = out + rescue_note(rescue, plan.decision.dialect)
         return [streamed(head, False)]
+
+    def rescuing(self) -> bool:
+        """Whether a rescue call's bytes are still wanted (the runtime cancels it otherwise)."""
+        return self.phase is Phase.RESCUING
 
     def on_rescue(self, item: RescueItem) -> list[ProcessingResponse]:
         """What the runtime's rescue call brought back."""

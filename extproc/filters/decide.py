@@ -109,6 +109,9 @@ class DecideProcessor:
     def on_rescue(self, item: RescueItem) -> list[ProcessingResponse]:
         return []  # decide never rescues
 
+    def rescuing(self) -> bool:
+        return False
+
     def on_deadline(self) -> list[ProcessingResponse]:
         return []
 
@@ -284,6 +287,7 @@ class DecideProcessor:
             response_format=self._response_format,
             anthropic_version=anthropic.get("anthropic-version"),
             anthropic_beta=anthropic.get("anthropic-beta"),
+            decided_ms=self._worker.clock.now() * 1000,
         )
         return with_metadata(response, META_DECISION, decision.encode())
 
@@ -303,6 +307,12 @@ class DecideProcessor:
             message = f"no {who.dialect.value} provider is configured for {headers.get(':path', '')!r}"
             return self._refuse(Failure.CLIENT_ERROR, message, "refused")
         provider = policy.providers[name]
+        rules = policy.tenant(who.tenant)
+        if rules.regions is not None and provider.region not in rules.regions:
+            # A pass-through carries the prompt too (count_tokens): residency holds here as well.
+            region = provider.region or "unknown"
+            reason = f"{rules.message}: region {region} is outside tenant {who.tenant!r}'s residency"
+            return self._refuse(Failure.NOT_PERMITTED, reason, "refused")
         pair = api_pair(who.dialect, provider.dialect)
         set_headers = {
             CLUSTER_HEADER: direct_cluster(name),
@@ -344,6 +354,8 @@ class DecideProcessor:
         task = f.task if f else policy.default_task
         self._effects.append(Decided(tenant, task, ladder, outcome))
         headers = own_answer_headers(failure, policy.version)
+        if failure is Failure.NOT_PERMITTED:
+            headers["x-should-retry"] = "false"  # the tenant's policy, not a passing outage
         # The status agrees with the error type render_error picks for the failure.
         response = immediate(CLIENT_STATUS[failure], headers, render_error(self._dialect.value, failure, message))
         # Marks the answer as already rendered, so Envoy's local-reply mappers leave it alone.

@@ -33,6 +33,7 @@ log = logging.getLogger("rungway.server")
 class Processor(Protocol):
     def dispatch(self, request: ProcessingRequest) -> list[ProcessingResponse]: ...
     def on_rescue(self, item: RescueItem) -> list[ProcessingResponse]: ...
+    def rescuing(self) -> bool: ...
     def deadline(self) -> float | None: ...
     def on_deadline(self) -> list[ProcessingResponse]: ...
     def on_close(self) -> None: ...
@@ -84,11 +85,18 @@ class ExternalProcessor(epg.ExternalProcessorServicer):  # type: ignore[misc]
         pending_item: asyncio.Future[RescueItem] | None = None
 
         def effects() -> None:
-            nonlocal rescue
+            nonlocal rescue, pending_item
             for effect in (drained := processor.drain_effects()):
                 if isinstance(effect, RescueRequested) and rescue is None:
                     rescue = RescueCallTask(effect.call, sidecar.rescue_socket)
             sidecar.apply(drained)
+            if rescue is not None and not processor.rescuing():
+                # The client's stream is complete (or let go of): stop reading the rescue rung.
+                rescue.cancel()
+                rescue = None
+                if pending_item is not None:
+                    pending_item.cancel()
+                    pending_item = None
 
         try:
             while True:

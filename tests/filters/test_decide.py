@@ -543,3 +543,15 @@ def test_a_passed_through_error_answer_is_redacted_and_a_success_passes() -> Non
     body = {"error": {"message": f"Incorrect API key provided: {PRIMARY_KEY}"}}
     (body_answer,) = processor.dispatch(response_body(body))
     assert PRIMARY_KEY not in (body_of(body_answer) or b"").decode()
+
+
+def test_a_pass_through_keeps_to_the_tenants_residency() -> None:
+    providers = policy_data()["providers"]
+    providers["primary"]["region"] = "eu"
+    providers["secondary"]["region"] = "us"
+    sidecar = make_sidecar(make_policy(providers=providers, tenants={"acme": {"regions": ["eu"]}}))
+    post = {":method": "POST", ":path": "/v1/messages/count_tokens", "x-api-key": CLIENT_KEY}
+    (response,) = DecideProcessor(sidecar).dispatch(request_headers(post, metadata=decide_fields(model="claude-x")))
+    assert response.immediate_response.status.code == 503
+    assert "outside tenant 'acme''s residency" in error_body(response)["error"]["message"]
+    assert immediate_headers(response)["x-should-retry"] == "false"

@@ -149,3 +149,27 @@ def test_the_rescue_rungs_own_result_goes_to_the_health_board() -> None:
     # The primary's cut, then the rescue rung's own failure (its endpoint, its rung).
     assert observed == [("primary/gpt-4o", Failure.STREAM_INTERRUPTED, 0),
                         ("secondary/claude-fallback", Failure.SERVER_ERROR, 1)]  # fmt: skip
+
+
+def test_the_rescue_budget_is_what_is_left_of_the_requests_route_timeout() -> None:
+    policy = rescuing_policy()
+    policy = policy.model_copy(update={"route_timeout_s": 10.0})
+    sidecar = make_sidecar(policy)
+    # Decided 9.5 s ago (earlier tries spent it): 0.5 s of the route timeout is left.
+    t = stream_try(sidecar, decided_ms=(sidecar.clock.now() - 9.5) * 1000)
+    t.send(request_body(HI, end_of_stream=True))
+    t.send(response_headers(200, SSE))
+    t.send(response_body(sse(openai_events(["Hello"], finish=None, usage=False, done=False)), False))
+    t.send(response_body(b"", end_of_stream=True))
+    (call,) = rescue_calls(t)
+    assert 0 < call.budget_s <= 0.3  # less Envoy's margin
+
+
+def test_a_flood_during_the_rescue_closes_it_for_good() -> None:
+    t = begun(rescuing_policy())
+    t.sidecar.clock.advance(16.0)  # type: ignore[attr-defined]
+    t.on_deadline()
+    junk = sse(openai_events([], finish=None, usage=False, done=False)) * 2000
+    t.send(response_body(junk, end_of_stream=False))
+    assert not t.processor.rescuing()
+    assert t.processor.on_rescue(RescueChunk(b"data: {}\n\n")) == []  # nothing after the reset
