@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Final
 
 from ..core import Failure
 from ..policy import HealthSettings
@@ -131,7 +132,7 @@ def _latency_component(
         ]
         if len(timed) < settings.min_samples:
             continue
-        p95 = nearest_rank(sorted(latency for _, latency in timed), 0.95)
+        p95 = _window_p95(sorted(latency for _, latency in timed))
         p95_any = p95 if p95_any is None else max(p95_any, p95)
         base = baseline(stream)
         if base is None or base.p95 <= 0:
@@ -142,6 +143,18 @@ def _latency_component(
         median = nearest_rank(recent, 0.5)
         worst = min(worst, _over(p95, factor * base.p95), _over(median, max(base.p95, factor * base.p50)))
     return worst, p95_any
+
+
+# Below this many answers a window's nearest-rank p95 is its largest: one slow answer of a
+# healthy lognormal endpoint (a 1-in-1000 tail) would set the p95 alone and drive the score to 0.
+_ONE_OUTLIER_IS_THE_P95: Final = 20
+
+
+def _window_p95(ordered: list[float]) -> float:
+    """The window's p95; under 20 answers its second largest, so that it takes two slow answers."""
+    if len(ordered) < _ONE_OUTLIER_IS_THE_P95:
+        return ordered[max(0, len(ordered) - 2)]
+    return nearest_rank(ordered, 0.95)
 
 
 def _over(value: float, threshold: float) -> float:
