@@ -75,6 +75,12 @@ class Metrics:
             ["tenant", "task", "ladder", "tier", "degraded"],
             **kw,  # type: ignore[arg-type]
         )
+        self.output_tokens = Counter(
+            "rungway_output_tokens_total",
+            "Output tokens each rung produced (what it bills), by the try or rescue that used it.",
+            ["ladder", "rung", "endpoint"],
+            **kw,  # type: ignore[arg-type]
+        )
         self.rescues = Counter(
             "rungway_stream_rescues_total",
             "Streams cut or stalled after their first token, completed from another rung, by outcome "

@@ -207,6 +207,10 @@ class Sidecar:
             match effect:
                 case Observation():
                     self._observe(effect)
+                    if effect.output_tokens and not effect.probe:
+                        m.output_tokens.labels(effect.ladder, str(effect.rung), m.endpoint(effect.key)).inc(
+                            effect.output_tokens
+                        )
                 case QuotaSignal():
                     self.bus.publish(effect.encode())
                 case Decided(tenant, task, ladder, outcome):

@@ -173,3 +173,24 @@ def test_a_flood_during_the_rescue_closes_it_for_good() -> None:
     t.send(response_body(junk, end_of_stream=False))
     assert not t.processor.rescuing()
     assert t.processor.on_rescue(RescueChunk(b"data: {}\n\n")) == []  # nothing after the reset
+
+
+def test_the_rescue_rungs_tokens_are_billed_to_it() -> None:
+    t = begun(rescuing_policy())
+    t.send(response_body(b"", end_of_stream=True))
+    rest = (
+        b'event: message_start\ndata: {"type":"message_start","message":{"id":"m","type":"message",'
+        b'"role":"assistant","model":"c","content":[],"usage":{"input_tokens":5,"output_tokens":0}}}\n\n'
+        b'event: content_block_start\ndata: {"type":"content_block_start","index":0,'
+        b'"content_block":{"type":"text","text":""}}\n\n'
+        b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,'
+        b'"delta":{"type":"text_delta","text":"ld!"}}\n\n'
+        b'event: content_block_stop\ndata: {"type":"content_block_stop","index":0}\n\n'
+        b'event: message_delta\ndata: {"type":"message_delta","delta":{"stop_reason":"end_turn"},'
+        b'"usage":{"output_tokens":7}}\n\n'
+        b'event: message_stop\ndata: {"type":"message_stop"}\n\n'
+    )
+    t.processor.on_rescue(RescueChunk(rest))
+    t.apply()
+    labels = {"ladder": "main", "rung": "1", "endpoint": "secondary/claude-fallback"}
+    assert sample(t.sidecar, "rungway_output_tokens_total", **labels) == 7
