@@ -53,22 +53,27 @@ def _envoy_admin_gone(value: str) -> tuple[str, int]:
     )
 
 
-def _admin_token(token_file: Path | None) -> str | None:
-    """The admin bearer token from --admin-token-file, else from RUNGWAY_ADMIN_TOKEN (None: no
-    token). Taken out of the environment, so no child process inherits it."""
-    from_env = os.environ.pop(ADMIN_TOKEN_ENV, None)
-    if token_file is None:
-        token = from_env
+def _secret(what: str, path: Path | None, env: str, *, keep_in_env: bool) -> str | None:
+    """A secret from its file, else its environment variable (None: neither gives one). Unless
+    child processes need it (`keep_in_env`), it is taken out of the environment."""
+    from_env = os.environ.get(env) if keep_in_env else os.environ.pop(env, None)
+    if path is None:
+        value = from_env
     else:
         try:
-            token = token_file.read_text()
+            value = path.read_text()
         except OSError as exc:
-            raise SystemExit(f"cannot read the admin token file {token_file}: {exc.strerror}") from None
-    if token is None:
+            raise SystemExit(f"cannot read the {what} file {path}: {exc.strerror}") from None
+    if value is None:
         return None
-    if not token.strip():
-        raise SystemExit("the admin token is empty")
-    return token.strip()
+    if not value.strip():
+        raise SystemExit(f"the {what} is empty")
+    return value.strip()
+
+
+def _admin_token(token_file: Path | None) -> str | None:
+    """The admin bearer token (--admin-token-file or RUNGWAY_ADMIN_TOKEN), never inherited."""
+    return _secret("admin token", token_file, ADMIN_TOKEN_ENV, keep_in_env=False)
 
 
 def _load(path: Path) -> object:
@@ -156,7 +161,7 @@ def _channel_token(path: Path | None) -> str:
     serve, e.g. a k8s secret) or $RUNGWAY_CHANNEL_TOKEN."""
     from .runtime.sidecar import CHANNEL_TOKEN_ENV
 
-    token = path.read_text().strip() if path is not None else os.environ.get(CHANNEL_TOKEN_ENV, "")
+    token = _secret("channel token", path, CHANNEL_TOKEN_ENV, keep_in_env=True) or ""
     if len(token) < 16:
         raise SystemExit(
             f"rungway: a channel token of 16+ characters is needed (--channel-token-file or ${CHANNEL_TOKEN_ENV})"
