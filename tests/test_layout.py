@@ -17,7 +17,8 @@ ALLOWED: dict[str, set[str]] = {
     "translate": {"core"},
     "routing": {"core", "policy"},
     "health": {"core", "policy", "translate"},
-    "filters": {"core", "policy", "identity", "routing", "health", "translate"},
+    "deferral": {"core", "policy", "routing"},
+    "filters": {"core", "policy", "identity", "routing", "health", "translate", "deferral"},
     "xds": {"core", "policy", "routing"},
 }
 TOP_LEVEL = {"__init__.py", "cli.py", "__main__.py"}

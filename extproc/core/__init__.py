@@ -23,6 +23,7 @@ from .failure import CLIENT_STATUS, RETRY_RULE, Failure, Retry
 from .fields import ContractError
 from .frame import FrameKey, FrameReader, FrameRules, Rejection, seal
 from .impact import Impact
+from .task import DeferredTask, TaskResult
 
 __all__ = [
     "CLIENT_STATUS",
@@ -34,6 +35,7 @@ __all__ = [
     "Clock",
     "ContractError",
     "Decision",
+    "DeferredTask",
     "Dialect",
     "Failure",
     "FakeClock",
@@ -51,6 +53,7 @@ __all__ = [
     "Retry",
     "RungAddress",
     "SystemClock",
+    "TaskResult",
     "TripRecord",
     "decode_event",
     "seal",

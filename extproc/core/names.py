@@ -55,7 +55,17 @@ REASON = "x-rungway-reason"
 POLICY_VERSION = "x-rungway-policy-version"
 ATTEMPTS = "x-rungway-attempts"
 
+# Deferral (E1): the task id and state on a 202 and on the status answers, and the header that
+# marks a replay (`token tenant task-id`, from `rungway up`'s drainer; decide refuses any other).
+TASK_ID_HEADER = "x-rungway-task-id"
+TASK_STATUS_HEADER = "x-rungway-task-status"
+REPLAY_HEADER = "x-rungway-replay"
+LOCATION = "location"
+
 # ---- paths --------------------------------------------------------------------------------------
+
+# GET TASKS_PATH + task id: a deferred task's state or answer (the holder of its tenant's key).
+TASKS_PATH = "/v1/rungway/tasks/"
 
 OPENAI_CHAT_PATH = "/v1/chat/completions"
 ANTHROPIC_MESSAGES_PATH = "/v1/messages"

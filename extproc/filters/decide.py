@@ -8,9 +8,9 @@ for only when the answer depends on whether the request carries tools.
 from __future__ import annotations
 
 import secrets
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
-from ..core import CLIENT_STATUS, Decision, Dialect, Failure, Impact, PassedThrough, Refused
+from ..core import CLIENT_STATUS, Decision, DeferredTask, Dialect, Failure, Impact, PassedThrough, Refused
 from ..core.names import (
     ANTHROPIC_MESSAGES_PATH,
     CLUSTER_HEADER,
@@ -22,16 +22,20 @@ from ..core.names import (
     PEER_ATTRIBUTE,
     PROBE_HEADER,
     PROBE_TENANT,
+    REPLAY_HEADER,
+    TASKS_PATH,
     UNAUTHENTICATED_TENANT,
     cluster_name,
     direct_cluster,
     endpoint_key,
 )
+from ..deferral import deferrable
 from ..identity import Identity, Unknown
 from ..routing.ladder import NeedBody, Refusal, RequestFeatures, Route, choose, reroute
 from ..translate import api_pair, load_json, provider_header_scrub, redact_error_body, render_error
 from .caller import foreign_headers, identify, repeated_credential
-from .effects import Decided, Effect, HalfOpenAdmitted, RequestCounted, RescueItem, Unauthenticated
+from .deferral import deferral, task_answer, task_id_of
+from .effects import Decided, Effect, HalfOpenAdmitted, RequestCounted, RescueItem, TaskQueried, Unauthenticated
 from .flags import own_answer_headers
 from .shed import shed
 from .wire import (
@@ -71,6 +75,15 @@ _READ_THE_ANSWER = Mode(
     response_trailer_mode=Mode.SKIP,
 )
 _IMPACTS = {i.value: i for i in Impact}
+# Headers a deferred request's replay must carry again (never a credential).
+_REPLAYED_HEADERS = ("anthropic-version", "anthropic-beta")
+
+
+@dataclass(frozen=True, slots=True)
+class _DeferNow:
+    """No permitted rung can serve this deferrable request now: store it, answer 202."""
+
+    reason: Failure
 
 
 class DecideProcessor:
@@ -86,13 +99,20 @@ class DecideProcessor:
         self._identity: Identity | None = None
         self._scrub: list[str] = []
         self._status = 0
+        self._path = ""
+        self._replay: str | None = None  # the task id, when this request replays a deferred one
+        self._deferring: Failure | None = None  # why, once decided to defer (awaiting the body)
 
     def dispatch(self, request: ProcessingRequest) -> list[ProcessingResponse]:
+        # An answer that waits on the runtime's I/O (a deferral's store write, a task lookup)
+        # is None here: the runtime sends it (runtime/server.py, the effect says which).
         kind = request.WhichOneof("request")
         if kind == "request_headers":
-            return [self.request_headers(request)]
+            answer = self.request_headers(request)
+            return [answer] if answer is not None else []
         if kind == "request_body":
-            return [self.request_body(request)]
+            answer = self.request_body(request)
+            return [answer] if answer is not None else []
         if kind == "response_headers" and self._identity is not None:
             return [self.response_headers(request)]
         if kind == "response_body" and self._identity is not None:
@@ -121,7 +141,7 @@ class DecideProcessor:
     def on_failure(self) -> None:
         pass
 
-    def request_headers(self, request: ProcessingRequest) -> ProcessingResponse:
+    def request_headers(self, request: ProcessingRequest) -> ProcessingResponse | None:
         if self._worker.overloaded():  # load shedding: before any other work (filters/shed.py)
             answer, effect = shed(request, self._policy)
             self._effects.append(effect)
@@ -130,6 +150,7 @@ class DecideProcessor:
         worker = self._worker
         headers = header_map(request.request_headers)
         path = headers.get(":path", "").split("?", 1)[0]
+        self._path = path
         self._dialect = Dialect.ANTHROPIC if path == ANTHROPIC_MESSAGES_PATH else Dialect.OPENAI
         peer = str(attributes(request).get(PEER_ATTRIBUTE, ""))
         probe = headers.get(PROBE_HEADER)
@@ -139,6 +160,8 @@ class DecideProcessor:
             # Bytes: compare_digest refuses non-ASCII text, and the header is the client's to choose.
             genuine = secrets.compare_digest(token, worker.probe_token.encode())
             who = Identity(PROBE_TENANT, "", self._dialect) if genuine else Unknown.UNKNOWN
+        elif (replay := headers.get(REPLAY_HEADER)) is not None:
+            who = self._replay_identity(replay)
         else:
             names = (h.key for h in request.request_headers.headers.headers)
             repeated = repeated_credential(names)
@@ -148,6 +171,8 @@ class DecideProcessor:
             return self._refuse(Failure.UNAUTHENTICATED, who.value, "unauthenticated")
         self._identity = who
         self._scrub = foreign_headers(headers, policy)
+        if path.startswith(TASKS_PATH) and headers.get(":method") == "GET":
+            return self._query_task(path)
         if path not in (OPENAI_CHAT_PATH, ANTHROPIC_MESSAGES_PATH):
             return self._pass_through(headers)
         fields = namespace(request, META_REQUEST)
@@ -184,10 +209,15 @@ class DecideProcessor:
         result = self._route()
         if isinstance(result, NeedBody):
             return with_mode(request_headers_response(), _ASK_FOR_BODY)
+        if isinstance(result, _DeferNow):
+            self._deferring = result.reason  # the body is what gets stored
+            return with_mode(request_headers_response(), _ASK_FOR_BODY)
         return self._answer(result, body_phase=False)
 
-    def request_body(self, request: ProcessingRequest) -> ProcessingResponse:
+    def request_body(self, request: ProcessingRequest) -> ProcessingResponse | None:
         assert self._features is not None
+        if self._deferring is not None:
+            return self._defer(request.request_body.body, self._deferring)
         try:
             body = load_json(request.request_body.body)
         except ValueError:
@@ -197,15 +227,68 @@ class DecideProcessor:
         self._features = replace(self._features, has_tools=bool(body.get("tools")))
         result = self._route()
         assert not isinstance(result, NeedBody)
+        if isinstance(result, _DeferNow):
+            return self._defer(request.request_body.body, result.reason)
         return self._answer(result, body_phase=True)
 
-    def _route(self) -> Route | Refusal | NeedBody:
+    def _replay_identity(self, header: str) -> Identity | Unknown:
+        """`token tenant task-id`: `rungway up` replays a deferred request on its tenant's behalf
+        (the client's key is never stored); its token is the probes' secret."""
+        token, _, rest = header.partition(" ")
+        tenant, _, task_id = rest.rpartition(" ")
+        if not secrets.compare_digest(token.encode(), self._worker.probe_token.encode()) or not tenant or not task_id:
+            return Unknown.UNKNOWN
+        self._replay = task_id
+        return Identity(tenant, "", self._dialect)
+
+    def _query_task(self, path: str) -> ProcessingResponse | None:
+        """A deferred task's state or answer, for its own tenant only (the runtime reads it)."""
+        who = self._identity
+        assert who is not None
+        self._dialect = who.dialect
+        policy = self._policy
+        task_id = task_id_of(path)
+        if task_id is None or policy.deferral is None:
+            return task_answer(None, path.removeprefix(TASKS_PATH)[:64], who.tenant, who.dialect, policy.version)
+        self._effects.append(TaskQueried(who.tenant, task_id, who.dialect, policy.version))
+        return None
+
+    def _defer(self, raw: bytes, reason: Failure) -> ProcessingResponse | None:
+        """Hand the request to the runtime to store; it answers 202 only once it is stored."""
+        f = self._features
+        policy = self._policy
+        assert f is not None and policy.deferral is not None
+        try:
+            body = load_json(raw)
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            return self._refuse(Failure.CLIENT_ERROR, "the request body is not a valid JSON object", "invalid")
+        task = DeferredTask(
+            id="task_" + secrets.token_urlsafe(18),
+            tenant=f.tenant,
+            task=f.task,
+            impact=f.impact,
+            dialect=f.dialect,
+            path=self._path,
+            model=f.model,
+            headers=tuple((name, self._anthropic[name]) for name in _REPLAYED_HEADERS if name in self._anthropic),
+            body=bytes(raw),
+            accepted_at=self._worker.clock.wall(),
+        )
+        self._effects.append(Decided(f.tenant, f.task, "", "deferred"))
+        self._effects.append(deferral(task, policy.deferral.max_per_tenant, reason, policy.version))
+        return None
+
+    def _route(self) -> Route | Refusal | NeedBody | _DeferNow:
         """The ladder choice, shaped by the health board: unwell rungs skipped, a canary share
         sent to fallback rungs, no retries once the fleet's retry budget is spent."""
         f = self._features
         assert f is not None
         worker = self._worker
         result = choose(self._policy, f, worker.health_view(f.impact))
+        if self._replay is None and deferrable(self._policy, f, result):
+            return _DeferNow(Failure.NOT_PERMITTED if isinstance(result, Refusal) else Failure.SERVER_ERROR)
         if not isinstance(result, Route):
             return result
         health = self._policy.health

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..core import Failure, Observation, QuotaSignal
+from ..core import DeferredTask, Dialect, Failure, Observation, QuotaSignal
+from .wire import ProcessingResponse
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +124,30 @@ class TryRefused:
     detail: str
 
 
+@dataclass(frozen=True, slots=True)
+class Deferred:
+    """decide defers a request: the runtime stores `task` durably and only then answers with
+    `accepted` (202); `full` when the tenant's queue is at capacity, `unavailable` when the
+    store failed. The processor sends nothing itself."""
+
+    task: DeferredTask
+    capacity: int
+    accepted: ProcessingResponse
+    full: ProcessingResponse
+    unavailable: ProcessingResponse
+
+
+@dataclass(frozen=True, slots=True)
+class TaskQueried:
+    """A client asks for its deferred task: the runtime reads the store and answers
+    (filters.deferral.task_answer renders it). The processor sends nothing itself."""
+
+    tenant: str
+    task_id: str
+    dialect: Dialect
+    policy_version: str
+
+
 Effect = (
     Decided
     | Unauthenticated
@@ -136,6 +161,8 @@ Effect = (
     | RescueRequested
     | Rescued
     | TryRefused
+    | Deferred
+    | TaskQueried
     | Observation
     | QuotaSignal
 )

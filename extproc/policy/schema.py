@@ -120,6 +120,8 @@ class TenantPolicy(_Frozen):
     tasks: dict[str, TenantTask] = Field(default_factory=dict)
     # What the client reads when no permitted rung can serve (with the reason appended).
     message: str = "Your organisation's policy does not permit a fallback model for this request"
+    # Where a deferred task's answer is POSTed (signed with deferral.callback_secret), if set.
+    callback_url: str | None = None
 
     def lowest_tier_for(self, task: str) -> int:
         override = self.tasks.get(task)
@@ -244,6 +246,10 @@ class TaskClass(_Frozen):
     # default): the client gets one in-band error event instead. A rescue costs the client's
     # request body kept per stream, and a second provider call when it happens.
     rescue: bool = False
+    # Requests of this class that no permitted rung can serve now are accepted for later (202 +
+    # task id) and replayed when one recovers, if the policy has a `deferral` section. A request
+    # whose impact class is `deferrable` (x-rungway-impact) is deferrable in any task class.
+    deferrable: bool = False
 
     @model_validator(mode="after")
     def _consistent(self) -> TaskClass:
@@ -263,6 +269,29 @@ class TaskClass(_Frozen):
     @property
     def wants_json(self) -> bool:
         return self.json_schema is not None or bool(self.required_fields)
+
+
+class Deferral(_Frozen):
+    """The deferral queue (E1): where accepted requests are stored, how many, for how long."""
+
+    # An SQLite file on local disk (WAL, fsync on every commit), shared by the pod's workers
+    # (which accept) and `rungway up` (which replays). Never on a network file system.
+    store: Path
+    # Tasks one tenant may have waiting; past it a deferrable request gets 429 at once.
+    max_per_tenant: int = Field(1000, ge=1, le=1_000_000)
+    # A task not answered this long after it was accepted expires (its client reads 410).
+    task_ttl_s: float = Field(86_400.0, gt=0, le=30 * 86_400)
+    # An answer (or an expiry) is kept this long for the client to fetch, then dropped.
+    result_ttl_s: float = Field(3_600.0, gt=0, le=30 * 86_400)
+    # Replays `rungway up` runs at once, and how often it looks for due tasks.
+    replays_in_flight: int = Field(4, ge=1, le=256)
+    replay_every_s: float = Field(0.5, gt=0, le=60)
+    # A replay not finished this long after it started is replayed again (at-least-once; the
+    # first answer wins). Keep it above route_timeout_s.
+    lease_s: float = Field(900.0, gt=0, le=86_400)
+    # Signs the result POSTed to a tenant's callback_url (HMAC-SHA256, x-rungway-signature).
+    callback_secret: Credential | None = None
+    callback_attempts: int = Field(6, ge=1, le=20)
 
 
 class ModelRoute(_Frozen):
@@ -491,6 +520,7 @@ class Policy(_Frozen):
     # Per-tenant degradation rules, by tenant name (the key holder); `tenant_defaults` for the rest.
     tenants: dict[str, TenantPolicy] = Field(default_factory=dict)
     tenant_defaults: TenantPolicy = TenantPolicy()
+    deferral: Deferral | None = None
 
     @field_validator("task_header", "impact_header")
     @classmethod
@@ -540,6 +570,11 @@ class Policy(_Frozen):
             for task in tenant.tasks:
                 if task not in self.tasks:
                     problems.append(f"{where}.tasks: unknown task class {task!r}")
+            if tenant.callback_url is not None:
+                if self.deferral is None or self.deferral.callback_secret is None:
+                    problems.append(f"{where}.callback_url: needs deferral.callback_secret to sign its POSTs")
+                if urlsplit(tenant.callback_url).scheme not in ("http", "https"):
+                    problems.append(f"{where}.callback_url: {tenant.callback_url!r} is not an http(s) URL")
         if problems:
             raise ValueError(PROBLEM_MARK + PROBLEM_MARK.join(problems))
         return self

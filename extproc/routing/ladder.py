@@ -47,6 +47,9 @@ class Route:
     canary: bool = False
     # A synthetic probe of one rung (sent by `rungway up`), not client traffic.
     probe: bool = False
+    # Every permitted rung is unwell on the health view (routed anyway, in order): a deferrable
+    # request is deferred instead (extproc/deferral).
+    unwell: bool = False
 
 
 def reroute(policy: Policy, route: Route, rungs: tuple[int, ...], stream: bool, **changes: Any) -> Route:
@@ -65,6 +68,9 @@ def reroute(policy: Policy, route: Route, rungs: tuple[int, ...], stream: bool, 
 class Refusal:
     failure: Failure
     message: str
+    # Refused because the rungs the tenant permits are down now, not by the rules alone: the
+    # same request may be served later (a deferrable one is deferred).
+    transient: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +142,7 @@ def choose(policy: Policy, features: RequestFeatures, health: HealthView | None 
         failure = dropped[0] if len(set(dropped)) == 1 else Failure.CLIENT_ERROR
         return Refusal(failure, _refusal_message(ladder, failure))
     skip = dropped[0] if kept[0] != 0 else None
+    unwell = False
     if health is not None:
         healthy: list[int] = []
         unhealthy: list[Failure] = []
@@ -152,7 +159,8 @@ def choose(policy: Policy, features: RequestFeatures, health: HealthView | None 
             down = (
                 f"{endpoint_key(first.provider, first.model_for(features.model))} is unavailable ({unhealthy[0].value})"
             )
-            return _not_permitted(policy, features, [down, *forbidden])
+            return replace(_not_permitted(policy, features, [down, *forbidden]), transient=True)
+        unwell = not healthy
         if healthy:
             if healthy[0] != kept[0]:
                 skip = skip or unhealthy[0]
@@ -166,6 +174,7 @@ def choose(policy: Policy, features: RequestFeatures, health: HealthView | None 
         # skipped by the attempt filter; policy.max_attempts caps the tries that reach a provider.
         tries=sum(rungs[i].attempts for i in order),
         skip_reason=skip,
+        unwell=unwell,
     )
 
 

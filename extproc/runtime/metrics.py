@@ -129,6 +129,14 @@ class Metrics:
             "Times a changed client key store was taken without a restart.",
             **kw,  # type: ignore[arg-type]
         )
+        self.deferred = Counter(
+            "rungway_deferred_total",
+            "Deferrable requests no permitted rung could serve, by outcome at the worker: accepted "
+            "(stored, 202), full (the tenant's deferral.max_per_tenant, 429), unavailable (the store "
+            "failed, 503).",
+            ["tenant", "outcome"],
+            **kw,  # type: ignore[arg-type]
+        )
         self.sidecar_errors = Counter(
             "rungway_sidecar_errors_total",
             "Exceptions inside the sidecar that were answered with an error instead of a crash.",

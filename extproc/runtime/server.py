@@ -22,7 +22,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from ..core.names import CHANNEL_TOKEN_KEY, FILTER_ROLE_KEY
 from ..filters.attempt import AttemptProcessor
 from ..filters.decide import DecideProcessor
-from ..filters.effects import Effect, RescueChunk, RescueItem, RescueRequested
+from ..filters.effects import Deferred, Effect, RescueChunk, RescueItem, RescueRequested, TaskQueried
 from ..filters.wire import ProcessingRequest, ProcessingResponse
 from .rescue import RescueCallTask
 from .sidecar import Sidecar
@@ -84,11 +84,15 @@ class ExternalProcessor(epg.ExternalProcessorServicer):  # type: ignore[misc]
         rescue: RescueCallTask | None = None
         pending_item: asyncio.Future[RescueItem] | None = None
 
-        def effects() -> None:
+        def effects() -> Deferred | TaskQueried | None:
+            """Apply the processor's effects; return the one whose answer waits on I/O, if any."""
             nonlocal rescue, pending_item
+            settle: Deferred | TaskQueried | None = None
             for effect in (drained := processor.drain_effects()):
                 if isinstance(effect, RescueRequested) and rescue is None:
                     rescue = RescueCallTask(effect.call, sidecar.rescue_socket)
+                elif isinstance(effect, Deferred | TaskQueried):
+                    settle = effect
             sidecar.apply(drained)
             if rescue is not None and not processor.rescuing():
                 # The client's stream is complete (or let go of): stop reading the rescue rung.
@@ -97,6 +101,7 @@ class ExternalProcessor(epg.ExternalProcessorServicer):  # type: ignore[misc]
                 if pending_item is not None:
                     pending_item.cancel()
                     pending_item = None
+            return settle
 
         try:
             while True:
@@ -135,7 +140,9 @@ class ExternalProcessor(epg.ExternalProcessorServicer):  # type: ignore[misc]
                     except StopAsyncIteration:
                         return
                 answers = processor.dispatch(request)
-                effects()
+                if (settle := effects()) is not None:
+                    # The answer waits on the store: a deferral's 202 only once it is on disk.
+                    answers = [*answers, await sidecar.settle(settle)]
                 for answer in answers:
                     yield answer
         except asyncio.CancelledError:

@@ -4,6 +4,7 @@ metrics, the clock, and the health board fed through the health bus. It is the p
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import random
@@ -30,8 +31,10 @@ from ..core import (
     decode_event,
 )
 from ..core.names import endpoint_key
+from ..filters.deferral import task_answer
 from ..filters.effects import (
     Decided,
+    Deferred,
     Effect,
     HalfOpenAdmitted,
     RequestCounted,
@@ -40,11 +43,13 @@ from ..filters.effects import (
     Served,
     Shed,
     StreamEnded,
+    TaskQueried,
     Tried,
     Tripped,
     TryRefused,
     Unauthenticated,
 )
+from ..filters.wire import ProcessingResponse
 from ..health.board import Board
 from ..health.circuit import Transition
 from ..identity import KeyStore
@@ -55,6 +60,7 @@ from .bus import HealthBus, InProcessBus
 from .keyfile import KeyFile
 from .metrics import Metrics
 from .rescue import RESCUE_SOCKET_ENV
+from .tasks import SqliteTaskStore, TaskStore
 
 log = logging.getLogger("rungway.health")
 
@@ -119,6 +125,8 @@ class Sidecar:
     rescue_socket: Path | None = field(
         default_factory=lambda: Path(os.environ[RESCUE_SOCKET_ENV]) if os.environ.get(RESCUE_SOCKET_ENV) else None
     )
+    # The deferral queue (policy.deferral): accepted requests are stored here before their 202.
+    tasks: TaskStore | None = None
     key_store: KeyStore = field(init=False)
     board: Board = field(init=False)
     admission: Admission = field(init=False)
@@ -149,6 +157,7 @@ class Sidecar:
             clock or SystemClock(),
             bus or InProcessBus(),
             key_file=KeyFile(store) if policy.clients.auth == "keys" and store is not None else None,
+            tasks=SqliteTaskStore(policy.deferral.store) if policy.deferral is not None else None,
         )
 
     def refresh_keys(self) -> None:
@@ -236,8 +245,32 @@ class Sidecar:
                     m.tries_refused.labels(reason).inc()
                 case Rescued(ladder, from_rung, to_rung, outcome):
                     m.rescues.labels(ladder, str(from_rung), str(to_rung), outcome).inc()
-                case RescueRequested():
-                    pass  # the stream's own loop makes the call (runtime/server.py)
+                case RescueRequested() | Deferred() | TaskQueried():
+                    pass  # the stream's own loop does these (runtime/server.py)
+
+    async def settle(self, effect: Deferred | TaskQueried) -> ProcessingResponse:
+        """The answer a processor left to the runtime's I/O. A deferral's 202 is returned only
+        once the task is committed to the store (fsynced): nothing acknowledged can be lost."""
+        tasks = self.tasks
+        if isinstance(effect, TaskQueried):
+            view = None
+            if tasks is not None:
+                try:
+                    view = await asyncio.to_thread(tasks.lookup, effect.task_id, effect.tenant)
+                except Exception:  # an unreadable store answers like an unknown task, and is logged
+                    log.exception("deferral store lookup failed")
+            return task_answer(view, effect.task_id, effect.tenant, effect.dialect, effect.policy_version)
+        outcome, answer = "unavailable", effect.unavailable
+        if tasks is not None:
+            try:
+                if await asyncio.to_thread(tasks.accept, effect.task, effect.capacity):
+                    outcome, answer = "accepted", effect.accepted
+                else:
+                    outcome, answer = "full", effect.full
+            except Exception:  # a full disk or a broken file: the client hears 503, never a 202
+                log.exception("deferral store write failed")
+        self.metrics.deferred.labels(self.metrics.tenant(effect.task.tenant), outcome).inc()
+        return answer
 
     def _observe(self, observation: Observation) -> None:
         self._announce_all(self.board.observe(observation, self.clock.wall()))
