@@ -190,13 +190,23 @@ class TaskQueue:
     def pending(self, tenant: str) -> int:
         return sum(1 for e in self._entries.values() if e.task.tenant == tenant and e.state in PENDING)
 
-    def due(self, now: float, limit: int) -> list[Candidate]:
-        found = [
-            Candidate(e.task.id, e.task.tenant, e.task.accepted_at)
-            for e in self._entries.values()
-            if is_due(e.state, e.not_before, e.lease_until, now)
-        ]
-        return sorted(found, key=lambda c: (c.accepted_at, c.id))[:limit]
+    def due(self, now: float, per_tenant: int) -> list[Candidate]:
+        """Due tasks, at most `per_tenant` of each tenant (its oldest), oldest first."""
+        found = sorted(
+            (
+                Candidate(e.task.id, e.task.tenant, e.task.accepted_at)
+                for e in self._entries.values()
+                if is_due(e.state, e.not_before, e.lease_until, now)
+            ),
+            key=lambda c: (c.accepted_at, c.id),
+        )
+        taken: dict[str, int] = {}
+        out = []
+        for c in found:
+            if taken.get(c.tenant, 0) < per_tenant:
+                taken[c.tenant] = taken.get(c.tenant, 0) + 1
+                out.append(c)
+        return out
 
     def task(self, task_id: str) -> DeferredTask | None:
         e = self._entries.get(task_id)

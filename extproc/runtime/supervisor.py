@@ -45,6 +45,7 @@ from ..health.probe import ProbeSchedule, ProbeTarget, ReplicaReports, due, rate
 from ..policy import Policy
 from ..xds.bootstrap import EnvoySettings, render
 from .bus import HealthBus, HubServer, fleet_bus
+from .drainer import Drainer
 from .metrics import BoardCollector, EnvoyRestarts, ProbeMetrics
 from .rescue import RESCUE_SOCKET_ENV
 from .sidecar import (
@@ -56,6 +57,7 @@ from .sidecar import (
     configured_endpoints,
     read_bus_event,
 )
+from .tasks import SqliteTaskStore
 
 log = logging.getLogger("rungway.up")
 
@@ -169,6 +171,18 @@ class Supervisor:
             ttl_s=health.circuit.open_s + health.circuit.probe_bound_s + 4 * health.recovery_probe_s
         )
         self._tasks: list[asyncio.Task[None]] = []
+        # The pod's one drainer of the deferral queue (the workers store, this replays).
+        self.drainer: Drainer | None = None
+        if policy.deferral is not None:
+            secret = policy.deferral.callback_secret
+            self.drainer = Drainer(
+                policy,
+                SqliteTaskStore(policy.deferral.store),
+                self.board,
+                self._probe_token,
+                lambda: f"http://{self._listen_host()}:{self.listen_port}" if self.listen_port else None,
+                callback_secret=secret.resolve().get_secret_value() if secret is not None else None,
+            )
 
     # ---- processes -----------------------------------------------------------------------
 
@@ -293,6 +307,8 @@ class Supervisor:
         registry.register(BoardCollector(self.board, time.time))
         registry.register(self._probe_metrics.probes)
         registry.register(self.envoy_restarts)
+        if self.drainer is not None:
+            registry.register(self.drainer.collector(time.time))
         return web.Response(body=generate_latest(registry), headers={"content-type": CONTENT_TYPE_LATEST})
 
     async def _healthz(self, request: web.Request) -> web.Response:
@@ -394,8 +410,11 @@ class Supervisor:
                         self._bus.publish(claim.encode())
                 self._tasks = [t for t in self._tasks if not t.done()]
 
+    def _listen_host(self) -> str:
+        return "127.0.0.1" if self.options.listen[0] in ("0.0.0.0", "::", "") else self.options.listen[0]
+
     async def _probe(self, session: aiohttp.ClientSession, target: ProbeTarget) -> None:
-        host = "127.0.0.1" if self.options.listen[0] in ("0.0.0.0", "::", "") else self.options.listen[0]
+        host = self._listen_host()
         body = {"model": target.model, "messages": [{"role": "user", "content": "Reply with: ok"}], "max_tokens": 8}
         headers = {"x-rungway-probe": f"{self._probe_token} {target.ladder} {target.rung}"}
         outcome = "unanswered"
@@ -432,6 +451,8 @@ class Supervisor:
         await self._start_admin()
         self._tasks.append(asyncio.create_task(self._probe_loop()))
         self._tasks.append(asyncio.create_task(self._watch_envoy()))
+        if self.drainer is not None:
+            self._tasks.append(asyncio.create_task(self.drainer.run()))
         self._write_state()
         log.info(
             "rungway up: listening on %s:%d, admin on %s:%d, %d worker(s), policy %s",

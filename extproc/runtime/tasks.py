@@ -53,7 +53,7 @@ class TaskStore(Protocol):
     def finish(self, task_id: str, result: TaskResult) -> bool: ...
     def sweep(self, now: float, task_ttl_s: float, result_ttl_s: float) -> Swept: ...
     def pending(self, tenant: str) -> int: ...
-    def due(self, now: float, limit: int) -> list[Candidate]: ...
+    def due(self, now: float, per_tenant: int) -> list[Candidate]: ...
     def task(self, task_id: str) -> DeferredTask | None: ...
     def lookup(self, task_id: str, tenant: str) -> TaskView | None: ...
     def depth(self) -> tuple[int, float | None]: ...
@@ -171,13 +171,15 @@ class SqliteTaskStore:
             ).fetchone()
         return int(row[0])
 
-    def due(self, now: float, limit: int) -> list[Candidate]:
+    def due(self, now: float, per_tenant: int) -> list[Candidate]:
         with self._lock:
             rows = self._db.execute(
-                "SELECT id, tenant, accepted_at FROM tasks"
-                " WHERE (state = ? AND not_before <= ?) OR (state = ? AND lease_until <= ?)"
-                " ORDER BY accepted_at, id LIMIT ?",
-                (TaskState.QUEUED.value, now, TaskState.RUNNING.value, now, limit),
+                "SELECT id, tenant, accepted_at FROM ("
+                " SELECT id, tenant, accepted_at,"
+                "  row_number() OVER (PARTITION BY tenant ORDER BY accepted_at, id) AS n FROM tasks"
+                "  WHERE (state = ? AND not_before <= ?) OR (state = ? AND lease_until <= ?)"
+                ") WHERE n <= ? ORDER BY accepted_at, id",
+                (TaskState.QUEUED.value, now, TaskState.RUNNING.value, now, per_tenant),
             ).fetchall()
         return [Candidate(r[0], r[1], r[2]) for r in rows]
 
