@@ -190,7 +190,7 @@ class TaskQueue:
     def pending(self, tenant: str) -> int:
         return sum(1 for e in self._entries.values() if e.task.tenant == tenant and e.state in PENDING)
 
-    def due(self, now: float, per_tenant: int) -> list[Candidate]:
+    def replayable(self, now: float, per_tenant: int) -> list[Candidate]:
         """Due tasks, at most `per_tenant` of each tenant (its oldest), oldest first."""
         found = sorted(
             (

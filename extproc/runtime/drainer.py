@@ -96,7 +96,7 @@ class Drainer:
         free = settings.replays_in_flight - len(self._running)
         if base is None or free <= 0:
             return
-        due = await asyncio.to_thread(self._store.due, now, _PER_TENANT)
+        due = await asyncio.to_thread(self._store.replayable, now, _PER_TENANT)
         views: dict[Impact, HealthView | None] = {}
         for candidate in fair_order(due):
             if free <= 0:
