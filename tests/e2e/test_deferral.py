@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx2 as httpx
-import openai
 import pytest
 from openai.types.chat import ChatCompletion
 
@@ -87,9 +86,7 @@ def answered(stack: Stack, key: str, location: str, timeout: float = 30) -> http
 def test_a_deferred_request_gets_202_and_its_answer_once_the_rung_recovers(fresh: Fleet, tmp_path: Path) -> None:
     with running(deferral_policy(fresh, tmp_path), env=KEY_ENV) as stack:
         outage(stack, fresh)
-        raw = stack.openai().chat.completions.with_raw_response.create(
-            model="gpt-4o", messages=HI, extra_headers=BATCH
-        )
+        raw = stack.openai().chat.completions.with_raw_response.create(model="gpt-4o", messages=HI, extra_headers=BATCH)
         assert raw.status_code == 202
         task_id = raw.headers["x-rungway-task-id"]
         location = raw.headers["location"]
