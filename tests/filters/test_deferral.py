@@ -118,7 +118,8 @@ def test_a_store_that_fails_answers_503_never_202(monkeypatch: pytest.MonkeyPatc
 
 def test_what_is_not_deferrable_gets_the_honest_refusal(monkeypatch: pytest.MonkeyPatch) -> None:
     sidecar = deferral_sidecar(monkeypatch)
-    for extra, fields in [({}, {}), ({"x-rungway-task": "batch"}, {"stream": True})]:
+    cases: list[tuple[dict[str, str], dict[str, Any]]] = [({}, {}), ({"x-rungway-task": "batch"}, {"stream": True})]
+    for extra, fields in cases:
         _, answers, effects = send(sidecar, extra, **fields)
         assert not [e for e in effects if isinstance(e, Deferred)]
         assert answers[0].immediate_response.status.code == 503
