@@ -13,6 +13,7 @@ lease that lapses: the task is replayed again (at-least-once; the store keeps on
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import json
@@ -65,6 +66,7 @@ class Drainer:
         self._running: dict[str, asyncio.Task[None]] = {}
         self._callbacks: set[asyncio.Task[None]] = set()
         self._attempts: dict[str, int] = {}
+        self._wake = asyncio.Event()  # a replay ended: its slot is free for the next task now
         # Counted here, exported by DeferralCollector: (tenant, outcome) → count.
         self.replays: dict[tuple[str, str], int] = {}
         self.callbacks: dict[str, int] = {}
@@ -77,7 +79,9 @@ class Drainer:
         async with aiohttp.ClientSession(timeout=timeout) as session:
             try:
                 while True:
-                    await asyncio.sleep(self._settings.replay_every_s)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), self._settings.replay_every_s)
+                    self._wake.clear()
                     try:
                         await self.pass_once(session)
                     except Exception:  # a locked or broken store: the next pass tries again
@@ -167,6 +171,7 @@ class Drainer:
             log.exception("deferred task %s: replay bookkeeping failed", task.id)
         finally:
             self._running.pop(task.id, None)
+            self._wake.set()
 
     def collector(self, clock: Callable[[], float]) -> DeferralCollector:
         return DeferralCollector(self._store, self, clock)
