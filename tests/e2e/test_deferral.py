@@ -13,6 +13,7 @@ import os
 import random
 import re
 import signal
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -302,3 +303,51 @@ def test_nothing_acknowledged_is_lost_when_the_storing_process_is_killed(fresh: 
             assert get_task(stack, stack.app_key, f"/v1/rungway/tasks/{task_id}").content == answers[task_id]
             assert any(marker in r.body.decode(errors="replace") for r in fresh.primary.requests), marker
         print(f"seed {seed}: {len(accepted)} accepted, {len(killed)} workers killed, answers {codes}")
+
+
+def test_a_drainer_killed_mid_replay_leaves_no_task_unanswered(fresh: Fleet, tmp_path: Path) -> None:
+    """`rungway up` (the pod's drainer) and everything it started are killed with SIGKILL while
+    replays are in flight; a new `rungway up` on the same store answers every task: the dead
+    drainer's leases lapse and those tasks are replayed again."""
+    seed = random.randrange(2**32)
+    rng = random.Random(seed)
+    policy = deferral_policy(fresh, tmp_path, lease_s=2, replays_in_flight=4)
+    first = Stack(policy, env=KEY_ENV)
+    try:
+        outage(first, fresh)
+        accepted: dict[str, str] = {}
+        for i in range(12):
+            reply = post(first, first.app_key, BATCH, messages=[{"role": "user", "content": f"job-{i}"}])
+            assert reply.status_code == 202
+            accepted[reply.headers["x-rungway-task-id"]] = f"job-{i}"
+        fresh.primary.set_mode("delay:0.8")  # recovered, and slow enough that replays overlap the kill
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not states(tmp_path / "tasks.db").get("running"):
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0.0, 1.5))
+        at_kill = states(tmp_path / "tasks.db")
+        state = first.refresh_state()
+        for pid in [first.process.pid, state["envoy_pid"], *state["worker_pids"]]:
+            with contextlib.suppress(ProcessLookupError, TypeError):
+                os.kill(pid, signal.SIGKILL)
+        first.process.wait(10)
+    finally:
+        first.stop()
+    assert at_kill.get("running"), f"seed {seed}: no replay was in flight at the kill: {at_kill}"
+    with running(policy, env=KEY_ENV) as second:
+        answers = {}
+        for task_id in accepted:
+            done = answered(second, second.app_key, f"/v1/rungway/tasks/{task_id}", timeout=60)
+            assert done.status_code == 200, f"seed {seed}: {task_id} -> {done.status_code}"
+            answers[task_id] = done.content
+        time.sleep(1.0)  # any duplicate replay of a lapsed lease has ended by now
+        for task_id, marker in accepted.items():
+            assert get_task(second, second.app_key, f"/v1/rungway/tasks/{task_id}").content == answers[task_id]
+            assert any(marker in r.body.decode(errors="replace") for r in fresh.primary.requests), marker
+    print(f"seed {seed}: at the kill {at_kill}")
+
+
+def states(store: Path) -> dict[str, int]:
+    """How many tasks the store holds in each state (read as another process would)."""
+    with contextlib.closing(sqlite3.connect(store, timeout=10)) as db:
+        return dict(db.execute("SELECT state, count(*) FROM tasks GROUP BY state").fetchall())
