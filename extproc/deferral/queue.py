@@ -14,7 +14,7 @@ RUNNING tasks only.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -61,16 +61,20 @@ class Candidate:
     accepted_at: float
 
 
-def fair_order(candidates: Iterable[Candidate]) -> list[Candidate]:
-    """Round robin over tenants, each tenant's oldest first; the tenant whose oldest task is
-    oldest goes first. A tenant with a thousand tasks waiting delays another's first by one."""
+def fair_order(candidates: Iterable[Candidate], last_served: Mapping[str, float] | None = None) -> list[Candidate]:
+    """Round robin over tenants, each tenant's oldest first. Tenants go in order of when they
+    were last served (`last_served`: tenant → when its last replay started; never served goes
+    first), then of their oldest task: across passes too, a tenant with a thousand tasks waiting
+    delays another's next one by one replay."""
+    served = last_served or {}
     by_tenant: dict[str, list[Candidate]] = {}
     for c in sorted(candidates, key=lambda c: (c.accepted_at, c.id)):
         by_tenant.setdefault(c.tenant, []).append(c)
-    queues = list(by_tenant.values())  # in order of each tenant's oldest task
+    queues = sorted(by_tenant.values(), key=lambda q: (served.get(q[0].tenant, float("-inf")), q[0].accepted_at))
     out: list[Candidate] = []
     depth = 0
-    while len(out) < sum(len(q) for q in queues):
+    total = sum(len(q) for q in queues)
+    while len(out) < total:
         out.extend(q[depth] for q in queues if depth < len(q))
         depth += 1
     return out

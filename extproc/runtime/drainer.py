@@ -66,6 +66,7 @@ class Drainer:
         self._running: dict[str, asyncio.Task[None]] = {}
         self._callbacks: set[asyncio.Task[None]] = set()
         self._attempts: dict[str, int] = {}
+        self._served: dict[str, float] = {}  # tenant → when its last replay started (fairness)
         self._wake = asyncio.Event()  # a replay ended: its slot is free for the next task now
         # Counted here, exported by DeferralCollector: (tenant, outcome) → count.
         self.replays: dict[tuple[str, str], int] = {}
@@ -102,7 +103,7 @@ class Drainer:
             return
         due = await asyncio.to_thread(self._store.replayable, now, _PER_TENANT)
         views: dict[Impact, HealthView | None] = {}
-        for candidate in fair_order(due):
+        for candidate in fair_order(due, self._served):
             if free <= 0:
                 break
             if candidate.id in self._running:
@@ -117,6 +118,7 @@ class Drainer:
             if claimed is None:
                 continue  # answered or claimed since it was read
             free -= 1
+            self._served[task.tenant] = now
             self._running[task.id] = asyncio.create_task(self._replay(session, base, claimed))
 
     def _health_view(self, impact: Impact, now: float) -> HealthView | None:
@@ -172,6 +174,15 @@ class Drainer:
         finally:
             self._running.pop(task.id, None)
             self._wake.set()
+
+    def snapshot(self, now: float) -> dict[str, object]:
+        """For /status: the queue's depth and age, and the replays running now."""
+        depth, oldest = self._store.depth()
+        return {
+            "queue_depth": depth,
+            "oldest_age_s": round(now - oldest, 3) if oldest is not None else 0.0,
+            "replaying": len(self._running),
+        }
 
     def collector(self, clock: Callable[[], float]) -> DeferralCollector:
         return DeferralCollector(self._store, self, clock)

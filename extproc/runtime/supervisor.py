@@ -439,6 +439,8 @@ class Supervisor:
             "envoy": self.envoy_restarts.snapshot(),
             **self.board.snapshot(time.time()),
         }
+        if self.drainer is not None:
+            body["deferral"] = await asyncio.to_thread(self.drainer.snapshot, time.time())
         return web.json_response(body)
 
     async def start(self) -> None:

@@ -65,9 +65,11 @@ candidates = st.lists(
 )
 
 
-@given(candidates)
-def test_fair_order_serves_tenants_in_rounds_each_oldest_first(found: list[Candidate]) -> None:
-    order = fair_order(found)
+@given(candidates, st.dictionaries(st.sampled_from(TENANTS), st.floats(0, 1000)))
+def test_fair_order_serves_tenants_in_rounds_each_oldest_first(
+    found: list[Candidate], last_served: dict[str, float]
+) -> None:
+    order = fair_order(found, last_served)
     assert sorted(c.id for c in order) == sorted(c.id for c in found)
     seen: dict[str, int] = {}
     rounds = []
@@ -84,6 +86,14 @@ def test_a_tenant_with_a_backlog_delays_another_by_one_task_only() -> None:
     backlog = [Candidate(f"a{i}", "acme", float(i)) for i in range(100)]
     late = Candidate("b0", "blue", 500.0)
     assert [c.id for c in fair_order([*backlog, late])][:3] == ["a0", "b0", "a1"]
+
+
+def test_a_tenant_served_last_pass_goes_after_one_that_was_not() -> None:
+    backlog = [Candidate(f"a{i}", "acme", float(i)) for i in range(5)]
+    late = Candidate("b0", "blue", 500.0)
+    # One replay slot a pass: acme was just served, so blue's only task is next.
+    assert fair_order([*backlog, late], {"acme": 10.0})[0].id == "b0"
+    assert fair_order([*backlog, late], {"acme": 10.0, "blue": 11.0})[0].id == "a0"
 
 
 @pytest.mark.parametrize(

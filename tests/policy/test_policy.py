@@ -481,3 +481,22 @@ def test_clients_need_a_key_store_or_trusted_peers() -> None:
     mesh = make_policy(clients={"auth": "trusted_header", "trusted_peers": ["10.0.0.0/8", "fd00::/8"]}).clients
     assert mesh.trusts("10.1.2.3:80") and mesh.trusts("[fd00::1]:80") and mesh.trusts("10.0.0.1")
     assert not mesh.trusts("11.0.0.1:80") and not mesh.trusts("") and not mesh.trusts("garbage")
+
+
+def test_deferral_is_off_unless_configured_and_a_callback_needs_a_signing_secret() -> None:
+    assert make_policy().deferral is None
+    tasks = {**policy_data()["tasks"], "default": {"deferrable": True}}
+    policy = make_policy(deferral={"store": "/var/lib/rungway/tasks.db"}, tasks=tasks)
+    assert policy.deferral is not None and policy.deferral.max_per_tenant == 1000
+    assert policy.tasks["default"].deferrable
+    with pytest.raises(PolicyError, match=r"tenants.acme.callback_url: needs deferral.callback_secret"):
+        parse_policy(policy_data(deferral={"store": "t.db"}, tenants={"acme": {"callback_url": "https://a.test/cb"}}))
+    with pytest.raises(PolicyError, match=r"is not an http\(s\) URL"):
+        parse_policy(
+            policy_data(
+                deferral={"store": "t.db", "callback_secret": {"env": "X"}},
+                tenants={"acme": {"callback_url": "file:///etc/passwd"}},
+            )
+        )
+    with pytest.raises(PolicyError, match="max_per_tenant"):
+        parse_policy(policy_data(deferral={"store": "t.db", "max_per_tenant": 0}))
