@@ -40,6 +40,7 @@ log = logging.getLogger("rungway.deferral")
 # tenant's backlog of thousands costs one short read.
 _PER_TENANT = 8
 SIGNATURE_HEADER = "x-rungway-signature"
+_SWEEP_EVERY_S = 1.0  # TTLs are minutes to days: a second late is nothing
 
 
 class Drainer:
@@ -67,7 +68,8 @@ class Drainer:
         self._callbacks: set[asyncio.Task[None]] = set()
         self._attempts: dict[str, int] = {}
         self._served: dict[str, float] = {}  # tenant → when its last replay started (fairness)
-        self._wake = asyncio.Event()  # a replay ended: its slot is free for the next task now
+        self._wake = asyncio.Event()
+        self._swept_at = float("-inf")  # a replay ended: its slot is free for the next task now
         # Counted here, exported by DeferralCollector: (tenant, outcome) → count.
         self.replays: dict[tuple[str, str], int] = {}
         self.callbacks: dict[str, int] = {}
@@ -94,9 +96,11 @@ class Drainer:
     async def pass_once(self, session: aiohttp.ClientSession) -> None:
         now = time.time()
         settings = self._settings
-        swept = await asyncio.to_thread(self._store.sweep, now, settings.task_ttl_s, settings.result_ttl_s)
-        for tenant in swept.expired:
-            self._count(tenant, "expired")
+        if now - self._swept_at >= _SWEEP_EVERY_S:
+            self._swept_at = now
+            swept = await asyncio.to_thread(self._store.sweep, now, settings.task_ttl_s, settings.result_ttl_s)
+            for tenant in swept.expired:
+                self._count(tenant, "expired")
         base = self._listener()
         free = settings.replays_in_flight - len(self._running)
         if base is None or free <= 0:

@@ -77,6 +77,9 @@ _REQUEST_COUNT_EVERY_S = 0.25
 # windows, departures, SLO timers), which a few tens of ms cannot change in a way that matters.
 # Ticking per request would walk every endpoint on every request.
 _TICK_EVERY_S = 0.05
+# How long a deferral's store write may wait for the write lock: well under Envoy's ext_proc
+# message timeout (1 s), so the client hears our 503 rather than a timeout.
+STORE_WAIT_S = 0.5
 
 
 def configured_baselines(policy: Policy) -> dict[str, float]:
@@ -157,7 +160,7 @@ class Sidecar:
             clock or SystemClock(),
             bus or InProcessBus(),
             key_file=KeyFile(store) if policy.clients.auth == "keys" and store is not None else None,
-            tasks=SqliteTaskStore(policy.deferral.store) if policy.deferral is not None else None,
+            tasks=SqliteTaskStore(policy.deferral.store, STORE_WAIT_S) if policy.deferral is not None else None,
         )
 
     def refresh_keys(self) -> None:

@@ -63,15 +63,19 @@ MemoryTaskStore = TaskQueue  # the in-memory implementation is the pure referenc
 
 
 class SqliteTaskStore:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, busy_timeout_s: float = 30.0) -> None:
+        """`busy_timeout_s`: how long a command waits for another process's write lock before
+        it fails (sqlite3.OperationalError). A worker answering a client keeps it well under
+        Envoy's ext_proc message timeout: a 503 it chose beats a timeout, and a failed write
+        leaves nothing behind."""
         # The store holds prompts: only this user may read it (the WAL files inherit the mode).
         os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=busy_timeout_s)
         self._lock = threading.Lock()
         with self._lock:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute("PRAGMA busy_timeout=30000")
+            self._db.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
             self._db.executescript(_SCHEMA)
 
     def close(self) -> None:

@@ -164,3 +164,17 @@ def test_a_broken_record_in_the_file_raises_rather_than_replaying_garbage(tmp_pa
     with pytest.raises(ValueError):
         store.task("t1")
     store.close()
+
+
+def test_a_worker_gives_up_on_a_held_write_lock_and_stores_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "tasks.db"
+    worker = SqliteTaskStore(path, busy_timeout_s=0.05)
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another process is mid-write
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        worker.accept(task("t1"), capacity=5)
+    holder.execute("ROLLBACK")
+    holder.close()
+    assert worker.task("t1") is None
+    assert worker.accept(task("t1"), capacity=5)  # and works once the lock is free
+    worker.close()
