@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
@@ -237,6 +238,30 @@ class BoardCollector(Collector):
         )
         retries.add_metric([], budget["retries"] / budget["allowed"] if budget["allowed"] else 0.0)
         yield from (state, score, p95, quota, retries)
+
+
+def stream_summary(families: Iterable[Metric]) -> dict[str, object]:
+    """/status's view of streamed answers from the workers' counters: how streams ended, and
+    each rescue path (from rung → to rung) by outcome, so an operator sees which rung rescued."""
+    ended: dict[str, float] = {}
+    rescues: dict[tuple[str, str, str], dict[str, float]] = {}
+    for family in families:
+        for sample in family.samples:
+            if sample.name == "rungway_streams_total":
+                outcome = sample.labels["outcome"]
+                ended[outcome] = ended.get(outcome, 0.0) + sample.value
+            elif sample.name == "rungway_stream_rescues_total":
+                path = (sample.labels["ladder"], sample.labels["from_rung"], sample.labels["to_rung"])
+                by_outcome = rescues.setdefault(path, {})
+                outcome = sample.labels["outcome"]
+                by_outcome[outcome] = by_outcome.get(outcome, 0.0) + sample.value
+    return {
+        "ended": {k: int(v) for k, v in sorted(ended.items())},
+        "rescues": [
+            {"ladder": ladder, "from_rung": int(src), "to_rung": int(dst), **{k: int(v) for k, v in sorted(o.items())}}
+            for (ladder, src, dst), o in sorted(rescues.items())
+        ],
+    }
 
 
 class EnvoyRestarts(Collector):

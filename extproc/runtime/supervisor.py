@@ -45,7 +45,7 @@ from ..health.probe import ProbeSchedule, ProbeTarget, ReplicaReports, due, rate
 from ..policy import Policy
 from ..xds.bootstrap import EnvoySettings, render
 from .bus import HealthBus, HubServer, fleet_bus
-from .metrics import BoardCollector, EnvoyRestarts, ProbeMetrics
+from .metrics import BoardCollector, EnvoyRestarts, ProbeMetrics, stream_summary
 from .rescue import RESCUE_SOCKET_ENV
 from .sidecar import (
     CHANNEL_TOKEN_ENV,
@@ -289,7 +289,7 @@ class Supervisor:
 
     async def _metrics(self, request: web.Request) -> web.Response:
         registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry, path=str(self._metrics_dir))  # type: ignore[no-untyped-call]
+        registry.register(self._worker_metrics())
         registry.register(BoardCollector(self.board, time.time))
         registry.register(self._probe_metrics.probes)
         registry.register(self.envoy_restarts)
@@ -418,9 +418,14 @@ class Supervisor:
             # The pod hub's socket path is for logs, not for whoever reads /status.
             "bus": {k: v for k, v in self._bus.snapshot().items() if k != "path"},
             "envoy": self.envoy_restarts.snapshot(),
+            "streams": stream_summary(self._worker_metrics().collect()),  # type: ignore[no-untyped-call]
             **self.board.snapshot(time.time()),
         }
         return web.json_response(body)
+
+    def _worker_metrics(self) -> multiprocess.MultiProcessCollector:
+        """The workers' counters, summed across their processes' files."""
+        return multiprocess.MultiProcessCollector(None, path=str(self._metrics_dir))  # type: ignore[no-untyped-call]
 
     async def start(self) -> None:
         await self._bus.start()
