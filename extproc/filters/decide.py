@@ -227,6 +227,12 @@ class DecideProcessor:
         self._effects.append(RequestCounted())
         return result
 
+    def _shadowed(self, route: Route) -> bool:
+        """Whether this request is in the continuous-verification sample (never a probe's)."""
+        share = self._policy.shadow.share
+        ladder = self._policy.ladders[route.ladder]
+        return share > 0 and not route.probe and len(ladder) > 1 and self._worker.rng.random() < share
+
     def _first_endpoint(self, route: Route) -> str:
         assert self._features is not None
         first = self._policy.ladders[route.ladder][route.rungs[0]]
@@ -288,6 +294,7 @@ class DecideProcessor:
             anthropic_version=anthropic.get("anthropic-version"),
             anthropic_beta=anthropic.get("anthropic-beta"),
             decided_ms=self._worker.clock.now() * 1000,
+            shadow=self._shadowed(result),
         )
         return with_metadata(response, META_DECISION, decision.encode())
 

@@ -11,6 +11,7 @@ from .schema import (
     BusSecurity,
     CircuitSettings,
     Clients,
+    Cost,
     Credential,
     CredentialError,
     Ejection,
@@ -20,7 +21,9 @@ from .schema import (
     Policy,
     Provider,
     Rung,
+    Shadow,
     TaskClass,
+    TenantPolicy,
     is_loopback_host,
 )
 
@@ -30,6 +33,7 @@ __all__ = [
     "BusSecurity",
     "CircuitSettings",
     "Clients",
+    "Cost",
     "Credential",
     "CredentialError",
     "Ejection",
@@ -40,6 +44,7 @@ __all__ = [
     "PolicyError",
     "Provider",
     "Rung",
+    "Shadow",
     "TaskClass",
     "TenantPolicy",
     "is_loopback_host",

@@ -438,6 +438,24 @@ class Passthrough(_Frozen):
         return False
 
 
+class Shadow(_Frozen):
+    """Continuous verification (D2): a share of live requests is also sent, non-streamed, to each
+    other rung of its ladder the tenant permits, through the sidecar; the answer is judged by the
+    task's health contract and the rung's latency baseline and never reaches the client.
+
+    `share` is per request (0.001-0.005 is a production setting; 0 turns it off). A tenant's
+    shadow spend per hour is capped by `max_cost_per_tenant_hour` (in the providers' cost_per_1k
+    units; each worker process keeps its own ledger, so a pod's cap is that times its workers)."""
+
+    share: float = Field(0.0, ge=0, le=1)
+    timeout_s: float = Field(30.0, gt=0, le=600)
+    # An answer slower than this many times the rung's latency baseline is a regression.
+    slow_factor: float = Field(3.0, ge=1, le=100)
+    max_cost_per_tenant_hour: float = Field(1.0, ge=0)
+    # Shadow calls in flight per worker process: past it a sampled request is not shadowed.
+    max_in_flight: int = Field(4, ge=1, le=256)
+
+
 Ladder = Annotated[list[Rung], Field(min_length=1, max_length=MAX_LADDER_LENGTH)]
 
 
@@ -491,6 +509,7 @@ class Policy(_Frozen):
     # Per-tenant degradation rules, by tenant name (the key holder); `tenant_defaults` for the rest.
     tenants: dict[str, TenantPolicy] = Field(default_factory=dict)
     tenant_defaults: TenantPolicy = TenantPolicy()
+    shadow: Shadow = Shadow()
 
     @field_validator("task_header", "impact_header")
     @classmethod

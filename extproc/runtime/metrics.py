@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
@@ -93,6 +93,32 @@ class Metrics:
             "rungway_streams_total",
             "Streamed answers by how they ended (complete, finalised, interrupted, cut).",
             ["outcome"],
+            **kw,  # type: ignore[arg-type]
+        )
+        self.shadow_checks = Counter(
+            "rungway_shadow_checks_total",
+            "Continuous verification: live requests also sent to another rung, off the client's path, "
+            "by that rung's verdict (ok, slow, a failure class, timeout, unreachable).",
+            ["ladder", "rung", "endpoint", "verdict"],
+            **kw,  # type: ignore[arg-type]
+        )
+        self.shadow_cost = Counter(
+            "rungway_shadow_cost_total",
+            "What shadow calls cost (the providers' cost_per_1k units), by tenant and the rung asked.",
+            ["tenant", "ladder", "rung"],
+            **kw,  # type: ignore[arg-type]
+        )
+        self.shadow_skipped = Counter(
+            "rungway_shadow_skipped_total",
+            "Sampled shadow calls not made, by reason (budget, busy, no_listener, no_loop).",
+            ["reason"],
+            **kw,  # type: ignore[arg-type]
+        )
+        self.shadow_latency = Histogram(
+            "rungway_shadow_latency_seconds",
+            "A shadow call's whole answer time, by endpoint.",
+            ["endpoint"],
+            buckets=(0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64),
             **kw,  # type: ignore[arg-type]
         )
         self.circuit_transitions = Counter(

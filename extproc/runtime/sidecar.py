@@ -38,6 +38,7 @@ from ..filters.effects import (
     Rescued,
     RescueRequested,
     Served,
+    ShadowRequested,
     Shed,
     StreamEnded,
     Tried,
@@ -55,6 +56,7 @@ from .bus import HealthBus, InProcessBus
 from .keyfile import KeyFile
 from .metrics import Metrics
 from .rescue import RESCUE_SOCKET_ENV
+from .shadow import ShadowCalls
 
 log = logging.getLogger("rungway.health")
 
@@ -122,6 +124,7 @@ class Sidecar:
     key_store: KeyStore = field(init=False)
     board: Board = field(init=False)
     admission: Admission = field(init=False)
+    shadows: ShadowCalls = field(init=False)
     _requests_unsent: int = field(default=0, init=False)
     _requests_sent_at: float = field(default=float("-inf"), init=False)
     _ticked_at: float = field(default=float("-inf"), init=False)
@@ -132,6 +135,9 @@ class Sidecar:
         self.board = Board(self.policy.health, configured_baselines(self.policy), configured)
         self.metrics.pin_models(key.partition("/")[2] for key in configured)
         self.admission = Admission(self.policy.max_in_flight)
+        self.shadows = ShadowCalls(
+            self.policy.shadow, self.metrics, self.clock, self.rescue_socket, lambda key: self.baseline(key, False)
+        )
         self.bus.subscribe(self._on_event)
         self.key_store = self.key_file.store if self.key_file is not None else KeyStore()
         self.bus.on_reject(self._count_rejection)
@@ -238,6 +244,8 @@ class Sidecar:
                     m.rescues.labels(ladder, str(from_rung), str(to_rung), outcome).inc()
                 case RescueRequested():
                     pass  # the stream's own loop makes the call (runtime/server.py)
+                case ShadowRequested():
+                    self.shadows.submit(effect)
 
     def _observe(self, observation: Observation) -> None:
         self._announce_all(self.board.observe(observation, self.clock.wall()))

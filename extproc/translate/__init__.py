@@ -10,7 +10,7 @@ May import: core.
 """
 
 from extproc.translate import anthropic_to_openai, openai_to_anthropic
-from extproc.translate.answer import AnswerFacts, ToolCall, answer_facts, output_tokens
+from extproc.translate.answer import AnswerFacts, ToolCall, answer_facts, input_tokens, output_tokens
 from extproc.translate.errors import (
     ProviderError,
     TranslationError,
@@ -90,6 +90,7 @@ __all__ = [
     "classify",
     "classify_stream_error",
     "dump_json",
+    "input_tokens",
     "load_json",
     "openai_to_anthropic",
     "output_tokens",

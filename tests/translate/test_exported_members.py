@@ -41,6 +41,7 @@ def test_public_names_are_pinned() -> None:
         "classify",
         "classify_stream_error",
         "dump_json",
+        "input_tokens",
         "load_json",
         "openai_to_anthropic",
         "output_tokens",
