@@ -139,7 +139,7 @@ class Sidecar:
             self.policy.shadow, self.metrics, self.clock, self.rescue_socket, lambda key: self.baseline(key, False)
         )
         self.bus.subscribe(self._on_event)
-        self.key_store = self.key_file.store if self.key_file is not None else KeyStore()
+        self.key_store = self.key_file.value if self.key_file is not None else KeyStore()
         self.bus.on_reject(self._count_rejection)
 
     @classmethod
@@ -160,7 +160,7 @@ class Sidecar:
     def refresh_keys(self) -> None:
         """Take a changed key store (called about once a second by the server)."""
         if self.key_file is not None and self.key_file.refresh():
-            self.key_store = self.key_file.store
+            self.key_store = self.key_file.value
             self.metrics.key_store_reloads.inc()
 
     # ---- reads (the processors' Worker) ------------------------------------------------------
