@@ -125,6 +125,18 @@ def cmd_policy_explain(args: argparse.Namespace) -> int:
         tools=args.tools,
         impact=impact,
     )
+    if policy.approvals is not None:  # the operators' approvals in force, as the workers read them
+        import dataclasses
+        import time
+
+        from .routing.approval import ApprovalError
+        from .runtime.approvals import read_approvals
+
+        try:
+            approved = read_approvals(policy.approvals).approved_tier(features.tenant, features.task, time.time())
+        except ApprovalError as exc:
+            raise SystemExit(f"rungway policy explain: {exc}") from None
+        features = dataclasses.replace(features, approved_tier=approved)
     result = explain(policy, features, health)
     print(f"tenant {args.tenant}, task {features.task}, model {args.model}: ladder {result.ladder or '-'}")
     for v in result.rungs:
@@ -178,6 +190,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     policy = _load(args.policy)
     assert isinstance(policy, Policy)
     from .identity import KeyStoreError
+    from .routing.approval import ApprovalError
     from .runtime.bus import BusConfigError, bus_from_settings
     from .runtime.sidecar import CHANNEL_TOKEN_ENV, HUB_ENV, HUB_SECRET_ENV, PROBE_TOKEN_ENV
 
@@ -201,7 +214,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         for problem in exc.problems:
             print(f"  {problem}", file=sys.stderr)
         return 1
-    except KeyStoreError as exc:
+    except (KeyStoreError, ApprovalError) as exc:
         print(f"rungway serve: {exc}", file=sys.stderr)
         return 1
     _install_uvloop()
@@ -261,6 +274,15 @@ def cmd_up(args: argparse.Namespace) -> int:
         try:
             read_store(policy.clients.key_store)
         except KeyStoreError as exc:
+            print(f"cannot start: {exc}", file=sys.stderr)
+            return 1
+    if policy.approvals is not None:
+        from .routing.approval import ApprovalError
+        from .runtime.approvals import read_approvals
+
+        try:
+            read_approvals(policy.approvals)
+        except ApprovalError as exc:
             print(f"cannot start: {exc}", file=sys.stderr)
             return 1
     _bus_secret_file(args)
@@ -345,6 +367,50 @@ def cmd_keys(args: argparse.Namespace) -> int:
                 print(f"{k.id}  {k.tenant:<20} {state:<8} expires {until:<10} {k.label}")
     except KeyStoreError as exc:
         print(f"rungway keys: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_approve(args: argparse.Namespace) -> int:
+    """Operators' approvals (T2): serve a tenant beyond its approval_beyond_tier for a while."""
+    import getpass
+    import time
+
+    from .routing.approval import ApprovalError, approval
+    from .runtime.approvals import grant, read_approvals, revoke
+
+    if args.store is not None:
+        path = Path(args.store)
+    else:
+        policy = _load(args.policy)
+        assert isinstance(policy, Policy)
+        if policy.approvals is None:
+            raise SystemExit(f"rungway approve: {args.policy} names no approvals file")
+        path = policy.approvals
+    now = time.time()
+    try:
+        if args.list:
+            for a in read_approvals(path).active(now):
+                until = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(a.until))
+                print(f"{a.tenant:<20} {a.task or '*':<14} tier {a.tier}  until {until}  by {a.by}  {a.reason}")
+            return 0
+        if args.tenant is None:
+            raise SystemExit("rungway approve: --tenant is required")
+        if args.revoke:
+            revoke(path, args.tenant, args.task)
+            print(f"approval for {args.tenant} revoked (running sidecars follow within a second)", file=sys.stderr)
+            return 0
+        if args.tier is None or args.for_s is None:
+            raise SystemExit("rungway approve: --tier and --for are required to approve")
+        who = args.by or getpass.getuser()
+        grant(path, approval(args.tenant, args.tier, args.for_s, now, task=args.task, by=who, reason=args.reason))
+        print(
+            f"{args.tenant} may be served down to tier {args.tier} for {args.for_s:g}s "
+            f"({args.task or 'every task'}); running sidecars follow within a second",
+            file=sys.stderr,
+        )
+    except ApprovalError as exc:
+        print(f"rungway approve: {exc}", file=sys.stderr)
         return 1
     return 0
 
@@ -518,6 +584,20 @@ def build_parser() -> argparse.ArgumentParser:
             cmd.add_argument("--label", default="", help="a note, e.g. who holds it")
         elif name == "revoke":
             cmd.add_argument("id", help="the key id (`rungway keys list`)")
+
+    approve = sub.add_parser("approve", help="approve serving a tenant beyond its approval_beyond_tier, for a while")
+    where = approve.add_mutually_exclusive_group(required=True)
+    where.add_argument("--policy", type=Path, help="the policy whose approvals file to use")
+    where.add_argument("--store", type=Path, help="the approvals file")
+    approve.add_argument("--tenant")
+    approve.add_argument("--tier", type=int, choices=range(4), help="the tier the tenant may be served down to")
+    approve.add_argument("--for", dest="for_s", type=_duration, help="how long, e.g. 30m, 2h")
+    approve.add_argument("--task", help="one task class (default: every task class)")
+    approve.add_argument("--by", default="", help="who approves (default: the user running this)")
+    approve.add_argument("--reason", default="")
+    approve.add_argument("--revoke", action="store_true", help="end the tenant's approval (for --task, or all)")
+    approve.add_argument("--list", action="store_true", help="the approvals in force")
+    approve.set_defaults(func=cmd_approve)
 
     status = sub.add_parser("status", help="circuits, scores and budgets of a running `rungway up`, as a table")
     status.add_argument("--admin", type=_address, default=("127.0.0.1", 9901))

@@ -173,6 +173,7 @@ class DecideProcessor:
             tenant=who.tenant,
             task=task,
             impact=_IMPACTS.get(headers.get(policy.impact_header, ""), policy.default_impact),
+            approved_tier=self._worker.approvals.approved_tier(who.tenant, task, self._worker.clock.wall()),
         )
         self._include_usage = fields.get("include_usage") is True
         # An Anthropic client's API version and betas, for rungs that speak Anthropic too

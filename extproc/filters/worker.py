@@ -10,6 +10,7 @@ from ..core import Clock, Impact
 from ..identity import KeyStore
 from ..policy import Policy
 from ..routing import HealthView
+from ..routing.approval import Approvals
 
 
 class Worker(Protocol):
@@ -19,6 +20,8 @@ class Worker(Protocol):
     probe_token: str
     # The client keys in force (replaced whole when the store file changes, never edited).
     key_store: KeyStore
+    # Operators' approvals in force (replaced whole when the approvals file changes).
+    approvals: Approvals
 
     def key_for(self, provider: str) -> str | None:
         """The provider's API key, or None when it needs none."""

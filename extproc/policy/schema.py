@@ -120,6 +120,10 @@ class TenantPolicy(_Frozen):
     tasks: dict[str, TenantTask] = Field(default_factory=dict)
     # What the client reads when no permitted rung can serve (with the reason appended).
     message: str = "Your organisation's policy does not permit a fallback model for this request"
+    # Tiers beyond this one need an operator's approval in force (`rungway approve`); until then
+    # those rungs are skipped like a tier the tenant does not permit, and a request none of the
+    # rest can serve is refused with how to approve. None: no approval needed.
+    approval_beyond_tier: int | None = Field(None, ge=0, le=3)
 
     def lowest_tier_for(self, task: str) -> int:
         override = self.tasks.get(task)
@@ -509,6 +513,9 @@ class Policy(_Frozen):
     # Per-tenant degradation rules, by tenant name (the key holder); `tenant_defaults` for the rest.
     tenants: dict[str, TenantPolicy] = Field(default_factory=dict)
     tenant_defaults: TenantPolicy = TenantPolicy()
+    # The approvals file (`rungway approve` edits it, every worker follows it within a second);
+    # required when a tenant's policy asks for approvals. Keep it on durable storage.
+    approvals: Path | None = None
     shadow: Shadow = Shadow()
 
     @field_validator("task_header", "impact_header")
@@ -556,6 +563,8 @@ class Policy(_Frozen):
                 problems.append(f"passthrough.{dialect}: {name!r} does not speak {dialect}")
         for name, tenant in [*self.tenants.items(), ("", self.tenant_defaults)]:
             where = f"tenants.{name}" if name else "tenant_defaults"
+            if tenant.approval_beyond_tier is not None and self.approvals is None:
+                problems.append(f"{where}.approval_beyond_tier: set `approvals:` (the approvals file) too")
             for task in tenant.tasks:
                 if task not in self.tasks:
                     problems.append(f"{where}.tasks: unknown task class {task!r}")

@@ -61,7 +61,7 @@ def explain(
     for i, rung in enumerate(policy.ladders[ladder]):
         provider = policy.providers[rung.provider]
         key = endpoint_key(rung.provider, rung.model_for(features.model))
-        reason = tenant_forbids(policy, features.tenant, features.task, ladder, i) or ""
+        reason = tenant_forbids(policy, features.tenant, features.task, ladder, i, features.approved_tier) or ""
         if not reason and features.stream and Capability.STREAMING not in provider.capabilities:
             reason = "does not stream"
         if not reason and features.json_mode and Capability.JSON_MODE not in provider.capabilities:

@@ -33,6 +33,8 @@ class RequestFeatures:
     impact: Impact
     # None until the body was seen: JSON-to-metadata in Envoy cannot report list-valued fields.
     has_tools: bool | None = None
+    # The tier an operator's approval in force lets this tenant's task reach (routing/approval.py).
+    approved_tier: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +109,7 @@ def choose(policy: Policy, features: RequestFeatures, health: HealthView | None 
     for i, rung in enumerate(rungs):
         provider = policy.providers[rung.provider]
         caps = provider.capabilities
-        not_permitted = tenant_forbids(policy, features.tenant, features.task, ladder, i)
+        not_permitted = tenant_forbids(policy, features.tenant, features.task, ladder, i, features.approved_tier)
         if not_permitted is not None:
             dropped.append(Failure.NOT_PERMITTED)
             forbidden.append(not_permitted)
@@ -169,13 +171,22 @@ def choose(policy: Policy, features: RequestFeatures, health: HealthView | None 
     )
 
 
-def tenant_forbids(policy: Policy, tenant: str, task: str, ladder: str, index: int) -> str | None:
-    """Why the tenant's policy rules this rung out, or None (T2: tiers, per task, residency)."""
+def tenant_forbids(
+    policy: Policy, tenant: str, task: str, ladder: str, index: int, approved_tier: int | None = None
+) -> str | None:
+    """Why the tenant's policy rules this rung out, or None (T2: tiers, per task, approvals,
+    residency)."""
     rules = policy.tenant(tenant)
     tier = policy.tier_of(ladder, index)
     lowest = rules.lowest_tier_for(task)
     if tier > lowest:
         return f"tier {tier} is below the lowest tier tenant {tenant!r} permits for {task!r} ({lowest})"
+    beyond = rules.approval_beyond_tier
+    if beyond is not None and tier > beyond and (approved_tier is None or tier > approved_tier):
+        return (
+            f"tier {tier} needs an operator's approval for tenant {tenant!r} "
+            f"(`rungway approve --tenant {tenant} --tier {tier} --for 1h`)"
+        )
     if rules.regions is not None:
         region = policy.providers[policy.ladders[ladder][index].provider].region
         if region not in rules.regions:

@@ -51,7 +51,9 @@ from ..health.circuit import Transition
 from ..identity import KeyStore
 from ..policy import REQUESTED_MODEL, Policy, resolve_credentials
 from ..routing import HealthView
+from ..routing.approval import Approvals
 from .admission import Admission
+from .approvals import ApprovalsFile
 from .bus import HealthBus, InProcessBus
 from .keyfile import KeyFile
 from .metrics import Metrics
@@ -117,11 +119,13 @@ class Sidecar:
     channel_token: str = field(default_factory=lambda: os.environ.get(CHANNEL_TOKEN_ENV) or secrets.token_hex(16))
     rng: random.Random = field(default_factory=random.Random)
     key_file: KeyFile | None = None
+    approvals_file: ApprovalsFile | None = None
     # Envoy's rescue listener (runtime/rescue.py): set by `rungway up` for its workers.
     rescue_socket: Path | None = field(
         default_factory=lambda: Path(os.environ[RESCUE_SOCKET_ENV]) if os.environ.get(RESCUE_SOCKET_ENV) else None
     )
     key_store: KeyStore = field(init=False)
+    approvals: Approvals = field(init=False)
     board: Board = field(init=False)
     admission: Admission = field(init=False)
     shadows: ShadowCalls = field(init=False)
@@ -140,6 +144,7 @@ class Sidecar:
         )
         self.bus.subscribe(self._on_event)
         self.key_store = self.key_file.value if self.key_file is not None else KeyStore()
+        self.approvals = self.approvals_file.value if self.approvals_file is not None else Approvals()
         self.bus.on_reject(self._count_rejection)
 
     @classmethod
@@ -155,13 +160,16 @@ class Sidecar:
             clock or SystemClock(),
             bus or InProcessBus(),
             key_file=KeyFile(store) if policy.clients.auth == "keys" and store is not None else None,
+            approvals_file=ApprovalsFile(policy.approvals) if policy.approvals is not None else None,
         )
 
-    def refresh_keys(self) -> None:
-        """Take a changed key store (called about once a second by the server)."""
+    def refresh_files(self) -> None:
+        """Take a changed key store or approvals file (called about once a second by the server)."""
         if self.key_file is not None and self.key_file.refresh():
             self.key_store = self.key_file.value
             self.metrics.key_store_reloads.inc()
+        if self.approvals_file is not None and self.approvals_file.refresh():
+            self.approvals = self.approvals_file.value
 
     # ---- reads (the processors' Worker) ------------------------------------------------------
 
