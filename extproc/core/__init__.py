@@ -17,6 +17,7 @@ from .events import (
     ProbeClaim,
     QuotaSignal,
     RequestsDecided,
+    Spent,
     decode_event,
 )
 from .failure import CLIENT_STATUS, RETRY_RULE, Failure, Retry
@@ -50,6 +51,7 @@ __all__ = [
     "RequestsDecided",
     "Retry",
     "RungAddress",
+    "Spent",
     "SystemClock",
     "TripRecord",
     "decode_event",

@@ -8,6 +8,7 @@ from .load import PolicyError, load_policy, parse_policy, resolve_credentials
 from .schema import (
     MAX_LADDER_LENGTH,
     REQUESTED_MODEL,
+    Budget,
     BusSecurity,
     CircuitSettings,
     Clients,
@@ -30,6 +31,7 @@ from .schema import (
 __all__ = [
     "MAX_LADDER_LENGTH",
     "REQUESTED_MODEL",
+    "Budget",
     "BusSecurity",
     "CircuitSettings",
     "Clients",

@@ -109,6 +109,23 @@ class TenantTask(_Frozen):
     lowest_tier: int = Field(ge=0, le=3)
 
 
+class Budget(_Frozen):
+    """A tenant's spend limits (T4), over a fixed window (aligned to the epoch: hourly windows
+    start on the hour), counted from every try that reached a provider — retries, fallbacks and
+    rescues included, each at its own rung's price — across the fleet when a bus is shared.
+    Costs are in the providers' `cost_per_1k` units."""
+
+    window_s: float = Field(3600.0, ge=60, le=31 * 86_400)
+    max_tokens: int | None = Field(None, ge=1)
+    max_cost: float | None = Field(None, gt=0)
+    # The cost-rate guardrail: spend in the last minute (a runaway loop trips it long before the
+    # window's budget is gone).
+    max_cost_per_minute: float | None = Field(None, gt=0)
+    # Over budget: `refuse` (429 + Retry-After, in the client's dialect) or `cheaper` (only the
+    # ladder's cheapest rung the tenant permits; flagged degraded, reason budget_exceeded).
+    over: Literal["refuse", "cheaper"] = "refuse"
+
+
 class TenantPolicy(_Frozen):
     """What one tenant permits when its models degrade (T2). Tier 0 is the ladder's primary; a
     higher tier is a lower rung (another provider, a smaller model)."""
@@ -124,6 +141,7 @@ class TenantPolicy(_Frozen):
     # those rungs are skipped like a tier the tenant does not permit, and a request none of the
     # rest can serve is refused with how to approve. None: no approval needed.
     approval_beyond_tier: int | None = Field(None, ge=0, le=3)
+    budget: Budget | None = None
 
     def lowest_tier_for(self, task: str) -> int:
         override = self.tasks.get(task)
