@@ -31,7 +31,7 @@ from ..identity import Identity, Unknown
 from ..routing.ladder import NeedBody, Refusal, RequestFeatures, Route, choose, reroute
 from ..translate import api_pair, load_json, provider_header_scrub, redact_error_body, render_error
 from .caller import foreign_headers, identify, repeated_credential
-from .effects import Decided, Effect, HalfOpenAdmitted, RequestCounted, RescueItem, Unauthenticated
+from .effects import BudgetReached, Decided, Effect, HalfOpenAdmitted, RequestCounted, RescueItem, Unauthenticated
 from .flags import own_answer_headers
 from .shed import shed
 from .wire import (
@@ -182,6 +182,17 @@ class DecideProcessor:
         self._response_format = str(fields.get("response_format", ""))
         if probe is not None:
             return self._answer(self._probe_route(probe), body_phase=False)
+        budget = policy.tenant(who.tenant).budget
+        over = worker.over_budget(who.tenant, budget) if budget is not None else None
+        if budget is not None and over is not None:
+            self._effects.append(BudgetReached(who.tenant, over.reason, budget.over))
+            if budget.over == "refuse":
+                message = (
+                    f"tenant {who.tenant!r} has reached its {over.reason.replace('_', ' ')} budget "
+                    f"({over.spent:g} of {over.limit:g}); retry after {over.retry_after_s}s"
+                )
+                return self._refuse(Failure.BUDGET_EXCEEDED, message, "over_budget", retry_after=over.retry_after_s)
+            self._features = replace(self._features, cheapest_only=True)
         result = self._route()
         if isinstance(result, NeedBody):
             return with_mode(request_headers_response(), _ASK_FOR_BODY)
@@ -355,7 +366,9 @@ class DecideProcessor:
         clean = redact_error_body(body)
         return response_body_response(common(body=clean) if clean != body else None)
 
-    def _refuse(self, failure: Failure, message: str, outcome: str, ladder: str = "") -> ProcessingResponse:
+    def _refuse(
+        self, failure: Failure, message: str, outcome: str, ladder: str = "", retry_after: int | None = None
+    ) -> ProcessingResponse:
         policy = self._policy
         f = self._features
         tenant = f.tenant if f else (self._identity.tenant if self._identity else UNAUTHENTICATED_TENANT)
@@ -364,6 +377,10 @@ class DecideProcessor:
         headers = own_answer_headers(failure, policy.version)
         if failure is Failure.NOT_PERMITTED:
             headers["x-should-retry"] = "false"  # the tenant's policy, not a passing outage
+        if retry_after is not None:
+            headers["retry-after"] = str(retry_after)
+            if retry_after > 60:  # SDKs would retry at once and be refused again
+                headers["x-should-retry"] = "false"
         # The status agrees with the error type render_error picks for the failure.
         response = immediate(CLIENT_STATUS[failure], headers, render_error(self._dialect.value, failure, message))
         # Marks the answer as already rendered, so Envoy's local-reply mappers leave it alone.

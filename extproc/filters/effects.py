@@ -31,6 +31,15 @@ class Unauthenticated:
 
 
 @dataclass(frozen=True, slots=True)
+class BudgetReached:
+    """decide met a tenant over its budget (T4): refused, or sent to the cheapest rung."""
+
+    tenant: str
+    reason: str  # tokens, cost, cost_rate
+    action: str  # refuse, cheaper
+
+
+@dataclass(frozen=True, slots=True)
 class RequestCounted:
     """One more routed request: for the fleet's retry budget, and in flight at the worker."""
 
@@ -143,6 +152,7 @@ class TryRefused:
 Effect = (
     Decided
     | Unauthenticated
+    | BudgetReached
     | RequestCounted
     | Shed
     | HalfOpenAdmitted

@@ -35,6 +35,8 @@ class RequestFeatures:
     has_tools: bool | None = None
     # The tier an operator's approval in force lets this tenant's task reach (routing/approval.py).
     approved_tier: int | None = None
+    # The tenant is over its budget and its policy says `over: cheaper` (routing/spend.py).
+    cheapest_only: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,12 +134,17 @@ def choose(policy: Policy, features: RequestFeatures, health: HealthView | None 
         kept.append(i)
     if tools_matter:
         return NeedBody()
+    priced_out: list[int] = []  # over budget: only the cheapest permitted rungs serve
+    if features.cheapest_only and kept:
+        cheapest = min(rung_price(policy, ladder, i) for i in kept)
+        priced_out = [i for i in kept if rung_price(policy, ladder, i) > cheapest]
+        kept = [i for i in kept if i not in priced_out]
     if not kept:
         if forbidden:
             return _not_permitted(policy, features, forbidden)
         failure = dropped[0] if len(set(dropped)) == 1 else Failure.CLIENT_ERROR
         return Refusal(failure, _refusal_message(ladder, failure))
-    skip = dropped[0] if kept[0] != 0 else None
+    skip = (Failure.BUDGET_EXCEEDED if 0 in priced_out else dropped[0]) if kept[0] != 0 else None
     if health is not None:
         healthy: list[int] = []
         unhealthy: list[Failure] = []
@@ -169,6 +176,12 @@ def choose(policy: Policy, features: RequestFeatures, health: HealthView | None 
         tries=sum(rungs[i].attempts for i in order),
         skip_reason=skip,
     )
+
+
+def rung_price(policy: Policy, ladder: str, index: int) -> float:
+    """A rung's price per 1,000 tokens in and out (its provider's), to find a ladder's cheapest."""
+    cost = policy.providers[policy.ladders[ladder][index].provider].cost_per_1k
+    return cost.input + cost.output
 
 
 def tenant_forbids(

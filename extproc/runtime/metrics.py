@@ -95,6 +95,13 @@ class Metrics:
             ["outcome"],
             **kw,  # type: ignore[arg-type]
         )
+        self.budget_reached = Counter(
+            "rungway_budget_reached_total",
+            "Requests of a tenant over its budget (T4), by the limit reached (tokens, cost, cost_rate) and "
+            "what happened (refuse: 429; cheaper: the ladder's cheapest permitted rung).",
+            ["tenant", "reason", "action"],
+            **kw,  # type: ignore[arg-type]
+        )
         self.shadow_checks = Counter(
             "rungway_shadow_checks_total",
             "Continuous verification: live requests also sent to another rung, off the client's path, "

@@ -26,11 +26,13 @@ from ..core import (
     QuotaSignal,
     Rejection,
     RequestsDecided,
+    Spent,
     SystemClock,
     decode_event,
 )
 from ..core.names import endpoint_key
 from ..filters.effects import (
+    BudgetReached,
     Decided,
     Effect,
     HalfOpenAdmitted,
@@ -49,9 +51,10 @@ from ..filters.effects import (
 from ..health.board import Board
 from ..health.circuit import Transition
 from ..identity import KeyStore
-from ..policy import REQUESTED_MODEL, Policy, resolve_credentials
+from ..policy import REQUESTED_MODEL, Budget, Policy, resolve_credentials
 from ..routing import HealthView
 from ..routing.approval import Approvals
+from ..routing.spend import OverBudget, SpendLedger
 from .admission import Admission
 from .approvals import ApprovalsFile
 from .bus import HealthBus, InProcessBus
@@ -99,6 +102,13 @@ def configured_endpoints(policy: Policy) -> frozenset[str]:
     )
 
 
+def budget_ledger(policy: Policy) -> SpendLedger:
+    """A ledger whose windows are the tenants' budgets' (tenant_defaults' for everyone else)."""
+    windows = {name: t.budget.window_s for name, t in policy.tenants.items() if t.budget is not None}
+    default = policy.tenant_defaults.budget
+    return SpendLedger(windows, default.window_s if default is not None else 3600.0)
+
+
 def read_bus_event(raw: dict[str, Any]) -> BusEvent | None:
     """A typed event from the bus's JSON, or None (logged) for anything malformed or foreign."""
     try:
@@ -129,6 +139,7 @@ class Sidecar:
     board: Board = field(init=False)
     admission: Admission = field(init=False)
     shadows: ShadowCalls = field(init=False)
+    spend: SpendLedger = field(init=False)
     _requests_unsent: int = field(default=0, init=False)
     _requests_sent_at: float = field(default=float("-inf"), init=False)
     _ticked_at: float = field(default=float("-inf"), init=False)
@@ -139,6 +150,7 @@ class Sidecar:
         self.board = Board(self.policy.health, configured_baselines(self.policy), configured)
         self.metrics.pin_models(key.partition("/")[2] for key in configured)
         self.admission = Admission(self.policy.max_in_flight)
+        self.spend = budget_ledger(self.policy)
         self.shadows = ShadowCalls(
             self.policy.shadow, self.metrics, self.clock, self.rescue_socket, lambda key: self.baseline(key, False)
         )
@@ -202,6 +214,9 @@ class Sidecar:
         endpoint = self.board.endpoints.get(key)
         return self.board.baseline(endpoint, stream) if endpoint is not None else None
 
+    def over_budget(self, tenant: str, budget: Budget | None) -> OverBudget | None:
+        return self.spend.over(tenant, budget, self.clock.wall())
+
     def overloaded(self) -> bool:
         return self.admission.full(self.clock.now())
 
@@ -231,6 +246,8 @@ class Sidecar:
                     m.decisions.labels(m.tenant(tenant), task, ladder, outcome).inc()
                 case Unauthenticated(reason):
                     m.unauthenticated.labels(reason).inc()
+                case BudgetReached(tenant, reason, action):
+                    m.budget_reached.labels(m.tenant(tenant), reason, action).inc()
                 case RequestCounted():
                     self._note_request()
                     self.admission.routed(self.clock.now())  # in flight until its try starts
@@ -260,6 +277,11 @@ class Sidecar:
         self.bus.publish(observation.encode())
         self._publish_outbox()
 
+    def _spend(self, spent: Spent) -> None:
+        """A try's cost to its tenant: this replica's ledger, and every other's through the bus."""
+        self.spend.record(spent.tenant, spent.tokens, spent.cost, spent.at)
+        self.bus.publish(spent.encode())
+
     def _note_request(self) -> None:
         """Count a decided request for the fleet's retry budget; published in aggregate (every
         member of the bus decodes every event, so one event per request would not scale)."""
@@ -273,11 +295,14 @@ class Sidecar:
     # ---- events in and out -----------------------------------------------------------------
 
     def _on_event(self, raw: dict[str, Any]) -> None:
-        if raw.get("origin") == self.bus.origin and raw.get("k") == Observation.KIND:
-            return  # applied already, as an object, by _observe()
+        if raw.get("origin") == self.bus.origin and raw.get("k") in (Observation.KIND, Spent.KIND):
+            return  # applied already, as an object, by _observe() / _spend()
         event = read_bus_event(raw)
         if event is None:
             self._count_rejection(Rejection.MALFORMED.value)
+            return
+        if isinstance(event, Spent):
+            self.spend.record(event.tenant, event.tokens, event.cost, event.at)
             return
         self._announce_all(self.board.apply(event, self.clock.wall()))
         self._publish_outbox()
