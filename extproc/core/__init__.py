@@ -20,13 +20,14 @@ from .events import (
     Spent,
     decode_event,
 )
-from .failure import CLIENT_STATUS, RETRY_RULE, Failure, Retry
+from .failure import CLIENT_STATUS, OUTAGES, RETRY_RULE, Failure, Retry
 from .fields import ContractError
 from .frame import FrameKey, FrameReader, FrameRules, Rejection, seal
 from .impact import Impact
 
 __all__ = [
     "CLIENT_STATUS",
+    "OUTAGES",
     "RETRY_RULE",
     "Abandoned",
     "BusEvent",

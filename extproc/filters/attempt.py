@@ -37,7 +37,7 @@ import secrets
 from enum import StrEnum
 from typing import Any, Final
 
-from ..core import CLIENT_STATUS, Failure, Observation, QuotaSignal
+from ..core import CLIENT_STATUS, OUTAGES, Failure, Observation, QuotaSignal
 from ..core.names import META_DECISION, META_TRIP, RELAY_FLAGS_HEADER
 from ..health.contract import Contract
 from ..policy import Policy
@@ -76,7 +76,7 @@ from .request import TryPlan, UnsafeTryError, header_mutation, plan_try, request
 from .rescue import Rescue, plan_rescue, rescue_note
 from .shadow import plan_shadows
 from .stream import StreamTry
-from .verdict import Next, Ruling, answer_flags, rule_on_answer, rule_on_failure
+from .verdict import Next, Ruling, answer_flags, exhausted_answer, rule_on_answer, rule_on_failure
 from .wire import (
     Mode,
     ProcessingRequest,
@@ -311,6 +311,10 @@ class AttemptProcessor:
         plan = self._started()
         self._move(Phase.REFUSED)
         self._count("failed")
+        exhausted = plan.contract_task(self._policy).when_exhausted
+        if exhausted is not None and failure in OUTAGES and not plan.decision.probe:
+            headers, body = exhausted_answer(plan, self._policy, failure, exhausted, int(self._worker.clock.wall()))
+            return immediate(200, {k: v for k, v in headers.items() if k not in (":status", "content-length")}, body)
         if failure is Failure.TIMEOUT:
             message = "no rung answered within its time budget"
         else:
@@ -756,6 +760,7 @@ class AttemptProcessor:
             retry_after_s=self._retry_after,
             tools_stripped=self._tools_stripped,
             can_wait=False,
+            created=int(self._worker.clock.wall()),
         )
         self._apply(ruling)
         self._move(Phase.CLOSED)

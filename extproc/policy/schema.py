@@ -250,6 +250,17 @@ class Rung(_Frozen):
         return requested if self.model == REQUESTED_MODEL else self.model
 
 
+class Exhausted(_Frozen):
+    """What a task class answers when no rung can serve it (T6 product tiers): a human handoff
+    notice (tier 3) or a static answer (tier 4), as a normal completion in the client's dialect
+    flagged degraded with its tier — an honest message saying what still works and what does
+    not, never an empty answer. A request's own fault (a bad request, a safety refusal, a prompt
+    larger than every rung) still gets its error."""
+
+    tier: Literal[3, 4] = 4
+    message: str = Field(min_length=1, max_length=4000)
+
+
 class TaskClass(_Frozen):
     """The health contract of a task class (H3): a 200 that breaks it is a partial outage."""
 
@@ -266,6 +277,9 @@ class TaskClass(_Frozen):
     # default): the client gets one in-band error event instead. A rescue costs the client's
     # request body kept per stream, and a second provider call when it happens.
     rescue: bool = False
+    # Answered by Rungway itself when no rung can serve (an outage): a handoff notice or a static
+    # answer (T6). None: the client gets the outage as an error.
+    when_exhausted: Exhausted | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> TaskClass:

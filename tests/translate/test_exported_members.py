@@ -38,6 +38,7 @@ def test_public_names_are_pinned() -> None:
         "answer_facts",
         "anthropic_to_openai",
         "api_pair",
+        "canned_answer",
         "classify",
         "classify_stream_error",
         "dump_json",
