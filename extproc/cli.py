@@ -45,6 +45,22 @@ def _loopback_address(value: str) -> tuple[str, int]:
     return host, port
 
 
+def _label(value: str) -> tuple[str, str]:
+    key, sep, label = value.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected LABEL=VALUE, got {value!r}")
+    return key, label
+
+
+def _socket_mode(value: str) -> int:
+    from .runtime.server import SOCKET_MODES
+
+    modes = {f"{m:o}": m for m in SOCKET_MODES}
+    if value.removeprefix("0o").removeprefix("0") not in modes:
+        raise argparse.ArgumentTypeError(f"one of {', '.join(modes)}, not {value!r}")
+    return modes[value.removeprefix("0o").removeprefix("0")]
+
+
 def _envoy_admin_gone(value: str) -> tuple[str, int]:
     """`up --envoy-admin` is refused rather than ignored: a script that set it learns why."""
     raise argparse.ArgumentTypeError(
@@ -160,7 +176,12 @@ def cmd_envoy_config(args: argparse.Namespace) -> int:
         channel_token=_channel_token(args.channel_token_file),
         access_log_path=args.access_log,
     )
-    text = yaml.safe_dump(render(policy, settings), sort_keys=False)
+    config = render(policy, settings)
+    if args.istio_selector:
+        from .xds.istio import envoy_filter
+
+        config = envoy_filter(config, name=args.istio_name, selector=dict(args.istio_selector))
+    text = yaml.safe_dump(config, sort_keys=False)
     if args.output:
         Path(args.output).write_text(text)
     else:
@@ -222,7 +243,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # collect young objects less often (each request allocates many short-lived protobufs).
     gc.freeze()
     gc.set_threshold(20_000, 20, 20)
-    asyncio.run(serve(sidecar, args.socket))
+    asyncio.run(serve(sidecar, args.socket, socket_mode=args.socket_mode))
     return 0
 
 
@@ -528,6 +549,15 @@ def build_parser() -> argparse.ArgumentParser:
     cfg.add_argument("--extproc-socket", action="append", help="a sidecar worker's Unix socket (repeat for several)")
     cfg.add_argument("--channel-token-file", type=Path, help="the secret Envoy shows the sidecar (shared with serve)")
     cfg.add_argument("--access-log", default="/dev/stdout")
+    cfg.add_argument(
+        "--istio-selector",
+        type=_label,
+        action="append",
+        metavar="LABEL=VALUE",
+        help="print an Istio EnvoyFilter adding this configuration to the istio-proxy of the pods "
+        "with these labels, instead of a bootstrap (repeat for several labels)",
+    )
+    cfg.add_argument("--istio-name", default="rungway", help="the EnvoyFilter's name")
     cfg.add_argument("-o", "--output")
     cfg.set_defaults(func=cmd_envoy_config)
 
@@ -535,6 +565,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--policy", type=Path, required=True)
     serve.add_argument("--socket", type=Path, required=True, help="the Unix socket to serve on (made 0600)")
     serve.add_argument("--channel-token-file", type=Path, help="the secret Envoy shows (or $RUNGWAY_CHANNEL_TOKEN)")
+    serve.add_argument(
+        "--socket-mode",
+        type=_socket_mode,
+        default=0o600,
+        help="600 (default): only this user may connect; 660: its group too, e.g. a mesh's Envoy "
+        "(istio-proxy) running as another user in this group",
+    )
     serve.add_argument("--log-level", default="info")
     serve.add_argument("--bus-secret-file", type=Path, help="file holding the fleet bus's signing secret")
     serve.set_defaults(func=cmd_serve)
