@@ -131,12 +131,13 @@ def test_a_misspelled_field_fails_the_proto_parse(filter_):
         json_format.ParseDict(listener, listener_pb2.Listener(), ignore_unknown_fields=False)
 
 
-def test_real_envoy_accepts_the_added_resources(filter_, tmp_path):
-    """What istio-proxy gets: its own bootstrap (admin, the internal-listener extension Istio's
-    sidecar bootstrap registers) plus the EnvoyFilter's listeners and clusters."""
-    bootstrap = {
+def istio_proxy_bootstrap(filter_: dict[str, Any], admin_port: int = 0) -> dict[str, Any]:
+    """What istio-proxy runs with the EnvoyFilter: its own bootstrap (an admin, the
+    internal-listener extension Istio's sidecar bootstrap registers) plus the listeners and
+    clusters the filter adds."""
+    return {
         "node": {"id": "sidecar~10.0.0.1~support-bot.support~support.svc.cluster.local", "cluster": "support-bot"},
-        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
         "bootstrap_extensions": [
             {
                 "name": "envoy.bootstrap.internal_listener",
@@ -147,6 +148,10 @@ def test_real_envoy_accepts_the_added_resources(filter_, tmp_path):
         ],
         "static_resources": {"listeners": added(filter_, "LISTENER"), "clusters": added(filter_, "CLUSTER")},
     }
+
+
+def test_real_envoy_accepts_the_added_resources(filter_, tmp_path):
+    bootstrap = istio_proxy_bootstrap(filter_)
     config = tmp_path / "istio-proxy.yaml"
     config.write_text(yaml.safe_dump(bootstrap))
     result = subprocess.run(
