@@ -31,6 +31,7 @@ from extproc.core.names import CHANNEL_TOKEN_KEY, RELAY_LISTENER
 from extproc.runtime.supervisor import envoy_binary
 from extproc.xds.istio import API_VERSION
 from tests.deploy.kustomize import build, containers, pod_spec
+from tests.deploy.mounts import lay_out_mounts
 from tests.deploy.test_k8s import KUBE_VERSION, secret_data, the
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -256,33 +257,14 @@ def mesh_worker(docs, tmp_path) -> Iterator[tuple[Path, list[str]]]:
     """`rungway serve` with the deployment's arguments and policy, paths moved under tmp_path."""
     spec, container = worker(docs)
     args = serve_args(container)
-    files: dict[str, str] = {str(args.policy): the(docs, "ConfigMap", "rungway-policy")["data"]["policy.yaml"]}
-    for mount in container["volumeMounts"]:
-        volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])
-        if "secret" in volume:
-            for key, value in secret_data(docs, volume["secret"]["secretName"]).items():
-                files[f"{mount['mountPath']}/{key}"] = value
-
-    def moved(path: str) -> str:
-        return str(tmp_path / path.lstrip("/"))
-
-    for path, text in files.items():
-        target = Path(moved(path))
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(text.replace("/etc/rungway/", moved("/etc/rungway/") + "/"))
-    socket_dir = Path(moved(str(args.socket.parent)))
-    socket_dir.mkdir(parents=True)
-    argv = [moved(a) if a.startswith("/") else a for a in container["args"]]
+    moved = lay_out_mounts(docs, spec, container, tmp_path)
     process = subprocess.Popen(
-        [sys.executable, "-m", "extproc.cli", *container["command"][1:], *argv, "--log-level", "warning"],
+        [sys.executable, "-m", "extproc.cli", *container["command"][1:], *moved.args(container["args"])],
         cwd=ROOT,
         env={k: v for k, v in os.environ.items() if not k.startswith("RUNGWAY_")},
     )
-    socket_path = Path(moved(str(args.socket)))
-    probe = [
-        moved(w) if w.startswith("/") else w.replace(str(args.socket), str(socket_path))
-        for w in container["livenessProbe"]["exec"]["command"]
-    ]
+    socket_path = moved.path(str(args.socket))
+    probe = [w.replace(str(args.socket), str(socket_path)) for w in container["livenessProbe"]["exec"]["command"]]
     try:
         deadline = time.monotonic() + 60
         while not socket_path.exists() and process.poll() is None and time.monotonic() < deadline:

@@ -63,6 +63,11 @@ class Mesh:
     def client(self) -> openai.OpenAI:
         return openai.OpenAI(base_url=f"http://127.0.0.1:{self.port}/v1", api_key=self.app_key, max_retries=0)
 
+    def ask(self) -> Any:
+        """The raw answer to one chat completion (the client closed after it)."""
+        with self.client() as client:
+            return client.chat.completions.with_raw_response.create(model="gpt-4o", messages=HI)
+
     def envoy_trouble(self) -> list[str]:
         text = (self.dir / "envoy.log").read_text(errors="replace")
         trouble = [line for line in text.splitlines() if ENVOY_TROUBLE.search(line)]
@@ -134,7 +139,8 @@ def _served(mesh: Mesh) -> openai.types.chat.ChatCompletion | None:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
-            return mesh.client().chat.completions.create(model="gpt-4o", messages=HI)
+            served: openai.types.chat.ChatCompletion = mesh.ask().parse()
+            return served
         except openai.InternalServerError:
             time.sleep(0.2)
     return None
@@ -143,7 +149,7 @@ def _served(mesh: Mesh) -> openai.types.chat.ChatCompletion | None:
 def test_the_sdk_is_served_through_the_mesh_proxy(mesh: Mesh, fleet: Fleet) -> None:
     fleet.reset()
     assert _served(mesh) is not None
-    raw = mesh.client().chat.completions.with_raw_response.create(model="gpt-4o", messages=HI)
+    raw = mesh.ask()
     assert raw.headers["x-rungway-served-by"] == "primary/gpt-4o"
     assert raw.parse().model == "gpt-4o"
     assert fleet.primary.requests[-1].headers["authorization"] == f"Bearer {KEY_ENV['RW_TEST_PRIMARY_KEY']}"
@@ -154,7 +160,7 @@ def test_a_failing_primary_falls_back_in_the_mesh_too(mesh: Mesh, fleet: Fleet) 
     fleet.reset()
     assert _served(mesh) is not None
     fleet.primary.set_mode("status:503")
-    raw = mesh.client().chat.completions.with_raw_response.create(model="gpt-4o", messages=HI)
+    raw = mesh.ask()
     assert raw.headers["x-rungway-served-by"] == "secondary/claude-fallback"
     assert (raw.headers["x-rungway-degraded"], raw.headers["x-rungway-reason"]) == ("true", "server_error")
     assert fleet.secondary.requests[-1].path == "/v1/messages"
@@ -169,7 +175,7 @@ def test_a_dead_worker_is_a_503_that_reaches_no_provider_until_it_is_back(mesh: 
     mesh.socket.unlink(missing_ok=True)  # so start_worker below waits for the new worker's socket
     sent = (len(fleet.primary.requests), len(fleet.secondary.requests), len(fleet.small.requests))
     with pytest.raises(openai.InternalServerError) as refused:
-        mesh.client().chat.completions.create(model="gpt-4o", messages=HI)
+        mesh.ask()
     assert refused.value.status_code == 503
     assert (len(fleet.primary.requests), len(fleet.secondary.requests), len(fleet.small.requests)) == sent
     mesh.start_worker()
