@@ -45,6 +45,22 @@ def _loopback_address(value: str) -> tuple[str, int]:
     return host, port
 
 
+def _label(value: str) -> tuple[str, str]:
+    key, sep, label = value.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected LABEL=VALUE, got {value!r}")
+    return key, label
+
+
+def _socket_mode(value: str) -> int:
+    from .runtime.server import SOCKET_MODES
+
+    modes = {f"{m:o}": m for m in SOCKET_MODES}
+    if value.removeprefix("0o").removeprefix("0") not in modes:
+        raise argparse.ArgumentTypeError(f"one of {', '.join(modes)}, not {value!r}")
+    return modes[value.removeprefix("0o").removeprefix("0")]
+
+
 def _envoy_admin_gone(value: str) -> tuple[str, int]:
     """`up --envoy-admin` is refused rather than ignored: a script that set it learns why."""
     raise argparse.ArgumentTypeError(
@@ -125,6 +141,18 @@ def cmd_policy_explain(args: argparse.Namespace) -> int:
         tools=args.tools,
         impact=impact,
     )
+    if policy.approvals is not None:  # the operators' approvals in force, as the workers read them
+        import dataclasses
+        import time
+
+        from .routing.approval import ApprovalError
+        from .runtime.approvals import read_approvals
+
+        try:
+            approved = read_approvals(policy.approvals).approved_tier(features.tenant, features.task, time.time())
+        except ApprovalError as exc:
+            raise SystemExit(f"rungway policy explain: {exc}") from None
+        features = dataclasses.replace(features, approved_tier=approved)
     result = explain(policy, features, health)
     print(f"tenant {args.tenant}, task {features.task}, model {args.model}: ladder {result.ladder or '-'}")
     for v in result.rungs:
@@ -148,7 +176,12 @@ def cmd_envoy_config(args: argparse.Namespace) -> int:
         channel_token=_channel_token(args.channel_token_file),
         access_log_path=args.access_log,
     )
-    text = yaml.safe_dump(render(policy, settings), sort_keys=False)
+    config = render(policy, settings)
+    if args.istio_selector:
+        from .xds.istio import envoy_filter
+
+        config = envoy_filter(config, name=args.istio_name, selector=dict(args.istio_selector))
+    text = yaml.safe_dump(config, sort_keys=False)
     if args.output:
         Path(args.output).write_text(text)
     else:
@@ -178,6 +211,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     policy = _load(args.policy)
     assert isinstance(policy, Policy)
     from .identity import KeyStoreError
+    from .routing.approval import ApprovalError
     from .runtime.bus import BusConfigError, bus_from_settings
     from .runtime.sidecar import CHANNEL_TOKEN_ENV, HUB_ENV, HUB_SECRET_ENV, PROBE_TOKEN_ENV
 
@@ -201,7 +235,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         for problem in exc.problems:
             print(f"  {problem}", file=sys.stderr)
         return 1
-    except KeyStoreError as exc:
+    except (KeyStoreError, ApprovalError) as exc:
         print(f"rungway serve: {exc}", file=sys.stderr)
         return 1
     _install_uvloop()
@@ -209,7 +243,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # collect young objects less often (each request allocates many short-lived protobufs).
     gc.freeze()
     gc.set_threshold(20_000, 20, 20)
-    asyncio.run(serve(sidecar, args.socket))
+    asyncio.run(serve(sidecar, args.socket, socket_mode=args.socket_mode))
     return 0
 
 
@@ -261,6 +295,15 @@ def cmd_up(args: argparse.Namespace) -> int:
         try:
             read_store(policy.clients.key_store)
         except KeyStoreError as exc:
+            print(f"cannot start: {exc}", file=sys.stderr)
+            return 1
+    if policy.approvals is not None:
+        from .routing.approval import ApprovalError
+        from .runtime.approvals import read_approvals
+
+        try:
+            read_approvals(policy.approvals)
+        except ApprovalError as exc:
             print(f"cannot start: {exc}", file=sys.stderr)
             return 1
     _bus_secret_file(args)
@@ -345,6 +388,50 @@ def cmd_keys(args: argparse.Namespace) -> int:
                 print(f"{k.id}  {k.tenant:<20} {state:<8} expires {until:<10} {k.label}")
     except KeyStoreError as exc:
         print(f"rungway keys: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_approve(args: argparse.Namespace) -> int:
+    """Operators' approvals (T2): serve a tenant beyond its approval_beyond_tier for a while."""
+    import getpass
+    import time
+
+    from .routing.approval import ApprovalError, approval
+    from .runtime.approvals import grant, read_approvals, revoke
+
+    if args.store is not None:
+        path = Path(args.store)
+    else:
+        policy = _load(args.policy)
+        assert isinstance(policy, Policy)
+        if policy.approvals is None:
+            raise SystemExit(f"rungway approve: {args.policy} names no approvals file")
+        path = policy.approvals
+    now = time.time()
+    try:
+        if args.list:
+            for a in read_approvals(path).active(now):
+                until = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(a.until))
+                print(f"{a.tenant:<20} {a.task or '*':<14} tier {a.tier}  until {until}  by {a.by}  {a.reason}")
+            return 0
+        if args.tenant is None:
+            raise SystemExit("rungway approve: --tenant is required")
+        if args.revoke:
+            revoke(path, args.tenant, args.task)
+            print(f"approval for {args.tenant} revoked (running sidecars follow within a second)", file=sys.stderr)
+            return 0
+        if args.tier is None or args.for_s is None:
+            raise SystemExit("rungway approve: --tier and --for are required to approve")
+        who = args.by or getpass.getuser()
+        grant(path, approval(args.tenant, args.tier, args.for_s, now, task=args.task, by=who, reason=args.reason))
+        print(
+            f"{args.tenant} may be served down to tier {args.tier} for {args.for_s:g}s "
+            f"({args.task or 'every task'}); running sidecars follow within a second",
+            file=sys.stderr,
+        )
+    except ApprovalError as exc:
+        print(f"rungway approve: {exc}", file=sys.stderr)
         return 1
     return 0
 
@@ -462,6 +549,15 @@ def build_parser() -> argparse.ArgumentParser:
     cfg.add_argument("--extproc-socket", action="append", help="a sidecar worker's Unix socket (repeat for several)")
     cfg.add_argument("--channel-token-file", type=Path, help="the secret Envoy shows the sidecar (shared with serve)")
     cfg.add_argument("--access-log", default="/dev/stdout")
+    cfg.add_argument(
+        "--istio-selector",
+        type=_label,
+        action="append",
+        metavar="LABEL=VALUE",
+        help="print an Istio EnvoyFilter adding this configuration to the istio-proxy of the pods "
+        "with these labels, instead of a bootstrap (repeat for several labels)",
+    )
+    cfg.add_argument("--istio-name", default="rungway", help="the EnvoyFilter's name")
     cfg.add_argument("-o", "--output")
     cfg.set_defaults(func=cmd_envoy_config)
 
@@ -469,6 +565,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--policy", type=Path, required=True)
     serve.add_argument("--socket", type=Path, required=True, help="the Unix socket to serve on (made 0600)")
     serve.add_argument("--channel-token-file", type=Path, help="the secret Envoy shows (or $RUNGWAY_CHANNEL_TOKEN)")
+    serve.add_argument(
+        "--socket-mode",
+        type=_socket_mode,
+        default=0o600,
+        help="600 (default): only this user may connect; 660: its group too, e.g. a mesh's Envoy "
+        "(istio-proxy) running as another user in this group",
+    )
     serve.add_argument("--log-level", default="info")
     serve.add_argument("--bus-secret-file", type=Path, help="file holding the fleet bus's signing secret")
     serve.set_defaults(func=cmd_serve)
@@ -518,6 +621,20 @@ def build_parser() -> argparse.ArgumentParser:
             cmd.add_argument("--label", default="", help="a note, e.g. who holds it")
         elif name == "revoke":
             cmd.add_argument("id", help="the key id (`rungway keys list`)")
+
+    approve = sub.add_parser("approve", help="approve serving a tenant beyond its approval_beyond_tier, for a while")
+    where = approve.add_mutually_exclusive_group(required=True)
+    where.add_argument("--policy", type=Path, help="the policy whose approvals file to use")
+    where.add_argument("--store", type=Path, help="the approvals file")
+    approve.add_argument("--tenant")
+    approve.add_argument("--tier", type=int, choices=range(4), help="the tier the tenant may be served down to")
+    approve.add_argument("--for", dest="for_s", type=_duration, help="how long, e.g. 30m, 2h")
+    approve.add_argument("--task", help="one task class (default: every task class)")
+    approve.add_argument("--by", default="", help="who approves (default: the user running this)")
+    approve.add_argument("--reason", default="")
+    approve.add_argument("--revoke", action="store_true", help="end the tenant's approval (for --task, or all)")
+    approve.add_argument("--list", action="store_true", help="the approvals in force")
+    approve.set_defaults(func=cmd_approve)
 
     status = sub.add_parser("status", help="circuits, scores and budgets of a running `rungway up`, as a table")
     status.add_argument("--admin", type=_address, default=("127.0.0.1", 9901))

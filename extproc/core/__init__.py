@@ -17,9 +17,10 @@ from .events import (
     ProbeClaim,
     QuotaSignal,
     RequestsDecided,
+    Spent,
     decode_event,
 )
-from .failure import CLIENT_STATUS, RETRY_RULE, Failure, Retry
+from .failure import CLIENT_STATUS, OUTAGES, RETRY_RULE, Failure, Retry
 from .fields import ContractError
 from .frame import FrameKey, FrameReader, FrameRules, Rejection, seal
 from .impact import Impact
@@ -27,6 +28,7 @@ from .task import DeferredTask, TaskResult
 
 __all__ = [
     "CLIENT_STATUS",
+    "OUTAGES",
     "RETRY_RULE",
     "Abandoned",
     "BusEvent",
@@ -52,6 +54,7 @@ __all__ = [
     "RequestsDecided",
     "Retry",
     "RungAddress",
+    "Spent",
     "SystemClock",
     "TaskResult",
     "TripRecord",

@@ -37,8 +37,9 @@ import secrets
 from enum import StrEnum
 from typing import Any, Final
 
-from ..core import CLIENT_STATUS, Failure, Observation, QuotaSignal
+from ..core import CLIENT_STATUS, OUTAGES, Failure, Observation, QuotaSignal
 from ..core.names import META_DECISION, META_TRIP, RELAY_FLAGS_HEADER
+from ..health.contract import Contract
 from ..policy import Policy
 from ..routing.quota import HEADERS as QUOTA_HEADERS
 from ..routing.quota import exhausted_until
@@ -64,6 +65,7 @@ from .effects import (
     RescueItem,
     RescueRequested,
     Served,
+    ShadowRequested,
     StreamEnded,
     Tried,
     Tripped,
@@ -72,8 +74,9 @@ from .effects import (
 from .flags import own_answer_headers
 from .request import TryPlan, UnsafeTryError, header_mutation, plan_try, request_schema, rewrite_body
 from .rescue import Rescue, plan_rescue, rescue_note
+from .shadow import plan_shadows
 from .stream import StreamTry
-from .verdict import Next, Ruling, answer_flags, rule_on_answer, rule_on_failure
+from .verdict import Next, Ruling, answer_flags, exhausted_answer, rule_on_answer, rule_on_failure
 from .wire import (
     Mode,
     ProcessingRequest,
@@ -308,6 +311,10 @@ class AttemptProcessor:
         plan = self._started()
         self._move(Phase.REFUSED)
         self._count("failed")
+        exhausted = plan.contract_task(self._policy).when_exhausted
+        if exhausted is not None and failure in OUTAGES and not plan.decision.probe:
+            headers, body = exhausted_answer(plan, self._policy, failure, exhausted, int(self._worker.clock.wall()))
+            return immediate(200, {k: v for k, v in headers.items() if k not in (":status", "content-length")}, body)
         if failure is Failure.TIMEOUT:
             message = "no rung answered within its time budget"
         else:
@@ -327,6 +334,8 @@ class AttemptProcessor:
                 raise TranslationError("the request body must be a JSON object")
             if plan.read_schema:
                 self._request_schema = request_schema(body)
+            if plan.shadows:
+                self._effects.extend(self._shadows(plan, body))
             if not plan.rewrite:
                 return [request_body_response()]
             body, self._tools_stripped = rewrite_body(plan, body)
@@ -337,6 +346,13 @@ class AttemptProcessor:
         except RecursionError:
             return [self._reject(Failure.CLIENT_ERROR, "the request body is nested too deeply")]
         return [request_body_response(common({"content-length": str(len(data))}, body=data))]
+
+    def _shadows(self, plan: TryPlan, body: dict[str, Any]) -> list[ShadowRequested]:
+        task = plan.contract_task(self._policy)
+        schema = request_schema(body) if task.use_request_schema else None
+        contract = Contract(task, request_schema=schema, json_mode=plan.json_mode)
+        keys = {name: self._worker.key_for(name) for name in self._policy.providers}
+        return plan_shadows(plan, self._policy, body, keys, contract)
 
     def _refuse_try(self, exc: UnsafeTryError) -> ProcessingResponse:
         """Served safely or not at all: a clean 503 in the client's dialect, never retried."""
@@ -744,6 +760,7 @@ class AttemptProcessor:
             retry_after_s=self._retry_after,
             tools_stripped=self._tools_stripped,
             can_wait=False,
+            created=int(self._worker.clock.wall()),
         )
         self._apply(ruling)
         self._move(Phase.CLOSED)

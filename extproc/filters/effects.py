@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..core import DeferredTask, Dialect, Failure, Observation, QuotaSignal
+from ..health.contract import Contract
+from ..policy import Cost
 from .wire import ProcessingResponse
 
 
@@ -27,6 +29,15 @@ class Unauthenticated:
     """decide refused a caller it could not identify (the reason is an Unknown's name)."""
 
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetReached:
+    """decide met a tenant over its budget (T4): refused, or sent to the cheapest rung."""
+
+    tenant: str
+    reason: str  # tokens, cost, cost_rate
+    action: str  # refuse, cheaper
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,23 +98,23 @@ class StreamEnded:
 
 
 @dataclass(frozen=True, slots=True)
-class RescueCall:
-    """One HTTP call to a rescue rung, as the runtime makes it through Envoy's rescue listener:
-    the provider's cluster, path, headers (its key among them) and body."""
+class RungCall:
+    """One HTTP call to a rung that the runtime makes itself, through Envoy's side listener (a
+    stream rescue, a shadow): the provider's cluster, path, headers (its key among them) and body."""
 
     cluster: str
     path: str
     headers: dict[str, str]
     body: bytes
     budget_s: float  # the whole call: first byte and the rest
-    dialect: str  # the rescue provider's wire dialect (to read its error answers)
+    dialect: str  # the provider's wire dialect (to read its answers)
 
 
 @dataclass(frozen=True, slots=True)
 class RescueRequested:
     """A stream is rescued: the runtime makes `call` and feeds what comes back to the try."""
 
-    call: RescueCall
+    call: RungCall
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +125,21 @@ class Rescued:
     from_rung: int
     to_rung: int
     outcome: str
+
+
+@dataclass(frozen=True, slots=True)
+class ShadowRequested:
+    """Continuous verification: ask another rung the same request, non-streamed, off the
+    client's path, and judge its answer (runtime/shadow.py)."""
+
+    call: RungCall
+    dialect: Dialect  # the rung's provider's
+    tenant: str
+    ladder: str
+    rung: int
+    endpoint: str  # provider/model
+    contract: Contract  # the health contract its answer is held to
+    cost_per_1k: Cost  # the provider's prices, to attribute the shadow's cost to the tenant
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +177,7 @@ class TaskQueried:
 Effect = (
     Decided
     | Unauthenticated
+    | BudgetReached
     | RequestCounted
     | Shed
     | HalfOpenAdmitted
@@ -160,6 +187,7 @@ Effect = (
     | StreamEnded
     | RescueRequested
     | Rescued
+    | ShadowRequested
     | TryRefused
     | Deferred
     | TaskQueried

@@ -79,7 +79,12 @@ class TryPlan:
 
     @property
     def needs_body(self) -> bool:
-        return self.rewrite or self.read_schema
+        return self.rewrite or self.read_schema or self.shadows
+
+    @property
+    def shadows(self) -> bool:
+        """The request is in the continuous-verification sample and this is its first try."""
+        return self.decision.shadow and self.position.attempt == 1
 
     @property
     def stream(self) -> bool:

@@ -28,7 +28,7 @@ from ..translate import (
     rescue_body,
     rescue_strategy,
 )
-from .effects import RescueCall
+from .effects import RungCall
 from .request import TryPlan
 
 
@@ -41,7 +41,7 @@ class Rescue:
     model: str
     key: str  # the rescue endpoint (provider/model)
     strategy: RescueStrategy
-    call: RescueCall
+    call: RungCall
     splice: Splice
 
 
@@ -101,7 +101,7 @@ def plan_rescue(
             ),
             **{k.lower(): v for k, v in provider.headers.items()},
         }
-        call = RescueCall(
+        call = RungCall(
             cluster=direct_cluster(rung.provider),
             path=pair.provider_path(provider.path_prefix),
             headers=headers,

@@ -7,12 +7,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from ..core import CLIENT_STATUS, Failure, TripRecord
+from ..core import CLIENT_STATUS, OUTAGES, Failure, TripRecord
 from ..core.names import RETRY_HEADER
 from ..health.contract import Contract, judge_answer
-from ..policy import Policy
+from ..policy import Exhausted, Policy
 from ..routing import Action, next_step
-from ..translate import TranslationError, dump_json, output_tokens, redact_error_body
+from ..translate import TranslationError, canned_answer, dump_json, output_tokens, redact_error_body
 from .flags import CANARY, flags
 from .request import TryPlan
 
@@ -103,6 +103,7 @@ def rule_on_answer(
             provider_body=b"",
             retry_after_s=None,
             tools_stripped=tools_stripped,
+            created=created,
         )
     contract = Contract(plan.contract_task(policy), request_schema=request_schema, json_mode=plan.json_mode)
     judged = judge_answer(plan.provider.dialect, status, body, contract)
@@ -135,6 +136,7 @@ def rule_on_answer(
         provider_body=body,
         retry_after_s=retry_after_s,
         tools_stripped=tools_stripped,
+        created=created,
     )
 
 
@@ -149,6 +151,7 @@ def rule_on_failure(
     retry_after_s: float | None,
     tools_stripped: bool,
     can_wait: bool = True,
+    created: int = 0,
 ) -> Ruling:
     """A failed try → wait, hop or final. `status` is the provider's, when it answered with an
     error (its error body is then passed on as it is when already in the client's dialect).
@@ -168,6 +171,9 @@ def rule_on_failure(
         # A 503 is what Envoy's router retries: on this rung's next slot, or (the attempt filter
         # skipping the slots in between) on the rung the record names.
         return Ruling(Next(action.value), failure, {":status": "503", RETRY_HEADER: "1", **error_headers}, err, record)
+    exhausted = plan.contract_task(policy).when_exhausted
+    if exhausted is not None and failure in OUTAGES and not plan.decision.probe:
+        return _exhausted_answer(plan, policy, failure, exhausted, record, created)
     set_headers = answer_flags(plan, policy, failure, tools_stripped=tools_stripped)
     provider_error = status is not None and not 200 <= status < 300
     set_headers[":status"] = str(status if provider_error else CLIENT_STATUS[failure])
@@ -179,3 +185,37 @@ def rule_on_failure(
             return Ruling(Next.FINAL, failure, set_headers, None, record)
         return Ruling(Next.FINAL, failure, {**set_headers, "content-length": str(len(clean))}, clean, record)
     return Ruling(Next.FINAL, failure, {**set_headers, **error_headers}, err, record)
+
+
+def exhausted_answer(
+    plan: TryPlan, policy: Policy, failure: Failure, exhausted: Exhausted, created: int
+) -> tuple[dict[str, str], bytes]:
+    """The headers and body of the task's own answer when no rung could serve (T6): a 200 in
+    the client's dialect, flagged degraded at the product tier the policy names."""
+    d = plan.decision
+    content_type, body = canned_answer(
+        d.dialect,
+        model=d.model,
+        text=exhausted.message,
+        stream=d.stream,
+        include_usage=d.include_usage,
+        id_token=format(int(plan.started_ms), "x"),
+        created=created,
+    )
+    kind = "handoff" if exhausted.tier == 3 else "static"
+    headers = flags(
+        served_by=f"rungway/{kind}",
+        tier=exhausted.tier,
+        degraded=True,
+        reason=failure,
+        policy_version=policy.version,
+        attempts=plan.real_tries,
+    )
+    return {**headers, ":status": "200", "content-type": content_type, "content-length": str(len(body))}, body
+
+
+def _exhausted_answer(
+    plan: TryPlan, policy: Policy, failure: Failure, exhausted: Exhausted, record: TripRecord, created: int
+) -> Ruling:
+    headers, body = exhausted_answer(plan, policy, failure, exhausted, created)
+    return Ruling(Next.FINAL, failure, headers, body, record)

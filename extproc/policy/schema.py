@@ -109,6 +109,23 @@ class TenantTask(_Frozen):
     lowest_tier: int = Field(ge=0, le=3)
 
 
+class Budget(_Frozen):
+    """A tenant's spend limits (T4), over a fixed window (aligned to the epoch: hourly windows
+    start on the hour), counted from every try that reached a provider — retries, fallbacks and
+    rescues included, each at its own rung's price — across the fleet when a bus is shared.
+    Costs are in the providers' `cost_per_1k` units."""
+
+    window_s: float = Field(3600.0, ge=60, le=31 * 86_400)
+    max_tokens: int | None = Field(None, ge=1)
+    max_cost: float | None = Field(None, gt=0)
+    # The cost-rate guardrail: spend in the last minute (a runaway loop trips it long before the
+    # window's budget is gone).
+    max_cost_per_minute: float | None = Field(None, gt=0)
+    # Over budget: `refuse` (429 + Retry-After, in the client's dialect) or `cheaper` (only the
+    # ladder's cheapest rung the tenant permits; flagged degraded, reason budget_exceeded).
+    over: Literal["refuse", "cheaper"] = "refuse"
+
+
 class TenantPolicy(_Frozen):
     """What one tenant permits when its models degrade (T2). Tier 0 is the ladder's primary; a
     higher tier is a lower rung (another provider, a smaller model)."""
@@ -122,6 +139,11 @@ class TenantPolicy(_Frozen):
     message: str = "Your organisation's policy does not permit a fallback model for this request"
     # Where a deferred task's answer is POSTed (signed with deferral.callback_secret), if set.
     callback_url: str | None = None
+    # Tiers beyond this one need an operator's approval in force (`rungway approve`); until then
+    # those rungs are skipped like a tier the tenant does not permit, and a request none of the
+    # rest can serve is refused with how to approve. None: no approval needed.
+    approval_beyond_tier: int | None = Field(None, ge=0, le=3)
+    budget: Budget | None = None
 
     def lowest_tier_for(self, task: str) -> int:
         override = self.tasks.get(task)
@@ -230,6 +252,17 @@ class Rung(_Frozen):
         return requested if self.model == REQUESTED_MODEL else self.model
 
 
+class Exhausted(_Frozen):
+    """What a task class answers when no rung can serve it (T6 product tiers): a human handoff
+    notice (tier 3) or a static answer (tier 4), as a normal completion in the client's dialect
+    flagged degraded with its tier — an honest message saying what still works and what does
+    not, never an empty answer. A request's own fault (a bad request, a safety refusal, a prompt
+    larger than every rung) still gets its error."""
+
+    tier: Literal[3, 4] = 4
+    message: str = Field(min_length=1, max_length=4000)
+
+
 class TaskClass(_Frozen):
     """The health contract of a task class (H3): a 200 that breaks it is a partial outage."""
 
@@ -250,6 +283,9 @@ class TaskClass(_Frozen):
     # task id) and replayed when one recovers, if the policy has a `deferral` section. A request
     # whose impact class is `deferrable` (x-rungway-impact) is deferrable in any task class.
     deferrable: bool = False
+    # Answered by Rungway itself when no rung can serve (an outage): a handoff notice or a static
+    # answer (T6). None: the client gets the outage as an error.
+    when_exhausted: Exhausted | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> TaskClass:
@@ -467,6 +503,24 @@ class Passthrough(_Frozen):
         return False
 
 
+class Shadow(_Frozen):
+    """Continuous verification (D2): a share of live requests is also sent, non-streamed, to each
+    other rung of its ladder the tenant permits, through the sidecar; the answer is judged by the
+    task's health contract and the rung's latency baseline and never reaches the client.
+
+    `share` is per request (0.001-0.005 is a production setting; 0 turns it off). A tenant's
+    shadow spend per hour is capped by `max_cost_per_tenant_hour` (in the providers' cost_per_1k
+    units; each worker process keeps its own ledger, so a pod's cap is that times its workers)."""
+
+    share: float = Field(0.0, ge=0, le=1)
+    timeout_s: float = Field(30.0, gt=0, le=600)
+    # An answer slower than this many times the rung's latency baseline is a regression.
+    slow_factor: float = Field(3.0, ge=1, le=100)
+    max_cost_per_tenant_hour: float = Field(1.0, ge=0)
+    # Shadow calls in flight per worker process: past it a sampled request is not shadowed.
+    max_in_flight: int = Field(4, ge=1, le=256)
+
+
 Ladder = Annotated[list[Rung], Field(min_length=1, max_length=MAX_LADDER_LENGTH)]
 
 
@@ -521,6 +575,10 @@ class Policy(_Frozen):
     tenants: dict[str, TenantPolicy] = Field(default_factory=dict)
     tenant_defaults: TenantPolicy = TenantPolicy()
     deferral: Deferral | None = None
+    # The approvals file (`rungway approve` edits it, every worker follows it within a second);
+    # required when a tenant's policy asks for approvals. Keep it on durable storage.
+    approvals: Path | None = None
+    shadow: Shadow = Shadow()
 
     @field_validator("task_header", "impact_header")
     @classmethod
@@ -567,6 +625,8 @@ class Policy(_Frozen):
                 problems.append(f"passthrough.{dialect}: {name!r} does not speak {dialect}")
         for name, tenant in [*self.tenants.items(), ("", self.tenant_defaults)]:
             where = f"tenants.{name}" if name else "tenant_defaults"
+            if tenant.approval_beyond_tier is not None and self.approvals is None:
+                problems.append(f"{where}.approval_beyond_tier: set `approvals:` (the approvals file) too")
             for task in tenant.tasks:
                 if task not in self.tasks:
                     problems.append(f"{where}.tasks: unknown task class {task!r}")

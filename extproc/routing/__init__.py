@@ -14,6 +14,7 @@ from .ladder import (
     orderings,
     prompt_tokens_estimate,
     reroute,
+    tenant_forbids,
 )
 from .trip import Action, Position, Step, may_try, next_step, parse_retry_after, previous_failure
 
@@ -34,4 +35,5 @@ __all__ = [
     "previous_failure",
     "prompt_tokens_estimate",
     "reroute",
+    "tenant_forbids",
 ]

@@ -11,7 +11,16 @@ from typing import Any
 from ..core import Capability, Dialect, Failure, Impact
 from ..core.names import endpoint_key
 from ..policy import Policy
-from .ladder import NeedBody, Refusal, RequestFeatures, Route, choose, prompt_tokens_estimate, tenant_forbids
+from .ladder import (
+    NeedBody,
+    Refusal,
+    RequestFeatures,
+    Route,
+    choose,
+    prompt_tokens_estimate,
+    rung_price,
+    tenant_forbids,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,11 +66,12 @@ def explain(
 
     route = choose(policy, features, view if health else None)
     serving = route.rungs if isinstance(route, Route) else ()
+    cheapest = min((rung_price(policy, ladder, i) for i in serving), default=0.0)
     verdicts: list[RungVerdict] = []
     for i, rung in enumerate(policy.ladders[ladder]):
         provider = policy.providers[rung.provider]
         key = endpoint_key(rung.provider, rung.model_for(features.model))
-        reason = tenant_forbids(policy, features.tenant, features.task, ladder, i) or ""
+        reason = tenant_forbids(policy, features.tenant, features.task, ladder, i, features.approved_tier) or ""
         if not reason and features.stream and Capability.STREAMING not in provider.capabilities:
             reason = "does not stream"
         if not reason and features.json_mode and Capability.JSON_MODE not in provider.capabilities:
@@ -70,6 +80,8 @@ def explain(
             reason = f"context window {policy.context_window_of(ladder, i)} < {needed} tokens needed"
         if not reason and features.has_tools and Capability.TOOLS not in provider.capabilities and not rung.strip_tools:
             reason = "no tool calling"
+        if not reason and features.cheapest_only and serving and rung_price(policy, ladder, i) > cheapest:
+            reason = f"over budget: only the cheapest permitted rung serves (this one costs {rung_price(policy, ladder, i):g}/1k)"
         if not reason and health:
             reason = unhealthy(key, not verdicts) or ""
         if not reason and i not in serving:

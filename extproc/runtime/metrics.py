@@ -9,8 +9,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
@@ -92,6 +93,39 @@ class Metrics:
             "rungway_streams_total",
             "Streamed answers by how they ended (complete, finalised, interrupted, cut).",
             ["outcome"],
+            **kw,  # type: ignore[arg-type]
+        )
+        self.budget_reached = Counter(
+            "rungway_budget_reached_total",
+            "Requests of a tenant over its budget (T4), by the limit reached (tokens, cost, cost_rate) and "
+            "what happened (refuse: 429; cheaper: the ladder's cheapest permitted rung).",
+            ["tenant", "reason", "action"],
+            **kw,  # type: ignore[arg-type]
+        )
+        self.shadow_checks = Counter(
+            "rungway_shadow_checks_total",
+            "Continuous verification: live requests also sent to another rung, off the client's path, "
+            "by that rung's verdict (ok, slow, a failure class, timeout, unreachable).",
+            ["ladder", "rung", "endpoint", "verdict"],
+            **kw,  # type: ignore[arg-type]
+        )
+        self.shadow_cost = Counter(
+            "rungway_shadow_cost_total",
+            "What shadow calls cost (the providers' cost_per_1k units), by tenant and the rung asked.",
+            ["tenant", "ladder", "rung"],
+            **kw,  # type: ignore[arg-type]
+        )
+        self.shadow_skipped = Counter(
+            "rungway_shadow_skipped_total",
+            "Sampled shadow calls not made, by reason (budget, busy, no_listener, no_loop).",
+            ["reason"],
+            **kw,  # type: ignore[arg-type]
+        )
+        self.shadow_latency = Histogram(
+            "rungway_shadow_latency_seconds",
+            "A shadow call's whole answer time, by endpoint.",
+            ["endpoint"],
+            buckets=(0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64),
             **kw,  # type: ignore[arg-type]
         )
         self.circuit_transitions = Counter(
@@ -245,6 +279,30 @@ class BoardCollector(Collector):
         )
         retries.add_metric([], budget["retries"] / budget["allowed"] if budget["allowed"] else 0.0)
         yield from (state, score, p95, quota, retries)
+
+
+def stream_summary(families: Iterable[Metric]) -> dict[str, object]:
+    """/status's view of streamed answers from the workers' counters: how streams ended, and
+    each rescue path (from rung → to rung) by outcome, so an operator sees which rung rescued."""
+    ended: dict[str, float] = {}
+    rescues: dict[tuple[str, str, str], dict[str, float]] = {}
+    for family in families:
+        for sample in family.samples:
+            if sample.name == "rungway_streams_total":
+                outcome = sample.labels["outcome"]
+                ended[outcome] = ended.get(outcome, 0.0) + sample.value
+            elif sample.name == "rungway_stream_rescues_total":
+                path = (sample.labels["ladder"], sample.labels["from_rung"], sample.labels["to_rung"])
+                by_outcome = rescues.setdefault(path, {})
+                outcome = sample.labels["outcome"]
+                by_outcome[outcome] = by_outcome.get(outcome, 0.0) + sample.value
+    return {
+        "ended": {k: int(v) for k, v in sorted(ended.items())},
+        "rescues": [
+            {"ladder": ladder, "from_rung": int(src), "to_rung": int(dst), **{k: int(v) for k, v in sorted(o.items())}}
+            for (ladder, src, dst), o in sorted(rescues.items())
+        ],
+    }
 
 
 class EnvoyRestarts(Collector):

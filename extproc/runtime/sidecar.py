@@ -27,12 +27,14 @@ from ..core import (
     QuotaSignal,
     Rejection,
     RequestsDecided,
+    Spent,
     SystemClock,
     decode_event,
 )
 from ..core.names import endpoint_key
 from ..filters.deferral import task_answer
 from ..filters.effects import (
+    BudgetReached,
     Decided,
     Deferred,
     Effect,
@@ -41,6 +43,7 @@ from ..filters.effects import (
     Rescued,
     RescueRequested,
     Served,
+    ShadowRequested,
     Shed,
     StreamEnded,
     TaskQueried,
@@ -53,13 +56,17 @@ from ..filters.wire import ProcessingResponse
 from ..health.board import Board
 from ..health.circuit import Transition
 from ..identity import KeyStore
-from ..policy import REQUESTED_MODEL, Policy, resolve_credentials
+from ..policy import REQUESTED_MODEL, Budget, Policy, resolve_credentials
 from ..routing import HealthView
+from ..routing.approval import Approvals
+from ..routing.spend import OverBudget, SpendLedger
 from .admission import Admission
+from .approvals import ApprovalsFile
 from .bus import HealthBus, InProcessBus
 from .keyfile import KeyFile
 from .metrics import Metrics
 from .rescue import RESCUE_SOCKET_ENV
+from .shadow import ShadowCalls
 from .tasks import SqliteTaskStore, TaskStore
 
 log = logging.getLogger("rungway.health")
@@ -104,6 +111,13 @@ def configured_endpoints(policy: Policy) -> frozenset[str]:
     )
 
 
+def budget_ledger(policy: Policy) -> SpendLedger:
+    """A ledger whose windows are the tenants' budgets' (tenant_defaults' for everyone else)."""
+    windows = {name: t.budget.window_s for name, t in policy.tenants.items() if t.budget is not None}
+    default = policy.tenant_defaults.budget
+    return SpendLedger(windows, default.window_s if default is not None else 3600.0)
+
+
 def read_bus_event(raw: dict[str, Any]) -> BusEvent | None:
     """A typed event from the bus's JSON, or None (logged) for anything malformed or foreign."""
     try:
@@ -124,6 +138,7 @@ class Sidecar:
     channel_token: str = field(default_factory=lambda: os.environ.get(CHANNEL_TOKEN_ENV) or secrets.token_hex(16))
     rng: random.Random = field(default_factory=random.Random)
     key_file: KeyFile | None = None
+    approvals_file: ApprovalsFile | None = None
     # Envoy's rescue listener (runtime/rescue.py): set by `rungway up` for its workers.
     rescue_socket: Path | None = field(
         default_factory=lambda: Path(os.environ[RESCUE_SOCKET_ENV]) if os.environ.get(RESCUE_SOCKET_ENV) else None
@@ -131,8 +146,11 @@ class Sidecar:
     # The deferral queue (policy.deferral): accepted requests are stored here before their 202.
     tasks: TaskStore | None = None
     key_store: KeyStore = field(init=False)
+    approvals: Approvals = field(init=False)
     board: Board = field(init=False)
     admission: Admission = field(init=False)
+    shadows: ShadowCalls = field(init=False)
+    spend: SpendLedger = field(init=False)
     _requests_unsent: int = field(default=0, init=False)
     _requests_sent_at: float = field(default=float("-inf"), init=False)
     _ticked_at: float = field(default=float("-inf"), init=False)
@@ -143,8 +161,13 @@ class Sidecar:
         self.board = Board(self.policy.health, configured_baselines(self.policy), configured)
         self.metrics.pin_models(key.partition("/")[2] for key in configured)
         self.admission = Admission(self.policy.max_in_flight)
+        self.spend = budget_ledger(self.policy)
+        self.shadows = ShadowCalls(
+            self.policy.shadow, self.metrics, self.clock, self.rescue_socket, lambda key: self.baseline(key, False)
+        )
         self.bus.subscribe(self._on_event)
-        self.key_store = self.key_file.store if self.key_file is not None else KeyStore()
+        self.key_store = self.key_file.value if self.key_file is not None else KeyStore()
+        self.approvals = self.approvals_file.value if self.approvals_file is not None else Approvals()
         self.bus.on_reject(self._count_rejection)
 
     @classmethod
@@ -161,13 +184,16 @@ class Sidecar:
             bus or InProcessBus(),
             key_file=KeyFile(store) if policy.clients.auth == "keys" and store is not None else None,
             tasks=SqliteTaskStore(policy.deferral.store, STORE_WAIT_S) if policy.deferral is not None else None,
+            approvals_file=ApprovalsFile(policy.approvals) if policy.approvals is not None else None,
         )
 
-    def refresh_keys(self) -> None:
-        """Take a changed key store (called about once a second by the server)."""
+    def refresh_files(self) -> None:
+        """Take a changed key store or approvals file (called about once a second by the server)."""
         if self.key_file is not None and self.key_file.refresh():
-            self.key_store = self.key_file.store
+            self.key_store = self.key_file.value
             self.metrics.key_store_reloads.inc()
+        if self.approvals_file is not None and self.approvals_file.refresh():
+            self.approvals = self.approvals_file.value
 
     # ---- reads (the processors' Worker) ------------------------------------------------------
 
@@ -200,6 +226,9 @@ class Sidecar:
         endpoint = self.board.endpoints.get(key)
         return self.board.baseline(endpoint, stream) if endpoint is not None else None
 
+    def over_budget(self, tenant: str, budget: Budget | None) -> OverBudget | None:
+        return self.spend.over(tenant, budget, self.clock.wall())
+
     def overloaded(self) -> bool:
         return self.admission.full(self.clock.now())
 
@@ -229,6 +258,8 @@ class Sidecar:
                     m.decisions.labels(m.tenant(tenant), task, ladder, outcome).inc()
                 case Unauthenticated(reason):
                     m.unauthenticated.labels(reason).inc()
+                case BudgetReached(tenant, reason, action):
+                    m.budget_reached.labels(m.tenant(tenant), reason, action).inc()
                 case RequestCounted():
                     self._note_request()
                     self.admission.routed(self.clock.now())  # in flight until its try starts
@@ -248,7 +279,11 @@ class Sidecar:
                     m.tries_refused.labels(reason).inc()
                 case Rescued(ladder, from_rung, to_rung, outcome):
                     m.rescues.labels(ladder, str(from_rung), str(to_rung), outcome).inc()
-                case RescueRequested() | Deferred() | TaskQueried():
+                case RescueRequested():
+                    pass  # the stream's own loop makes the call (runtime/server.py)
+                case ShadowRequested():
+                    self.shadows.submit(effect)
+                case Deferred() | TaskQueried():
                     pass  # the stream's own loop does these (runtime/server.py)
 
     async def settle(self, effect: Deferred | TaskQueried) -> ProcessingResponse:
@@ -280,6 +315,11 @@ class Sidecar:
         self.bus.publish(observation.encode())
         self._publish_outbox()
 
+    def _spend(self, spent: Spent) -> None:
+        """A try's cost to its tenant: this replica's ledger, and every other's through the bus."""
+        self.spend.record(spent.tenant, spent.tokens, spent.cost, spent.at)
+        self.bus.publish(spent.encode())
+
     def _note_request(self) -> None:
         """Count a decided request for the fleet's retry budget; published in aggregate (every
         member of the bus decodes every event, so one event per request would not scale)."""
@@ -293,11 +333,14 @@ class Sidecar:
     # ---- events in and out -----------------------------------------------------------------
 
     def _on_event(self, raw: dict[str, Any]) -> None:
-        if raw.get("origin") == self.bus.origin and raw.get("k") == Observation.KIND:
-            return  # applied already, as an object, by _observe()
+        if raw.get("origin") == self.bus.origin and raw.get("k") in (Observation.KIND, Spent.KIND):
+            return  # applied already, as an object, by _observe() / _spend()
         event = read_bus_event(raw)
         if event is None:
             self._count_rejection(Rejection.MALFORMED.value)
+            return
+        if isinstance(event, Spent):
+            self.spend.record(event.tenant, event.tokens, event.cost, event.at)
             return
         self._announce_all(self.board.apply(event, self.clock.wall()))
         self._publish_outbox()

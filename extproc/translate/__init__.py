@@ -10,7 +10,8 @@ May import: core.
 """
 
 from extproc.translate import anthropic_to_openai, openai_to_anthropic
-from extproc.translate.answer import AnswerFacts, ToolCall, answer_facts, output_tokens
+from extproc.translate.answer import AnswerFacts, ToolCall, answer_facts, input_tokens, output_tokens
+from extproc.translate.canned import canned_answer
 from extproc.translate.errors import (
     ProviderError,
     TranslationError,
@@ -87,9 +88,11 @@ __all__ = [
     "answer_facts",
     "anthropic_to_openai",
     "api_pair",
+    "canned_answer",
     "classify",
     "classify_stream_error",
     "dump_json",
+    "input_tokens",
     "load_json",
     "openai_to_anthropic",
     "output_tokens",
