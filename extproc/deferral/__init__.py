@@ -22,7 +22,7 @@ from .queue import (
     retry_delay,
     transition,
 )
-from .rules import deferrable, servable
+from .rules import deferrable, may_wait, servable
 
 __all__ = [
     "Candidate",
@@ -35,6 +35,7 @@ __all__ = [
     "deferrable",
     "fair_order",
     "is_due",
+    "may_wait",
     "replay_verdict",
     "retry_delay",
     "servable",

@@ -10,14 +10,20 @@ from ..policy import Policy
 from ..routing import HealthView, NeedBody, Refusal, RequestFeatures, Route, choose
 
 
-def deferrable(policy: Policy, features: RequestFeatures, result: Route | Refusal | NeedBody) -> bool:
-    """A request the policy marks deferrable (its task class, or its impact class) that no
-    permitted rung can serve now: every permitted rung is down (routed anyway, or refused as
-    not permitted because the permitted ones are down). Never a stream (its client is waiting
-    for events, not a task id), nor a request the rules alone refuse (it will never be served)."""
+def may_wait(policy: Policy, features: RequestFeatures) -> bool:
+    """Does the policy let this request wait for later: its task class, or its impact class, is
+    deferrable, the policy has a deferral queue, and it is not a stream (its client is waiting
+    for events, not a task id)?"""
     if policy.deferral is None or features.stream:
         return False
-    if not (policy.tasks[features.task].deferrable or features.impact is Impact.DEFERRABLE):
+    return policy.tasks[features.task].deferrable or features.impact is Impact.DEFERRABLE
+
+
+def deferrable(policy: Policy, features: RequestFeatures, result: Route | Refusal | NeedBody) -> bool:
+    """A request that may wait and that no permitted rung can serve now: every permitted rung is
+    down (routed anyway, or refused as not permitted because the permitted ones are down).
+    Never a request the rules alone refuse (it will never be served)."""
+    if not may_wait(policy, features):
         return False
     if isinstance(result, Route):
         return result.unwell

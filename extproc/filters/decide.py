@@ -29,7 +29,7 @@ from ..core.names import (
     direct_cluster,
     endpoint_key,
 )
-from ..deferral import deferrable
+from ..deferral import deferrable, may_wait
 from ..identity import Identity, Unknown
 from ..routing.ladder import NeedBody, Refusal, RequestFeatures, Route, choose, reroute
 from ..translate import api_pair, load_json, provider_header_scrub, redact_error_body, render_error
@@ -220,6 +220,11 @@ class DecideProcessor:
         over = worker.over_budget(who.tenant, budget) if budget is not None else None
         if budget is not None and over is not None:
             self._effects.append(BudgetReached(who.tenant, over.reason, budget.over))
+            if budget.over == "refuse" and self._replay is None and may_wait(policy, self._features):
+                # Deferrable work waits for the budget's next window instead (the drainer's
+                # replays are refused 429 until then and wait out its Retry-After).
+                self._deferring = Failure.BUDGET_EXCEEDED
+                return with_mode(request_headers_response(), _ASK_FOR_BODY)
             if budget.over == "refuse":
                 message = (
                     f"tenant {who.tenant!r} has reached its {over.reason.replace('_', ' ')} budget "

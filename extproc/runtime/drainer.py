@@ -149,6 +149,7 @@ class Drainer:
                 async with session.post(base + task.path, data=task.body, headers=headers) as r:
                     body = await r.read()
                     status = r.status
+                    wait = r.headers.get("retry-after", "")
                     kept = tuple(
                         (k.lower(), v)
                         for k, v in r.headers.items()
@@ -156,7 +157,7 @@ class Drainer:
                     )
             except (aiohttp.ClientError, TimeoutError) as exc:
                 log.info("replay of deferred task %s did not reach Envoy: %s", task.id, type(exc).__name__)
-                status, body, kept = 0, b"", ()
+                status, body, kept, wait = 0, b"", (), ""
             now = time.time()
             if status and replay_verdict(status) is Verdict.DONE:
                 result = TaskResult(status, kept, body, now)
@@ -171,7 +172,9 @@ class Drainer:
                         self._start_callback(url, task, result)
             else:
                 attempts = self._attempts[task.id] = self._attempts.get(task.id, 0) + 1
-                await asyncio.to_thread(self._store.retry, task.id, now + retry_delay(attempts, self._rng))
+                # A Retry-After (a budget's next window, a rate limit) is waited out in full.
+                delay = max(retry_delay(attempts, self._rng), float(wait) if wait.isdigit() else 0.0)
+                await asyncio.to_thread(self._store.retry, task.id, now + delay)
                 self._count(task.tenant, "retried")
         except Exception:  # the store failed: the lease lapses and the task is replayed again
             log.exception("deferred task %s: replay bookkeeping failed", task.id)

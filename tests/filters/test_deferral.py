@@ -15,6 +15,7 @@ from extproc.core.names import LOCATION, TASK_ID_HEADER, TASK_STATUS_HEADER
 from extproc.deferral import TaskQueue
 from extproc.filters.decide import DecideProcessor
 from extproc.filters.effects import Deferred, TaskQueried
+from extproc.routing.spend import OverBudget
 from extproc.runtime.sidecar import Sidecar
 from tests.builders import (
     CLIENT_KEY,
@@ -33,17 +34,22 @@ from tests.builders import (
 BODY = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
 
 
-def deferral_sidecar(monkeypatch: pytest.MonkeyPatch, *, down: bool = True, capacity: int = 10) -> Sidecar:
+def deferral_sidecar(
+    monkeypatch: pytest.MonkeyPatch, *, down: bool = True, capacity: int = 10, over_budget: bool = False
+) -> Sidecar:
     tasks = {**policy_data()["tasks"], "batch": {"deferrable": True}}
+    budget = {"budget": {"max_cost": 5.0}} if over_budget else {}
     policy = make_policy(
         tasks=tasks,
-        tenants={"acme": {"lowest_tier": 0}},
+        tenants={"acme": {"lowest_tier": 0, **budget}},
         deferral={"store": "unused.db", "max_per_tenant": capacity},
     )
     sidecar = make_sidecar(policy)
     sidecar.tasks = TaskQueue()
     view: Any = lambda key, first: Failure.SERVER_ERROR if down and key.startswith("primary") else None  # noqa: E731
     monkeypatch.setattr(sidecar, "health_view", lambda impact: view)
+    if over_budget:
+        monkeypatch.setattr(sidecar, "over_budget", lambda tenant, budget: OverBudget("cost", 120, 5.5, 5.0))
     return sidecar
 
 
@@ -167,3 +173,16 @@ def test_a_task_is_read_by_its_own_tenant_only(monkeypatch: pytest.MonkeyPatch) 
     processor = DecideProcessor(sidecar)
     (answer,) = processor.dispatch(request_headers(headers(CLIENT_KEY, "/v1/rungway/tasks/../etc", "GET")))
     assert answer.immediate_response.status.code == 404
+
+
+def test_a_deferrable_request_over_its_tenants_budget_waits_for_the_next_window(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    sidecar = deferral_sidecar(monkeypatch, down=False, over_budget=True)
+    _, answers, effects = send(sidecar, {"x-rungway-task": "batch"})
+    (deferred,) = [e for e in effects if isinstance(e, Deferred)]
+    assert answers == []
+    assert immediate_headers(settle(sidecar, deferred))["x-rungway-reason"] == "budget_exceeded"
+    _, answers, effects = send(sidecar)  # not deferrable: the budget's 429, as before
+    assert answers[0].immediate_response.status.code == 429
+    assert not [e for e in effects if isinstance(e, Deferred)]
