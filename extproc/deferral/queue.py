@@ -85,11 +85,15 @@ class Verdict(StrEnum):
     RETRY = "retry"  # no rung served it (yet): replay later
 
 
-def replay_verdict(status: int) -> Verdict:
+def replay_verdict(status: int, served_by: str = "") -> Verdict:
     """A success and a client error are answers (the request itself is what it is); a 429 or
     any 5xx means no rung could serve it now. A 401 means Rungway could not vouch for the
-    replay (a restarted pod's new secret): replayed again."""
+    replay (a restarted pod's new secret): replayed again. A success Rungway made up itself
+    (a task class's `when_exhausted` stand-in, served by `rungway/...`) is not the model's
+    answer the task waits for: replayed again."""
     if status in (401, 408, 429) or status >= 500:
+        return Verdict.RETRY
+    if 200 <= status < 300 and served_by.startswith("rungway"):
         return Verdict.RETRY
     return Verdict.DONE
 

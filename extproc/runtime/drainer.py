@@ -27,7 +27,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from ..core import DeferredTask, Failure, Impact, TaskResult
-from ..core.names import REPLAY_HEADER, TASK_ID_HEADER
+from ..core.names import REPLAY_HEADER, SERVED_BY, TASK_ID_HEADER
 from ..deferral import Verdict, fair_order, replay_verdict, retry_delay, servable
 from ..health.board import Board
 from ..policy import Policy
@@ -159,7 +159,7 @@ class Drainer:
                 log.info("replay of deferred task %s did not reach Envoy: %s", task.id, type(exc).__name__)
                 status, body, kept, wait = 0, b"", (), ""
             now = time.time()
-            if status and replay_verdict(status) is Verdict.DONE:
+            if status and replay_verdict(status, dict(kept).get(SERVED_BY, "")) is Verdict.DONE:
                 result = TaskResult(status, kept, body, now)
                 first = await asyncio.to_thread(self._store.finish, task.id, result)
                 self._count(task.tenant, "answered" if first else "duplicate")

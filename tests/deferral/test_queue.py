@@ -111,7 +111,12 @@ def test_a_tenant_served_last_pass_goes_after_one_that_was_not() -> None:
     ],
 )
 def test_only_answers_end_a_task_and_outages_send_it_back(status: int, verdict: Verdict) -> None:
-    assert replay_verdict(status) is verdict
+    assert replay_verdict(status, "primary/gpt-4o") is verdict
+
+
+def test_a_stand_in_answer_rungway_made_up_is_not_the_answer_a_task_waits_for() -> None:
+    assert replay_verdict(200, "rungway/static") is Verdict.RETRY
+    assert replay_verdict(400, "rungway") is Verdict.DONE  # the request's own fault is its answer
 
 
 @given(st.integers(1, 100), st.integers(0, 2**32))
