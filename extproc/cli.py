@@ -129,7 +129,9 @@ def cmd_policy_explain(args: argparse.Namespace) -> int:
     print(f"tenant {args.tenant}, task {features.task}, model {args.model}: ladder {result.ladder or '-'}")
     for v in result.rungs:
         mark = "serves " if v.serves else "skipped"
-        print(f"  {v.index}  tier {v.tier}  {v.endpoint:<40} {mark}  {v.reason}")
+        print(f"  {v.index}  tier {v.tier}  {v.endpoint:<40} {mark}  tools {v.tool_mode:<9}  {v.reason}")
+        for note in v.notes:
+            print(f"       {note}")
     print(f"→ {result.outcome}")
     return 0
 

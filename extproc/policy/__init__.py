@@ -11,6 +11,7 @@ from .schema import (
     BusSecurity,
     CircuitSettings,
     Clients,
+    ContextRules,
     Credential,
     CredentialError,
     Ejection,
@@ -21,6 +22,8 @@ from .schema import (
     Provider,
     Rung,
     TaskClass,
+    TenantPolicy,
+    ToolRules,
     is_loopback_host,
 )
 
@@ -30,6 +33,7 @@ __all__ = [
     "BusSecurity",
     "CircuitSettings",
     "Clients",
+    "ContextRules",
     "Credential",
     "CredentialError",
     "Ejection",
@@ -42,6 +46,7 @@ __all__ = [
     "Rung",
     "TaskClass",
     "TenantPolicy",
+    "ToolRules",
     "is_loopback_host",
     "load_policy",
     "parse_policy",

@@ -23,6 +23,8 @@ from extproc.core.names import (
     SKIP_HEADER,
     SKIPPED_HEADER,
     TIER,
+    TOOL_MODE,
+    TOOLS_REMOVED,
 )
 from extproc.filters.attempt import _LATE_BYTES, AttemptProcessor, Phase
 from extproc.filters.wire import Mode, response_headers_response
@@ -195,8 +197,11 @@ def flag_headers(headers: dict[str, str]) -> dict[str, str]:
     return {k: v for k, v in headers.items() if k.startswith("x-rungway-")}
 
 
-def flags_of(served_by: str, tier: int, degraded: bool, reason: str = "none", attempts: int = 1) -> dict[str, str]:
+def flags_of(
+    served_by: str, tier: int, degraded: bool, reason: str = "none", attempts: int = 1, tool_mode: str = "full"
+) -> dict[str, str]:
     return {
+        TOOL_MODE: tool_mode,
         SERVED_BY: served_by,
         TIER: str(tier),
         DEGRADED: "true" if degraded else "false",
@@ -414,7 +419,10 @@ def test_strip_tools_drops_the_tools_and_flags_the_answer_as_degraded() -> None:
     sent = json.loads(body)
     assert "tools" not in sent and "tool_choice" not in sent
     judged = t.answer_json(200, openai_answer())
-    assert flag_headers(set_headers(judged)) == flags_of("small/small-model", 2, True, "tool_mismatch")
+    assert flag_headers(set_headers(judged)) == {
+        **flags_of("small/small-model", 2, True, "tool_mismatch", tool_mode="no_tools"),
+        TOOLS_REMOVED: "f",
+    }
 
 
 def test_untranslatable_request_is_a_client_error_in_the_client_dialect() -> None:
@@ -526,7 +534,9 @@ def test_invalid_200_on_the_last_rung_is_the_clients_answer() -> None:
     judged = t.answer_json(200, openai_answer(content=None))
     headers = set_headers(judged)
     assert headers[":status"] == "502"
-    assert flag_headers(headers) == flags_of("small/small-model", 2, True, "quality_regression", attempts=3)
+    assert flag_headers(headers) == flags_of(
+        "small/small-model", 2, True, "quality_regression", attempts=3, tool_mode="no_tools"
+    )
     body = body_of(judged)
     assert body is not None and json.loads(body)["error"]["code"] == "quality_regression"
     # The first failure of the request stays the reason it left tier 0.
