@@ -64,13 +64,13 @@ def trim_context(dialect: Dialect, body: dict[str, Any], window: int, *, placeho
         return ContextTrim(body, 0, whole <= budget)
     anthropic = dialect.wire is Dialect.ANTHROPIC
     pinned = [m for m in messages if not anthropic and _role(m) in _PINNED_ROLES]
-    talk = [m for m in messages if anthropic or _role(m) not in _PINNED_ROLES]
-    units = _units(talk, anthropic)
+    talk = [i for i, m in enumerate(messages) if anthropic or _role(m) not in _PINNED_ROLES]
+    units = _units(messages, talk, anthropic)
     # Compact JSON is additive: the body's length is its length without the conversation, plus
     # each message's, plus a comma between two.
     base = len(dumps({**body, "messages": pinned})) - (0 if pinned else 1)
-    sizes = [sum(len(dumps(m)) + 1 for m in unit) for unit in units]
-    starts = [i for i, unit in enumerate(units) if i > 0 and _role(unit[0]) == "user"]
+    sizes = [sum(len(dumps(messages[i])) + 1 for i in unit) for unit in units]
+    starts = [n for n, unit in enumerate(units) if n > 0 and _role(messages[unit[0]]) == "user"]
     if not starts:
         return ContextTrim(body, 0, False)
     chosen = starts[-1]
@@ -79,14 +79,15 @@ def trim_context(dialect: Dialect, body: dict[str, Any], window: int, *, placeho
             chosen = start
             break
     dropped = sum(len(unit) for unit in units[:chosen])
-    kept = [m for unit in units[chosen:] for m in unit]
-    if placeholder:
-        kept = [placeholder_message(dropped), *kept]
-    out = {**body, "messages": [*pinned, *kept]}
+    # System prompts before the cut move up to it; those after it stay where they were.
+    cut = units[chosen][0]
+    head = [m for m in messages[:cut] if not anthropic and _role(m) in _PINNED_ROLES]
+    marker = [placeholder_message(dropped)] if placeholder else []
+    out = {**body, "messages": [*head, *marker, *messages[cut:]]}
     return ContextTrim(out, dropped, len(dumps(out)) <= budget)
 
 
-def _cost(base: int, sizes: list[int], units: list[list[Any]], start: int, *, placeholder: bool) -> int:
+def _cost(base: int, sizes: list[int], units: list[list[int]], start: int, *, placeholder: bool) -> int:
     """The body's length keeping units[start:] (each size counts its message's comma)."""
     cost = base + sum(sizes[start:])
     if placeholder:
@@ -105,12 +106,13 @@ def _carries_tool_result(message: Any, anthropic: bool) -> bool:
     return isinstance(content, list) and any(isinstance(b, dict) and b.get("type") == "tool_result" for b in content)
 
 
-def _units(messages: list[Any], anthropic: bool) -> list[list[Any]]:
-    """Messages grouped so that no group starts with a tool result: the unit of dropping."""
-    units: list[list[Any]] = []
-    for message in messages:
-        if units and _carries_tool_result(message, anthropic):
-            units[-1].append(message)
+def _units(messages: list[Any], talk: list[int], anthropic: bool) -> list[list[int]]:
+    """The conversation's message indices grouped so that no group starts with a tool result:
+    the unit of dropping."""
+    units: list[list[int]] = []
+    for i in talk:
+        if units and _carries_tool_result(messages[i], anthropic):
+            units[-1].append(i)
         else:
-            units.append([message])
+            units.append([i])
     return units
