@@ -31,7 +31,7 @@ def _tool(name: str) -> dict[str, Any]:
     }
 
 
-TOOLS = [_tool("issue_refund"), _tool("lookup_order")]
+TOOLS: Any = [_tool("issue_refund"), _tool("lookup_order")]
 SYSTEM = "You are the support assistant of Example Shop. Never promise a refund yourself."
 
 
@@ -76,7 +76,7 @@ def test_a_write_tool_is_never_offered_below_its_tier(served: Stack, fleet: Flee
     raw = served.openai().chat.completions.with_raw_response.create(
         model="gpt-4o",
         messages=[{"role": "user", "content": "refund order 7"}],
-        tools=TOOLS,  # type: ignore[arg-type]
+        tools=TOOLS,
         tool_choice=pick_refund,
     )
     assert raw.headers["x-rungway-served-by"] == "secondary/claude-fallback"

@@ -22,7 +22,7 @@ def anthropic_tool(name: str) -> dict[str, Any]:
     return {"name": name, "description": name, "input_schema": {"type": "object"}}
 
 
-OPENAI = {
+OPENAI: dict[str, Any] = {
     "model": "gpt-4o",
     "messages": [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "refund 7"}],
     "tools": [openai_tool("issue_refund"), openai_tool("lookup_order")],
