@@ -186,6 +186,23 @@ def test_a_long_conversation_hopping_to_a_small_window_is_trimmed_and_flagged(se
     assert re.search(r'rungway_context_trimmed_total\{ladder="long",rung="1"\} [1-9]', served.metrics())
 
 
+def test_a_stream_is_trimmed_and_flagged_too(served: Stack, fleet: Fleet) -> None:
+    fleet.primary.set_mode("status:503")
+    messages = _long_openai_conversation()
+    with served.openai().chat.completions.with_streaming_response.create(
+        model="long-chat",
+        messages=messages,  # type: ignore[arg-type]
+        stream=True,
+    ) as response:
+        headers = response.headers
+        text = "".join(chunk.choices[0].delta.content or "" for chunk in response.parse() if chunk.choices)
+    assert headers["x-rungway-served-by"] == "small/small-model"
+    assert int(headers["x-rungway-context-trimmed"]) > 0
+    assert text.startswith("Hello from small")
+    sent = body_of(fleet.small.requests[-1])
+    assert sent["stream"] is True and sent["messages"][-1] == messages[-1]
+
+
 def test_an_anthropic_client_is_trimmed_across_translation(served: Stack, fleet: Fleet) -> None:
     fleet.primary.set_mode("status:503")
     messages: list[Any] = []
