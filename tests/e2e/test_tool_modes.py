@@ -195,7 +195,8 @@ def test_a_stream_is_trimmed_and_flagged_too(served: Stack, fleet: Fleet) -> Non
         stream=True,
     ) as response:
         headers = response.headers
-        text = "".join(chunk.choices[0].delta.content or "" for chunk in response.parse() if chunk.choices)
+        chunks: Any = response.parse()
+        text = "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices)
     assert headers["x-rungway-served-by"] == "small/small-model"
     assert int(headers["x-rungway-context-trimmed"]) > 0
     assert text.startswith("Hello from small")
