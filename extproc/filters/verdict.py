@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from ..core import CLIENT_STATUS, Failure, TripRecord
+from ..core import CLIENT_STATUS, Failure, ToolMode, TripRecord
 from ..core.names import RETRY_HEADER
 from ..health.contract import Contract, judge_answer
 from ..policy import Policy
@@ -73,7 +73,7 @@ def answer_flags(plan: TryPlan, policy: Policy, failure: Failure | None, *, shap
         reason=reason,
         policy_version=policy.version,
         attempts=plan.real_tries,  # tries that reached a provider (Envoy also counts skipped slots)
-        tool_mode=plan.tool_mode.value,
+        tool_mode=None if plan.tool_mode is ToolMode.FULL else plan.tool_mode.value,  # full: as before T5
         tools_removed=shape.tools_removed,
         trimmed=shape.trimmed,
     )

@@ -203,7 +203,7 @@ def flags_of(
     served_by: str, tier: int, degraded: bool, reason: str = "none", attempts: int = 1, tool_mode: str = "full"
 ) -> dict[str, str]:
     return {
-        TOOL_MODE: tool_mode,
+        **({} if tool_mode == "full" else {TOOL_MODE: tool_mode}),
         SERVED_BY: served_by,
         TIER: str(tier),
         DEGRADED: "true" if degraded else "false",
