@@ -165,3 +165,41 @@ def test_trimming_keeps_system_and_last_turn_and_never_orphans_a_tool_result(
         assert trim.fits
         assert len(dumps(trim.body)) <= window * CHARS_PER_TOKEN
     assert trim.fits == (len(dumps(trim.body)) <= window * CHARS_PER_TOKEN)
+
+
+@st.composite
+def anthropic_conversations(draw: st.DrawFn) -> list[dict[str, Any]]:
+    """Well-formed Messages conversations: a tool_use answered by the next user turn's tool_result."""
+    messages: list[dict[str, Any]] = []
+    for n in range(draw(st.integers(1, 10))):
+        messages.append({"role": "user", "content": draw(texts)})
+        if draw(st.booleans()):
+            use = {"type": "tool_use", "id": f"t{n}", "name": "f", "input": {}}
+            messages.append({"role": "assistant", "content": [{"type": "text", "text": draw(texts)}, use]})
+            result = {"type": "tool_result", "tool_use_id": f"t{n}", "content": draw(texts)}
+            messages.append({"role": "user", "content": [result]})
+        messages.append({"role": "assistant", "content": draw(texts)})
+    if draw(st.booleans()):
+        messages.append({"role": "user", "content": draw(texts)})
+    return messages
+
+
+@given(anthropic_conversations(), st.integers(20, 2000), st.booleans())
+def test_anthropic_trimming_keeps_system_and_never_cuts_between_a_tool_use_and_its_result(
+    messages: list[dict[str, Any]], window: int, placeholder: bool
+) -> None:
+    body = {"model": "m", "max_tokens": 10, "system": "Be brief.", "messages": messages}
+    trim = trim_context(Dialect.ANTHROPIC, body, window, placeholder=placeholder)
+    out = trim.body["messages"]
+    assert trim.body["system"] == "Be brief."
+    uses: set[str] = set()
+    for m in out:
+        for block in m["content"] if isinstance(m["content"], list) else ():
+            if block["type"] == "tool_use":
+                uses.add(block["id"])
+            if block["type"] == "tool_result":
+                assert block["tool_use_id"] in uses
+    kept = out[1:] if trim.dropped and placeholder else out
+    assert kept == messages[trim.dropped :]
+    assert kept[0]["role"] == "user" or out[0] == placeholder_message(trim.dropped)
+    assert trim.fits == (len(dumps(trim.body)) + 10 * CHARS_PER_TOKEN <= window * CHARS_PER_TOKEN)
