@@ -124,6 +124,7 @@ def cmd_policy_explain(args: argparse.Namespace) -> int:
         stream=args.stream,
         tools=args.tools,
         impact=impact,
+        prompt_tokens=args.prompt_tokens,
     )
     result = explain(policy, features, health)
     print(f"tenant {args.tenant}, task {features.task}, model {args.model}: ladder {result.ladder or '-'}")
@@ -453,6 +454,7 @@ def build_parser() -> argparse.ArgumentParser:
     why.add_argument("--impact", choices=[i.value for i in Impact])
     why.add_argument("--stream", action="store_true")
     why.add_argument("--tools", action=argparse.BooleanOptionalAction, default=None)
+    why.add_argument("--prompt-tokens", type=int, help="the request's size: shows context windows and trimming")
     why.add_argument("--admin", type=_address, help="a running `rungway up`'s admin: include live health")
     why.add_argument("--admin-token-file", type=Path)
     why.set_defaults(func=cmd_policy_explain)

@@ -12,7 +12,16 @@ from ..core import Capability, Dialect, Failure, Impact, ToolMode
 from ..core.names import endpoint_key
 from ..policy import Policy
 from .capability import matrix_forbids, refuses_tools, tool_mode_of
-from .ladder import NeedBody, Refusal, RequestFeatures, Route, choose, prompt_tokens_estimate, tenant_forbids
+from .ladder import (
+    BYTES_PER_TOKEN,
+    NeedBody,
+    Refusal,
+    RequestFeatures,
+    Route,
+    choose,
+    prompt_tokens_estimate,
+    tenant_forbids,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,20 +116,24 @@ def _notes(policy: Policy, mode: ToolMode, window: int, needed: int, largest: in
         notes.append("tools removed; the answer is the calls the model would make, as data")
     elif mode is ToolMode.NO_TOOLS:
         notes.append("tools removed")
-    if policy.context.trim and (needed > window or window < largest):
+    if policy.context.trim and needed > window:
+        notes.append(
+            f"history trimmed to its {window}-token window ({needed} needed; system prompt and latest turns kept)"
+        )
+    elif policy.context.trim and window < largest:
         notes.append(f"a longer history is trimmed to its {window}-token window (system prompt and latest turns kept)")
     return tuple(notes)
 
 
 def features_for(policy: Policy, *, tenant: str, task: str, model: str, stream: bool, tools: bool | None,
-                 impact: Impact | None = None) -> RequestFeatures:  # fmt: skip
+                 impact: Impact | None = None, prompt_tokens: int | None = None) -> RequestFeatures:  # fmt: skip
     return RequestFeatures(
         dialect=Dialect.OPENAI,
         model=model,
         stream=stream,
         json_mode=False,
         max_tokens=None,
-        body_bytes=None,
+        body_bytes=None if prompt_tokens is None else prompt_tokens * BYTES_PER_TOKEN,
         tenant=tenant,
         task=task if task in policy.tasks else policy.default_task,
         impact=impact or policy.default_impact,

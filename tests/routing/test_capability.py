@@ -115,3 +115,16 @@ def test_explain_names_the_matrix_the_tool_modes_and_trimming() -> None:
     assert second.tool_mode == "read_only" and second.notes[0] == "write tools removed (issue_refund)"
     assert third.tool_mode == "no_tools" and third.notes[0] == "tools removed"
     assert "trimmed to its 4000-token window" in third.notes[1]
+
+
+def test_explain_with_a_prompt_size_names_the_window_it_overflows_or_trims_to() -> None:
+    def verdicts(policy: Any) -> list[str]:
+        f = features_for(
+            policy, tenant="acme", task="default", model="gpt-4o", stream=False, tools=False, prompt_tokens=6000
+        )
+        return [v.reason or "; ".join(v.notes) for v in explain(policy, f).rungs]
+
+    assert verdicts(make_policy())[2] == "context window 4000 < 6000 tokens needed"
+    assert verdicts(make_policy(context={"trim": True}))[2] == (
+        "tools removed; history trimmed to its 4000-token window (6000 needed; system prompt and latest turns kept)"
+    )
