@@ -91,10 +91,9 @@ def _choice_without(anthropic: bool, choice: object, kept: set[str | None]) -> o
         return choice
     if choice.get("type") == "allowed_tools":
         allowed = choice.get("allowed_tools")
-        listed = allowed.get("tools") if isinstance(allowed, dict) else None
-        if isinstance(listed, list):
-            still = [t for t in listed if tool_name(t) in kept]
-            return {**choice, "allowed_tools": {**allowed, "tools": still}} if still else "auto"  # type: ignore[dict-item]
+        if isinstance(allowed, dict) and isinstance(allowed.get("tools"), list):
+            still = [t for t in allowed["tools"] if tool_name(t) in kept]
+            return {**choice, "allowed_tools": {**allowed, "tools": still}} if still else "auto"
         return choice
     return choice if tool_name(choice) in kept else "auto"
 

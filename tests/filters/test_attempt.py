@@ -457,9 +457,8 @@ def test_a_lower_rung_gets_no_write_tool_and_a_history_trimmed_to_its_window() -
     flags = flag_headers(set_headers(judged))
     assert flags[TOOL_MODE] == "read_only" and flags[TOOLS_REMOVED] == "issue_refund"
     assert flags[TRIMMED] == str(reshaped.trimmed) and flags[DEGRADED] == "true"
-    metrics = sidecar.metrics
-    assert metrics.context_trimmed.labels("main", "1")._value.get() == 1
-    assert metrics.tools_removed.labels("main", "1", "read_only")._value.get() == 1
+    assert sample(sidecar, "rungway_context_trimmed_total", ladder="main", rung="1") == 1
+    assert sample(sidecar, "rungway_tools_removed_total", ladder="main", rung="1", tool_mode="read_only") == 1
 
 
 def test_untranslatable_request_is_a_client_error_in_the_client_dialect() -> None:
