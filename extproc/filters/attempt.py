@@ -64,6 +64,7 @@ from .effects import (
     RescueFailed,
     RescueItem,
     RescueRequested,
+    Reshaped,
     Served,
     ShadowRequested,
     StreamEnded,
@@ -72,7 +73,7 @@ from .effects import (
     TryRefused,
 )
 from .flags import own_answer_headers
-from .request import TryPlan, UnsafeTryError, header_mutation, plan_try, request_schema, rewrite_body
+from .request import UNSHAPED, TryPlan, UnsafeTryError, header_mutation, plan_try, request_schema, rewrite_body
 from .rescue import Rescue, plan_rescue, rescue_note
 from .shadow import plan_shadows
 from .stream import StreamTry
@@ -176,7 +177,7 @@ class AttemptProcessor:
         self._answered_at: float | None = None  # response headers arrived
         self._first_token_at: float | None = None
         self._relay_flags: str | None = None  # the relay's response flags: its own answer, or "-"
-        self._tools_stripped = False
+        self._shape = UNSHAPED
         self._stream: StreamTry | None = None
         # A stream's end (see the module docstring): the provider's end seen, ours sent, and
         # since when the client has had its last bytes while the provider's side is still open.
@@ -338,7 +339,13 @@ class AttemptProcessor:
                 self._effects.extend(self._shadows(plan, body))
             if not plan.rewrite:
                 return [request_body_response()]
-            body, self._tools_stripped = rewrite_body(plan, body)
+            body, self._shape = rewrite_body(plan, body)
+            if self._shape.degraded and not plan.decision.probe:
+                shape = self._shape
+                ladder, rung = plan.position.ladder, plan.position.rung
+                self._effects.append(
+                    Reshaped(ladder, rung, shape.tool_mode.value, len(shape.tools_removed), shape.trimmed)
+                )
             data = dump_json(body)
         except (ValueError, TranslationError) as exc:
             message = exc.message if isinstance(exc, TranslationError) else "the request body is not valid JSON"
@@ -706,7 +713,7 @@ class AttemptProcessor:
             body,
             retry_after_s=self._retry_after,
             request_schema=self._request_schema,
-            tools_stripped=self._tools_stripped,
+            shape=self._shape,
             created=int(self._worker.clock.wall()),
             relay_flags=self._relay_flags,
         )
@@ -758,7 +765,7 @@ class AttemptProcessor:
             status=None,
             provider_body=b"",
             retry_after_s=self._retry_after,
-            tools_stripped=self._tools_stripped,
+            shape=self._shape,
             can_wait=False,
             created=int(self._worker.clock.wall()),
         )
@@ -819,7 +826,7 @@ class AttemptProcessor:
         return self._plan
 
     def _flags(self, failure: Failure | None) -> dict[str, str]:
-        return answer_flags(self._started(), self._policy, failure, tools_stripped=self._tools_stripped)
+        return answer_flags(self._started(), self._policy, failure, shape=self._shape)
 
     def _rung_labels(self) -> tuple[str, int, str, str]:
         plan = self._started()
@@ -836,7 +843,7 @@ class AttemptProcessor:
         self._count("served")
         if plan.decision.probe:
             return
-        degraded = plan.position.rung != 0 or self._tools_stripped
+        degraded = plan.position.rung != 0 or self._shape.degraded
         tier = self._policy.tier_of(plan.position.ladder, plan.position.rung)
         self._effects.append(Served(plan.decision.tenant, plan.decision.task, plan.position.ladder, tier, degraded))
 

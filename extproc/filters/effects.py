@@ -90,6 +90,18 @@ class Served:
 
 
 @dataclass(frozen=True, slots=True)
+class Reshaped:
+    """A try's rewrite gave its rung less than the client sent: tools its mode removed (T5),
+    messages trimmed to fit its window (F6)."""
+
+    ladder: str
+    rung: int
+    tool_mode: str
+    tools_removed: int
+    trimmed: int
+
+
+@dataclass(frozen=True, slots=True)
 class StreamEnded:
     """How a streamed answer ended: complete, finalised, interrupted, cut, provider_error."""
 
@@ -159,6 +171,7 @@ Effect = (
     | Tried
     | Tripped
     | Served
+    | Reshaped
     | StreamEnded
     | RescueRequested
     | Rescued

@@ -12,6 +12,7 @@ from .schema import (
     BusSecurity,
     CircuitSettings,
     Clients,
+    ContextRules,
     Cost,
     Credential,
     CredentialError,
@@ -26,6 +27,7 @@ from .schema import (
     Shadow,
     TaskClass,
     TenantPolicy,
+    ToolRules,
     is_loopback_host,
 )
 
@@ -36,6 +38,7 @@ __all__ = [
     "BusSecurity",
     "CircuitSettings",
     "Clients",
+    "ContextRules",
     "Cost",
     "Credential",
     "CredentialError",
@@ -51,6 +54,7 @@ __all__ = [
     "Shadow",
     "TaskClass",
     "TenantPolicy",
+    "ToolRules",
     "is_loopback_host",
     "load_policy",
     "parse_policy",

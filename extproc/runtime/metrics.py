@@ -181,6 +181,18 @@ class Metrics:
             "Client-named endpoints the health board forgot to stay within max_client_endpoints.",
             **kw,  # type: ignore[arg-type]
         )
+        self.tools_removed = Counter(
+            "rungway_tools_removed_total",
+            "Tries whose rung was offered fewer tools than the request carried, by the rung's tool mode.",
+            ["ladder", "rung", "tool_mode"],
+            **kw,  # type: ignore[arg-type]
+        )
+        self.context_trimmed = Counter(
+            "rungway_context_trimmed_total",
+            "Tries whose history was trimmed to fit the rung's context window.",
+            ["ladder", "rung"],
+            **kw,  # type: ignore[arg-type]
+        )
         self.requests_shed = Counter(
             "rungway_requests_shed_total",
             "Requests answered 503 + Retry-After at once because the worker had max_in_flight in flight.",

@@ -39,6 +39,7 @@ from ..filters.effects import (
     RequestCounted,
     Rescued,
     RescueRequested,
+    Reshaped,
     Served,
     ShadowRequested,
     Shed,
@@ -261,6 +262,11 @@ class Sidecar:
                     m.trips.labels(ladder, str(rung), provider, m.model(model), reason.value).inc()
                 case Served(tenant, task, ladder, tier, degraded):
                     m.served.labels(m.tenant(tenant), task, ladder, str(tier), str(degraded).lower()).inc()
+                case Reshaped(ladder, rung, tool_mode, tools_removed, trimmed):
+                    if tools_removed:
+                        m.tools_removed.labels(ladder, str(rung), tool_mode).inc()
+                    if trimmed:
+                        m.context_trimmed.labels(ladder, str(rung)).inc()
                 case StreamEnded(outcome):
                     m.streams.labels(outcome).inc()
                 case TryRefused(reason, _):
