@@ -45,6 +45,7 @@ from ..filters.effects import (
     StreamEnded,
     Tried,
     Tripped,
+    TryEnded,
     TryRefused,
     Unauthenticated,
 )
@@ -59,7 +60,7 @@ from .admission import Admission
 from .approvals import ApprovalsFile
 from .bus import HealthBus, InProcessBus
 from .keyfile import KeyFile
-from .metrics import Metrics
+from .metrics import OTHER, Metrics
 from .rescue import RESCUE_SOCKET_ENV
 from .shadow import ShadowCalls
 
@@ -259,8 +260,10 @@ class Sidecar:
                     m.attempts.labels(ladder, str(rung), provider, m.model(model), outcome).inc()
                 case Tripped(ladder, rung, provider, model, reason):
                     m.trips.labels(ladder, str(rung), provider, m.model(model), reason.value).inc()
-                case Served(tenant, task, ladder, tier, degraded):
-                    m.served.labels(m.tenant(tenant), task, ladder, str(tier), str(degraded).lower()).inc()
+                case Served(tenant, task, ladder, tier, degraded, rung):
+                    m.served.labels(m.tenant(tenant), task, ladder, str(tier), str(degraded).lower(), str(rung)).inc()
+                case TryEnded():
+                    self._measure(effect)
                 case StreamEnded(outcome):
                     m.streams.labels(outcome).inc()
                 case TryRefused(reason, _):
@@ -271,6 +274,12 @@ class Sidecar:
                     pass  # the stream's own loop makes the call (runtime/server.py)
                 case ShadowRequested():
                     self.shadows.submit(effect)
+
+    def _measure(self, ended: TryEnded) -> None:
+        provider = self.policy.providers.get(ended.provider)
+        system = provider.dialect.value if provider is not None else OTHER
+        cost = provider.cost_per_1k.of(ended.input_tokens or 0, ended.output_tokens or 0) if provider else 0.0
+        self.metrics.try_ended(ended, system, cost)
 
     def _observe(self, observation: Observation) -> None:
         self._announce_all(self.board.observe(observation, self.clock.wall()))
