@@ -1,11 +1,13 @@
 """The shipped alert rules and dashboard (deploy/monitoring) query metrics that exist: every name
 they select is on /metrics of a real stack (real Envoy, `rungway up`'s workers in multiprocess
 mode) after the traffic they watch: a plain answer, a fallback, a stream, a rescued stream, a
-request no rung could serve and an unauthenticated caller."""
+request no rung could serve and an unauthenticated caller, every request shadowed to the other
+rungs (continuous verification)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import openai
@@ -29,6 +31,7 @@ def monitored(fleet: Fleet, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     providers["secondary"]["capabilities"] = ["tools", "json_mode", "streaming", "prefill"]
     providers["primary"]["cost_per_1k"] = {"input": 0.0025, "output": 0.01}
     providers["secondary"]["cost_per_1k"] = {"input": 0.003, "output": 0.015}
+    policy["shadow"] = {"share": 1.0, "timeout_s": 5, "max_in_flight": 8}
     with running(policy, env=KEY_ENV) as stack:
         yield stack
 
@@ -40,6 +43,15 @@ def stream_text(stack: Stack) -> str:
             for choice in chunk.choices:
                 text += choice.delta.content or ""
     return text
+
+
+def eventually(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
 
 
 def samples(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
@@ -63,8 +75,9 @@ def test_every_metric_the_rules_and_the_dashboard_query_is_on_metrics(monitored:
     assert client.chat.completions.create(model="gpt-4o", messages=HI).choices[0].message.content
     fleet.primary.reset()
     assert stream_text(monitored)
-    fleet.primary.set_mode("cut:40:60", times=1)  # cut after 40 tokens: the secondary completes it
-    fleet.secondary.set_mode("tokens:60", times=1)
+    # Cut after 40 tokens: the secondary completes it (sticky: shadow calls reach it too).
+    fleet.primary.set_mode("cut:40:60")
+    fleet.secondary.set_mode("tokens:60")
     assert stream_text(monitored).endswith("w60")
     fleet.reset()
     for mock in (fleet.primary, fleet.secondary, fleet.small):
@@ -73,6 +86,7 @@ def test_every_metric_the_rules_and_the_dashboard_query_is_on_metrics(monitored:
         client.chat.completions.create(model="gpt-4o", messages=HI)
     with monitored.openai_as("rwk_not_a_key") as stranger, pytest.raises(openai.AuthenticationError):
         stranger.chat.completions.create(model="gpt-4o", messages=HI)
+    assert eventually(lambda: "rungway_shadow_checks_total" in monitored.metrics())
     fleet.reset()
 
     found = samples(monitored.metrics())
@@ -101,6 +115,7 @@ def test_every_metric_the_rules_and_the_dashboard_query_is_on_metrics(monitored:
     assert total(found, "rungway_cost_total", **app, rung="1", provider="secondary") > 0  # fallback and rescue
     assert total(found, "rungway_stream_rescues_total", outcome="rescued") == 1
     assert total(found, "rungway_unauthenticated_total") == 1
+    assert total(found, "rungway_shadow_checks_total", ladder="main", rung="1") > 0
 
     trouble = monitored.envoy_trouble()
     assert not trouble, f"Envoy reported bugs or crashed: {trouble}"

@@ -33,6 +33,7 @@ _REQUIRED = {
     "RungwayEnvoyRestarted",
     "RungwaySheddingRequests",
     "RungwayUnauthenticatedSpike",
+    "RungwayFallbackVerificationRegressed",
 }
 
 
@@ -116,6 +117,7 @@ def test_the_dashboard_has_the_panels_an_incident_needs() -> None:
         "Cost per tenant (last hour)": "rungway_cost_total",
         "Stream rescues by outcome": "rungway_stream_rescues_total",
         "Shedding and retry budget": "rungway_requests_shed_total",
+        "Fallback verification (shadow checks)": "rungway_shadow_checks_total",
     }
     for title, metric in needed.items():
         assert metric in queried[title], title
