@@ -11,12 +11,13 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 from extproc.core import Failure, FakeClock
-from extproc.filters.effects import TryEnded
+from extproc.filters.effects import RescueChunk, TryEnded
 from extproc.policy.schema import Cost
 from extproc.runtime.metrics import OTHER, Metrics
 from extproc.runtime.sidecar import Sidecar
 from tests.builders import make_policy, make_sidecar, openai_events, policy_data, response_body, response_headers, sse
 from tests.filters.test_attempt import JSON, SSE, Try, openai_answer, stream_try
+from tests.filters.test_rescue import begun, rescuing_policy
 
 PRICED = policy_data()
 PRICED["providers"]["primary"]["cost_per_1k"] = {"input": 0.5, "output": 2.0}
@@ -174,3 +175,27 @@ def test_cost_is_each_token_kind_at_its_price_per_thousand(
     assert cost.of(i, o) == pytest.approx(cost.of(i, 0) + cost.of(0, o))
     assert cost.of(1000, 0) == pytest.approx(input_price) and cost.of(0, 1000) == pytest.approx(output_price)
     assert cost.of(i, o) >= 0
+
+
+def test_a_rescue_reports_the_primarys_try_and_the_rescue_rungs_own() -> None:
+    t = begun(rescuing_policy())
+    t.send(response_body(b"", end_of_stream=True))  # cut after "Hello wor": the secondary continues
+    rest = (
+        b'event: message_start\ndata: {"type":"message_start","message":{"id":"msg_1","type":"message",'
+        b'"role":"assistant","model":"claude","content":[],"usage":{"input_tokens":5,"output_tokens":0}}}\n\n'
+        b'event: content_block_start\ndata: {"type":"content_block_start","index":0,'
+        b'"content_block":{"type":"text","text":""}}\n\n'
+        b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,'
+        b'"delta":{"type":"text_delta","text":"ld!"}}\n\n'
+        b'event: content_block_stop\ndata: {"type":"content_block_stop","index":0}\n\n'
+        b'event: message_delta\ndata: {"type":"message_delta","delta":{"stop_reason":"end_turn"},'
+        b'"usage":{"output_tokens":2}}\n\n'
+        b'event: message_stop\ndata: {"type":"message_stop"}\n\n'
+    )
+    t.processor.on_rescue(RescueChunk(rest))
+    t.on_close()
+    rescue, primary = ended(t)
+    assert (rescue.rung, rescue.provider, rescue.model, rescue.failure) == (1, "secondary", "claude-fallback", None)
+    assert (rescue.first_token_s, rescue.input_tokens, rescue.output_tokens) == (None, 5, 2)  # its own report
+    assert (primary.rung, primary.failure, primary.output_tokens) == (0, Failure.STREAM_INTERRUPTED, 2)
+    assert primary.first_token_s is not None
