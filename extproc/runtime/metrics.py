@@ -15,7 +15,7 @@ exporter writes them (`gen_ai.client.operation.duration` in seconds ->
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 MAX_TENANT_LABELS = 200
 MAX_MODEL_LABELS = 200
 OTHER = "other"
+_Metric = TypeVar("_Metric", Counter, Histogram)
 
 # The GenAI conventions' operation name for a chat completion or message (both APIs we serve).
 OPERATION = "chat"
@@ -78,6 +79,7 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None, max_models: int = MAX_MODEL_LABELS) -> None:
         self._tenants = LabelBudget(MAX_TENANT_LABELS)
         self._models = LabelBudget(max_models)
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         kw = {"registry": registry} if registry is not None else {}
         self.decisions = Counter(
             "rungway_decisions_total",
@@ -247,16 +249,27 @@ class Metrics:
     def try_ended(self, ended: TryEnded, system: str, cost: float) -> None:
         """One try's latency, tokens and cost. `system` is the provider's GenAI system name (its
         API dialect, e.g. openai); `cost` what its tokens cost at the policy's prices."""
-        labels = try_labels(ended, system, self.tenant(ended.tenant), self.model(ended.model))
+        tenant, model = self.tenant(ended.tenant), self.model(ended.model)
         error = ended.failure.value if ended.failure is not None else ""
-        self.operation_duration.labels(**labels, error_type=error).observe(ended.duration_s)
+        labels = (OPERATION, system, model, tenant, ended.task, ended.ladder, str(ended.rung))
+        self._child(self.operation_duration, (*labels, error)).observe(ended.duration_s)
         if ended.first_token_s is not None:
-            self.time_to_first_token.labels(**labels).observe(ended.first_token_s)
-        for kind, tokens in (("input", ended.input_tokens), ("output", ended.output_tokens)):
-            if tokens is not None:
-                self.token_usage.labels(**labels, gen_ai_token_type=kind).observe(tokens)
+            self._child(self.time_to_first_token, labels).observe(ended.first_token_s)
+        if ended.input_tokens is not None:
+            self._child(self.token_usage, (*labels, "input")).observe(ended.input_tokens)
+        if ended.output_tokens is not None:
+            self._child(self.token_usage, (*labels, "output")).observe(ended.output_tokens)
         if cost > 0:
-            self.cost.labels(labels["tenant"], ended.task, ended.ladder, labels["rung"], ended.provider).inc(cost)
+            self._child(self.cost, (tenant, ended.task, ended.ladder, str(ended.rung), ended.provider)).inc(cost)
+
+    def _child(self, metric: _Metric, values: tuple[str, ...]) -> _Metric:
+        """metric.labels(*values), remembered: looking a child up by its labels costs more than
+        recording into it. Bounded like the series themselves (which the registry keeps anyway)."""
+        key = (id(metric), values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*values)
+        return child
 
     def pin_models(self, names: Iterable[str]) -> None:
         """Models the policy names: always their own label, outside the budget."""
@@ -280,19 +293,6 @@ class Metrics:
             self.labels_folded.labels(label).inc()
             return OTHER
         return value
-
-
-def try_labels(ended: TryEnded, system: str, tenant: str, model: str) -> dict[str, str]:
-    """The labels of a try's histograms, given its tenant and model labels (folded already)."""
-    return {
-        "gen_ai_operation_name": OPERATION,
-        "gen_ai_provider_name": system,
-        "gen_ai_request_model": model,
-        "tenant": tenant,
-        "task": ended.task,
-        "ladder": ended.ladder,
-        "rung": str(ended.rung),
-    }
 
 
 class ProbeMetrics:
