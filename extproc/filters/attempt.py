@@ -70,6 +70,7 @@ from .effects import (
     StreamEnded,
     Tried,
     Tripped,
+    TryEnded,
     TryRefused,
 )
 from .flags import own_answer_headers
@@ -192,6 +193,11 @@ class AttemptProcessor:
         self._rescue: Rescue | None = None
         self._rescue_chunk_at = 0.0
         self._rescue_started_at = 0.0
+        # What the per-tenant metrics learn of this try when it ends (TryEnded).
+        self._served_at: float | None = None
+        self._failure: Failure | None = None
+        self._usage: tuple[int | None, int | None] = (None, None)  # input, output tokens
+        self._measured = False
 
     # ---- the gRPC loop's interface ---------------------------------------------------------
 
@@ -239,21 +245,24 @@ class AttemptProcessor:
         """The try's gRPC stream ended. Without an answer seen, Envoy's per-try timer or a reset
         ended it: the board learns that here, at once."""
         plan = self._plan
-        if plan is None or self._observed or self.phase in (Phase.REFUSED, Phase.SKIPPED):
+        if plan is None or self.phase in (Phase.REFUSED, Phase.SKIPPED):
             return
-        if plan.stream and self.phase is Phase.STREAMING:
-            failure = Failure.STREAM_INTERRUPTED
-        elif self._worker.clock.now() - plan.started_at >= plan.rung.timeout_s * 0.95:
-            failure = Failure.TIMEOUT
-        else:
-            failure = Failure.CONNECT_ERROR
-        self._observe(failure)
+        if not self._observed:
+            if plan.stream and self.phase is Phase.STREAMING:
+                failure = Failure.STREAM_INTERRUPTED
+            elif self._worker.clock.now() - plan.started_at >= plan.rung.timeout_s * 0.95:
+                failure = Failure.TIMEOUT
+            else:
+                failure = Failure.CONNECT_ERROR
+            self._observe(failure)
+        self._measure(plan)
 
     def on_failure(self) -> None:
         """This processor raised (a bug of ours, counted by the loop as a sidecar error): the
         try's outcome says nothing about the rung, so it is not reported to the board."""
         self._observed = True
         self._trip_counted = True
+        self._measured = True
 
     # ---- request ---------------------------------------------------------------------------
 
@@ -689,6 +698,20 @@ class AttemptProcessor:
                 rung=rescue.rung,
             )
         )
+        if not plan.decision.probe:
+            self._effects.append(
+                TryEnded(
+                    *self._who(plan),
+                    rescue.rung,
+                    rescue.provider,
+                    rescue.model,
+                    splice.failure.rescue if splice.failure else None,
+                    clock.now() - self._rescue_started_at,
+                    None,  # its first token is not the client's first
+                    reported.input_tokens if reported else None,
+                    reported.output_tokens if reported else None,
+                )
+            )
         self._move(Phase.CLOSED)
         self._effects.append(StreamEnded(outcome))
         return self._end(tail)
@@ -723,6 +746,7 @@ class AttemptProcessor:
     def _apply(self, ruling: Ruling) -> None:
         """Count and report a ruling."""
         if ruling.next is Next.SERVED:
+            self._usage = (ruling.input_tokens, ruling.output_tokens)
             self._count_served()
             self._observe(ruling.failure, ruling.output_tokens)
             return
@@ -840,15 +864,21 @@ class AttemptProcessor:
 
     def _count_served(self) -> None:
         plan = self._started()
+        self._served_at = self._worker.clock.now()
         self._count("served")
         if plan.decision.probe:
             return
-        degraded = plan.position.rung != 0 or self._shape.degraded
-        tier = self._policy.tier_of(plan.position.ladder, plan.position.rung)
-        self._effects.append(Served(plan.decision.tenant, plan.decision.task, plan.position.ladder, tier, degraded))
+        position = plan.position
+        degraded = position.rung != 0 or self._shape.degraded
+        tier = self._policy.tier_of(position.ladder, position.rung)
+        self._effects.append(
+            Served(plan.decision.tenant, plan.decision.task, position.ladder, tier, degraded, position.rung)
+        )
 
     def _observe(self, failure: Failure | None, tokens: int | None = None) -> None:
         """Report this try to the health board, once; a failed try is also a counted trip."""
+        if self._failure is None:
+            self._failure = failure
         if failure is not None and not self._trip_counted and not self._started().decision.probe:
             self._trip_counted = True
             self._effects.append(Tripped(*self._rung_labels(), failure))
@@ -875,6 +905,37 @@ class AttemptProcessor:
                 rung=plan.position.rung,
             )
         )
+
+    def _measure(self, plan: TryPlan) -> None:
+        """The try's end for the per-tenant metrics, once (a probe is no tenant's traffic). A
+        begun stream bills what it delivered; an answer, its usage (else our prompt estimate)."""
+        if self._measured or plan.decision.probe:
+            return
+        self._measured = True
+        input_tokens, output_tokens = self._usage
+        relay = self._stream.relay if self._stream is not None else None
+        if relay is not None and relay.started:
+            input_tokens, output_tokens = relay.delivered.input_tokens, relay.output_units
+        elif self._served_at is not None and input_tokens is None:
+            input_tokens = plan.prompt_tokens
+        first_token = None if self._served_at is None else self._served_at - plan.started_at
+        self._effects.append(
+            TryEnded(
+                *self._who(plan),
+                plan.position.rung,
+                plan.provider_name,
+                plan.model,
+                self._failure,
+                self._worker.clock.now() - plan.started_at,
+                first_token,
+                input_tokens,
+                output_tokens,
+            )
+        )
+
+    @staticmethod
+    def _who(plan: TryPlan) -> tuple[str, str, str]:
+        return (plan.decision.tenant, plan.decision.task, plan.position.ladder)
 
 
 def _cut(relay: StreamRelay) -> bool:

@@ -73,6 +73,10 @@ _READ_THE_ANSWER = Mode(
 _IMPACTS = {i.value: i for i in Impact}
 
 
+# How a client's error message names the limit a tenant reached (routing/spend.py's reasons).
+_BUDGET_NAMES = {"tokens": "token", "cost": "cost", "cost_rate": "cost-per-minute"}
+
+
 class DecideProcessor:
     def __init__(self, worker: Worker) -> None:
         self._worker = worker
@@ -188,7 +192,7 @@ class DecideProcessor:
             self._effects.append(BudgetReached(who.tenant, over.reason, budget.over))
             if budget.over == "refuse":
                 message = (
-                    f"tenant {who.tenant!r} has reached its {over.reason.replace('_', ' ')} budget "
+                    f"tenant {who.tenant!r} has reached its {_BUDGET_NAMES[over.reason]} budget "
                     f"({over.spent:g} of {over.limit:g}); retry after {over.retry_after_s}s"
                 )
                 return self._refuse(Failure.BUDGET_EXCEEDED, message, "over_budget", retry_after=over.retry_after_s)

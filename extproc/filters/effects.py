@@ -87,6 +87,27 @@ class Served:
     ladder: str
     tier: int
     degraded: bool
+    rung: int
+
+
+@dataclass(frozen=True, slots=True)
+class TryEnded:
+    """A try's end as the per-tenant latency, token and cost metrics see it (A3). `failure` is
+    the first failure the try saw (None: it answered cleanly); `first_token_s` is when the client
+    had the first of its answer (a stream's first token, a whole answer's body), None if never;
+    tokens are the provider's usage where it reported one (else our estimate), None if none."""
+
+    tenant: str
+    task: str
+    ladder: str
+    rung: int
+    provider: str
+    model: str
+    failure: Failure | None
+    duration_s: float
+    first_token_s: float | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +193,7 @@ Effect = (
     | Tripped
     | Served
     | Reshaped
+    | TryEnded
     | StreamEnded
     | RescueRequested
     | Rescued

@@ -106,7 +106,7 @@ def judge_shadow(
 
 def answer_cost(parsed: Any, prices: Cost) -> float:
     """An answer's cost from its usage and the provider's prices per 1,000 tokens."""
-    return ((input_tokens(parsed) or 0) * prices.input + (output_tokens(parsed) or 0) * prices.output) / 1000
+    return prices.of(input_tokens(parsed) or 0, output_tokens(parsed) or 0)
 
 
 class ShadowLedger:

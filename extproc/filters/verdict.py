@@ -12,7 +12,7 @@ from ..core.names import RETRY_HEADER
 from ..health.contract import Contract, judge_answer
 from ..policy import Exhausted, Policy
 from ..routing import Action, next_step
-from ..translate import TranslationError, canned_answer, dump_json, output_tokens, redact_error_body
+from ..translate import TranslationError, canned_answer, dump_json, input_tokens, output_tokens, redact_error_body
 from .flags import CANARY, flags
 from .request import TryPlan, TryShape
 
@@ -33,6 +33,7 @@ class Ruling:
     body: bytes | None  # None: the provider's body stands
     record: TripRecord | None  # for the next try; None when served
     output_tokens: int | None = None
+    input_tokens: int | None = None
 
 
 # Envoy's response flags on the relay's own answers: the provider was never heard from.
@@ -128,7 +129,15 @@ def rule_on_answer(
             set_headers = answer_flags(plan, policy, failure, shape=shape)
             if new_body is not None:
                 set_headers["content-length"] = str(len(new_body))
-            return Ruling(Next.SERVED, failure, set_headers, new_body, None, output_tokens(judged.parsed))
+            return Ruling(
+                Next.SERVED,
+                failure,
+                set_headers,
+                new_body,
+                None,
+                output_tokens(judged.parsed),
+                input_tokens(judged.parsed),
+            )
     assert failure is not None
     return rule_on_failure(
         plan,

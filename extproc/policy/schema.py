@@ -149,8 +149,14 @@ class TenantPolicy(_Frozen):
 
 
 class Cost(_Frozen):
+    """Prices per 1,000 tokens, in whatever currency the policy's author uses throughout."""
+
     input: float = Field(0.0, ge=0)
     output: float = Field(0.0, ge=0)
+
+    def of(self, input_tokens: int, output_tokens: int) -> float:
+        """What a try's tokens cost at these prices."""
+        return (input_tokens * self.input + output_tokens * self.output) / 1000
 
 
 class Provider(_Frozen):

@@ -513,7 +513,14 @@ def test_valid_answer_on_the_first_rung_is_served_as_is_with_flags() -> None:
     assert sample(sidecar, "rungway_attempts_total", **labels, outcome="served") == 1
     assert (
         sample(
-            sidecar, "rungway_served_total", tenant="acme", task="default", ladder="main", tier="0", degraded="false"
+            sidecar,
+            "rungway_served_total",
+            tenant="acme",
+            task="default",
+            ladder="main",
+            tier="0",
+            degraded="false",
+            rung="0",
         )
         == 1
     )
