@@ -140,6 +140,7 @@ def cmd_policy_explain(args: argparse.Namespace) -> int:
         stream=args.stream,
         tools=args.tools,
         impact=impact,
+        prompt_tokens=args.prompt_tokens,
     )
     if policy.approvals is not None:  # the operators' approvals in force, as the workers read them
         import dataclasses
@@ -157,7 +158,9 @@ def cmd_policy_explain(args: argparse.Namespace) -> int:
     print(f"tenant {args.tenant}, task {features.task}, model {args.model}: ladder {result.ladder or '-'}")
     for v in result.rungs:
         mark = "serves " if v.serves else "skipped"
-        print(f"  {v.index}  tier {v.tier}  {v.endpoint:<40} {mark}  {v.reason}")
+        print(f"  {v.index}  tier {v.tier}  {v.endpoint:<40} {mark}  tools {v.tool_mode:<9}  {v.reason}")
+        for note in v.notes:
+            print(f"       {note}")
     print(f"→ {result.outcome}")
     return 0
 
@@ -538,6 +541,7 @@ def build_parser() -> argparse.ArgumentParser:
     why.add_argument("--impact", choices=[i.value for i in Impact])
     why.add_argument("--stream", action="store_true")
     why.add_argument("--tools", action=argparse.BooleanOptionalAction, default=None)
+    why.add_argument("--prompt-tokens", type=int, help="the request's size: shows context windows and trimming")
     why.add_argument("--admin", type=_address, help="a running `rungway up`'s admin: include live health")
     why.add_argument("--admin-token-file", type=Path)
     why.set_defaults(func=cmd_policy_explain)

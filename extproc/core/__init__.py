@@ -8,7 +8,7 @@ Imports nothing else of ours (a test enforces it), so any room may import it.
 
 from .clock import Clock, FakeClock, SystemClock
 from .decision import Decision, PassedThrough, Refused, RungAddress, TripRecord
-from .dialect import Capability, Dialect
+from .dialect import Capability, Dialect, ToolMode
 from .events import (
     Abandoned,
     BusEvent,
@@ -57,6 +57,7 @@ __all__ = [
     "Spent",
     "SystemClock",
     "TaskResult",
+    "ToolMode",
     "TripRecord",
     "decode_event",
     "seal",

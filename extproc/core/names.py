@@ -54,6 +54,9 @@ DEGRADED = "x-rungway-degraded"
 REASON = "x-rungway-reason"
 POLICY_VERSION = "x-rungway-policy-version"
 ATTEMPTS = "x-rungway-attempts"
+TOOL_MODE = "x-rungway-tool-mode"  # the serving rung's tool mode (T5)
+TOOLS_REMOVED = "x-rungway-tools-removed"  # the request's tools that rung was not offered
+TRIMMED = "x-rungway-context-trimmed"  # messages left out to fit the rung's window (F6)
 
 # Deferral (E1): the task id and state on a 202 and on the status answers, and the header that
 # marks a replay (`token tenant task-id`, from `rungway up`'s drainer; decide refuses any other).

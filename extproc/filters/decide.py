@@ -95,6 +95,10 @@ class _DeferNow:
     reason: Failure
 
 
+# How a client's error message names the limit a tenant reached (routing/spend.py's reasons).
+_BUDGET_NAMES = {"tokens": "token", "cost": "cost", "cost_rate": "cost-per-minute"}
+
+
 class DecideProcessor:
     def __init__(self, worker: Worker) -> None:
         self._worker = worker
@@ -227,7 +231,7 @@ class DecideProcessor:
                 return with_mode(request_headers_response(), _ASK_FOR_BODY)
             if budget.over == "refuse":
                 message = (
-                    f"tenant {who.tenant!r} has reached its {over.reason.replace('_', ' ')} budget "
+                    f"tenant {who.tenant!r} has reached its {_BUDGET_NAMES[over.reason]} budget "
                     f"({over.spent:g} of {over.limit:g}); retry after {over.retry_after_s}s"
                 )
                 return self._refuse(Failure.BUDGET_EXCEEDED, message, "over_budget", retry_after=over.retry_after_s)

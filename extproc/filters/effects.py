@@ -88,6 +88,39 @@ class Served:
     ladder: str
     tier: int
     degraded: bool
+    rung: int
+
+
+@dataclass(frozen=True, slots=True)
+class TryEnded:
+    """A try's end as the per-tenant latency, token and cost metrics see it (A3). `failure` is
+    the first failure the try saw (None: it answered cleanly); `first_token_s` is when the client
+    had the first of its answer (a stream's first token, a whole answer's body), None if never;
+    tokens are the provider's usage where it reported one (else our estimate), None if none."""
+
+    tenant: str
+    task: str
+    ladder: str
+    rung: int
+    provider: str
+    model: str
+    failure: Failure | None
+    duration_s: float
+    first_token_s: float | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Reshaped:
+    """A try's rewrite gave its rung less than the client sent: tools its mode removed (T5),
+    messages trimmed to fit its window (F6)."""
+
+    ladder: str
+    rung: int
+    tool_mode: str
+    tools_removed: int
+    trimmed: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +217,8 @@ Effect = (
     | Tried
     | Tripped
     | Served
+    | Reshaped
+    | TryEnded
     | StreamEnded
     | RescueRequested
     | Rescued

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from ..core import Capability, Dialect, Failure
 from ..core.names import direct_cluster, endpoint_key
 from ..policy import Policy
-from ..routing import HealthView
+from ..routing import HealthView, prompt_tokens_estimate, tool_mode_of
 from ..translate import (
     Delivered,
     PrefixMatch,
@@ -27,6 +27,7 @@ from ..translate import (
     load_json,
     rescue_body,
     rescue_strategy,
+    shape_tools,
 )
 from .effects import RungCall
 from .request import TryPlan
@@ -84,6 +85,13 @@ def plan_rescue(
         if Capability.STREAMING not in provider.capabilities:
             continue
         if tools and Capability.TOOLS not in provider.capabilities:
+            continue
+        # The rest of the same answer: never from a rung whose tool mode would take a tool away
+        # (a write tool below its tier), nor one whose window would need the history trimmed.
+        mode = tool_mode_of(policy, d.ladder, index)
+        if tools and shape_tools(d.dialect, body, mode, frozenset(policy.tools.write)).removed:
+            continue
+        if prompt_tokens_estimate(d.body_bytes) > policy.context_window_of(d.ladder, index):
             continue
         if health is not None and health(endpoint, False) is not None:
             continue

@@ -17,7 +17,8 @@ from ..core.names import direct_cluster, endpoint_key
 from ..health.contract import Contract, judge_answer
 from ..policy import Cost, Policy
 from ..routing import tenant_forbids
-from ..translate import TranslationError, api_pair, dump_json, input_tokens, output_tokens
+from ..routing.capability import matrix_forbids, refuses_tools, tool_mode_of
+from ..translate import TranslationError, api_pair, dump_json, input_tokens, output_tokens, shape_tools
 from .effects import RungCall, ShadowRequested
 from .request import TryPlan
 
@@ -39,12 +40,16 @@ def plan_shadows(
     tools = bool(body.get("tools"))
     out: list[ShadowRequested] = []
     for index, rung in enumerate(policy.ladders[d.ladder]):
-        if index == plan.position.rung or tenant_forbids(policy, d.tenant, d.task, d.ladder, index) is not None:
+        if (
+            index == plan.position.rung
+            or tenant_forbids(policy, d.tenant, d.task, d.ladder, index) is not None
+            or matrix_forbids(policy, d.task, d.ladder, index, d.model) is not None
+        ):
             continue
         provider = policy.providers[rung.provider]
         caps = provider.capabilities
         if (
-            (tools and Capability.TOOLS not in caps)
+            (tools and refuses_tools(policy, d.ladder, index))
             or (plan.json_mode and Capability.JSON_MODE not in caps)
             or plan.prompt_tokens > policy.context_window_of(d.ladder, index)
         ):
@@ -52,7 +57,10 @@ def plan_shadows(
         model = rung.model_for(d.model)
         pair = api_pair(d.dialect, provider.dialect)
         try:
-            request = pair.request(whole, model)
+            # What this rung would really be sent: its tool mode (never a write tool below the
+            # tier the policy names), then its provider's dialect.
+            shaped = shape_tools(d.dialect, whole, tool_mode_of(policy, d.ladder, index), frozenset(policy.tools.write))
+            request = pair.request(shaped.body, model)
         except (ValueError, TranslationError):
             continue
         headers = {
@@ -98,7 +106,7 @@ def judge_shadow(
 
 def answer_cost(parsed: Any, prices: Cost) -> float:
     """An answer's cost from its usage and the provider's prices per 1,000 tokens."""
-    return ((input_tokens(parsed) or 0) * prices.input + (output_tokens(parsed) or 0) * prices.output) / 1000
+    return prices.of(input_tokens(parsed) or 0, output_tokens(parsed) or 0)
 
 
 class ShadowLedger:

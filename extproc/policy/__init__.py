@@ -12,6 +12,7 @@ from .schema import (
     BusSecurity,
     CircuitSettings,
     Clients,
+    ContextRules,
     Cost,
     Credential,
     CredentialError,
@@ -27,6 +28,7 @@ from .schema import (
     Shadow,
     TaskClass,
     TenantPolicy,
+    ToolRules,
     is_loopback_host,
 )
 
@@ -37,6 +39,7 @@ __all__ = [
     "BusSecurity",
     "CircuitSettings",
     "Clients",
+    "ContextRules",
     "Cost",
     "Credential",
     "CredentialError",
@@ -53,6 +56,7 @@ __all__ = [
     "Shadow",
     "TaskClass",
     "TenantPolicy",
+    "ToolRules",
     "is_loopback_host",
     "load_policy",
     "parse_policy",

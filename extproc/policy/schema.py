@@ -23,7 +23,7 @@ from pydantic import (
     model_validator,
 )
 
-from ..core import Capability, Dialect, Impact
+from ..core import Capability, Dialect, Impact, ToolMode
 from .json_schema import schema_problem
 
 REQUESTED_MODEL = "$requested"
@@ -151,8 +151,14 @@ class TenantPolicy(_Frozen):
 
 
 class Cost(_Frozen):
+    """Prices per 1,000 tokens, in whatever currency the policy's author uses throughout."""
+
     input: float = Field(0.0, ge=0)
     output: float = Field(0.0, ge=0)
+
+    def of(self, input_tokens: int, output_tokens: int) -> float:
+        """What a try's tokens cost at these prices."""
+        return (input_tokens * self.input + output_tokens * self.output) / 1000
 
 
 class Provider(_Frozen):
@@ -240,6 +246,10 @@ class Rung(_Frozen):
     # Serve a request with tools on a provider without tool support by dropping the tools
     # (a degraded answer) instead of skipping the rung.
     strip_tools: bool = False
+    # What of a request's tools this rung is offered (T5): full, plan_only (no tools; the model
+    # answers with the calls it would make, as data), read_only (the policy's write tools
+    # removed) or no_tools. A rung below `tools.write_lowest_tier` never gets write tools.
+    tool_mode: ToolMode = ToolMode.FULL
     # The rung's context window in tokens, when smaller or larger than its provider's (e.g. a
     # model with a smaller window at the same provider).
     context_window: int | None = Field(None, gt=0)
@@ -521,6 +531,28 @@ class Shadow(_Frozen):
     max_in_flight: int = Field(4, ge=1, le=256)
 
 
+# The capability matrix (T5): what a task class may get from a model.
+Allowance = Literal["allowed", "forbidden", "degraded_only"]
+
+
+class ToolRules(_Frozen):
+    """Tools that act on the world (issue_refund, send_email): a policy list, never offered to a
+    rung below `write_lowest_tier` (a higher tier number is a lower rung)."""
+
+    write: tuple[str, ...] = ()
+    write_lowest_tier: int = Field(0, ge=0, le=3)
+
+
+class ContextRules(_Frozen):
+    """Context on hop (F6): a try on a rung whose window is smaller than the request keeps the
+    system prompt and the latest turns and drops the middle (a tool call never without its
+    result). Off: such a rung is skipped for the request."""
+
+    trim: bool = False
+    # A marked user message where the middle was ("[rungway: N earlier messages omitted ...]").
+    placeholder: bool = True
+
+
 Ladder = Annotated[list[Rung], Field(min_length=1, max_length=MAX_LADDER_LENGTH)]
 
 
@@ -579,6 +611,12 @@ class Policy(_Frozen):
     # required when a tenant's policy asks for approvals. Keep it on durable storage.
     approvals: Path | None = None
     shadow: Shadow = Shadow()
+    # Task class -> model (exact name or glob; exact first, then globs in order) -> allowance.
+    # A model a task class's map does not name is allowed. degraded_only: only as a fallback
+    # (never the ladder's first rung), so its answer is always flagged degraded.
+    capability_matrix: dict[str, dict[str, Allowance]] = Field(default_factory=dict)
+    tools: ToolRules = ToolRules()
+    context: ContextRules = ContextRules()
 
     @field_validator("task_header", "impact_header")
     @classmethod
@@ -635,6 +673,9 @@ class Policy(_Frozen):
                     problems.append(f"{where}.callback_url: needs deferral.callback_secret to sign its POSTs")
                 if urlsplit(tenant.callback_url).scheme not in ("http", "https"):
                     problems.append(f"{where}.callback_url: {tenant.callback_url!r} is not an http(s) URL")
+        for task in self.capability_matrix:
+            if task not in self.tasks:
+                problems.append(f"capability_matrix: unknown task class {task!r}")
         if problems:
             raise ValueError(PROBLEM_MARK + PROBLEM_MARK.join(problems))
         return self
@@ -662,6 +703,16 @@ class Policy(_Frozen):
         """A rung's context window: its own, else its provider's."""
         rung = self.ladders[ladder][index]
         return rung.context_window or self.providers[rung.provider].context_window
+
+    def allowance(self, task: str, model: str) -> Allowance:
+        """The capability matrix's word on a task class served by a model."""
+        row = self.capability_matrix.get(task, {})
+        if model in row:
+            return row[model]
+        for pattern, allowance in row.items():
+            if any(ch in pattern for ch in "*?[") and fnmatch.fnmatchcase(model, pattern):
+                return allowance
+        return "allowed"
 
     def tier_of(self, ladder: str, index: int) -> int:
         rung = self.ladders[ladder][index]

@@ -14,6 +14,7 @@ from typing import Any
 from ..core import Capability, Dialect, Failure, Impact
 from ..core.names import cluster_name, endpoint_key
 from ..policy import Policy
+from .capability import matrix_forbids, refuses_tools
 
 # Rough prompt size from the body: ~4 bytes a token of English inside JSON. Over-estimates a
 # little, which only matters for a rung whose window is nearly full anyway.
@@ -117,7 +118,9 @@ def choose(policy: Policy, features: RequestFeatures, health: HealthView | None 
     for i, rung in enumerate(rungs):
         provider = policy.providers[rung.provider]
         caps = provider.capabilities
-        not_permitted = tenant_forbids(policy, features.tenant, features.task, ladder, i, features.approved_tier)
+        not_permitted = tenant_forbids(
+            policy, features.tenant, features.task, ladder, i, features.approved_tier
+        ) or matrix_forbids(policy, features.task, ladder, i, features.model)
         if not_permitted is not None:
             dropped.append(Failure.NOT_PERMITTED)
             forbidden.append(not_permitted)
@@ -128,10 +131,10 @@ def choose(policy: Policy, features: RequestFeatures, health: HealthView | None 
         if features.json_mode and Capability.JSON_MODE not in caps:
             dropped.append(Failure.SCHEMA_ERROR)
             continue
-        if needed > policy.context_window_of(ladder, i):
+        if needed > policy.context_window_of(ladder, i) and not policy.context.trim:
             dropped.append(Failure.CONTEXT_OVERFLOW)
             continue
-        if Capability.TOOLS not in caps and not rung.strip_tools:
+        if refuses_tools(policy, ladder, i):
             if features.has_tools is None:
                 tools_matter = True
             elif features.has_tools:

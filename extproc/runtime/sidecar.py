@@ -42,6 +42,7 @@ from ..filters.effects import (
     RequestCounted,
     Rescued,
     RescueRequested,
+    Reshaped,
     Served,
     ShadowRequested,
     Shed,
@@ -49,6 +50,7 @@ from ..filters.effects import (
     TaskQueried,
     Tried,
     Tripped,
+    TryEnded,
     TryRefused,
     Unauthenticated,
 )
@@ -64,7 +66,7 @@ from .admission import Admission
 from .approvals import ApprovalsFile
 from .bus import HealthBus, InProcessBus
 from .keyfile import KeyFile
-from .metrics import Metrics
+from .metrics import OTHER, Metrics
 from .rescue import RESCUE_SOCKET_ENV
 from .shadow import ShadowCalls
 from .tasks import SqliteTaskStore, TaskStore
@@ -271,8 +273,15 @@ class Sidecar:
                     m.attempts.labels(ladder, str(rung), provider, m.model(model), outcome).inc()
                 case Tripped(ladder, rung, provider, model, reason):
                     m.trips.labels(ladder, str(rung), provider, m.model(model), reason.value).inc()
-                case Served(tenant, task, ladder, tier, degraded):
-                    m.served.labels(m.tenant(tenant), task, ladder, str(tier), str(degraded).lower()).inc()
+                case Served(tenant, task, ladder, tier, degraded, rung):
+                    m.served.labels(m.tenant(tenant), task, ladder, str(tier), str(degraded).lower(), str(rung)).inc()
+                case Reshaped(ladder, rung, tool_mode, tools_removed, trimmed):
+                    if tools_removed:
+                        m.tools_removed.labels(ladder, str(rung), tool_mode).inc()
+                    if trimmed:
+                        m.context_trimmed.labels(ladder, str(rung)).inc()
+                case TryEnded():
+                    self._measure(effect)
                 case StreamEnded(outcome):
                     m.streams.labels(outcome).inc()
                 case TryRefused(reason, _):
@@ -309,6 +318,15 @@ class Sidecar:
                 log.exception("deferral store write failed")
         self.metrics.deferred.labels(self.metrics.tenant(effect.task.tenant), outcome).inc()
         return answer
+
+    def _measure(self, ended: TryEnded) -> None:
+        provider = self.policy.providers.get(ended.provider)
+        system = provider.dialect.value if provider is not None else OTHER
+        cost = provider.cost_per_1k.of(ended.input_tokens or 0, ended.output_tokens or 0) if provider else 0.0
+        self.metrics.try_ended(ended, system, cost)
+        tokens = (ended.input_tokens or 0) + (ended.output_tokens or 0)
+        if tokens or cost:  # the tenant's budget (T4): every try that reached a provider, at its price
+            self._spend(Spent(ended.tenant, self.clock.wall(), tokens, cost))
 
     def _observe(self, observation: Observation) -> None:
         self._announce_all(self.board.observe(observation, self.clock.wall()))

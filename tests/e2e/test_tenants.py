@@ -141,3 +141,25 @@ def test_policy_explain_says_which_rung_serves_and_why_not_the_others(fleet: Fle
     assert "serves" in lines[1] and "primary/gpt-4o" in lines[1]
     assert "below the lowest tier tenant 'hospital' permits" in lines[2]
     assert lines[-1] == "→ served by primary/gpt-4o (tier 0)"
+
+
+def test_a_tenant_over_its_token_budget_is_refused_with_when_to_come_back(fleet: Fleet, tmp_path: Path) -> None:
+    # Every worker counts every worker's spend (the pod's hub): whichever worker takes the next
+    # request knows the budget is gone.
+    policy = fleet.policy(tmp_path, tenants={"app": {"budget": {"max_tokens": 20, "window_s": 3600}}})
+    fleet.reset()
+    with running(policy, env=KEY_ENV, workers=2) as stack:
+        stack.openai().chat.completions.create(model="gpt-4o", messages=HI)  # spends its 20+ tokens
+        deadline = time.monotonic() + 5
+        refused = None
+        while refused is None and time.monotonic() < deadline:
+            try:
+                stack.openai().with_options(max_retries=0).chat.completions.create(model="gpt-4o", messages=HI)
+            except openai.RateLimitError as exc:
+                refused = exc
+        assert refused is not None, "the tenant was never refused"
+        assert 0 < int(refused.response.headers["retry-after"]) <= 3600
+        assert refused.response.headers["x-rungway-reason"] == "budget_exceeded"
+        assert "token budget" in str(refused.body)
+        assert 'rungway_budget_reached_total{action="refuse",reason="tokens",tenant="app"}' in stack.metrics()
+        assert not stack.envoy_trouble()

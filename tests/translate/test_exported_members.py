@@ -9,6 +9,8 @@ def test_public_names_are_pinned() -> None:
         "AnthropicStreamReader",
         "AnthropicStreamWriter",
         "ApiPair",
+        "CHARS_PER_TOKEN",
+        "ContextTrim",
         "Delivered",
         "Delta",
         "Done",
@@ -18,6 +20,7 @@ def test_public_names_are_pinned() -> None:
         "MessageStart",
         "OpenAIStreamReader",
         "OpenAIStreamWriter",
+        "PLAN_KEY",
         "PrefixMatch",
         "ProviderError",
         "RescueOutcome",
@@ -33,6 +36,7 @@ def test_public_names_are_pinned() -> None:
         "ToolCall",
         "ToolCallArgs",
         "ToolCallStart",
+        "ToolShaping",
         "TranslationError",
         "Usage",
         "answer_facts",
@@ -42,6 +46,7 @@ def test_public_names_are_pinned() -> None:
         "classify",
         "classify_stream_error",
         "dump_json",
+        "estimate_tokens",
         "input_tokens",
         "load_json",
         "openai_to_anthropic",
@@ -53,7 +58,10 @@ def test_public_names_are_pinned() -> None:
         "render_error",
         "rescue_body",
         "rescue_strategy",
+        "shape_tools",
         "stream_failure",
+        "tool_name",
+        "trim_context",
     ]
     for name in extproc.translate.__all__:
         assert getattr(extproc.translate, name) is not None
