@@ -212,6 +212,23 @@ def test_draining_serves_tenants_in_turn_not_in_arrival_order(fresh: Fleet, tmp_
         assert order.index("other-0") <= 2 and order.index("other-1") <= 4, order
 
 
+def test_a_deferrable_request_over_its_budget_waits_for_the_next_window(fresh: Fleet, tmp_path: Path) -> None:
+    policy = deferral_policy(fresh, tmp_path)
+    policy["tenants"]["app"]["budget"] = {"max_tokens": 1, "window_s": 3600}
+    with running(policy, env=KEY_ENV) as stack:
+        assert post(stack, stack.app_key).status_code == 200  # spends the window's budget
+        deadline = time.monotonic() + 10
+        while (reply := post(stack, stack.app_key, BATCH)).status_code != 202 and time.monotonic() < deadline:
+            time.sleep(0.1)  # the spend is counted once the answer is in
+        assert reply.status_code == 202 and reply.headers["x-rungway-reason"] == "budget_exceeded"
+        refused = post(stack, stack.app_key)  # not deferrable: the budget's 429, as before
+        assert refused.status_code == 429
+        time.sleep(1.5)  # the drainer has tried: its replay was refused 429 and waits out the window
+        waiting = get_task(stack, stack.app_key, reply.headers["location"])
+        assert waiting.status_code == 202 and waiting.json()["status"] == "queued"
+        assert metric(stack.metrics(), "rungway_deferred_replays_total", tenant="app", outcome="retried") >= 1
+
+
 class Callbacks(BaseHTTPRequestHandler):
     """A tenant's callback receiver: refuses the first POST (500), records the rest."""
 
