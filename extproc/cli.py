@@ -442,7 +442,7 @@ def _tenant_key(value: str) -> tuple[str, str]:
 
 def cmd_drill(args: argparse.Namespace) -> int:
     _configure_logging("warning")
-    from .runtime.drill import DrillOptions, run_drill
+    from .runtime.drill import DrillError, DrillOptions, run_drill
 
     options = DrillOptions(
         policy_path=args.policy,
@@ -456,7 +456,7 @@ def cmd_drill(args: argparse.Namespace) -> int:
     )
     try:
         outcome = asyncio.run(run_drill(options))
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, DrillError) as exc:
         print(f"rungway drill: {exc}", file=sys.stderr)
         return 2
     results = outcome.results
@@ -580,7 +580,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--report", type=Path, default=Path("drill-report.md"), help="Markdown; .svg and .json beside it"
     )
     drill.add_argument("--baseline", type=Path, help="a previous drill's results JSON: a known failure is not new")
-    drill.add_argument("--scenario", action="append", help="run only this scenario (repeat; default all + fixtures)")
+    drill.add_argument(
+        "--scenario",
+        action="append",
+        help="run only this scenario, or `fixtures` for the saved ones (repeat; default: all)",
+    )
     drill.add_argument(
         "--save",
         action="append",

@@ -4,6 +4,7 @@ each cell names the tier that served and its latency against the task's limit.""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from html import escape
 from typing import Final
@@ -17,6 +18,15 @@ _HEAD_H: Final = 44
 _PASS: Final = "#2e9d5b"
 _FAIL: Final = "#d64541"
 _REFUSED: Final = "#3f7fbf"
+
+
+# Characters XML 1.0 cannot carry at all (escaping does not help): C0 controls but tab/LF/CR,
+# surrogates and the two non-characters.
+_NOT_XML: Final = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+def _xml(text: str) -> str:
+    return escape(_NOT_XML.sub("\ufffd", text))
 
 
 def _group(cells: Sequence[Cell]) -> tuple[list[str], list[str], dict[tuple[str, str], list[Cell]]]:
@@ -56,10 +66,10 @@ def render_svg(cells: Sequence[Cell]) -> str:
     ]
     for j, task in enumerate(tasks):
         x = _LABEL_W + j * _CELL_W + _CELL_W / 2
-        out.append(f'<text x="{x}" y="{_HEAD_H - 14}" text-anchor="middle" font-weight="bold">{escape(task)}</text>')
+        out.append(f'<text x="{x}" y="{_HEAD_H - 14}" text-anchor="middle" font-weight="bold">{_xml(task)}</text>')
     for i, scenario in enumerate(scenarios):
         y = _HEAD_H + i * _CELL_H
-        out.append(f'<text x="8" y="{y + _CELL_H / 2 + 4}" font-weight="bold">{escape(scenario)}</text>')
+        out.append(f'<text x="8" y="{y + _CELL_H / 2 + 4}" font-weight="bold">{_xml(scenario)}</text>')
         for j, task in enumerate(tasks):
             x = _LABEL_W + j * _CELL_W
             group = grid.get((scenario, task))
@@ -72,9 +82,9 @@ def render_svg(cells: Sequence[Cell]) -> str:
             bar = (_CELL_W - 16) * share
             title = "; ".join(f"{c.tenant}: {c.expected}" for c in group)
             out += [
-                f"<g><title>{escape(title)}</title>",
+                f"<g><title>{_xml(title)}</title>",
                 f'<rect x="{x + 2}" y="{y + 2}" width="{_CELL_W - 4}" height="{_CELL_H - 4}" rx="4" fill="{colour}"/>',
-                f'<text x="{x + _CELL_W / 2}" y="{y + 20}" text-anchor="middle" fill="#ffffff">{escape(label)}</text>',
+                f'<text x="{x + _CELL_W / 2}" y="{y + 20}" text-anchor="middle" fill="#ffffff">{_xml(label)}</text>',
                 f'<rect x="{x + 8}" y="{y + _CELL_H - 14}" width="{_CELL_W - 16}" height="5" fill="#ffffff" opacity="0.35"/>',
                 f'<rect x="{x + 8}" y="{y + _CELL_H - 14}" width="{bar:.1f}" height="5" fill="#ffffff"/>',
                 "</g>",

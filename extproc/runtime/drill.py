@@ -23,6 +23,7 @@ import yaml
 from ..demo.mock_provider import MockFleet, MockProvider
 from ..drills import (
     SCENARIOS,
+    Answer,
     Case,
     Cell,
     Fixture,
@@ -49,6 +50,10 @@ from .supervisor import Supervisor, UpOptions
 
 ANTHROPIC_VERSION = "2023-06-01"
 FIXTURES = "fixtures"
+
+
+class DrillError(RuntimeError):
+    pass
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,12 +93,14 @@ def load_goldens(tasks_dir: Path) -> tuple[list[GoldenTask], list[Fixture]]:
 def plan(
     policy: Policy, tasks: Sequence[GoldenTask], fixtures: Sequence[Fixture], only: Sequence[str]
 ) -> list[list[Case]]:
-    """Cases grouped by the stack they run on: one group per scenario, one per fixture."""
-    unknown = set(only) - {s.name for s in SCENARIOS}
+    """Cases grouped by the stack they run on: one group per scenario, one per fixture.
+    `only` names scenarios, or FIXTURES for the saved fixtures (default: all of both)."""
+    names = [s.name for s in SCENARIOS]
+    unknown = set(only) - {*names, FIXTURES}
     if unknown:
-        raise ValueError(f"scenario must be one of {[s.name for s in SCENARIOS]}, but was {sorted(unknown)}")
+        raise ValueError(f"scenario must be one of {[*names, FIXTURES]}, but was {sorted(unknown)}")
     groups = [[plan_case(policy, t, s) for t in tasks] for s in SCENARIOS if not only or s.name in only]
-    if not only:
+    if not only or FIXTURES in only:
         groups += [[replay_case(policy, f)] for f in fixtures]
     return [g for g in groups if g]
 
@@ -110,16 +117,17 @@ async def _send(
     headers = {"content-type": "application/json", **auth, **case.headers(task_header)}
     loop = asyncio.get_running_loop()
     started = loop.time()
-    timeout = aiohttp.ClientTimeout(total=task.limits.latency_s + 30)
+    # Past its limit the cell fails anyway: a hung request costs a few seconds, not minutes.
+    timeout = aiohttp.ClientTimeout(total=task.limits.latency_s + 5)
     try:
         async with session.post(base + path, data=json.dumps(task.request), headers=headers, timeout=timeout) as reply:
             body = await reply.read()
             status, flags = reply.status, rungway_flags(reply.headers)
     except (aiohttp.ClientError, TimeoutError) as exc:
-        return Trace(0, {}, read_answer(task.dialect, task.stream, b""), loop.time() - started, tenant, repr(exc))
+        return Trace(0, {}, Answer(problem=f"no answer: {exc!r}"), loop.time() - started, tenant, repr(exc))
     latency = loop.time() - started
     if status >= 300:
-        return Trace(status, flags, read_answer(task.dialect, False, b"{}"), latency, tenant, error_message(body))
+        return Trace(status, flags, Answer(), latency, tenant, error_message(body))
     return Trace(status, flags, read_answer(task.dialect, task.stream, body), latency, tenant)
 
 
@@ -174,7 +182,19 @@ class _OwnStack:
         supervisor = Supervisor(options)
         try:
             await supervisor.start()
+            pid = supervisor.state()["envoy_pid"]
             yield f"http://127.0.0.1:{supervisor.listen_port}"
+            # A drill that crashed Envoy has not passed, whatever its answers looked like.
+            state = supervisor.state()
+            async with (
+                aiohttp.ClientSession() as session,
+                session.get(f"http://127.0.0.1:{supervisor.admin_port}/readyz") as ready,
+            ):
+                up = ready.status == 200
+            if not up or state["envoy_pid"] != pid or state["envoy_restarts"]:
+                raise DrillError(
+                    f"Envoy exited or restarted during the drill (ready: {up}, pid {pid} -> {state['envoy_pid']})"
+                )
         finally:
             with contextlib.suppress(Exception):
                 await supervisor.stop()
