@@ -124,12 +124,13 @@ def render_markdown(
         for task in tasks:
             for cell in grid.get((scenario, task), []):
                 t = cell.trace
-                served = f"HTTP {t.status}" if t.status >= 400 else f"`{t.served_by}`"
+                served = "no answer" if t.status == 0 else f"HTTP {t.status}" if t.status >= 400 else f"`{t.served_by}`"
+                degraded = {True: "yes", False: "no", None: "—"}[t.degraded]
                 cost = "—" if cell.cost_usd is None else f"${cell.cost_usd:.6f}"
                 result = "pass" if cell.passed else "**FAIL** " + ", ".join(f.name for f in cell.failures)
                 lines.append(
                     f"| {scenario} | {task} | {cell.tenant} | {cell.expected} | {served} | {t.tier if t.tier is not None else '—'} "
-                    f"| {t.degraded if t.degraded is not None else '—'} | {t.attempts if t.attempts is not None else '—'} "
+                    f"| {degraded} | {t.attempts if t.attempts is not None else '—'} "
                     f"| {t.latency_s:.2f}s | {cost} | {result} |"
                 )
     if found:
