@@ -11,9 +11,9 @@ from typing import Final
 
 from .score import Cell, Regression
 
-_CELL_W: Final = 150
+_CELL_W: Final = 170
 _CELL_H: Final = 46
-_LABEL_W: Final = 190
+_CHAR_W: Final = 7.5  # a bold 12 px Helvetica character, generously
 _HEAD_H: Final = 44
 _PASS: Final = "#2e9d5b"
 _FAIL: Final = "#d64541"
@@ -57,7 +57,8 @@ def _summary(group: list[Cell]) -> tuple[str, str, float]:
 
 def render_svg(cells: Sequence[Cell]) -> str:
     scenarios, tasks, grid = _group(cells)
-    width = _LABEL_W + _CELL_W * len(tasks) + 10
+    label_w = max(120, round(_CHAR_W * max((len(s) for s in scenarios), default=0)) + 16)
+    width = label_w + _CELL_W * len(tasks) + 10
     height = _HEAD_H + _CELL_H * len(scenarios) + 34
     out = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
@@ -65,13 +66,13 @@ def render_svg(cells: Sequence[Cell]) -> str:
         f'<rect width="{width}" height="{height}" fill="#ffffff"/>',
     ]
     for j, task in enumerate(tasks):
-        x = _LABEL_W + j * _CELL_W + _CELL_W / 2
+        x = label_w + j * _CELL_W + _CELL_W / 2
         out.append(f'<text x="{x}" y="{_HEAD_H - 14}" text-anchor="middle" font-weight="bold">{_xml(task)}</text>')
     for i, scenario in enumerate(scenarios):
         y = _HEAD_H + i * _CELL_H
         out.append(f'<text x="8" y="{y + _CELL_H / 2 + 4}" font-weight="bold">{_xml(scenario)}</text>')
         for j, task in enumerate(tasks):
-            x = _LABEL_W + j * _CELL_W
+            x = label_w + j * _CELL_W
             group = grid.get((scenario, task))
             if not group:
                 out.append(

@@ -72,3 +72,16 @@ def test_a_fixture_for_a_longer_ladder_does_not_replay_on_a_shorter_one() -> Non
 def test_a_bad_fixture_is_refused_naming_its_file(text: str) -> None:
     with pytest.raises(FixtureError, match=r"^f\.json: "):
         parse_fixture(text, "f.json")
+
+
+def test_every_shipped_fixture_parses_and_replays_on_the_drill_policy() -> None:
+    from .conftest import EVALS
+
+    policy = drill_policy()
+    paths = sorted((EVALS / "fixtures").glob("*.json"))
+    assert paths
+    for path in paths:
+        fixture = parse_fixture(path.read_text(), str(path))
+        assert fixture.id == path.stem
+        case = replay_case(policy, fixture)
+        assert case.expected is not None and case.expected.index == fixture.expect_rung
