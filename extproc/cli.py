@@ -444,6 +444,9 @@ def cmd_drill(args: argparse.Namespace) -> int:
     _configure_logging("warning")
     from .runtime.drill import DrillError, DrillOptions, run_drill
 
+    if (args.key or args.admin) and not args.listen:
+        print("rungway drill: --key and --admin attach to a running stack: give its --listen too", file=sys.stderr)
+        return 2
     options = DrillOptions(
         policy_path=args.policy,
         tasks_dir=args.tasks,
@@ -452,6 +455,7 @@ def cmd_drill(args: argparse.Namespace) -> int:
         scenarios=tuple(args.scenario or ()),
         save=tuple(args.save or ()),
         attach=f"http://{args.listen[0]}:{args.listen[1]}" if args.listen else None,
+        admin=f"http://{args.admin[0]}:{args.admin[1]}" if args.admin else None,
         keys=tuple(args.key or ()),
     )
     try:
@@ -592,6 +596,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     drill.add_argument("--listen", type=_address, help="attach to a running stack's listener instead of starting one")
     drill.add_argument("--key", type=_tenant_key, action="append", help="TENANT=KEY for an attached stack (repeat)")
+    drill.add_argument("--admin", type=_address, help="the attached stack's admin: must be ready before and after")
     drill.set_defaults(func=cmd_drill)
 
     mocks = sub.add_parser("mock-providers", help="run mock OpenAI/Anthropic providers that fail on command")

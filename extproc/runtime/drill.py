@@ -65,6 +65,7 @@ class DrillOptions:
     scenarios: tuple[str, ...] = ()  # only these (default: all, and every saved fixture)
     save: tuple[str, ...] = ()  # cells to keep as fixtures: "all", a scenario, or scenario/task/tenant
     attach: str | None = None  # a running stack's listener URL
+    admin: str | None = None  # its admin URL: ready before and after the drill
     keys: tuple[tuple[str, str], ...] = ()  # (tenant, key) for an attached stack
 
 
@@ -234,6 +235,14 @@ def _write(options: DrillOptions, cells: list[Cell], policy: Policy, groups: lis
     return DrillOutcome(tuple(cells), results, tuple(saved))
 
 
+async def _ready(admin: str | None, when: str) -> None:
+    if admin is None:
+        return
+    async with aiohttp.ClientSession() as session, session.get(admin.rstrip("/") + "/readyz") as reply:
+        if reply.status != 200:
+            raise DrillError(f"the attached stack was not ready {when} the drill (/readyz: HTTP {reply.status})")
+
+
 async def run_drill(options: DrillOptions) -> DrillOutcome:
     raw = yaml.safe_load(options.policy_path.read_text())
     policy = parse_policy(raw, str(options.policy_path))
@@ -245,8 +254,10 @@ async def run_drill(options: DrillOptions) -> DrillOutcome:
         missing = {t for g in groups for c in g for t in c.tenants} - set(keys)
         if missing:
             raise ValueError(f"attached drill needs a key for tenants {sorted(missing)} (--key TENANT=KEY)")
+        await _ready(options.admin, "before")
         for group in groups:
             cells += await _run_group(options.attach.rstrip("/"), group, keys, policy)
+        await _ready(options.admin, "after")
         return _write(options, cells, policy, groups)
     stack = _OwnStack(raw, policy, {t for g in groups for c in g for t in c.tenants})
     await stack.start()

@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from extproc.drills import parse_fixture
+from tests.stack import Stack
 
 pytestmark = pytest.mark.e2e
 
@@ -125,3 +126,22 @@ def test_a_bad_golden_task_stops_the_drill_before_any_stack(tmp_path: Path) -> N
     (tmp_path / "bad.json").write_text('{"id": "bad"}')
     run = drill("--tasks", tmp_path, "--report", tmp_path / "r.md")
     assert run.returncode == 2 and "bad.json: " in run.stderr and not (tmp_path / "r.md").exists()
+
+
+def test_a_drill_attaches_to_a_running_stack(clean: Stack, tmp_path: Path) -> None:
+    # The suite's stack (tests/conftest.py): its policy, its mock providers, its app key.
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    shutil.copy(EVALS / "chat.json", tasks)
+    admin = clean.admin_url.removeprefix("http://")
+    run = drill(
+        "--policy", clean.policy_path, "--tasks", tasks, "--report", tmp_path / "r.md",
+        "--listen", f"127.0.0.1:{clean.port}", "--admin", admin, "--key", f"app={clean.app_key}",
+        *scenarios("primary_timeout"),
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout + run.stderr
+    timed_out = cell(results(tmp_path / "r.md"), "primary_timeout/chat/app")["trace"]
+    assert (timed_out["served_by"], timed_out["reason"]) == ("secondary/claude-fallback", "timeout")
+    missing = drill("--policy", clean.policy_path, "--tasks", tasks, "--report", tmp_path / "m.md",
+                    "--listen", f"127.0.0.1:{clean.port}")  # fmt: skip
+    assert missing.returncode == 2 and "needs a key for tenants ['app', 'storm-b', 'storm-c']" in missing.stderr
