@@ -11,6 +11,7 @@ import contextlib
 import datetime
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from typing import Any
 import aiohttp
 import yaml
 
+from ..core import Dialect
 from ..demo.mock_provider import MockFleet, MockProvider
 from ..drills import (
     SCENARIOS,
@@ -147,7 +149,10 @@ class _OwnStack:
     def __init__(self, raw: dict[str, Any], policy: Policy, tenants: set[str]) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="rungway-drill-"))
         self.fleet = MockFleet(
-            [MockProvider(name, p.dialect.wire.value) for name, p in policy.providers.items()]  # type: ignore[arg-type]
+            [
+                MockProvider(name, "anthropic" if p.dialect.wire is Dialect.ANTHROPIC else "openai")
+                for name, p in policy.providers.items()
+            ]
         )
         self._raw, self._tenants = raw, tenants
         self.keys: dict[str, str] = {}
@@ -202,6 +207,7 @@ class _OwnStack:
 
     async def stop(self) -> None:
         await self.fleet.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)  # it holds the drill's client keys
 
 
 def _wanted(cell: Cell, save: Sequence[str]) -> bool:
