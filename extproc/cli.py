@@ -523,6 +523,45 @@ def cmd_mock_providers(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tenant_key(value: str) -> tuple[str, str]:
+    tenant, sep, key = value.partition("=")
+    if not sep or not tenant or not key:
+        raise argparse.ArgumentTypeError(f"expected TENANT=KEY, got {value.split('=')[0]!r}=…")
+    return tenant, key
+
+
+def cmd_drill(args: argparse.Namespace) -> int:
+    _configure_logging("warning")
+    from .runtime.drill import DrillError, DrillOptions, run_drill
+
+    if (args.key or args.admin) and not args.listen:
+        print("rungway drill: --key and --admin attach to a running stack: give its --listen too", file=sys.stderr)
+        return 2
+    options = DrillOptions(
+        policy_path=args.policy,
+        tasks_dir=args.tasks,
+        report=args.report,
+        baseline=args.baseline,
+        scenarios=tuple(args.scenario or ()),
+        save=tuple(args.save or ()),
+        attach=f"http://{args.listen[0]}:{args.listen[1]}" if args.listen else None,
+        admin=f"http://{args.admin[0]}:{args.admin[1]}" if args.admin else None,
+        keys=tuple(args.key or ()),
+    )
+    try:
+        outcome = asyncio.run(run_drill(options))
+    except (ValueError, OSError, DrillError) as exc:
+        print(f"rungway drill: {exc}", file=sys.stderr)
+        return 2
+    results = outcome.results
+    print(f"{results['passed']} of {results['passed'] + results['failed']} cells pass; report: {args.report}")
+    for regression in results["regressions"]:
+        print(f"REGRESSION {regression['key']}: {regression['why']}")
+    for path in outcome.saved:
+        print(f"saved fixture {path}")
+    return outcome.exit_code
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rungway", description="LLM fallback ladders as an Envoy ext_proc sidecar")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -656,6 +695,30 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--no-wait", action="store_true", help="exit after the scripted show")
     demo.add_argument("--brownout", action="store_true", help="also stage a provider brownout and its recovery")
     demo.set_defaults(func=cmd_demo)
+
+    drill = sub.add_parser(
+        "drill", help="scripted faults through every rung against golden tasks; a report; exit 1 on a regression"
+    )
+    drill.add_argument("--policy", type=Path, default=Path("evals/failover/policy.yaml"))
+    drill.add_argument("--tasks", type=Path, default=Path("evals/failover"), help="golden tasks (and fixtures/)")
+    drill.add_argument(
+        "--report", type=Path, default=Path("drill-report.md"), help="Markdown; .svg and .json beside it"
+    )
+    drill.add_argument("--baseline", type=Path, help="a previous drill's results JSON: a known failure is not new")
+    drill.add_argument(
+        "--scenario",
+        action="append",
+        help="run only this scenario, or `fixtures` for the saved ones (repeat; default: all)",
+    )
+    drill.add_argument(
+        "--save",
+        action="append",
+        help="save cells as replayable fixtures under TASKS/fixtures: all, a scenario, or scenario/task/tenant",
+    )
+    drill.add_argument("--listen", type=_address, help="attach to a running stack's listener instead of starting one")
+    drill.add_argument("--key", type=_tenant_key, action="append", help="TENANT=KEY for an attached stack (repeat)")
+    drill.add_argument("--admin", type=_address, help="the attached stack's admin: must be ready before and after")
+    drill.set_defaults(func=cmd_drill)
 
     mocks = sub.add_parser("mock-providers", help="run mock OpenAI/Anthropic providers that fail on command")
     mocks.add_argument("rest", nargs=argparse.REMAINDER)

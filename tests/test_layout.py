@@ -20,6 +20,7 @@ ALLOWED: dict[str, set[str]] = {
     "deferral": {"core", "policy", "routing"},
     "filters": {"core", "policy", "identity", "routing", "health", "translate", "deferral"},
     "xds": {"core", "policy", "routing"},
+    "drills": {"core", "policy", "translate"},
 }
 TOP_LEVEL = {"__init__.py", "cli.py", "__main__.py"}
 

@@ -294,6 +294,12 @@ def header_mutation(plan: TryPlan, policy: Policy, key: str | None) -> tuple[dic
     remove = list(scrub_list(policy))
     if plan.needs_body:
         remove.append("content-length")  # set again with the rewritten body
+    elif d.body_bytes:
+        # The client's body goes as it came: its own length, not an earlier try's rewritten one
+        # (a provider would wait for bytes that never come).
+        set_headers["content-length"] = str(d.body_bytes)
+    else:
+        remove.append("content-length")
     return set_headers, remove
 
 

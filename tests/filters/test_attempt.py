@@ -249,9 +249,11 @@ def test_openai_rung_gets_its_own_bearer_key_and_every_provider_header_is_scrubb
         ":path": "/v1/chat/completions",
         "authorization": "Bearer " + PRIMARY_KEY,
         "openai-project": "proj_rungway",
+        # The body is not rewritten: the client's own length, over any earlier try's rewrite.
+        "content-length": "400",
     }
     assert set(removed_headers(answer)) >= PROVIDER_SCRUB
-    assert "content-length" not in removed_headers(answer)  # the body is not rewritten
+    assert "content-length" not in removed_headers(answer)
 
 
 def test_unchanged_request_body_is_not_even_sent_to_the_sidecar() -> None:
