@@ -15,9 +15,10 @@ ALLOWED: dict[str, set[str]] = {
     "policy": {"core"},
     "identity": {"core"},
     "translate": {"core"},
+    "audit": {"core"},
     "routing": {"core", "policy"},
     "health": {"core", "policy", "translate"},
-    "filters": {"core", "policy", "identity", "routing", "health", "translate"},
+    "filters": {"core", "policy", "identity", "routing", "health", "translate", "audit"},
     "xds": {"core", "policy", "routing"},
 }
 TOP_LEVEL = {"__init__.py", "cli.py", "__main__.py"}
