@@ -79,18 +79,11 @@ def verify(lines: Sequence[Line], anchor: Anchor | None = None) -> Verdict:
         ),
         default=0,
     )
-    # Where the chain starts: what its lines claim, sound or not (an edited first record is
-    # an edit, not a deletion).
+    # Where the chain starts: at 0, or where its own retention record says earlier records
+    # were pruned (what the lines claim, sound or not: an edited first record is an edit).
     claimed = {s for s in map(_claimed_seq, lines) if s is not None}
-    start = 0 if not claimed or 0 in claimed else min(claimed)
+    start = min(claimed) if claimed and 0 not in claimed and min(claimed) <= pruned else 0
     expected, prev = start, GENESIS if start == 0 else None
-    if start > pruned and records[0] is not None:
-        return Broken(
-            lines[0].where,
-            records[0].seq if records[0] else None,
-            Tampering.DELETED,
-            f"records before seq {start} are missing (no retention record says they were pruned)",
-        )
     found_anchor = anchor is None
     for i, (line, record) in enumerate(zip(lines, records, strict=True)):
         following = records[i + 1] if i + 1 < len(records) else None
