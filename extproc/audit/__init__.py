@@ -9,6 +9,7 @@ Writing records to disk (the queue, fsync batching, segments, retention) is
 
 from .chain import GENESIS, Chain, Line, lines_of
 from .record import Entry, Kind, Record, RecordError, RungRef, prompt_hash
+from .story import line, selected, sentence
 from .verify import Anchor, Broken, Intact, Tampering, Verdict, verify
 
 __all__ = [
@@ -25,7 +26,10 @@ __all__ = [
     "RungRef",
     "Tampering",
     "Verdict",
+    "line",
     "lines_of",
     "prompt_hash",
+    "selected",
+    "sentence",
     "verify",
 ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import secrets
 from dataclasses import replace
 
+from ..audit import Entry, Kind, prompt_hash
 from ..core import CLIENT_STATUS, Decision, Dialect, Failure, Impact, PassedThrough, Refused
 from ..core.names import (
     ANTHROPIC_MESSAGES_PATH,
@@ -31,7 +32,16 @@ from ..identity import Identity, Unknown
 from ..routing.ladder import NeedBody, Refusal, RequestFeatures, Route, choose, reroute
 from ..translate import api_pair, load_json, provider_header_scrub, redact_error_body, render_error
 from .caller import foreign_headers, identify, repeated_credential
-from .effects import BudgetReached, Decided, Effect, HalfOpenAdmitted, RequestCounted, RescueItem, Unauthenticated
+from .effects import (
+    Audited,
+    BudgetReached,
+    Decided,
+    Effect,
+    HalfOpenAdmitted,
+    RequestCounted,
+    RescueItem,
+    Unauthenticated,
+)
 from .flags import own_answer_headers
 from .shed import shed
 from .wire import (
@@ -90,6 +100,8 @@ class DecideProcessor:
         self._identity: Identity | None = None
         self._scrub: list[str] = []
         self._status = 0
+        self._request_id: str | None = None  # for the audit trail, when it is on
+        self._prompt_hash: str | None = None
 
     def dispatch(self, request: ProcessingRequest) -> list[ProcessingResponse]:
         kind = request.WhichOneof("request")
@@ -197,6 +209,11 @@ class DecideProcessor:
                 )
                 return self._refuse(Failure.BUDGET_EXCEEDED, message, "over_budget", retry_after=over.retry_after_s)
             self._features = replace(self._features, cheapest_only=True)
+        if policy.audit.on():
+            # Every audit record names the request (Envoy's x-request-id) and the hash of its
+            # body: decided on the body, then.
+            self._request_id = headers.get("x-request-id", "")
+            return with_mode(request_headers_response(), _ASK_FOR_BODY)
         result = self._route()
         if isinstance(result, NeedBody):
             return with_mode(request_headers_response(), _ASK_FOR_BODY)
@@ -204,6 +221,8 @@ class DecideProcessor:
 
     def request_body(self, request: ProcessingRequest) -> ProcessingResponse:
         assert self._features is not None
+        if self._request_id is not None:
+            self._prompt_hash = prompt_hash(request.request_body.body)
         try:
             body = load_json(request.request_body.body)
         except ValueError:
@@ -276,6 +295,8 @@ class DecideProcessor:
         f = self._features
         assert f is not None
         if isinstance(result, Refusal):
+            if self._request_id is not None and result.failure is not Failure.CLIENT_ERROR:
+                self._audit_refusal(result)  # no rung may serve it (a malformed request is not a decision)
             return self._refuse(result.failure, result.message, "refused", ladder="")
         policy = self._policy
         if not result.probe:  # probes are counted by the prober (rungway_probes_total), never as a tenant's
@@ -311,8 +332,26 @@ class DecideProcessor:
             anthropic_beta=anthropic.get("anthropic-beta"),
             decided_ms=self._worker.clock.now() * 1000,
             shadow=self._shadowed(result),
+            request_id=self._request_id,
+            prompt_hash=self._prompt_hash,
         )
         return with_metadata(response, META_DECISION, decision.encode())
+
+    def _audit_refusal(self, refusal: Refusal) -> None:
+        f = self._features
+        assert f is not None
+        entry = Entry(
+            at=self._worker.clock.wall(),
+            kind=Kind.REFUSED,
+            tenant=f.tenant,
+            task=f.task,
+            trigger=refusal.failure.value,
+            policy=self._policy.version,
+            request_id=self._request_id or "",
+            prompt_hash=self._prompt_hash or "",
+            detail={"message": refusal.message},
+        )
+        self._effects.append(Audited(entry))
 
     def _pass_through(self, headers: dict[str, str]) -> ProcessingResponse:
         """Another path of a provider's API (model lists, token counting): untranslated, to the

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..audit import Entry
 from ..core import Dialect, Failure, Observation, QuotaSignal
 from ..health.contract import Contract
 from ..policy import Cost
@@ -182,6 +183,13 @@ class TryRefused:
     detail: str
 
 
+@dataclass(frozen=True, slots=True)
+class Audited:
+    """A decision that left tier 0, for the audit trail (the runtime chains and writes it)."""
+
+    entry: Entry
+
+
 Effect = (
     Decided
     | Unauthenticated
@@ -199,6 +207,7 @@ Effect = (
     | Rescued
     | ShadowRequested
     | TryRefused
+    | Audited
     | Observation
     | QuotaSignal
 )
