@@ -283,8 +283,6 @@ class AuditLog:
                 if stop or time.monotonic() - synced_at >= interval:
                     self._fsync()
                     synced_at = time.monotonic()
-                if self._size >= self.settings.segment_bytes:
-                    self._rotate()
                 if stop:
                     return
         except BaseException as exc:  # a full disk, an I/O error: loud, and no silent drops
@@ -294,7 +292,22 @@ class AuditLog:
                 self._lock.notify_all()
 
     def _write(self, entries: list[Entry]) -> None:
-        data = b"".join(self._chain.append(e).line() for e in entries)
+        """Chain and append `entries`, starting the next segment wherever one fills up."""
+        lines: list[bytes] = []
+        size = 0
+        for i, e in enumerate(entries, start=1):
+            line = self._chain.append(e).line()
+            lines.append(line)
+            size += len(line)
+            if self._size + size >= self.settings.segment_bytes:
+                self._append(lines, entries[i - len(lines) : i])
+                lines, size = [], 0
+                self._rotate()
+        if lines:
+            self._append(lines, entries[len(entries) - len(lines) :])
+
+    def _append(self, lines: list[bytes], entries: list[Entry]) -> None:
+        data = b"".join(lines)
         view = memoryview(data)
         while view:
             view = view[os.write(self._fd, view) :]
@@ -326,7 +339,8 @@ class AuditLog:
         s = self.settings
         if s.max_age_s is None and s.max_bytes is None:
             return
-        files = segments(self.directory).get(self.name, [])[:-1]  # never the current segment
+        every = segments(self.directory).get(self.name, [])
+        files = every[:-1]  # never the current segment
         total = sum(path.stat().st_size for _, path in files) + self._size
         now = self._wall()
         doomed: list[Path] = []
@@ -339,9 +353,11 @@ class AuditLog:
                 break
             doomed.append(path)
             total -= stat.st_size
-            kept_from = files[i + 1][0] if i + 1 < len(files) else self._chain.seq
+            kept_from = every[i + 1][0]
         if not doomed or kept_from is None:
             return
+        with self._lock:
+            self._submitted += 1  # the writer's own record: flush() waits for it like any other
         self._write([Entry.retention(now, kept_from, len(doomed))])
         self._fsync()
         for path in doomed:
