@@ -4,8 +4,9 @@ The prompt never appears in clear: a record carries the SHA-256 of the request b
 about (`prompt_hash`), which proves which request it was to whoever holds the request, and
 tells nobody else what it said.
 
-A record's line is canonical JSON (sorted keys, no spaces, UTF-8): the bytes hashed are a
-function of the record alone, so a verifier recomputes them from the parsed line.
+A record's line is canonical JSON (sorted keys, no spaces, UTF-8) of everything but its hash,
+with the hash appended as the last member: the bytes hashed are a function of the record alone,
+so a verifier recomputes them (and the whole line) from the parsed line.
 """
 
 from __future__ import annotations
@@ -172,16 +173,18 @@ class Record:
     entry: Entry
 
     @staticmethod
-    def digest(seq: int, prev: str, entry: Entry) -> str:
-        return hashlib.sha256(canonical({"seq": seq, "prev": prev, **entry.encode()})).hexdigest()
+    def body(seq: int, prev: str, entry: Entry) -> bytes:
+        """The canonical encoding of everything a record says but its hash: what is hashed."""
+        return canonical({"seq": seq, "prev": prev, **entry.encode()})
 
     @classmethod
     def make(cls, seq: int, prev: str, entry: Entry) -> Record:
-        return cls(seq, prev, cls.digest(seq, prev, entry), entry)
+        return cls(seq, prev, hashlib.sha256(cls.body(seq, prev, entry)).hexdigest(), entry)
 
     def line(self) -> bytes:
-        """The record as one line of the log, newline included."""
-        return canonical({"seq": self.seq, "prev": self.prev, "hash": self.hash, **self.entry.encode()}) + b"\n"
+        """The record as one line of the log, newline included: its body with the hash added
+        as the last member (one encoding per record, for the writer's sake)."""
+        return _with_hash(self.body(self.seq, self.prev, self.entry), self.hash)
 
     @classmethod
     def parse(cls, line: bytes) -> Record:
@@ -200,7 +203,12 @@ class Record:
     def intact(self, line: bytes) -> bool:
         """`line` is this record's one canonical line, and its hash is the hash of what it says
         (so a change to any byte of the line shows: an added field, a re-spaced value...)."""
-        return self.hash == self.digest(self.seq, self.prev, self.entry) and line == self.line()
+        body = self.body(self.seq, self.prev, self.entry)
+        return self.hash == hashlib.sha256(body).hexdigest() and line == _with_hash(body, self.hash)
+
+
+def _with_hash(body: bytes, digest: str) -> bytes:
+    return body[:-1] + b',"hash":"' + digest.encode() + b'"}\n'
 
 
 def canonical(value: Mapping[str, Any]) -> bytes:
