@@ -153,7 +153,7 @@ def main() -> None:
         mocks.close()
 
     def med(traffic: str, name: str, pick: Any) -> float:
-        return statistics.median(pick(r) for r in runs[(traffic, name)])
+        return float(statistics.median(pick(r) for r in runs[(traffic, name)]))
 
     rows = []
     for traffic in ("tier0", "fallback"):
