@@ -534,13 +534,23 @@ def _audit_dir(args: argparse.Namespace) -> Path:
     return Path(args.dir) if args.dir is not None else default_dir(None)
 
 
+def _anchor(text: str) -> tuple[str, Any]:
+    from .audit import Anchor
+
+    chain, _, rest = text.partition(":")
+    seq, _, digest = rest.partition(":")
+    if not chain or not seq.isdigit() or len(digest) != 64:
+        raise argparse.ArgumentTypeError(f"expected CHAIN:SEQ:HASH (a 64-digit hash), not {text!r}")
+    return chain, Anchor(int(seq), digest)
+
+
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     """Every chain in the directory: intact, or the first bad record and how it was tampered with."""
     from .audit import Broken
     from .runtime.auditlog import verify_dir
 
     directory = _audit_dir(args)
-    verdicts = verify_dir(directory)
+    verdicts = verify_dir(directory, dict(args.anchor or ()))
     if not verdicts:
         print(f"no audit chains in {directory}", file=sys.stderr)
         return 1
@@ -549,7 +559,8 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
             print(f"{chain}: BROKEN at {verdict}")
         else:
             span = f"seq {verdict.first_seq}..{verdict.last_seq}" if verdict.last_seq is not None else "empty"
-            print(f"{chain}: intact, {verdict.records} records ({span}), head {verdict.head[:16]}")
+            anchor = f"{chain}:{verdict.last_seq}:{verdict.head}" if verdict.last_seq is not None else "none"
+            print(f"{chain}: intact, {verdict.records} records ({span}); anchor {anchor}")
     return 1 if any(isinstance(v, Broken) for v in verdicts.values()) else 0
 
 
@@ -717,6 +728,13 @@ def build_parser() -> argparse.ArgumentParser:
     audit_sub = audit.add_subparsers(dest="audit_command", required=True)
     verify = audit_sub.add_parser("verify", help="check every chain; non-zero exit naming the first bad record")
     verify.add_argument("dir", nargs="?", help="the audit directory (default: $XDG_STATE_HOME/rungway/audit)")
+    verify.add_argument(
+        "--anchor",
+        type=_anchor,
+        action="append",
+        help="CHAIN:SEQ:HASH of a record known from elsewhere (an earlier verify or export): "
+        "records deleted from the end of that chain then show (repeat per chain)",
+    )
     verify.set_defaults(func=cmd_audit_verify)
     for name, text, func in (
         ("show", "what left tier 0, for whom and why, oldest first", cmd_audit_show),

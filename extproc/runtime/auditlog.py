@@ -26,14 +26,14 @@ import queue
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from ..audit import Chain, Entry, Line, Record, RecordError, Verdict, lines_of, verify
+from ..audit import Anchor, Chain, Entry, Line, Record, RecordError, Verdict, lines_of, verify
 from ..policy import AuditSettings
 
 log = logging.getLogger("rungway.audit")
@@ -124,9 +124,15 @@ def chain_lines(files: list[tuple[int, Path]]) -> list[Line]:
     return lines_of([(path.name, path.read_bytes()) for _, path in files])
 
 
-def verify_dir(directory: Path) -> dict[str, Verdict]:
-    """Every chain in `directory`, verified."""
-    return {chain: verify(chain_lines(files)) for chain, files in segments(directory).items()}
+def verify_dir(directory: Path, anchors: Mapping[str, Anchor] | None = None) -> dict[str, Verdict]:
+    """Every chain in `directory`, verified (each against its anchor, if one is given); an
+    anchored chain that is missing altogether is reported as deleted."""
+    anchors = anchors or {}
+    found = segments(directory)
+    out: dict[str, Verdict] = {chain: verify(chain_lines(files), anchors.get(chain)) for chain, files in found.items()}
+    for chain in anchors.keys() - found.keys():
+        out[chain] = verify([], anchors[chain])
+    return out
 
 
 def read_records(directory: Path) -> Iterator[tuple[str, Record]]:

@@ -115,12 +115,23 @@ def tampered(source: Path, target: Path, change: str) -> tuple[str, int]:
         lines[-1] = lines[-1][:-10]
         segment.write_bytes(b"".join(lines))
         return segment.name, len(lines)
+    elif change == "drop_last":  # a shorter chain is sound: only the anchor shows the loss
+        del lines[-1]
+        segment.write_bytes(b"".join(lines))
+        return segment.name, len(lines)
     segment.write_bytes(b"".join(lines))
     return segment.name, 2
 
 
 @pytest.mark.parametrize(
-    ("change", "kind"), [("edit", "edited"), ("delete", "deleted"), ("reorder", "reordered"), ("truncate", "torn_tail")]
+    ("change", "kind"),
+    [
+        ("edit", "edited"),
+        ("delete", "deleted"),
+        ("reorder", "reordered"),
+        ("truncate", "torn_tail"),
+        ("drop_last", "deleted"),
+    ],
 )
 def test_verify_passes_and_names_each_kind_of_tampering(
     audited: Stack, fleet: Fleet, tmp_path: Path, change: str, kind: str
@@ -142,6 +153,9 @@ def test_verify_passes_and_names_each_kind_of_tampering(
     assert verified.returncode == 0, verified.stdout + verified.stderr
     assert "intact" in verified.stdout
     name, line = tampered(source, tmp_path / "copy", change)
-    broken = rungway("audit", "verify", str(tmp_path / "copy"))
+    chain = name.partition(".")[0]
+    anchor = re.search(rf"^{chain}: intact, .*; anchor (\S+)$", verified.stdout, re.MULTILINE)
+    assert anchor is not None, verified.stdout
+    broken = rungway("audit", "verify", str(tmp_path / "copy"), "--anchor", anchor[1])
     assert broken.returncode == 1
     assert re.search(rf"BROKEN at {re.escape(name)}:{line}\b.*: {kind}: ", broken.stdout), broken.stdout

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from extproc.audit import GENESIS, Broken, Entry, Intact, Kind, Record, Tampering
+from extproc.audit import GENESIS, Anchor, Broken, Entry, Intact, Kind, Record, Tampering
 from extproc.policy import AuditSettings
 from extproc.runtime.auditlog import (
     AuditLog,
@@ -207,3 +207,20 @@ def test_the_sidecar_hands_audited_effects_to_its_sink() -> None:
     sidecar.audit = MemoryAudit()
     sidecar.apply([Audited(entry(1)), Audited(entry(2, Kind.TRIP))])
     assert [r.entry.kind for r in sidecar.audit.records] == [Kind.HOP, Kind.TRIP]
+
+
+def test_anchors_catch_records_or_whole_chains_deleted_from_the_end(tmp_path: Path) -> None:
+    log = AuditLog(tmp_path, "w0", settings()).open()
+    for i in range(3):
+        log.submit(entry(i))
+    log.close()
+    path = tmp_path / "w0.000000000000.jsonl"
+    last = Record.parse(path.read_bytes().splitlines()[-1])
+    anchors = {"w0": Anchor(last.seq, last.hash), "w1": Anchor(0, "0" * 64)}
+    path.write_bytes(b"".join(path.read_bytes().splitlines(keepends=True)[:-1]))
+    assert isinstance(verify_dir(tmp_path)["w0"], Intact)  # shorter, and sound
+    verdicts = verify_dir(tmp_path, anchors)
+    assert {chain: v.tampering for chain, v in verdicts.items() if isinstance(v, Broken)} == {
+        "w0": Tampering.DELETED,
+        "w1": Tampering.DELETED,
+    }
