@@ -217,11 +217,17 @@ class AuditLog:
 
     def submit(self, entry: Entry) -> None:
         """Queue `entry` for the writer; waits only when the queue is full (backpressure)."""
-        if self._failed is not None:
-            raise AuditLogError(f"the audit writer failed: {self._failed}")
         with self._lock:
             self._submitted += 1
-        self._queue.put(entry)
+        while True:
+            if self._failed is not None:
+                # Fail closed: the effect's request fails (a sidecar error) rather than go unaudited.
+                raise AuditLogError(f"the audit writer failed: {self._failed}")
+            try:
+                self._queue.put(entry, timeout=0.5)
+                break
+            except queue.Full:
+                continue
         if self.metrics is not None:
             self.metrics.backlog.set(self._queue.qsize())
 

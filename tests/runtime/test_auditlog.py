@@ -224,3 +224,16 @@ def test_anchors_catch_records_or_whole_chains_deleted_from_the_end(tmp_path: Pa
         "w0": Tampering.DELETED,
         "w1": Tampering.DELETED,
     }
+
+
+def test_a_failed_writer_is_loud_and_refuses_more_records(tmp_path: Path) -> None:
+    log = AuditLog(tmp_path, "w0", settings()).open()
+    read_only = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(read_only, log._fd)  # the disk goes away under the writer: its next write fails
+    os.close(read_only)
+    log.submit(entry(0))
+    assert log.flush(timeout=10) is False
+    with pytest.raises(AuditLogError, match="writer failed"):
+        log.submit(entry(1))
+    assert log.snapshot()["failed"]
+    log.close()
