@@ -22,10 +22,11 @@ import contextlib
 import fcntl
 import logging
 import os
-import queue
 import re
 import threading
 import time
+from collections import Counter as Tally
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -162,8 +163,12 @@ class AuditLog:
         self.settings = settings
         self.metrics = metrics
         self._wall = wall
-        self._queue: queue.Queue[Entry | None] = queue.Queue(maxsize=settings.queue_records)
+        # The queue: a deque (an append costs the event loop no lock) and one condition for
+        # waking the writer, a submitter held back by a full queue, and flush() / sync().
+        self._pending: deque[Entry] = deque()
         self._lock = threading.Condition()
+        self._idle = False  # the writer waits for records
+        self._stopping = False
         self._submitted = 0
         self._written = 0
         self._synced = 0
@@ -216,20 +221,20 @@ class AuditLog:
     # ---- the request side -------------------------------------------------------------------
 
     def submit(self, entry: Entry) -> None:
-        """Queue `entry` for the writer; waits only when the queue is full (backpressure)."""
-        with self._lock:
-            self._submitted += 1
-        while True:
-            if self._failed is not None:
-                # Fail closed: the effect's request fails (a sidecar error) rather than go unaudited.
-                raise AuditLogError(f"the audit writer failed: {self._failed}")
-            try:
-                self._queue.put(entry, timeout=0.5)
-                break
-            except queue.Full:
-                continue
-        if self.metrics is not None:
-            self.metrics.backlog.set(self._queue.qsize())
+        """Queue `entry` for the writer; waits only when the queue is full (backpressure).
+        One submitting thread (the worker's event loop)."""
+        if len(self._pending) >= self.settings.queue_records:
+            with self._lock:
+                while len(self._pending) >= self.settings.queue_records and self._failed is None:
+                    self._lock.wait(0.5)
+        if self._failed is not None:
+            # Fail closed: the effect's request fails (a sidecar error) rather than go unaudited.
+            raise AuditLogError(f"the audit writer failed: {self._failed}")
+        self._submitted += 1
+        self._pending.append(entry)
+        if self._idle:
+            with self._lock:
+                self._lock.notify_all()
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until everything submitted so far is written (the kernel has it)."""
@@ -247,7 +252,9 @@ class AuditLog:
     def close(self) -> None:
         """Write and fsync everything queued, then stop the writer."""
         if self._thread is not None:
-            self._queue.put(None)
+            with self._lock:
+                self._stopping = True
+                self._lock.notify_all()
             self._thread.join()
             self._thread = None
         for fd in (self._fd, self._lock_fd):
@@ -262,7 +269,7 @@ class AuditLog:
                 "segment": self._segment,
                 "records": self._chain.seq,
                 "head": self._chain.head,
-                "backlog_records": self._queue.qsize(),
+                "backlog_records": len(self._pending),
                 "written": self._written,
                 "synced": self._synced,
                 "failed": str(self._failed) if self._failed else None,
@@ -275,23 +282,25 @@ class AuditLog:
         synced_at = time.monotonic()
         try:
             while True:
-                unsynced = self._synced < self._written
-                wait = max(0.0, synced_at + interval - time.monotonic()) if unsynced else None
-                try:
-                    batch = [self._queue.get(timeout=wait)]
-                except queue.Empty:
-                    batch = []
-                while len(batch) < _BATCH:
-                    try:
-                        batch.append(self._queue.get_nowait())
-                    except queue.Empty:
-                        break
-                stop = None in batch
-                entries = [e for e in batch if e is not None]
-                if entries:
-                    self._write(entries)
+                with self._lock:
+                    while not self._pending and not self._stopping:
+                        timeout = None
+                        if self._synced < self._written:
+                            timeout = synced_at + interval - time.monotonic()
+                            if timeout <= 0:
+                                break  # what was written is due to be fsynced
+                        self._idle = True
+                        self._lock.wait(timeout)
+                        self._idle = False
+                    stop = self._stopping
+                batch: list[Entry] = []
+                while self._pending and len(batch) < _BATCH:
+                    batch.append(self._pending.popleft())
+                if batch:
+                    self._write(batch)
                 if self.metrics is not None:
-                    self.metrics.backlog.set(self._queue.qsize())
+                    self.metrics.backlog.set(len(self._pending))
+                stop = stop and not self._pending
                 if stop or time.monotonic() - synced_at >= interval:
                     self._fsync()
                     synced_at = time.monotonic()
@@ -303,7 +312,7 @@ class AuditLog:
                 self._failed = exc
                 self._lock.notify_all()
 
-    def _write(self, entries: list[Entry]) -> None:
+    def _write(self, entries: list[Entry], *, own: bool = False) -> None:
         """Chain and append `entries`, starting the next segment wherever one fills up."""
         lines: list[bytes] = []
         size = 0
@@ -312,23 +321,24 @@ class AuditLog:
             lines.append(line)
             size += len(line)
             if self._size + size >= self.settings.segment_bytes:
-                self._append(lines, entries[i - len(lines) : i])
+                self._append(lines, entries[i - len(lines) : i], own)
                 lines, size = [], 0
                 self._rotate()
         if lines:
-            self._append(lines, entries[len(entries) - len(lines) :])
+            self._append(lines, entries[len(entries) - len(lines) :], own)
 
-    def _append(self, lines: list[bytes], entries: list[Entry]) -> None:
+    def _append(self, lines: list[bytes], entries: list[Entry], own: bool) -> None:
+        """Write `lines` (of `entries`); `own`: the writer's records, which nobody submitted."""
         data = b"".join(lines)
         view = memoryview(data)
         while view:
             view = view[os.write(self._fd, view) :]
         self._size += len(data)
         if self.metrics is not None:
-            for e in entries:
-                self.metrics.records.labels(e.kind.value).inc()
+            for kind, n in Tally(e.kind for e in entries).items():
+                self.metrics.records.labels(kind.value).inc(n)
         with self._lock:
-            self._written += len(entries)
+            self._written += 0 if own else len(entries)
             self._lock.notify_all()
 
     def _fsync(self) -> None:
@@ -368,9 +378,7 @@ class AuditLog:
             kept_from = every[i + 1][0]
         if not doomed or kept_from is None:
             return
-        with self._lock:
-            self._submitted += 1  # the writer's own record: flush() waits for it like any other
-        self._write([Entry.retention(now, kept_from, len(doomed))])
+        self._write([Entry.retention(now, kept_from, len(doomed))], own=True)
         self._fsync()
         for path in doomed:
             path.unlink()
