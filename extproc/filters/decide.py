@@ -210,10 +210,11 @@ class DecideProcessor:
                 return self._refuse(Failure.BUDGET_EXCEEDED, message, "over_budget", retry_after=over.retry_after_s)
             self._features = replace(self._features, cheapest_only=True)
         if policy.audit.on():
-            # Every audit record names the request (Envoy's x-request-id) and the hash of its
-            # body: decided on the body, then.
+            # Every audit record names the request (Envoy's x-request-id) and, unless the policy
+            # says not to, the hash of its body: decided on the body, then.
             self._request_id = headers.get("x-request-id", "")
-            return with_mode(request_headers_response(), _ASK_FOR_BODY)
+            if policy.audit.prompt_hash:
+                return with_mode(request_headers_response(), _ASK_FOR_BODY)
         result = self._route()
         if isinstance(result, NeedBody):
             return with_mode(request_headers_response(), _ASK_FOR_BODY)

@@ -534,6 +534,9 @@ class AuditSettings(_Frozen):
 
     enabled: bool = True
     dir: Path | None = None
+    # Records carry the SHA-256 of the request body: decide then reads every body (one more
+    # ext_proc message per request; bench/AUDIT.md). False: no body is read for the trail.
+    prompt_hash: bool = True
     fsync_interval_s: float = Field(0.05, ge=0, le=10)
     queue_records: int = Field(10_000, ge=1, le=10_000_000)
     alarm_records: int = Field(1_000, ge=1)

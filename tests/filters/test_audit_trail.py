@@ -8,7 +8,10 @@ import hashlib
 import json
 from typing import Any
 
+from google.protobuf import json_format
+
 from extproc.audit import Entry, Kind, RungRef
+from extproc.core.names import META_DECISION
 from extproc.filters.decide import DecideProcessor
 from extproc.filters.effects import Audited
 from extproc.filters.wire import Mode
@@ -30,7 +33,7 @@ CONTEXT: dict[str, Any] = {
 
 
 def audited_sidecar(**overrides: Any) -> Sidecar:
-    sidecar = make_sidecar(make_policy(audit={"dir": "/var/lib/rungway/audit"}, **overrides))
+    sidecar = make_sidecar(make_policy(**{"audit": {"dir": "/var/lib/rungway/audit"}, **overrides}))
     sidecar.audit = MemoryAudit()
     return sidecar
 
@@ -104,3 +107,18 @@ def test_decide_hashes_the_body_and_records_a_refusal_without_the_prompt() -> No
         hashlib.sha256(body).hexdigest(),
     )
     assert "secret" not in json.dumps(entry.encode())
+
+
+def test_without_prompt_hashes_decide_reads_no_body_and_still_names_the_request() -> None:
+    sidecar = audited_sidecar(audit={"dir": "/var/lib/rungway/audit", "prompt_hash": False})
+    processor = DecideProcessor(sidecar)
+    headers = {
+        ":method": "POST",
+        ":path": "/v1/chat/completions",
+        "authorization": f"Bearer {CLIENT_KEY}",
+        "x-request-id": "req-7",
+    }
+    (routed_now,) = processor.dispatch(request_headers(headers, metadata=decide_fields(model="gpt-4o")))
+    assert not routed_now.HasField("mode_override")
+    decision = json_format.MessageToDict(routed_now.dynamic_metadata)[META_DECISION]
+    assert decision["request_id"] == "req-7" and "prompt_hash" not in decision
