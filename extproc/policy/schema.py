@@ -545,6 +545,9 @@ class AuditSettings(_Frozen):
     # chain records that it did, so verify still passes). None keeps everything.
     max_age_s: float | None = Field(None, gt=0)
     max_bytes: int | None = Field(None, ge=4096)
+    # Fleet mode: `rungway up` also ships every record, line for line, to one Redis stream on
+    # the health bus's Redis (health.bus must be a redis:// URL), where the fleet's trail verifies.
+    export: Literal["bus"] | None = None
 
     def on(self) -> bool:
         """Records are written (a directory is known)."""

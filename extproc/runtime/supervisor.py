@@ -36,6 +36,7 @@ import aiohttp
 import yaml
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
+from redis.exceptions import RedisError
 
 from ..audit import selected
 from ..core import CircuitChanged, Failure, FrameRules, ProbeClaim
@@ -507,6 +508,35 @@ class Supervisor:
             )
         )
 
+    async def _export_audit(self, directory: Path, every_s: float = 1.0) -> None:
+        """Fleet mode: ship this pod's chains to the health bus's Redis stream, once a second."""
+        from redis.asyncio import Redis
+
+        from .auditexport import export_once
+
+        health = self.options.policy.health
+        if health.bus is None or not health.bus.startswith(("redis://", "rediss://")):
+            log.error("audit.export: bus needs health.bus to be a redis:// URL; the trail stays local")
+            return
+        password = health.bus_security.password
+        client = Redis.from_url(health.bus, password=password.resolve().get_secret_value() if password else None)
+        pod = socket.gethostname()
+        failing = False
+        try:
+            while True:
+                await asyncio.sleep(every_s)
+                try:
+                    await export_once(client, directory, pod)
+                    if failing:
+                        log.info("audit export to the fleet's Redis works again")
+                    failing = False
+                except (OSError, TimeoutError, RedisError) as exc:
+                    if not failing:  # once per outage; the next round retries from where it stands
+                        log.warning("audit export to the fleet's Redis failed: %s", type(exc).__name__)
+                    failing = True
+        finally:
+            await client.aclose()
+
     async def _audit(self, request: web.Request) -> web.Response:
         """GET /audit?tenant=&since=: the trail's records, oldest first (since: seconds, or 30m,
         1h, 2d ago; at most `limit`, the latest)."""
@@ -539,6 +569,8 @@ class Supervisor:
         await self._start_admin()
         self._tasks.append(asyncio.create_task(self._probe_loop()))
         self._tasks.append(asyncio.create_task(self._watch_envoy()))
+        if self.audit_dir is not None and self.options.policy.audit.export == "bus":
+            self._tasks.append(asyncio.create_task(self._export_audit(self.audit_dir)))
         self._write_state()
         log.info(
             "rungway up: listening on %s:%d, admin on %s:%d, %d worker(s), policy %s",

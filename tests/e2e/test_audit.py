@@ -20,7 +20,7 @@ import httpx2 as httpx
 import pytest
 
 from tests.conftest import KEY_ENV, Fleet
-from tests.stack import REPO, Stack, running
+from tests.stack import REPO, RedisServer, Stack, running
 
 pytestmark = pytest.mark.e2e
 SECRET = "the patient in bed 7 is allergic to penicillin"
@@ -159,3 +159,51 @@ def test_verify_passes_and_names_each_kind_of_tampering(
     broken = rungway("audit", "verify", str(tmp_path / "copy"), "--anchor", anchor[1])
     assert broken.returncode == 1
     assert re.search(rf"BROKEN at {re.escape(name)}:{line}\b.*: {kind}: ", broken.stdout), broken.stdout
+
+
+def test_fleet_mode_ships_the_trail_to_the_buss_redis_stream(fleet: Fleet, tmp_path: Path) -> None:
+    import redis
+
+    from extproc.audit import Intact, lines_of, verify
+
+    server = RedisServer()
+    server.start()
+    try:
+        policy = fleet.policy(
+            tmp_path,
+            health={"enabled": False, "probe_interval_s": 0, "bus": server.url},
+            audit={"export": "bus"},
+        )
+        env = {**KEY_ENV, "RUNGWAY_BUS_SECRET": "e2e-fleet-secret-0123456789abcdef"}
+        with running(policy, env=env) as stack:
+            fleet.reset()
+            fleet.primary.set_mode("status:503")
+            assert (
+                stack.post(
+                    "/v1/chat/completions", {"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}]}
+                ).status_code
+                == 200
+            )
+            request_id = fleet.secondary.requests[-1].headers["x-request-id"]
+            fleet.reset()
+            client = redis.Redis(host="127.0.0.1", port=server.port)
+            deadline = time.monotonic() + 15
+            while True:
+                shipped = [fields for _, fields in client.xrange("rungway:audit")]
+                if any(json.loads(f[b"line"])["kind"] == "tier_change" for f in shipped) or time.monotonic() > deadline:
+                    break
+                time.sleep(0.2)
+            records = [json.loads(f[b"line"]) for f in shipped]
+            assert [r["kind"] for r in records if r["request_id"] == request_id] == [
+                "trip",
+                "trip",
+                "hop",
+                "tier_change",
+            ]
+            # The stream's lines are the chain's own: they verify there as they do on disk.
+            line_data = b"".join(f[b"line"] for f in shipped)
+            assert isinstance(verify(lines_of([("stream", line_data)])), Intact)
+            local = b"".join(p.read_bytes() for p in sorted((stack.dir / "audit").glob("w0.*.jsonl")))
+            assert local.startswith(line_data)
+    finally:
+        server.stop()
