@@ -85,6 +85,9 @@ def test_a_fallback_is_audited_with_the_request_and_the_prompts_hash_only(audite
     with httpx.Client(timeout=10) as client:
         status = client.get(audited.admin_url + "/status").json()
     assert status["audit"] == {"backlog_records": 0, "alarm": False}
+    metrics = audited.metrics()  # the workers' counters, through the supervisor's /metrics
+    assert re.search(r'^rungway_audit_records_total\{kind="hop"\} [1-9]', metrics, re.MULTILINE)
+    assert re.search(r"^rungway_audit_backlog_records 0\.0$", metrics, re.MULTILINE)
     fleet.reset()
 
 
