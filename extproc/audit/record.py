@@ -26,6 +26,8 @@ class Kind(StrEnum):
     TRIP = "trip"  # a try failed (by failure class)
     TIER_CHANGE = "tier_change"  # an answer was served below tier 0, or degraded (tools stripped)
     RESCUE = "rescue"  # a stream cut after its first token was (or was not) completed by another rung
+    TOOL_MODE = "tool_mode"  # a rung's tool mode took tools away from the request (T5)
+    TRIM = "trim"  # the conversation's middle was left out to fit a rung's window (F6)
     REFUSED = "refused"  # no rung was permitted to serve the request (not_permitted, no rung)
     EXHAUSTED = "exhausted"  # every rung the request could use failed: the client got the failure
     POLICY_RELOAD = "policy_reload"  # the serving policy changed version

@@ -37,6 +37,10 @@ def sentence(entry: Entry) -> str:
             return f"served by {dst} instead of {src} ({why}{tokens})"
         case Kind.RESCUE:
             return f"stream cut on {src}; rescue by {dst}: {entry.detail.get('outcome', '?')}"
+        case Kind.TOOL_MODE:
+            return f"{dst} got no {entry.detail.get('removed', '?')} (tool mode {why})"
+        case Kind.TRIM:
+            return f"{entry.detail.get('messages', '?')} earlier message(s) left out to fit {dst}"
         case Kind.REFUSED:
             return f"refused: no permitted rung ({why}): {entry.detail.get('message', '')}"
         case Kind.EXHAUSTED:

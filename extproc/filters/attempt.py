@@ -75,7 +75,16 @@ from .effects import (
     TryRefused,
 )
 from .flags import own_answer_headers
-from .request import UNSHAPED, TryPlan, UnsafeTryError, header_mutation, plan_try, request_schema, rewrite_body
+from .request import (
+    UNSHAPED,
+    TryPlan,
+    TryShape,
+    UnsafeTryError,
+    header_mutation,
+    plan_try,
+    request_schema,
+    rewrite_body,
+)
 from .rescue import Rescue, plan_rescue, rescue_note
 from .shadow import plan_shadows
 from .stream import StreamTry
@@ -359,6 +368,7 @@ class AttemptProcessor:
                 self._effects.append(
                     Reshaped(ladder, rung, shape.tool_mode.value, len(shape.tools_removed), shape.trimmed)
                 )
+                self._audit_reshape(shape)
             data = dump_json(body)
         except (ValueError, TranslationError) as exc:
             message = exc.message if isinstance(exc, TranslationError) else "the request body is not valid JSON"
@@ -923,6 +933,15 @@ class AttemptProcessor:
             self._audit(Kind.HOP, trigger.value, source=previous.rung, target=plan.position.rung)
         elif previous is None and plan.decision.skip is not None and plan.position.rung != 0:
             self._audit(Kind.HOP, plan.decision.skip.value, source=0, target=plan.position.rung)
+
+    def _audit_reshape(self, shape: TryShape) -> None:
+        """The rung got less than the client sent: tools its mode removed, history trimmed."""
+        rung = self._started().position.rung
+        if shape.tools_removed:
+            detail: dict[str, str | int | float | bool] = {"removed": ",".join(shape.tools_removed)}
+            self._audit(Kind.TOOL_MODE, shape.tool_mode.value, target=rung, detail=detail)
+        if shape.trimmed:
+            self._audit(Kind.TRIM, "context_window", target=rung, detail={"messages": shape.trimmed})
 
     def _audit_rescue(self, outcome: str) -> None:
         _, rung, to_rung = self._rescue_labels()

@@ -192,7 +192,8 @@ def test_fleet_mode_ships_the_trail_to_the_buss_redis_stream(fleet: Fleet, tmp_p
             client = redis.Redis(host="127.0.0.1", port=server.port)
             deadline = time.monotonic() + 15
             while True:
-                shipped = [fields for _, fields in client.xrange("rungway:audit")]
+                entries: Any = client.xrange("rungway:audit")
+                shipped: list[dict[bytes, bytes]] = [fields for _, fields in entries]
                 if any(json.loads(f[b"line"])["kind"] == "tier_change" for f in shipped) or time.monotonic() > deadline:
                     break
                 time.sleep(0.2)

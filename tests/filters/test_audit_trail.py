@@ -11,13 +11,22 @@ from typing import Any
 from google.protobuf import json_format
 
 from extproc.audit import Entry, Kind, RungRef
+from extproc.core import Failure
 from extproc.core.names import META_DECISION
 from extproc.filters.decide import DecideProcessor
 from extproc.filters.effects import Audited
 from extproc.filters.wire import Mode
 from extproc.runtime.auditlog import MemoryAudit
 from extproc.runtime.sidecar import Sidecar
-from tests.builders import CLIENT_KEY, decide_fields, make_policy, make_sidecar, request_body, request_headers
+from tests.builders import (
+    CLIENT_KEY,
+    decide_fields,
+    make_policy,
+    make_sidecar,
+    policy_data,
+    request_body,
+    request_headers,
+)
 from tests.filters.test_attempt import Try, anthropic_answer, openai_answer, record
 
 PROMPT = hashlib.sha256(b'{"model":"gpt-4o","messages":[{"role":"user","content":"secret"}]}').hexdigest()
@@ -122,3 +131,31 @@ def test_without_prompt_hashes_decide_reads_no_body_and_still_names_the_request(
     assert not routed_now.HasField("mode_override")
     decision = json_format.MessageToDict(routed_now.dynamic_metadata)[META_DECISION]
     assert decision["request_id"] == "req-7" and "prompt_hash" not in decision
+
+
+def test_a_rung_that_gets_less_leaves_tool_mode_and_trim_records() -> None:
+    data = policy_data(tools={"write": ["issue_refund"]}, context={"trim": True})
+    data["ladders"]["main"][1]["context_window"] = 300
+    sidecar = make_sidecar(make_policy(**{**data, "audit": {"dir": "/var/lib/rungway/audit"}}))
+    sidecar.audit = MemoryAudit()
+    t = Try(sidecar, rung=1, rungs=(1, 2), skip=Failure.SERVER_ERROR, request_id="req-3", prompt_hash=PROMPT)
+    history = [{"role": "user" if i % 2 == 0 else "assistant", "content": f"turn {i} " + "x" * 200} for i in range(20)]
+    request = {
+        "model": "gpt-4o",
+        "messages": [*history, {"role": "user", "content": "last"}],
+        "tools": [
+            {"type": "function", "function": {"name": "issue_refund"}},
+            {"type": "function", "function": {"name": "lookup_order"}},
+        ],
+    }
+    t.send(request_body(request))
+    kinds = {e.kind: e for e in entries(sidecar)}
+    assert kinds[Kind.HOP].trigger == "server_error"  # decide skipped the first rung
+    tool_mode, trim = kinds[Kind.TOOL_MODE], kinds[Kind.TRIM]
+    assert (tool_mode.trigger, tool_mode.target, tool_mode.detail) == (
+        "read_only",
+        SECONDARY,
+        {"removed": "issue_refund"},
+    )
+    assert trim.trigger == "context_window" and int(trim.detail["messages"]) > 0
+    assert (trim.request_id, trim.prompt_hash) == ("req-3", PROMPT)
