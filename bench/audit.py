@@ -37,6 +37,8 @@ from .run import git_describe, md_table
 
 HERE = Path(__file__).absolute().parent
 AUDIT_MD = HERE / "AUDIT.md"
+# AUDIT.md is regenerated above this line; whatever follows it is kept across runs.
+NOTES_MARKER = "<!-- Everything below this line is kept when bench.audit rewrites the file. -->"
 PRIMARY = RungRef("main", 0, "primary", "gpt-4o", 0)
 SECONDARY = RungRef("main", 1, "secondary", "claude-fallback", 1)
 
@@ -190,7 +192,8 @@ fallback: the primary answers 503 (two trips, a hop, a tier change: four records
 
 {md_table(["traffic", "measure", "audit on", "audit off", "ratio on/off"], rows)}
 """
-    AUDIT_MD.write_text(text)
+    kept = AUDIT_MD.read_text().partition(NOTES_MARKER)[2] if AUDIT_MD.exists() else ""
+    AUDIT_MD.write_text(f"{text}\n{NOTES_MARKER}{kept or chr(10)}")
     print(text, flush=True)
 
 
