@@ -225,12 +225,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
         policy = _live_half_open(policy)
 
     _bus_secret_file(args)
+    from .runtime.auditlog import AUDIT_CHAIN_ENV, AUDIT_DIR_ENV, AuditLog, AuditLogError, AuditMetrics
+
+    audit_dir = os.environ.get(AUDIT_DIR_ENV)
+    if policy.audit.enabled and policy.audit.dir is None and audit_dir:
+        policy = policy.model_copy(update={"audit": policy.audit.model_copy(update={"dir": Path(audit_dir)})})
+    audit: AuditLog | None = None
+    if policy.audit.on():
+        assert policy.audit.dir is not None
+        chain = os.environ.get(AUDIT_CHAIN_ENV, "serve")
+        try:
+            audit = AuditLog(policy.audit.dir, chain, policy.audit, AuditMetrics()).open()
+        except (AuditLogError, OSError) as exc:
+            print(f"rungway serve: cannot open the audit log: {exc}", file=sys.stderr)
+            return 1
     hub = os.environ.get(HUB_ENV)
     try:
         bus = bus_from_settings(
             policy.health, hub_path=Path(hub) if hub else None, hub_secret=os.environ.get(HUB_SECRET_ENV)
         )
         sidecar = Sidecar.start(policy, Metrics(), bus=bus)
+        sidecar.audit = audit
     except BusConfigError as exc:
         print(f"cannot start: {exc}", file=sys.stderr)
         return 1
@@ -246,7 +261,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # collect young objects less often (each request allocates many short-lived protobufs).
     gc.freeze()
     gc.set_threshold(20_000, 20, 20)
-    asyncio.run(serve(sidecar, args.socket, socket_mode=args.socket_mode))
+    try:
+        asyncio.run(serve(sidecar, args.socket, socket_mode=args.socket_mode))
+    finally:
+        if audit is not None:
+            audit.close()  # what is queued is written and fsynced
     return 0
 
 
@@ -280,6 +299,7 @@ def _install_uvloop() -> None:
 def cmd_up(args: argparse.Namespace) -> int:
     _configure_logging(args.log_level)
     from .policy import Policy, is_loopback_host, resolve_credentials
+    from .runtime.auditlog import default_dir
     from .runtime.supervisor import UpOptions, run_up
 
     policy = _load(args.policy)
@@ -330,6 +350,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         state_file=args.state_file,
         restart=not args.no_restart,
         admin_token=admin_token,
+        audit_dir=args.audit_dir or default_dir(args.state_file),
     )
     try:
         asyncio.run(run_up(options))
@@ -507,6 +528,92 @@ def format_status(status: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _audit_dir(args: argparse.Namespace) -> Path:
+    from .runtime.auditlog import default_dir
+
+    return Path(args.dir) if args.dir is not None else default_dir(None)
+
+
+def _anchor(text: str) -> tuple[str, Any]:
+    from .audit import Anchor
+
+    chain, _, rest = text.partition(":")
+    seq, _, digest = rest.partition(":")
+    if not chain or not seq.isdigit() or len(digest) != 64:
+        raise argparse.ArgumentTypeError(f"expected CHAIN:SEQ:HASH (a 64-digit hash), not {text!r}")
+    return chain, Anchor(int(seq), digest)
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    """Every chain in the directory: intact, or the first bad record and how it was tampered with."""
+    from .audit import Broken
+    from .runtime.auditlog import verify_dir
+
+    directory = _audit_dir(args)
+    verdicts = verify_dir(directory, dict(args.anchor or ()))
+    if not verdicts:
+        print(f"no audit chains in {directory}", file=sys.stderr)
+        return 1
+    for chain, verdict in verdicts.items():
+        if isinstance(verdict, Broken):
+            print(f"{chain}: BROKEN at {verdict}")
+        else:
+            span = f"seq {verdict.first_seq}..{verdict.last_seq}" if verdict.last_seq is not None else "empty"
+            anchor = f"{chain}:{verdict.last_seq}:{verdict.head}" if verdict.last_seq is not None else "none"
+            print(f"{chain}: intact, {verdict.records} records ({span}); anchor {anchor}")
+    return 1 if any(isinstance(v, Broken) for v in verdicts.values()) else 0
+
+
+def _audit_selection(args: argparse.Namespace) -> list[tuple[str, Any]]:
+    import time
+
+    from .audit import selected
+    from .runtime.auditlog import read_records
+
+    since = time.time() - args.since if args.since is not None else None
+    return selected(read_records(_audit_dir(args)), tenant=args.tenant, since=since)
+
+
+def cmd_audit_show(args: argparse.Namespace) -> int:
+    """The story: what left tier 0, for whom, when, and why."""
+    import json
+
+    from .audit import line
+
+    chosen = _audit_selection(args)
+    for chain, record in chosen:
+        if args.json:
+            print(json.dumps({"chain": chain, "seq": record.seq, "hash": record.hash, **record.entry.encode()}))
+        else:
+            print(line(record))
+    if not chosen and not args.json:
+        print("no audit records match", file=sys.stderr)
+    return 0
+
+
+def cmd_audit_export(args: argparse.Namespace) -> int:
+    """Verified records as JSON lines (chain, seq and hash kept: a receiver can verify again)."""
+    import json
+
+    from .audit import Broken
+    from .runtime.auditlog import verify_dir
+
+    broken = {c: v for c, v in verify_dir(_audit_dir(args)).items() if isinstance(v, Broken)}
+    for chain, verdict in broken.items():
+        print(f"{chain}: BROKEN at {verdict}; not exported", file=sys.stderr)
+    if broken:
+        return 1
+    out = open(args.output, "w") if args.output else sys.stdout  # noqa: SIM115 - stdout is not ours to close
+    try:
+        for chain, record in _audit_selection(args):
+            out.write(json.dumps({"chain": chain, "seq": record.seq, "hash": record.hash, **record.entry.encode()}))
+            out.write("\n")
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     _configure_logging("warning")
     from .demo.show import run_demo
@@ -648,7 +755,39 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="file holding the fleet (Redis) bus's signing secret (or RUNGWAY_BUS_SECRET)",
     )
+    up.add_argument(
+        "--audit-dir",
+        type=Path,
+        help="the audit trail's directory when the policy's audit.dir is unset "
+        "(default: beside --state-file, else $XDG_STATE_HOME/rungway/audit)",
+    )
     up.set_defaults(func=cmd_up)
+
+    audit = sub.add_parser("audit", help="the tamper-evident audit trail: verify, show, export")
+    audit_sub = audit.add_subparsers(dest="audit_command", required=True)
+    verify = audit_sub.add_parser("verify", help="check every chain; non-zero exit naming the first bad record")
+    verify.add_argument("dir", nargs="?", help="the audit directory (default: $XDG_STATE_HOME/rungway/audit)")
+    verify.add_argument(
+        "--anchor",
+        type=_anchor,
+        action="append",
+        help="CHAIN:SEQ:HASH of a record known from elsewhere (an earlier verify or export): "
+        "records deleted from the end of that chain then show (repeat per chain)",
+    )
+    verify.set_defaults(func=cmd_audit_verify)
+    for name, text, func in (
+        ("show", "what left tier 0, for whom and why, oldest first", cmd_audit_show),
+        ("export", "verified records as JSON lines", cmd_audit_export),
+    ):
+        cmd = audit_sub.add_parser(name, help=text)
+        cmd.add_argument("--dir", help="the audit directory (default: $XDG_STATE_HOME/rungway/audit)")
+        cmd.add_argument("--tenant")
+        cmd.add_argument("--since", type=_duration, help="e.g. 30m, 1h, 2d")
+        if name == "show":
+            cmd.add_argument("--json", action="store_true", help="one JSON record per line")
+        else:
+            cmd.add_argument("-o", "--output", help="a file (default: stdout)")
+        cmd.set_defaults(func=func)
 
     keys = sub.add_parser("keys", help="client keys: who may call, as which tenant")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)

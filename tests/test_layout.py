@@ -15,10 +15,11 @@ ALLOWED: dict[str, set[str]] = {
     "policy": {"core"},
     "identity": {"core"},
     "translate": {"core"},
+    "audit": {"core"},
     "routing": {"core", "policy"},
     "health": {"core", "policy", "translate"},
     "deferral": {"core", "policy", "routing"},
-    "filters": {"core", "policy", "identity", "routing", "health", "translate", "deferral"},
+    "filters": {"core", "policy", "identity", "routing", "health", "translate", "deferral", "audit"},
     "xds": {"core", "policy", "routing"},
     "drills": {"core", "policy", "translate"},
 }

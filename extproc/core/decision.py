@@ -57,6 +57,9 @@ class Decision:
     decided_ms: float = 0.0
     # Sampled for continuous verification: the first try also asks the other rungs (Shadow).
     shadow: bool = False
+    # For the audit trail, when it is on: Envoy's x-request-id and the SHA-256 of the body.
+    request_id: str | None = None
+    prompt_hash: str | None = None
 
     def encode(self) -> Meta:
         out: Meta = {
@@ -86,6 +89,10 @@ class Decision:
             out["anthropic_version"] = self.anthropic_version
         if self.anthropic_beta is not None:
             out["anthropic_beta"] = self.anthropic_beta
+        if self.request_id is not None:
+            out["request_id"] = self.request_id
+        if self.prompt_hash is not None:
+            out["prompt_hash"] = self.prompt_hash
         return out
 
     @classmethod
@@ -123,6 +130,8 @@ class Decision:
             anthropic_beta=f.optional_text(meta, "anthropic_beta", k),
             decided_ms=f.number(meta, "decided_ms", k),
             shadow=f.flag(meta, "shadow", k),
+            request_id=f.optional_text(meta, "request_id", k),
+            prompt_hash=f.optional_text(meta, "prompt_hash", k),
         )
 
 

@@ -18,7 +18,9 @@ from typing import Any, Literal
 import openai
 import yaml
 
+from ..audit import Intact, line, selected
 from ..policy import parse_policy
+from ..runtime.auditlog import read_records, verify_dir
 from ..runtime.keyfile import add_key
 from ..runtime.supervisor import Supervisor, UpOptions
 from .mock_provider import MockFleet, MockProvider
@@ -104,6 +106,19 @@ async def _show(client: openai.AsyncOpenAI, fleet: dict[str, MockProvider]) -> N
                 await client.chat.completions.create(model="gpt-4o", messages=messages)
     await _ask(client, messages, False)
     await asyncio.sleep(3)  # the rate limit resets
+
+
+async def _audit_story(directory: Path, shown: int = 10) -> None:
+    """What the audit trail recorded of the fallbacks above (`rungway audit show`), and verify."""
+    await asyncio.sleep(0.5)  # the writer is off the request path: a moment behind
+    records = selected(read_records(directory), tenant="demo-app", since=None)
+    _say(f"\n▶ the audit trail: {len(records)} records of decisions that left tier 0; the last {shown}")
+    _say(f"  (rungway audit show --dir {directory} --tenant demo-app)")
+    for _, record in records[-shown:]:
+        _say("  " + line(record))
+    verdicts = verify_dir(directory)
+    intact = all(isinstance(v, Intact) for v in verdicts.values())
+    _say(f"  rungway audit verify {directory}: {'intact' if intact else 'BROKEN'} ({len(verdicts)} chain(s))")
 
 
 async def _tenants(base: str, keys: dict[str, str], fleet: dict[str, MockProvider]) -> None:
@@ -245,6 +260,7 @@ async def run_demo(
         access_log=str(workdir / "access.log"),
         log_level="warning",
         envoy_log_level="error",
+        audit_dir=workdir / "audit",
     )
     supervisor = Supervisor(options)
     stop = asyncio.Event()
@@ -261,6 +277,7 @@ async def run_demo(
         _say(f"the app's Rungway key (tenant demo-app): {app_key[:12]}…  (from `rungway keys new`)")
         async with openai.AsyncOpenAI(base_url=base + "/v1", api_key=app_key, max_retries=0) as client:
             await _show(client, fleet)
+        await _audit_story(workdir / "audit")
         await _tenants(base, tenant_keys, fleet)
         async with openai.AsyncOpenAI(base_url=base + "/v1", api_key=app_key, max_retries=0) as client:
             if brownout:

@@ -37,8 +37,9 @@ import secrets
 from enum import StrEnum
 from typing import Any, Final
 
+from ..audit import Kind
 from ..core import CLIENT_STATUS, OUTAGES, Failure, Observation, QuotaSignal
-from ..core.names import META_DECISION, META_TRIP, RELAY_FLAGS_HEADER
+from ..core.names import META_DECISION, META_TRIP, REASON, RELAY_FLAGS_HEADER
 from ..health.contract import Contract
 from ..policy import Policy
 from ..routing.quota import HEADERS as QUOTA_HEADERS
@@ -74,10 +75,20 @@ from .effects import (
     TryRefused,
 )
 from .flags import own_answer_headers
-from .request import UNSHAPED, TryPlan, UnsafeTryError, header_mutation, plan_try, request_schema, rewrite_body
+from .request import (
+    UNSHAPED,
+    TryPlan,
+    TryShape,
+    UnsafeTryError,
+    header_mutation,
+    plan_try,
+    request_schema,
+    rewrite_body,
+)
 from .rescue import Rescue, plan_rescue, rescue_note
 from .shadow import plan_shadows
 from .stream import StreamTry
+from .trail import audited
 from .verdict import Next, Ruling, answer_flags, exhausted_answer, rule_on_answer, rule_on_failure
 from .wire import (
     Mode,
@@ -288,6 +299,7 @@ class AttemptProcessor:
             self._count("skipped")
         else:
             self._move(Phase.STARTED)
+            self._audit_arrival(plan)
         set_headers, remove = header_mutation(plan, self._policy, worker.key_for(plan.provider_name))
         response = with_metadata(
             request_headers_response(common(set_headers, remove)), META_TRIP, plan.record().encode()
@@ -321,6 +333,7 @@ class AttemptProcessor:
         plan = self._started()
         self._move(Phase.REFUSED)
         self._count("failed")
+        self._audit(Kind.EXHAUSTED, failure.value, source=plan.previous.rung if plan.previous else None)
         exhausted = plan.contract_task(self._policy).when_exhausted
         if exhausted is not None and failure in OUTAGES and not plan.decision.probe:
             headers, body = exhausted_answer(plan, self._policy, failure, exhausted, int(self._worker.clock.wall()))
@@ -355,6 +368,7 @@ class AttemptProcessor:
                 self._effects.append(
                     Reshaped(ladder, rung, shape.tool_mode.value, len(shape.tools_removed), shape.trimmed)
                 )
+                self._audit_reshape(shape)
             data = dump_json(body)
         except (ValueError, TranslationError) as exc:
             message = exc.message if isinstance(exc, TranslationError) else "the request body is not valid JSON"
@@ -446,6 +460,7 @@ class AttemptProcessor:
             self._late_bytes += len(chunk)
             if self._late_bytes > _LATE_BYTES and not self._ended:
                 self._effects.append(Rescued(*self._rescue_labels(), "primary_flooded"))
+                self._audit_rescue("primary_flooded")
                 self._move(Phase.CLOSED)  # nothing more of the rescue reaches the client
                 return self._abandon()
             return []
@@ -680,6 +695,7 @@ class AttemptProcessor:
         done = splice.state is SpliceState.DONE
         outcome = "rescued" if done else splice.failure.outcome.value if splice.failure else "rescue_failed"
         self._effects.append(Rescued(plan.position.ladder, plan.position.rung, rescue.rung, outcome))
+        self._audit_rescue(outcome)
         # The rescue rung's own result for its health: its failure, never the primary's (a text
         # that merely diverged is no fault of the rung's), and the tokens it produced.
         clock = self._worker.clock
@@ -747,11 +763,14 @@ class AttemptProcessor:
         """Count and report a ruling."""
         if ruling.next is Next.SERVED:
             self._usage = (ruling.input_tokens, ruling.output_tokens)
-            self._count_served()
+            self._count_served(ruling.output_tokens)
             self._observe(ruling.failure, ruling.output_tokens)
             return
         self._count(ruling.next.value)
         self._observe(ruling.failure)
+        if ruling.next is Next.FINAL:
+            trigger = ruling.failure or Failure.SERVER_ERROR
+            self._audit(Kind.EXHAUSTED, trigger.value, source=self._started().position.rung)
 
     def _end_of_held_stream(self) -> list[ProcessingResponse]:
         """The provider's response ended while its headers were still held."""
@@ -862,7 +881,7 @@ class AttemptProcessor:
         if not self._started().decision.probe:
             self._effects.append(Tried(*self._rung_labels(), outcome))
 
-    def _count_served(self) -> None:
+    def _count_served(self, tokens: int | None = None) -> None:
         plan = self._started()
         self._served_at = self._worker.clock.now()
         self._count("served")
@@ -874,6 +893,60 @@ class AttemptProcessor:
         self._effects.append(
             Served(plan.decision.tenant, plan.decision.task, position.ladder, tier, degraded, position.rung)
         )
+        if degraded:
+            reason = self._flags(None)[REASON]
+            self._audit(Kind.TIER_CHANGE, reason, source=0, target=plan.position.rung, tokens=tokens)
+
+    def _audit(
+        self,
+        kind: Kind,
+        trigger: str,
+        *,
+        source: int | None = None,
+        target: int | None = None,
+        tokens: int | None = None,
+        detail: dict[str, str | int | float | bool] | None = None,
+    ) -> None:
+        """An audit entry about this request (none for probes, none when the trail is off)."""
+        plan = self._started()
+        if self._policy.audit.on() and not plan.decision.probe:
+            now = self._worker.clock.wall()
+            entry = audited(
+                self._policy,
+                plan.decision,
+                kind,
+                now,
+                trigger,
+                source=source,
+                target=target,
+                tokens=tokens,
+                detail=detail,
+            )
+            self._effects.append(entry)
+
+    def _audit_arrival(self, plan: TryPlan) -> None:
+        """A real try on another rung than the request's previous try: a hop (or decide's skip
+        of the ladder's first rung, when this is the first try)."""
+        previous = plan.previous
+        if previous is not None and previous.rung != plan.position.rung:
+            trigger = plan.previous_failure or plan.why or Failure.SERVER_ERROR
+            self._audit(Kind.HOP, trigger.value, source=previous.rung, target=plan.position.rung)
+        elif previous is None and plan.decision.skip is not None and plan.position.rung != 0:
+            self._audit(Kind.HOP, plan.decision.skip.value, source=0, target=plan.position.rung)
+
+    def _audit_reshape(self, shape: TryShape) -> None:
+        """The rung got less than the client sent: tools its mode removed, history trimmed."""
+        rung = self._started().position.rung
+        if shape.tools_removed:
+            detail: dict[str, str | int | float | bool] = {"removed": ",".join(shape.tools_removed)}
+            self._audit(Kind.TOOL_MODE, shape.tool_mode.value, target=rung, detail=detail)
+        if shape.trimmed:
+            self._audit(Kind.TRIM, "context_window", target=rung, detail={"messages": shape.trimmed})
+
+    def _audit_rescue(self, outcome: str) -> None:
+        _, rung, to_rung = self._rescue_labels()
+        trigger = Failure.STREAM_INTERRUPTED.value
+        self._audit(Kind.RESCUE, trigger, source=rung, target=to_rung, detail={"outcome": outcome})
 
     def _observe(self, failure: Failure | None, tokens: int | None = None) -> None:
         """Report this try to the health board, once; a failed try is also a counted trip."""
@@ -882,6 +955,7 @@ class AttemptProcessor:
         if failure is not None and not self._trip_counted and not self._started().decision.probe:
             self._trip_counted = True
             self._effects.append(Tripped(*self._rung_labels(), failure))
+            self._audit(Kind.TRIP, failure.value, source=self._started().position.rung)
         if self._observed:
             return  # e.g. already reported as a slow call in flight
         self._observed = True

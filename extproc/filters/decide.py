@@ -10,6 +10,7 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass, replace
 
+from ..audit import Entry, Kind, prompt_hash
 from ..core import CLIENT_STATUS, Decision, DeferredTask, Dialect, Failure, Impact, PassedThrough, Refused
 from ..core.names import (
     ANTHROPIC_MESSAGES_PATH,
@@ -36,6 +37,7 @@ from ..translate import api_pair, load_json, provider_header_scrub, redact_error
 from .caller import foreign_headers, identify, repeated_credential
 from .deferral import deferral, task_answer, task_id_of
 from .effects import (
+    Audited,
     BudgetReached,
     Decided,
     Effect,
@@ -115,6 +117,8 @@ class DecideProcessor:
         self._path = ""
         self._replay: str | None = None  # the task id, when this request replays a deferred one
         self._deferring: Failure | None = None  # why, once decided to defer (awaiting the body)
+        self._request_id: str | None = None  # for the audit trail, when it is on
+        self._prompt_hash: str | None = None
 
     def dispatch(self, request: ProcessingRequest) -> list[ProcessingResponse]:
         # An answer that waits on the runtime's I/O (a deferral's store write, a task lookup)
@@ -236,6 +240,12 @@ class DecideProcessor:
                 )
                 return self._refuse(Failure.BUDGET_EXCEEDED, message, "over_budget", retry_after=over.retry_after_s)
             self._features = replace(self._features, cheapest_only=True)
+        if policy.audit.on():
+            # Every audit record names the request (Envoy's x-request-id) and, unless the policy
+            # says not to, the hash of its body: decided on the body, then.
+            self._request_id = headers.get("x-request-id", "")
+            if policy.audit.prompt_hash:
+                return with_mode(request_headers_response(), _ASK_FOR_BODY)
         result = self._route()
         if isinstance(result, NeedBody):
             return with_mode(request_headers_response(), _ASK_FOR_BODY)
@@ -246,6 +256,8 @@ class DecideProcessor:
 
     def request_body(self, request: ProcessingRequest) -> ProcessingResponse | None:
         assert self._features is not None
+        if self._request_id is not None:
+            self._prompt_hash = prompt_hash(request.request_body.body)
         if self._deferring is not None:
             return self._defer(request.request_body.body, self._deferring)
         try:
@@ -373,6 +385,8 @@ class DecideProcessor:
         f = self._features
         assert f is not None
         if isinstance(result, Refusal):
+            if self._request_id is not None and result.failure is not Failure.CLIENT_ERROR:
+                self._audit_refusal(result)  # no rung may serve it (a malformed request is not a decision)
             return self._refuse(result.failure, result.message, "refused", ladder="")
         policy = self._policy
         if not result.probe:  # probes are counted by the prober (rungway_probes_total), never as a tenant's
@@ -408,8 +422,26 @@ class DecideProcessor:
             anthropic_beta=anthropic.get("anthropic-beta"),
             decided_ms=self._worker.clock.now() * 1000,
             shadow=self._shadowed(result),
+            request_id=self._request_id,
+            prompt_hash=self._prompt_hash,
         )
         return with_metadata(response, META_DECISION, decision.encode())
+
+    def _audit_refusal(self, refusal: Refusal) -> None:
+        f = self._features
+        assert f is not None
+        entry = Entry(
+            at=self._worker.clock.wall(),
+            kind=Kind.REFUSED,
+            tenant=f.tenant,
+            task=f.task,
+            trigger=refusal.failure.value,
+            policy=self._policy.version,
+            request_id=self._request_id or "",
+            prompt_hash=self._prompt_hash or "",
+            detail={"message": refusal.message},
+        )
+        self._effects.append(Audited(entry))
 
     def _pass_through(self, headers: dict[str, str]) -> ProcessingResponse:
         """Another path of a provider's API (model lists, token counting): untranslated, to the

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..audit import Entry
 from ..core import DeferredTask, Dialect, Failure, Observation, QuotaSignal
 from ..health.contract import Contract
 from ..policy import Cost
@@ -207,6 +208,13 @@ class TaskQueried:
     policy_version: str
 
 
+@dataclass(frozen=True, slots=True)
+class Audited:
+    """A decision that left tier 0, for the audit trail (the runtime chains and writes it)."""
+
+    entry: Entry
+
+
 Effect = (
     Decided
     | Unauthenticated
@@ -226,6 +234,7 @@ Effect = (
     | TryRefused
     | Deferred
     | TaskQueried
+    | Audited
     | Observation
     | QuotaSignal
 )

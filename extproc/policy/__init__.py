@@ -8,6 +8,7 @@ from .load import PolicyError, load_policy, parse_policy, resolve_credentials
 from .schema import (
     MAX_LADDER_LENGTH,
     REQUESTED_MODEL,
+    AuditSettings,
     Budget,
     BusSecurity,
     CircuitSettings,
@@ -35,6 +36,7 @@ from .schema import (
 __all__ = [
     "MAX_LADDER_LENGTH",
     "REQUESTED_MODEL",
+    "AuditSettings",
     "Budget",
     "BusSecurity",
     "CircuitSettings",

@@ -553,6 +553,36 @@ class ContextRules(_Frozen):
     placeholder: bool = True
 
 
+class AuditSettings(_Frozen):
+    """The audit trail (A1): hash-chained JSON-lines segments, one chain per worker process.
+
+    `dir` unset: `rungway up` keeps it in its state directory (`--audit-dir` to choose); a lone
+    `rungway serve` writes none. Records go through a bounded queue to a writer thread: past
+    `queue_records` waiting, the worker waits for the writer (backpressure) rather than drop one;
+    `/status` raises an alarm from `alarm_records` waiting."""
+
+    enabled: bool = True
+    dir: Path | None = None
+    # Records carry the SHA-256 of the request body: decide then reads every body (one more
+    # ext_proc message per request; bench/AUDIT.md). False: no body is read for the trail.
+    prompt_hash: bool = True
+    fsync_interval_s: float = Field(0.05, ge=0, le=10)
+    queue_records: int = Field(10_000, ge=1, le=10_000_000)
+    alarm_records: int = Field(1_000, ge=1)
+    segment_bytes: int = Field(8 * 1024 * 1024, ge=4096)
+    # Retention: segments older than this, or past this many bytes per chain, are deleted (the
+    # chain records that it did, so verify still passes). None keeps everything.
+    max_age_s: float | None = Field(None, gt=0)
+    max_bytes: int | None = Field(None, ge=4096)
+    # Fleet mode: `rungway up` also ships every record, line for line, to one Redis stream on
+    # the health bus's Redis (health.bus must be a redis:// URL), where the fleet's trail verifies.
+    export: Literal["bus"] | None = None
+
+    def on(self) -> bool:
+        """Records are written (a directory is known)."""
+        return self.enabled and self.dir is not None
+
+
 Ladder = Annotated[list[Rung], Field(min_length=1, max_length=MAX_LADDER_LENGTH)]
 
 
@@ -617,6 +647,7 @@ class Policy(_Frozen):
     capability_matrix: dict[str, dict[str, Allowance]] = Field(default_factory=dict)
     tools: ToolRules = ToolRules()
     context: ContextRules = ContextRules()
+    audit: AuditSettings = AuditSettings()
 
     @field_validator("task_header", "impact_header")
     @classmethod

@@ -34,6 +34,7 @@ from ..core import (
 from ..core.names import endpoint_key
 from ..filters.deferral import task_answer
 from ..filters.effects import (
+    Audited,
     BudgetReached,
     Decided,
     Deferred,
@@ -64,6 +65,7 @@ from ..routing.approval import Approvals
 from ..routing.spend import OverBudget, SpendLedger
 from .admission import Admission
 from .approvals import ApprovalsFile
+from .auditlog import AuditSink
 from .bus import HealthBus, InProcessBus
 from .keyfile import KeyFile
 from .metrics import OTHER, Metrics
@@ -141,6 +143,8 @@ class Sidecar:
     rng: random.Random = field(default_factory=random.Random)
     key_file: KeyFile | None = None
     approvals_file: ApprovalsFile | None = None
+    # The audit trail's sink (runtime/auditlog.py); None writes none.
+    audit: AuditSink | None = None
     # Envoy's rescue listener (runtime/rescue.py): set by `rungway up` for its workers.
     rescue_socket: Path | None = field(
         default_factory=lambda: Path(os.environ[RESCUE_SOCKET_ENV]) if os.environ.get(RESCUE_SOCKET_ENV) else None
@@ -292,6 +296,9 @@ class Sidecar:
                     pass  # the stream's own loop makes the call (runtime/server.py)
                 case ShadowRequested():
                     self.shadows.submit(effect)
+                case Audited(entry):
+                    if self.audit is not None:
+                        self.audit.submit(entry)  # waits only if the writer is a full queue behind
                 case Deferred() | TaskQueried():
                     pass  # the stream's own loop does these (runtime/server.py)
 

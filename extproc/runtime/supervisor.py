@@ -36,7 +36,9 @@ import aiohttp
 import yaml
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
+from redis.exceptions import RedisError
 
+from ..audit import selected
 from ..core import CircuitChanged, Failure, FrameRules, ProbeClaim
 from ..core.names import REASON
 from ..health.board import Board
@@ -46,6 +48,7 @@ from ..policy import Policy
 from ..routing.approval import ApprovalError, approval
 from ..xds.bootstrap import EnvoySettings, render
 from .approvals import grant, read_approvals, revoke
+from .auditlog import AUDIT_CHAIN_ENV, AUDIT_DIR_ENV, read_records
 from .bus import HealthBus, HubServer, fleet_bus
 from .drainer import Drainer
 from .metrics import BoardCollector, EnvoyRestarts, ProbeMetrics, stream_summary
@@ -121,6 +124,8 @@ class UpOptions:
     extra_env: dict[str, str] = field(default_factory=dict)
     # When set, every admin endpoint but the probes needs `Authorization: Bearer <token>`.
     admin_token: str | None = None
+    # The audit trail's directory when the policy names none (None: the policy's, or none).
+    audit_dir: Path | None = None
 
 
 class Supervisor:
@@ -185,6 +190,8 @@ class Supervisor:
                 lambda: f"http://{self._listen_host()}:{self.listen_port}" if self.listen_port else None,
                 callback_secret=secret.resolve().get_secret_value() if secret is not None else None,
             )
+        audit = policy.audit
+        self.audit_dir = (audit.dir or options.audit_dir) if audit.enabled else None
 
     # ---- processes -----------------------------------------------------------------------
 
@@ -197,6 +204,10 @@ class Supervisor:
             CHANNEL_TOKEN_ENV: self._channel_token,
             RESCUE_SOCKET_ENV: str(self._rescue_socket),
         }
+        if self.audit_dir is not None:
+            # Chains by worker slot: a restarted worker continues its own.
+            env[AUDIT_DIR_ENV] = str(self.audit_dir)
+            env[AUDIT_CHAIN_ENV] = f"w{index}"
         if self._hub is not None:
             env[HUB_ENV] = str(self._hub_path)
             env[HUB_SECRET_ENV] = self._hub_secret
@@ -341,6 +352,7 @@ class Supervisor:
         app.router.add_get("/approvals", self._approvals)
         app.router.add_post("/approvals", self._approve)
         app.router.add_delete("/approvals", self._revoke_approval)
+        app.router.add_get("/audit", self._audit)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.options.admin[0], self.options.admin[1], reuse_port=False)
@@ -495,11 +507,78 @@ class Supervisor:
         }
         if self.drainer is not None:
             body["deferral"] = await asyncio.to_thread(self.drainer.snapshot, time.time())
+        if self.audit_dir is not None:
+            backlog = self._audit_backlog()
+            alarm = backlog >= self.options.policy.audit.alarm_records
+            # No path: /status says whether, never where (test_leaks).
+            body["audit"] = {"backlog_records": backlog, "alarm": alarm}
         return web.json_response(body)
 
     def _worker_metrics(self) -> multiprocess.MultiProcessCollector:
         """The workers' counters, summed across their processes' files."""
         return multiprocess.MultiProcessCollector(None, path=str(self._metrics_dir))  # type: ignore[no-untyped-call]
+
+    def _audit_backlog(self) -> int:
+        """Audit records the workers have queued and not yet written (their gauges' sum)."""
+        return int(
+            sum(
+                sample.value
+                for metric in self._worker_metrics().collect()  # type: ignore[no-untyped-call]
+                if metric.name == "rungway_audit_backlog_records"
+                for sample in metric.samples
+            )
+        )
+
+    async def _export_audit(self, directory: Path, every_s: float = 1.0) -> None:
+        """Fleet mode: ship this pod's chains to the health bus's Redis stream, once a second."""
+        from redis.asyncio import Redis
+
+        from .auditexport import export_once
+
+        health = self.options.policy.health
+        if health.bus is None or not health.bus.startswith(("redis://", "rediss://")):
+            log.error("audit.export: bus needs health.bus to be a redis:// URL; the trail stays local")
+            return
+        password = health.bus_security.password
+        client = Redis.from_url(health.bus, password=password.resolve().get_secret_value() if password else None)
+        pod = socket.gethostname()
+        failing = False
+        try:
+            while True:
+                await asyncio.sleep(every_s)
+                try:
+                    await export_once(client, directory, pod)
+                    if failing:
+                        log.info("audit export to the fleet's Redis works again")
+                    failing = False
+                except (OSError, TimeoutError, RedisError) as exc:
+                    if not failing:  # once per outage; the next round retries from where it stands
+                        log.warning("audit export to the fleet's Redis failed: %s", type(exc).__name__)
+                    failing = True
+        finally:
+            await client.aclose()
+
+    async def _audit(self, request: web.Request) -> web.Response:
+        """GET /audit?tenant=&since=: the trail's records, oldest first (since: seconds, or 30m,
+        1h, 2d ago; at most `limit`, the latest)."""
+        if self.audit_dir is None:
+            return web.json_response({"error": "the audit trail is off"}, status=404)
+        tenant = request.query.get("tenant") or None
+        try:
+            since = _ago(request.query["since"]) if "since" in request.query else None
+            limit = int(request.query.get("limit", "1000"))
+        except ValueError:
+            return web.json_response({"error": "since is a duration like 30m, 1h, 2d; limit an integer"}, status=400)
+        directory = self.audit_dir
+
+        def read() -> list[dict[str, object]]:
+            chosen = selected(read_records(directory), tenant=tenant, since=since)
+            return [
+                {"chain": chain, "seq": r.seq, "hash": r.hash, **r.entry.encode()}
+                for chain, r in chosen[len(chosen) - max(limit, 0) :]
+            ]
+
+        return web.json_response({"records": await asyncio.to_thread(read)})
 
     async def start(self) -> None:
         await self._bus.start()
@@ -513,6 +592,8 @@ class Supervisor:
         self._tasks.append(asyncio.create_task(self._watch_envoy()))
         if self.drainer is not None:
             self._tasks.append(asyncio.create_task(self.drainer.run()))
+        if self.audit_dir is not None and self.options.policy.audit.export == "bus":
+            self._tasks.append(asyncio.create_task(self._export_audit(self.audit_dir)))
         self._write_state()
         log.info(
             "rungway up: listening on %s:%d, admin on %s:%d, %d worker(s), policy %s",
@@ -627,6 +708,18 @@ async def run_up(options: UpOptions, stop: asyncio.Event | None = None) -> None:
         await supervisor.supervise(stop)
     finally:
         await supervisor.stop()
+
+
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def _ago(text: str) -> float:
+    """The wall time `text` ('90s', '30m', '1h', '2d' or seconds) ago; raises ValueError."""
+    unit = _UNITS.get(text[-1:])
+    seconds = float(text[:-1]) * unit if unit else float(text)
+    if not seconds >= 0:
+        raise ValueError(text)
+    return time.time() - seconds
 
 
 def _exit_reason(returncode: int | None) -> str:

@@ -109,7 +109,7 @@ def admin_get(stack: Stack, path: str, token: str | None = None, scheme: str = "
         return client.get(stack.admin_url + path, headers=headers)
 
 
-@pytest.mark.parametrize("path", ["/status", "/metrics"])
+@pytest.mark.parametrize("path", ["/status", "/metrics", "/audit"])
 def test_admin_endpoints_refuse_a_request_without_the_right_bearer_token(
     guarded: tuple[Secrets, Stack], path: str
 ) -> None:

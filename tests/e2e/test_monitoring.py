@@ -32,6 +32,7 @@ def monitored(fleet: Fleet, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     providers["primary"]["cost_per_1k"] = {"input": 0.0025, "output": 0.01}
     providers["secondary"]["cost_per_1k"] = {"input": 0.003, "output": 0.015}
     policy["shadow"] = {"share": 1.0, "timeout_s": 5, "max_in_flight": 8}
+    policy["deferral"] = {"store": str(tmp_path_factory.mktemp("deferral") / "tasks.db")}
     with running(policy, env=KEY_ENV) as stack:
         yield stack
 

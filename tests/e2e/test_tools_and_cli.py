@@ -133,6 +133,9 @@ def test_make_run_demo_shows_a_fallback() -> None:
     assert "served-by=openai-primary/gpt-4o  tier=0  degraded=false" in result.stdout
     assert "served-by=anthropic-backup/claude-sonnet-4-5  tier=1  degraded=true  reason=server_error" in result.stdout
     assert "reason=schema_error" in result.stdout and "streamed:" in result.stdout
+    # ... and what the audit trail recorded of it, verified.
+    assert "hopped from openai-primary/gpt-4o (tier 0) to anthropic-backup/claude-sonnet-4-5 (tier 1)" in result.stdout
+    assert re.search(r"rungway audit verify \S+: intact", result.stdout)
 
 
 BOARD_LINE = re.compile(

@@ -1,0 +1,63 @@
+"""Records as a person reads them (`rungway audit show`), and which records a query selects."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+
+from .record import Entry, Kind, Record, RungRef
+
+
+def selected(
+    records: Iterable[tuple[str, Record]], *, tenant: str | None, since: float | None
+) -> list[tuple[str, Record]]:
+    """The (chain, record) pairs of `tenant` (any when None) at or after wall time `since`,
+    oldest first."""
+    out = [
+        (chain, r)
+        for chain, r in records
+        if (tenant is None or r.entry.tenant == tenant) and (since is None or r.entry.at >= since)
+    ]
+    return sorted(out, key=lambda pair: (pair[1].entry.at, pair[0], pair[1].seq))
+
+
+def _rung(ref: RungRef | None) -> str:
+    return f"{ref.provider}/{ref.model} (tier {ref.tier})" if ref else "?"
+
+
+def sentence(entry: Entry) -> str:
+    src, dst, why = _rung(entry.source), _rung(entry.target), entry.trigger or "unknown"
+    match entry.kind:
+        case Kind.TRIP:
+            return f"a try on {src} failed: {why}"
+        case Kind.HOP:
+            return f"hopped from {src} to {dst} ({why})"
+        case Kind.TIER_CHANGE:
+            tokens = f", {entry.tokens} output tokens" if entry.tokens is not None else ""
+            return f"served by {dst} instead of {src} ({why}{tokens})"
+        case Kind.RESCUE:
+            return f"stream cut on {src}; rescue by {dst}: {entry.detail.get('outcome', '?')}"
+        case Kind.TOOL_MODE:
+            return f"{dst} got no {entry.detail.get('removed', '?')} (tool mode {why})"
+        case Kind.TRIM:
+            return f"{entry.detail.get('messages', '?')} earlier message(s) left out to fit {dst}"
+        case Kind.REFUSED:
+            return f"refused: no permitted rung ({why}): {entry.detail.get('message', '')}"
+        case Kind.EXHAUSTED:
+            return f"no rung could serve it; the client got {why}"
+        case Kind.POLICY_RELOAD:
+            return f"policy {entry.detail.get('previous', '?')} → {entry.policy} ({why})"
+        case Kind.TORN_TAIL:
+            return f"the writer cut {entry.detail.get('torn_bytes')} torn byte(s) from {entry.detail.get('segment')}"
+        case Kind.RETENTION:
+            return f"retention deleted {entry.detail.get('segments')} segment(s) before seq {entry.detail.get('pruned_before')}"
+
+
+def line(record: Record) -> str:
+    """One line of the story: when, who, what, which request."""
+    e = record.entry
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(e.at)) + f".{int(e.at * 1000) % 1000:03d}Z"
+    who = f"{e.tenant}/{e.task}" if e.tenant else "-"
+    request = f"  [request {e.request_id[:12]} prompt {e.prompt_hash[:12]}]" if e.request_id else ""
+    policy = f" policy {e.policy}" if e.policy else ""
+    return f"{when} {who:<24} {e.kind.value:<12} {sentence(e)}{policy}{request}"
