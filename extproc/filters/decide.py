@@ -257,7 +257,7 @@ class DecideProcessor:
             return self._refuse(result.failure, result.message, "refused", ladder="")
         policy = self._policy
         if not result.probe:  # probes are counted by the prober (rungway_probes_total), never as a tenant's
-            self._effects.append(Decided(f.tenant, f.task, result.ladder, "routed"))
+            self._effects.append(Decided(f.tenant, f.task, result.ladder, "routed", policy.stamp))
         c = common(
             {
                 CLUSTER_HEADER: result.cluster,
@@ -268,7 +268,7 @@ class DecideProcessor:
         response = request_body_response(c) if body_phase else request_headers_response(c)
         anthropic = self._anthropic if f.dialect is Dialect.ANTHROPIC else {}
         decision = Decision(
-            policy=policy.version,
+            policy=policy.stamp,
             ladder=result.ladder,
             rungs=result.rungs,
             cluster=result.cluster,
@@ -324,7 +324,7 @@ class DecideProcessor:
             ),
             **{k.lower(): v for k, v in provider.headers.items()},
         }
-        self._effects.append(Decided(who.tenant, policy.default_task, "", "passthrough"))
+        self._effects.append(Decided(who.tenant, policy.default_task, "", "passthrough", policy.stamp))
         c = common(set_headers, remove=[n for n in self._scrub if n not in set_headers])
         # The provider's answer is read too: its headers and an error body may echo the key.
         response = with_mode(request_headers_response(c), _READ_THE_ANSWER)
@@ -352,8 +352,8 @@ class DecideProcessor:
         f = self._features
         tenant = f.tenant if f else (self._identity.tenant if self._identity else UNAUTHENTICATED_TENANT)
         task = f.task if f else policy.default_task
-        self._effects.append(Decided(tenant, task, ladder, outcome))
-        headers = own_answer_headers(failure, policy.version)
+        self._effects.append(Decided(tenant, task, ladder, outcome, policy.stamp))
+        headers = own_answer_headers(failure, policy.stamp)
         if failure is Failure.NOT_PERMITTED:
             headers["x-should-retry"] = "false"  # the tenant's policy, not a passing outage
         # The status agrees with the error type render_error picks for the failure.

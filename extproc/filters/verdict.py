@@ -71,7 +71,7 @@ def answer_flags(plan: TryPlan, policy: Policy, failure: Failure | None, *, tool
         tier=policy.tier_of(position.ladder, position.rung),
         degraded=degraded,
         reason=reason,
-        policy_version=policy.version,
+        policy_version=policy.stamp,
         attempts=plan.real_tries,  # tries that reached a provider (Envoy also counts skipped slots)
     )
 

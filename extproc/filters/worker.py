@@ -13,12 +13,16 @@ from ..routing import HealthView
 
 
 class Worker(Protocol):
-    policy: Policy
+    policy: Policy  # the current revision: what decide decides under
     clock: Clock
     rng: random.Random
     probe_token: str
     # The client keys in force (replaced whole when the store file changes, never edited).
     key_store: KeyStore
+
+    def policy_for(self, stamp: str) -> Policy | None:
+        """The revision a request was decided under (Policy.stamp), while the worker keeps it."""
+        ...
 
     def key_for(self, provider: str) -> str | None:
         """The provider's API key, or None when it needs none."""

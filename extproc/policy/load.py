@@ -1,4 +1,10 @@
-"""Reading a policy: YAML file → validated, frozen Policy; provider keys from env or files."""
+"""Reading a policy: a YAML file, or a directory of them, → validated, frozen Policy; provider
+keys from env or files.
+
+A policy directory is the shared `defaults.yaml` (everything a single-file policy holds) plus one
+file per tenant, `tenants/<name>.yaml`, each holding exactly what `tenants.<name>` holds in a
+single file. A problem names the file it is in and the field.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +14,11 @@ from typing import Any
 import yaml
 from pydantic import SecretStr, ValidationError
 
-from .schema import PROBLEM_MARK, CredentialError, Policy
+from .schema import PROBLEM_MARK, CredentialError, Policy, TenantPolicy
+
+DEFAULTS_FILE = "defaults.yaml"
+TENANTS_DIR = "tenants"
+_YAML = (".yaml", ".yml")
 
 
 class PolicyError(Exception):
@@ -28,20 +38,102 @@ def parse_policy(data: Any, source: str = "<policy>") -> Policy:
 
 
 def load_policy(path: Path) -> Policy:
+    """A policy file or directory (see the module docstring)."""
+    return parse_policy_source(read_policy_source(path), str(path))
+
+
+def read_policy_source(path: Path) -> dict[str, Any]:
+    """The raw policy a file or a directory holds, tenants merged in: what `parse_policy_source`
+    validates and what a worker is handed. Raises PolicyError naming the file and the field."""
+    if not path.is_dir():
+        return _read_mapping(path, str(path))
+    defaults = path / DEFAULTS_FILE
+    stray = sorted(p.name for p in path.iterdir() if p.suffix in _YAML and p.name != DEFAULTS_FILE)
+    if stray:
+        raise PolicyError(
+            str(path),
+            [
+                f"{name}: unexpected file (a policy directory holds {DEFAULTS_FILE} and {TENANTS_DIR}/<name>.yaml)"
+                for name in stray
+            ],
+        )
+    data = _read_mapping(defaults, DEFAULTS_FILE)
+    tenants_dir = path / TENANTS_DIR
+    files = sorted(p for p in tenants_dir.iterdir() if p.suffix in _YAML) if tenants_dir.is_dir() else []
+    if not files:
+        return data
+    inline = data.get("tenants") or {}
+    if not isinstance(inline, dict):
+        raise PolicyError(str(path), [f"{DEFAULTS_FILE}: tenants: must be a mapping"])
+    tenants: dict[str, Any] = dict(inline)
+    problems: list[str] = []
+    for file in files:
+        where = f"{TENANTS_DIR}/{file.name}"
+        name = file.stem
+        if not name or not all(c.isalnum() or c in "-_." for c in name):
+            problems.append(f"{where}: a tenant file is named <tenant>.yaml (letters, digits, '-', '_', '.')")
+            continue
+        if name in tenants:
+            problems.append(f"{where}: tenant {name!r} is also in {DEFAULTS_FILE} (keep one)")
+            continue
+        tenant = _read_mapping(file, where)
+        try:
+            TenantPolicy.model_validate(tenant)
+        except ValidationError as exc:
+            problems.extend(f"{where}: {p}" for p in _field_errors(exc))
+            continue
+        tenants[name] = tenant
+    if problems:
+        raise PolicyError(str(path), problems)
+    return {
+        **data,
+        "tenants": tenants,
+        _ORIGINS: {name: f"{TENANTS_DIR}/{name}.yaml" for name in tenants if name not in inline},
+    }
+
+
+# Where each tenant came from, carried beside the raw data so that a problem the whole policy
+# finds in a tenant (an unknown task class) names the tenant's file. Never validated.
+_ORIGINS = "__tenant_files__"
+
+
+def parse_policy_source(data: dict[str, Any], source: str) -> Policy:
+    """Validate what read_policy_source returned."""
+    origins: dict[str, str] = data.get(_ORIGINS, {})
+    clean = {k: v for k, v in data.items() if k != _ORIGINS}
+    try:
+        return Policy.model_validate(clean)
+    except ValidationError as exc:
+        problems = _field_errors(exc)
+    if origins:
+        problems = [_in_tenant_file(p, origins) for p in problems]
+        problems = [p if p.startswith(f"{TENANTS_DIR}/") else f"{DEFAULTS_FILE}: {p}" for p in problems]
+    raise PolicyError(source, problems)
+
+
+def _in_tenant_file(problem: str, origins: dict[str, str]) -> str:
+    for name, file in origins.items():
+        prefix = f"tenants.{name}."
+        if problem.startswith(prefix):
+            return f"{file}: {problem.removeprefix(prefix)}"
+    return problem
+
+
+def _read_mapping(path: Path, where: str) -> dict[str, Any]:
     try:
         text = path.read_text()
     except OSError as exc:
-        raise PolicyError(str(path), [f"cannot read: {exc.strerror}"]) from None
+        raise PolicyError(where, [f"cannot read: {exc.strerror}"]) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        at = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
         problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise PolicyError(str(path), [f"{where}{problem}"]) from None
+        raise PolicyError(where, [f"{at}{problem}"]) from None
     if not isinstance(data, dict):
-        raise PolicyError(str(path), ["the top level must be a mapping"])
-    return parse_policy(data, str(path))
+        raise PolicyError(where, ["the top level must be a mapping"])
+    return data
 
 
 def _field_errors(exc: ValidationError) -> list[str]:

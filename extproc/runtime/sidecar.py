@@ -48,7 +48,7 @@ from ..filters.effects import (
 from ..health.board import Board
 from ..health.circuit import Transition
 from ..identity import KeyStore
-from ..policy import REQUESTED_MODEL, Policy, resolve_credentials
+from ..policy import REQUESTED_MODEL, History, Policy, resolve_credentials
 from ..routing import HealthView
 from .admission import Admission
 from .bus import HealthBus, InProcessBus
@@ -120,6 +120,8 @@ class Sidecar:
         default_factory=lambda: Path(os.environ[RESCUE_SOCKET_ENV]) if os.environ.get(RESCUE_SOCKET_ENV) else None
     )
     key_store: KeyStore = field(init=False)
+    # The current revision (`policy`) and the previous ones requests in flight were decided under.
+    history: History = field(init=False)
     board: Board = field(init=False)
     admission: Admission = field(init=False)
     _requests_unsent: int = field(default=0, init=False)
@@ -128,6 +130,7 @@ class Sidecar:
     _evictions_counted: int = field(default=0, init=False)
 
     def __post_init__(self) -> None:
+        self.history = History(self.policy)
         configured = configured_endpoints(self.policy)
         self.board = Board(self.policy.health, configured_baselines(self.policy), configured)
         self.metrics.pin_models(key.partition("/")[2] for key in configured)
@@ -157,7 +160,29 @@ class Sidecar:
             self.key_store = self.key_file.store
             self.metrics.key_store_reloads.inc()
 
+    def reload(self, history: History) -> bool:
+        """Serve `history.current` from the next request on; requests decided under a previous
+        revision it keeps finish under theirs. False when it is what this worker serves already.
+        Raises PolicyError (credentials) before changing anything."""
+        if [p.stamp for p in history.all()] == [p.stamp for p in self.history.all()]:
+            return False
+        keys: dict[str, SecretStr | None] = {}
+        for policy in reversed(history.all()):  # the current revision's keys win
+            keys.update(resolve_credentials(policy))
+        current = history.current
+        self.keys = keys
+        self.history = history
+        self.policy = current
+        self.admission.limit = current.max_in_flight
+        configured = configured_endpoints(current)
+        self.board.reconfigure(configured_baselines(current), configured)
+        self.metrics.pin_models(key.partition("/")[2] for key in configured)
+        return True
+
     # ---- reads (the processors' Worker) ------------------------------------------------------
+
+    def policy_for(self, stamp: str) -> Policy | None:
+        return self.history.get(stamp)
 
     def key_for(self, provider: str) -> str | None:
         key = self.keys.get(provider)
@@ -213,7 +238,7 @@ class Sidecar:
                         )
                 case QuotaSignal():
                     self.bus.publish(effect.encode())
-                case Decided(tenant, task, ladder, outcome):
+                case Decided(tenant, task, ladder, outcome, _):
                     m.decisions.labels(m.tenant(tenant), task, ladder, outcome).inc()
                 case Unauthenticated(reason):
                     m.unauthenticated.labels(reason).inc()
