@@ -24,6 +24,8 @@ from ..filters.attempt import AttemptProcessor
 from ..filters.decide import DecideProcessor
 from ..filters.effects import Effect, RescueChunk, RescueItem, RescueRequested
 from ..filters.wire import ProcessingRequest, ProcessingResponse
+from ..policy import History, PolicyError
+from .reload import revision_file, write_atomically
 from .rescue import RescueCallTask
 from .sidecar import Sidecar
 
@@ -170,6 +172,7 @@ async def serve(
     sidecar: Sidecar,
     socket_path: Path,
     *,
+    history_file: Path | None = None,
     grace_s: float = 5.0,
     ready: asyncio.Event | None = None,
     stop: asyncio.Event | None = None,
@@ -203,13 +206,33 @@ async def serve(
             loop.add_signal_handler(sig, stop.set)
     if ready is not None:
         ready.set()
-    keys = asyncio.create_task(_watch_keys(sidecar))
+    watches = [asyncio.create_task(_watch_keys(sidecar))]
+    if history_file is not None:
+        watches.append(asyncio.create_task(_watch_policy(sidecar, history_file, revision_file(socket_path))))
     await stop.wait()
-    keys.cancel()
+    for watch in watches:
+        watch.cancel()
     await health_servicer.enter_graceful_shutdown()
     await server.stop(grace_s)
     await sidecar.bus.stop()
     log.info("ext_proc server stopped")
+
+
+async def _watch_policy(sidecar: Sidecar, history_file: Path, ack: Path, every_s: float = 0.05) -> None:
+    """Take the revisions `rungway up` hands over (policy.History in a file it replaces by
+    rename): validated there already, checked again here; a bad file changes nothing."""
+    seen: tuple[int, int] | None = None
+    while True:
+        try:
+            st = history_file.stat()
+            if (st.st_ino, st.st_mtime_ns) != seen:
+                seen = (st.st_ino, st.st_mtime_ns)
+                if sidecar.reload(History.decode(history_file.read_text())):
+                    log.info("policy %s now serves", sidecar.policy.stamp)
+                write_atomically(ack, sidecar.policy.stamp)
+        except (OSError, PolicyError) as exc:
+            log.error("policy history not taken: %s", exc)
+        await asyncio.sleep(every_s)
 
 
 async def _watch_keys(sidecar: Sidecar, every_s: float = 1.0) -> None:

@@ -42,10 +42,21 @@ from ..core.names import REASON
 from ..health.board import Board
 from ..health.circuit import Transition
 from ..health.probe import ProbeSchedule, ProbeTarget, ReplicaReports, due, rate_limited, targets
-from ..policy import Policy
-from ..xds.bootstrap import EnvoySettings, render
+from ..policy import (
+    History,
+    Policy,
+    PolicyError,
+    PolicyReloaded,
+    ReloadOutcome,
+    load_policy,
+    resolve_credentials,
+    start_only_changes,
+)
+from ..xds.bootstrap import EnvoySettings
+from ..xds.resources import XdsFiles, render_bootstrap, render_resources
 from .bus import HealthBus, HubServer, fleet_bus
 from .metrics import BoardCollector, EnvoyRestarts, ProbeMetrics
+from .reload import PolicyReloads, revision_file, source_fingerprint, write_atomically, written_at
 from .rescue import RESCUE_SOCKET_ENV
 from .sidecar import (
     CHANNEL_TOKEN_ENV,
@@ -63,6 +74,16 @@ log = logging.getLogger("rungway.up")
 _OPEN_ADMIN_PATHS = frozenset({"/healthz", "/readyz"})
 # Envoy's admin is reached over its Unix socket: the host part of these URLs means nothing.
 _ENVOY_ADMIN = "http://envoy"
+# How often the policy file or directory is checked for an edit.
+_POLICY_POLL_S = 0.25
+# How long a reload waits for Envoy, then for every worker, to serve the new revision.
+_RELOAD_WAIT_S = 10.0
+# Envoy's readouts of the xDS version it applied, per resource file.
+_XDS_VERSIONS = (
+    "cluster_manager.cds.version_text",
+    "http.rungway.rds.rungway.version_text",
+    "http.relay.rds.relay.version_text",
+)
 
 
 def envoy_binary() -> str:
@@ -169,6 +190,14 @@ class Supervisor:
             ttl_s=health.circuit.open_s + health.circuit.probe_bound_s + 4 * health.recovery_probe_s
         )
         self._tasks: list[asyncio.Task[None]] = []
+        # Hot reload: the revisions served (current first), Envoy's xDS files, the workers' copy.
+        self.history = History(policy)
+        self._xds = XdsFiles(self._dir / "xds")
+        self._xds_version = 0
+        self._history_file = self._dir / "policy-history.json"
+        self.reloads = PolicyReloads()
+        self._policy_seen = source_fingerprint(options.policy_path)
+        self._envoy_rejections: list[str] = []
 
     # ---- processes -----------------------------------------------------------------------
 
@@ -189,8 +218,8 @@ class Supervisor:
             "-m",
             "extproc.cli",
             "serve",
-            "--policy",
-            str(self.options.policy_path),
+            "--policy-history",
+            str(self._history_file),
             "--socket",
             str(self._worker_sockets[index]),
             "--log-level",
@@ -198,8 +227,8 @@ class Supervisor:
         ]
         self._workers[index] = subprocess.Popen(cmd, env=env)
 
-    def _start_envoy(self) -> None:
-        settings = EnvoySettings(
+    def _envoy_settings(self) -> EnvoySettings:
+        return EnvoySettings(
             listen_address=self.options.listen[0],
             listen_port=self.options.listen[1],
             admin_port=0,
@@ -209,8 +238,23 @@ class Supervisor:
             rescue_socket=str(self._rescue_socket),
             access_log_path=self.options.access_log,
         )
+
+    def _write_xds(self, history: History) -> str:
+        """Envoy's resources for `history`, each file replaced by rename; the version written."""
+        self._xds_version += 1
+        version = str(self._xds_version)
+        for path, content in render_resources(history, self._envoy_settings()).files(self._xds, version).items():
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            write_atomically(path, json.dumps(content), tmp_dir=self._xds.root)
+        return version
+
+    def _start_envoy(self) -> None:
+        settings = self._envoy_settings()
+        self._write_xds(self.history)
         config_path = self._dir / "envoy.yaml"
-        config_path.write_text(yaml.safe_dump(render(self.options.policy, settings), sort_keys=False))
+        config_path.write_text(
+            yaml.safe_dump(render_bootstrap(self.history.current, settings, self._xds), sort_keys=False)
+        )
         admin_file = self._dir / "envoy-admin-address"
         admin_file.unlink(missing_ok=True)
         cmd = [
@@ -293,6 +337,7 @@ class Supervisor:
         registry.register(BoardCollector(self.board, time.time))
         registry.register(self._probe_metrics.probes)
         registry.register(self.envoy_restarts)
+        registry.register(self.reloads)
         return web.Response(body=generate_latest(registry), headers={"content-type": CONTENT_TYPE_LATEST})
 
     async def _healthz(self, request: web.Request) -> web.Response:
@@ -301,7 +346,7 @@ class Supervisor:
     async def _readyz(self, request: web.Request) -> web.Response:
         workers = [p is not None and p.poll() is None for p in self._workers]
         envoy = self._envoy is not None and self._envoy.poll() is None
-        body = {"envoy": envoy, "workers": workers, "policy_version": self.options.policy.version}
+        body = {"envoy": envoy, "workers": workers, "policy_version": self.history.current.stamp}
         return web.json_response(body, status=200 if envoy and all(workers) else 503)
 
     @web.middleware
@@ -413,7 +458,13 @@ class Supervisor:
 
     async def _status(self, request: web.Request) -> web.Response:
         body = {
-            "policy_version": self.options.policy.version,
+            "policy_version": self.history.current.stamp,
+            "policy": {
+                "source": str(self.options.policy_path),
+                "revision": self.history.current.stamp,
+                "kept": [p.stamp for p in self.history.previous],  # for requests decided under them
+                **self.reloads.snapshot(),
+            },
             "at": time.time(),
             # The pod hub's socket path is for logs, not for whoever reads /status.
             "bus": {k: v for k, v in self._bus.snapshot().items() if k != "path"},
@@ -424,6 +475,7 @@ class Supervisor:
 
     async def start(self) -> None:
         await self._bus.start()
+        write_atomically(self._history_file, self.history.encode())
         for i in range(len(self._workers)):
             self._start_worker(i)
         await self._await_workers()
@@ -432,6 +484,7 @@ class Supervisor:
         await self._start_admin()
         self._tasks.append(asyncio.create_task(self._probe_loop()))
         self._tasks.append(asyncio.create_task(self._watch_envoy()))
+        self._tasks.append(asyncio.create_task(self._watch_policy()))
         self._write_state()
         log.info(
             "rungway up: listening on %s:%d, admin on %s:%d, %d worker(s), policy %s",
@@ -440,7 +493,110 @@ class Supervisor:
             self.options.admin[0],
             self.admin_port,
             len(self._workers),
-            self.options.policy.version,
+            self.history.current.stamp,
+        )
+
+    # ---- policy hot reload ---------------------------------------------------------------
+
+    async def _watch_policy(self) -> None:
+        while True:
+            await asyncio.sleep(_POLICY_POLL_S)
+            seen = source_fingerprint(self.options.policy_path)
+            if seen == self._policy_seen:
+                continue
+            await asyncio.sleep(0.05)  # an editor's save in several writes: take the last
+            settled = source_fingerprint(self.options.policy_path)
+            if settled != seen:
+                continue
+            self._policy_seen = settled
+            try:
+                await self.reload(written_at(settled))
+            except Exception:  # a bug in a reload must never stop the watch (or what serves)
+                log.exception("policy reload failed")
+
+    async def reload(self, written: float | None = None) -> PolicyReloaded:
+        """Validate the policy on disk and, if it is good and new, make Envoy and then every
+        worker serve it; anything wrong changes nothing. `written`: when the edit was saved."""
+        old = self.history.current
+        source = str(self.options.policy_path)
+        started = time.time()
+
+        def outcome(kind: ReloadOutcome, new: str | None = None, problems: tuple[str, ...] = ()) -> PolicyReloaded:
+            took = time.time() - (written or started) if kind is ReloadOutcome.APPLIED else None
+            event = PolicyReloaded(started, kind, old.stamp, new, source, problems, took)
+            self.reloads.record(event)
+            return event
+
+        try:
+            new = load_policy(self.options.policy_path)
+            resolve_credentials(new)
+        except PolicyError as exc:
+            return outcome(ReloadOutcome.REJECTED, problems=tuple(f"{exc.source}: {p}" for p in exc.problems))
+        changed = start_only_changes(old, new)
+        if changed:
+            return outcome(
+                ReloadOutcome.REJECTED,
+                problems=tuple(
+                    f"{source}: {name}: read only at start; restart rungway up to change it" for name in changed
+                ),
+            )
+        if new.stamp == old.stamp:
+            return outcome(ReloadOutcome.UNCHANGED)
+        history = self.history.advance(new)
+        # Envoy first: the new revision's clusters and routes exist before any worker decides
+        # under it; the previous revisions' stay for requests decided under them.
+        problem = await self._push_to_envoy(history)
+        if problem is not None:
+            self._write_xds(self.history)  # back to what serves, for an Envoy restart
+            return outcome(ReloadOutcome.REJECTED, problems=(f"envoy: {problem}",))
+        self.history = history
+        self.options.policy = new  # the prober's targets; an Envoy restart renders from history
+        configured = configured_endpoints(new)
+        self.board.reconfigure(configured_baselines(new), configured)
+        write_atomically(self._history_file, history.encode())
+        await self._await_workers_serving(new.stamp)
+        return outcome(ReloadOutcome.APPLIED, new=new.stamp)
+
+    async def _push_to_envoy(self, history: History) -> str | None:
+        """Write the resources and wait until Envoy applied all of them; why not, else None."""
+        version = self._write_xds(history)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _RELOAD_WAIT_S
+        async with self._envoy_admin_session(timeout=2) as session:
+            while loop.time() < deadline:
+                if self._envoy is None or self._envoy.poll() is not None:
+                    return None  # restarting: it reads the files at start
+                try:
+                    async with session.get(f"{_ENVOY_ADMIN}/stats?filter=(version_text|update_rejected)$") as r:
+                        stats = _readouts(await r.text())
+                except (aiohttp.ClientError, TimeoutError):
+                    await asyncio.sleep(0.01)
+                    continue
+                if all(stats.get(name) == version for name in _XDS_VERSIONS):
+                    return None
+                rejected = [k for k, v in stats.items() if k.endswith("update_rejected") and v != "0"]
+                if rejected and rejected != self._envoy_rejections:
+                    self._envoy_rejections = rejected
+                    return f"Envoy rejected the configuration ({', '.join(rejected)}); see Envoy's log"
+                await asyncio.sleep(0.005)
+        return f"Envoy did not apply the configuration within {_RELOAD_WAIT_S:g}s"
+
+    async def _await_workers_serving(self, stamp: str) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _RELOAD_WAIT_S
+        acks = [revision_file(p) for p in self._worker_sockets]
+        while loop.time() < deadline:
+            serving = []
+            for ack in acks:
+                try:
+                    serving.append(ack.read_text() == stamp)
+                except OSError:
+                    serving.append(False)
+            if all(serving):
+                return
+            await asyncio.sleep(0.005)
+        log.warning(
+            "not every worker serves %s after %gs (a restarting worker reads it at start)", stamp, _RELOAD_WAIT_S
         )
 
     async def supervise(self, stop: asyncio.Event) -> None:
@@ -546,6 +702,16 @@ async def run_up(options: UpOptions, stop: asyncio.Event | None = None) -> None:
         await supervisor.supervise(stop)
     finally:
         await supervisor.stop()
+
+
+def _readouts(text: str) -> dict[str, str]:
+    """Envoy's /stats lines (`name: value`, text readouts quoted) as a dict."""
+    out = {}
+    for line in text.splitlines():
+        name, sep, value = line.partition(": ")
+        if sep:
+            out[name.strip()] = value.strip().strip('"')
+    return out
 
 
 def _exit_reason(returncode: int | None) -> str:

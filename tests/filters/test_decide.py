@@ -337,7 +337,7 @@ def test_unknown_model_is_refused_with_400_in_the_openai_dialect() -> None:
         TIER: "none",
         DEGRADED: "false",
         REASON: "client_error",
-        POLICY_VERSION: "unit-2026.1",
+        POLICY_VERSION: make_policy().stamp,
         ATTEMPTS: "0",
     }
     error = error_body(response)["error"]
