@@ -223,8 +223,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     gc.freeze()
     gc.set_threshold(20_000, 20, 20)
     if history is not None:
+        from .runtime.reload import HandedPolicy
+
+        sidecar.handed = HandedPolicy(args.policy_history, args.socket)
         sidecar.reload(history)
-    asyncio.run(serve(sidecar, args.socket, history_file=args.policy_history))
+    asyncio.run(serve(sidecar, args.socket))
     return 0
 
 

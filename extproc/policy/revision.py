@@ -113,8 +113,11 @@ class PolicyReloaded:
     new: str | None  # the stamp serving after an applied reload; None otherwise
     source: str
     problems: tuple[str, ...] = ()
-    # File write to Envoy and every worker serving it (applied only).
+    # Applied only: file write to Envoy and every worker serving it, and its two steps (Envoy
+    # applying the new resources; the workers taking the new revision).
     took_s: float | None = None
+    envoy_s: float | None = None
+    workers_s: float | None = None
     kind: Literal["policy_reloaded"] = "policy_reloaded"
 
     def to_dict(self) -> dict[str, Any]:
@@ -127,4 +130,6 @@ class PolicyReloaded:
             "source": self.source,
             "problems": list(self.problems),
             "took_s": self.took_s,
+            "envoy_s": self.envoy_s,
+            "workers_s": self.workers_s,
         }

@@ -18,7 +18,7 @@ from pathlib import Path
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
-from ..policy import PolicyReloaded, ReloadOutcome
+from ..policy import History, PolicyReloaded, ReloadOutcome
 
 log = logging.getLogger("rungway.policy")
 
@@ -44,6 +44,28 @@ def written_at(fingerprint: Fingerprint) -> float | None:
 def revision_file(socket_path: Path) -> Path:
     """Where a worker under `rungway up` says which revision it serves (its reload's ack)."""
     return socket_path.with_name(socket_path.name + ".revision")
+
+
+class HandedPolicy:
+    """A worker's side of `rungway up`'s hand-over: the history file the supervisor replaces on
+    every reload, and the file where the worker says which revision it serves (its ack)."""
+
+    def __init__(self, history_file: Path, socket_path: Path) -> None:
+        self.history_file = history_file
+        self.ack = revision_file(socket_path)
+        self._seen: tuple[int, int] | None = None
+
+    def changed(self) -> History | None:
+        """The history, if the file changed since the last call; raises OSError, PolicyError."""
+        st = self.history_file.stat()
+        if (st.st_ino, st.st_mtime_ns) == self._seen:
+            return None
+        history = History.decode(self.history_file.read_text())
+        self._seen = (st.st_ino, st.st_mtime_ns)
+        return history
+
+    def serving(self, stamp: str) -> None:
+        write_atomically(self.ack, stamp)
 
 
 def write_atomically(path: Path, text: str, tmp_dir: Path | None = None) -> None:

@@ -24,8 +24,6 @@ from ..filters.attempt import AttemptProcessor
 from ..filters.decide import DecideProcessor
 from ..filters.effects import Effect, RescueChunk, RescueItem, RescueRequested
 from ..filters.wire import ProcessingRequest, ProcessingResponse
-from ..policy import History, PolicyError
-from .reload import revision_file, write_atomically
 from .rescue import RescueCallTask
 from .sidecar import Sidecar
 
@@ -172,7 +170,6 @@ async def serve(
     sidecar: Sidecar,
     socket_path: Path,
     *,
-    history_file: Path | None = None,
     grace_s: float = 5.0,
     ready: asyncio.Event | None = None,
     stop: asyncio.Event | None = None,
@@ -207,8 +204,8 @@ async def serve(
     if ready is not None:
         ready.set()
     watches = [asyncio.create_task(_watch_keys(sidecar))]
-    if history_file is not None:
-        watches.append(asyncio.create_task(_watch_policy(sidecar, history_file, revision_file(socket_path))))
+    if sidecar.handed is not None:
+        watches.append(asyncio.create_task(_watch_policy(sidecar)))
     await stop.wait()
     for watch in watches:
         watch.cancel()
@@ -218,21 +215,11 @@ async def serve(
     log.info("ext_proc server stopped")
 
 
-async def _watch_policy(sidecar: Sidecar, history_file: Path, ack: Path, every_s: float = 0.05) -> None:
-    """Take the revisions `rungway up` hands over (policy.History in a file it replaces by
-    rename): validated there already, checked again here; a bad file changes nothing."""
-    seen: tuple[int, int] | None = None
+async def _watch_policy(sidecar: Sidecar, every_s: float = 0.05) -> None:
+    """Take the revisions `rungway up` hands over as soon as it writes them."""
     while True:
-        try:
-            st = history_file.stat()
-            if (st.st_ino, st.st_mtime_ns) != seen:
-                seen = (st.st_ino, st.st_mtime_ns)
-                if sidecar.reload(History.decode(history_file.read_text())):
-                    log.info("policy %s now serves", sidecar.policy.stamp)
-                write_atomically(ack, sidecar.policy.stamp)
-        except (OSError, PolicyError) as exc:
-            log.error("policy history not taken: %s", exc)
         await asyncio.sleep(every_s)
+        sidecar.refresh_policy()
 
 
 async def _watch_keys(sidecar: Sidecar, every_s: float = 1.0) -> None:

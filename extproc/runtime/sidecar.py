@@ -48,12 +48,13 @@ from ..filters.effects import (
 from ..health.board import Board
 from ..health.circuit import Transition
 from ..identity import KeyStore
-from ..policy import REQUESTED_MODEL, History, Policy, resolve_credentials
+from ..policy import REQUESTED_MODEL, History, Policy, PolicyError, resolve_credentials
 from ..routing import HealthView
 from .admission import Admission
 from .bus import HealthBus, InProcessBus
 from .keyfile import KeyFile
 from .metrics import Metrics
+from .reload import HandedPolicy
 from .rescue import RESCUE_SOCKET_ENV
 
 log = logging.getLogger("rungway.health")
@@ -119,6 +120,8 @@ class Sidecar:
     rescue_socket: Path | None = field(
         default_factory=lambda: Path(os.environ[RESCUE_SOCKET_ENV]) if os.environ.get(RESCUE_SOCKET_ENV) else None
     )
+    # Under `rungway up`: where the supervisor hands over new revisions (runtime/reload.py).
+    handed: HandedPolicy | None = None
     key_store: KeyStore = field(init=False)
     # The current revision (`policy`) and the previous ones requests in flight were decided under.
     history: History = field(init=False)
@@ -179,10 +182,31 @@ class Sidecar:
         self.metrics.pin_models(key.partition("/")[2] for key in configured)
         return True
 
+    def refresh_policy(self) -> None:
+        """Take a history `rungway up` handed over since the last call (called every few tens of
+        ms by the server, and at once by policy_for); a bad one is logged and changes nothing."""
+        if self.handed is None:
+            return
+        try:
+            history = self.handed.changed()
+            if history is not None:
+                if self.reload(history):
+                    logging.getLogger("rungway.policy").info("policy %s now serves", self.policy.stamp)
+                self.handed.serving(self.policy.stamp)
+        except (OSError, PolicyError) as exc:
+            logging.getLogger("rungway.policy").error("policy history not taken: %s", exc)
+
     # ---- reads (the processors' Worker) ------------------------------------------------------
 
     def policy_for(self, stamp: str) -> Policy | None:
-        return self.history.get(stamp)
+        found = self.history.get(stamp)
+        if found is None:
+            # Decide and the tries of one request may run on different workers: another worker
+            # may have taken the supervisor's newest revision a moment before this one. The
+            # supervisor wrote it before any worker could decide under it.
+            self.refresh_policy()
+            found = self.history.get(stamp)
+        return found
 
     def key_for(self, provider: str) -> str | None:
         key = self.keys.get(provider)

@@ -52,7 +52,7 @@ from ..policy import (
     resolve_credentials,
     start_only_changes,
 )
-from ..xds.bootstrap import EnvoySettings
+from ..xds.bootstrap import LISTENER_ROUTES, RELAY_ROUTES, EnvoySettings
 from ..xds.resources import XdsFiles, render_bootstrap, render_resources
 from .bus import HealthBus, HubServer, fleet_bus
 from .metrics import BoardCollector, EnvoyRestarts, ProbeMetrics
@@ -75,15 +75,15 @@ _OPEN_ADMIN_PATHS = frozenset({"/healthz", "/readyz"})
 # Envoy's admin is reached over its Unix socket: the host part of these URLs means nothing.
 _ENVOY_ADMIN = "http://envoy"
 # How often the policy file or directory is checked for an edit.
-_POLICY_POLL_S = 0.25
+_POLICY_POLL_S = 0.1
 # How long a reload waits for Envoy, then for every worker, to serve the new revision.
 _RELOAD_WAIT_S = 10.0
-# Envoy's readouts of the xDS version it applied, per resource file.
-_XDS_VERSIONS = (
-    "cluster_manager.cds.version_text",
-    "http.rungway.rds.rungway.version_text",
-    "http.relay.rds.relay.version_text",
-)
+# Envoy's readout of the xDS version it applied, per resource (the file's resource name).
+_XDS_READOUTS = {
+    "clusters": "cluster_manager.cds.version_text",
+    LISTENER_ROUTES: f"http.{LISTENER_ROUTES}.rds.{LISTENER_ROUTES}.version_text",
+    RELAY_ROUTES: f"http.{RELAY_ROUTES}.rds.{RELAY_ROUTES}.version_text",
+}
 
 
 def envoy_binary() -> str:
@@ -194,6 +194,7 @@ class Supervisor:
         self.history = History(policy)
         self._xds = XdsFiles(self._dir / "xds")
         self._xds_version = 0
+        self._xds_written: dict[str, str] = {}  # each resource file's content, as last written
         self._history_file = self._dir / "policy-history.json"
         self.reloads = PolicyReloads()
         self._policy_seen = source_fingerprint(options.policy_path)
@@ -239,18 +240,27 @@ class Supervisor:
             access_log_path=self.options.access_log,
         )
 
-    def _write_xds(self, history: History) -> str:
-        """Envoy's resources for `history`, each file replaced by rename; the version written."""
+    def _write_xds(self, history: History, *, every: bool = False) -> dict[str, str]:
+        """Envoy's resources for `history`, each file replaced by rename, only those whose
+        content changed (a tenant's rule changes none: Envoy has nothing to do) unless `every`;
+        the readouts that will show each new file applied, and its version."""
         self._xds_version += 1
         version = str(self._xds_version)
-        for path, content in render_resources(history, self._envoy_settings()).files(self._xds, version).items():
+        resources = render_resources(history, self._envoy_settings())
+        written = {}
+        for name, path, content in resources.files(self._xds):
+            text = json.dumps(content, sort_keys=True)
+            if not every and self._xds_written.get(name) == text:
+                continue
             path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            write_atomically(path, json.dumps(content), tmp_dir=self._xds.root)
-        return version
+            write_atomically(path, json.dumps({"version_info": version, **content}), tmp_dir=self._xds.root)
+            self._xds_written[name] = text
+            written[_XDS_READOUTS[name]] = version
+        return written
 
     def _start_envoy(self) -> None:
         settings = self._envoy_settings()
-        self._write_xds(self.history)
+        self._write_xds(self.history, every=True)
         config_path = self._dir / "envoy.yaml"
         config_path.write_text(
             yaml.safe_dump(render_bootstrap(self.history.current, settings, self._xds), sort_keys=False)
@@ -522,8 +532,7 @@ class Supervisor:
         started = time.time()
 
         def outcome(kind: ReloadOutcome, new: str | None = None, problems: tuple[str, ...] = ()) -> PolicyReloaded:
-            took = time.time() - (written or started) if kind is ReloadOutcome.APPLIED else None
-            event = PolicyReloaded(started, kind, old.stamp, new, source, problems, took)
+            event = PolicyReloaded(started, kind, old.stamp, new, source, problems)
             self.reloads.record(event)
             return event
 
@@ -545,7 +554,9 @@ class Supervisor:
         history = self.history.advance(new)
         # Envoy first: the new revision's clusters and routes exist before any worker decides
         # under it; the previous revisions' stay for requests decided under them.
+        pushed = time.time()
         problem = await self._push_to_envoy(history)
+        envoy_done = time.time()
         if problem is not None:
             self._write_xds(self.history)  # back to what serves, for an Envoy restart
             return outcome(ReloadOutcome.REJECTED, problems=(f"envoy: {problem}",))
@@ -555,11 +566,23 @@ class Supervisor:
         self.board.reconfigure(configured_baselines(new), configured)
         write_atomically(self._history_file, history.encode())
         await self._await_workers_serving(new.stamp)
-        return outcome(ReloadOutcome.APPLIED, new=new.stamp)
+        done = time.time()
+        event = PolicyReloaded(
+            started,
+            ReloadOutcome.APPLIED,
+            old.stamp,
+            new.stamp,
+            source,
+            took_s=done - (written or started),
+            envoy_s=envoy_done - pushed,
+            workers_s=done - envoy_done,
+        )
+        self.reloads.record(event)
+        return event
 
     async def _push_to_envoy(self, history: History) -> str | None:
         """Write the resources and wait until Envoy applied all of them; why not, else None."""
-        version = self._write_xds(history)
+        expected = self._write_xds(history)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + _RELOAD_WAIT_S
         async with self._envoy_admin_session(timeout=2) as session:
@@ -572,7 +595,7 @@ class Supervisor:
                 except (aiohttp.ClientError, TimeoutError):
                     await asyncio.sleep(0.01)
                     continue
-                if all(stats.get(name) == version for name in _XDS_VERSIONS):
+                if all(stats.get(name) == version for name, version in expected.items()):
                     return None
                 rejected = [k for k, v in stats.items() if k.endswith("update_rejected") and v != "0"]
                 if rejected and rejected != self._envoy_rejections:

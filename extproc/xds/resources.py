@@ -73,16 +73,17 @@ class Resources:
     clusters: list[dict[str, Any]]
     routes: dict[str, dict[str, Any]]  # route table name -> RouteConfiguration
 
-    def files(self, files: XdsFiles, version: str) -> dict[Path, dict[str, Any]]:
-        """Each file's content: what a management server would have sent."""
-        out = {files.clusters: _response(version, CLUSTER_TYPE, self.clusters)}
+    def files(self, files: XdsFiles) -> list[tuple[str, Path, dict[str, Any]]]:
+        """Each resource's name, file and content: what a management server would send, but
+        for the version_info the writer adds."""
+        out = [("clusters", files.clusters, _response(CLUSTER_TYPE, self.clusters))]
         for name, table in self.routes.items():
-            out[files.routes(name)] = _response(version, ROUTE_TYPE, [table])
+            out.append((name, files.routes(name), _response(ROUTE_TYPE, [table])))
         return out
 
 
-def _response(version: str, type_url: str, resources: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"version_info": version, "resources": [{"@type": type_url, **r} for r in resources]}
+def _response(type_url: str, resources: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"resources": [{"@type": type_url, **r} for r in resources]}
 
 
 def render_resources(history: History, settings: EnvoySettings) -> Resources:
