@@ -48,7 +48,7 @@ def read_policy_source(path: Path) -> dict[str, Any]:
     if not path.is_dir():
         return _read_mapping(path, str(path))
     defaults = path / DEFAULTS_FILE
-    stray = sorted(p.name for p in path.iterdir() if p.suffix in _YAML and p.name != DEFAULTS_FILE)
+    stray = sorted(p.name for p in _yaml_files(path) if p.name != DEFAULTS_FILE)
     if stray:
         raise PolicyError(
             str(path),
@@ -57,9 +57,9 @@ def read_policy_source(path: Path) -> dict[str, Any]:
                 for name in stray
             ],
         )
-    data = _read_mapping(defaults, DEFAULTS_FILE)
+    data = _read_in(path, defaults, DEFAULTS_FILE)
     tenants_dir = path / TENANTS_DIR
-    files = sorted(p for p in tenants_dir.iterdir() if p.suffix in _YAML) if tenants_dir.is_dir() else []
+    files = _yaml_files(tenants_dir) if tenants_dir.is_dir() else []
     if not files:
         return data
     inline = data.get("tenants") or {}
@@ -76,7 +76,11 @@ def read_policy_source(path: Path) -> dict[str, Any]:
         if name in tenants:
             problems.append(f"{where}: tenant {name!r} is also in {DEFAULTS_FILE} (keep one)")
             continue
-        tenant = _read_mapping(file, where)
+        try:
+            tenant = _read_mapping(file, where)
+        except PolicyError as exc:
+            problems.extend(f"{where}: {p}" for p in exc.problems)
+            continue
         try:
             TenantPolicy.model_validate(tenant)
         except ValidationError as exc:
@@ -117,6 +121,19 @@ def _in_tenant_file(problem: str, origins: dict[str, str]) -> str:
         if problem.startswith(prefix):
             return f"{file}: {problem.removeprefix(prefix)}"
     return problem
+
+
+def _yaml_files(directory: Path) -> list[Path]:
+    """The YAML files of a directory; hidden ones (an editor's or a deploy tool's) are not policy."""
+    return sorted(p for p in directory.iterdir() if p.suffix in _YAML and not p.name.startswith("."))
+
+
+def _read_in(directory: Path, path: Path, where: str) -> dict[str, Any]:
+    """A file of a policy directory: a problem's source is the directory, its line the file."""
+    try:
+        return _read_mapping(path, where)
+    except PolicyError as exc:
+        raise PolicyError(str(directory), [f"{where}: {p}" for p in exc.problems]) from None
 
 
 def _read_mapping(path: Path, where: str) -> dict[str, Any]:
