@@ -432,6 +432,11 @@ def format_status(status: dict[str, Any]) -> str:
     refused = {reason: n for reason, n in (bus.get("rejected") or {}).items() if n}
     if refused:
         lines.append("bus frames refused: " + ", ".join(f"{n} {reason}" for reason, n in sorted(refused.items())))
+    error = (status.get("policy") or {}).get("error")
+    if error:
+        # The files on disk are not what serves: say so loudly, with every problem.
+        lines.append(f"policy edit REJECTED ({error['source']}); {error['old']} still serves:")
+        lines.extend(f"  {problem}" for problem in error["problems"])
     return "\n".join(lines)
 
 

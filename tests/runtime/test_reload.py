@@ -130,3 +130,12 @@ def test_every_reload_is_counted_and_the_last_error_shown_until_a_good_one() -> 
     text = generate_latest(registry).decode()
     assert 'rungway_policy_reloads_total{outcome="rejected"} 1.0' in text
     assert 'rungway_policy_reloads_total{outcome="applied"} 1.0' in text
+
+
+def test_rungway_status_says_an_edit_was_rejected_and_why() -> None:
+    from extproc.cli import format_status
+
+    error = PolicyReloaded(1.0, ReloadOutcome.REJECTED, "v1+a", None, "/etc/rungway", ("defaults.yaml: x: bad",))
+    lines = format_status({"rungs": [], "policy": {"error": error.to_dict()}}).splitlines()
+    assert lines[-2:] == ["policy edit REJECTED (/etc/rungway); v1+a still serves:", "  defaults.yaml: x: bad"]
+    assert "REJECTED" not in format_status({"rungs": [], "policy": {"error": None}})
