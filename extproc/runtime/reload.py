@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -79,6 +80,19 @@ def write_atomically(path: Path, text: str, tmp_dir: Path | None = None) -> None
     os.replace(tmp, path)
 
 
+_PATH = re.compile(r"(?<![\w.])/(?:[^\s/:'\"]+/)*([^\s/:'\"]+)")
+
+
+def _shown(event: PolicyReloaded | None) -> dict[str, object] | None:
+    """An event with every absolute path cut to its last part (`/etc/rungway/policy` → `policy`)."""
+    if event is None:
+        return None
+    out = event.to_dict()
+    out["source"] = _PATH.sub(r"\1", event.source)
+    out["problems"] = [_PATH.sub(r"\1", p) for p in event.problems]
+    return out
+
+
 class PolicyReloads(Collector):
     """Every reload's outcome: rungway_policy_reloads_total{outcome}, the last one and the last
     error (for /status), and one log line each: the audit trail's hook."""
@@ -101,11 +115,12 @@ class PolicyReloads(Collector):
             log.info("policy reload: content unchanged: %s", json.dumps(event.to_dict()))
 
     def snapshot(self) -> dict[str, object]:
+        """For /status, which names no filesystem path (the log line has the full record)."""
         return {
             "reloads": {outcome.value: n for outcome, n in self.counts.items()},
-            "last_reload": self.last.to_dict() if self.last else None,
+            "last_reload": _shown(self.last),
             # Cleared by the next applied reload: while set, the files on disk are not what serves.
-            "error": self.last_error.to_dict() if self.last_error else None,
+            "error": _shown(self.last_error),
         }
 
     def collect(self) -> Iterator[CounterMetricFamily]:

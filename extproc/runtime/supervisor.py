@@ -470,7 +470,7 @@ class Supervisor:
         body = {
             "policy_version": self.history.current.stamp,
             "policy": {
-                "source": str(self.options.policy_path),
+                "source": self.options.policy_path.name,  # /status names no filesystem path
                 "revision": self.history.current.stamp,
                 "kept": [p.stamp for p in self.history.previous],  # for requests decided under them
                 **self.reloads.snapshot(),

@@ -332,7 +332,7 @@ def test_a_broken_edit_keeps_the_last_good_policy_and_says_why(reloading: Stack,
     status = policy.await_reload(written)["policy"]
     assert status["revision"] == good
     assert status["error"]["problems"] == [
-        f"{policy.root}: defaults.yaml: ladders.main.0.provider: 'nobody' is not a provider "
+        f"{policy.root.name}: defaults.yaml: ladders.main.0.provider: 'nobody' is not a provider "
         "(known: dead, primary, secondary, small)"
     ]
     policy.change("defaults.yaml", lambda d: d["ladders"]["main"][0].update(provider="primary"))

@@ -125,10 +125,18 @@ def test_every_reload_is_counted_and_the_last_error_shown_until_a_good_one() -> 
         "last_reload": applied.to_dict(),
         "error": None,
     }
+    reloads.record(
+        PolicyReloaded(
+            4.0, ReloadOutcome.REJECTED, "v2+b", None, "/etc/rw/policy", ("/etc/rw/policy: x: /run/k/a.key",)
+        )
+    )
+    shown = reloads.snapshot()["error"]
+    assert isinstance(shown, dict) and shown["source"] == "policy" and shown["problems"] == ["policy: x: a.key"]
+    assert reloads.last is not None and reloads.last.source == "/etc/rw/policy"  # the log line's record is whole
     registry = CollectorRegistry()
     registry.register(reloads)
     text = generate_latest(registry).decode()
-    assert 'rungway_policy_reloads_total{outcome="rejected"} 1.0' in text
+    assert 'rungway_policy_reloads_total{outcome="rejected"} 2.0' in text
     assert 'rungway_policy_reloads_total{outcome="applied"} 1.0' in text
 
 
