@@ -111,7 +111,7 @@ def run(stack: Any, policy: PolicyDir, edits: int, gap: float) -> None:
     elsewhere = [a for a in answers if a.hop and a.ok and a.served_by != hop_rung.get(str(a.stamp))]
     print(f"hops served by a rung other than their own revision's: {len(elsewhere)}")
     for step, values in steps.items():
-        print(f"{step:<40} {quantiles(values)}")
+        print(f"{step:<52} {quantiles(values)}")
 
 
 def _try(stack: Any, key: str) -> tuple[int, str | None, str | None]:

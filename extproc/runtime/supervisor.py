@@ -52,7 +52,7 @@ from ..policy import (
     resolve_credentials,
     start_only_changes,
 )
-from ..xds.bootstrap import LISTENER_ROUTES, RELAY_ROUTES, EnvoySettings
+from ..xds.bootstrap import LISTENER_ROUTES, RELAY_ROUTES, EnvoySettings, render
 from ..xds.resources import XdsFiles, render_bootstrap, render_resources
 from .bus import HealthBus, HubServer, fleet_bus
 from .metrics import BoardCollector, EnvoyRestarts, ProbeMetrics
@@ -79,6 +79,7 @@ _POLICY_POLL_S = 0.1
 # How long a reload waits for Envoy, then for every worker, to serve the new revision.
 _RELOAD_WAIT_S = 10.0
 # Envoy's readout of the xDS version it applied, per resource (the file's resource name).
+_XDS_STATS = r"^(cluster_manager\.cds|http\.(rungway|relay)\.rds\.(rungway|relay))\.(version_text|update_rejected)$"
 _XDS_READOUTS = {
     "clusters": "cluster_manager.cds.version_text",
     LISTENER_ROUTES: f"http.{LISTENER_ROUTES}.rds.{LISTENER_ROUTES}.version_text",
@@ -195,6 +196,7 @@ class Supervisor:
         self._xds = XdsFiles(self._dir / "xds")
         self._xds_version = 0
         self._xds_written: dict[str, str] = {}  # each resource file's content, as last written
+        self._renders: dict[str, dict[str, Any]] = {}  # by revision stamp
         self._history_file = self._dir / "policy-history.json"
         self.reloads = PolicyReloads()
         self._policy_seen = source_fingerprint(options.policy_path)
@@ -246,7 +248,7 @@ class Supervisor:
         the readouts that will show each new file applied, and its version."""
         self._xds_version += 1
         version = str(self._xds_version)
-        resources = render_resources(history, self._envoy_settings())
+        resources = render_resources(history, self._envoy_settings(), self._render)
         written = {}
         for name, path, content in resources.files(self._xds):
             text = json.dumps(content, sort_keys=True)
@@ -257,6 +259,12 @@ class Supervisor:
             self._xds_written[name] = text
             written[_XDS_READOUTS[name]] = version
         return written
+
+    def _render(self, policy: Policy, settings: EnvoySettings) -> dict[str, Any]:
+        """A revision's full render, once: the settings do not change while `up` runs."""
+        if policy.stamp not in self._renders:
+            self._renders[policy.stamp] = render(policy, settings)
+        return self._renders[policy.stamp]
 
     def _start_envoy(self) -> None:
         settings = self._envoy_settings()
@@ -561,6 +569,8 @@ class Supervisor:
             self._write_xds(self.history)  # back to what serves, for an Envoy restart
             return outcome(ReloadOutcome.REJECTED, problems=(f"envoy: {problem}",))
         self.history = history
+        kept = {p.stamp for p in history.all()}
+        self._renders = {stamp: r for stamp, r in self._renders.items() if stamp in kept}
         self.options.policy = new  # the prober's targets; an Envoy restart renders from history
         configured = configured_endpoints(new)
         self.board.reconfigure(configured_baselines(new), configured)
@@ -583,6 +593,8 @@ class Supervisor:
     async def _push_to_envoy(self, history: History) -> str | None:
         """Write the resources and wait until Envoy applied all of them; why not, else None."""
         expected = self._write_xds(history)
+        if not expected:
+            return None  # nothing of Envoy's changed (a tenant's rule)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + _RELOAD_WAIT_S
         async with self._envoy_admin_session(timeout=2) as session:
@@ -590,7 +602,7 @@ class Supervisor:
                 if self._envoy is None or self._envoy.poll() is not None:
                     return None  # restarting: it reads the files at start
                 try:
-                    async with session.get(f"{_ENVOY_ADMIN}/stats?filter=(version_text|update_rejected)$") as r:
+                    async with session.get(f"{_ENVOY_ADMIN}/stats?filter={_XDS_STATS}") as r:
                         stats = _readouts(await r.text())
                 except (aiohttp.ClientError, TimeoutError):
                     await asyncio.sleep(0.01)

@@ -15,6 +15,7 @@ use take the current revision's config.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,14 +87,16 @@ def _response(type_url: str, resources: list[dict[str, Any]]) -> dict[str, Any]:
     return {"resources": [{"@type": type_url, **r} for r in resources]}
 
 
-def render_resources(history: History, settings: EnvoySettings) -> Resources:
+def render_resources(
+    history: History, settings: EnvoySettings, render_one: Callable[[Policy, EnvoySettings], dict[str, Any]] = render
+) -> Resources:
     """Each file's resources for a history: the clusters and relay routes of every revision it
     keeps (the current one's config where names meet), the listener's routes of the current."""
     clusters: dict[str, dict[str, Any]] = {}
     rung_routes: dict[str, dict[str, Any]] = {}
     tables: dict[str, dict[str, Any]] = {}
     for policy in history.all():  # current first: its config wins where names meet
-        config = render(policy, settings)
+        config = render_one(policy, settings)
         for cluster in config["static_resources"]["clusters"]:
             if cluster["name"] != EXTPROC_CLUSTER:
                 clusters.setdefault(cluster["name"], cluster)
