@@ -20,6 +20,7 @@ from ..core.names import (
     MISSING,
     OPENAI_CHAT_PATH,
     PEER_ATTRIBUTE,
+    POLICY_VERSION,
     PROBE_HEADER,
     PROBE_TENANT,
     UNAUTHENTICATED_TENANT,
@@ -337,7 +338,8 @@ class DecideProcessor:
         scrub = provider_header_scrub(headers)
         # An error body may be rewritten (redacted): its length is then not the provider's.
         remove = (*scrub.remove, "content-length") if self._status >= 400 else scrub.remove
-        return response_headers_response(common(scrub.replace, remove))
+        # Every answer names the revision that decided it, a passed-through one too.
+        return response_headers_response(common({**scrub.replace, POLICY_VERSION: self._policy.stamp}, remove))
 
     def response_body(self, request: ProcessingRequest) -> ProcessingResponse:
         """A passed-through error body without anything shaped like a key (a success passes)."""

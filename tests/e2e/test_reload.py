@@ -342,8 +342,10 @@ def test_a_broken_edit_keeps_the_last_good_policy_and_says_why(reloading: Stack,
     assert status["revision"] == good
     assert any("max_body_bytes: read only at start" in p for p in status["error"]["problems"])
 
-    # Still serving the last good revision, stamped with it.
+    # Still serving the last good revision, stamped with it (a passed-through answer too).
     assert served_by(reloading, reloading.app_key, {}) == (200, "primary/gpt-4o", good)
+    with reloading.openai_as(reloading.app_key) as client:
+        assert client.models.with_raw_response.list().headers[POLICY_VERSION] == good
     assert reloading.refresh_state()  # supervisor alive
     assert _counter(reloading.metrics(), 'rungway_policy_reloads_total{outcome="rejected"}') >= rejected_before + 3
     ready = reloading.status()
