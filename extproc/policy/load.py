@@ -8,6 +8,7 @@ single file. A problem names the file it is in and the field.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,15 +39,30 @@ def parse_policy(data: Any, source: str = "<policy>") -> Policy:
 
 
 def load_policy(path: Path) -> Policy:
-    """A policy file or directory (see the module docstring)."""
-    return parse_policy_source(read_policy_source(path), str(path))
+    """A policy file or directory (see the module docstring); raises PolicyError naming the
+    file and the field of every problem."""
+    source = _read_source(path)
+    try:
+        return Policy.model_validate(source.data)
+    except ValidationError as exc:
+        problems = _field_errors(exc)
+    if source.in_directory:
+        problems = [_located(p, source.tenant_files) for p in problems]
+    raise PolicyError(str(path), problems)
 
 
-def read_policy_source(path: Path) -> dict[str, Any]:
-    """The raw policy a file or a directory holds, tenants merged in: what `parse_policy_source`
-    validates and what a worker is handed. Raises PolicyError naming the file and the field."""
+@dataclass(frozen=True)
+class _Source:
+    data: dict[str, Any]  # the raw policy, tenants merged in
+    in_directory: bool = False
+    # Each tenant from its own file, and the file: a problem the whole policy finds in a tenant
+    # (an unknown task class) names the tenant's file.
+    tenant_files: dict[str, str] = field(default_factory=dict)
+
+
+def _read_source(path: Path) -> _Source:
     if not path.is_dir():
-        return _read_mapping(path, str(path))
+        return _Source(_read_mapping(path, str(path)))
     defaults = path / DEFAULTS_FILE
     stray = sorted(p.name for p in _yaml_files(path) if p.name != DEFAULTS_FILE)
     if stray:
@@ -61,7 +77,7 @@ def read_policy_source(path: Path) -> dict[str, Any]:
     tenants_dir = path / TENANTS_DIR
     files = _yaml_files(tenants_dir) if tenants_dir.is_dir() else []
     if not files:
-        return data
+        return _Source(data, in_directory=True)
     inline = data.get("tenants") or {}
     if not isinstance(inline, dict):
         raise PolicyError(str(path), [f"{DEFAULTS_FILE}: tenants: must be a mapping"])
@@ -89,38 +105,17 @@ def read_policy_source(path: Path) -> dict[str, Any]:
         tenants[name] = tenant
     if problems:
         raise PolicyError(str(path), problems)
-    return {
-        **data,
-        "tenants": tenants,
-        _ORIGINS: {name: f"{TENANTS_DIR}/{name}.yaml" for name in tenants if name not in inline},
-    }
+    files_of = {name: f"{TENANTS_DIR}/{name}.yaml" for name in tenants if name not in inline}
+    return _Source({**data, "tenants": tenants}, in_directory=True, tenant_files=files_of)
 
 
-# Where each tenant came from, carried beside the raw data so that a problem the whole policy
-# finds in a tenant (an unknown task class) names the tenant's file. Never validated.
-_ORIGINS = "__tenant_files__"
-
-
-def parse_policy_source(data: dict[str, Any], source: str) -> Policy:
-    """Validate what read_policy_source returned."""
-    origins: dict[str, str] = data.get(_ORIGINS, {})
-    clean = {k: v for k, v in data.items() if k != _ORIGINS}
-    try:
-        return Policy.model_validate(clean)
-    except ValidationError as exc:
-        problems = _field_errors(exc)
-    if origins:
-        problems = [_in_tenant_file(p, origins) for p in problems]
-        problems = [p if p.startswith(f"{TENANTS_DIR}/") else f"{DEFAULTS_FILE}: {p}" for p in problems]
-    raise PolicyError(source, problems)
-
-
-def _in_tenant_file(problem: str, origins: dict[str, str]) -> str:
-    for name, file in origins.items():
+def _located(problem: str, tenant_files: dict[str, str]) -> str:
+    """A problem of a directory's policy, prefixed with the file it is in."""
+    for name, file in tenant_files.items():
         prefix = f"tenants.{name}."
         if problem.startswith(prefix):
             return f"{file}: {problem.removeprefix(prefix)}"
-    return problem
+    return f"{DEFAULTS_FILE}: {problem}"
 
 
 def _yaml_files(directory: Path) -> list[Path]:

@@ -83,6 +83,11 @@ def test_a_defaults_problem_names_defaults_yaml_and_the_field(tmp_path: Path) ->
     ]
 
 
+def test_a_directory_names_defaults_yaml_without_any_tenant_file_too(tmp_path: Path) -> None:
+    directory = write_dir(tmp_path, policy_data(max_attempts=0), {})
+    assert problems_in(directory) == ["defaults.yaml: max_attempts: Input should be greater than or equal to 1"]
+
+
 def test_broken_yaml_in_a_tenant_file_names_the_file_and_line(tmp_path: Path) -> None:
     directory = write_dir(tmp_path, policy_data(), {"agency": "lowest_tier: [\n"})
     (problem,) = problems_in(directory)
