@@ -200,7 +200,7 @@ class Supervisor:
         self._history_file = self._dir / "policy-history.json"
         self.reloads = PolicyReloads()
         self._policy_seen = source_fingerprint(options.policy_path)
-        self._envoy_rejections: list[str] = []
+        self._envoy_rejections: dict[str, str] = {}  # Envoy's update_rejected counters, as last seen
 
     # ---- processes -----------------------------------------------------------------------
 
@@ -609,10 +609,12 @@ class Supervisor:
                     continue
                 if all(stats.get(name) == version for name, version in expected.items()):
                     return None
-                rejected = [k for k, v in stats.items() if k.endswith("update_rejected") and v != "0"]
-                if rejected and rejected != self._envoy_rejections:
-                    self._envoy_rejections = rejected
-                    return f"Envoy rejected the configuration ({', '.join(rejected)}); see Envoy's log"
+                rejected = {k: v for k, v in stats.items() if k.endswith("update_rejected") and v != "0"}
+                # A counter that moved since the last look (a restarted Envoy starts from 0).
+                moved = sorted(k for k, v in rejected.items() if self._envoy_rejections.get(k) != v)
+                self._envoy_rejections = rejected
+                if moved:
+                    return f"Envoy rejected the configuration ({', '.join(moved)}); see Envoy's log"
                 await asyncio.sleep(0.005)
         return f"Envoy did not apply the configuration within {_RELOAD_WAIT_S:g}s"
 
