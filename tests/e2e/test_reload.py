@@ -10,6 +10,7 @@ asserted: timing belongs in bench/.
 from __future__ import annotations
 
 import os
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -206,12 +207,13 @@ class Load:
         return Answer(stream, hop, ok, h.get(POLICY_VERSION), h.get(SERVED_BY), None if ok else f"{status} {text!r}")
 
 
-def first_time(check: Callable[[], bool], timeout: float = 20.0) -> float:
-    """When `check` first held (polled back to back)."""
+def first_time(check: Callable[[], bool], timeout: float = 20.0, every_s: float = 0.0) -> float:
+    """When `check` first held (polled back to back unless `every_s`)."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         if check():
             return time.time()
+        time.sleep(every_s)
     raise AssertionError("the behaviour did not follow the edit")
 
 
@@ -388,3 +390,42 @@ def _counter(metrics: str, name: str) -> float:
         if line.startswith(name + " "):
             return float(line.split()[-1])
     return 0.0
+
+
+def test_a_single_file_reloads_too_and_restarted_processes_serve_the_current_revision(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    fleet.reset()
+    with running(fleet.policy(tmp_path), env=KEY_ENV, workers=2, envoy_trouble_expected=True) as stack:
+        path = stack.policy_path
+        data = yaml.safe_load(path.read_text())
+        data["ladders"]["main"][1] = {"provider": "small", "model": "small-model"}
+        tmp = path.with_name(".policy.yaml.tmp")
+        tmp.write_text(yaml.safe_dump(data, sort_keys=False))
+        os.replace(tmp, path)
+        stamp = load_policy(path).stamp
+        first_time(lambda: stack.status()["policy"]["revision"] == stamp, every_s=0.02)
+        assert served_by(stack, stack.app_key, PRIMARY_FAILS) == (200, "small/small-model", stamp)
+
+        # Envoy and the workers, restarted, start from the current revision, not the file
+        # `rungway up` was started with.
+        before = stack.refresh_state()
+        os.kill(int(before["envoy_pid"]), signal.SIGKILL)
+        stack.kill_workers()
+        first_time(lambda: _restarted(stack, before), timeout=60, every_s=0.1)
+
+        def serves_current() -> bool:
+            try:
+                return served_by(stack, stack.app_key, PRIMARY_FAILS) == (200, "small/small-model", stamp)
+            except openai.APIError:
+                return False
+
+        first_time(serves_current, timeout=60, every_s=0.1)
+        for _ in range(4):  # both workers
+            assert serves_current()
+    fleet.reset()
+
+
+def _restarted(stack: Stack, before: dict[str, Any]) -> bool:
+    state = stack.refresh_state()
+    return state["envoy_pid"] != before["envoy_pid"] and set(state["worker_pids"]).isdisjoint(before["worker_pids"])
