@@ -11,6 +11,7 @@ import fnmatch
 import hashlib
 import json
 import os
+from collections.abc import Mapping
 from enum import Enum
 from functools import cached_property
 from ipaddress import IPv4Network, IPv6Network, ip_address
@@ -547,6 +548,13 @@ class Policy(_Frozen):
         if problems:
             raise ValueError(PROBLEM_MARK + PROBLEM_MARK.join(problems))
         return self
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Policy:
+        """A copy whose derived values (stamp, relay routes) are its own, not the original's."""
+        copied = super().model_copy(update=update, deep=deep)
+        for derived in ("stamp", "relay_routes"):
+            copied.__dict__.pop(derived, None)
+        return copied
 
     @cached_property
     def stamp(self) -> str:

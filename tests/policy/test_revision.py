@@ -147,6 +147,15 @@ def test_the_stamp_does_not_depend_on_how_a_set_was_listed() -> None:
     assert make_policy(providers=listed).stamp == make_policy(providers=reversed_).stamp
 
 
+def test_a_changed_copy_is_another_revision_with_its_own_routes() -> None:
+    policy = make_policy()
+    assert policy.stamp and policy.relay_routes  # computed (and kept) before the copy
+    ladders = policy.ladders | {"main": [policy.ladders["main"][0].model_copy(update={"attempts": 3})]}
+    copy = policy.model_copy(update={"ladders": ladders})
+    assert copy.stamp != policy.stamp
+    assert copy.relay_routes[("main", 0)] != policy.relay_routes[("main", 0)]
+
+
 @given(policies())
 def test_a_policy_handed_to_a_worker_is_the_same_revision(policy: Any) -> None:
     decoded = History.decode(History(policy).encode()).current
