@@ -45,6 +45,22 @@ def _loopback_address(value: str) -> tuple[str, int]:
     return host, port
 
 
+def _label(value: str) -> tuple[str, str]:
+    key, sep, label = value.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected LABEL=VALUE, got {value!r}")
+    return key, label
+
+
+def _socket_mode(value: str) -> int:
+    from .runtime.server import SOCKET_MODES
+
+    modes = {f"{m:o}": m for m in SOCKET_MODES}
+    if value.removeprefix("0o").removeprefix("0") not in modes:
+        raise argparse.ArgumentTypeError(f"one of {', '.join(modes)}, not {value!r}")
+    return modes[value.removeprefix("0o").removeprefix("0")]
+
+
 def _envoy_admin_gone(value: str) -> tuple[str, int]:
     """`up --envoy-admin` is refused rather than ignored: a script that set it learns why."""
     raise argparse.ArgumentTypeError(
@@ -125,12 +141,27 @@ def cmd_policy_explain(args: argparse.Namespace) -> int:
         stream=args.stream,
         tools=args.tools,
         impact=impact,
+        prompt_tokens=args.prompt_tokens,
     )
+    if policy.approvals is not None:  # the operators' approvals in force, as the workers read them
+        import dataclasses
+        import time
+
+        from .routing.approval import ApprovalError
+        from .runtime.approvals import read_approvals
+
+        try:
+            approved = read_approvals(policy.approvals).approved_tier(features.tenant, features.task, time.time())
+        except ApprovalError as exc:
+            raise SystemExit(f"rungway policy explain: {exc}") from None
+        features = dataclasses.replace(features, approved_tier=approved)
     result = explain(policy, features, health)
     print(f"tenant {args.tenant}, task {features.task}, model {args.model}: ladder {result.ladder or '-'}")
     for v in result.rungs:
         mark = "serves " if v.serves else "skipped"
-        print(f"  {v.index}  tier {v.tier}  {v.endpoint:<40} {mark}  {v.reason}")
+        print(f"  {v.index}  tier {v.tier}  {v.endpoint:<40} {mark}  tools {v.tool_mode:<9}  {v.reason}")
+        for note in v.notes:
+            print(f"       {note}")
     print(f"→ {result.outcome}")
     return 0
 
@@ -149,7 +180,12 @@ def cmd_envoy_config(args: argparse.Namespace) -> int:
         channel_token=_channel_token(args.channel_token_file),
         access_log_path=args.access_log,
     )
-    text = yaml.safe_dump(render(policy, settings), sort_keys=False)
+    config = render(policy, settings)
+    if args.istio_selector:
+        from .xds.istio import envoy_filter
+
+        config = envoy_filter(config, name=args.istio_name, selector=dict(args.istio_selector))
+    text = yaml.safe_dump(config, sort_keys=False)
     if args.output:
         Path(args.output).write_text(text)
     else:
@@ -191,6 +227,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         assert isinstance(loaded, Policy)
         policy = loaded
     from .identity import KeyStoreError
+    from .routing.approval import ApprovalError
     from .runtime.bus import BusConfigError, bus_from_settings
     from .runtime.sidecar import CHANNEL_TOKEN_ENV, HUB_ENV, HUB_SECRET_ENV, PROBE_TOKEN_ENV
 
@@ -214,7 +251,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         for problem in exc.problems:
             print(f"  {problem}", file=sys.stderr)
         return 1
-    except KeyStoreError as exc:
+    except (KeyStoreError, ApprovalError) as exc:
         print(f"rungway serve: {exc}", file=sys.stderr)
         return 1
     _install_uvloop()
@@ -227,7 +264,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         sidecar.handed = HandedPolicy(args.policy_history, args.socket)
         sidecar.reload(history)
-    asyncio.run(serve(sidecar, args.socket))
+    asyncio.run(serve(sidecar, args.socket, socket_mode=args.socket_mode))
     return 0
 
 
@@ -279,6 +316,15 @@ def cmd_up(args: argparse.Namespace) -> int:
         try:
             read_store(policy.clients.key_store)
         except KeyStoreError as exc:
+            print(f"cannot start: {exc}", file=sys.stderr)
+            return 1
+    if policy.approvals is not None:
+        from .routing.approval import ApprovalError
+        from .runtime.approvals import read_approvals
+
+        try:
+            read_approvals(policy.approvals)
+        except ApprovalError as exc:
             print(f"cannot start: {exc}", file=sys.stderr)
             return 1
     _bus_secret_file(args)
@@ -363,6 +409,50 @@ def cmd_keys(args: argparse.Namespace) -> int:
                 print(f"{k.id}  {k.tenant:<20} {state:<8} expires {until:<10} {k.label}")
     except KeyStoreError as exc:
         print(f"rungway keys: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_approve(args: argparse.Namespace) -> int:
+    """Operators' approvals (T2): serve a tenant beyond its approval_beyond_tier for a while."""
+    import getpass
+    import time
+
+    from .routing.approval import ApprovalError, approval
+    from .runtime.approvals import grant, read_approvals, revoke
+
+    if args.store is not None:
+        path = Path(args.store)
+    else:
+        policy = _load(args.policy)
+        assert isinstance(policy, Policy)
+        if policy.approvals is None:
+            raise SystemExit(f"rungway approve: {args.policy} names no approvals file")
+        path = policy.approvals
+    now = time.time()
+    try:
+        if args.list:
+            for a in read_approvals(path).active(now):
+                until = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(a.until))
+                print(f"{a.tenant:<20} {a.task or '*':<14} tier {a.tier}  until {until}  by {a.by}  {a.reason}")
+            return 0
+        if args.tenant is None:
+            raise SystemExit("rungway approve: --tenant is required")
+        if args.revoke:
+            revoke(path, args.tenant, args.task)
+            print(f"approval for {args.tenant} revoked (running sidecars follow within a second)", file=sys.stderr)
+            return 0
+        if args.tier is None or args.for_s is None:
+            raise SystemExit("rungway approve: --tier and --for are required to approve")
+        who = args.by or getpass.getuser()
+        grant(path, approval(args.tenant, args.tier, args.for_s, now, task=args.task, by=who, reason=args.reason))
+        print(
+            f"{args.tenant} may be served down to tier {args.tier} for {args.for_s:g}s "
+            f"({args.task or 'every task'}); running sidecars follow within a second",
+            file=sys.stderr,
+        )
+    except ApprovalError as exc:
+        print(f"rungway approve: {exc}", file=sys.stderr)
         return 1
     return 0
 
@@ -456,6 +546,45 @@ def cmd_mock_providers(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tenant_key(value: str) -> tuple[str, str]:
+    tenant, sep, key = value.partition("=")
+    if not sep or not tenant or not key:
+        raise argparse.ArgumentTypeError(f"expected TENANT=KEY, got {value.split('=')[0]!r}=…")
+    return tenant, key
+
+
+def cmd_drill(args: argparse.Namespace) -> int:
+    _configure_logging("warning")
+    from .runtime.drill import DrillError, DrillOptions, run_drill
+
+    if (args.key or args.admin) and not args.listen:
+        print("rungway drill: --key and --admin attach to a running stack: give its --listen too", file=sys.stderr)
+        return 2
+    options = DrillOptions(
+        policy_path=args.policy,
+        tasks_dir=args.tasks,
+        report=args.report,
+        baseline=args.baseline,
+        scenarios=tuple(args.scenario or ()),
+        save=tuple(args.save or ()),
+        attach=f"http://{args.listen[0]}:{args.listen[1]}" if args.listen else None,
+        admin=f"http://{args.admin[0]}:{args.admin[1]}" if args.admin else None,
+        keys=tuple(args.key or ()),
+    )
+    try:
+        outcome = asyncio.run(run_drill(options))
+    except (ValueError, OSError, DrillError) as exc:
+        print(f"rungway drill: {exc}", file=sys.stderr)
+        return 2
+    results = outcome.results
+    print(f"{results['passed']} of {results['passed'] + results['failed']} cells pass; report: {args.report}")
+    for regression in results["regressions"]:
+        print(f"REGRESSION {regression['key']}: {regression['why']}")
+    for path in outcome.saved:
+        print(f"saved fixture {path}")
+    return outcome.exit_code
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rungway", description="LLM fallback ladders as an Envoy ext_proc sidecar")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -474,6 +603,7 @@ def build_parser() -> argparse.ArgumentParser:
     why.add_argument("--impact", choices=[i.value for i in Impact])
     why.add_argument("--stream", action="store_true")
     why.add_argument("--tools", action=argparse.BooleanOptionalAction, default=None)
+    why.add_argument("--prompt-tokens", type=int, help="the request's size: shows context windows and trimming")
     why.add_argument("--admin", type=_address, help="a running `rungway up`'s admin: include live health")
     why.add_argument("--admin-token-file", type=Path)
     why.set_defaults(func=cmd_policy_explain)
@@ -485,6 +615,15 @@ def build_parser() -> argparse.ArgumentParser:
     cfg.add_argument("--extproc-socket", action="append", help="a sidecar worker's Unix socket (repeat for several)")
     cfg.add_argument("--channel-token-file", type=Path, help="the secret Envoy shows the sidecar (shared with serve)")
     cfg.add_argument("--access-log", default="/dev/stdout")
+    cfg.add_argument(
+        "--istio-selector",
+        type=_label,
+        action="append",
+        metavar="LABEL=VALUE",
+        help="print an Istio EnvoyFilter adding this configuration to the istio-proxy of the pods "
+        "with these labels, instead of a bootstrap (repeat for several labels)",
+    )
+    cfg.add_argument("--istio-name", default="rungway", help="the EnvoyFilter's name")
     cfg.add_argument("-o", "--output")
     cfg.set_defaults(func=cmd_envoy_config)
 
@@ -495,6 +634,13 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--policy-history", type=Path, help=argparse.SUPPRESS)
     serve.add_argument("--socket", type=Path, required=True, help="the Unix socket to serve on (made 0600)")
     serve.add_argument("--channel-token-file", type=Path, help="the secret Envoy shows (or $RUNGWAY_CHANNEL_TOKEN)")
+    serve.add_argument(
+        "--socket-mode",
+        type=_socket_mode,
+        default=0o600,
+        help="600 (default): only this user may connect; 660: its group too, e.g. a mesh's Envoy "
+        "(istio-proxy) running as another user in this group",
+    )
     serve.add_argument("--log-level", default="info")
     serve.add_argument("--bus-secret-file", type=Path, help="file holding the fleet bus's signing secret")
     serve.set_defaults(func=cmd_serve)
@@ -550,6 +696,20 @@ def build_parser() -> argparse.ArgumentParser:
         elif name == "revoke":
             cmd.add_argument("id", help="the key id (`rungway keys list`)")
 
+    approve = sub.add_parser("approve", help="approve serving a tenant beyond its approval_beyond_tier, for a while")
+    where = approve.add_mutually_exclusive_group(required=True)
+    where.add_argument("--policy", type=Path, help="the policy whose approvals file to use")
+    where.add_argument("--store", type=Path, help="the approvals file")
+    approve.add_argument("--tenant")
+    approve.add_argument("--tier", type=int, choices=range(4), help="the tier the tenant may be served down to")
+    approve.add_argument("--for", dest="for_s", type=_duration, help="how long, e.g. 30m, 2h")
+    approve.add_argument("--task", help="one task class (default: every task class)")
+    approve.add_argument("--by", default="", help="who approves (default: the user running this)")
+    approve.add_argument("--reason", default="")
+    approve.add_argument("--revoke", action="store_true", help="end the tenant's approval (for --task, or all)")
+    approve.add_argument("--list", action="store_true", help="the approvals in force")
+    approve.set_defaults(func=cmd_approve)
+
     status = sub.add_parser("status", help="circuits, scores and budgets of a running `rungway up`, as a table")
     status.add_argument("--admin", type=_address, default=("127.0.0.1", 9901))
     status.add_argument("--json", action="store_true", help="the raw /status JSON")
@@ -566,6 +726,30 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--no-wait", action="store_true", help="exit after the scripted show")
     demo.add_argument("--brownout", action="store_true", help="also stage a provider brownout and its recovery")
     demo.set_defaults(func=cmd_demo)
+
+    drill = sub.add_parser(
+        "drill", help="scripted faults through every rung against golden tasks; a report; exit 1 on a regression"
+    )
+    drill.add_argument("--policy", type=Path, default=Path("evals/failover/policy.yaml"))
+    drill.add_argument("--tasks", type=Path, default=Path("evals/failover"), help="golden tasks (and fixtures/)")
+    drill.add_argument(
+        "--report", type=Path, default=Path("drill-report.md"), help="Markdown; .svg and .json beside it"
+    )
+    drill.add_argument("--baseline", type=Path, help="a previous drill's results JSON: a known failure is not new")
+    drill.add_argument(
+        "--scenario",
+        action="append",
+        help="run only this scenario, or `fixtures` for the saved ones (repeat; default: all)",
+    )
+    drill.add_argument(
+        "--save",
+        action="append",
+        help="save cells as replayable fixtures under TASKS/fixtures: all, a scenario, or scenario/task/tenant",
+    )
+    drill.add_argument("--listen", type=_address, help="attach to a running stack's listener instead of starting one")
+    drill.add_argument("--key", type=_tenant_key, action="append", help="TENANT=KEY for an attached stack (repeat)")
+    drill.add_argument("--admin", type=_address, help="the attached stack's admin: must be ready before and after")
+    drill.set_defaults(func=cmd_drill)
 
     mocks = sub.add_parser("mock-providers", help="run mock OpenAI/Anthropic providers that fail on command")
     mocks.add_argument("rest", nargs=argparse.REMAINDER)

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 
-from extproc.core import Capability, Decision, Dialect, FakeClock, Impact
+from extproc.core import Capability, Decision, Dialect, FakeClock, Impact, ToolMode
 from extproc.core.names import META_DECISION, META_REQUEST
 from extproc.filters.wire import ATTRIBUTES_KEY
 from extproc.identity import ID_BYTES, SECRET_BYTES, KeyStore, issue
@@ -169,7 +169,11 @@ def policies(draw: st.DrawFn, max_rungs: int = 4, max_ladders: int = 3) -> Polic
             "timeout_s": st.sampled_from([1.0, 2.5, 30.0]),
             "strip_tools": st.booleans(),
         },
-        optional={"tier": st.integers(0, 3), "model": st.sampled_from(["alt-model", "$requested"])},
+        optional={
+            "tier": st.integers(0, 3),
+            "model": st.sampled_from(["alt-model", "$requested"]),
+            "tool_mode": st.sampled_from([m.value for m in ToolMode]),
+        },
     )
     ladders = {
         f"l{j}": draw(st.lists(rung, min_size=1, max_size=max_rungs)) for j in range(draw(st.integers(1, max_ladders)))
@@ -189,6 +193,22 @@ def policies(draw: st.DrawFn, max_rungs: int = 4, max_ladders: int = 3) -> Polic
             "tasks": {"default": {}, "batch": {}},
             "ladders": ladders,
             "models": models,
+            "tools": {
+                "write": draw(st.sets(st.sampled_from(["issue_refund", "send_email"]))),
+                "write_lowest_tier": draw(st.integers(0, 3)),
+            },
+            "context": {"trim": draw(st.booleans())},
+            "capability_matrix": draw(
+                st.dictionaries(
+                    st.sampled_from(["default", "batch"]),
+                    st.dictionaries(
+                        st.sampled_from(["alt-model", "model-*", "model-0"]),
+                        st.sampled_from(["allowed", "forbidden", "degraded_only"]),
+                        max_size=2,
+                    ),
+                    max_size=2,
+                )
+            ),
         }
     )
 

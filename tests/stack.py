@@ -243,14 +243,14 @@ class Stack:
         self._log_offset = len(entries)
         return fresh
 
-    def status(self) -> dict[str, Any]:
-        with httpx.Client(timeout=10) as client:
-            body: dict[str, Any] = client.get(self.admin_url + "/status").json()
-            return body
-
     def metrics(self) -> str:
         with httpx.Client(timeout=10) as client:
             return client.get(self.admin_url + "/metrics").text
+
+    def status(self) -> dict[str, Any]:
+        with httpx.Client(timeout=10) as client:
+            reply: dict[str, Any] = client.get(self.admin_url + "/status").json()
+            return reply
 
     def kill_workers(self) -> None:
         for pid in self.refresh_state()["worker_pids"]:

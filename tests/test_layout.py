@@ -19,6 +19,7 @@ ALLOWED: dict[str, set[str]] = {
     "health": {"core", "policy", "translate"},
     "filters": {"core", "policy", "identity", "routing", "health", "translate"},
     "xds": {"core", "policy", "routing"},
+    "drills": {"core", "policy", "translate"},
 }
 TOP_LEVEL = {"__init__.py", "cli.py", "__main__.py"}
 

@@ -8,7 +8,7 @@ Imports nothing else of ours (a test enforces it), so any room may import it.
 
 from .clock import Clock, FakeClock, SystemClock
 from .decision import Decision, PassedThrough, Refused, RungAddress, TripRecord
-from .dialect import Capability, Dialect
+from .dialect import Capability, Dialect, ToolMode
 from .events import (
     Abandoned,
     BusEvent,
@@ -17,15 +17,17 @@ from .events import (
     ProbeClaim,
     QuotaSignal,
     RequestsDecided,
+    Spent,
     decode_event,
 )
-from .failure import CLIENT_STATUS, RETRY_RULE, Failure, Retry
+from .failure import CLIENT_STATUS, OUTAGES, RETRY_RULE, Failure, Retry
 from .fields import ContractError
 from .frame import FrameKey, FrameReader, FrameRules, Rejection, seal
 from .impact import Impact
 
 __all__ = [
     "CLIENT_STATUS",
+    "OUTAGES",
     "RETRY_RULE",
     "Abandoned",
     "BusEvent",
@@ -50,7 +52,9 @@ __all__ = [
     "RequestsDecided",
     "Retry",
     "RungAddress",
+    "Spent",
     "SystemClock",
+    "ToolMode",
     "TripRecord",
     "decode_event",
     "seal",

@@ -55,6 +55,8 @@ class Decision:
     # When decide routed it (monotonic ms; one host: comparable across worker processes): what
     # is left of the route timeout for a stream rescue.
     decided_ms: float = 0.0
+    # Sampled for continuous verification: the first try also asks the other rungs (Shadow).
+    shadow: bool = False
 
     def encode(self) -> Meta:
         out: Meta = {
@@ -78,6 +80,7 @@ class Decision:
             "probe": self.probe,
             "response_format": self.response_format,
             "decided_ms": self.decided_ms,
+            "shadow": self.shadow,
         }
         if self.anthropic_version is not None:
             out["anthropic_version"] = self.anthropic_version
@@ -119,6 +122,7 @@ class Decision:
             anthropic_version=f.optional_text(meta, "anthropic_version", k),
             anthropic_beta=f.optional_text(meta, "anthropic_beta", k),
             decided_ms=f.number(meta, "decided_ms", k),
+            shadow=f.flag(meta, "shadow", k),
         )
 
 

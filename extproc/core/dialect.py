@@ -28,3 +28,18 @@ class Capability(StrEnum):
     # the delivered text as that message; any other rung must regenerate and match the prefix.
     # Not a default: a rung that ignores the prefill would repeat what the client already has.
     PREFILL = "prefill"
+
+
+class ToolMode(StrEnum):
+    """What of a request's tools a rung is offered (T5), set per rung in the policy."""
+
+    FULL = "full"
+    # No tools; the model is asked to answer with the calls it would make, as data.
+    PLAN_ONLY = "plan_only"
+    # The policy's write tools (a refund, an email) removed; the rest offered.
+    READ_ONLY = "read_only"
+    NO_TOOLS = "no_tools"
+
+    @property
+    def sends_tools(self) -> bool:
+        return self in (ToolMode.FULL, ToolMode.READ_ONLY)

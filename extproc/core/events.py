@@ -200,7 +200,37 @@ class ProbeClaim:
         return cls(key=f.text(event, "key", k), at=f.number(event, "at", k), by=f.text(event, "by", k))
 
 
-BusEvent = Observation | QuotaSignal | Abandoned | RequestsDecided | CircuitChanged | ProbeClaim
+@dataclass(frozen=True, slots=True)
+class Spent:
+    """What one try cost a tenant (tokens in and out, at its rung's price): every replica's
+    budget ledger counts every replica's spend (T4)."""
+
+    KIND = "spent"
+
+    tenant: str
+    at: float
+    tokens: int
+    cost: float
+
+    def encode(self) -> dict[str, Any]:
+        return {"v": EVENT_VERSION, "k": self.KIND, "tenant": self.tenant, "at": self.at, "tokens": self.tokens,
+                "cost": self.cost}  # fmt: skip
+
+    @classmethod
+    def decode(cls, event: Mapping[str, object]) -> Spent:
+        k = "spent"
+        cost = f.number(event, "cost", k)
+        if cost < 0:
+            raise f.ContractError(f"{k}.cost: negative")
+        return cls(
+            tenant=f.text(event, "tenant", k),
+            at=f.number(event, "at", k),
+            tokens=f.count(event, "tokens", k, _MAX_TOKENS),
+            cost=cost,
+        )
+
+
+BusEvent = Observation | QuotaSignal | Abandoned | RequestsDecided | CircuitChanged | ProbeClaim | Spent
 _EventType = (
     type[Observation]
     | type[QuotaSignal]
@@ -208,9 +238,11 @@ _EventType = (
     | type[RequestsDecided]
     | type[CircuitChanged]
     | type[ProbeClaim]
+    | type[Spent]
 )
 _KINDS: dict[str, _EventType] = {
-    kind.KIND: kind for kind in (Observation, QuotaSignal, Abandoned, RequestsDecided, CircuitChanged, ProbeClaim)
+    kind.KIND: kind
+    for kind in (Observation, QuotaSignal, Abandoned, RequestsDecided, CircuitChanged, ProbeClaim, Spent)
 }
 
 

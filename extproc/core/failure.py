@@ -69,6 +69,22 @@ RETRY_RULE: dict[Failure, Retry] = {
     Failure.NOT_PERMITTED: Retry.STOP,
 }
 
+# Failures that say the rungs could not serve (an outage), not that the request itself cannot be
+# served (a bad request, a safety refusal, a prompt no rung can hold, the tenant's own rules).
+OUTAGES: frozenset[Failure] = frozenset(
+    {
+        Failure.TIMEOUT,
+        Failure.RATE_LIMITED,
+        Failure.SERVER_ERROR,
+        Failure.CONNECT_ERROR,
+        Failure.SCHEMA_ERROR,
+        Failure.QUALITY_REGRESSION,
+        Failure.TOOL_MISMATCH,
+        Failure.BUDGET_EXCEEDED,
+        Failure.ACCESS_DENIED,
+    }
+)
+
 # The HTTP status a client sees when Rungway itself reports a failure of this class.
 CLIENT_STATUS: dict[Failure, int] = {
     Failure.TIMEOUT: 504,

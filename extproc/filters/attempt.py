@@ -37,8 +37,9 @@ import secrets
 from enum import StrEnum
 from typing import Any, Final
 
-from ..core import CLIENT_STATUS, Failure, Observation, QuotaSignal
+from ..core import CLIENT_STATUS, OUTAGES, Failure, Observation, QuotaSignal
 from ..core.names import META_DECISION, META_TRIP, RELAY_FLAGS_HEADER
+from ..health.contract import Contract
 from ..policy import Policy
 from ..routing.quota import HEADERS as QUOTA_HEADERS
 from ..routing.quota import exhausted_until
@@ -63,17 +64,21 @@ from .effects import (
     RescueFailed,
     RescueItem,
     RescueRequested,
+    Reshaped,
     Served,
+    ShadowRequested,
     StreamEnded,
     Tried,
     Tripped,
+    TryEnded,
     TryRefused,
 )
 from .flags import own_answer_headers
-from .request import TryPlan, UnsafeTryError, header_mutation, plan_try, request_schema, rewrite_body
+from .request import UNSHAPED, TryPlan, UnsafeTryError, header_mutation, plan_try, request_schema, rewrite_body
 from .rescue import Rescue, plan_rescue, rescue_note
+from .shadow import plan_shadows
 from .stream import StreamTry
-from .verdict import Next, Ruling, answer_flags, rule_on_answer, rule_on_failure
+from .verdict import Next, Ruling, answer_flags, exhausted_answer, rule_on_answer, rule_on_failure
 from .wire import (
     Mode,
     ProcessingRequest,
@@ -173,7 +178,7 @@ class AttemptProcessor:
         self._answered_at: float | None = None  # response headers arrived
         self._first_token_at: float | None = None
         self._relay_flags: str | None = None  # the relay's response flags: its own answer, or "-"
-        self._tools_stripped = False
+        self._shape = UNSHAPED
         self._stream: StreamTry | None = None
         # A stream's end (see the module docstring): the provider's end seen, ours sent, and
         # since when the client has had its last bytes while the provider's side is still open.
@@ -188,6 +193,11 @@ class AttemptProcessor:
         self._rescue: Rescue | None = None
         self._rescue_chunk_at = 0.0
         self._rescue_started_at = 0.0
+        # What the per-tenant metrics learn of this try when it ends (TryEnded).
+        self._served_at: float | None = None
+        self._failure: Failure | None = None
+        self._usage: tuple[int | None, int | None] = (None, None)  # input, output tokens
+        self._measured = False
 
     # ---- the gRPC loop's interface ---------------------------------------------------------
 
@@ -235,21 +245,24 @@ class AttemptProcessor:
         """The try's gRPC stream ended. Without an answer seen, Envoy's per-try timer or a reset
         ended it: the board learns that here, at once."""
         plan = self._plan
-        if plan is None or self._observed or self.phase in (Phase.REFUSED, Phase.SKIPPED):
+        if plan is None or self.phase in (Phase.REFUSED, Phase.SKIPPED):
             return
-        if plan.stream and self.phase is Phase.STREAMING:
-            failure = Failure.STREAM_INTERRUPTED
-        elif self._worker.clock.now() - plan.started_at >= plan.rung.timeout_s * 0.95:
-            failure = Failure.TIMEOUT
-        else:
-            failure = Failure.CONNECT_ERROR
-        self._observe(failure)
+        if not self._observed:
+            if plan.stream and self.phase is Phase.STREAMING:
+                failure = Failure.STREAM_INTERRUPTED
+            elif self._worker.clock.now() - plan.started_at >= plan.rung.timeout_s * 0.95:
+                failure = Failure.TIMEOUT
+            else:
+                failure = Failure.CONNECT_ERROR
+            self._observe(failure)
+        self._measure(plan)
 
     def on_failure(self) -> None:
         """This processor raised (a bug of ours, counted by the loop as a sidecar error): the
         try's outcome says nothing about the rung, so it is not reported to the board."""
         self._observed = True
         self._trip_counted = True
+        self._measured = True
 
     # ---- request ---------------------------------------------------------------------------
 
@@ -314,6 +327,10 @@ class AttemptProcessor:
         plan = self._started()
         self._move(Phase.REFUSED)
         self._count("failed")
+        exhausted = plan.contract_task(self._policy).when_exhausted
+        if exhausted is not None and failure in OUTAGES and not plan.decision.probe:
+            headers, body = exhausted_answer(plan, self._policy, failure, exhausted, int(self._worker.clock.wall()))
+            return immediate(200, {k: v for k, v in headers.items() if k not in (":status", "content-length")}, body)
         if failure is Failure.TIMEOUT:
             message = "no rung answered within its time budget"
         else:
@@ -333,9 +350,17 @@ class AttemptProcessor:
                 raise TranslationError("the request body must be a JSON object")
             if plan.read_schema:
                 self._request_schema = request_schema(body)
+            if plan.shadows:
+                self._effects.extend(self._shadows(plan, body))
             if not plan.rewrite:
                 return [request_body_response()]
-            body, self._tools_stripped = rewrite_body(plan, body)
+            body, self._shape = rewrite_body(plan, body)
+            if self._shape.degraded and not plan.decision.probe:
+                shape = self._shape
+                ladder, rung = plan.position.ladder, plan.position.rung
+                self._effects.append(
+                    Reshaped(ladder, rung, shape.tool_mode.value, len(shape.tools_removed), shape.trimmed)
+                )
             data = dump_json(body)
         except (ValueError, TranslationError) as exc:
             message = exc.message if isinstance(exc, TranslationError) else "the request body is not valid JSON"
@@ -343,6 +368,13 @@ class AttemptProcessor:
         except RecursionError:
             return [self._reject(Failure.CLIENT_ERROR, "the request body is nested too deeply")]
         return [request_body_response(common({"content-length": str(len(data))}, body=data))]
+
+    def _shadows(self, plan: TryPlan, body: dict[str, Any]) -> list[ShadowRequested]:
+        task = plan.contract_task(self._policy)
+        schema = request_schema(body) if task.use_request_schema else None
+        contract = Contract(task, request_schema=schema, json_mode=plan.json_mode)
+        keys = {name: self._worker.key_for(name) for name in self._policy.providers}
+        return plan_shadows(plan, self._policy, body, keys, contract)
 
     def _refuse_try(self, exc: UnsafeTryError) -> ProcessingResponse:
         """Served safely or not at all: a clean 503 in the client's dialect, never retried."""
@@ -672,6 +704,20 @@ class AttemptProcessor:
                 rung=rescue.rung,
             )
         )
+        if not plan.decision.probe:
+            self._effects.append(
+                TryEnded(
+                    *self._who(plan),
+                    rescue.rung,
+                    rescue.provider,
+                    rescue.model,
+                    splice.failure.rescue if splice.failure else None,
+                    clock.now() - self._rescue_started_at,
+                    None,  # its first token is not the client's first
+                    reported.input_tokens if reported else None,
+                    reported.output_tokens if reported else None,
+                )
+            )
         self._move(Phase.CLOSED)
         self._effects.append(StreamEnded(outcome))
         return self._end(tail)
@@ -696,7 +742,7 @@ class AttemptProcessor:
             body,
             retry_after_s=self._retry_after,
             request_schema=self._request_schema,
-            tools_stripped=self._tools_stripped,
+            shape=self._shape,
             created=int(self._worker.clock.wall()),
             relay_flags=self._relay_flags,
         )
@@ -706,6 +752,7 @@ class AttemptProcessor:
     def _apply(self, ruling: Ruling) -> None:
         """Count and report a ruling."""
         if ruling.next is Next.SERVED:
+            self._usage = (ruling.input_tokens, ruling.output_tokens)
             self._count_served()
             self._observe(ruling.failure, ruling.output_tokens)
             return
@@ -748,8 +795,9 @@ class AttemptProcessor:
             status=None,
             provider_body=b"",
             retry_after_s=self._retry_after,
-            tools_stripped=self._tools_stripped,
+            shape=self._shape,
             can_wait=False,
+            created=int(self._worker.clock.wall()),
         )
         self._apply(ruling)
         self._move(Phase.CLOSED)
@@ -808,7 +856,7 @@ class AttemptProcessor:
         return self._plan
 
     def _flags(self, failure: Failure | None) -> dict[str, str]:
-        return answer_flags(self._started(), self._policy, failure, tools_stripped=self._tools_stripped)
+        return answer_flags(self._started(), self._policy, failure, shape=self._shape)
 
     def _rung_labels(self) -> tuple[str, int, str, str]:
         plan = self._started()
@@ -822,15 +870,21 @@ class AttemptProcessor:
 
     def _count_served(self) -> None:
         plan = self._started()
+        self._served_at = self._worker.clock.now()
         self._count("served")
         if plan.decision.probe:
             return
-        degraded = plan.position.rung != 0 or self._tools_stripped
-        tier = self._policy.tier_of(plan.position.ladder, plan.position.rung)
-        self._effects.append(Served(plan.decision.tenant, plan.decision.task, plan.position.ladder, tier, degraded))
+        position = plan.position
+        degraded = position.rung != 0 or self._shape.degraded
+        tier = self._policy.tier_of(position.ladder, position.rung)
+        self._effects.append(
+            Served(plan.decision.tenant, plan.decision.task, position.ladder, tier, degraded, position.rung)
+        )
 
     def _observe(self, failure: Failure | None, tokens: int | None = None) -> None:
         """Report this try to the health board, once; a failed try is also a counted trip."""
+        if self._failure is None:
+            self._failure = failure
         if failure is not None and not self._trip_counted and not self._started().decision.probe:
             self._trip_counted = True
             self._effects.append(Tripped(*self._rung_labels(), failure))
@@ -857,6 +911,37 @@ class AttemptProcessor:
                 rung=plan.position.rung,
             )
         )
+
+    def _measure(self, plan: TryPlan) -> None:
+        """The try's end for the per-tenant metrics, once (a probe is no tenant's traffic). A
+        begun stream bills what it delivered; an answer, its usage (else our prompt estimate)."""
+        if self._measured or plan.decision.probe:
+            return
+        self._measured = True
+        input_tokens, output_tokens = self._usage
+        relay = self._stream.relay if self._stream is not None else None
+        if relay is not None and relay.started:
+            input_tokens, output_tokens = relay.delivered.input_tokens, relay.output_units
+        elif self._served_at is not None and input_tokens is None:
+            input_tokens = plan.prompt_tokens
+        first_token = None if self._served_at is None else self._served_at - plan.started_at
+        self._effects.append(
+            TryEnded(
+                *self._who(plan),
+                plan.position.rung,
+                plan.provider_name,
+                plan.model,
+                self._failure,
+                self._worker.clock.now() - plan.started_at,
+                first_token,
+                input_tokens,
+                output_tokens,
+            )
+        )
+
+    @staticmethod
+    def _who(plan: TryPlan) -> tuple[str, str, str]:
+        return (plan.decision.tenant, plan.decision.task, plan.position.ladder)
 
 
 def _cut(relay: StreamRelay) -> bool:

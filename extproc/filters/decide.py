@@ -32,7 +32,7 @@ from ..identity import Identity, Unknown
 from ..routing.ladder import NeedBody, Refusal, RequestFeatures, Route, choose, reroute
 from ..translate import api_pair, load_json, provider_header_scrub, redact_error_body, render_error
 from .caller import foreign_headers, identify, repeated_credential
-from .effects import Decided, Effect, HalfOpenAdmitted, RequestCounted, RescueItem, Unauthenticated
+from .effects import BudgetReached, Decided, Effect, HalfOpenAdmitted, RequestCounted, RescueItem, Unauthenticated
 from .flags import own_answer_headers
 from .shed import shed
 from .wire import (
@@ -72,6 +72,10 @@ _READ_THE_ANSWER = Mode(
     response_trailer_mode=Mode.SKIP,
 )
 _IMPACTS = {i.value: i for i in Impact}
+
+
+# How a client's error message names the limit a tenant reached (routing/spend.py's reasons).
+_BUDGET_NAMES = {"tokens": "token", "cost": "cost", "cost_rate": "cost-per-minute"}
 
 
 class DecideProcessor:
@@ -174,6 +178,7 @@ class DecideProcessor:
             tenant=who.tenant,
             task=task,
             impact=_IMPACTS.get(headers.get(policy.impact_header, ""), policy.default_impact),
+            approved_tier=self._worker.approvals.approved_tier(who.tenant, task, self._worker.clock.wall()),
         )
         self._include_usage = fields.get("include_usage") is True
         # An Anthropic client's API version and betas, for rungs that speak Anthropic too
@@ -182,6 +187,17 @@ class DecideProcessor:
         self._response_format = str(fields.get("response_format", ""))
         if probe is not None:
             return self._answer(self._probe_route(probe), body_phase=False)
+        budget = policy.tenant(who.tenant).budget
+        over = worker.over_budget(who.tenant, budget) if budget is not None else None
+        if budget is not None and over is not None:
+            self._effects.append(BudgetReached(who.tenant, over.reason, budget.over))
+            if budget.over == "refuse":
+                message = (
+                    f"tenant {who.tenant!r} has reached its {_BUDGET_NAMES[over.reason]} budget "
+                    f"({over.spent:g} of {over.limit:g}); retry after {over.retry_after_s}s"
+                )
+                return self._refuse(Failure.BUDGET_EXCEEDED, message, "over_budget", retry_after=over.retry_after_s)
+            self._features = replace(self._features, cheapest_only=True)
         result = self._route()
         if isinstance(result, NeedBody):
             return with_mode(request_headers_response(), _ASK_FOR_BODY)
@@ -227,6 +243,12 @@ class DecideProcessor:
             self._effects.append(HalfOpenAdmitted(first))
         self._effects.append(RequestCounted())
         return result
+
+    def _shadowed(self, route: Route) -> bool:
+        """Whether this request is in the continuous-verification sample (never a probe's)."""
+        share = self._policy.shadow.share
+        ladder = self._policy.ladders[route.ladder]
+        return share > 0 and not route.probe and len(ladder) > 1 and self._worker.rng.random() < share
 
     def _first_endpoint(self, route: Route) -> str:
         assert self._features is not None
@@ -289,6 +311,7 @@ class DecideProcessor:
             anthropic_version=anthropic.get("anthropic-version"),
             anthropic_beta=anthropic.get("anthropic-beta"),
             decided_ms=self._worker.clock.now() * 1000,
+            shadow=self._shadowed(result),
         )
         return with_metadata(response, META_DECISION, decision.encode())
 
@@ -349,7 +372,9 @@ class DecideProcessor:
         clean = redact_error_body(body)
         return response_body_response(common(body=clean) if clean != body else None)
 
-    def _refuse(self, failure: Failure, message: str, outcome: str, ladder: str = "") -> ProcessingResponse:
+    def _refuse(
+        self, failure: Failure, message: str, outcome: str, ladder: str = "", retry_after: int | None = None
+    ) -> ProcessingResponse:
         policy = self._policy
         f = self._features
         tenant = f.tenant if f else (self._identity.tenant if self._identity else UNAUTHENTICATED_TENANT)
@@ -358,6 +383,10 @@ class DecideProcessor:
         headers = own_answer_headers(failure, policy.stamp)
         if failure is Failure.NOT_PERMITTED:
             headers["x-should-retry"] = "false"  # the tenant's policy, not a passing outage
+        if retry_after is not None:
+            headers["retry-after"] = str(retry_after)
+            if retry_after > 60:  # SDKs would retry at once and be refused again
+                headers["x-should-retry"] = "false"
         # The status agrees with the error type render_error picks for the failure.
         response = immediate(CLIENT_STATUS[failure], headers, render_error(self._dialect.value, failure, message))
         # Marks the answer as already rendered, so Envoy's local-reply mappers leave it alone.

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..core import Failure, Observation, QuotaSignal
+from ..core import Dialect, Failure, Observation, QuotaSignal
+from ..health.contract import Contract
+from ..policy import Cost
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +29,15 @@ class Unauthenticated:
     """decide refused a caller it could not identify (the reason is an Unknown's name)."""
 
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetReached:
+    """decide met a tenant over its budget (T4): refused, or sent to the cheapest rung."""
+
+    tenant: str
+    reason: str  # tokens, cost, cost_rate
+    action: str  # refuse, cheaper
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +88,39 @@ class Served:
     ladder: str
     tier: int
     degraded: bool
+    rung: int
+
+
+@dataclass(frozen=True, slots=True)
+class TryEnded:
+    """A try's end as the per-tenant latency, token and cost metrics see it (A3). `failure` is
+    the first failure the try saw (None: it answered cleanly); `first_token_s` is when the client
+    had the first of its answer (a stream's first token, a whole answer's body), None if never;
+    tokens are the provider's usage where it reported one (else our estimate), None if none."""
+
+    tenant: str
+    task: str
+    ladder: str
+    rung: int
+    provider: str
+    model: str
+    failure: Failure | None
+    duration_s: float
+    first_token_s: float | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Reshaped:
+    """A try's rewrite gave its rung less than the client sent: tools its mode removed (T5),
+    messages trimmed to fit its window (F6)."""
+
+    ladder: str
+    rung: int
+    tool_mode: str
+    tools_removed: int
+    trimmed: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,23 +131,23 @@ class StreamEnded:
 
 
 @dataclass(frozen=True, slots=True)
-class RescueCall:
-    """One HTTP call to a rescue rung, as the runtime makes it through Envoy's rescue listener:
-    the provider's cluster, path, headers (its key among them) and body."""
+class RungCall:
+    """One HTTP call to a rung that the runtime makes itself, through Envoy's side listener (a
+    stream rescue, a shadow): the provider's cluster, path, headers (its key among them) and body."""
 
     cluster: str
     path: str
     headers: dict[str, str]
     body: bytes
     budget_s: float  # the whole call: first byte and the rest
-    dialect: str  # the rescue provider's wire dialect (to read its error answers)
+    dialect: str  # the provider's wire dialect (to read its answers)
 
 
 @dataclass(frozen=True, slots=True)
 class RescueRequested:
     """A stream is rescued: the runtime makes `call` and feeds what comes back to the try."""
 
-    call: RescueCall
+    call: RungCall
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +161,21 @@ class Rescued:
 
 
 @dataclass(frozen=True, slots=True)
+class ShadowRequested:
+    """Continuous verification: ask another rung the same request, non-streamed, off the
+    client's path, and judge its answer (runtime/shadow.py)."""
+
+    call: RungCall
+    dialect: Dialect  # the rung's provider's
+    tenant: str
+    ladder: str
+    rung: int
+    endpoint: str  # provider/model
+    contract: Contract  # the health contract its answer is held to
+    cost_per_1k: Cost  # the provider's prices, to attribute the shadow's cost to the tenant
+
+
+@dataclass(frozen=True, slots=True)
 class TryRefused:
     """attempt refused a try it cannot serve safely (e.g. decided under another policy)."""
 
@@ -127,15 +186,19 @@ class TryRefused:
 Effect = (
     Decided
     | Unauthenticated
+    | BudgetReached
     | RequestCounted
     | Shed
     | HalfOpenAdmitted
     | Tried
     | Tripped
     | Served
+    | Reshaped
+    | TryEnded
     | StreamEnded
     | RescueRequested
     | Rescued
+    | ShadowRequested
     | TryRefused
     | Observation
     | QuotaSignal

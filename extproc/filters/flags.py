@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..core import Failure
-from ..core.names import ATTEMPTS, DEGRADED, POLICY_VERSION, REASON, SERVED_BY, TIER
+from ..core.names import ATTEMPTS, DEGRADED, POLICY_VERSION, REASON, SERVED_BY, TIER, TOOL_MODE, TOOLS_REMOVED, TRIMMED
 
 NO_REASON = "none"
 # Served by a fallback rung on purpose (health.canary_share), not because of a failure.
@@ -18,8 +18,14 @@ def flags(
     reason: Failure | str | None,
     policy_version: str,
     attempts: int,
+    tool_mode: str | None = None,
+    tools_removed: tuple[str, ...] = (),
+    trimmed: int = 0,
 ) -> dict[str, str]:
-    return {
+    """`tool_mode`: the serving rung's (T5); `tools_removed`: the request's tools its mode took
+    away (with plan_only, the answer is the calls the model would make, as data); `trimmed`:
+    messages left out of the history to fit the rung's window (F6)."""
+    out = {
         SERVED_BY: served_by,
         TIER: "none" if tier is None else str(tier),
         DEGRADED: "true" if degraded else "false",
@@ -27,6 +33,13 @@ def flags(
         POLICY_VERSION: policy_version,
         ATTEMPTS: str(attempts),
     }
+    if tool_mode is not None:
+        out[TOOL_MODE] = tool_mode
+    if tools_removed:
+        out[TOOLS_REMOVED] = ",".join(tools_removed)
+    if trimmed:
+        out[TRIMMED] = str(trimmed)
+    return out
 
 
 def own_answer_headers(failure: Failure, policy_version: str) -> dict[str, str]:

@@ -8,12 +8,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from ..core import Capability, ContractError, Decision, Dialect, Failure, RungAddress, TripRecord
+from ..core import ContractError, Decision, Dialect, Failure, RungAddress, ToolMode, TripRecord
 from ..core.names import CLUSTER_HEADER, PROBE_HEADER, RUNG_HEADER, SKIP_HEADER, endpoint_key
 from ..policy import Policy, Provider, Rung, TaskClass
 from ..policy.json_schema import untrusted
-from ..routing import Action, Position, may_try, next_step, previous_failure, prompt_tokens_estimate
-from ..translate import ApiPair, api_pair
+from ..routing import Action, Position, may_try, next_step, previous_failure, prompt_tokens_estimate, tool_mode_of
+from ..translate import ApiPair, api_pair, shape_tools, trim_context
 
 # Headers that carry a provider's identity or a previous try's rewrite. Removed on every try.
 _SCRUB = (
@@ -35,9 +35,26 @@ _SCRUB = (
     "x-envoy-max-retries",
     "x-envoy-upstream-rq-per-try-timeout-ms",
 )
-_TOOL_FIELDS = ("tools", "tool_choice", "parallel_tool_calls")
 # A probe asks for a word or two: only "answered sensibly" counts.
 PROBE_CONTRACT = TaskClass(min_output_tokens=1)
+
+
+@dataclass(frozen=True, slots=True)
+class TryShape:
+    """What this try's rewrite did to the client's request for its rung (T5, F6)."""
+
+    tool_mode: ToolMode = ToolMode.FULL
+    tools_removed: tuple[str, ...] = ()
+    planned: bool = False  # plan_only: the model was asked for its intended calls, as data
+    trimmed: int = 0  # messages of the conversation's middle left out to fit the rung's window
+
+    @property
+    def degraded(self) -> bool:
+        """The rung got less than the client sent: its answer is a degraded one."""
+        return bool(self.tools_removed) or self.trimmed > 0
+
+
+UNSHAPED = TryShape()
 
 
 class UnsafeTryError(Exception):
@@ -76,10 +93,19 @@ class TryPlan:
     # No rung may serve the request any more (a failure the previous try could not judge, with
     # nothing eligible left): this try answers the client with it.
     final: Failure | None = None
+    tool_mode: ToolMode = ToolMode.FULL  # what of the request's tools this rung is offered
+    write_tools: frozenset[str] = frozenset()  # the policy's write tools (read_only removes them)
+    context_window: int | None = None  # trim the history to this many tokens (None: never)
+    placeholder: bool = True  # mark where the history was trimmed
 
     @property
     def needs_body(self) -> bool:
-        return self.rewrite or self.read_schema
+        return self.rewrite or self.read_schema or self.shadows
+
+    @property
+    def shadows(self) -> bool:
+        """The request is in the continuous-verification sample and this is its first try."""
+        return self.decision.shadow and self.position.attempt == 1
 
     @property
     def stream(self) -> bool:
@@ -184,7 +210,8 @@ def plan_try(
         # Envoy skipped the rungs before this one without trying them: its outlier detection
         # ejected them after consecutive 5xx answers.
         why = Failure.SERVER_ERROR
-    may_strip = rung.strip_tools and Capability.TOOLS not in provider.capabilities
+    tool_mode = tool_mode_of(policy, address.ladder, address.rung)
+    window = policy.context_window_of(address.ladder, address.rung) if policy.context.trim else None
     task = contract_task(policy, decision)
     return TryPlan(
         decision=decision,
@@ -196,7 +223,7 @@ def plan_try(
         model=model,
         key=endpoint_key(rung.provider, model),
         why=why,
-        rewrite=pair.translates or model != decision.model or may_strip,
+        rewrite=pair.translates or model != decision.model or tool_mode is not ToolMode.FULL or window is not None,
         # The request's own JSON schema is in its body: read it to hold the answer to it.
         read_schema=not decision.stream and decision.response_format == "json_schema" and task.use_request_schema,
         started_at=now,
@@ -207,6 +234,10 @@ def plan_try(
         next_rung=target,
         previous_failure=previous,
         final=final,
+        tool_mode=tool_mode,
+        write_tools=frozenset(policy.tools.write),
+        context_window=window,
+        placeholder=policy.context.placeholder,
     )
 
 
@@ -263,6 +294,12 @@ def header_mutation(plan: TryPlan, policy: Policy, key: str | None) -> tuple[dic
     remove = list(scrub_list(policy))
     if plan.needs_body:
         remove.append("content-length")  # set again with the rewritten body
+    elif d.body_bytes:
+        # The client's body goes as it came: its own length, not an earlier try's rewritten one
+        # (a provider would wait for bytes that never come).
+        set_headers["content-length"] = str(d.body_bytes)
+    else:
+        remove.append("content-length")
     return set_headers, remove
 
 
@@ -283,14 +320,19 @@ def scrub_list(policy: Policy) -> tuple[str, ...]:
     return names
 
 
-def rewrite_body(plan: TryPlan, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
-    """The body for this rung's provider, and whether tools were stripped (a degraded answer).
-    Raises TranslationError for a request the provider's API cannot express."""
-    stripped = False
-    if plan.rung.strip_tools and Capability.TOOLS not in plan.provider.capabilities and body.get("tools"):
-        body = {k: v for k, v in body.items() if k not in _TOOL_FIELDS}
-        stripped = True
-    return plan.pair.request(body, plan.model), stripped
+def rewrite_body(plan: TryPlan, body: dict[str, Any]) -> tuple[dict[str, Any], TryShape]:
+    """The body for this rung's provider, and what was changed on the way: tools removed per
+    the rung's tool mode, history trimmed to its window (both in the client's dialect, before
+    translation). Raises TranslationError for a request the provider's API cannot express."""
+    client = plan.decision.dialect
+    tools = shape_tools(client, body, plan.tool_mode, plan.write_tools)
+    body = tools.body
+    trimmed = 0
+    if plan.context_window is not None:
+        trim = trim_context(client, body, plan.context_window, placeholder=plan.placeholder)
+        body, trimmed = trim.body, trim.dropped
+    shape = TryShape(plan.tool_mode, tools.removed, tools.planned, trimmed)
+    return plan.pair.request(body, plan.model), shape
 
 
 def request_schema(body: dict[str, Any]) -> dict[str, Any] | None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from ..core import Capability, Dialect, Failure
 from ..core.names import direct_cluster, endpoint_key
 from ..policy import Policy
-from ..routing import HealthView
+from ..routing import HealthView, prompt_tokens_estimate, tool_mode_of
 from ..translate import (
     Delivered,
     PrefixMatch,
@@ -27,8 +27,9 @@ from ..translate import (
     load_json,
     rescue_body,
     rescue_strategy,
+    shape_tools,
 )
-from .effects import RescueCall
+from .effects import RungCall
 from .request import TryPlan
 
 
@@ -41,7 +42,7 @@ class Rescue:
     model: str
     key: str  # the rescue endpoint (provider/model)
     strategy: RescueStrategy
-    call: RescueCall
+    call: RungCall
     splice: Splice
 
 
@@ -85,6 +86,13 @@ def plan_rescue(
             continue
         if tools and Capability.TOOLS not in provider.capabilities:
             continue
+        # The rest of the same answer: never from a rung whose tool mode would take a tool away
+        # (a write tool below its tier), nor one whose window would need the history trimmed.
+        mode = tool_mode_of(policy, d.ladder, index)
+        if tools and shape_tools(d.dialect, body, mode, frozenset(policy.tools.write)).removed:
+            continue
+        if prompt_tokens_estimate(d.body_bytes) > policy.context_window_of(d.ladder, index):
+            continue
         if health is not None and health(endpoint, False) is not None:
             continue
         strategy = RescueStrategy.REGENERATE if regenerate_on is not None else rescue_strategy(provider.capabilities)
@@ -101,7 +109,7 @@ def plan_rescue(
             ),
             **{k.lower(): v for k, v in provider.headers.items()},
         }
-        call = RescueCall(
+        call = RungCall(
             cluster=direct_cluster(rung.provider),
             path=pair.provider_path(provider.path_prefix),
             headers=headers,

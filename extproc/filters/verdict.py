@@ -7,14 +7,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from ..core import CLIENT_STATUS, Failure, TripRecord
+from ..core import CLIENT_STATUS, OUTAGES, Failure, ToolMode, TripRecord
 from ..core.names import RETRY_HEADER
 from ..health.contract import Contract, judge_answer
-from ..policy import Policy
+from ..policy import Exhausted, Policy
 from ..routing import Action, next_step
-from ..translate import TranslationError, dump_json, output_tokens, redact_error_body
+from ..translate import TranslationError, canned_answer, dump_json, input_tokens, output_tokens, redact_error_body
 from .flags import CANARY, flags
-from .request import TryPlan
+from .request import TryPlan, TryShape
 
 
 class Next(StrEnum):
@@ -33,6 +33,7 @@ class Ruling:
     body: bytes | None  # None: the provider's body stands
     record: TripRecord | None  # for the next try; None when served
     output_tokens: int | None = None
+    input_tokens: int | None = None
 
 
 # Envoy's response flags on the relay's own answers: the provider was never heard from.
@@ -57,15 +58,15 @@ def relay_failure(flags: str | None) -> Failure | None:
     return None
 
 
-def answer_flags(plan: TryPlan, policy: Policy, failure: Failure | None, *, tools_stripped: bool) -> dict[str, str]:
-    """The x-rungway-* headers of the client's answer (A2)."""
+def answer_flags(plan: TryPlan, policy: Policy, failure: Failure | None, *, shape: TryShape) -> dict[str, str]:
+    """The x-rungway-* headers of the client's answer (A2), with what the try's rewrite did."""
     position = plan.position
-    degraded = position.rung != 0 or tools_stripped
+    degraded = position.rung != 0 or shape.degraded
     reason: Failure | str | None = failure if failure is not None else (plan.why if degraded else None)
     if reason is None and plan.decision.canary and degraded:
         reason = CANARY
-    if tools_stripped and reason is None:
-        reason = Failure.TOOL_MISMATCH
+    if shape.degraded and reason is None:
+        reason = Failure.TOOL_MISMATCH if shape.tools_removed else Failure.CONTEXT_OVERFLOW
     return flags(
         served_by=f"{plan.provider_name}/{plan.model}",
         tier=policy.tier_of(position.ladder, position.rung),
@@ -73,6 +74,9 @@ def answer_flags(plan: TryPlan, policy: Policy, failure: Failure | None, *, tool
         reason=reason,
         policy_version=policy.stamp,
         attempts=plan.real_tries,  # tries that reached a provider (Envoy also counts skipped slots)
+        tool_mode=None if plan.tool_mode is ToolMode.FULL else plan.tool_mode.value,  # full: as before T5
+        tools_removed=shape.tools_removed,
+        trimmed=shape.trimmed,
     )
 
 
@@ -84,7 +88,7 @@ def rule_on_answer(
     *,
     retry_after_s: float | None,
     request_schema: dict[str, object] | None,
-    tools_stripped: bool,
+    shape: TryShape,
     created: int,
     relay_flags: str | None = None,
 ) -> Ruling:
@@ -102,7 +106,8 @@ def rule_on_answer(
             status=None,
             provider_body=b"",
             retry_after_s=None,
-            tools_stripped=tools_stripped,
+            shape=shape,
+            created=created,
         )
     contract = Contract(plan.contract_task(policy), request_schema=request_schema, json_mode=plan.json_mode)
     judged = judge_answer(plan.provider.dialect, status, body, contract)
@@ -121,10 +126,18 @@ def rule_on_answer(
                 expressible = False
                 failure, detail = Failure.SCHEMA_ERROR, "the provider's answer cannot be expressed in the client's API"
         if expressible:
-            set_headers = answer_flags(plan, policy, failure, tools_stripped=tools_stripped)
+            set_headers = answer_flags(plan, policy, failure, shape=shape)
             if new_body is not None:
                 set_headers["content-length"] = str(len(new_body))
-            return Ruling(Next.SERVED, failure, set_headers, new_body, None, output_tokens(judged.parsed))
+            return Ruling(
+                Next.SERVED,
+                failure,
+                set_headers,
+                new_body,
+                None,
+                output_tokens(judged.parsed),
+                input_tokens(judged.parsed),
+            )
     assert failure is not None
     return rule_on_failure(
         plan,
@@ -134,7 +147,8 @@ def rule_on_answer(
         status=status,
         provider_body=body,
         retry_after_s=retry_after_s,
-        tools_stripped=tools_stripped,
+        shape=shape,
+        created=created,
     )
 
 
@@ -147,8 +161,9 @@ def rule_on_failure(
     status: int | None,
     provider_body: bytes,
     retry_after_s: float | None,
-    tools_stripped: bool,
+    shape: TryShape,
     can_wait: bool = True,
+    created: int = 0,
 ) -> Ruling:
     """A failed try → wait, hop or final. `status` is the provider's, when it answered with an
     error (its error body is then passed on as it is when already in the client's dialect).
@@ -160,7 +175,7 @@ def rule_on_failure(
         action = Action.SAME
     record = plan.record(failure, step.next_rung)
     if action is Action.WAIT:
-        flags_ = answer_flags(plan, policy, failure, tools_stripped=tools_stripped)
+        flags_ = answer_flags(plan, policy, failure, shape=shape)
         return Ruling(Next.WAIT, failure, {**flags_, RETRY_HEADER: "1"}, None, record)
     err = plan.pair.error(failure, detail)
     error_headers = {"content-type": "application/json", "content-length": str(len(err))}
@@ -168,7 +183,10 @@ def rule_on_failure(
         # A 503 is what Envoy's router retries: on this rung's next slot, or (the attempt filter
         # skipping the slots in between) on the rung the record names.
         return Ruling(Next(action.value), failure, {":status": "503", RETRY_HEADER: "1", **error_headers}, err, record)
-    set_headers = answer_flags(plan, policy, failure, tools_stripped=tools_stripped)
+    exhausted = plan.contract_task(policy).when_exhausted
+    if exhausted is not None and failure in OUTAGES and not plan.decision.probe:
+        return _exhausted_answer(plan, policy, failure, exhausted, record, created)
+    set_headers = answer_flags(plan, policy, failure, shape=shape)
     provider_error = status is not None and not 200 <= status < 300
     set_headers[":status"] = str(status if provider_error else CLIENT_STATUS[failure])
     if provider_error and not plan.pair.translates and provider_body:
@@ -179,3 +197,37 @@ def rule_on_failure(
             return Ruling(Next.FINAL, failure, set_headers, None, record)
         return Ruling(Next.FINAL, failure, {**set_headers, "content-length": str(len(clean))}, clean, record)
     return Ruling(Next.FINAL, failure, {**set_headers, **error_headers}, err, record)
+
+
+def exhausted_answer(
+    plan: TryPlan, policy: Policy, failure: Failure, exhausted: Exhausted, created: int
+) -> tuple[dict[str, str], bytes]:
+    """The headers and body of the task's own answer when no rung could serve (T6): a 200 in
+    the client's dialect, flagged degraded at the product tier the policy names."""
+    d = plan.decision
+    content_type, body = canned_answer(
+        d.dialect,
+        model=d.model,
+        text=exhausted.message,
+        stream=d.stream,
+        include_usage=d.include_usage,
+        id_token=format(int(plan.started_ms), "x"),
+        created=created,
+    )
+    kind = "handoff" if exhausted.tier == 3 else "static"
+    headers = flags(
+        served_by=f"rungway/{kind}",
+        tier=exhausted.tier,
+        degraded=True,
+        reason=failure,
+        policy_version=policy.version,
+        attempts=plan.real_tries,
+    )
+    return {**headers, ":status": "200", "content-type": content_type, "content-length": str(len(body))}, body
+
+
+def _exhausted_answer(
+    plan: TryPlan, policy: Policy, failure: Failure, exhausted: Exhausted, record: TripRecord, created: int
+) -> Ruling:
+    headers, body = exhausted_answer(plan, policy, failure, exhausted, created)
+    return Ruling(Next.FINAL, failure, headers, body, record)

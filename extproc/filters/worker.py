@@ -8,8 +8,10 @@ from typing import Protocol
 
 from ..core import Clock, Impact
 from ..identity import KeyStore
-from ..policy import Policy
+from ..policy import Budget, Policy
 from ..routing import HealthView
+from ..routing.approval import Approvals
+from ..routing.spend import OverBudget
 
 
 class Worker(Protocol):
@@ -19,6 +21,8 @@ class Worker(Protocol):
     probe_token: str
     # The client keys in force (replaced whole when the store file changes, never edited).
     key_store: KeyStore
+    # Operators' approvals in force (replaced whole when the approvals file changes).
+    approvals: Approvals
 
     def policy_for(self, stamp: str) -> Policy | None:
         """The revision a request was decided under (Policy.stamp), while the worker keeps it."""
@@ -38,6 +42,10 @@ class Worker(Protocol):
 
     def baseline(self, key: str, stream: bool) -> float | None:
         """The p95 of a healthy answer's latency at the endpoint (TTFT for streams), if known."""
+        ...
+
+    def over_budget(self, tenant: str, budget: Budget | None) -> OverBudget | None:
+        """Whether the tenant has spent its budget, across the fleet as far as the bus told."""
         ...
 
     def overloaded(self) -> bool:

@@ -29,6 +29,8 @@ START_ONLY: tuple[tuple[str, ...], ...] = (
     ("clients", "key_store"),
     ("max_body_bytes",),  # Envoy's listener buffer limit
     ("health",),  # the health board, retry budget and bus are built from it
+    ("approvals",),  # the approvals file a worker follows
+    ("shadow",),  # the shadow caller is built from it
 )
 
 

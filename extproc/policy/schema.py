@@ -28,7 +28,7 @@ from pydantic import (
     model_validator,
 )
 
-from ..core import Capability, Dialect, Impact
+from ..core import Capability, Dialect, Impact, ToolMode
 from .json_schema import schema_problem
 
 REQUESTED_MODEL = "$requested"
@@ -114,6 +114,23 @@ class TenantTask(_Frozen):
     lowest_tier: int = Field(ge=0, le=3)
 
 
+class Budget(_Frozen):
+    """A tenant's spend limits (T4), over a fixed window (aligned to the epoch: hourly windows
+    start on the hour), counted from every try that reached a provider — retries, fallbacks and
+    rescues included, each at its own rung's price — across the fleet when a bus is shared.
+    Costs are in the providers' `cost_per_1k` units."""
+
+    window_s: float = Field(3600.0, ge=60, le=31 * 86_400)
+    max_tokens: int | None = Field(None, ge=1)
+    max_cost: float | None = Field(None, gt=0)
+    # The cost-rate guardrail: spend in the last minute (a runaway loop trips it long before the
+    # window's budget is gone).
+    max_cost_per_minute: float | None = Field(None, gt=0)
+    # Over budget: `refuse` (429 + Retry-After, in the client's dialect) or `cheaper` (only the
+    # ladder's cheapest rung the tenant permits; flagged degraded, reason budget_exceeded).
+    over: Literal["refuse", "cheaper"] = "refuse"
+
+
 class TenantPolicy(_Frozen):
     """What one tenant permits when its models degrade (T2). Tier 0 is the ladder's primary; a
     higher tier is a lower rung (another provider, a smaller model)."""
@@ -125,6 +142,11 @@ class TenantPolicy(_Frozen):
     tasks: dict[str, TenantTask] = Field(default_factory=dict)
     # What the client reads when no permitted rung can serve (with the reason appended).
     message: str = "Your organisation's policy does not permit a fallback model for this request"
+    # Tiers beyond this one need an operator's approval in force (`rungway approve`); until then
+    # those rungs are skipped like a tier the tenant does not permit, and a request none of the
+    # rest can serve is refused with how to approve. None: no approval needed.
+    approval_beyond_tier: int | None = Field(None, ge=0, le=3)
+    budget: Budget | None = None
 
     def lowest_tier_for(self, task: str) -> int:
         override = self.tasks.get(task)
@@ -132,8 +154,14 @@ class TenantPolicy(_Frozen):
 
 
 class Cost(_Frozen):
+    """Prices per 1,000 tokens, in whatever currency the policy's author uses throughout."""
+
     input: float = Field(0.0, ge=0)
     output: float = Field(0.0, ge=0)
+
+    def of(self, input_tokens: int, output_tokens: int) -> float:
+        """What a try's tokens cost at these prices."""
+        return (input_tokens * self.input + output_tokens * self.output) / 1000
 
 
 class Provider(_Frozen):
@@ -221,6 +249,10 @@ class Rung(_Frozen):
     # Serve a request with tools on a provider without tool support by dropping the tools
     # (a degraded answer) instead of skipping the rung.
     strip_tools: bool = False
+    # What of a request's tools this rung is offered (T5): full, plan_only (no tools; the model
+    # answers with the calls it would make, as data), read_only (the policy's write tools
+    # removed) or no_tools. A rung below `tools.write_lowest_tier` never gets write tools.
+    tool_mode: ToolMode = ToolMode.FULL
     # The rung's context window in tokens, when smaller or larger than its provider's (e.g. a
     # model with a smaller window at the same provider).
     context_window: int | None = Field(None, gt=0)
@@ -231,6 +263,17 @@ class Rung(_Frozen):
 
     def model_for(self, requested: str) -> str:
         return requested if self.model == REQUESTED_MODEL else self.model
+
+
+class Exhausted(_Frozen):
+    """What a task class answers when no rung can serve it (T6 product tiers): a human handoff
+    notice (tier 3) or a static answer (tier 4), as a normal completion in the client's dialect
+    flagged degraded with its tier — an honest message saying what still works and what does
+    not, never an empty answer. A request's own fault (a bad request, a safety refusal, a prompt
+    larger than every rung) still gets its error."""
+
+    tier: Literal[3, 4] = 4
+    message: str = Field(min_length=1, max_length=4000)
 
 
 class TaskClass(_Frozen):
@@ -249,6 +292,9 @@ class TaskClass(_Frozen):
     # default): the client gets one in-band error event instead. A rescue costs the client's
     # request body kept per stream, and a second provider call when it happens.
     rescue: bool = False
+    # Answered by Rungway itself when no rung can serve (an outage): a handoff notice or a static
+    # answer (T6). None: the client gets the outage as an error.
+    when_exhausted: Exhausted | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> TaskClass:
@@ -443,6 +489,46 @@ class Passthrough(_Frozen):
         return False
 
 
+class Shadow(_Frozen):
+    """Continuous verification (D2): a share of live requests is also sent, non-streamed, to each
+    other rung of its ladder the tenant permits, through the sidecar; the answer is judged by the
+    task's health contract and the rung's latency baseline and never reaches the client.
+
+    `share` is per request (0.001-0.005 is a production setting; 0 turns it off). A tenant's
+    shadow spend per hour is capped by `max_cost_per_tenant_hour` (in the providers' cost_per_1k
+    units; each worker process keeps its own ledger, so a pod's cap is that times its workers)."""
+
+    share: float = Field(0.0, ge=0, le=1)
+    timeout_s: float = Field(30.0, gt=0, le=600)
+    # An answer slower than this many times the rung's latency baseline is a regression.
+    slow_factor: float = Field(3.0, ge=1, le=100)
+    max_cost_per_tenant_hour: float = Field(1.0, ge=0)
+    # Shadow calls in flight per worker process: past it a sampled request is not shadowed.
+    max_in_flight: int = Field(4, ge=1, le=256)
+
+
+# The capability matrix (T5): what a task class may get from a model.
+Allowance = Literal["allowed", "forbidden", "degraded_only"]
+
+
+class ToolRules(_Frozen):
+    """Tools that act on the world (issue_refund, send_email): a policy list, never offered to a
+    rung below `write_lowest_tier` (a higher tier number is a lower rung)."""
+
+    write: tuple[str, ...] = ()
+    write_lowest_tier: int = Field(0, ge=0, le=3)
+
+
+class ContextRules(_Frozen):
+    """Context on hop (F6): a try on a rung whose window is smaller than the request keeps the
+    system prompt and the latest turns and drops the middle (a tool call never without its
+    result). Off: such a rung is skipped for the request."""
+
+    trim: bool = False
+    # A marked user message where the middle was ("[rungway: N earlier messages omitted ...]").
+    placeholder: bool = True
+
+
 Ladder = Annotated[list[Rung], Field(min_length=1, max_length=MAX_LADDER_LENGTH)]
 
 
@@ -496,6 +582,16 @@ class Policy(_Frozen):
     # Per-tenant degradation rules, by tenant name (the key holder); `tenant_defaults` for the rest.
     tenants: dict[str, TenantPolicy] = Field(default_factory=dict)
     tenant_defaults: TenantPolicy = TenantPolicy()
+    # The approvals file (`rungway approve` edits it, every worker follows it within a second);
+    # required when a tenant's policy asks for approvals. Keep it on durable storage.
+    approvals: Path | None = None
+    shadow: Shadow = Shadow()
+    # Task class -> model (exact name or glob; exact first, then globs in order) -> allowance.
+    # A model a task class's map does not name is allowed. degraded_only: only as a fallback
+    # (never the ladder's first rung), so its answer is always flagged degraded.
+    capability_matrix: dict[str, dict[str, Allowance]] = Field(default_factory=dict)
+    tools: ToolRules = ToolRules()
+    context: ContextRules = ContextRules()
 
     @field_validator("task_header", "impact_header")
     @classmethod
@@ -542,9 +638,14 @@ class Policy(_Frozen):
                 problems.append(f"passthrough.{dialect}: {name!r} does not speak {dialect}")
         for name, tenant in [*self.tenants.items(), ("", self.tenant_defaults)]:
             where = f"tenants.{name}" if name else "tenant_defaults"
+            if tenant.approval_beyond_tier is not None and self.approvals is None:
+                problems.append(f"{where}.approval_beyond_tier: set `approvals:` (the approvals file) too")
             for task in tenant.tasks:
                 if task not in self.tasks:
                     problems.append(f"{where}.tasks: unknown task class {task!r}")
+        for task in self.capability_matrix:
+            if task not in self.tasks:
+                problems.append(f"capability_matrix: unknown task class {task!r}")
         if problems:
             raise ValueError(PROBLEM_MARK + PROBLEM_MARK.join(problems))
         return self
@@ -603,6 +704,16 @@ class Policy(_Frozen):
         """A rung's context window: its own, else its provider's."""
         rung = self.ladders[ladder][index]
         return rung.context_window or self.providers[rung.provider].context_window
+
+    def allowance(self, task: str, model: str) -> Allowance:
+        """The capability matrix's word on a task class served by a model."""
+        row = self.capability_matrix.get(task, {})
+        if model in row:
+            return row[model]
+        for pattern, allowance in row.items():
+            if any(ch in pattern for ch in "*?[") and fnmatch.fnmatchcase(model, pattern):
+                return allowance
+        return "allowed"
 
     def tier_of(self, ladder: str, index: int) -> int:
         rung = self.ladders[ladder][index]

@@ -8,10 +8,21 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..core import Capability, Dialect, Failure, Impact
+from ..core import Capability, Dialect, Failure, Impact, ToolMode
 from ..core.names import endpoint_key
 from ..policy import Policy
-from .ladder import NeedBody, Refusal, RequestFeatures, Route, choose, prompt_tokens_estimate, tenant_forbids
+from .capability import matrix_forbids, refuses_tools, tool_mode_of
+from .ladder import (
+    BYTES_PER_TOKEN,
+    NeedBody,
+    Refusal,
+    RequestFeatures,
+    Route,
+    choose,
+    prompt_tokens_estimate,
+    rung_price,
+    tenant_forbids,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,6 +32,9 @@ class RungVerdict:
     tier: int
     serves: bool  # on the route this request would get, in order
     reason: str  # why it is skipped ("" when it serves)
+    tool_mode: str = "full"  # what of the request's tools a try here is offered
+    # How a try here changes the request: tools removed, context trimmed to the window.
+    notes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,24 +71,37 @@ def explain(
 
     route = choose(policy, features, view if health else None)
     serving = route.rungs if isinstance(route, Route) else ()
+    cheapest = min((rung_price(policy, ladder, i) for i in serving), default=0.0)
     verdicts: list[RungVerdict] = []
+    largest = max(policy.context_window_of(ladder, i) for i in range(len(policy.ladders[ladder])))
     for i, rung in enumerate(policy.ladders[ladder]):
         provider = policy.providers[rung.provider]
         key = endpoint_key(rung.provider, rung.model_for(features.model))
-        reason = tenant_forbids(policy, features.tenant, features.task, ladder, i) or ""
+        reason = (
+            tenant_forbids(policy, features.tenant, features.task, ladder, i, features.approved_tier)
+            or matrix_forbids(policy, features.task, ladder, i, features.model)
+            or ""
+        )
         if not reason and features.stream and Capability.STREAMING not in provider.capabilities:
             reason = "does not stream"
         if not reason and features.json_mode and Capability.JSON_MODE not in provider.capabilities:
             reason = "no JSON mode"
-        if not reason and needed > policy.context_window_of(ladder, i):
-            reason = f"context window {policy.context_window_of(ladder, i)} < {needed} tokens needed"
-        if not reason and features.has_tools and Capability.TOOLS not in provider.capabilities and not rung.strip_tools:
+        window = policy.context_window_of(ladder, i)
+        if not reason and needed > window and not policy.context.trim:
+            reason = f"context window {window} < {needed} tokens needed"
+        if not reason and features.has_tools and refuses_tools(policy, ladder, i):
             reason = "no tool calling"
+        if not reason and features.cheapest_only and serving and rung_price(policy, ladder, i) > cheapest:
+            reason = f"over budget: only the cheapest permitted rung serves (this one costs {rung_price(policy, ladder, i):g}/1k)"
         if not reason and health:
             reason = unhealthy(key, not verdicts) or ""
         if not reason and i not in serving:
             reason = "not on the route (every permitted rung is unwell: all are tried in order)"
-        verdicts.append(RungVerdict(i, key, policy.tier_of(ladder, i), i in serving and not reason, reason))
+        mode = tool_mode_of(policy, ladder, i)
+        notes = _notes(policy, mode, window, needed, largest)
+        verdicts.append(
+            RungVerdict(i, key, policy.tier_of(ladder, i), i in serving and not reason, reason, mode.value, notes)
+        )
     if isinstance(route, Refusal):
         outcome = f"refused ({route.failure.value}): {route.message}"
     elif isinstance(route, NeedBody):
@@ -85,15 +112,32 @@ def explain(
     return Explanation(ladder, tuple(verdicts), outcome)
 
 
+def _notes(policy: Policy, mode: ToolMode, window: int, needed: int, largest: int) -> tuple[str, ...]:
+    notes = []
+    if mode is ToolMode.READ_ONLY and policy.tools.write:
+        notes.append(f"write tools removed ({', '.join(policy.tools.write)})")
+    elif mode is ToolMode.PLAN_ONLY:
+        notes.append("tools removed; the answer is the calls the model would make, as data")
+    elif mode is ToolMode.NO_TOOLS:
+        notes.append("tools removed")
+    if policy.context.trim and needed > window:
+        notes.append(
+            f"history trimmed to its {window}-token window ({needed} needed; system prompt and latest turns kept)"
+        )
+    elif policy.context.trim and window < largest:
+        notes.append(f"a longer history is trimmed to its {window}-token window (system prompt and latest turns kept)")
+    return tuple(notes)
+
+
 def features_for(policy: Policy, *, tenant: str, task: str, model: str, stream: bool, tools: bool | None,
-                 impact: Impact | None = None) -> RequestFeatures:  # fmt: skip
+                 impact: Impact | None = None, prompt_tokens: int | None = None) -> RequestFeatures:  # fmt: skip
     return RequestFeatures(
         dialect=Dialect.OPENAI,
         model=model,
         stream=stream,
         json_mode=False,
         max_tokens=None,
-        body_bytes=None,
+        body_bytes=None if prompt_tokens is None else prompt_tokens * BYTES_PER_TOKEN,
         tenant=tenant,
         task=task if task in policy.tasks else policy.default_task,
         impact=impact or policy.default_impact,

@@ -14,6 +14,7 @@ from typing import Any
 from ..core import Capability, Dialect, Failure, Impact
 from ..core.names import cluster_name, endpoint_key
 from ..policy import Policy
+from .capability import matrix_forbids, refuses_tools
 
 # Rough prompt size from the body: ~4 bytes a token of English inside JSON. Over-estimates a
 # little, which only matters for a rung whose window is nearly full anyway.
@@ -33,6 +34,10 @@ class RequestFeatures:
     impact: Impact
     # None until the body was seen: JSON-to-metadata in Envoy cannot report list-valued fields.
     has_tools: bool | None = None
+    # The tier an operator's approval in force lets this tenant's task reach (routing/approval.py).
+    approved_tier: int | None = None
+    # The tenant is over its budget and its policy says `over: cheaper` (routing/spend.py).
+    cheapest_only: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +112,9 @@ def choose(policy: Policy, features: RequestFeatures, health: HealthView | None 
     for i, rung in enumerate(rungs):
         provider = policy.providers[rung.provider]
         caps = provider.capabilities
-        not_permitted = tenant_forbids(policy, features.tenant, features.task, ladder, i)
+        not_permitted = tenant_forbids(
+            policy, features.tenant, features.task, ladder, i, features.approved_tier
+        ) or matrix_forbids(policy, features.task, ladder, i, features.model)
         if not_permitted is not None:
             dropped.append(Failure.NOT_PERMITTED)
             forbidden.append(not_permitted)
@@ -118,10 +125,10 @@ def choose(policy: Policy, features: RequestFeatures, health: HealthView | None 
         if features.json_mode and Capability.JSON_MODE not in caps:
             dropped.append(Failure.SCHEMA_ERROR)
             continue
-        if needed > policy.context_window_of(ladder, i):
+        if needed > policy.context_window_of(ladder, i) and not policy.context.trim:
             dropped.append(Failure.CONTEXT_OVERFLOW)
             continue
-        if Capability.TOOLS not in caps and not rung.strip_tools:
+        if refuses_tools(policy, ladder, i):
             if features.has_tools is None:
                 tools_matter = True
             elif features.has_tools:
@@ -130,12 +137,17 @@ def choose(policy: Policy, features: RequestFeatures, health: HealthView | None 
         kept.append(i)
     if tools_matter:
         return NeedBody()
+    priced_out: list[int] = []  # over budget: only the cheapest permitted rungs serve
+    if features.cheapest_only and kept:
+        cheapest = min(rung_price(policy, ladder, i) for i in kept)
+        priced_out = [i for i in kept if rung_price(policy, ladder, i) > cheapest]
+        kept = [i for i in kept if i not in priced_out]
     if not kept:
         if forbidden:
             return _not_permitted(policy, features, forbidden)
         failure = dropped[0] if len(set(dropped)) == 1 else Failure.CLIENT_ERROR
         return Refusal(failure, _refusal_message(ladder, failure))
-    skip = dropped[0] if kept[0] != 0 else None
+    skip = (Failure.BUDGET_EXCEEDED if 0 in priced_out else dropped[0]) if kept[0] != 0 else None
     if health is not None:
         healthy: list[int] = []
         unhealthy: list[Failure] = []
@@ -169,13 +181,28 @@ def choose(policy: Policy, features: RequestFeatures, health: HealthView | None 
     )
 
 
-def tenant_forbids(policy: Policy, tenant: str, task: str, ladder: str, index: int) -> str | None:
-    """Why the tenant's policy rules this rung out, or None (T2: tiers, per task, residency)."""
+def rung_price(policy: Policy, ladder: str, index: int) -> float:
+    """A rung's price per 1,000 tokens in and out (its provider's), to find a ladder's cheapest."""
+    cost = policy.providers[policy.ladders[ladder][index].provider].cost_per_1k
+    return cost.input + cost.output
+
+
+def tenant_forbids(
+    policy: Policy, tenant: str, task: str, ladder: str, index: int, approved_tier: int | None = None
+) -> str | None:
+    """Why the tenant's policy rules this rung out, or None (T2: tiers, per task, approvals,
+    residency)."""
     rules = policy.tenant(tenant)
     tier = policy.tier_of(ladder, index)
     lowest = rules.lowest_tier_for(task)
     if tier > lowest:
         return f"tier {tier} is below the lowest tier tenant {tenant!r} permits for {task!r} ({lowest})"
+    beyond = rules.approval_beyond_tier
+    if beyond is not None and tier > beyond and (approved_tier is None or tier > approved_tier):
+        return (
+            f"tier {tier} needs an operator's approval for tenant {tenant!r} "
+            f"(`rungway approve --tenant {tenant} --tier {tier} --for 1h`)"
+        )
     if rules.regions is not None:
         region = policy.providers[policy.ladders[ladder][index].provider].region
         if region not in rules.regions:

@@ -1,19 +1,29 @@
-"""Prometheus metrics (A3, first cut): what the processors observe, with bounded label sets.
+"""Prometheus metrics (A3): what the processors observe, with bounded label sets.
 
 Workers started by `rungway up` share one registry through prometheus-client's multiprocess
-mode (PROMETHEUS_MULTIPROC_DIR), so the supervisor's /metrics shows the whole sidecar.
+mode (PROMETHEUS_MULTIPROC_DIR), so the supervisor's /metrics shows the whole sidecar: counters
+and histograms are summed over the workers (dead ones' files included, so nothing goes back).
+The workers keep no gauges, whose multiprocess semantics would need a mode each; the gauges
+(circuit state, degradation score, retry budget) are the supervisor's own board, read at scrape.
+
+Names follow the OpenTelemetry GenAI semantic conventions where one exists, as its Prometheus
+exporter writes them (`gen_ai.client.operation.duration` in seconds ->
+`gen_ai_client_operation_duration_seconds`, attribute `gen_ai.request.model` -> label
+`gen_ai_request_model`); our own are `rungway_*`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
+    from ..filters.effects import TryEnded
     from ..health.board import Board
 
 # Tenant names come from a request header, and model names from the request body: past this many
@@ -23,6 +33,25 @@ if TYPE_CHECKING:
 MAX_TENANT_LABELS = 200
 MAX_MODEL_LABELS = 200
 OTHER = "other"
+_Metric = TypeVar("_Metric", Counter, Histogram)
+
+# The GenAI conventions' operation name for a chat completion or message (both APIs we serve).
+OPERATION = "chat"
+# Bucket boundaries the GenAI conventions advise (durations in s, token counts), so that
+# dashboards built on them read ours; token buckets stop at 1M (no answer we relay is larger).
+DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92)
+TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
+TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576)
+# Per tenant x task class x rung; the model label is the rung's (folded like every model label).
+_TRY_LABELS = [
+    "gen_ai_operation_name",
+    "gen_ai_provider_name",
+    "gen_ai_request_model",
+    "tenant",
+    "task",
+    "ladder",
+    "rung",
+]
 
 
 class LabelBudget:
@@ -50,6 +79,7 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None, max_models: int = MAX_MODEL_LABELS) -> None:
         self._tenants = LabelBudget(MAX_TENANT_LABELS)
         self._models = LabelBudget(max_models)
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         kw = {"registry": registry} if registry is not None else {}
         self.decisions = Counter(
             "rungway_decisions_total",
@@ -72,7 +102,7 @@ class Metrics:
         self.served = Counter(
             "rungway_served_total",
             "Answers delivered to clients, by tier and whether degraded.",
-            ["tenant", "task", "ladder", "tier", "degraded"],
+            ["tenant", "task", "ladder", "tier", "degraded", "rung"],
             **kw,  # type: ignore[arg-type]
         )
         self.output_tokens = Counter(
@@ -92,6 +122,39 @@ class Metrics:
             "rungway_streams_total",
             "Streamed answers by how they ended (complete, finalised, interrupted, cut).",
             ["outcome"],
+            **kw,  # type: ignore[arg-type]
+        )
+        self.budget_reached = Counter(
+            "rungway_budget_reached_total",
+            "Requests of a tenant over its budget (T4), by the limit reached (tokens, cost, cost_rate) and "
+            "what happened (refuse: 429; cheaper: the ladder's cheapest permitted rung).",
+            ["tenant", "reason", "action"],
+            **kw,  # type: ignore[arg-type]
+        )
+        self.shadow_checks = Counter(
+            "rungway_shadow_checks_total",
+            "Continuous verification: live requests also sent to another rung, off the client's path, "
+            "by that rung's verdict (ok, slow, a failure class, timeout, unreachable).",
+            ["ladder", "rung", "endpoint", "verdict"],
+            **kw,  # type: ignore[arg-type]
+        )
+        self.shadow_cost = Counter(
+            "rungway_shadow_cost_total",
+            "What shadow calls cost (the providers' cost_per_1k units), by tenant and the rung asked.",
+            ["tenant", "ladder", "rung"],
+            **kw,  # type: ignore[arg-type]
+        )
+        self.shadow_skipped = Counter(
+            "rungway_shadow_skipped_total",
+            "Sampled shadow calls not made, by reason (budget, busy, no_listener, no_loop).",
+            ["reason"],
+            **kw,  # type: ignore[arg-type]
+        )
+        self.shadow_latency = Histogram(
+            "rungway_shadow_latency_seconds",
+            "A shadow call's whole answer time, by endpoint.",
+            ["endpoint"],
+            buckets=(0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64),
             **kw,  # type: ignore[arg-type]
         )
         self.circuit_transitions = Counter(
@@ -136,6 +199,36 @@ class Metrics:
             **kw,  # type: ignore[arg-type]
         )
 
+        self.operation_duration = Histogram(
+            "gen_ai_client_operation_duration_seconds",
+            "GenAI operation duration: one try on a rung, from its start to its answer's end.",
+            [*_TRY_LABELS, "error_type"],
+            buckets=DURATION_BUCKETS,
+            **kw,  # type: ignore[arg-type]
+        )
+        self.time_to_first_token = Histogram(
+            "gen_ai_server_time_to_first_token_seconds",
+            "Time from a try's start to the first of its answer reaching the client (a stream's "
+            "first token, a whole answer's body), for tries that answered.",
+            _TRY_LABELS,
+            buckets=TTFT_BUCKETS,
+            **kw,  # type: ignore[arg-type]
+        )
+        self.token_usage = Histogram(
+            "gen_ai_client_token_usage",
+            "Tokens per try, by gen_ai_token_type (input, output): the provider's usage, else "
+            "our estimate of the prompt and the output events a stream delivered.",
+            [*_TRY_LABELS, "gen_ai_token_type"],
+            buckets=TOKEN_BUCKETS,
+            **kw,  # type: ignore[arg-type]
+        )
+        self.cost = Counter(
+            "rungway_cost",
+            "What the tries' tokens cost at the policy's cost_per_1k prices (in their currency).",
+            ["tenant", "task", "ladder", "rung", "provider"],
+            **kw,  # type: ignore[arg-type]
+        )
+
         self.labels_folded = Counter(
             "rungway_label_values_folded_total",
             "Metric updates whose client-named label value (tenant, model) was folded into 'other'.",
@@ -147,11 +240,48 @@ class Metrics:
             "Client-named endpoints the health board forgot to stay within max_client_endpoints.",
             **kw,  # type: ignore[arg-type]
         )
+        self.tools_removed = Counter(
+            "rungway_tools_removed_total",
+            "Tries whose rung was offered fewer tools than the request carried, by the rung's tool mode.",
+            ["ladder", "rung", "tool_mode"],
+            **kw,  # type: ignore[arg-type]
+        )
+        self.context_trimmed = Counter(
+            "rungway_context_trimmed_total",
+            "Tries whose history was trimmed to fit the rung's context window.",
+            ["ladder", "rung"],
+            **kw,  # type: ignore[arg-type]
+        )
         self.requests_shed = Counter(
             "rungway_requests_shed_total",
             "Requests answered 503 + Retry-After at once because the worker had max_in_flight in flight.",
             **kw,  # type: ignore[arg-type]
         )
+
+    def try_ended(self, ended: TryEnded, system: str, cost: float) -> None:
+        """One try's latency, tokens and cost. `system` is the provider's GenAI system name (its
+        API dialect, e.g. openai); `cost` what its tokens cost at the policy's prices."""
+        tenant, model = self.tenant(ended.tenant), self.model(ended.model)
+        error = ended.failure.value if ended.failure is not None else ""
+        labels = (OPERATION, system, model, tenant, ended.task, ended.ladder, str(ended.rung))
+        self._child(self.operation_duration, (*labels, error)).observe(ended.duration_s)
+        if ended.first_token_s is not None:
+            self._child(self.time_to_first_token, labels).observe(ended.first_token_s)
+        if ended.input_tokens is not None:
+            self._child(self.token_usage, (*labels, "input")).observe(ended.input_tokens)
+        if ended.output_tokens is not None:
+            self._child(self.token_usage, (*labels, "output")).observe(ended.output_tokens)
+        if cost > 0:
+            self._child(self.cost, (tenant, ended.task, ended.ladder, str(ended.rung), ended.provider)).inc(cost)
+
+    def _child(self, metric: _Metric, values: tuple[str, ...]) -> _Metric:
+        """metric.labels(*values), remembered: looking a child up by its labels costs more than
+        recording into it. Bounded like the series themselves (which the registry keeps anyway)."""
+        key = (id(metric), values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*values)
+        return child
 
     def pin_models(self, names: Iterable[str]) -> None:
         """Models the policy names: always their own label, outside the budget."""
@@ -237,6 +367,30 @@ class BoardCollector(Collector):
         )
         retries.add_metric([], budget["retries"] / budget["allowed"] if budget["allowed"] else 0.0)
         yield from (state, score, p95, quota, retries)
+
+
+def stream_summary(families: Iterable[Metric]) -> dict[str, object]:
+    """/status's view of streamed answers from the workers' counters: how streams ended, and
+    each rescue path (from rung → to rung) by outcome, so an operator sees which rung rescued."""
+    ended: dict[str, float] = {}
+    rescues: dict[tuple[str, str, str], dict[str, float]] = {}
+    for family in families:
+        for sample in family.samples:
+            if sample.name == "rungway_streams_total":
+                outcome = sample.labels["outcome"]
+                ended[outcome] = ended.get(outcome, 0.0) + sample.value
+            elif sample.name == "rungway_stream_rescues_total":
+                path = (sample.labels["ladder"], sample.labels["from_rung"], sample.labels["to_rung"])
+                by_outcome = rescues.setdefault(path, {})
+                outcome = sample.labels["outcome"]
+                by_outcome[outcome] = by_outcome.get(outcome, 0.0) + sample.value
+    return {
+        "ended": {k: int(v) for k, v in sorted(ended.items())},
+        "rescues": [
+            {"ladder": ladder, "from_rung": int(src), "to_rung": int(dst), **{k: int(v) for k, v in sorted(o.items())}}
+            for (ladder, src, dst), o in sorted(rescues.items())
+        ],
+    }
 
 
 class EnvoyRestarts(Collector):

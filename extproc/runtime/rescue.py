@@ -5,14 +5,16 @@ sidecar), its answer fed back to the try as RescueItems on a queue the stream's 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 
 from ..core import Failure
 from ..core.names import CLUSTER_HEADER
-from ..filters.effects import RescueCall, RescueChunk, RescueEnded, RescueFailed, RescueItem
+from ..filters.effects import RescueChunk, RescueEnded, RescueFailed, RescueItem, RungCall
 from ..translate import classify, parse_provider_error
 
 log = logging.getLogger("rungway.rescue")
@@ -21,32 +23,39 @@ RESCUE_SOCKET_ENV = "RUNGWAY_RESCUE_SOCKET"
 _ERROR_BODY_CAP = 64 * 1024
 
 
+@contextlib.asynccontextmanager
+async def call_rung(call: RungCall, socket: Path) -> AsyncIterator[aiohttp.ClientResponse]:
+    """POST `call` through Envoy's side listener; the response, within the call's budget."""
+    timeout = aiohttp.ClientTimeout(total=call.budget_s)
+    async with (
+        aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(socket)), timeout=timeout) as session,
+        session.post(
+            "http://rungway-rescue" + call.path,
+            data=call.body,
+            headers={**call.headers, CLUSTER_HEADER: call.cluster},
+        ) as response,
+    ):
+        yield response
+
+
 class RescueCallTask:
     """One rescue call in flight; `queue` yields its items, the last one a RescueEnded or
     RescueFailed."""
 
-    def __init__(self, call: RescueCall, socket: Path | None) -> None:
+    def __init__(self, call: RungCall, socket: Path | None) -> None:
         self.queue: asyncio.Queue[RescueItem] = asyncio.Queue()
         self._task = asyncio.create_task(self._run(call, socket))
 
     def cancel(self) -> None:
         self._task.cancel()
 
-    async def _run(self, call: RescueCall, socket: Path | None) -> None:
+    async def _run(self, call: RungCall, socket: Path | None) -> None:
         put = self.queue.put_nowait
         if socket is None:
             put(RescueFailed(Failure.CONNECT_ERROR, "no rescue listener is configured"))
             return
-        timeout = aiohttp.ClientTimeout(total=call.budget_s)
         try:
-            async with (
-                aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(socket)), timeout=timeout) as session,
-                session.post(
-                    "http://rungway-rescue" + call.path,
-                    data=call.body,
-                    headers={**call.headers, CLUSTER_HEADER: call.cluster},
-                ) as response,
-            ):
+            async with call_rung(call, socket) as response:
                 if response.status != 200 or "text/event-stream" not in response.headers.get("content-type", ""):
                     body = await response.content.read(_ERROR_BODY_CAP)
                     error = parse_provider_error(call.dialect, body)

@@ -29,6 +29,9 @@ from .sidecar import Sidecar
 
 log = logging.getLogger("rungway.server")
 
+# The worker socket's permissions: its owner only, or its owner and group (a mesh's Envoy).
+SOCKET_MODES = (0o600, 0o660)
+
 
 class Processor(Protocol):
     def dispatch(self, request: ProcessingRequest) -> list[ProcessingResponse]: ...
@@ -173,9 +176,13 @@ async def serve(
     grace_s: float = 5.0,
     ready: asyncio.Event | None = None,
     stop: asyncio.Event | None = None,
+    socket_mode: int = 0o600,
 ) -> None:
     """Run until `stop` is set (or SIGTERM/SIGINT when `stop` is None); then drain in-flight
-    streams for up to `grace_s`."""
+    streams for up to `grace_s`. `socket_mode` 0o660 lets the socket's group connect too: a mesh's
+    Envoy (another user, e.g. Istio's istio-proxy) sharing the socket's directory and group."""
+    if socket_mode not in SOCKET_MODES:
+        raise ValueError(f"socket_mode must be one of {[oct(m) for m in SOCKET_MODES]}, but was {oct(socket_mode)}")
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", 64 * 1024 * 1024),
@@ -188,12 +195,12 @@ async def serve(
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     await sidecar.bus.start()
     # A Unix socket, never a TCP port: in a 0700 directory and itself 0600, so only the
-    # sidecar's user (Envoy runs as it) can connect at all.
+    # sidecar's user (Envoy runs as it) can connect at all (0660: and its group, see above).
     socket_path.unlink(missing_ok=True)
     if server.add_insecure_port(f"unix:{socket_path}") == 0:
         raise OSError(f"cannot bind the gRPC server to {socket_path}")
     await server.start()
-    os.chmod(socket_path, 0o600)
+    os.chmod(socket_path, socket_mode)
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     log.info("ext_proc server listening on %s", socket_path)
     if stop is None:
@@ -227,6 +234,6 @@ async def _watch_keys(sidecar: Sidecar, every_s: float = 1.0) -> None:
     while True:
         await asyncio.sleep(every_s)
         try:
-            sidecar.refresh_keys()
+            sidecar.refresh_files()
         except Exception:  # a stat or read failure must never stop the worker serving
             log.exception("key store check failed")

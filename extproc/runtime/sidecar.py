@@ -26,36 +26,45 @@ from ..core import (
     QuotaSignal,
     Rejection,
     RequestsDecided,
+    Spent,
     SystemClock,
     decode_event,
 )
 from ..core.names import endpoint_key
 from ..filters.effects import (
+    BudgetReached,
     Decided,
     Effect,
     HalfOpenAdmitted,
     RequestCounted,
     Rescued,
     RescueRequested,
+    Reshaped,
     Served,
+    ShadowRequested,
     Shed,
     StreamEnded,
     Tried,
     Tripped,
+    TryEnded,
     TryRefused,
     Unauthenticated,
 )
 from ..health.board import Board
 from ..health.circuit import Transition
 from ..identity import KeyStore
-from ..policy import REQUESTED_MODEL, History, Policy, PolicyError, resolve_credentials
+from ..policy import REQUESTED_MODEL, Budget, History, Policy, PolicyError, resolve_credentials
 from ..routing import HealthView
+from ..routing.approval import Approvals
+from ..routing.spend import OverBudget, SpendLedger
 from .admission import Admission
+from .approvals import ApprovalsFile
 from .bus import HealthBus, InProcessBus
 from .keyfile import KeyFile
-from .metrics import Metrics
+from .metrics import OTHER, Metrics
 from .reload import HandedPolicy
 from .rescue import RESCUE_SOCKET_ENV
+from .shadow import ShadowCalls
 
 log = logging.getLogger("rungway.health")
 
@@ -96,6 +105,17 @@ def configured_endpoints(policy: Policy) -> frozenset[str]:
     )
 
 
+def budget_ledger(policy: Policy) -> SpendLedger:
+    """A ledger whose windows are the tenants' budgets' (tenant_defaults' for everyone else)."""
+    return SpendLedger(*budget_windows(policy))
+
+
+def budget_windows(policy: Policy) -> tuple[dict[str, float], float]:
+    windows = {name: t.budget.window_s for name, t in policy.tenants.items() if t.budget is not None}
+    default = policy.tenant_defaults.budget
+    return windows, default.window_s if default is not None else 3600.0
+
+
 def read_bus_event(raw: dict[str, Any]) -> BusEvent | None:
     """A typed event from the bus's JSON, or None (logged) for anything malformed or foreign."""
     try:
@@ -116,6 +136,7 @@ class Sidecar:
     channel_token: str = field(default_factory=lambda: os.environ.get(CHANNEL_TOKEN_ENV) or secrets.token_hex(16))
     rng: random.Random = field(default_factory=random.Random)
     key_file: KeyFile | None = None
+    approvals_file: ApprovalsFile | None = None
     # Envoy's rescue listener (runtime/rescue.py): set by `rungway up` for its workers.
     rescue_socket: Path | None = field(
         default_factory=lambda: Path(os.environ[RESCUE_SOCKET_ENV]) if os.environ.get(RESCUE_SOCKET_ENV) else None
@@ -125,8 +146,11 @@ class Sidecar:
     key_store: KeyStore = field(init=False)
     # The current revision (`policy`) and the previous ones requests in flight were decided under.
     history: History = field(init=False)
+    approvals: Approvals = field(init=False)
     board: Board = field(init=False)
     admission: Admission = field(init=False)
+    shadows: ShadowCalls = field(init=False)
+    spend: SpendLedger = field(init=False)
     _requests_unsent: int = field(default=0, init=False)
     _requests_sent_at: float = field(default=float("-inf"), init=False)
     _ticked_at: float = field(default=float("-inf"), init=False)
@@ -138,8 +162,13 @@ class Sidecar:
         self.board = Board(self.policy.health, configured_baselines(self.policy), configured)
         self.metrics.pin_models(key.partition("/")[2] for key in configured)
         self.admission = Admission(self.policy.max_in_flight)
+        self.spend = budget_ledger(self.policy)
+        self.shadows = ShadowCalls(
+            self.policy.shadow, self.metrics, self.clock, self.rescue_socket, lambda key: self.baseline(key, False)
+        )
         self.bus.subscribe(self._on_event)
-        self.key_store = self.key_file.store if self.key_file is not None else KeyStore()
+        self.key_store = self.key_file.value if self.key_file is not None else KeyStore()
+        self.approvals = self.approvals_file.value if self.approvals_file is not None else Approvals()
         self.bus.on_reject(self._count_rejection)
 
     @classmethod
@@ -155,13 +184,16 @@ class Sidecar:
             clock or SystemClock(),
             bus or InProcessBus(),
             key_file=KeyFile(store) if policy.clients.auth == "keys" and store is not None else None,
+            approvals_file=ApprovalsFile(policy.approvals) if policy.approvals is not None else None,
         )
 
-    def refresh_keys(self) -> None:
-        """Take a changed key store (called about once a second by the server)."""
+    def refresh_files(self) -> None:
+        """Take a changed key store or approvals file (called about once a second by the server)."""
         if self.key_file is not None and self.key_file.refresh():
-            self.key_store = self.key_file.store
+            self.key_store = self.key_file.value
             self.metrics.key_store_reloads.inc()
+        if self.approvals_file is not None and self.approvals_file.refresh():
+            self.approvals = self.approvals_file.value
 
     def reload(self, history: History) -> bool:
         """Serve `history.current` from the next request on; requests decided under a previous
@@ -177,6 +209,7 @@ class Sidecar:
         self.history = history
         self.policy = current
         self.admission.limit = current.max_in_flight
+        self.spend.resize(*budget_windows(current))
         configured = configured_endpoints(current)
         self.board.reconfigure(configured_baselines(current), configured)
         self.metrics.pin_models(key.partition("/")[2] for key in configured)
@@ -237,6 +270,9 @@ class Sidecar:
         endpoint = self.board.endpoints.get(key)
         return self.board.baseline(endpoint, stream) if endpoint is not None else None
 
+    def over_budget(self, tenant: str, budget: Budget | None) -> OverBudget | None:
+        return self.spend.over(tenant, budget, self.clock.wall())
+
     def overloaded(self) -> bool:
         return self.admission.full(self.clock.now())
 
@@ -266,6 +302,8 @@ class Sidecar:
                     m.decisions.labels(m.tenant(tenant), task, ladder, outcome).inc()
                 case Unauthenticated(reason):
                     m.unauthenticated.labels(reason).inc()
+                case BudgetReached(tenant, reason, action):
+                    m.budget_reached.labels(m.tenant(tenant), reason, action).inc()
                 case RequestCounted():
                     self._note_request()
                     self.admission.routed(self.clock.now())  # in flight until its try starts
@@ -277,8 +315,15 @@ class Sidecar:
                     m.attempts.labels(ladder, str(rung), provider, m.model(model), outcome).inc()
                 case Tripped(ladder, rung, provider, model, reason):
                     m.trips.labels(ladder, str(rung), provider, m.model(model), reason.value).inc()
-                case Served(tenant, task, ladder, tier, degraded):
-                    m.served.labels(m.tenant(tenant), task, ladder, str(tier), str(degraded).lower()).inc()
+                case Served(tenant, task, ladder, tier, degraded, rung):
+                    m.served.labels(m.tenant(tenant), task, ladder, str(tier), str(degraded).lower(), str(rung)).inc()
+                case Reshaped(ladder, rung, tool_mode, tools_removed, trimmed):
+                    if tools_removed:
+                        m.tools_removed.labels(ladder, str(rung), tool_mode).inc()
+                    if trimmed:
+                        m.context_trimmed.labels(ladder, str(rung)).inc()
+                case TryEnded():
+                    self._measure(effect)
                 case StreamEnded(outcome):
                     m.streams.labels(outcome).inc()
                 case TryRefused(reason, _):
@@ -287,11 +332,27 @@ class Sidecar:
                     m.rescues.labels(ladder, str(from_rung), str(to_rung), outcome).inc()
                 case RescueRequested():
                     pass  # the stream's own loop makes the call (runtime/server.py)
+                case ShadowRequested():
+                    self.shadows.submit(effect)
+
+    def _measure(self, ended: TryEnded) -> None:
+        provider = self.policy.providers.get(ended.provider)
+        system = provider.dialect.value if provider is not None else OTHER
+        cost = provider.cost_per_1k.of(ended.input_tokens or 0, ended.output_tokens or 0) if provider else 0.0
+        self.metrics.try_ended(ended, system, cost)
+        tokens = (ended.input_tokens or 0) + (ended.output_tokens or 0)
+        if tokens or cost:  # the tenant's budget (T4): every try that reached a provider, at its price
+            self._spend(Spent(ended.tenant, self.clock.wall(), tokens, cost))
 
     def _observe(self, observation: Observation) -> None:
         self._announce_all(self.board.observe(observation, self.clock.wall()))
         self.bus.publish(observation.encode())
         self._publish_outbox()
+
+    def _spend(self, spent: Spent) -> None:
+        """A try's cost to its tenant: this replica's ledger, and every other's through the bus."""
+        self.spend.record(spent.tenant, spent.tokens, spent.cost, spent.at)
+        self.bus.publish(spent.encode())
 
     def _note_request(self) -> None:
         """Count a decided request for the fleet's retry budget; published in aggregate (every
@@ -306,11 +367,14 @@ class Sidecar:
     # ---- events in and out -----------------------------------------------------------------
 
     def _on_event(self, raw: dict[str, Any]) -> None:
-        if raw.get("origin") == self.bus.origin and raw.get("k") == Observation.KIND:
-            return  # applied already, as an object, by _observe()
+        if raw.get("origin") == self.bus.origin and raw.get("k") in (Observation.KIND, Spent.KIND):
+            return  # applied already, as an object, by _observe() / _spend()
         event = read_bus_event(raw)
         if event is None:
             self._count_rejection(Rejection.MALFORMED.value)
+            return
+        if isinstance(event, Spent):
+            self.spend.record(event.tenant, event.tokens, event.cost, event.at)
             return
         self._announce_all(self.board.apply(event, self.clock.wall()))
         self._publish_outbox()

@@ -52,10 +52,12 @@ from ..policy import (
     resolve_credentials,
     start_only_changes,
 )
+from ..routing.approval import ApprovalError, approval
 from ..xds.bootstrap import LISTENER_ROUTES, RELAY_ROUTES, EnvoySettings, render
 from ..xds.resources import XdsFiles, render_bootstrap, render_resources
+from .approvals import grant, read_approvals, revoke
 from .bus import HealthBus, HubServer, fleet_bus
-from .metrics import BoardCollector, EnvoyRestarts, ProbeMetrics
+from .metrics import BoardCollector, EnvoyRestarts, ProbeMetrics, stream_summary
 from .reload import PolicyReloads, revision_file, source_fingerprint, write_atomically, written_at
 from .rescue import RESCUE_SOCKET_ENV
 from .sidecar import (
@@ -351,7 +353,7 @@ class Supervisor:
 
     async def _metrics(self, request: web.Request) -> web.Response:
         registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry, path=str(self._metrics_dir))  # type: ignore[no-untyped-call]
+        registry.register(self._worker_metrics())
         registry.register(BoardCollector(self.board, time.time))
         registry.register(self._probe_metrics.probes)
         registry.register(self.envoy_restarts)
@@ -383,6 +385,9 @@ class Supervisor:
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/status", self._status)
+        app.router.add_get("/approvals", self._approvals)
+        app.router.add_post("/approvals", self._approve)
+        app.router.add_delete("/approvals", self._revoke_approval)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.options.admin[0], self.options.admin[1], reuse_port=False)
@@ -474,6 +479,54 @@ class Supervisor:
         finally:
             self._probe_metrics.probes.labels(self._probe_metrics.endpoint(target.key), outcome).inc()
 
+    def _approvals_path(self) -> Path:
+        path = self.options.policy.approvals
+        if path is None:
+            raise web.HTTPNotFound(
+                text='{"error": "the policy names no approvals file"}', content_type="application/json"
+            )
+        return path
+
+    async def _approvals(self, request: web.Request) -> web.Response:
+        active = read_approvals(self._approvals_path()).active(time.time())
+        return web.json_response({"approvals": [a.to_json() for a in active]})
+
+    async def _approve(self, request: web.Request) -> web.Response:
+        """{"tenant", "tier", "for_s", "task"?, "by", "reason"?}: an operator's approval, taken by
+        every worker within a second (T2)."""
+        path = self._approvals_path()
+        try:
+            raw = await request.json()
+            if not isinstance(raw, dict) or not isinstance(raw.get("by"), str) or not raw["by"]:
+                raise ApprovalError("an approval says who gives it: 'by'")
+            given = approval(
+                raw.get("tenant"),
+                raw.get("tier"),
+                raw.get("for_s"),
+                time.time(),
+                task=raw.get("task"),
+                by=raw["by"],
+                reason=raw.get("reason", ""),
+            )
+            grant(path, given)
+        except (ApprovalError, ValueError) as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        log.info(
+            "approval: %s may be served down to tier %d until %.0f (by %s)",
+            given.tenant,
+            given.tier,
+            given.until,
+            given.by,
+        )
+        return web.json_response({"approval": given.to_json()}, status=201)
+
+    async def _revoke_approval(self, request: web.Request) -> web.Response:
+        tenant = request.query.get("tenant")
+        if not tenant:
+            return web.json_response({"error": "which tenant: ?tenant="}, status=400)
+        revoke(self._approvals_path(), tenant, request.query.get("task"))
+        return web.json_response({"revoked": {"tenant": tenant, "task": request.query.get("task")}})
+
     async def _status(self, request: web.Request) -> web.Response:
         body = {
             "policy_version": self.history.current.stamp,
@@ -487,9 +540,14 @@ class Supervisor:
             # The pod hub's socket path is for logs, not for whoever reads /status.
             "bus": {k: v for k, v in self._bus.snapshot().items() if k != "path"},
             "envoy": self.envoy_restarts.snapshot(),
+            "streams": stream_summary(self._worker_metrics().collect()),  # type: ignore[no-untyped-call]
             **self.board.snapshot(time.time()),
         }
         return web.json_response(body)
+
+    def _worker_metrics(self) -> multiprocess.MultiProcessCollector:
+        """The workers' counters, summed across their processes' files."""
+        return multiprocess.MultiProcessCollector(None, path=str(self._metrics_dir))  # type: ignore[no-untyped-call]
 
     async def start(self) -> None:
         await self._bus.start()

@@ -39,10 +39,19 @@ def answer_facts(dialect: Dialect, body: Any) -> AnswerFacts:
 def output_tokens(body: Any) -> int | None:
     """The answer's output token count from its usage, in either dialect (the one place usage
     tokens are read from a whole answer)."""
+    return _usage_count(body, "completion_tokens", "output_tokens")
+
+
+def input_tokens(body: Any) -> int | None:
+    """The answer's input (prompt) token count from its usage, in either dialect."""
+    return _usage_count(body, "prompt_tokens", "input_tokens")
+
+
+def _usage_count(body: Any, openai_name: str, anthropic_name: str) -> int | None:
     usage = body.get("usage") if isinstance(body, dict) else None
     if not isinstance(usage, dict):
         return None
-    tokens = usage.get("completion_tokens", usage.get("output_tokens"))
+    tokens = usage.get(openai_name, usage.get(anthropic_name))
     return tokens if isinstance(tokens, int) and not isinstance(tokens, bool) else None
 
 

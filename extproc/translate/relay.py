@@ -17,6 +17,7 @@ from ..core import Dialect, Failure
 from .errors import redact_error_body
 from .sse import MAX_EVENT_BYTES, SseEvent, SseParser
 from .stream import (
+    EMPTY_TOOL_CALL,
     MALFORMED_STREAM,
     AnthropicStreamReader,
     AnthropicStreamWriter,
@@ -193,6 +194,11 @@ class StreamRelay:
         return self._writer.error(stream_failure(self.error, started=True), message)
 
     def _track(self, delta: Delta) -> None:
+        if isinstance(delta, ToolCallStart) and not delta.name and not self.started:
+            # A tool call without a name (a model that cannot call tools) is a broken answer,
+            # not a first token: the try fails before anything reaches the client.
+            self.error = StreamError(type=EMPTY_TOOL_CALL, message="tool call with an empty name")
+            return
         if isinstance(delta, (TextDelta, ToolCallStart, ToolCallArgs)):
             self._units += 1
             if isinstance(delta, TextDelta):

@@ -126,8 +126,10 @@ def finish_to_anthropic(reason: FinishReason) -> str:
 # The relay's own StreamError type for a stream that broke its caps (an endless line, megabytes
 # before the first token): a provider failure, classified like an answer that is not one.
 MALFORMED_STREAM: Final = "malformed_stream"
+EMPTY_TOOL_CALL: Final = "empty_tool_call"
 _STREAM_ERROR_FAILURE: Final[dict[str, Failure]] = {
     MALFORMED_STREAM: Failure.SCHEMA_ERROR,
+    EMPTY_TOOL_CALL: Failure.TOOL_MISMATCH,
     "overloaded_error": Failure.SERVER_ERROR,
     "api_error": Failure.SERVER_ERROR,
     "server_error": Failure.SERVER_ERROR,

@@ -18,6 +18,7 @@ from extproc.core import (
     ProbeClaim,
     QuotaSignal,
     RequestsDecided,
+    Spent,
     decode_event,
 )
 
@@ -51,6 +52,9 @@ def well_typed_event(kind: str) -> st.SearchStrategy[Any]:
         return st.builds(Abandoned, key=keys, at=st.floats(T0 - 100, T0 + 100), score=st.floats(0, 1), reason=failures)
     if kind == "req":
         return st.builds(RequestsDecided, at=st.floats(T0 - 100, T0 + 100), count=st.integers(0, 1000))
+    if kind == "spent":
+        return st.builds(Spent, tenant=st.sampled_from(["acme", "blue"]), at=st.floats(T0 - 100, T0 + 100),
+                         tokens=st.integers(0, 10**6), cost=st.floats(0, 1e4))  # fmt: skip
     if kind == "probe":
         return st.builds(ProbeClaim, key=keys, at=st.floats(T0 - 100, T0 + 100), by=st.sampled_from(["a1", "b2"]))
     states = st.sampled_from(["closed", "open", "half_open"])
@@ -58,7 +62,7 @@ def well_typed_event(kind: str) -> st.SearchStrategy[Any]:
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.sampled_from(["obs", "quota", "abandon", "req", "circuit", "probe"]).flatmap(well_typed_event))
+@given(st.sampled_from(["obs", "quota", "abandon", "req", "circuit", "probe", "spent"]).flatmap(well_typed_event))
 def test_every_event_survives_its_encoding(event: Any) -> None:
     assert decode_event(event.encode()) == event
 
@@ -99,6 +103,10 @@ def test_an_observation_with_every_field_round_trips() -> None:
         {"v": 1, "k": "circuit", "key": KEY, "at": T0, "from": "closed", "to": "ajar", "reason": ""},
         {"v": 1, "k": "probe", "key": KEY, "at": T0},  # who claimed it decides a tie: required
         {"v": 1, "k": "probe", "key": KEY, "at": math.inf, "by": "a1"},
+        {"v": 1, "k": "spent", "tenant": "acme", "at": T0, "tokens": 5, "cost": -1.0},
+        {"v": 1, "k": "spent", "tenant": "acme", "at": T0, "tokens": 5, "cost": math.nan},
+        {"v": 1, "k": "spent", "tenant": "acme", "at": T0, "tokens": -5, "cost": 1.0},
+        {"v": 1, "k": "spent", "at": T0, "tokens": 5, "cost": 1.0},
     ],
 )
 def test_a_malformed_or_foreign_event_is_an_error_never_a_default(event: dict[str, Any]) -> None:

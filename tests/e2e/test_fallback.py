@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import anthropic
@@ -10,8 +11,8 @@ import openai
 import pytest
 
 from extproc.policy import load_policy
-from tests.conftest import PRIMARY_KEY, SECONDARY_KEY, SMALL_KEY, EnvoyGuard, Fleet
-from tests.stack import Stack, body_of
+from tests.conftest import KEY_ENV, PRIMARY_KEY, SECONDARY_KEY, SMALL_KEY, EnvoyGuard, Fleet
+from tests.stack import Stack, body_of, running
 
 pytestmark = pytest.mark.e2e
 HI: Any = [{"role": "user", "content": "hi"}]
@@ -203,6 +204,26 @@ def test_anthropic_client_is_served_by_an_openai_rung(clean: Stack, fleet: Fleet
     assert sent.path == "/v1/chat/completions"
     assert sent.headers["authorization"] == f"Bearer {PRIMARY_KEY}"
     assert "x-api-key" not in sent.headers
+
+
+def test_a_hop_from_a_translated_rung_sends_the_clients_own_body_and_length(fleet: Fleet, tmp_path: Path) -> None:
+    # The OpenAI client's first rung speaks Anthropic (its body rewritten: a new, longer
+    # content-length); the next speaks OpenAI with the model asked for, so the client's body goes
+    # unchanged, with the client's own length (header mutations carry over between tries).
+    fleet.reset()
+    ladders = {"mixed": [{"provider": "secondary", "model": "claude-first"}, {"provider": "primary"}]}
+    policy = fleet.policy(tmp_path, ladders=ladders, models=[{"match": "gpt-*", "ladder": "mixed"}])
+    fleet.secondary.set_mode("invalid_json")
+    try:
+        with running(policy, env=KEY_ENV) as stack:
+            raw = stack.openai().chat.completions.with_raw_response.create(model="gpt-4o", messages=HI)
+            assert raw.headers["x-rungway-served-by"] == "primary/gpt-4o"
+            assert (raw.parse().choices[0].message.content or "").endswith(" w12")
+            sent = fleet.primary.requests[-1]
+            assert int(sent.headers["content-length"]) == len(sent.body)
+            assert len(fleet.secondary.requests[-1].body) > len(sent.body)
+    finally:
+        fleet.reset()
 
 
 def test_tool_calls_survive_translation_both_ways(clean: Stack, fleet: Fleet) -> None:

@@ -69,6 +69,8 @@ def test_a_stream_cut_after_40_of_60_tokens_is_completed_by_continuation(rescue:
     sent = fleet.secondary.requests[-1]
     assert body_of(sent)["messages"][-1]["role"] == "assistant"  # a prefill: the secondary continues
     assert 'rungway_stream_rescues_total{from_rung="0",ladder="main",outcome="rescued",to_rung="1"}' in rescue.metrics()
+    paths = rescue.status()["streams"]["rescues"]
+    assert any(p["ladder"] == "main" and (p["from_rung"], p["to_rung"]) == (0, 1) and p["rescued"] >= 1 for p in paths)
     print(f"cut rescue: complete in {took:.2f}s")
 
 

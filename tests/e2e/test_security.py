@@ -68,7 +68,8 @@ def test_the_tenant_is_the_keys_holder_whatever_a_header_claims(clean: Stack, fl
     with openai.OpenAI(base_url=clean.base_url + "/v1", api_key=key, max_retries=0, default_headers=spoof) as client:
         served_once_taken(client)
     assert (
-        'rungway_served_total{degraded="false",ladder="main",task="default",tenant="blue",tier="0"}' in clean.metrics()
+        'rungway_served_total{degraded="false",ladder="main",rung="0",task="default",tenant="blue",tier="0"}'
+        in clean.metrics()
     )
     sent = fleet.primary.requests[-1]
     # The provider sees its own key and nothing of the app's: no key, cookie, org or tenant claim.

@@ -26,17 +26,65 @@ def tenants(fleet: Fleet, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
             "hospital": {"lowest_tier": 0, "message": "Clinical work is never served by a fallback"},
             "bank": {"regions": ["eu"]},
             "agency": {"lowest_tier": 2},
+            "clinic": {"approval_beyond_tier": 0},
         },
     )
+    policy["approvals"] = str(APPROVALS.setdefault("path", tmp_path_factory.mktemp("approvals") / "approvals.json"))
     policy["providers"]["primary"]["region"] = "us"
     policy["providers"]["secondary"]["region"] = "eu"
     with running(policy, env=KEY_ENV) as stack:
-        KEYS.update({name: stack.issue_key(name) for name in ("agency", "hospital", "bank")})
+        KEYS.update({name: stack.issue_key(name) for name in ("agency", "hospital", "bank", "clinic")})
         time.sleep(1.5)  # the sidecar takes a changed key store within a second
         yield stack
 
 
 KEYS: dict[str, str] = {}
+APPROVALS: dict[str, Path] = {}
+
+
+def clinic_served_by(stack: Stack) -> str | None:
+    """Which rung served the clinic's request, or None when it was refused."""
+    with stack.openai_as(KEYS["clinic"]) as clinic:
+        try:
+            raw = clinic.chat.completions.with_raw_response.create(model="gpt-4o", messages=HI)
+        except openai.APIStatusError as exc:
+            assert exc.status_code == 503
+            return None
+    return raw.headers["x-rungway-served-by"]
+
+
+def test_an_operators_approval_lets_a_tenant_reach_a_fallback_until_it_is_revoked(tenants: Stack, fleet: Fleet) -> None:
+    import subprocess
+    import sys
+
+    import httpx2 as httpx
+
+    from tests.stack import REPO
+
+    fleet.reset()
+    fleet.primary.set_mode("status:503")
+    assert clinic_served_by(tenants) is None  # tier 1 needs an approval: none yet
+    assert not fleet.secondary.requests
+    approve = [sys.executable, "-m", "extproc.cli", "approve", "--store", str(APPROVALS["path"])]
+    done = subprocess.run(
+        [*approve, "--tenant", "clinic", "--tier", "1", "--for", "1h", "--by", "oncall", "--reason", "INC-7"],
+        cwd=REPO, capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    deadline = time.monotonic() + 5
+    while (served := clinic_served_by(tenants)) is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert served == "secondary/claude-fallback"  # taken by every worker within about a second
+    listed = httpx.get(tenants.admin_url + "/approvals", timeout=10).json()["approvals"]
+    assert [(a["tenant"], a["tier"], a["by"], a["reason"]) for a in listed] == [("clinic", 1, "oncall", "INC-7")]
+    assert httpx.delete(tenants.admin_url + "/approvals", params={"tenant": "clinic"}, timeout=10).status_code == 200
+    deadline = time.monotonic() + 5
+    while (served := clinic_served_by(tenants)) is not None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert served is None  # revoked: back to tier 0 only
+    assert httpx.post(tenants.admin_url + "/approvals", json={"tenant": "clinic", "tier": 9, "for_s": 60, "by": "x"},
+                      timeout=10).status_code == 400  # fmt: skip
+    fleet.reset()
 
 
 def test_the_same_outage_serves_one_tenant_from_a_fallback_and_never_the_other(tenants: Stack, fleet: Fleet) -> None:
@@ -93,3 +141,25 @@ def test_policy_explain_says_which_rung_serves_and_why_not_the_others(fleet: Fle
     assert "serves" in lines[1] and "primary/gpt-4o" in lines[1]
     assert "below the lowest tier tenant 'hospital' permits" in lines[2]
     assert lines[-1] == "→ served by primary/gpt-4o (tier 0)"
+
+
+def test_a_tenant_over_its_token_budget_is_refused_with_when_to_come_back(fleet: Fleet, tmp_path: Path) -> None:
+    # Every worker counts every worker's spend (the pod's hub): whichever worker takes the next
+    # request knows the budget is gone.
+    policy = fleet.policy(tmp_path, tenants={"app": {"budget": {"max_tokens": 20, "window_s": 3600}}})
+    fleet.reset()
+    with running(policy, env=KEY_ENV, workers=2) as stack:
+        stack.openai().chat.completions.create(model="gpt-4o", messages=HI)  # spends its 20+ tokens
+        deadline = time.monotonic() + 5
+        refused = None
+        while refused is None and time.monotonic() < deadline:
+            try:
+                stack.openai().with_options(max_retries=0).chat.completions.create(model="gpt-4o", messages=HI)
+            except openai.RateLimitError as exc:
+                refused = exc
+        assert refused is not None, "the tenant was never refused"
+        assert 0 < int(refused.response.headers["retry-after"]) <= 3600
+        assert refused.response.headers["x-rungway-reason"] == "budget_exceeded"
+        assert "token budget" in str(refused.body)
+        assert 'rungway_budget_reached_total{action="refuse",reason="tokens",tenant="app"}' in stack.metrics()
+        assert not stack.envoy_trouble()

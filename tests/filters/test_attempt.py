@@ -23,8 +23,12 @@ from extproc.core.names import (
     SKIP_HEADER,
     SKIPPED_HEADER,
     TIER,
+    TOOL_MODE,
+    TOOLS_REMOVED,
+    TRIMMED,
 )
 from extproc.filters.attempt import _LATE_BYTES, AttemptProcessor, Phase
+from extproc.filters.effects import Reshaped
 from extproc.filters.wire import Mode, response_headers_response
 from extproc.runtime.sidecar import Sidecar
 from extproc.translate import SseParser
@@ -196,8 +200,11 @@ def flag_headers(headers: dict[str, str]) -> dict[str, str]:
     return {k: v for k, v in headers.items() if k.startswith("x-rungway-")}
 
 
-def flags_of(served_by: str, tier: int, degraded: bool, reason: str = "none", attempts: int = 1) -> dict[str, str]:
+def flags_of(
+    served_by: str, tier: int, degraded: bool, reason: str = "none", attempts: int = 1, tool_mode: str = "full"
+) -> dict[str, str]:
     return {
+        **({} if tool_mode == "full" else {TOOL_MODE: tool_mode}),
         SERVED_BY: served_by,
         TIER: str(tier),
         DEGRADED: "true" if degraded else "false",
@@ -243,9 +250,11 @@ def test_openai_rung_gets_its_own_bearer_key_and_every_provider_header_is_scrubb
         ":path": "/v1/chat/completions",
         "authorization": "Bearer " + PRIMARY_KEY,
         "openai-project": "proj_rungway",
+        # The body is not rewritten: the client's own length, over any earlier try's rewrite.
+        "content-length": "400",
     }
     assert set(removed_headers(answer)) >= PROVIDER_SCRUB
-    assert "content-length" not in removed_headers(answer)  # the body is not rewritten
+    assert "content-length" not in removed_headers(answer)
 
 
 def test_unchanged_request_body_is_not_even_sent_to_the_sidecar() -> None:
@@ -415,7 +424,44 @@ def test_strip_tools_drops_the_tools_and_flags_the_answer_as_degraded() -> None:
     sent = json.loads(body)
     assert "tools" not in sent and "tool_choice" not in sent
     judged = t.answer_json(200, openai_answer())
-    assert flag_headers(set_headers(judged)) == flags_of("small/small-model", 2, True, "tool_mismatch")
+    assert flag_headers(set_headers(judged)) == {
+        **flags_of("small/small-model", 2, True, "tool_mismatch", tool_mode="no_tools"),
+        TOOLS_REMOVED: "f",
+    }
+
+
+def test_a_lower_rung_gets_no_write_tool_and_a_history_trimmed_to_its_window() -> None:
+    data = policy_data(tools={"write": ["issue_refund"]}, context={"trim": True})
+    data["ladders"]["main"][1]["context_window"] = 300
+    sidecar = make_sidecar(make_policy(**data))
+    t = Try(sidecar, rung=1, rungs=(1, 2), skip=Failure.SERVER_ERROR)
+    history = [{"role": "user" if i % 2 == 0 else "assistant", "content": f"turn {i} " + "x" * 200} for i in range(20)]
+    request = {
+        **OPENAI_REQUEST,
+        "messages": [OPENAI_REQUEST["messages"][0], *history, {"role": "user", "content": "last"}],
+        "tools": [
+            {"type": "function", "function": {"name": "issue_refund"}},
+            {"type": "function", "function": {"name": "lookup_order"}},
+        ],
+        "tool_choice": {"type": "function", "function": {"name": "issue_refund"}},
+    }
+    (answer,) = t.send(request_body(request))
+    body = body_of(answer)
+    assert body is not None
+    sent = json.loads(body)  # Anthropic, translated after the rung's tool mode and trimming
+    assert [tool["name"] for tool in sent["tools"]] == ["lookup_order"]
+    assert sent["tool_choice"] == {"type": "auto"}
+    assert sent["system"] == "Be brief."
+    assert sent["messages"][0]["content"][0]["text"].startswith("[rungway] ")
+    assert sent["messages"][-1] == {"role": "user", "content": "last"}
+    (reshaped,) = [e for e in t.effects if isinstance(e, Reshaped)]
+    assert reshaped.tool_mode == "read_only" and reshaped.tools_removed == 1 and reshaped.trimmed > 0
+    judged = t.answer_json(200, anthropic_answer())
+    flags = flag_headers(set_headers(judged))
+    assert flags[TOOL_MODE] == "read_only" and flags[TOOLS_REMOVED] == "issue_refund"
+    assert flags[TRIMMED] == str(reshaped.trimmed) and flags[DEGRADED] == "true"
+    assert sample(sidecar, "rungway_context_trimmed_total", ladder="main", rung="1") == 1
+    assert sample(sidecar, "rungway_tools_removed_total", ladder="main", rung="1", tool_mode="read_only") == 1
 
 
 def test_untranslatable_request_is_a_client_error_in_the_client_dialect() -> None:
@@ -470,7 +516,14 @@ def test_valid_answer_on_the_first_rung_is_served_as_is_with_flags() -> None:
     assert sample(sidecar, "rungway_attempts_total", **labels, outcome="served") == 1
     assert (
         sample(
-            sidecar, "rungway_served_total", tenant="acme", task="default", ladder="main", tier="0", degraded="false"
+            sidecar,
+            "rungway_served_total",
+            tenant="acme",
+            task="default",
+            ladder="main",
+            tier="0",
+            degraded="false",
+            rung="0",
         )
         == 1
     )
@@ -527,7 +580,9 @@ def test_invalid_200_on_the_last_rung_is_the_clients_answer() -> None:
     judged = t.answer_json(200, openai_answer(content=None))
     headers = set_headers(judged)
     assert headers[":status"] == "502"
-    assert flag_headers(headers) == flags_of("small/small-model", 2, True, "quality_regression", attempts=3)
+    assert flag_headers(headers) == flags_of(
+        "small/small-model", 2, True, "quality_regression", attempts=3, tool_mode="no_tools"
+    )
     body = body_of(judged)
     assert body is not None and json.loads(body)["error"]["code"] == "quality_regression"
     # The first failure of the request stays the reason it left tier 0.

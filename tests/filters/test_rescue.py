@@ -194,3 +194,17 @@ def test_the_rescue_rungs_tokens_are_billed_to_it() -> None:
     t.apply()
     labels = {"ladder": "main", "rung": "1", "endpoint": "secondary/claude-fallback"}
     assert sample(t.sidecar, "rungway_output_tokens_total", **labels) == 7
+
+
+def test_no_rescue_from_a_rung_whose_tool_mode_would_take_a_tool_away() -> None:
+    data = policy_data(tools={"write": ["issue_refund"]})
+    data["tasks"] = {**data["tasks"], "default": {"rescue": True}}
+    refund = [{"type": "function", "function": {"name": "issue_refund"}}]
+    for tools, rescued in (({"write": []}, True), (data["tools"], False)):
+        t = stream_try(make_sidecar(make_policy(tasks=data["tasks"], tools=tools)))
+        t.send(request_body({**HI, "tools": refund}, end_of_stream=True))
+        t.send(response_headers(200, SSE))
+        t.send(response_body(sse(openai_events(["Hello", " wor"], finish=None, usage=False, done=False)), False))
+        t.send(response_body(b"", end_of_stream=True))
+        # The secondary (tier 1) may continue it only while it would get the same tools.
+        assert bool(rescue_calls(t)) is rescued

@@ -132,7 +132,7 @@ def test_a_changed_store_is_taken_and_a_broken_one_is_not(tmp_path: Path) -> Non
     assert watched.refresh() is False
     _second, k2 = issue("blue", 0.0, bytes(reversed(RANDOM)))
     write_store(path, KeyStore((k1, k2)))
-    assert watched.refresh() is True and len(watched.store.keys) == 2
+    assert watched.refresh() is True and len(watched.value.keys) == 2
     path.write_text("{not json")
     assert watched.refresh() is False
-    assert len(watched.store.keys) == 2  # the last good store stays
+    assert len(watched.value.keys) == 2  # the last good store stays

@@ -223,6 +223,8 @@ def test_ladders_providers_and_tenants_may_change_while_running() -> None:
         ({"clients": {"key_store": "other.json"}}, "clients.key_store"),
         ({"clients": {"auth": "trusted_header", "trusted_peers": ["127.0.0.1/32"]}}, "clients.auth"),
         ({"health": {"enabled": False}}, "health"),
+        ({"approvals": "approvals.json"}, "approvals"),
+        ({"shadow": {"share": 0.01}}, "shadow"),
     ],
 )
 def test_a_start_only_field_is_named(change: dict[str, Any], named: str) -> None:

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from extproc.core import Capability, Dialect, Failure, Impact
+from extproc.core import Capability, Dialect, Failure, Impact, ToolMode
 from extproc.core.names import cluster_name
 from extproc.policy import Policy, Rung
 from extproc.routing.ladder import (
@@ -184,26 +184,36 @@ def test_orderings_are_every_non_empty_subsequence_in_a_stable_order() -> None:
 # ---- properties -------------------------------------------------------------------------------
 
 
-def blockers(policy: Policy, rung: Rung, f: RequestFeatures) -> set[Failure]:
+def blockers(policy: Policy, ladder: str, index: int, f: RequestFeatures) -> set[Failure]:
     """Every reason, apart from unknown tools, why a rung cannot serve the request."""
+    rung = policy.ladders[ladder][index]
     provider = policy.providers[rung.provider]
     caps = provider.capabilities
     needed = prompt_tokens_estimate(f.body_bytes) + (f.max_tokens or 0)
     reasons = set()
+    allowance = policy.allowance(f.task, rung.model_for(f.model))
+    if allowance == "forbidden" or (allowance == "degraded_only" and index == 0):
+        reasons.add(Failure.NOT_PERMITTED)
     if f.stream and Capability.STREAMING not in caps:
         reasons.add(Failure.TOOL_MISMATCH)
     if f.json_mode and Capability.JSON_MODE not in caps:
         reasons.add(Failure.SCHEMA_ERROR)
-    if needed > provider.context_window:
+    if needed > provider.context_window and not policy.context.trim:
         reasons.add(Failure.CONTEXT_OVERFLOW)
-    if f.has_tools and Capability.TOOLS not in caps and not rung.strip_tools:
+    if f.has_tools and sends_tools_to_a_tool_less_provider(policy, rung):
         reasons.add(Failure.TOOL_MISMATCH)
     return reasons
 
 
-def tools_unknown_matter(policy: Policy, rung: Rung, f: RequestFeatures) -> bool:
+def sends_tools_to_a_tool_less_provider(policy: Policy, rung: Rung) -> bool:
+    # full and read_only send tools (read_only only the non-write ones); strip_tools sends none.
     caps = policy.providers[rung.provider].capabilities
-    return f.has_tools is None and Capability.TOOLS not in caps and not rung.strip_tools
+    sends = rung.tool_mode in (ToolMode.FULL, ToolMode.READ_ONLY) and not rung.strip_tools
+    return sends and Capability.TOOLS not in caps
+
+
+def tools_unknown_matter(policy: Policy, rung: Rung, f: RequestFeatures) -> bool:
+    return f.has_tools is None and sends_tools_to_a_tool_less_provider(policy, rung)
 
 
 @st.composite
@@ -222,13 +232,13 @@ def test_choice_is_an_in_order_subsequence_named_by_a_rendered_cluster(case: tup
         assert isinstance(result, Refusal) and result.failure is Failure.CLIENT_ERROR
         return
     rungs = policy.ladders[ladder_name]
-    fitting = [i for i, rung in enumerate(rungs) if not blockers(policy, rung, f)]
+    fitting = [i for i in range(len(rungs)) if not blockers(policy, ladder_name, i, f)]
     if any(tools_unknown_matter(policy, rungs[i], f) for i in fitting):
         assert isinstance(result, NeedBody)
         return
     if not fitting:
         assert isinstance(result, Refusal)
-        reasons = {r for rung in rungs for r in blockers(policy, rung, f)}
+        reasons = {r for i in range(len(rungs)) for r in blockers(policy, ladder_name, i, f)}
         assert result.failure in reasons | {Failure.CLIENT_ERROR}
         return
     route = routed(result)
@@ -242,7 +252,7 @@ def test_choice_is_an_in_order_subsequence_named_by_a_rendered_cluster(case: tup
     if route.rungs[0] == 0:
         assert route.skip_reason is None
     else:
-        assert route.skip_reason in blockers(policy, rungs[0], f)
+        assert route.skip_reason in blockers(policy, ladder_name, 0, f)
 
 
 @settings(max_examples=100, deadline=None)

@@ -89,3 +89,38 @@ def test_tenant_rules_are_validated(tenants: dict[str, Any], problem: str) -> No
     with pytest.raises(PolicyError) as caught:
         parse_policy(policy_data(tenants=tenants))
     assert any(problem in p for p in caught.value.problems), caught.value.problems
+
+
+def approving_policy(**tenant: Any) -> Any:
+    data = policy_data(tenants={"clinic": {"approval_beyond_tier": 0, **tenant}}, approvals="approvals.json")
+    return parse_policy(data)
+
+
+def test_tiers_beyond_the_approval_line_need_an_approval_in_force() -> None:
+    policy = approving_policy()
+    route = choose(policy, features(policy, "clinic"))
+    assert isinstance(route, Route) and route.rungs == (0,)
+    approved = choose(policy, replace(features(policy, "clinic"), approved_tier=1))
+    assert isinstance(approved, Route) and approved.rungs == (0, 1)  # tier 2 still needs more
+    everything = choose(policy, replace(features(policy, "clinic"), approved_tier=3))
+    assert isinstance(everything, Route) and everything.rungs == (0, 1, 2)
+
+
+def test_an_approval_never_reaches_past_the_lowest_tier_the_tenant_permits() -> None:
+    policy = approving_policy(lowest_tier=1)
+    route = choose(policy, replace(features(policy, "clinic"), approved_tier=3))
+    assert isinstance(route, Route) and route.rungs == (0, 1)
+
+
+def test_a_refusal_for_want_of_an_approval_says_how_to_approve() -> None:
+    policy = approving_policy()
+    down = choose(policy, features(policy, "clinic"), health=lambda key, first: Failure.SERVER_ERROR)
+    assert isinstance(down, Refusal) and down.failure is Failure.NOT_PERMITTED
+    assert "rungway approve --tenant clinic --tier 1" in down.message
+    verdicts = explain(policy, features(policy, "clinic")).rungs
+    assert "needs an operator's approval" in verdicts[1].reason
+
+
+def test_asking_for_approvals_needs_an_approvals_file() -> None:
+    with pytest.raises(PolicyError, match="approvals"):
+        parse_policy(policy_data(tenants={"clinic": {"approval_beyond_tier": 0}}))

@@ -147,3 +147,16 @@ def test_rungway_status_says_an_edit_was_rejected_and_why() -> None:
     lines = format_status({"rungs": [], "policy": {"error": error.to_dict()}}).splitlines()
     assert lines[-2:] == ["policy edit REJECTED (/etc/rungway); v1+a still serves:", "  defaults.yaml: x: bad"]
     assert "REJECTED" not in format_status({"rungs": [], "policy": {"error": None}})
+
+
+def test_a_reload_keeps_each_tenants_spend_unless_its_budget_window_changed_size() -> None:
+    from extproc.routing.spend import SpendLedger
+
+    ledger = SpendLedger({"a": 3600.0, "b": 3600.0}, 3600.0)
+    ledger.record("a", 10, 1.0, 100.0)
+    ledger.record("b", 10, 1.0, 100.0)
+    ledger.resize({"a": 3600.0, "b": 60.0}, 3600.0)
+    assert ledger.spent("a", 101.0)[0] == 10
+    assert ledger.spent("b", 101.0)[0] == 0  # a new window, of the new size
+    ledger.record("b", 5, 0.5, 102.0)
+    assert ledger.spent("b", 103.0)[0] == 5

@@ -124,3 +124,19 @@ async def test_a_decide_stream_is_not_a_try() -> None:
     process: Any = ExternalProcessor(sidecar).Process(requests([], 0), context)
     assert [a async for a in process] == []
     assert sidecar.admission.tries == 0
+
+
+async def test_a_worker_socket_open_beyond_its_group_is_refused_before_anything_binds(tmp_path) -> None:
+    from extproc.runtime.server import serve
+
+    with pytest.raises(ValueError, match="socket_mode must be one of"):
+        await serve(make_sidecar(), tmp_path / "w.sock", socket_mode=0o666)
+    assert not (tmp_path / "w.sock").exists()
+
+
+@pytest.mark.parametrize(("given", "mode"), [("600", 0o600), ("660", 0o660), ("0660", 0o660), ("0o660", 0o660)])
+def test_serve_takes_the_socket_mode_in_octal(given: str, mode: int) -> None:
+    from extproc.cli import build_parser
+
+    args = build_parser().parse_args(["serve", "--policy", "p.yaml", "--socket", "w.sock", "--socket-mode", given])
+    assert args.socket_mode == mode

@@ -186,6 +186,27 @@ def test_a_tool_call_is_a_first_token() -> None:
     assert relay.started
 
 
+@pytest.mark.parametrize("client", [OA, AN])
+def test_a_tool_call_without_a_name_before_any_token_fails_the_try_as_a_tool_mismatch(client: Dialect) -> None:
+    chunk = {
+        "id": "c",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "m",
+        "choices": [
+            {
+                "index": 0,
+                "delta": {"tool_calls": [{"index": 0, "id": "call_1", "type": "function", "function": {"name": ""}}]},
+                "finish_reason": None,
+            }
+        ],
+    }
+    relay = make_relay(client, OA)
+    assert relay.feed(sse([(None, chunk)])) == b""
+    assert not relay.started and relay.closed
+    assert relay.error is not None and stream_failure(relay.error, started=False) is Failure.TOOL_MISMATCH
+
+
 # ---- error after the first token ------------------------------------------------------------------
 
 
