@@ -109,7 +109,8 @@ def cmd_policy_check(args: argparse.Namespace) -> int:
     assert isinstance(policy, Policy)
     clusters = sum(1 for _ in orderings(policy)) * 2
     print(
-        f"{args.file}: OK (version {policy.version}; {len(policy.providers)} providers, "
+        f"{args.file}: OK (revision {policy.stamp}; {len(policy.providers)} providers, "
+        f"{len(policy.tenants)} tenants, "
         f"{len(policy.ladders)} ladders, {len(policy.models)} model routes, {clusters} ladder clusters)"
     )
     return 0
@@ -211,8 +212,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .runtime.server import serve
     from .runtime.sidecar import Sidecar
 
-    policy = _load(args.policy)
-    assert isinstance(policy, Policy)
+    history = None
+    if args.policy_history is not None:
+        from .policy import History
+
+        try:
+            history = History.decode(args.policy_history.read_text())
+        except (OSError, PolicyError) as exc:
+            print(f"cannot start: policy history {args.policy_history}: {exc}", file=sys.stderr)
+            return 1
+        policy = history.current
+    else:
+        loaded = _load(args.policy)
+        assert isinstance(loaded, Policy)
+        policy = loaded
     from .identity import KeyStoreError
     from .routing.approval import ApprovalError
     from .runtime.bus import BusConfigError, bus_from_settings
@@ -261,6 +274,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # collect young objects less often (each request allocates many short-lived protobufs).
     gc.freeze()
     gc.set_threshold(20_000, 20, 20)
+    if history is not None:
+        from .runtime.reload import HandedPolicy
+
+        sidecar.handed = HandedPolicy(args.policy_history, args.socket)
+        sidecar.reload(history)
     try:
         asyncio.run(serve(sidecar, args.socket, socket_mode=args.socket_mode))
     finally:
@@ -525,6 +543,11 @@ def format_status(status: dict[str, Any]) -> str:
     refused = {reason: n for reason, n in (bus.get("rejected") or {}).items() if n}
     if refused:
         lines.append("bus frames refused: " + ", ".join(f"{n} {reason}" for reason, n in sorted(refused.items())))
+    error = (status.get("policy") or {}).get("error")
+    if error:
+        # The files on disk are not what serves: say so loudly, with every problem.
+        lines.append(f"policy edit REJECTED ({error['source']}); {error['old']} still serves:")
+        lines.extend(f"  {problem}" for problem in error["problems"])
     return "\n".join(lines)
 
 
@@ -675,8 +698,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     policy = sub.add_parser("policy", help="policy tools")
     policy_sub = policy.add_subparsers(dest="policy_command", required=True)
-    check = policy_sub.add_parser("check", help="validate a policy file; field-level errors")
-    check.add_argument("file", type=Path)
+    check = policy_sub.add_parser("check", help="validate a policy file or directory; errors name file and field")
+    check.add_argument("file", type=Path, help="a policy file, or a directory: defaults.yaml + tenants/<name>.yaml")
     check.set_defaults(func=cmd_policy_check)
 
     why = policy_sub.add_parser("explain", help="which rung would serve a tenant's request now, and why not the others")
@@ -712,7 +735,10 @@ def build_parser() -> argparse.ArgumentParser:
     cfg.set_defaults(func=cmd_envoy_config)
 
     serve = sub.add_parser("serve", help="run one sidecar worker (the ext_proc gRPC server)")
-    serve.add_argument("--policy", type=Path, required=True)
+    source = serve.add_mutually_exclusive_group(required=True)
+    source.add_argument("--policy", type=Path, help="a policy file or directory")
+    # `rungway up` hands its workers the revisions it validated, and replaces the file on a reload.
+    source.add_argument("--policy-history", type=Path, help=argparse.SUPPRESS)
     serve.add_argument("--socket", type=Path, required=True, help="the Unix socket to serve on (made 0600)")
     serve.add_argument("--channel-token-file", type=Path, help="the secret Envoy shows (or $RUNGWAY_CHANNEL_TOKEN)")
     serve.add_argument(
@@ -727,7 +753,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=cmd_serve)
 
     up = sub.add_parser("up", help="start Envoy and the sidecar on a policy, supervise both")
-    up.add_argument("--policy", type=Path, required=True)
+    up.add_argument(
+        "--policy",
+        type=Path,
+        required=True,
+        help="a policy file or directory; edits take effect without a restart (a broken one changes nothing)",
+    )
     up.add_argument(
         "--listen", type=_address, default=("127.0.0.1", 10000), help="HOST:PORT apps call (default 127.0.0.1:10000)"
     )

@@ -109,7 +109,7 @@ def routed(**changes: Any) -> Decision:
     """A Decision as decide makes it for a healthy OpenAI request on the unit policy's ladder
     main, with `changes`."""
     base = Decision(
-        policy="unit-2026.1",
+        policy=make_policy().stamp,
         ladder="main",
         rungs=(0, 1, 2),
         cluster="rw.main.7",

@@ -73,7 +73,10 @@ class Stack:
         restart: bool = True,
         env: dict[str, str] | None = None,
         envoy_trouble_expected: bool = False,
+        tenant_files: dict[str, dict[str, Any]] | None = None,
     ) -> None:
+        """`tenant_files`: serve a policy directory (defaults.yaml + tenants/<name>.yaml)
+        instead of a single file."""
         self.envoy_trouble_expected = envoy_trouble_expected
         self._trouble_offset = 0
         self.dir = Path(tempfile.mkdtemp(prefix="rungway-test-"))
@@ -84,8 +87,15 @@ class Stack:
         store = policy["clients"].get("key_store")
         self.key_store = Path(store) if store else None
         self.app_key = self.issue_key("app") if self.key_store else ""
-        self.policy_path = self.dir / "policy.yaml"
-        self.policy_path.write_text(yaml.safe_dump(policy, sort_keys=False))
+        if tenant_files is None:
+            self.policy_path = self.dir / "policy.yaml"
+            self.policy_path.write_text(yaml.safe_dump(policy, sort_keys=False))
+        else:
+            self.policy_path = self.dir / "policy"
+            (self.policy_path / "tenants").mkdir(parents=True)
+            (self.policy_path / "defaults.yaml").write_text(yaml.safe_dump(policy, sort_keys=False))
+            for name, tenant in tenant_files.items():
+                (self.policy_path / "tenants" / f"{name}.yaml").write_text(yaml.safe_dump(tenant))
         self.access_log = self.dir / "access.log"
         self.state_path = self.dir / "state.json"
         self._log = open(self.dir / "up.log", "wb")  # noqa: SIM115 - closed in stop()

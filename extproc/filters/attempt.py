@@ -280,10 +280,16 @@ class AttemptProcessor:
     def request_headers(self, request: ProcessingRequest) -> list[ProcessingResponse]:
         worker = self._worker
         attrs = attributes(request)
+        decision_meta = namespace(request, META_DECISION)
+        # The try runs under the revision its request was decided under, kept by the worker
+        # across reloads (a bounded few); plan_try refuses one the worker no longer holds.
+        decided_under = worker.policy_for(str(decision_meta.get("policy", "")))
+        if decided_under is not None:
+            self._policy = decided_under
         try:
             plan = plan_try(
                 self._policy,
-                namespace(request, META_DECISION),
+                decision_meta,
                 host_metadata(str(attrs.get("xds.upstream_host_metadata", "")), META_DECISION),
                 int(attrs.get("upstream.request_attempt_count", 1.0)),
                 namespace(request, META_TRIP),
@@ -391,7 +397,7 @@ class AttemptProcessor:
         self._effects.append(TryRefused(exc.reason, exc.detail))
         failure = Failure.SERVER_ERROR
         message = "Rungway could not route this try safely; retry the request"
-        headers = own_answer_headers(failure, self._policy.version)
+        headers = own_answer_headers(failure, self._policy.stamp)
         return immediate(503, headers, render_error(exc.client.value, failure, message))
 
     def _reject(self, failure: Failure, message: str) -> ProcessingResponse:

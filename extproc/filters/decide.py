@@ -21,6 +21,7 @@ from ..core.names import (
     MISSING,
     OPENAI_CHAT_PATH,
     PEER_ATTRIBUTE,
+    POLICY_VERSION,
     PROBE_HEADER,
     PROBE_TENANT,
     REPLAY_HEADER,
@@ -291,8 +292,8 @@ class DecideProcessor:
         policy = self._policy
         task_id = task_id_of(path)
         if task_id is None or policy.deferral is None:
-            return task_answer(None, path.removeprefix(TASKS_PATH)[:64], who.tenant, who.dialect, policy.version)
-        self._effects.append(TaskQueried(who.tenant, task_id, who.dialect, policy.version))
+            return task_answer(None, path.removeprefix(TASKS_PATH)[:64], who.tenant, who.dialect, policy.stamp)
+        self._effects.append(TaskQueried(who.tenant, task_id, who.dialect, policy.stamp))
         return None
 
     def _defer(self, raw: bytes, reason: Failure) -> ProcessingResponse | None:
@@ -318,8 +319,8 @@ class DecideProcessor:
             body=bytes(raw),
             accepted_at=self._worker.clock.wall(),
         )
-        self._effects.append(Decided(f.tenant, f.task, "", "deferred"))
-        self._effects.append(deferral(task, policy.deferral.max_per_tenant, reason, policy.version))
+        self._effects.append(Decided(f.tenant, f.task, "", "deferred", policy.stamp))
+        self._effects.append(deferral(task, policy.deferral.max_per_tenant, reason, policy.stamp))
         return None
 
     def _route(self) -> Route | Refusal | NeedBody | _DeferNow:
@@ -390,7 +391,7 @@ class DecideProcessor:
             return self._refuse(result.failure, result.message, "refused", ladder="")
         policy = self._policy
         if not result.probe:  # probes are counted by the prober (rungway_probes_total), never as a tenant's
-            self._effects.append(Decided(f.tenant, f.task, result.ladder, "routed"))
+            self._effects.append(Decided(f.tenant, f.task, result.ladder, "routed", policy.stamp))
         c = common(
             {
                 CLUSTER_HEADER: result.cluster,
@@ -401,7 +402,7 @@ class DecideProcessor:
         response = request_body_response(c) if body_phase else request_headers_response(c)
         anthropic = self._anthropic if f.dialect is Dialect.ANTHROPIC else {}
         decision = Decision(
-            policy=policy.version,
+            policy=policy.stamp,
             ladder=result.ladder,
             rungs=result.rungs,
             cluster=result.cluster,
@@ -436,7 +437,7 @@ class DecideProcessor:
             tenant=f.tenant,
             task=f.task,
             trigger=refusal.failure.value,
-            policy=self._policy.version,
+            policy=self._policy.stamp,
             request_id=self._request_id or "",
             prompt_hash=self._prompt_hash or "",
             detail={"message": refusal.message},
@@ -476,7 +477,7 @@ class DecideProcessor:
             ),
             **{k.lower(): v for k, v in provider.headers.items()},
         }
-        self._effects.append(Decided(who.tenant, policy.default_task, "", "passthrough"))
+        self._effects.append(Decided(who.tenant, policy.default_task, "", "passthrough", policy.stamp))
         c = common(set_headers, remove=[n for n in self._scrub if n not in set_headers])
         # The provider's answer is read too: its headers and an error body may echo the key.
         response = with_mode(request_headers_response(c), _READ_THE_ANSWER)
@@ -489,7 +490,8 @@ class DecideProcessor:
         scrub = provider_header_scrub(headers)
         # An error body may be rewritten (redacted): its length is then not the provider's.
         remove = (*scrub.remove, "content-length") if self._status >= 400 else scrub.remove
-        return response_headers_response(common(scrub.replace, remove))
+        # Every answer names the revision that decided it, a passed-through one too.
+        return response_headers_response(common({**scrub.replace, POLICY_VERSION: self._policy.stamp}, remove))
 
     def response_body(self, request: ProcessingRequest) -> ProcessingResponse:
         """A passed-through error body without anything shaped like a key (a success passes)."""
@@ -506,8 +508,8 @@ class DecideProcessor:
         f = self._features
         tenant = f.tenant if f else (self._identity.tenant if self._identity else UNAUTHENTICATED_TENANT)
         task = f.task if f else policy.default_task
-        self._effects.append(Decided(tenant, task, ladder, outcome))
-        headers = own_answer_headers(failure, policy.version)
+        self._effects.append(Decided(tenant, task, ladder, outcome, policy.stamp))
+        headers = own_answer_headers(failure, policy.stamp)
         if failure is Failure.NOT_PERMITTED:
             headers["x-should-retry"] = "false"  # the tenant's policy, not a passing outage
         if retry_after is not None:

@@ -23,6 +23,7 @@ class Decided:
     task: str
     ladder: str
     outcome: str
+    policy: str  # the revision it was decided under (Policy.stamp)
 
 
 @dataclass(frozen=True, slots=True)

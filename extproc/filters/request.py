@@ -164,10 +164,10 @@ def plan_try(
     except ContractError as exc:
         raise UnsafeTryError("foreign_decision", str(exc)) from None
     client = decision.dialect
-    if decision.policy != policy.version:
+    if decision.policy != policy.stamp:
         raise UnsafeTryError(
             "policy_mismatch",
-            f"decided under policy {decision.policy!r}, this worker holds {policy.version!r}",
+            f"decided under policy {decision.policy!r}, this worker holds {policy.stamp!r}",
             client,
         )
     try:
@@ -286,7 +286,7 @@ def header_mutation(plan: TryPlan, policy: Policy, key: str | None) -> tuple[dic
     if plan.skip:
         return {SKIP_HEADER: "1"}, list(scrub_list(policy))
     set_headers = {
-        RUNG_HEADER: f"{plan.position.ladder}/{plan.position.rung}",
+        RUNG_HEADER: policy.relay_routes[(plan.position.ladder, plan.position.rung)],
         ":path": plan.pair.provider_path(plan.provider.path_prefix),
         **plan.pair.auth_headers(key, anthropic_version=d.anthropic_version, anthropic_beta=d.anthropic_beta),
     }

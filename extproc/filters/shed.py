@@ -20,7 +20,7 @@ def shed(request: ProcessingRequest, policy: Policy) -> tuple[ProcessingResponse
     dialect = Dialect.ANTHROPIC if path == ANTHROPIC_MESSAGES_PATH else Dialect.OPENAI
     failure = Failure.SERVER_ERROR  # the 503 of the taxonomy (CLIENT_STATUS)
     retry_after = policy.shed_retry_after_s
-    headers = {**own_answer_headers(failure, policy.version), "retry-after": str(retry_after)}
+    headers = {**own_answer_headers(failure, policy.stamp), "retry-after": str(retry_after)}
     body = render_error(dialect.value, failure, f"Rungway is at capacity; retry after {retry_after}s")
     response = immediate(503, headers, body)
     # Shed before the caller is identified (the cheapest answer): no tenant yet. Marks the

@@ -72,7 +72,7 @@ def answer_flags(plan: TryPlan, policy: Policy, failure: Failure | None, *, shap
         tier=policy.tier_of(position.ladder, position.rung),
         degraded=degraded,
         reason=reason,
-        policy_version=policy.version,
+        policy_version=policy.stamp,
         attempts=plan.real_tries,  # tries that reached a provider (Envoy also counts skipped slots)
         tool_mode=None if plan.tool_mode is ToolMode.FULL else plan.tool_mode.value,  # full: as before T5
         tools_removed=shape.tools_removed,
@@ -220,7 +220,7 @@ def exhausted_answer(
         tier=exhausted.tier,
         degraded=True,
         reason=failure,
-        policy_version=policy.version,
+        policy_version=policy.stamp,
         attempts=plan.real_tries,
     )
     return {**headers, ":status": "200", "content-type": content_type, "content-length": str(len(body))}, body

@@ -15,7 +15,7 @@ from ..routing.spend import OverBudget
 
 
 class Worker(Protocol):
-    policy: Policy
+    policy: Policy  # the current revision: what decide decides under
     clock: Clock
     rng: random.Random
     probe_token: str
@@ -23,6 +23,10 @@ class Worker(Protocol):
     key_store: KeyStore
     # Operators' approvals in force (replaced whole when the approvals file changes).
     approvals: Approvals
+
+    def policy_for(self, stamp: str) -> Policy | None:
+        """The revision a request was decided under (Policy.stamp), while the worker keeps it."""
+        ...
 
     def key_for(self, provider: str) -> str | None:
         """The provider's API key, or None when it needs none."""

@@ -106,6 +106,17 @@ class Board:
         self._client_named: OrderedDict[str, None] = OrderedDict()  # least recently mentioned first
         self.evictions = 0  # client-named endpoints forgotten to stay within the cap
 
+    def reconfigure(self, baselines: dict[str, float], configured: Collection[str]) -> None:
+        """A new policy revision's endpoints and stated baselines (a reload): what the board
+        learned of every endpoint stays. An endpoint the policy names now is never evicted."""
+        self._configured_baselines = baselines
+        self._configured = frozenset(configured)
+        for key in self._configured:
+            self._client_named.pop(key, None)
+        for key in self.endpoints:  # no longer named by the policy: a client-named one now
+            if key not in self._configured and key not in self._client_named:
+                self._client_named[key] = None
+
     def endpoint(self, key: str) -> Endpoint:
         """The endpoint's record, created on first mention (a command). A client-named endpoint
         past `max_client_endpoints` evicts the least recently mentioned one."""

@@ -1,10 +1,12 @@
 """Policy as code (T1): the schema a platform team writes, and reading it.
 
-Owns: the pydantic models (frozen, extra=forbid), loading YAML, provider credentials, and which
-JSON Schemas are acceptable. May import: core.
+Owns: the pydantic models (frozen, extra=forbid), loading YAML (a file, or a directory:
+defaults and one file per tenant), revisions (stamp, history, what a reload may change),
+provider credentials, and which JSON Schemas are acceptable. May import: core.
 """
 
 from .load import PolicyError, load_policy, parse_policy, resolve_credentials
+from .revision import KEEP_PREVIOUS, History, PolicyReloaded, ReloadOutcome, start_only_changes
 from .schema import (
     MAX_LADDER_LENGTH,
     REQUESTED_MODEL,
@@ -34,6 +36,7 @@ from .schema import (
 )
 
 __all__ = [
+    "KEEP_PREVIOUS",
     "MAX_LADDER_LENGTH",
     "REQUESTED_MODEL",
     "AuditSettings",
@@ -49,11 +52,14 @@ __all__ = [
     "Ejection",
     "Exhausted",
     "HealthSettings",
+    "History",
     "LeaveBelow",
     "ModelRoute",
     "Policy",
     "PolicyError",
+    "PolicyReloaded",
     "Provider",
+    "ReloadOutcome",
     "Rung",
     "Shadow",
     "TaskClass",
@@ -63,4 +69,5 @@ __all__ = [
     "load_policy",
     "parse_policy",
     "resolve_credentials",
+    "start_only_changes",
 ]

@@ -8,7 +8,12 @@ frozen: a running sidecar swaps whole policies, never edits one.
 from __future__ import annotations
 
 import fnmatch
+import hashlib
+import json
 import os
+from collections.abc import Mapping
+from enum import Enum
+from functools import cached_property
 from ipaddress import IPv4Network, IPv6Network, ip_address
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -711,6 +716,37 @@ class Policy(_Frozen):
             raise ValueError(PROBLEM_MARK + PROBLEM_MARK.join(problems))
         return self
 
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Policy:
+        """A copy whose derived values (stamp, relay routes) are its own, not the original's."""
+        copied = super().model_copy(update=update, deep=deep)
+        for derived in ("stamp", "relay_routes"):
+            copied.__dict__.pop(derived, None)
+        return copied
+
+    @cached_property
+    def stamp(self) -> str:
+        """`<version>+<12 hex digits of the content's SHA-256>`: the revision stamped on every
+        answer (x-rungway-policy-version) and decision. An edit that forgets to bump `version`
+        still shows; a comment-only edit changes nothing."""
+        content = json.dumps(_canonical(self.model_dump(mode="python")), sort_keys=True, separators=(",", ":"))
+        return f"{self.version}+{hashlib.sha256(content.encode()).hexdigest()[:12]}"
+
+    @cached_property
+    def relay_routes(self) -> dict[tuple[str, int], str]:
+        """Each rung's relay route key, `<ladder>/<index>~<content hash>` (x-rungway-rung): a
+        rung whose provider or settings change gets a new key, so a try decided under the
+        previous revision still reaches the rung it was decided for while both are served."""
+        out = {}
+        for ladder, rungs in self.ladders.items():
+            for i, rung in enumerate(rungs):
+                content = {
+                    "rung": rung.model_dump(mode="python"),
+                    "provider": self.providers[rung.provider].model_dump(),
+                }
+                digest = hashlib.sha256(json.dumps(_canonical(content), sort_keys=True).encode()).hexdigest()[:10]
+                out[(ladder, i)] = f"{ladder}/{i}~{digest}"
+        return out
+
     def tenant(self, name: str) -> TenantPolicy:
         return self.tenants.get(name, self.tenant_defaults)
 
@@ -763,6 +799,22 @@ class Policy(_Frozen):
             if provider.dialect.wire is dialect.wire:
                 return name
         return None
+
+
+def _canonical(value: Any) -> Any:
+    """Plain JSON values every process orders alike (a set's own order follows the process's
+    string hashing)."""
+    if isinstance(value, dict):
+        return {str(k): _canonical(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_canonical(v) for v in value]
+    if isinstance(value, (set, frozenset)):
+        return sorted((_canonical(v) for v in value), key=lambda v: json.dumps(v, sort_keys=True))
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)  # paths, addresses, networks
 
 
 def _header_name(value: str) -> str:

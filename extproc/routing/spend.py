@@ -44,6 +44,18 @@ class SpendLedger:
         self._default_window_s = default_window_s
         self._tenants: OrderedDict[str, _TenantSpend] = OrderedDict()
 
+    def resize(self, window_s: dict[str, float], default_window_s: float) -> None:
+        """A reloaded policy's windows (a command): a tenant whose window changed size starts a
+        new window; every other tenant's spend stays."""
+        changed = [
+            t
+            for t in self._tenants
+            if window_s.get(t, default_window_s) != self._window_s.get(t, self._default_window_s)
+        ]
+        for tenant in changed:
+            del self._tenants[tenant]
+        self._window_s, self._default_window_s = window_s, default_window_s
+
     def _window(self, tenant: str, now: float) -> tuple[int, float]:
         size = self._window_s.get(tenant, self._default_window_s)
         return math.floor(now / size), size

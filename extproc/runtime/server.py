@@ -217,13 +217,23 @@ async def serve(
             loop.add_signal_handler(sig, stop.set)
     if ready is not None:
         ready.set()
-    keys = asyncio.create_task(_watch_keys(sidecar))
+    watches = [asyncio.create_task(_watch_keys(sidecar))]
+    if sidecar.handed is not None:
+        watches.append(asyncio.create_task(_watch_policy(sidecar)))
     await stop.wait()
-    keys.cancel()
+    for watch in watches:
+        watch.cancel()
     await health_servicer.enter_graceful_shutdown()
     await server.stop(grace_s)
     await sidecar.bus.stop()
     log.info("ext_proc server stopped")
+
+
+async def _watch_policy(sidecar: Sidecar, every_s: float = 0.05) -> None:
+    """Take the revisions `rungway up` hands over as soon as it writes them."""
+    while True:
+        await asyncio.sleep(every_s)
+        sidecar.refresh_policy()
 
 
 async def _watch_keys(sidecar: Sidecar, every_s: float = 1.0) -> None:

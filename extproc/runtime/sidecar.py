@@ -59,7 +59,7 @@ from ..filters.wire import ProcessingResponse
 from ..health.board import Board
 from ..health.circuit import Transition
 from ..identity import KeyStore
-from ..policy import REQUESTED_MODEL, Budget, Policy, resolve_credentials
+from ..policy import REQUESTED_MODEL, Budget, History, Policy, PolicyError, resolve_credentials
 from ..routing import HealthView
 from ..routing.approval import Approvals
 from ..routing.spend import OverBudget, SpendLedger
@@ -69,6 +69,7 @@ from .auditlog import AuditSink
 from .bus import HealthBus, InProcessBus
 from .keyfile import KeyFile
 from .metrics import OTHER, Metrics
+from .reload import HandedPolicy
 from .rescue import RESCUE_SOCKET_ENV
 from .shadow import ShadowCalls
 from .tasks import SqliteTaskStore, TaskStore
@@ -117,9 +118,13 @@ def configured_endpoints(policy: Policy) -> frozenset[str]:
 
 def budget_ledger(policy: Policy) -> SpendLedger:
     """A ledger whose windows are the tenants' budgets' (tenant_defaults' for everyone else)."""
+    return SpendLedger(*budget_windows(policy))
+
+
+def budget_windows(policy: Policy) -> tuple[dict[str, float], float]:
     windows = {name: t.budget.window_s for name, t in policy.tenants.items() if t.budget is not None}
     default = policy.tenant_defaults.budget
-    return SpendLedger(windows, default.window_s if default is not None else 3600.0)
+    return windows, default.window_s if default is not None else 3600.0
 
 
 def read_bus_event(raw: dict[str, Any]) -> BusEvent | None:
@@ -151,7 +156,11 @@ class Sidecar:
     )
     # The deferral queue (policy.deferral): accepted requests are stored here before their 202.
     tasks: TaskStore | None = None
+    # Under `rungway up`: where the supervisor hands over new revisions (runtime/reload.py).
+    handed: HandedPolicy | None = None
     key_store: KeyStore = field(init=False)
+    # The current revision (`policy`) and the previous ones requests in flight were decided under.
+    history: History = field(init=False)
     approvals: Approvals = field(init=False)
     board: Board = field(init=False)
     admission: Admission = field(init=False)
@@ -163,6 +172,7 @@ class Sidecar:
     _evictions_counted: int = field(default=0, init=False)
 
     def __post_init__(self) -> None:
+        self.history = History(self.policy)
         configured = configured_endpoints(self.policy)
         self.board = Board(self.policy.health, configured_baselines(self.policy), configured)
         self.metrics.pin_models(key.partition("/")[2] for key in configured)
@@ -201,7 +211,51 @@ class Sidecar:
         if self.approvals_file is not None and self.approvals_file.refresh():
             self.approvals = self.approvals_file.value
 
+    def reload(self, history: History) -> bool:
+        """Serve `history.current` from the next request on; requests decided under a previous
+        revision it keeps finish under theirs. False when it is what this worker serves already.
+        Raises PolicyError (credentials) before changing anything."""
+        if [p.stamp for p in history.all()] == [p.stamp for p in self.history.all()]:
+            return False
+        keys: dict[str, SecretStr | None] = {}
+        for policy in reversed(history.all()):  # the current revision's keys win
+            keys.update(resolve_credentials(policy))
+        current = history.current
+        self.keys = keys
+        self.history = history
+        self.policy = current
+        self.admission.limit = current.max_in_flight
+        self.spend.resize(*budget_windows(current))
+        configured = configured_endpoints(current)
+        self.board.reconfigure(configured_baselines(current), configured)
+        self.metrics.pin_models(key.partition("/")[2] for key in configured)
+        return True
+
+    def refresh_policy(self) -> None:
+        """Take a history `rungway up` handed over since the last call (called every few tens of
+        ms by the server, and at once by policy_for); a bad one is logged and changes nothing."""
+        if self.handed is None:
+            return
+        try:
+            history = self.handed.changed()
+            if history is not None:
+                if self.reload(history):
+                    logging.getLogger("rungway.policy").info("policy %s now serves", self.policy.stamp)
+                self.handed.serving(self.policy.stamp)
+        except (OSError, PolicyError) as exc:
+            logging.getLogger("rungway.policy").error("policy history not taken: %s", exc)
+
     # ---- reads (the processors' Worker) ------------------------------------------------------
+
+    def policy_for(self, stamp: str) -> Policy | None:
+        found = self.history.get(stamp)
+        if found is None:
+            # Decide and the tries of one request may run on different workers: another worker
+            # may have taken the supervisor's newest revision a moment before this one. The
+            # supervisor wrote it before any worker could decide under it.
+            self.refresh_policy()
+            found = self.history.get(stamp)
+        return found
 
     def key_for(self, provider: str) -> str | None:
         key = self.keys.get(provider)
@@ -260,7 +314,7 @@ class Sidecar:
                         )
                 case QuotaSignal():
                     self.bus.publish(effect.encode())
-                case Decided(tenant, task, ladder, outcome):
+                case Decided(tenant, task, ladder, outcome, _):
                     m.decisions.labels(m.tenant(tenant), task, ladder, outcome).inc()
                 case Unauthenticated(reason):
                     m.unauthenticated.labels(reason).inc()

@@ -44,14 +44,25 @@ from ..core.names import REASON
 from ..health.board import Board
 from ..health.circuit import Transition
 from ..health.probe import ProbeSchedule, ProbeTarget, ReplicaReports, due, rate_limited, targets
-from ..policy import Policy
+from ..policy import (
+    History,
+    Policy,
+    PolicyError,
+    PolicyReloaded,
+    ReloadOutcome,
+    load_policy,
+    resolve_credentials,
+    start_only_changes,
+)
 from ..routing.approval import ApprovalError, approval
-from ..xds.bootstrap import EnvoySettings, render
+from ..xds.bootstrap import LISTENER_ROUTES, RELAY_ROUTES, EnvoySettings, render
+from ..xds.resources import XdsFiles, render_bootstrap, render_resources
 from .approvals import grant, read_approvals, revoke
 from .auditlog import AUDIT_CHAIN_ENV, AUDIT_DIR_ENV, read_records
 from .bus import HealthBus, HubServer, fleet_bus
 from .drainer import Drainer
 from .metrics import BoardCollector, EnvoyRestarts, ProbeMetrics, stream_summary
+from .reload import PolicyReloads, revision_file, source_fingerprint, write_atomically, written_at
 from .rescue import RESCUE_SOCKET_ENV
 from .sidecar import (
     CHANNEL_TOKEN_ENV,
@@ -70,6 +81,17 @@ log = logging.getLogger("rungway.up")
 _OPEN_ADMIN_PATHS = frozenset({"/healthz", "/readyz"})
 # Envoy's admin is reached over its Unix socket: the host part of these URLs means nothing.
 _ENVOY_ADMIN = "http://envoy"
+# How often the policy file or directory is checked for an edit.
+_POLICY_POLL_S = 0.1
+# How long a reload waits for Envoy, then for every worker, to serve the new revision.
+_RELOAD_WAIT_S = 10.0
+# Envoy's readout of the xDS version it applied, per resource (the file's resource name).
+_XDS_STATS = r"^(cluster_manager\.cds|http\.(rungway|relay)\.rds\.(rungway|relay))\.(version_text|update_rejected)$"
+_XDS_READOUTS = {
+    "clusters": "cluster_manager.cds.version_text",
+    LISTENER_ROUTES: f"http.{LISTENER_ROUTES}.rds.{LISTENER_ROUTES}.version_text",
+    RELAY_ROUTES: f"http.{RELAY_ROUTES}.rds.{RELAY_ROUTES}.version_text",
+}
 
 
 def envoy_binary() -> str:
@@ -192,6 +214,16 @@ class Supervisor:
             )
         audit = policy.audit
         self.audit_dir = (audit.dir or options.audit_dir) if audit.enabled else None
+        # Hot reload: the revisions served (current first), Envoy's xDS files, the workers' copy.
+        self.history = History(policy)
+        self._xds = XdsFiles(self._dir / "xds")
+        self._xds_version = 0
+        self._xds_written: dict[str, str] = {}  # each resource file's content, as last written
+        self._renders: dict[str, dict[str, Any]] = {}  # by revision stamp
+        self._history_file = self._dir / "policy-history.json"
+        self.reloads = PolicyReloads()
+        self._policy_seen = source_fingerprint(options.policy_path)
+        self._envoy_rejections: dict[str, str] = {}  # Envoy's update_rejected counters, as last seen
 
     # ---- processes -----------------------------------------------------------------------
 
@@ -216,8 +248,8 @@ class Supervisor:
             "-m",
             "extproc.cli",
             "serve",
-            "--policy",
-            str(self.options.policy_path),
+            "--policy-history",
+            str(self._history_file),
             "--socket",
             str(self._worker_sockets[index]),
             "--log-level",
@@ -225,8 +257,8 @@ class Supervisor:
         ]
         self._workers[index] = subprocess.Popen(cmd, env=env)
 
-    def _start_envoy(self) -> None:
-        settings = EnvoySettings(
+    def _envoy_settings(self) -> EnvoySettings:
+        return EnvoySettings(
             listen_address=self.options.listen[0],
             listen_port=self.options.listen[1],
             admin_port=0,
@@ -236,8 +268,38 @@ class Supervisor:
             rescue_socket=str(self._rescue_socket),
             access_log_path=self.options.access_log,
         )
+
+    def _write_xds(self, history: History, *, every: bool = False) -> dict[str, str]:
+        """Envoy's resources for `history`, each file replaced by rename, only those whose
+        content changed (a tenant's rule changes none: Envoy has nothing to do) unless `every`;
+        the readouts that will show each new file applied, and its version."""
+        self._xds_version += 1
+        version = str(self._xds_version)
+        resources = render_resources(history, self._envoy_settings(), self._render)
+        written = {}
+        for name, path, content in resources.files(self._xds):
+            text = json.dumps(content, sort_keys=True)
+            if not every and self._xds_written.get(name) == text:
+                continue
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            write_atomically(path, json.dumps({"version_info": version, **content}), tmp_dir=self._xds.root)
+            self._xds_written[name] = text
+            written[_XDS_READOUTS[name]] = version
+        return written
+
+    def _render(self, policy: Policy, settings: EnvoySettings) -> dict[str, Any]:
+        """A revision's full render, once: the settings do not change while `up` runs."""
+        if policy.stamp not in self._renders:
+            self._renders[policy.stamp] = render(policy, settings)
+        return self._renders[policy.stamp]
+
+    def _start_envoy(self) -> None:
+        settings = self._envoy_settings()
+        self._write_xds(self.history, every=True)
         config_path = self._dir / "envoy.yaml"
-        config_path.write_text(yaml.safe_dump(render(self.options.policy, settings), sort_keys=False))
+        config_path.write_text(
+            yaml.safe_dump(render_bootstrap(self.history.current, settings, self._xds), sort_keys=False)
+        )
         admin_file = self._dir / "envoy-admin-address"
         admin_file.unlink(missing_ok=True)
         cmd = [
@@ -322,6 +384,7 @@ class Supervisor:
         registry.register(self.envoy_restarts)
         if self.drainer is not None:
             registry.register(self.drainer.collector(time.time))
+        registry.register(self.reloads)
         return web.Response(body=generate_latest(registry), headers={"content-type": CONTENT_TYPE_LATEST})
 
     async def _healthz(self, request: web.Request) -> web.Response:
@@ -330,7 +393,7 @@ class Supervisor:
     async def _readyz(self, request: web.Request) -> web.Response:
         workers = [p is not None and p.poll() is None for p in self._workers]
         envoy = self._envoy is not None and self._envoy.poll() is None
-        body = {"envoy": envoy, "workers": workers, "policy_version": self.options.policy.version}
+        body = {"envoy": envoy, "workers": workers, "policy_version": self.history.current.stamp}
         return web.json_response(body, status=200 if envoy and all(workers) else 503)
 
     @web.middleware
@@ -497,7 +560,13 @@ class Supervisor:
 
     async def _status(self, request: web.Request) -> web.Response:
         body = {
-            "policy_version": self.options.policy.version,
+            "policy_version": self.history.current.stamp,
+            "policy": {
+                "source": self.options.policy_path.name,  # /status names no filesystem path
+                "revision": self.history.current.stamp,
+                "kept": [p.stamp for p in self.history.previous],  # for requests decided under them
+                **self.reloads.snapshot(),
+            },
             "at": time.time(),
             # The pod hub's socket path is for logs, not for whoever reads /status.
             "bus": {k: v for k, v in self._bus.snapshot().items() if k != "path"},
@@ -582,6 +651,7 @@ class Supervisor:
 
     async def start(self) -> None:
         await self._bus.start()
+        write_atomically(self._history_file, self.history.encode())
         for i in range(len(self._workers)):
             self._start_worker(i)
         await self._await_workers()
@@ -594,6 +664,7 @@ class Supervisor:
             self._tasks.append(asyncio.create_task(self.drainer.run()))
         if self.audit_dir is not None and self.options.policy.audit.export == "bus":
             self._tasks.append(asyncio.create_task(self._export_audit(self.audit_dir)))
+        self._tasks.append(asyncio.create_task(self._watch_policy()))
         self._write_state()
         log.info(
             "rungway up: listening on %s:%d, admin on %s:%d, %d worker(s), policy %s",
@@ -602,7 +673,129 @@ class Supervisor:
             self.options.admin[0],
             self.admin_port,
             len(self._workers),
-            self.options.policy.version,
+            self.history.current.stamp,
+        )
+
+    # ---- policy hot reload ---------------------------------------------------------------
+
+    async def _watch_policy(self) -> None:
+        while True:
+            await asyncio.sleep(_POLICY_POLL_S)
+            seen = source_fingerprint(self.options.policy_path)
+            if seen == self._policy_seen:
+                continue
+            await asyncio.sleep(0.05)  # an editor's save in several writes: take the last
+            settled = source_fingerprint(self.options.policy_path)
+            if settled != seen:
+                continue
+            self._policy_seen = settled
+            try:
+                await self.reload(written_at(settled))
+            except Exception:  # a bug in a reload must never stop the watch (or what serves)
+                log.exception("policy reload failed")
+
+    async def reload(self, written: float | None = None) -> PolicyReloaded:
+        """Validate the policy on disk and, if it is good and new, make Envoy and then every
+        worker serve it; anything wrong changes nothing. `written`: when the edit was saved."""
+        old = self.history.current
+        source = str(self.options.policy_path)
+        started = time.time()
+
+        def outcome(kind: ReloadOutcome, new: str | None = None, problems: tuple[str, ...] = ()) -> PolicyReloaded:
+            event = PolicyReloaded(started, kind, old.stamp, new, source, problems)
+            self.reloads.record(event)
+            return event
+
+        try:
+            new = load_policy(self.options.policy_path)
+            resolve_credentials(new)
+        except PolicyError as exc:
+            return outcome(ReloadOutcome.REJECTED, problems=tuple(f"{exc.source}: {p}" for p in exc.problems))
+        changed = start_only_changes(old, new)
+        if changed:
+            return outcome(
+                ReloadOutcome.REJECTED,
+                problems=tuple(
+                    f"{source}: {name}: read only at start; restart rungway up to change it" for name in changed
+                ),
+            )
+        if new.stamp == old.stamp:
+            return outcome(ReloadOutcome.UNCHANGED)
+        history = self.history.advance(new)
+        # Envoy first: the new revision's clusters and routes exist before any worker decides
+        # under it; the previous revisions' stay for requests decided under them.
+        pushed = time.time()
+        problem = await self._push_to_envoy(history)
+        envoy_done = time.time()
+        if problem is not None:
+            self._write_xds(self.history)  # back to what serves, for an Envoy restart
+            return outcome(ReloadOutcome.REJECTED, problems=(f"envoy: {problem}",))
+        self.history = history
+        kept = {p.stamp for p in history.all()}
+        self._renders = {stamp: r for stamp, r in self._renders.items() if stamp in kept}
+        self.options.policy = new  # the prober's targets; an Envoy restart renders from history
+        configured = configured_endpoints(new)
+        self.board.reconfigure(configured_baselines(new), configured)
+        write_atomically(self._history_file, history.encode())
+        await self._await_workers_serving(new.stamp)
+        done = time.time()
+        event = PolicyReloaded(
+            started,
+            ReloadOutcome.APPLIED,
+            old.stamp,
+            new.stamp,
+            source,
+            took_s=done - (written or started),
+            envoy_s=envoy_done - pushed,
+            workers_s=done - envoy_done,
+        )
+        self.reloads.record(event)
+        return event
+
+    async def _push_to_envoy(self, history: History) -> str | None:
+        """Write the resources and wait until Envoy applied all of them; why not, else None."""
+        expected = self._write_xds(history)
+        if not expected:
+            return None  # nothing of Envoy's changed (a tenant's rule)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _RELOAD_WAIT_S
+        async with self._envoy_admin_session(timeout=2) as session:
+            while loop.time() < deadline:
+                if self._envoy is None or self._envoy.poll() is not None:
+                    return None  # restarting: it reads the files at start
+                try:
+                    async with session.get(f"{_ENVOY_ADMIN}/stats?filter={_XDS_STATS}") as r:
+                        stats = _readouts(await r.text())
+                except (aiohttp.ClientError, TimeoutError):
+                    await asyncio.sleep(0.01)
+                    continue
+                if all(stats.get(name) == version for name, version in expected.items()):
+                    return None
+                rejected = {k: v for k, v in stats.items() if k.endswith("update_rejected") and v != "0"}
+                # A counter that moved since the last look (a restarted Envoy starts from 0).
+                moved = sorted(k for k, v in rejected.items() if self._envoy_rejections.get(k) != v)
+                self._envoy_rejections = rejected
+                if moved:
+                    return f"Envoy rejected the configuration ({', '.join(moved)}); see Envoy's log"
+                await asyncio.sleep(0.005)
+        return f"Envoy did not apply the configuration within {_RELOAD_WAIT_S:g}s"
+
+    async def _await_workers_serving(self, stamp: str) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _RELOAD_WAIT_S
+        acks = [revision_file(p) for p in self._worker_sockets]
+        while loop.time() < deadline:
+            serving = []
+            for ack in acks:
+                try:
+                    serving.append(ack.read_text() == stamp)
+                except OSError:
+                    serving.append(False)
+            if all(serving):
+                return
+            await asyncio.sleep(0.005)
+        log.warning(
+            "not every worker serves %s after %gs (a restarting worker reads it at start)", stamp, _RELOAD_WAIT_S
         )
 
     async def supervise(self, stop: asyncio.Event) -> None:
@@ -720,6 +913,16 @@ def _ago(text: str) -> float:
     if not seconds >= 0:
         raise ValueError(text)
     return time.time() - seconds
+
+
+def _readouts(text: str) -> dict[str, str]:
+    """Envoy's /stats lines (`name: value`, text readouts quoted) as a dict."""
+    out = {}
+    for line in text.splitlines():
+        name, sep, value = line.partition(": ")
+        if sep:
+            out[name.strip()] = value.strip().strip('"')
+    return out
 
 
 def _exit_reason(returncode: int | None) -> str:

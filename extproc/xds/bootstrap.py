@@ -49,6 +49,9 @@ EXTPROC_BUFFER_LIMIT = 32 * 1024 * 1024
 
 _ANY = "type.googleapis.com/"
 ADMIN_SOCKET_MODE = 0o600
+EXTPROC_CLUSTER = "rungway_extproc"
+LISTENER_ROUTES = "rungway"  # the client listener's route table
+RELAY_ROUTES = "relay"  # the relay listener's: one route per rung
 
 
 @dataclass(frozen=True)
@@ -225,7 +228,7 @@ def _listener(policy: Policy, settings: EnvoySettings) -> dict[str, Any]:
         "access_log": [_access_log(settings.access_log_path)],
         "local_reply_config": _local_reply_config(),
         "route_config": {
-            "name": "rungway",
+            "name": LISTENER_ROUTES,
             "virtual_hosts": [
                 {
                     "name": "llm",
@@ -404,7 +407,7 @@ def _json_to_metadata() -> dict[str, Any]:
 
 def _grpc_service(role: str, settings: EnvoySettings) -> dict[str, Any]:
     return {
-        "envoy_grpc": {"cluster_name": "rungway_extproc"},
+        "envoy_grpc": {"cluster_name": EXTPROC_CLUSTER},
         "initial_metadata": [
             {"key": FILTER_ROLE_KEY, "value": role},
             {"key": CHANNEL_TOKEN_KEY, "value": settings.channel_token},
@@ -589,10 +592,10 @@ def _relay_listener(policy: Policy) -> dict[str, Any]:
         for i, rung in enumerate(rungs):
             routes.append(
                 {
-                    "name": f"rung_{ladder}_{i}",
+                    "name": relay_route_name(policy.relay_routes[(ladder, i)]),
                     "match": {
                         "prefix": "/",
-                        "headers": [{"name": RUNG_HEADER, "string_match": {"exact": f"{ladder}/{i}"}}],
+                        "headers": [{"name": RUNG_HEADER, "string_match": {"exact": policy.relay_routes[(ladder, i)]}}],
                     },
                     "route": {
                         "cluster": direct_cluster(rung.provider),
@@ -621,7 +624,10 @@ def _relay_listener(policy: Policy) -> dict[str, Any]:
         "stat_prefix": "relay",
         "codec_type": "AUTO",
         "stream_idle_timeout": "0s",  # streams pause; the outer listener and the sidecar time them
-        "route_config": {"name": "relay", "virtual_hosts": [{"name": "rungs", "domains": ["*"], "routes": routes}]},
+        "route_config": {
+            "name": RELAY_ROUTES,
+            "virtual_hosts": [{"name": "rungs", "domains": ["*"], "routes": routes}],
+        },
         "http_filters": [
             {
                 "name": "envoy.filters.http.router",
@@ -636,6 +642,11 @@ def _relay_listener(policy: Policy) -> dict[str, Any]:
             {"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}
         ],
     }
+
+
+def relay_route_name(key: str) -> str:
+    """The relay route of a rung's key (`<ladder>/<index>~<hash>`)."""
+    return "rung_" + key.replace("/", "_").replace("~", "_")
 
 
 def _provider_cluster(name: str, provider: Provider) -> dict[str, Any]:
@@ -677,13 +688,13 @@ def _provider_cluster(name: str, provider: Provider) -> dict[str, Any]:
 
 def _extproc_cluster(settings: EnvoySettings) -> dict[str, Any]:
     return {
-        "name": "rungway_extproc",
+        "name": EXTPROC_CLUSTER,
         "type": "STATIC",
         "connect_timeout": "0.25s",
         "lb_policy": "ROUND_ROBIN",
         "per_connection_buffer_limit_bytes": EXTPROC_BUFFER_LIMIT,
         "load_assignment": {
-            "cluster_name": "rungway_extproc",
+            "cluster_name": EXTPROC_CLUSTER,
             "endpoints": [
                 {
                     "lb_endpoints": [

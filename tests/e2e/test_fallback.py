@@ -10,6 +10,7 @@ import anthropic
 import openai
 import pytest
 
+from extproc.policy import load_policy
 from tests.conftest import KEY_ENV, PRIMARY_KEY, SECONDARY_KEY, SMALL_KEY, EnvoyGuard, Fleet
 from tests.stack import Stack, body_of, running
 
@@ -31,7 +32,7 @@ def test_healthy_primary_serves_at_tier_zero(clean: Stack, fleet: Fleet) -> None
         "x-rungway-tier": "0",
         "x-rungway-degraded": "false",
         "x-rungway-reason": "none",
-        "x-rungway-policy-version": "test-2026.12.1",
+        "x-rungway-policy-version": load_policy(clean.policy_path).stamp,  # version + content hash
         "x-rungway-attempts": "1",
     }
     sent = fleet.primary.requests[-1]

@@ -72,6 +72,26 @@ def test_policy_check_reports_field_level_errors(tmp_path: Path) -> None:
     assert ok.returncode == 0 and "OK" in ok.stdout
 
 
+def test_policy_check_validates_a_directory_naming_the_file_and_the_field(tmp_path: Path) -> None:
+    defaults = yaml.safe_load((REPO / "policies" / "example.yaml").read_text())
+    tenants = defaults.pop("tenants")
+    (tmp_path / "tenants").mkdir()
+    (tmp_path / "defaults.yaml").write_text(yaml.safe_dump(defaults))
+    for name, tenant in tenants.items():
+        (tmp_path / "tenants" / f"{name}.yaml").write_text(yaml.safe_dump(tenant))
+    ok = rungway("policy", "check", str(tmp_path))
+    assert ok.returncode == 0, ok.stderr
+    single = rungway("policy", "check", str(REPO / "policies" / "example.yaml"))
+    revision = single.stdout.split("revision ")[1].split(";")[0]
+    assert f"revision {revision};" in ok.stdout and f"{len(tenants)} tenants" in ok.stdout  # the same policy
+    (tmp_path / "tenants" / "clinic.yaml").write_text("lowest_tier: 7\nregion: [eu]\n")
+    bad = rungway("policy", "check", str(tmp_path))
+    assert bad.returncode == 1
+    assert f"invalid policy {tmp_path}:" in bad.stderr
+    assert "tenants/clinic.yaml: lowest_tier: Input should be less than or equal to 3" in bad.stderr
+    assert "tenants/clinic.yaml: region: unknown field" in bad.stderr
+
+
 def test_policy_check_refuses_a_credential_over_plain_http_naming_the_provider(tmp_path: Path) -> None:
     policy: dict[str, Any] = {
         "version": "v1",

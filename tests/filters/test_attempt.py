@@ -99,6 +99,7 @@ class Try:
         **decided: Any,
     ) -> None:
         self.sidecar = sidecar
+        decided.setdefault("policy", sidecar.policy.stamp)  # the revision the sidecar serves
         self.decision = decision(**decided)
         self.processor = AttemptProcessor(sidecar)
         self.effects: list[Any] = []
@@ -208,7 +209,7 @@ def flags_of(
         TIER: str(tier),
         DEGRADED: "true" if degraded else "false",
         REASON: reason,
-        POLICY_VERSION: "unit-2026.1",
+        POLICY_VERSION: make_policy().stamp,
         ATTEMPTS: str(attempts),
     }
 
@@ -245,7 +246,7 @@ def test_openai_rung_gets_its_own_bearer_key_and_every_provider_header_is_scrubb
     t = Try(make_sidecar(), rung=0)
     answer = t.headers_answer
     assert set_headers(answer) == {
-        RUNG_HEADER: "main/0",  # the relay route: the rung's provider and budget
+        RUNG_HEADER: make_policy().relay_routes[("main", 0)],  # the relay route: the rung's provider and budget
         ":path": "/v1/chat/completions",
         "authorization": "Bearer " + PRIMARY_KEY,
         "openai-project": "proj_rungway",
@@ -269,7 +270,7 @@ def test_unchanged_request_body_is_not_even_sent_to_the_sidecar() -> None:
 def test_anthropic_rung_gets_x_api_key_and_version_and_never_the_app_key() -> None:
     t = Try(make_sidecar(), rung=1)
     assert set_headers(t.headers_answer) == {
-        RUNG_HEADER: "main/1",
+        RUNG_HEADER: make_policy().relay_routes[("main", 1)],
         ":path": "/v1/messages",
         "anthropic-version": "2023-06-01",
         "x-api-key": SECONDARY_KEY,
@@ -297,7 +298,7 @@ def test_anthropic_client_version_and_beta_carry_over_to_an_anthropic_rung() -> 
 def test_rung_without_a_key_gets_no_credential_and_loses_the_app_key() -> None:
     t = Try(make_sidecar(), rung=2)
     headers = set_headers(t.headers_answer)
-    assert headers == {RUNG_HEADER: "main/2", ":path": "/v1/chat/completions"}
+    assert headers == {RUNG_HEADER: make_policy().relay_routes[("main", 2)], ":path": "/v1/chat/completions"}
     assert "authorization" in removed_headers(t.headers_answer)
 
 

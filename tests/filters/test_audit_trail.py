@@ -35,7 +35,7 @@ SECONDARY = RungRef("main", 1, "secondary", "claude-fallback", 1)
 CONTEXT: dict[str, Any] = {
     "tenant": "acme",
     "task": "default",
-    "policy": "unit-2026.1",
+    "policy": make_policy(audit={"dir": "/var/lib/rungway/audit"}).stamp,  # the revision's stamp
     "request_id": "req-1",
     "prompt_hash": PROMPT,
 }

@@ -337,7 +337,7 @@ def test_unknown_model_is_refused_with_400_in_the_openai_dialect() -> None:
         TIER: "none",
         DEGRADED: "false",
         REASON: "client_error",
-        POLICY_VERSION: "unit-2026.1",
+        POLICY_VERSION: make_policy().stamp,
         ATTEMPTS: "0",
     }
     error = error_body(response)["error"]
@@ -539,7 +539,7 @@ def test_a_passed_through_error_answer_is_redacted_and_a_success_passes() -> Non
     echo = {"set-cookie": "s=1", "x-echo": f"Bearer {PRIMARY_KEY}", "content-length": "99"}
     (headers_answer,) = processor.dispatch(response_headers(401, echo))
     assert set(removed_headers(headers_answer)) == {"set-cookie", "content-length"}
-    assert set_headers(headers_answer) == {"x-echo": "Bearer [redacted]"}
+    assert set_headers(headers_answer) == {"x-echo": "Bearer [redacted]", POLICY_VERSION: make_policy().stamp}
     body = {"error": {"message": f"Incorrect API key provided: {PRIMARY_KEY}"}}
     (body_answer,) = processor.dispatch(response_body(body))
     assert PRIMARY_KEY not in (body_of(body_answer) or b"").decode()

@@ -10,9 +10,10 @@ from envoy.config.core.v3 import base_pb2
 from google.protobuf import json_format, struct_pb2, text_format
 
 from extproc.core import Decision, Dialect, RungAddress, TripRecord
-from extproc.core.names import META_DECISION, META_TRIP, rung_cluster
+from extproc.core.names import META_DECISION, META_TRIP, RUNG_HEADER, rung_cluster
 from extproc.filters.attempt import AttemptProcessor, Phase
 from extproc.filters.decide import DecideProcessor
+from extproc.policy import KEEP_PREVIOUS, History, parse_policy
 from extproc.xds.bootstrap import EnvoySettings, render
 from tests.builders import (
     CLIENT_KEY,
@@ -21,6 +22,7 @@ from tests.builders import (
     decide_fields,
     dynamic_metadata,
     make_sidecar,
+    policy_data,
     request_headers,
     set_headers,
 )
@@ -41,8 +43,8 @@ def endpoint_metadata_text(ladder: str, rung: int, slot: int = 0) -> str:
     return text_format.MessageToString(metadata)
 
 
-def decided(path: str, model: str, **fields: Any) -> tuple[Any, dict[str, Any]]:
-    sidecar = make_sidecar()
+def decided(path: str, model: str, sidecar: Any = None, **fields: Any) -> tuple[Any, dict[str, Any]]:
+    sidecar = sidecar or make_sidecar()
     processor = DecideProcessor(sidecar)
     headers = {
         ":method": "POST",
@@ -112,3 +114,62 @@ def test_the_rendered_endpoint_metadata_is_a_rung_address() -> None:
     text_format.Parse(text, metadata)
     values = json_format.MessageToDict(metadata.filter_metadata[META_DECISION])
     assert RungAddress.decode(values) == RungAddress("main", 1, 0)
+
+
+def swapped(version: str) -> Any:
+    """The unit policy with ladder main's rung 1 on the small model instead of the secondary."""
+    data = policy_data(version=version)
+    data["ladders"]["main"][1] = {"provider": "small", "model": "small-model", "strip_tools": True}
+    return parse_policy(data)
+
+
+def try_on(sidecar: Any, decision: dict[str, Any], rung: int) -> tuple[Any, dict[str, str]]:
+    processor = AttemptProcessor(sidecar)
+    attributes = {
+        "xds.upstream_host_metadata": endpoint_metadata_text("main", rung),
+        "upstream.request_attempt_count": 2,
+    }
+    (answer,) = processor.dispatch(
+        request_headers(
+            {":path": "/v1/chat/completions", "authorization": "Bearer app-key"},
+            metadata={META_DECISION: decision},
+            attributes=attributes,
+        )
+    )
+    return processor, set_headers(answer) if processor.phase is Phase.STARTED else {}
+
+
+@pytest.fixture
+def provider_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the unit policy's credentials say a reload reads the keys."""
+    monkeypatch.setenv("RW_UNIT_PRIMARY", PRIMARY_KEY)
+    monkeypatch.setenv("RW_UNIT_SECONDARY", SECONDARY_KEY)
+
+
+@pytest.mark.usefixtures("provider_keys")
+def test_a_try_decided_before_a_reload_runs_under_the_revision_it_was_decided_under() -> None:
+    sidecar, before = decided("/v1/chat/completions", "gpt-4o")
+    old = sidecar.policy
+    sidecar.reload(History(old).advance(swapped("unit-2026.2")))
+    # Rung 1 is the secondary in the revision the request was decided under, whatever the
+    # worker serves now: its relay route, its key, its path.
+    processor, headers = try_on(sidecar, before, 1)
+    assert processor.phase is Phase.STARTED
+    assert headers[RUNG_HEADER] == old.relay_routes[("main", 1)]
+    assert headers["x-api-key"] == SECONDARY_KEY and headers[":path"] == "/v1/messages"
+    # A request decided now is decided under the new revision, and its rung 1 is the small model.
+    _, after = decided("/v1/chat/completions", "gpt-4o", sidecar)
+    assert after["policy"] == sidecar.policy.stamp != before["policy"]
+    _, headers = try_on(sidecar, after, 1)
+    assert headers[RUNG_HEADER] == sidecar.policy.relay_routes[("main", 1)] != old.relay_routes[("main", 1)]
+
+
+@pytest.mark.usefixtures("provider_keys")
+def test_a_try_decided_under_a_revision_the_worker_no_longer_keeps_is_refused() -> None:
+    sidecar, before = decided("/v1/chat/completions", "gpt-4o")
+    history = History(sidecar.policy)
+    for n in range(KEEP_PREVIOUS + 1):
+        history = history.advance(swapped(f"unit-2027.{n}"))
+    sidecar.reload(history)
+    processor, _ = try_on(sidecar, before, 1)
+    assert processor.phase is Phase.REFUSED

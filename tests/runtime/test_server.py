@@ -45,10 +45,12 @@ class Context:
         self.aborted = (code, details)
 
 
-def stream_messages() -> list[Any]:
+def stream_messages(policy: str) -> list[Any]:
     attributes = {"xds.upstream_host_metadata": host_metadata_text("main", 0), "upstream.request_attempt_count": 1}
     return [
-        request_headers(CLIENT_HEADERS, metadata={META_DECISION: decision(stream=True)}, attributes=attributes),
+        request_headers(
+            CLIENT_HEADERS, metadata={META_DECISION: decision(stream=True, policy=policy)}, attributes=attributes
+        ),
         response_headers(200, {"content-type": "text/event-stream"}),
         response_body(sse(openai_events(["Par"], finish=None, usage=False, done=False)), end_of_stream=False),
     ]
@@ -66,7 +68,9 @@ async def test_a_stream_that_ends_while_the_watchdog_answers_leaves_no_unretriev
     loop.set_exception_handler(lambda _loop, context: leaked.append(context))
     sidecar = make_sidecar(make_policy(stream_stall_s=0.05), clock=SystemClock())  # type: ignore[arg-type]
     context: Any = Context("attempt", sidecar.channel_token)
-    process: Any = ExternalProcessor(sidecar).Process(requests(stream_messages(), then_wait_s=0.1), context)
+    process: Any = ExternalProcessor(sidecar).Process(
+        requests(stream_messages(sidecar.policy.stamp), then_wait_s=0.1), context
+    )
     answers = []
     async for answer in process:
         answers.append(answer)
@@ -95,7 +99,7 @@ async def test_an_unknown_filter_role_is_refused() -> None:
 async def test_a_stream_without_envoys_channel_token_reads_nothing_and_gets_no_key(token: str | None) -> None:
     sidecar = make_sidecar()
     context: Any = Context("attempt", token)
-    process = ExternalProcessor(sidecar).Process(requests(stream_messages(), 0), context)
+    process = ExternalProcessor(sidecar).Process(requests(stream_messages(sidecar.policy.stamp), 0), context)
     assert [a async for a in process] == []  # not even the header mutation that carries the key
     assert context.aborted == (grpc.StatusCode.UNAUTHENTICATED, "unknown caller")
     assert sample(sidecar, "rungway_channel_refused_total") == 1
@@ -104,7 +108,9 @@ async def test_a_stream_without_envoys_channel_token_reads_nothing_and_gets_no_k
 async def test_a_try_is_in_flight_at_the_worker_for_as_long_as_its_stream() -> None:
     sidecar = make_sidecar(clock=SystemClock())  # type: ignore[arg-type]
     context: Any = Context("attempt", sidecar.channel_token)
-    process: Any = ExternalProcessor(sidecar).Process(requests(stream_messages(), then_wait_s=0.05), context)
+    process: Any = ExternalProcessor(sidecar).Process(
+        requests(stream_messages(sidecar.policy.stamp), then_wait_s=0.05), context
+    )
     seen = []
     async for _ in process:
         seen.append(sidecar.admission.tries)

@@ -35,7 +35,7 @@ from extproc.core.names import (
 from extproc.policy import Policy
 from extproc.routing.ladder import Route, choose, orderings
 from extproc.runtime.supervisor import envoy_binary
-from extproc.xds.bootstrap import EXTPROC_BUFFER_LIMIT, EnvoySettings, render
+from extproc.xds.bootstrap import EXTPROC_BUFFER_LIMIT, EnvoySettings, relay_route_name, render
 from tests.builders import make_policy, policies, policy_data, request_features
 from tests.tlsca import make_test_ca
 
@@ -170,11 +170,16 @@ def test_the_relay_gives_each_rung_its_own_budget_and_provider_and_skips_at_once
         {"header": {"key": SKIPPED_HEADER, "value": "1"}},
         {"header": {"key": RETRY_HEADER, "value": "1"}},
     ]
-    primary = relay["rung_main_0"]
-    assert primary["match"]["headers"] == [{"name": RUNG_HEADER, "string_match": {"exact": "main/0"}}]
+    key = make_policy().relay_routes[("main", 0)]
+    assert key.startswith("main/0~")  # the rung's content hash: a changed rung is another route
+    primary = relay[relay_route_name(key)]
+    assert primary["match"]["headers"] == [{"name": RUNG_HEADER, "string_match": {"exact": key}}]
     assert primary["route"]["cluster"] == direct_cluster("primary")
     assert primary["route"]["retry_policy"] == {"num_retries": 0, "per_try_timeout": "2.000s"}  # rung main/0 timeout_s
-    assert relay["rung_main_1"]["route"]["retry_policy"]["per_try_timeout"] == "30.000s"
+    assert (
+        relay[relay_route_name(make_policy().relay_routes[("main", 1)])]["route"]["retry_policy"]["per_try_timeout"]
+        == "30.000s"
+    )
     assert primary["request_headers_to_remove"] == [RUNG_HEADER, SKIP_HEADER]
     assert next(iter(relay)) == "skip" and list(relay)[-1] == "unknown_rung"
 
