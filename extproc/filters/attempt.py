@@ -37,7 +37,7 @@ import secrets
 from enum import StrEnum
 from typing import Any, Final
 
-from ..core import CLIENT_STATUS, Failure, Observation, QuotaSignal
+from ..core import CLIENT_STATUS, Failure, Impact, Observation, QuotaSignal
 from ..core.names import META_DECISION, META_TRIP, RELAY_FLAGS_HEADER
 from ..policy import Policy
 from ..routing.quota import HEADERS as QUOTA_HEADERS
@@ -63,6 +63,8 @@ from .effects import (
     RescueFailed,
     RescueItem,
     RescueRequested,
+    RungFreed,
+    RungTaken,
     Served,
     StreamEnded,
     Tried,
@@ -235,6 +237,8 @@ class AttemptProcessor:
         """The try's gRPC stream ended. Without an answer seen, Envoy's per-try timer or a reset
         ended it: the board learns that here, at once."""
         plan = self._plan
+        if plan is not None and plan.final is None and not plan.skip and not plan.decision.probe:
+            self._effects.append(RungFreed(*self._slot()))
         if plan is None or self._observed or self.phase in (Phase.REFUSED, Phase.SKIPPED):
             return
         if plan.stream and self.phase is Phase.STREAMING:
@@ -275,6 +279,8 @@ class AttemptProcessor:
             self._count("skipped")
         else:
             self._move(Phase.STARTED)
+            if not plan.decision.probe:  # the try holds a slot of its rung until on_close (T3)
+                self._effects.append(RungTaken(*self._slot()))
         set_headers, remove = header_mutation(plan, self._policy, worker.key_for(plan.provider_name))
         response = with_metadata(
             request_headers_response(common(set_headers, remove)), META_TRIP, plan.record().encode()
@@ -807,6 +813,10 @@ class AttemptProcessor:
     def _rung_labels(self) -> tuple[str, int, str, str]:
         plan = self._started()
         return (plan.position.ladder, plan.position.rung, plan.provider_name, plan.model)
+
+    def _slot(self) -> tuple[str, int, str, Impact]:
+        plan = self._started()
+        return (plan.position.ladder, plan.position.rung, plan.decision.tenant, plan.decision.impact)
 
     def _count(self, outcome: str) -> None:
         # A synthetic probe is no tenant's traffic and no rung's load: the prober counts it

@@ -28,12 +28,23 @@ from ..core.names import (
     endpoint_key,
 )
 from ..identity import Identity, Unknown
+from ..routing.capacity import Denial, Holder
 from ..routing.ladder import NeedBody, Refusal, RequestFeatures, Route, choose, reroute
 from ..translate import api_pair, load_json, provider_header_scrub, redact_error_body, render_error
 from .caller import foreign_headers, identify, repeated_credential
-from .effects import Decided, Effect, HalfOpenAdmitted, RequestCounted, RescueItem, Unauthenticated
+from .effects import (
+    CapacityShed,
+    Decided,
+    Effect,
+    HalfOpenAdmitted,
+    RequestCounted,
+    RescueItem,
+    RungLimited,
+    SlotReserved,
+    Unauthenticated,
+)
 from .flags import own_answer_headers
-from .shed import shed
+from .shed import over_capacity, shed
 from .wire import (
     Mode,
     ProcessingRequest,
@@ -70,7 +81,6 @@ _READ_THE_ANSWER = Mode(
     request_trailer_mode=Mode.SKIP,
     response_trailer_mode=Mode.SKIP,
 )
-_IMPACTS = {i.value: i for i in Impact}
 
 
 class DecideProcessor:
@@ -172,7 +182,7 @@ class DecideProcessor:
             body_bytes=int(length) if length and length.isdigit() else None,
             tenant=who.tenant,
             task=task,
-            impact=_IMPACTS.get(headers.get(policy.impact_header, ""), policy.default_impact),
+            impact=policy.impact_for(who.tenant, task, headers.get(policy.impact_header)),
         )
         self._include_usage = fields.get("include_usage") is True
         # An Anthropic client's API version and betas, for rungs that speak Anthropic too
@@ -184,6 +194,8 @@ class DecideProcessor:
         result = self._route()
         if isinstance(result, NeedBody):
             return with_mode(request_headers_response(), _ASK_FOR_BODY)
+        if isinstance(result, CapacityShed):
+            return self._over_capacity(result)
         return self._answer(result, body_phase=False)
 
     def request_body(self, request: ProcessingRequest) -> ProcessingResponse:
@@ -197,9 +209,11 @@ class DecideProcessor:
         self._features = replace(self._features, has_tools=bool(body.get("tools")))
         result = self._route()
         assert not isinstance(result, NeedBody)
+        if isinstance(result, CapacityShed):
+            return self._over_capacity(result)
         return self._answer(result, body_phase=True)
 
-    def _route(self) -> Route | Refusal | NeedBody:
+    def _route(self) -> Route | Refusal | NeedBody | CapacityShed:
         """The ladder choice, shaped by the health board: unwell rungs skipped, a canary share
         sent to fallback rungs, no retries once the fleet's retry budget is spent."""
         f = self._features
@@ -219,13 +233,55 @@ class DecideProcessor:
             and worker.rng.random() < health.canary_share
         ):
             result = reroute(self._policy, result, result.rungs[1:], f.stream, canary=True)
+        limited = self._within_capacity(result)
+        if isinstance(limited, CapacityShed):
+            return limited
+        result = limited
         if result.tries > 1 and not worker.retries_allowed():
             result = replace(result, tries=1)
+        self._effects.append(SlotReserved(result.ladder, result.rungs[0], f.tenant, f.impact))
         if health.enabled and health.circuit.live_half_open and worker.half_open(first := self._first_endpoint(result)):
             # The health view let it through: this request holds one of the circuit's probe slots.
             self._effects.append(HalfOpenAdmitted(first))
         self._effects.append(RequestCounted())
         return result
+
+    def _within_capacity(self, route: Route) -> Route | CapacityShed:
+        """The route without the rungs that have no slot for this tenant and impact (T3)."""
+        f = self._features
+        assert f is not None
+        holder = Holder(f.tenant, f.impact)
+        kept: list[int] = []
+        denials: list[Denial] = []
+        for i in route.rungs:
+            denial = self._worker.capacity(route.ladder, i, holder)
+            if denial is None:
+                kept.append(i)
+            else:
+                denials.append(denial)
+                self._effects.append(RungLimited(route.ladder, i, f.tenant, f.impact, denial.value))
+        if not denials:
+            return route
+        if not kept:
+            worst = Denial.TENANT_SHARE if Denial.TENANT_SHARE in denials else denials[0]
+            return CapacityShed(f.tenant, f.impact, worst.value)
+        skip = route.skip_reason
+        if kept[0] != route.rungs[0] and skip is None:
+            skip = Failure.RATE_LIMITED  # the first rung is at its concurrency limit for this request
+        return reroute(self._policy, route, tuple(kept), f.stream, skip_reason=skip)
+
+    def _over_capacity(self, shed: CapacityShed) -> ProcessingResponse:
+        f = self._features
+        assert f is not None
+        self._effects.append(shed)
+        self._effects.append(Decided(f.tenant, f.task, "", "shed"))
+        tenant_share = shed.reason == Denial.TENANT_SHARE
+        why = (
+            f"tenant {f.tenant!r} holds its share of every rung that could serve this request"
+            if tenant_share
+            else f"no rung has capacity for {f.impact.value} requests now"
+        )
+        return over_capacity(self._policy, self._dialect, f.tenant, f.task, why, tenant_share=tenant_share)
 
     def _first_endpoint(self, route: Route) -> str:
         assert self._features is not None

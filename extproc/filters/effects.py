@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..core import Failure, Observation, QuotaSignal
+from ..core import Failure, Impact, Observation, QuotaSignal
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +36,55 @@ class RequestCounted:
 @dataclass(frozen=True, slots=True)
 class Shed:
     """decide answered 503 + Retry-After at once: the worker had max_in_flight in flight."""
+
+
+@dataclass(frozen=True, slots=True)
+class SlotReserved:
+    """decide routed a request: it holds a slot of its first rung until a try takes it up."""
+
+    ladder: str
+    rung: int
+    tenant: str
+    impact: Impact
+
+
+@dataclass(frozen=True, slots=True)
+class RungTaken:
+    """A try started on a rung: it holds a slot there until its stream ends (RungFreed)."""
+
+    ladder: str
+    rung: int
+    tenant: str
+    impact: Impact
+
+
+@dataclass(frozen=True, slots=True)
+class RungFreed:
+    ladder: str
+    rung: int
+    tenant: str
+    impact: Impact
+
+
+@dataclass(frozen=True, slots=True)
+class RungLimited:
+    """decide dropped a rung from a request's route: no capacity for its tenant and impact
+    (`reason`: a routing.capacity.Denial)."""
+
+    ladder: str
+    rung: int
+    tenant: str
+    impact: Impact
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class CapacityShed:
+    """No rung of the route had capacity: decide answered 503/429 + Retry-After at once."""
+
+    tenant: str
+    impact: Impact
+    reason: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +177,11 @@ Effect = (
     | Unauthenticated
     | RequestCounted
     | Shed
+    | SlotReserved
+    | RungTaken
+    | RungFreed
+    | RungLimited
+    | CapacityShed
     | HalfOpenAdmitted
     | Tried
     | Tripped

@@ -10,6 +10,7 @@ from ..core import Clock, Impact
 from ..identity import KeyStore
 from ..policy import Policy
 from ..routing import HealthView
+from ..routing.capacity import Denial, Holder
 
 
 class Worker(Protocol):
@@ -34,6 +35,10 @@ class Worker(Protocol):
 
     def baseline(self, key: str, stream: bool) -> float | None:
         """The p95 of a healthy answer's latency at the endpoint (TTFT for streams), if known."""
+        ...
+
+    def capacity(self, ladder: str, rung: int, holder: Holder) -> Denial | None:
+        """Whether the rung takes one more request of the holder's now (None: yes)."""
         ...
 
     def overloaded(self) -> bool:

@@ -31,14 +31,19 @@ from ..core import (
 )
 from ..core.names import endpoint_key
 from ..filters.effects import (
+    CapacityShed,
     Decided,
     Effect,
     HalfOpenAdmitted,
     RequestCounted,
     Rescued,
     RescueRequested,
+    RungFreed,
+    RungLimited,
+    RungTaken,
     Served,
     Shed,
+    SlotReserved,
     StreamEnded,
     Tried,
     Tripped,
@@ -50,6 +55,7 @@ from ..health.circuit import Transition
 from ..identity import KeyStore
 from ..policy import REQUESTED_MODEL, Policy, resolve_credentials
 from ..routing import HealthView
+from ..routing.capacity import Denial, Holder, Ledger, Limits, worker_limits
 from .admission import Admission
 from .bus import HealthBus, InProcessBus
 from .keyfile import KeyFile
@@ -65,6 +71,8 @@ HUB_ENV = "RUNGWAY_HEALTH_HUB"
 # The secret Envoy sends on every ext_proc stream (EnvoySettings.channel_token).
 CHANNEL_TOKEN_ENV = "RUNGWAY_CHANNEL_TOKEN"
 HUB_SECRET_ENV = "RUNGWAY_HEALTH_HUB_SECRET"  # the hub's signing secret, made by `rungway up` per run
+# How many workers `rungway up` runs: each enforces its share of every rung's capacity.
+WORKERS_ENV = "RUNGWAY_WORKERS"
 _REQUEST_COUNT_EVERY_S = 0.25
 # How often the board is ticked for decide. Its queries already see circuit timers as due, and
 # observations move it at once; a tick moves only what time alone changes (scores of aging
@@ -119,9 +127,13 @@ class Sidecar:
     rescue_socket: Path | None = field(
         default_factory=lambda: Path(os.environ[RESCUE_SOCKET_ENV]) if os.environ.get(RESCUE_SOCKET_ENV) else None
     )
+    # The workers sharing the pod's rung capacity (`rungway up --workers`).
+    workers: int = field(default_factory=lambda: max(1, int(os.environ.get(WORKERS_ENV, "1") or 1)))
     key_store: KeyStore = field(init=False)
     board: Board = field(init=False)
     admission: Admission = field(init=False)
+    ledger: Ledger = field(init=False)
+    _limits: dict[tuple[str, int], Limits] = field(init=False)
     _requests_unsent: int = field(default=0, init=False)
     _requests_sent_at: float = field(default=float("-inf"), init=False)
     _ticked_at: float = field(default=float("-inf"), init=False)
@@ -132,6 +144,13 @@ class Sidecar:
         self.board = Board(self.policy.health, configured_baselines(self.policy), configured)
         self.metrics.pin_models(key.partition("/")[2] for key in configured)
         self.admission = Admission(self.policy.max_in_flight)
+        self.ledger = Ledger()
+        self._limits = {
+            (name, i): worker_limits(rung.capacity, self.workers)
+            for name, rungs in self.policy.ladders.items()
+            for i, rung in enumerate(rungs)
+            if rung.capacity is not None
+        }
         self.bus.subscribe(self._on_event)
         self.key_store = self.key_file.store if self.key_file is not None else KeyStore()
         self.bus.on_reject(self._count_rejection)
@@ -191,6 +210,10 @@ class Sidecar:
     def overloaded(self) -> bool:
         return self.admission.full(self.clock.now())
 
+    def capacity(self, ladder: str, rung: int, holder: Holder) -> Denial | None:
+        limits = self._limits.get((ladder, rung))
+        return None if limits is None else self.ledger.admits((ladder, rung), limits, holder, self.clock.now())
+
     # ---- the gRPC loop's stream lifetimes (load shedding) ------------------------------------
 
     def try_started(self) -> None:
@@ -222,6 +245,19 @@ class Sidecar:
                     self.admission.routed(self.clock.now())  # in flight until its try starts
                 case Shed():
                     m.requests_shed.inc()
+                case SlotReserved(ladder, rung, tenant, impact) if (ladder, rung) in self._limits:
+                    self.ledger.reserve((ladder, rung), Holder(tenant, impact), self.clock.now())
+                case RungTaken(ladder, rung, tenant, impact) if (ladder, rung) in self._limits:
+                    self.ledger.take((ladder, rung), Holder(tenant, impact), self.clock.now())
+                case RungFreed(ladder, rung, tenant, impact):
+                    self.ledger.free((ladder, rung), Holder(tenant, impact))
+                case RungLimited(ladder, rung, tenant, impact, reason):
+                    self.ledger.refused((ladder, rung), tenant, self.clock.now())
+                    m.rungs_limited.labels(m.tenant(tenant), impact.value, ladder, str(rung), reason).inc()
+                case CapacityShed(tenant, impact, reason):
+                    m.requests_limited.labels(m.tenant(tenant), impact.value, reason).inc()
+                case SlotReserved() | RungTaken():
+                    pass  # a rung without a capacity limit: nothing to count
                 case HalfOpenAdmitted(key):
                     self._announce_all(self.board.admit(key, self.clock.wall()))
                 case Tried(ladder, rung, provider, model, outcome):
