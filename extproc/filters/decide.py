@@ -263,8 +263,9 @@ class DecideProcessor:
         if not denials:
             return route
         if not kept:
-            worst = Denial.TENANT_SHARE if Denial.TENANT_SHARE in denials else denials[0]
-            return CapacityShed(f.tenant, f.impact, worst.value)
+            # The reason that says most: the tenant's own share, then slots kept for others.
+            why = next(d for d in (Denial.TENANT_SHARE, Denial.RESERVED, Denial.RUNG_FULL) if d in denials)
+            return CapacityShed(f.tenant, f.impact, why.value)
         skip = route.skip_reason
         if kept[0] != route.rungs[0] and skip is None:
             skip = Failure.RATE_LIMITED  # the first rung is at its concurrency limit for this request

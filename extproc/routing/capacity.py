@@ -162,19 +162,19 @@ class Ledger:
         mine = by_tenant[holder.tenant]
         if mine >= limits.tenant_cap:
             return Denial.TENANT_SHARE
+        if total >= usable:
+            return Denial.RESERVED
         r = self._rungs.get(rung)
         wanting = {t for t, n in by_tenant.items() if n > 0}
         if r is not None:
             wanting.update(t for t, at in r.wanted.items() if at >= now - DEMAND_S)
         wanting.add(holder.tenant)
         share = max(1, usable // len(wanting))
-        if mine >= share:
+        if len(wanting) > 1 and mine >= share:
             # Over its share: only with a free slot left for each other tenant under its share.
             needy = sum(1 for t in wanting if t != holder.tenant and by_tenant[t] < share)
             if usable - total - 1 < needy:
                 return Denial.TENANT_SHARE
-        if total >= usable:
-            return Denial.RESERVED
         return None
 
     def snapshot(self, now: float) -> dict[str, dict[str, int]]:
