@@ -164,6 +164,7 @@ class Result:
     noisy_outcomes: list[Outcome]
     provider_over_limit: int  # the fallback's own 429s
     metrics: str
+    capacity_after: dict[str, Any]  # /status's `capacity` once the load is over
 
     def text(self, load: Load) -> str:
         return (
@@ -187,7 +188,17 @@ def run(stack: Any, secondary: Any, load: Load) -> Result:
     secondary.over_limit = 0
     alone = asyncio.run(baseline(stack.base_url, quiet_key, load))
     quiet, noisy = asyncio.run(contended(stack.base_url, quiet_key, noisy_key, load))
-    return Result(summarise(alone), summarise(quiet), summarise(noisy), noisy, secondary.over_limit, stack.metrics())
+    over_limit = secondary.over_limit
+    time.sleep(0.2)  # the last tries' streams end just after their answers
+    return Result(
+        summarise(alone),
+        summarise(quiet),
+        summarise(noisy),
+        noisy,
+        over_limit,
+        stack.metrics(),
+        stack.status()["capacity"],
+    )
 
 
 def main() -> None:

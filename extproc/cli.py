@@ -108,13 +108,16 @@ def cmd_policy_explain(args: argparse.Namespace) -> int:
     policy = _load(args.file)
     assert isinstance(policy, Policy)
     health = None
+    in_flight = None
     if args.admin is not None:
         request = urllib.request.Request(f"http://{args.admin[0]}:{args.admin[1]}/status")
         token = _admin_token(args.admin_token_file)
         if token:
             request.add_header("authorization", f"Bearer {token}")
         with urllib.request.urlopen(request, timeout=5) as response:
-            health = {row["endpoint"]: row for row in json.loads(response.read()).get("rungs", [])}
+            status = json.loads(response.read())
+        health = {row["endpoint"]: row for row in status.get("rungs", [])}
+        in_flight = status.get("capacity", {})
     impact = Impact(args.impact) if args.impact else None
     features = features_for(
         policy,
@@ -125,7 +128,7 @@ def cmd_policy_explain(args: argparse.Namespace) -> int:
         tools=args.tools,
         impact=impact,
     )
-    result = explain(policy, features, health)
+    result = explain(policy, features, health, in_flight)
     print(f"tenant {args.tenant}, task {features.task}, model {args.model}: ladder {result.ladder or '-'}")
     for v in result.rungs:
         mark = "serves " if v.serves else "skipped"
@@ -451,7 +454,7 @@ def build_parser() -> argparse.ArgumentParser:
     why.add_argument("--impact", choices=[i.value for i in Impact])
     why.add_argument("--stream", action="store_true")
     why.add_argument("--tools", action=argparse.BooleanOptionalAction, default=None)
-    why.add_argument("--admin", type=_address, help="a running `rungway up`'s admin: include live health")
+    why.add_argument("--admin", type=_address, help="a running `rungway up`'s admin: include live health and capacity")
     why.add_argument("--admin-token-file", type=Path)
     why.set_defaults(func=cmd_policy_explain)
 

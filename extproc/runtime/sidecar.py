@@ -249,14 +249,16 @@ class Sidecar:
                     self.ledger.reserve((ladder, rung), Holder(tenant, impact), self.clock.now())
                 case RungTaken(ladder, rung, tenant, impact) if (ladder, rung) in self._limits:
                     self.ledger.take((ladder, rung), Holder(tenant, impact), self.clock.now())
-                case RungFreed(ladder, rung, tenant, impact):
+                    m.rung_in_flight.labels(ladder, str(rung), m.tenant(tenant)).inc()
+                case RungFreed(ladder, rung, tenant, impact) if (ladder, rung) in self._limits:
                     self.ledger.free((ladder, rung), Holder(tenant, impact))
+                    m.rung_in_flight.labels(ladder, str(rung), m.tenant(tenant)).dec()
                 case RungLimited(ladder, rung, tenant, impact, reason):
                     self.ledger.refused((ladder, rung), tenant, self.clock.now())
                     m.rungs_limited.labels(m.tenant(tenant), impact.value, ladder, str(rung), reason).inc()
                 case CapacityShed(tenant, impact, reason):
                     m.requests_limited.labels(m.tenant(tenant), impact.value, reason).inc()
-                case SlotReserved() | RungTaken():
+                case SlotReserved() | RungTaken() | RungFreed():
                     pass  # a rung without a capacity limit: nothing to count
                 case HalfOpenAdmitted(key):
                     self._announce_all(self.board.admit(key, self.clock.wall()))

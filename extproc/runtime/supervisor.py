@@ -45,7 +45,7 @@ from ..health.probe import ProbeSchedule, ProbeTarget, ReplicaReports, due, rate
 from ..policy import Policy
 from ..xds.bootstrap import EnvoySettings, render
 from .bus import HealthBus, HubServer, fleet_bus
-from .metrics import BoardCollector, EnvoyRestarts, ProbeMetrics, stream_summary
+from .metrics import BoardCollector, EnvoyRestarts, ProbeMetrics, capacity_summary, stream_summary
 from .rescue import RESCUE_SOCKET_ENV
 from .sidecar import (
     CHANNEL_TOKEN_ENV,
@@ -421,6 +421,7 @@ class Supervisor:
             "bus": {k: v for k, v in self._bus.snapshot().items() if k != "path"},
             "envoy": self.envoy_restarts.snapshot(),
             "streams": stream_summary(self._worker_metrics().collect()),  # type: ignore[no-untyped-call]
+            "capacity": capacity_summary(self._worker_metrics().collect()),  # type: ignore[no-untyped-call]
             **self.board.snapshot(time.time()),
         }
         return web.json_response(body)
@@ -459,6 +460,7 @@ class Supervisor:
             for i, proc in enumerate(self._workers):
                 if proc is not None and proc.poll() is not None:
                     log.warning("sidecar worker %d exited with code %s; restarting", i, proc.returncode)
+                    multiprocess.mark_process_dead(proc.pid, str(self._metrics_dir))  # type: ignore[no-untyped-call]
                     self._start_worker(i)
                     self._write_state()
             if self._envoy is not None and self._envoy.poll() is not None:

@@ -41,6 +41,7 @@ def test_a_noisy_tenant_at_ten_times_its_share_leaves_the_quiet_tenants_success_
     assert error["type"] == "rate_limit_exceeded" and "noisy" in error["message"]  # the OpenAI dialect
     # ...so the fallback provider never saw more than it can serve.
     assert result.provider_over_limit == 0
+    assert result.capacity_after == {}  # every slot taken was freed: /status shows none in flight
     series = 'rungway_requests_limited_total{impact="customer_facing",reason="tenant_share",tenant="noisy"}'
     assert series in result.metrics
     assert 'tenant="quiet"' not in "\n".join(

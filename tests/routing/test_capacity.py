@@ -194,3 +194,33 @@ def test_a_tenant_with_demand_is_never_starved(n: int, tenants: int, orders: lis
         if any(h.tenant == late for h in in_flight):
             return
     pytest.fail(f"{late} got no slot of {n} in {n} ends: {list(in_flight)}")
+
+
+# ---- policy explain ---------------------------------------------------------------------------------
+
+
+def test_explain_names_the_capacity_a_rung_is_skipped_for() -> None:
+    from extproc.routing.explain import explain, features_for
+    from tests.builders import make_policy, policy_data
+
+    data = policy_data()
+    data["ladders"]["main"][0]["capacity"] = {"max_in_flight": 2}
+    data["ladders"]["main"][1]["capacity"] = {"max_in_flight": 4, "reserved": {"revenue_critical": 1}}
+    data["ladders"]["main"][2]["capacity"] = {"max_in_flight": 4, "tenant_share": 0.5}
+    policy = make_policy(**data)
+    features = features_for(policy, tenant="acme", task="default", model="gpt-4o", stream=False, tools=False)
+    in_flight = {"main/0": {"blue": 2}, "main/1": {"blue": 3}, "main/2": {"acme": 2}}
+    result = explain(policy, features, None, in_flight)
+    assert [v.reason for v in result.rungs] == [
+        "capacity: rung full (2 of 2 in flight)",
+        "capacity: the free slots are reserved for impacts above customer_facing (3 of 4 in flight, 3 usable)",
+        "capacity: tenant 'acme' holds its share (2 of 4 in flight)",
+    ]
+    assert result.outcome.startswith("refused (rate_limited): no rung of the route has capacity")
+    critical = features_for(
+        policy, tenant="acme", task="default", model="gpt-4o", stream=False, tools=False, impact=Impact.REVENUE_CRITICAL
+    )
+    served = explain(policy, critical, None, in_flight)
+    assert [v.serves for v in served.rungs] == [False, True, False]
+    assert served.outcome == "served by secondary/claude-fallback (tier 1)"
+    assert explain(policy, features, None, {}).rungs[0].serves  # nothing in flight
