@@ -26,20 +26,20 @@ from collections import Counter, deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Final
+from typing import Any, Final
 
 from ..core import Impact
 from ..policy.schema import RungCapacity
 
-# A routed request's first try starts a few milliseconds after decide answers. Under `rungway up
-# --workers N` the try often runs on another worker, and the deciding worker's reservation is
-# then a phantom until it lapses: short, so a phantom costs little (a second of phantoms cut
-# a quiet tenant's success to 71 % at 2 workers in bench/isolation.py).
-RESERVATION_S: Final = 0.25
+# A routed request's first try starts a few milliseconds after decide answers; a second is long.
+# (Under `rungway up` the try may run in another worker: the ledger is the pod's, so that
+# worker's try takes up the reservation all the same; runtime/slots.py.)
+RESERVATION_S: Final = 1.0
 # A tenant refused a slot counts as wanting the rung this long (a shed client comes back after
 # its Retry-After, a second by default).
 DEMAND_S: Final = 5.0
 # Most important first.
+LEDGER_VERSION: Final = 1
 IMPORTANCE: Final = (Impact.REVENUE_CRITICAL, Impact.CUSTOMER_FACING, Impact.ASYNC_ACCEPTABLE, Impact.DEFERRABLE)
 
 
@@ -94,7 +94,9 @@ RungId = tuple[str, int]  # (ladder, rung index)
 
 @dataclass
 class _Rung:
-    tries: Counter[Holder] = field(default_factory=Counter)
+    # By the worker process running the try (its pid under `rungway up`): a worker that dies
+    # takes its tries with it (`forget`).
+    tries: Counter[tuple[int, Holder]] = field(default_factory=Counter)
     reserved: deque[tuple[float, Holder]] = field(default_factory=deque)  # (routed at, holder)
     wanted: dict[str, float] = field(default_factory=dict)  # tenant -> last refused at
 
@@ -112,22 +114,32 @@ class Ledger:
         r = self._rung(rung, now)
         r.reserved.append((now, holder))
 
-    def take(self, rung: RungId, holder: Holder, now: float) -> None:
-        """A try started on `rung`: it takes up its request's reservation there, if any."""
+    def take(self, rung: RungId, holder: Holder, now: float, owner: int = 0) -> None:
+        """A try started on `rung` (in worker `owner`): it takes up its request's reservation
+        there, if any (made by whichever worker decided it)."""
         r = self._rung(rung, now)
         for i, (_, held) in enumerate(r.reserved):
             if held == holder:
                 del r.reserved[i]
                 break
-        r.tries[holder] += 1
+        r.tries[owner, holder] += 1
 
-    def free(self, rung: RungId, holder: Holder) -> None:
+    def free(self, rung: RungId, holder: Holder, owner: int = 0) -> None:
         """A try's stream on `rung` ended."""
         r = self._rungs.get(rung)
-        if r is not None and r.tries[holder] > 0:
-            r.tries[holder] -= 1
-            if not r.tries[holder]:
-                del r.tries[holder]
+        if r is not None and r.tries[owner, holder] > 0:
+            r.tries[owner, holder] -= 1
+            if not r.tries[owner, holder]:
+                del r.tries[owner, holder]
+
+    def forget(self, owners: set[int]) -> None:
+        """Only these workers are alive: the tries of any other are gone with it."""
+        for r in self._rungs.values():
+            for key in [k for k in r.tries if k[0] not in owners]:
+                del r.tries[key]
+
+    def owners(self) -> set[int]:
+        return {owner for r in self._rungs.values() for owner, _ in r.tries}
 
     def refused(self, rung: RungId, tenant: str, now: float) -> None:
         """decide refused `tenant` a slot: it wants the rung (its fair share is kept for it)."""
@@ -148,7 +160,9 @@ class Ledger:
         r = self._rungs.get(rung)
         if r is None:
             return Counter()
-        out = Counter(r.tries)
+        out: Counter[Holder] = Counter()
+        for (_, holder), n in r.tries.items():
+            out[holder] += n
         out.update(holder for at, holder in r.reserved if at >= now - RESERVATION_S)
         return out
 
@@ -190,3 +204,41 @@ class Ledger:
             if tenants:
                 out[f"{rung[0]}/{rung[1]}"] = dict(sorted(tenants.items()))
         return out
+
+    # ---- one encode/decode pair (runtime/slots.py keeps a pod's ledger in a shared file) --------
+
+    def encode(self, now: float) -> dict[str, Any]:
+        out: dict[str, Any] = {"v": LEDGER_VERSION, "rungs": []}
+        for (ladder, index), r in sorted(self._rungs.items()):
+            live = [(at, h) for at, h in r.reserved if at >= now - RESERVATION_S]
+            wanted = {t: at for t, at in r.wanted.items() if at >= now - DEMAND_S}
+            if not (r.tries or live or wanted):
+                continue
+            out["rungs"].append(
+                {
+                    "ladder": ladder,
+                    "rung": index,
+                    "tries": [[o, h.tenant, h.impact.value, n] for (o, h), n in sorted(r.tries.items(), key=str)],
+                    "reserved": [[at, h.tenant, h.impact.value] for at, h in live],
+                    "wanted": wanted,
+                }
+            )
+        return out
+
+    @classmethod
+    def decode(cls, raw: Any) -> Ledger:
+        """Raises ValueError on anything that is not an encoded ledger of this version."""
+        try:
+            if raw["v"] != LEDGER_VERSION:
+                raise ValueError(f"ledger version {raw['v']!r}, expected {LEDGER_VERSION}")
+            ledger = cls()
+            for row in raw["rungs"]:
+                r = ledger._rungs.setdefault((str(row["ladder"]), int(row["rung"])), _Rung())
+                for owner, tenant, impact, n in row["tries"]:
+                    r.tries[int(owner), Holder(str(tenant), Impact(impact))] = int(n)
+                for at, tenant, impact in row["reserved"]:
+                    r.reserved.append((float(at), Holder(str(tenant), Impact(impact))))
+                r.wanted = {str(t): float(at) for t, at in row["wanted"].items()}
+            return ledger
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"not an encoded ledger: {exc!r}") from None

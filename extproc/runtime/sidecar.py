@@ -55,12 +55,13 @@ from ..health.circuit import Transition
 from ..identity import KeyStore
 from ..policy import REQUESTED_MODEL, Policy, resolve_credentials
 from ..routing import HealthView
-from ..routing.capacity import Denial, Holder, Ledger, Limits, worker_limits
+from ..routing.capacity import Denial, Holder, Limits, worker_limits
 from .admission import Admission
 from .bus import HealthBus, InProcessBus
 from .keyfile import KeyFile
 from .metrics import Metrics
 from .rescue import RESCUE_SOCKET_ENV
+from .slots import LedgerStore, LocalLedger, SharedLedger
 
 log = logging.getLogger("rungway.health")
 
@@ -71,8 +72,8 @@ HUB_ENV = "RUNGWAY_HEALTH_HUB"
 # The secret Envoy sends on every ext_proc stream (EnvoySettings.channel_token).
 CHANNEL_TOKEN_ENV = "RUNGWAY_CHANNEL_TOKEN"
 HUB_SECRET_ENV = "RUNGWAY_HEALTH_HUB_SECRET"  # the hub's signing secret, made by `rungway up` per run
-# How many workers `rungway up` runs: each enforces its share of every rung's capacity.
-WORKERS_ENV = "RUNGWAY_WORKERS"
+# The file `rungway up`'s workers share the rungs' capacity ledger in (runtime/slots.py).
+SLOTS_ENV = "RUNGWAY_SLOTS"
 _REQUEST_COUNT_EVERY_S = 0.25
 # How often the board is ticked for decide. Its queries already see circuit timers as due, and
 # observations move it at once; a tick moves only what time alone changes (scores of aging
@@ -127,13 +128,17 @@ class Sidecar:
     rescue_socket: Path | None = field(
         default_factory=lambda: Path(os.environ[RESCUE_SOCKET_ENV]) if os.environ.get(RESCUE_SOCKET_ENV) else None
     )
-    # The workers sharing the pod's rung capacity (`rungway up --workers`).
-    workers: int = field(default_factory=lambda: max(1, int(os.environ.get(WORKERS_ENV, "1") or 1)))
+    # The rungs' capacity ledger: the pod's under `rungway up` (every worker's), else this one's.
+    ledger: LedgerStore = field(
+        default_factory=lambda: (
+            SharedLedger(Path(os.environ[SLOTS_ENV])) if os.environ.get(SLOTS_ENV) else LocalLedger()
+        )
+    )
     key_store: KeyStore = field(init=False)
     board: Board = field(init=False)
     admission: Admission = field(init=False)
-    ledger: Ledger = field(init=False)
     _limits: dict[tuple[str, int], Limits] = field(init=False)
+    _pid: int = field(default_factory=os.getpid, init=False)  # whose tries these are, in the ledger
     _requests_unsent: int = field(default=0, init=False)
     _requests_sent_at: float = field(default=float("-inf"), init=False)
     _ticked_at: float = field(default=float("-inf"), init=False)
@@ -144,9 +149,8 @@ class Sidecar:
         self.board = Board(self.policy.health, configured_baselines(self.policy), configured)
         self.metrics.pin_models(key.partition("/")[2] for key in configured)
         self.admission = Admission(self.policy.max_in_flight)
-        self.ledger = Ledger()
         self._limits = {
-            (name, i): worker_limits(rung.capacity, self.workers)
+            (name, i): worker_limits(rung.capacity, 1)  # the ledger is the pod's: the pod's limits
             for name, rungs in self.policy.ladders.items()
             for i, rung in enumerate(rungs)
             if rung.capacity is not None
@@ -212,7 +216,10 @@ class Sidecar:
 
     def capacity(self, ladder: str, rung: int, holder: Holder) -> Denial | None:
         limits = self._limits.get((ladder, rung))
-        return None if limits is None else self.ledger.admits((ladder, rung), limits, holder, self.clock.now())
+        if limits is None:
+            return None
+        now = self.clock.now()
+        return self.ledger.read(now).admits((ladder, rung), limits, holder, now)
 
     # ---- the gRPC loop's stream lifetimes (load shedding) ------------------------------------
 
@@ -246,15 +253,19 @@ class Sidecar:
                 case Shed():
                     m.requests_shed.inc()
                 case SlotReserved(ladder, rung, tenant, impact) if (ladder, rung) in self._limits:
-                    self.ledger.reserve((ladder, rung), Holder(tenant, impact), self.clock.now())
+                    with self.ledger.change(now := self.clock.now()) as ledger:
+                        ledger.reserve((ladder, rung), Holder(tenant, impact), now)
                 case RungTaken(ladder, rung, tenant, impact) if (ladder, rung) in self._limits:
-                    self.ledger.take((ladder, rung), Holder(tenant, impact), self.clock.now())
+                    with self.ledger.change(now := self.clock.now()) as ledger:
+                        ledger.take((ladder, rung), Holder(tenant, impact), now, self._pid)
                     m.rung_in_flight.labels(ladder, str(rung), m.tenant(tenant)).inc()
                 case RungFreed(ladder, rung, tenant, impact) if (ladder, rung) in self._limits:
-                    self.ledger.free((ladder, rung), Holder(tenant, impact))
+                    with self.ledger.change(self.clock.now()) as ledger:
+                        ledger.free((ladder, rung), Holder(tenant, impact), self._pid)
                     m.rung_in_flight.labels(ladder, str(rung), m.tenant(tenant)).dec()
                 case RungLimited(ladder, rung, tenant, impact, reason):
-                    self.ledger.refused((ladder, rung), tenant, self.clock.now())
+                    with self.ledger.change(now := self.clock.now()) as ledger:
+                        ledger.refused((ladder, rung), tenant, now)
                     m.rungs_limited.labels(m.tenant(tenant), impact.value, ladder, str(rung), reason).inc()
                 case CapacityShed(tenant, impact, reason):
                     m.requests_limited.labels(m.tenant(tenant), impact.value, reason).inc()

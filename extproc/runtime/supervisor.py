@@ -52,7 +52,7 @@ from .sidecar import (
     HUB_ENV,
     HUB_SECRET_ENV,
     PROBE_TOKEN_ENV,
-    WORKERS_ENV,
+    SLOTS_ENV,
     configured_baselines,
     configured_endpoints,
     read_bus_event,
@@ -181,7 +181,7 @@ class Supervisor:
             PROBE_TOKEN_ENV: self._probe_token,
             CHANNEL_TOKEN_ENV: self._channel_token,
             RESCUE_SOCKET_ENV: str(self._rescue_socket),
-            WORKERS_ENV: str(self.options.workers),  # each enforces its share of rung capacity
+            SLOTS_ENV: str(self._dir / "capacity.json"),  # the pod's rung capacity ledger (runtime/slots.py)
         }
         if self._hub is not None:
             env[HUB_ENV] = str(self._hub_path)

@@ -142,9 +142,9 @@ def test_a_try_holds_its_rungs_slot_until_its_stream_ends() -> None:
     holder = ("main", 0, "acme", Impact.CUSTOMER_FACING)
     assert RungTaken(*holder) in effects
     sidecar.apply(effects)
-    assert sidecar.ledger.snapshot(sidecar.clock.now()) == {"main/0": {"acme": 1}}
+    assert sidecar.ledger.read(sidecar.clock.now()).snapshot(sidecar.clock.now()) == {"main/0": {"acme": 1}}
     attempt.on_close()
     effects = attempt.drain_effects()
     assert RungFreed(*holder) in effects
     sidecar.apply(effects)
-    assert sidecar.ledger.snapshot(sidecar.clock.now()) == {}
+    assert sidecar.ledger.read(sidecar.clock.now()).snapshot(sidecar.clock.now()) == {}
