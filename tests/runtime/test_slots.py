@@ -83,6 +83,7 @@ def test_the_ledgers_encoding_round_trips_and_refuses_anything_else() -> None:
     again = Ledger.decode(ledger.encode(1.1))
     assert again.encode(1.1) == ledger.encode(1.1)
     assert again.snapshot(1.1) == {"main/1": {"a": 1, "b": 1}}
+    bad: object
     for bad in ({"v": 2, "rungs": []}, {"rungs": []}, {"v": 1, "rungs": [{"ladder": "x"}]}, [], "x"):
         with pytest.raises(ValueError):
             Ledger.decode(bad)
