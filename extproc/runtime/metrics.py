@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
@@ -160,14 +160,6 @@ class Metrics:
             ["tenant", "impact", "ladder", "rung", "reason"],
             **kw,  # type: ignore[arg-type]
         )
-        # Summed over the workers alive (livesum); /status's `capacity` and `policy explain` read it.
-        self.rung_in_flight = Gauge(
-            "rungway_rung_in_flight",
-            "Tries in flight on a rung with a capacity limit, by tenant.",
-            ["ladder", "rung", "tenant"],
-            multiprocess_mode="livesum",
-            **kw,  # type: ignore[arg-type]
-        )
         self.requests_limited = Counter(
             "rungway_requests_limited_total",
             "Requests answered 503 (429 for tenant_share) + Retry-After because no rung of their route had a slot.",
@@ -259,18 +251,6 @@ class BoardCollector(Collector):
         )
         retries.add_metric([], budget["retries"] / budget["allowed"] if budget["allowed"] else 0.0)
         yield from (state, score, p95, quota, retries)
-
-
-def capacity_summary(families: Iterable[Metric]) -> dict[str, dict[str, int]]:
-    """/status's `capacity`: tries in flight in the pod by rung ("ladder/index") and tenant."""
-    out: dict[str, dict[str, int]] = {}
-    for family in families:
-        for sample in family.samples:
-            if sample.name == "rungway_rung_in_flight" and sample.value > 0:
-                rung = f"{sample.labels['ladder']}/{sample.labels['rung']}"
-                tenants = out.setdefault(rung, {})
-                tenants[sample.labels["tenant"]] = tenants.get(sample.labels["tenant"], 0) + int(sample.value)
-    return {rung: dict(sorted(tenants.items())) for rung, tenants in sorted(out.items())}
 
 
 def stream_summary(families: Iterable[Metric]) -> dict[str, object]:

@@ -258,11 +258,9 @@ class Sidecar:
                 case RungTaken(ladder, rung, tenant, impact) if (ladder, rung) in self._limits:
                     with self.ledger.change(now := self.clock.now()) as ledger:
                         ledger.take((ladder, rung), Holder(tenant, impact), now, self._pid)
-                    m.rung_in_flight.labels(ladder, str(rung), m.tenant(tenant)).inc()
                 case RungFreed(ladder, rung, tenant, impact) if (ladder, rung) in self._limits:
                     with self.ledger.change(self.clock.now()) as ledger:
                         ledger.free((ladder, rung), Holder(tenant, impact), self._pid)
-                    m.rung_in_flight.labels(ladder, str(rung), m.tenant(tenant)).dec()
                 case RungLimited(ladder, rung, tenant, impact, reason):
                     with self.ledger.change(now := self.clock.now()) as ledger:
                         ledger.refused((ladder, rung), tenant, now)

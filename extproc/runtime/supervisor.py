@@ -45,7 +45,7 @@ from ..health.probe import ProbeSchedule, ProbeTarget, ReplicaReports, due, rate
 from ..policy import Policy
 from ..xds.bootstrap import EnvoySettings, render
 from .bus import HealthBus, HubServer, fleet_bus
-from .metrics import BoardCollector, EnvoyRestarts, ProbeMetrics, capacity_summary, stream_summary
+from .metrics import BoardCollector, EnvoyRestarts, ProbeMetrics, stream_summary
 from .rescue import RESCUE_SOCKET_ENV
 from .sidecar import (
     CHANNEL_TOKEN_ENV,
@@ -57,6 +57,7 @@ from .sidecar import (
     configured_endpoints,
     read_bus_event,
 )
+from .slots import SharedLedger
 
 log = logging.getLogger("rungway.up")
 
@@ -129,6 +130,7 @@ class Supervisor:
         # The workers' Unix sockets, in this 0700 directory: only this user can reach them.
         self._worker_sockets = [self._dir / f"worker-{i}.sock" for i in range(options.workers)]
         self._rescue_socket = self._dir / "rescue.sock"  # Envoy's rescue listener
+        self._slots = SharedLedger(self._dir / "capacity.json")  # the workers' rung capacity ledger
         self._workers: list[subprocess.Popen[bytes] | None] = [None] * options.workers
         self._envoy: subprocess.Popen[bytes] | None = None
         # Envoy's admin: a Unix socket in this 0700 directory, made 0600 by Envoy (no TCP port).
@@ -181,7 +183,7 @@ class Supervisor:
             PROBE_TOKEN_ENV: self._probe_token,
             CHANNEL_TOKEN_ENV: self._channel_token,
             RESCUE_SOCKET_ENV: str(self._rescue_socket),
-            SLOTS_ENV: str(self._dir / "capacity.json"),  # the pod's rung capacity ledger (runtime/slots.py)
+            SLOTS_ENV: str(self._slots.path),  # the pod's rung capacity ledger
         }
         if self._hub is not None:
             env[HUB_ENV] = str(self._hub_path)
@@ -421,7 +423,8 @@ class Supervisor:
             "bus": {k: v for k, v in self._bus.snapshot().items() if k != "path"},
             "envoy": self.envoy_restarts.snapshot(),
             "streams": stream_summary(self._worker_metrics().collect()),  # type: ignore[no-untyped-call]
-            "capacity": capacity_summary(self._worker_metrics().collect()),  # type: ignore[no-untyped-call]
+            # The pod's rung capacity ledger (runtime/slots.py): in flight by rung and tenant.
+            "capacity": self._slots.read(time.monotonic()).snapshot(time.monotonic()),
             **self.board.snapshot(time.time()),
         }
         return web.json_response(body)
@@ -460,7 +463,6 @@ class Supervisor:
             for i, proc in enumerate(self._workers):
                 if proc is not None and proc.poll() is not None:
                     log.warning("sidecar worker %d exited with code %s; restarting", i, proc.returncode)
-                    multiprocess.mark_process_dead(proc.pid, str(self._metrics_dir))  # type: ignore[no-untyped-call]
                     self._start_worker(i)
                     self._write_state()
             if self._envoy is not None and self._envoy.poll() is not None:
@@ -539,6 +541,7 @@ class Supervisor:
                     proc.kill()
                     proc.wait()
         await self._bus.stop()
+        self._slots.close()
         shutil.rmtree(self._dir, ignore_errors=True)
         log.info("rungway stopped")
 
