@@ -53,6 +53,9 @@ class Load:
     delay_s: float = 0.2  # the fallback's answer time
     duration_s: float = 6.0
     workers: int = 1
+    # Baseline and contended phases alternate this many times; each side's figures pool its
+    # phases (a loaded machine drifts: alternating spreads the drift over both sides).
+    rounds: int = 1
 
     @property
     def share(self) -> int:
@@ -178,7 +181,7 @@ class Result:
     def text(self, load: Load) -> str:
         return (
             f"fallback capacity {load.capacity} (tenant share 1/2 = {load.share}), answer time "
-            f"{load.delay_s:g} s, {load.workers} worker(s), {load.duration_s:g} s per phase\n"
+            f"{load.delay_s:g} s, {load.workers} worker(s), {load.rounds} x {load.duration_s:g} s per side\n"
             f"  quiet alone ({load.quiet} clients):        {self.baseline.text()}\n"
             f"  quiet beside noisy:                 {self.quiet.text()}\n"
             f"  noisy ({load.noisy} clients = 10 x share): {self.noisy.text()}\n"
@@ -195,8 +198,15 @@ def run(stack: Any, secondary: Any, load: Load) -> Result:
     asyncio.run(warm(stack.base_url, quiet_key))
     secondary.max_concurrent = load.capacity
     secondary.over_limit = 0
-    alone = asyncio.run(baseline(stack.base_url, quiet_key, load))
-    quiet, noisy = contended(stack.base_url, quiet_key, noisy_key, load)
+    alone: list[Outcome] = []
+    quiet: list[Outcome] = []
+    noisy: list[Outcome] = []
+    for _ in range(load.rounds):
+        alone += asyncio.run(baseline(stack.base_url, quiet_key, load))
+        beside, flood = contended(stack.base_url, quiet_key, noisy_key, load)
+        quiet += beside
+        noisy += flood
+        time.sleep(1.5)  # noisy's demand lapses from the ledger before the next baseline
     over_limit = secondary.over_limit
     time.sleep(0.2)  # the last tries' streams end just after their answers
     return Result(
@@ -215,11 +225,12 @@ def main() -> None:
     from tests.stack import MockThread, running
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--duration", type=float, default=20.0, help="seconds per phase")
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per phase")
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=3, help="alternations of baseline and contended")
     parser.add_argument("--no-control", action="store_true", help="skip the run without capacity")
     args = parser.parse_args()
-    load = Load(duration_s=args.duration, workers=args.workers)
+    load = Load(duration_s=args.duration, workers=args.workers, rounds=args.rounds)
     mocks = MockThread()
     try:
         fleet = Fleet(mocks)
