@@ -201,12 +201,13 @@ def run(stack: Any, secondary: Any, load: Load) -> Result:
     alone: list[Outcome] = []
     quiet: list[Outcome] = []
     noisy: list[Outcome] = []
-    for _ in range(load.rounds):
+    for i in range(load.rounds):
+        if i:
+            time.sleep(1.5)  # noisy's last requests end before the next baseline
         alone += asyncio.run(baseline(stack.base_url, quiet_key, load))
         beside, flood = contended(stack.base_url, quiet_key, noisy_key, load)
         quiet += beside
         noisy += flood
-        time.sleep(1.5)  # noisy's demand lapses from the ledger before the next baseline
     over_limit = secondary.over_limit
     time.sleep(0.2)  # the last tries' streams end just after their answers
     return Result(
