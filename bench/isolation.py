@@ -109,6 +109,7 @@ class Summary:
     limited: int  # 429
     shed: int  # 503
     p50_s: float
+    p95_s: float
     p99_s: float
 
     @property
@@ -118,7 +119,7 @@ class Summary:
     def text(self) -> str:
         return (
             f"{self.requests} requests, success {self.success:.1%} ({self.limited} x 429, {self.shed} x 503), "
-            f"p50 {self.p50_s * 1000:.0f} ms, p99 {self.p99_s * 1000:.0f} ms"
+            f"p50 {self.p50_s * 1000:.0f} ms, p95 {self.p95_s * 1000:.0f} ms, p99 {self.p99_s * 1000:.0f} ms"
         )
 
 
@@ -130,6 +131,7 @@ def summarise(outcomes: list[Outcome]) -> Summary:
         limited=sum(1 for o in outcomes if o.status == 429),
         shed=sum(1 for o in outcomes if o.status == 503),
         p50_s=quantile(served, 0.5),
+        p95_s=quantile(served, 0.95),
         p99_s=quantile(served, 0.99),
     )
 
@@ -186,6 +188,7 @@ class Result:
             f"  quiet beside noisy:                 {self.quiet.text()}\n"
             f"  noisy ({load.noisy} clients = 10 x share): {self.noisy.text()}\n"
             f"  quiet success ratio {self.quiet.success / self.baseline.success:.3f}, "
+            f"p95 ratio {self.quiet.p95_s / self.baseline.p95_s:.3f}, "
             f"p99 ratio {self.quiet.p99_s / self.baseline.p99_s:.3f}; "
             f"the fallback's own 429s: {self.provider_over_limit}"
         )
