@@ -56,6 +56,9 @@ class Load:
     # Baseline and contended phases alternate this many times; each side's figures pool its
     # phases (a loaded machine drifts: alternating spreads the drift over both sides).
     rounds: int = 1
+    # Also a phase with noisy at exactly its share: what noisy's legitimate use of its share
+    # costs quiet, apart from what its excess costs.
+    at_share: bool = False
 
     @property
     def share(self) -> int:
@@ -158,13 +161,15 @@ def _noisy(url: str, key: str, n: int, duration_s: float) -> list[Outcome]:
     return asyncio.run(clients(url, key, n, time.perf_counter() + duration_s))
 
 
-def contended(url: str, quiet_key: str, noisy_key: str, load: Load) -> tuple[list[Outcome], list[Outcome]]:
+def contended(
+    url: str, quiet_key: str, noisy_key: str, load: Load, noisy_clients: int
+) -> tuple[list[Outcome], list[Outcome]]:
     """Noisy first (it holds the fallback when quiet arrives), quiet half a second later.
     Noisy's clients run in a process of their own: in this one they would slow the mock
     providers and quiet's client (one GIL), and that is not what is measured."""
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
         pool.submit(time.sleep, 0).result()  # the process is up before the clock starts
-        noisy = pool.submit(_noisy, url, noisy_key, load.noisy, load.duration_s + 0.5)
+        noisy = pool.submit(_noisy, url, noisy_key, noisy_clients, load.duration_s + 0.5)
         time.sleep(0.5)
         quiet = asyncio.run(clients(url, quiet_key, load.quiet, time.perf_counter() + load.duration_s))
         return quiet, noisy.result()
@@ -179,13 +184,21 @@ class Result:
     provider_over_limit: int  # the fallback's own 429s
     metrics: str
     capacity_after: dict[str, Any]  # /status's `capacity` once the load is over
+    at_share: Summary | None = None  # quiet beside noisy at its share (Load.at_share)
 
     def text(self, load: Load) -> str:
         return (
             f"fallback capacity {load.capacity} (tenant share 1/2 = {load.share}), answer time "
             f"{load.delay_s:g} s, {load.workers} worker(s), {load.rounds} x {load.duration_s:g} s per side\n"
             f"  quiet alone ({load.quiet} clients):        {self.baseline.text()}\n"
-            f"  quiet beside noisy:                 {self.quiet.text()}\n"
+            + (
+                f"  quiet beside noisy at its share ({load.share} clients): {self.at_share.text()}\n"
+                f"  p95 ratio to it {self.quiet.p95_s / self.at_share.p95_s:.3f}, "
+                f"p99 ratio to it {self.quiet.p99_s / self.at_share.p99_s:.3f}\n"
+                if self.at_share is not None
+                else ""
+            )
+            + f"  quiet beside noisy:                 {self.quiet.text()}\n"
             f"  noisy ({load.noisy} clients = 10 x share): {self.noisy.text()}\n"
             f"  quiet success ratio {self.quiet.success / self.baseline.success:.3f}, "
             f"p95 ratio {self.quiet.p95_s / self.baseline.p95_s:.3f}, "
@@ -204,11 +217,14 @@ def run(stack: Any, secondary: Any, load: Load) -> Result:
     alone: list[Outcome] = []
     quiet: list[Outcome] = []
     noisy: list[Outcome] = []
+    fair: list[Outcome] = []
     for i in range(load.rounds):
         if i:
             time.sleep(1.5)  # noisy's last requests end before the next baseline
         alone += asyncio.run(baseline(stack.base_url, quiet_key, load))
-        beside, flood = contended(stack.base_url, quiet_key, noisy_key, load)
+        if load.at_share:
+            fair += contended(stack.base_url, quiet_key, noisy_key, load, load.share)[0]
+        beside, flood = contended(stack.base_url, quiet_key, noisy_key, load, load.noisy)
         quiet += beside
         noisy += flood
     over_limit = secondary.over_limit
@@ -221,6 +237,7 @@ def run(stack: Any, secondary: Any, load: Load) -> Result:
         over_limit,
         stack.metrics(),
         stack.status()["capacity"],
+        summarise(fair) if load.at_share else None,
     )
 
 
@@ -234,7 +251,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="alternations of baseline and contended")
     parser.add_argument("--no-control", action="store_true", help="skip the run without capacity")
     args = parser.parse_args()
-    load = Load(duration_s=args.duration, workers=args.workers, rounds=args.rounds)
+    load = Load(duration_s=args.duration, workers=args.workers, rounds=args.rounds, at_share=True)
     mocks = MockThread()
     try:
         fleet = Fleet(mocks)
