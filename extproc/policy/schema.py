@@ -213,11 +213,10 @@ def is_loopback_host(host: str) -> bool:
 
 
 class RungCapacity(_Frozen):
-    """How many requests a rung serves at once (T3), for the pod: each of `rungway up`'s N
-    workers enforces its share of every number here, rounded up (so a pod admits at most N - 1
-    more than max_in_flight). A request over it is not routed to the rung (a later one may
-    serve); with no rung left it is answered 503 (429 past the tenant's share) with a
-    Retry-After of shed_retry_after_s."""
+    """How many requests a rung serves at once (T3), for the pod: `rungway up`'s workers share
+    one ledger (a standalone `rungway serve` keeps its own). A request over it is not routed to
+    the rung (a later one may serve); with no rung left it is answered 503 (429 past the
+    tenant's share) with a Retry-After of shed_retry_after_s."""
 
     max_in_flight: int = Field(ge=1, le=100_000)
     # Slots only this impact class or a more important one may take: {revenue_critical: 4}

@@ -1,7 +1,8 @@
-"""Capacity of a rung (T3): what it has in flight at this worker, by tenant and impact, and
-whether it takes one more request (pure).
+"""Capacity of a rung (T3): what it has in flight, by tenant and impact, and whether it takes one
+more request (pure). Under `rungway up` the ledger is the pod's, shared by its workers
+(runtime/slots.py).
 
-Theory of operation. A rung with `capacity` has `max_in_flight` slots (this worker's share).
+Theory of operation. A rung with `capacity` has `max_in_flight` slots.
 A request holds a slot of its first rung from the moment decide routed it (a reservation, which
 lapses after `RESERVATION_S` if no try takes it up) and a slot of every rung one of its tries
 runs on, until that try's stream ends. decide asks `admits` for each rung of a route and drops
@@ -14,9 +15,10 @@ Two rules, both checked for every admission:
 - Tenant shares: a tenant never holds more than `tenant_share` of the slots. When other tenants
   want the rung too (they hold a slot of it, or were refused one within `DEMAND_S`), a tenant at
   or over its fair share (usable slots // tenants wanting) takes another only while that leaves
-  a free slot for each other wanting tenant still under its share. Under-share tenants are never
-  blocked by over-share ones, so a noisy tenant cannot take another's fallback capacity, and
-  the shares converge as the noisy tenant's requests end; idle slots are still used.
+  a free slot for each other wanting tenant still under its share. An over-share tenant never
+  takes the slot an under-share one is waiting for, so a noisy tenant cannot take another's
+  fallback capacity: the next slot its requests free goes to the quiet tenant, and the shares
+  converge as the noisy tenant's requests end; idle slots are still used.
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ class Denial(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    """One worker's share of a rung's capacity."""
+    """A rung's capacity, as the ledger applies it."""
 
     max_in_flight: int
     reserved: Mapping[Impact, int]
@@ -64,21 +66,13 @@ class Limits:
         above = IMPORTANCE[: IMPORTANCE.index(impact)]
         return max(0, self.max_in_flight - sum(self.reserved.get(i, 0) for i in above))
 
+    @classmethod
+    def of(cls, capacity: RungCapacity) -> Limits:
+        return cls(capacity.max_in_flight, dict(capacity.reserved), capacity.tenant_share)
+
     @property
     def tenant_cap(self) -> int:
         return max(1, math.floor(self.tenant_share * self.max_in_flight + 1e-9))
-
-
-def worker_limits(capacity: RungCapacity, workers: int) -> Limits:
-    """A worker's share of the pod's capacity: each number divided by the workers, rounded up
-    (a reservation is never rounded away)."""
-    if workers < 1:
-        raise ValueError(f"workers must be >= 1, but was {workers}")
-    return Limits(
-        max_in_flight=math.ceil(capacity.max_in_flight / workers),
-        reserved={i: math.ceil(n / workers) for i, n in capacity.reserved.items()},
-        tenant_share=capacity.tenant_share,
-    )
 
 
 @dataclass(frozen=True, slots=True)

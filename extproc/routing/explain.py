@@ -11,7 +11,7 @@ from typing import Any
 from ..core import Capability, Dialect, Failure, Impact
 from ..core.names import endpoint_key
 from ..policy import Policy
-from .capacity import Denial, Holder, Ledger, worker_limits
+from .capacity import Denial, Holder, Ledger, Limits
 from .ladder import NeedBody, Refusal, RequestFeatures, Route, choose, prompt_tokens_estimate, tenant_forbids
 
 
@@ -119,7 +119,7 @@ def _capacity_reasons(
             for _ in range(n):
                 # Only totals and per-tenant counts decide: the holders' impact is not needed.
                 ledger.take((ladder, i), Holder(tenant, features.impact), 0.0)
-        limits = worker_limits(rung.capacity, 1)
+        limits = Limits.of(rung.capacity)
         denial = ledger.admits((ladder, i), limits, holder, 0.0)
         total = sum(held.values())
         if denial is Denial.RUNG_FULL:

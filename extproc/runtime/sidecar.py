@@ -55,7 +55,7 @@ from ..health.circuit import Transition
 from ..identity import KeyStore
 from ..policy import REQUESTED_MODEL, Policy, resolve_credentials
 from ..routing import HealthView
-from ..routing.capacity import Denial, Holder, Limits, worker_limits
+from ..routing.capacity import Denial, Holder, Limits
 from .admission import Admission
 from .bus import HealthBus, InProcessBus
 from .keyfile import KeyFile
@@ -150,7 +150,7 @@ class Sidecar:
         self.metrics.pin_models(key.partition("/")[2] for key in configured)
         self.admission = Admission(self.policy.max_in_flight)
         self._limits = {
-            (name, i): worker_limits(rung.capacity, 1)  # the ledger is the pod's: the pod's limits
+            (name, i): Limits.of(rung.capacity)
             for name, rungs in self.policy.ladders.items()
             for i, rung in enumerate(rungs)
             if rung.capacity is not None

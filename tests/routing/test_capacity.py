@@ -18,7 +18,6 @@ from extproc.routing.capacity import (
     Holder,
     Ledger,
     Limits,
-    worker_limits,
 )
 
 RUNG = ("main", 1)
@@ -90,12 +89,10 @@ def test_a_reservation_not_taken_up_lapses() -> None:
     assert ledger.snapshot(2.3) == {}
 
 
-def test_each_worker_enforces_its_share_rounded_up() -> None:
+def test_limits_are_the_policys_numbers() -> None:
     capacity = RungCapacity(max_in_flight=9, reserved={RC: 3, CF: 1}, tenant_share=0.5)
-    assert worker_limits(capacity, 2) == Limits(5, {RC: 2, CF: 1}, 0.5)
-    assert worker_limits(capacity, 1) == Limits(9, {RC: 3, CF: 1}, 0.5)
-    with pytest.raises(ValueError, match="workers must be >= 1, but was 0"):
-        worker_limits(capacity, 0)
+    assert Limits.of(capacity) == Limits(9, {RC: 3, CF: 1}, 0.5)
+    assert Limits.of(capacity).usable(DF) == 5 and Limits.of(capacity).tenant_cap == 4
 
 
 def test_reservations_must_fit_the_limit() -> None:
