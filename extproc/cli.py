@@ -125,13 +125,16 @@ def cmd_policy_explain(args: argparse.Namespace) -> int:
     policy = _load(args.file)
     assert isinstance(policy, Policy)
     health = None
+    in_flight = None
     if args.admin is not None:
         request = urllib.request.Request(f"http://{args.admin[0]}:{args.admin[1]}/status")
         token = _admin_token(args.admin_token_file)
         if token:
             request.add_header("authorization", f"Bearer {token}")
         with urllib.request.urlopen(request, timeout=5) as response:
-            health = {row["endpoint"]: row for row in json.loads(response.read()).get("rungs", [])}
+            status = json.loads(response.read())
+        health = {row["endpoint"]: row for row in status.get("rungs", [])}
+        in_flight = status.get("capacity", {})
     impact = Impact(args.impact) if args.impact else None
     features = features_for(
         policy,
@@ -155,7 +158,7 @@ def cmd_policy_explain(args: argparse.Namespace) -> int:
         except ApprovalError as exc:
             raise SystemExit(f"rungway policy explain: {exc}") from None
         features = dataclasses.replace(features, approved_tier=approved)
-    result = explain(policy, features, health)
+    result = explain(policy, features, health, in_flight)
     print(f"tenant {args.tenant}, task {features.task}, model {args.model}: ladder {result.ladder or '-'}")
     for v in result.rungs:
         mark = "serves " if v.serves else "skipped"
@@ -240,15 +243,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     _bus_secret_file(args)
     from .runtime.auditlog import AUDIT_CHAIN_ENV, AUDIT_DIR_ENV, AuditLog, AuditLogError, AuditMetrics
 
-    audit_dir = os.environ.get(AUDIT_DIR_ENV)
-    if policy.audit.enabled and policy.audit.dir is None and audit_dir:
-        policy = policy.model_copy(update={"audit": policy.audit.model_copy(update={"dir": Path(audit_dir)})})
+    # The directory comes with the policy or from `rungway up`: never written into the policy,
+    # whose content is its revision stamp (hot reload hands workers the supervisor's).
+    from_up = os.environ.get(AUDIT_DIR_ENV)
+    audit_dir = policy.audit.dir or (Path(from_up) if from_up else None)
     audit: AuditLog | None = None
-    if policy.audit.on():
-        assert policy.audit.dir is not None
+    if policy.audit.enabled and audit_dir is not None:
         chain = os.environ.get(AUDIT_CHAIN_ENV, "serve")
         try:
-            audit = AuditLog(policy.audit.dir, chain, policy.audit, AuditMetrics()).open()
+            audit = AuditLog(audit_dir, chain, policy.audit, AuditMetrics()).open()
         except (AuditLogError, OSError) as exc:
             print(f"rungway serve: cannot open the audit log: {exc}", file=sys.stderr)
             return 1
@@ -711,7 +714,7 @@ def build_parser() -> argparse.ArgumentParser:
     why.add_argument("--stream", action="store_true")
     why.add_argument("--tools", action=argparse.BooleanOptionalAction, default=None)
     why.add_argument("--prompt-tokens", type=int, help="the request's size: shows context windows and trimming")
-    why.add_argument("--admin", type=_address, help="a running `rungway up`'s admin: include live health")
+    why.add_argument("--admin", type=_address, help="a running `rungway up`'s admin: include live health and capacity")
     why.add_argument("--admin-token-file", type=Path)
     why.set_defaults(func=cmd_policy_explain)
 

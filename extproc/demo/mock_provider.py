@@ -21,6 +21,10 @@ that would make a naive proxy buffer without bound); `junk_head:BYTES` sends abo
 well-formed events without a token (pings, empty chunks) before the answer; `junk_tail:N` sends
 N tokens, then such events as fast as it can, without end (a provider stuck in a loop).
 
+`max_concurrent` (None: no limit) makes the provider a finite one: a chat request arriving while
+that many are being answered gets a 429 with `retry-after: 1`, as a provider's concurrency
+limit answers; `reset()` lifts it.
+
 `MockFleet` adds a JSON control API for out-of-process use; `main()` is its command line.
 """
 
@@ -753,6 +757,10 @@ class MockProvider:
         self._host = "127.0.0.1"
         self._runner: web.ServerRunner | None = None
         self._ids = itertools.count(1)
+        self.max_concurrent: int | None = None
+        self.in_flight = 0  # chat requests being answered now
+        self.peak_in_flight = 0
+        self.over_limit = 0  # chat requests refused with a 429 by max_concurrent
 
     def __repr__(self) -> str:
         times = "" if self._times_left is None else f" x{self._times_left}"
@@ -790,6 +798,8 @@ class MockProvider:
             self._mode, self._times_left = _OK, None
             self.requests.clear()
         self.request_count = 0
+        self.max_concurrent = None
+        self.peak_in_flight = self.over_limit = 0
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
         if self._runner is not None:
@@ -879,7 +889,15 @@ class MockProvider:
             mode = self._next_mode(request)
         except ValueError as exc:
             return self._error(400, wire.error(400, str(exc)))
-        return await self._answer(request, mode, payload, len(body))
+        if self.max_concurrent is not None and self.in_flight >= self.max_concurrent:
+            self.over_limit += 1
+            return self._error(429, wire.error(429, "Too many concurrent requests."), "1")
+        self.in_flight += 1
+        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        try:
+            return await self._answer(request, mode, payload, len(body))
+        finally:
+            self.in_flight -= 1
 
     async def _answer(self, request: web.BaseRequest, mode: Mode, payload: Any, body_size: int) -> web.StreamResponse:
         wire = self._wire

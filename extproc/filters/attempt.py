@@ -38,7 +38,7 @@ from enum import StrEnum
 from typing import Any, Final
 
 from ..audit import Kind
-from ..core import CLIENT_STATUS, OUTAGES, Failure, Observation, QuotaSignal
+from ..core import CLIENT_STATUS, OUTAGES, Failure, Impact, Observation, QuotaSignal
 from ..core.names import META_DECISION, META_TRIP, REASON, RELAY_FLAGS_HEADER
 from ..health.contract import Contract
 from ..policy import Policy
@@ -66,6 +66,8 @@ from .effects import (
     RescueItem,
     RescueRequested,
     Reshaped,
+    RungFreed,
+    RungTaken,
     Served,
     ShadowRequested,
     StreamEnded,
@@ -256,6 +258,8 @@ class AttemptProcessor:
         """The try's gRPC stream ended. Without an answer seen, Envoy's per-try timer or a reset
         ended it: the board learns that here, at once."""
         plan = self._plan
+        if plan is not None and plan.final is None and not plan.skip and not plan.decision.probe:
+            self._effects.append(RungFreed(*self._slot()))
         if plan is None or self.phase in (Phase.REFUSED, Phase.SKIPPED):
             return
         if not self._observed:
@@ -306,6 +310,8 @@ class AttemptProcessor:
         else:
             self._move(Phase.STARTED)
             self._audit_arrival(plan)
+            if not plan.decision.probe:  # the try holds a slot of its rung until on_close (T3)
+                self._effects.append(RungTaken(*self._slot()))
         set_headers, remove = header_mutation(plan, self._policy, worker.key_for(plan.provider_name))
         response = with_metadata(
             request_headers_response(common(set_headers, remove)), META_TRIP, plan.record().encode()
@@ -881,6 +887,10 @@ class AttemptProcessor:
         plan = self._started()
         return (plan.position.ladder, plan.position.rung, plan.provider_name, plan.model)
 
+    def _slot(self) -> tuple[str, int, str, Impact]:
+        plan = self._started()
+        return (plan.position.ladder, plan.position.rung, plan.decision.tenant, plan.decision.impact)
+
     def _count(self, outcome: str) -> None:
         # A synthetic probe is no tenant's traffic and no rung's load: the prober counts it
         # (rungway_probes_total); here it only becomes an observation for the health board.
@@ -915,7 +925,7 @@ class AttemptProcessor:
     ) -> None:
         """An audit entry about this request (none for probes, none when the trail is off)."""
         plan = self._started()
-        if self._policy.audit.on() and not plan.decision.probe:
+        if self._worker.auditing and not plan.decision.probe:
             now = self._worker.clock.wall()
             entry = audited(
                 self._policy,

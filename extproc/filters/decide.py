@@ -33,6 +33,7 @@ from ..core.names import (
 )
 from ..deferral import deferrable, may_wait
 from ..identity import Identity, Unknown
+from ..routing.capacity import Denial, Holder
 from ..routing.ladder import NeedBody, Refusal, RequestFeatures, Route, choose, reroute
 from ..translate import api_pair, load_json, provider_header_scrub, redact_error_body, render_error
 from .caller import foreign_headers, identify, repeated_credential
@@ -40,16 +41,19 @@ from .deferral import deferral, task_answer, task_id_of
 from .effects import (
     Audited,
     BudgetReached,
+    CapacityShed,
     Decided,
     Effect,
     HalfOpenAdmitted,
     RequestCounted,
     RescueItem,
+    RungLimited,
+    SlotReserved,
     TaskQueried,
     Unauthenticated,
 )
 from .flags import own_answer_headers
-from .shed import shed
+from .shed import over_capacity, shed
 from .wire import (
     Mode,
     ProcessingRequest,
@@ -215,7 +219,7 @@ class DecideProcessor:
             body_bytes=int(length) if length and length.isdigit() else None,
             tenant=who.tenant,
             task=task,
-            impact=_IMPACTS.get(headers.get(policy.impact_header, ""), policy.default_impact),
+            impact=policy.impact_for(who.tenant, task, headers.get(policy.impact_header)),
             approved_tier=self._worker.approvals.approved_tier(who.tenant, task, self._worker.clock.wall()),
         )
         self._include_usage = fields.get("include_usage") is True
@@ -241,7 +245,7 @@ class DecideProcessor:
                 )
                 return self._refuse(Failure.BUDGET_EXCEEDED, message, "over_budget", retry_after=over.retry_after_s)
             self._features = replace(self._features, cheapest_only=True)
-        if policy.audit.on():
+        if self._worker.auditing:
             # Every audit record names the request (Envoy's x-request-id) and, unless the policy
             # says not to, the hash of its body: decided on the body, then.
             self._request_id = headers.get("x-request-id", "")
@@ -253,6 +257,8 @@ class DecideProcessor:
         if isinstance(result, _DeferNow):
             self._deferring = result.reason  # the body is what gets stored
             return with_mode(request_headers_response(), _ASK_FOR_BODY)
+        if isinstance(result, CapacityShed):
+            return self._over_capacity(result)
         return self._answer(result, body_phase=False)
 
     def request_body(self, request: ProcessingRequest) -> ProcessingResponse | None:
@@ -272,6 +278,8 @@ class DecideProcessor:
         assert not isinstance(result, NeedBody)
         if isinstance(result, _DeferNow):
             return self._defer(request.request_body.body, result.reason)
+        if isinstance(result, CapacityShed):
+            return self._over_capacity(result)
         return self._answer(result, body_phase=True)
 
     def _replay_identity(self, header: str) -> Identity | Unknown:
@@ -323,7 +331,7 @@ class DecideProcessor:
         self._effects.append(deferral(task, policy.deferral.max_per_tenant, reason, policy.stamp))
         return None
 
-    def _route(self) -> Route | Refusal | NeedBody | _DeferNow:
+    def _route(self) -> Route | Refusal | NeedBody | _DeferNow | CapacityShed:
         """The ladder choice, shaped by the health board: unwell rungs skipped, a canary share
         sent to fallback rungs, no retries once the fleet's retry budget is spent."""
         f = self._features
@@ -345,8 +353,14 @@ class DecideProcessor:
             and worker.rng.random() < health.canary_share
         ):
             result = reroute(self._policy, result, result.rungs[1:], f.stream, canary=True)
+        limited = self._within_capacity(result)
+        if isinstance(limited, CapacityShed):
+            # A request that may wait waits (stored, 202) rather than being shed (T3 with E1).
+            return _DeferNow(Failure.RATE_LIMITED) if self._replay is None and may_wait(self._policy, f) else limited
+        result = limited
         if result.tries > 1 and not worker.retries_allowed():
             result = replace(result, tries=1)
+        self._effects.append(SlotReserved(result.ladder, result.rungs[0], f.tenant, f.impact))
         if health.enabled and health.circuit.live_half_open and worker.half_open(first := self._first_endpoint(result)):
             # The health view let it through: this request holds one of the circuit's probe slots.
             self._effects.append(HalfOpenAdmitted(first))
@@ -358,6 +372,44 @@ class DecideProcessor:
         share = self._policy.shadow.share
         ladder = self._policy.ladders[route.ladder]
         return share > 0 and not route.probe and len(ladder) > 1 and self._worker.rng.random() < share
+
+    def _within_capacity(self, route: Route) -> Route | CapacityShed:
+        """The route without the rungs that have no slot for this tenant and impact (T3)."""
+        f = self._features
+        assert f is not None
+        holder = Holder(f.tenant, f.impact)
+        kept: list[int] = []
+        denials: list[Denial] = []
+        for i in route.rungs:
+            denial = self._worker.capacity(route.ladder, i, holder)
+            if denial is None:
+                kept.append(i)
+            else:
+                denials.append(denial)
+                self._effects.append(RungLimited(route.ladder, i, f.tenant, f.impact, denial.value))
+        if not denials:
+            return route
+        if not kept:
+            # The reason that says most: the tenant's own share, then slots kept for others.
+            why = next(d for d in (Denial.TENANT_SHARE, Denial.RESERVED, Denial.RUNG_FULL) if d in denials)
+            return CapacityShed(f.tenant, f.impact, why.value)
+        skip = route.skip_reason
+        if kept[0] != route.rungs[0] and skip is None:
+            skip = Failure.RATE_LIMITED  # the first rung is at its concurrency limit for this request
+        return reroute(self._policy, route, tuple(kept), f.stream, skip_reason=skip)
+
+    def _over_capacity(self, shed: CapacityShed) -> ProcessingResponse:
+        f = self._features
+        assert f is not None
+        self._effects.append(shed)
+        self._effects.append(Decided(f.tenant, f.task, "", "shed", self._policy.stamp))
+        tenant_share = shed.reason == Denial.TENANT_SHARE
+        why = (
+            f"tenant {f.tenant!r} holds its share of every rung that could serve this request"
+            if tenant_share
+            else f"no rung has capacity for {f.impact.value} requests now"
+        )
+        return over_capacity(self._policy, self._dialect, f.tenant, f.task, why, tenant_share=tenant_share)
 
     def _first_endpoint(self, route: Route) -> str:
         assert self._features is not None

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..audit import Entry
-from ..core import DeferredTask, Dialect, Failure, Observation, QuotaSignal
+from ..core import DeferredTask, Dialect, Failure, Impact, Observation, QuotaSignal
 from ..health.contract import Contract
 from ..policy import Cost
 from .wire import ProcessingResponse
@@ -50,6 +50,55 @@ class RequestCounted:
 @dataclass(frozen=True, slots=True)
 class Shed:
     """decide answered 503 + Retry-After at once: the worker had max_in_flight in flight."""
+
+
+@dataclass(frozen=True, slots=True)
+class SlotReserved:
+    """decide routed a request: it holds a slot of its first rung until a try takes it up."""
+
+    ladder: str
+    rung: int
+    tenant: str
+    impact: Impact
+
+
+@dataclass(frozen=True, slots=True)
+class RungTaken:
+    """A try started on a rung: it holds a slot there until its stream ends (RungFreed)."""
+
+    ladder: str
+    rung: int
+    tenant: str
+    impact: Impact
+
+
+@dataclass(frozen=True, slots=True)
+class RungFreed:
+    ladder: str
+    rung: int
+    tenant: str
+    impact: Impact
+
+
+@dataclass(frozen=True, slots=True)
+class RungLimited:
+    """decide dropped a rung from a request's route: no capacity for its tenant and impact
+    (`reason`: a routing.capacity.Denial)."""
+
+    ladder: str
+    rung: int
+    tenant: str
+    impact: Impact
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class CapacityShed:
+    """No rung of the route had capacity: decide answered 503/429 + Retry-After at once."""
+
+    tenant: str
+    impact: Impact
+    reason: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,6 +271,11 @@ Effect = (
     | BudgetReached
     | RequestCounted
     | Shed
+    | SlotReserved
+    | RungTaken
+    | RungFreed
+    | RungLimited
+    | CapacityShed
     | HalfOpenAdmitted
     | Tried
     | Tripped

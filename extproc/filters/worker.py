@@ -11,6 +11,7 @@ from ..identity import KeyStore
 from ..policy import Budget, Policy
 from ..routing import HealthView
 from ..routing.approval import Approvals
+from ..routing.capacity import Denial, Holder
 from ..routing.spend import OverBudget
 
 
@@ -26,6 +27,11 @@ class Worker(Protocol):
 
     def policy_for(self, stamp: str) -> Policy | None:
         """The revision a request was decided under (Policy.stamp), while the worker keeps it."""
+        ...
+
+    @property
+    def auditing(self) -> bool:
+        """Whether this worker writes an audit trail (its records are worth building)."""
         ...
 
     def key_for(self, provider: str) -> str | None:
@@ -46,6 +52,10 @@ class Worker(Protocol):
 
     def over_budget(self, tenant: str, budget: Budget | None) -> OverBudget | None:
         """Whether the tenant has spent its budget, across the fleet as far as the bus told."""
+        ...
+
+    def capacity(self, ladder: str, rung: int, holder: Holder) -> Denial | None:
+        """Whether the rung takes one more request of the holder's now (None: yes)."""
         ...
 
     def overloaded(self) -> bool:

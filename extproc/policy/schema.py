@@ -111,7 +111,9 @@ class Clients(_Frozen):
 class TenantTask(_Frozen):
     """A tenant's rule for one task class, over its own (e.g. tier 2 for summarize, not codegen)."""
 
-    lowest_tier: int = Field(ge=0, le=3)
+    lowest_tier: int | None = Field(None, ge=0, le=3)
+    # How much this task class matters for the tenant (T3), over the tenant's own impact.
+    impact: Impact | None = None
 
 
 class Budget(_Frozen):
@@ -149,10 +151,16 @@ class TenantPolicy(_Frozen):
     # rest can serve is refused with how to approve. None: no approval needed.
     approval_beyond_tier: int | None = Field(None, ge=0, le=3)
     budget: Budget | None = None
+    # How much the tenant's requests matter (T3); None: the policy's default_impact. A task
+    # class's own `impact` wins over it.
+    impact: Impact | None = None
+    # Impacts a request may claim in the policy's impact_header; None: any. Claiming
+    # revenue_critical takes capacity reserved for it, so a tenant that must not gets a list.
+    header_impacts: frozenset[Impact] | None = None
 
     def lowest_tier_for(self, task: str) -> int:
         override = self.tasks.get(task)
-        return override.lowest_tier if override is not None else self.lowest_tier
+        return override.lowest_tier if override is not None and override.lowest_tier is not None else self.lowest_tier
 
 
 class Cost(_Frozen):
@@ -239,6 +247,31 @@ def is_loopback_host(host: str) -> bool:
         return False
 
 
+class RungCapacity(_Frozen):
+    """How many requests a rung serves at once (T3), for the pod: `rungway up`'s workers share
+    one ledger (a standalone `rungway serve` keeps its own). A request over it is not routed to
+    the rung (a later one may serve); with no rung left it is answered 503 (429 past the
+    tenant's share) with a Retry-After of shed_retry_after_s."""
+
+    max_in_flight: int = Field(ge=1, le=100_000)
+    # Slots only this impact class or a more important one may take: {revenue_critical: 4}
+    # keeps 4 for revenue-critical traffic, so lower impacts are refused first.
+    reserved: dict[Impact, int] = Field(default_factory=dict)
+    # The most of the rung's slots one tenant may hold at once. Whatever it is, a tenant with
+    # demand is kept a slot while it holds less than its fair share (slots / tenants wanting).
+    tenant_share: float = Field(1.0, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _reservations_fit(self) -> RungCapacity:
+        if any(n < 0 for n in self.reserved.values()):
+            raise ValueError(f"reserved slots must be >= 0, but were {dict(self.reserved)}")
+        if sum(self.reserved.values()) > self.max_in_flight:
+            raise ValueError(
+                f"reserved slots ({sum(self.reserved.values())}) must fit in max_in_flight ({self.max_in_flight})"
+            )
+        return self
+
+
 class Rung(_Frozen):
     provider: str
     model: str = REQUESTED_MODEL
@@ -262,6 +295,8 @@ class Rung(_Frozen):
     # is taken to be half of it (LLM latencies are roughly lognormal). Learned from healthy
     # traffic when not set.
     baseline_latency_s: float | None = Field(None, gt=0, le=600)
+    # Concurrency limit with reservations by impact and per-tenant shares (T3); None: unlimited.
+    capacity: RungCapacity | None = None
 
     def model_for(self, requested: str) -> str:
         return requested if self.model == REQUESTED_MODEL else self.model
@@ -583,10 +618,6 @@ class AuditSettings(_Frozen):
     # the health bus's Redis (health.bus must be a redis:// URL), where the fleet's trail verifies.
     export: Literal["bus"] | None = None
 
-    def on(self) -> bool:
-        """Records are written (a directory is known)."""
-        return self.enabled and self.dir is not None
-
 
 Ladder = Annotated[list[Rung], Field(min_length=1, max_length=MAX_LADDER_LENGTH)]
 
@@ -750,6 +781,17 @@ class Policy(_Frozen):
     def tenant(self, name: str) -> TenantPolicy:
         return self.tenants.get(name, self.tenant_defaults)
 
+    def impact_for(self, tenant: str, task: str, claimed: str | None) -> Impact:
+        """A request's impact (T3): what its header claims, if the tenant may claim it; else the
+        tenant's task class's, the tenant's, or the policy's default."""
+        rules = self.tenant(tenant)
+        if claimed in _IMPACTS and (rules.header_impacts is None or _IMPACTS[claimed] in rules.header_impacts):
+            return _IMPACTS[claimed]
+        override = rules.tasks.get(task)
+        if override is not None and override.impact is not None:
+            return override.impact
+        return rules.impact or self.default_impact
+
     def route_for(self, model: str) -> ModelRoute | None:
         """Exact names beat globs; among each kind the first listed wins."""
         for route in self.models:
@@ -815,6 +857,9 @@ def _canonical(value: Any) -> Any:
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
     return str(value)  # paths, addresses, networks
+
+
+_IMPACTS = {i.value: i for i in Impact}
 
 
 def _header_name(value: str) -> str:

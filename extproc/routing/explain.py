@@ -12,6 +12,7 @@ from ..core import Capability, Dialect, Failure, Impact, ToolMode
 from ..core.names import endpoint_key
 from ..policy import Policy
 from .capability import matrix_forbids, refuses_tools, tool_mode_of
+from .capacity import Denial, Holder, Ledger, Limits
 from .ladder import (
     BYTES_PER_TOKEN,
     NeedBody,
@@ -45,12 +46,18 @@ class Explanation:
 
 
 def explain(
-    policy: Policy, features: RequestFeatures, health: Mapping[str, Mapping[str, Any]] | None = None
+    policy: Policy,
+    features: RequestFeatures,
+    health: Mapping[str, Mapping[str, Any]] | None = None,
+    in_flight: Mapping[str, Mapping[str, int]] | None = None,
 ) -> Explanation:
-    """`health`: the board's rows by endpoint (from `/status`), or None to leave health out."""
+    """`health`: the board's rows by endpoint (from `/status`), or None to leave health out.
+    `in_flight`: requests in flight in the pod by rung ("ladder/index") and tenant (`/status`'s
+    `capacity`), or None to leave capacity out."""
     ladder = policy.ladder_for(features.model, features.task)
     if ladder is None:
         return Explanation(None, (), f"refused: no model map entry matches {features.model!r}")
+    at_capacity = _capacity_reasons(policy, features, ladder, in_flight) if in_flight is not None else {}
     needed = prompt_tokens_estimate(features.body_bytes) + (features.max_tokens or 0)
     leave_below = getattr(policy.health.leave_below, features.impact.value)
 
@@ -70,6 +77,15 @@ def explain(
         return Failure.SERVER_ERROR if unhealthy(key, first) else None
 
     route = choose(policy, features, view if health else None)
+    if isinstance(route, Route) and at_capacity:
+        # decide drops the rungs without a slot for the request (filters/decide.py).
+        kept = tuple(i for i in route.rungs if i not in at_capacity)
+        if not kept:
+            route = Refusal(
+                Failure.RATE_LIMITED, "no rung of the route has capacity for it now (503/429 + Retry-After)"
+            )
+        else:
+            route = Route(route.ladder, kept, route.cluster, route.tries, route.skip_reason)
     serving = route.rungs if isinstance(route, Route) else ()
     cheapest = min((rung_price(policy, ladder, i) for i in serving), default=0.0)
     verdicts: list[RungVerdict] = []
@@ -95,6 +111,8 @@ def explain(
             reason = f"over budget: only the cheapest permitted rung serves (this one costs {rung_price(policy, ladder, i):g}/1k)"
         if not reason and health:
             reason = unhealthy(key, not verdicts) or ""
+        if not reason:
+            reason = at_capacity.get(i, "")
         if not reason and i not in serving:
             reason = "not on the route (every permitted rung is unwell: all are tried in order)"
         mode = tool_mode_of(policy, ladder, i)
@@ -127,6 +145,40 @@ def _notes(policy: Policy, mode: ToolMode, window: int, needed: int, largest: in
     elif policy.context.trim and window < largest:
         notes.append(f"a longer history is trimmed to its {window}-token window (system prompt and latest turns kept)")
     return tuple(notes)
+
+
+def _capacity_reasons(
+    policy: Policy, features: RequestFeatures, ladder: str, in_flight: Mapping[str, Mapping[str, int]]
+) -> dict[int, str]:
+    """The ladder's rungs that would refuse the request a slot now, with why (the pod's counts
+    against the pod's limits: the same rules a worker applies to its share)."""
+    out: dict[int, str] = {}
+    holder = Holder(features.tenant, features.impact)
+    for i, rung in enumerate(policy.ladders[ladder]):
+        if rung.capacity is None:
+            continue
+        ledger = Ledger()
+        held = in_flight.get(f"{ladder}/{i}", {})
+        for tenant, n in held.items():
+            for _ in range(n):
+                # Only totals and per-tenant counts decide: the holders' impact is not needed.
+                ledger.take((ladder, i), Holder(tenant, features.impact), 0.0)
+        limits = Limits.of(rung.capacity)
+        denial = ledger.admits((ladder, i), limits, holder, 0.0)
+        total = sum(held.values())
+        if denial is Denial.RUNG_FULL:
+            out[i] = f"capacity: rung full ({total} of {limits.max_in_flight} in flight)"
+        elif denial is Denial.RESERVED:
+            out[i] = (
+                f"capacity: the free slots are reserved for impacts above {features.impact.value} "
+                f"({total} of {limits.max_in_flight} in flight, {limits.usable(features.impact)} usable)"
+            )
+        elif denial is Denial.TENANT_SHARE:
+            out[i] = (
+                f"capacity: tenant {features.tenant!r} holds its share "
+                f"({held.get(features.tenant, 0)} of {limits.max_in_flight} in flight)"
+            )
+    return out
 
 
 def features_for(policy: Policy, *, tenant: str, task: str, model: str, stream: bool, tools: bool | None,

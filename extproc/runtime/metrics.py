@@ -265,6 +265,19 @@ class Metrics:
             "Requests answered 503 + Retry-After at once because the worker had max_in_flight in flight.",
             **kw,  # type: ignore[arg-type]
         )
+        # T3: a rung's concurrency limit (policy `capacity`), by why it refused.
+        self.rungs_limited = Counter(
+            "rungway_rung_limited_total",
+            "Rungs dropped from a request's route: no slot for its tenant and impact (reason: rung_full, reserved, tenant_share).",
+            ["tenant", "impact", "ladder", "rung", "reason"],
+            **kw,  # type: ignore[arg-type]
+        )
+        self.requests_limited = Counter(
+            "rungway_requests_limited_total",
+            "Requests answered 503 (429 for tenant_share) + Retry-After because no rung of their route had a slot.",
+            ["tenant", "impact", "reason"],
+            **kw,  # type: ignore[arg-type]
+        )
 
     def try_ended(self, ended: TryEnded, system: str, cost: float) -> None:
         """One try's latency, tokens and cost. `system` is the provider's GenAI system name (its

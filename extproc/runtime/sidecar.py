@@ -36,6 +36,7 @@ from ..filters.deferral import task_answer
 from ..filters.effects import (
     Audited,
     BudgetReached,
+    CapacityShed,
     Decided,
     Deferred,
     Effect,
@@ -44,9 +45,13 @@ from ..filters.effects import (
     Rescued,
     RescueRequested,
     Reshaped,
+    RungFreed,
+    RungLimited,
+    RungTaken,
     Served,
     ShadowRequested,
     Shed,
+    SlotReserved,
     StreamEnded,
     TaskQueried,
     Tried,
@@ -62,6 +67,7 @@ from ..identity import KeyStore
 from ..policy import REQUESTED_MODEL, Budget, History, Policy, PolicyError, resolve_credentials
 from ..routing import HealthView
 from ..routing.approval import Approvals
+from ..routing.capacity import Denial, Holder, Limits
 from ..routing.spend import OverBudget, SpendLedger
 from .admission import Admission
 from .approvals import ApprovalsFile
@@ -72,6 +78,7 @@ from .metrics import OTHER, Metrics
 from .reload import HandedPolicy
 from .rescue import RESCUE_SOCKET_ENV
 from .shadow import ShadowCalls
+from .slots import LedgerStore, LocalLedger, SharedLedger
 from .tasks import SqliteTaskStore, TaskStore
 
 log = logging.getLogger("rungway.health")
@@ -83,6 +90,8 @@ HUB_ENV = "RUNGWAY_HEALTH_HUB"
 # The secret Envoy sends on every ext_proc stream (EnvoySettings.channel_token).
 CHANNEL_TOKEN_ENV = "RUNGWAY_CHANNEL_TOKEN"
 HUB_SECRET_ENV = "RUNGWAY_HEALTH_HUB_SECRET"  # the hub's signing secret, made by `rungway up` per run
+# The file `rungway up`'s workers share the rungs' capacity ledger in (runtime/slots.py).
+SLOTS_ENV = "RUNGWAY_SLOTS"
 _REQUEST_COUNT_EVERY_S = 0.25
 # How often the board is ticked for decide. Its queries already see circuit timers as due, and
 # observations move it at once; a tick moves only what time alone changes (scores of aging
@@ -114,6 +123,16 @@ def configured_endpoints(policy: Policy) -> frozenset[str]:
         for rung in rungs
         if rung.model != REQUESTED_MODEL
     )
+
+
+def rung_limits(policy: Policy) -> dict[tuple[str, int], Limits]:
+    """The concurrency limits of the rungs that have a `capacity` (T3), by (ladder, rung)."""
+    return {
+        (name, i): Limits.of(rung.capacity)
+        for name, rungs in policy.ladders.items()
+        for i, rung in enumerate(rungs)
+        if rung.capacity is not None
+    }
 
 
 def budget_ledger(policy: Policy) -> SpendLedger:
@@ -158,6 +177,12 @@ class Sidecar:
     tasks: TaskStore | None = None
     # Under `rungway up`: where the supervisor hands over new revisions (runtime/reload.py).
     handed: HandedPolicy | None = None
+    # The rungs' capacity ledger: the pod's under `rungway up` (every worker's), else this one's.
+    ledger: LedgerStore = field(
+        default_factory=lambda: (
+            SharedLedger(Path(os.environ[SLOTS_ENV])) if os.environ.get(SLOTS_ENV) else LocalLedger()
+        )
+    )
     key_store: KeyStore = field(init=False)
     # The current revision (`policy`) and the previous ones requests in flight were decided under.
     history: History = field(init=False)
@@ -166,6 +191,8 @@ class Sidecar:
     admission: Admission = field(init=False)
     shadows: ShadowCalls = field(init=False)
     spend: SpendLedger = field(init=False)
+    _limits: dict[tuple[str, int], Limits] = field(init=False)
+    _pid: int = field(default_factory=os.getpid, init=False)  # whose tries these are, in the ledger
     _requests_unsent: int = field(default=0, init=False)
     _requests_sent_at: float = field(default=float("-inf"), init=False)
     _ticked_at: float = field(default=float("-inf"), init=False)
@@ -181,6 +208,7 @@ class Sidecar:
         self.shadows = ShadowCalls(
             self.policy.shadow, self.metrics, self.clock, self.rescue_socket, lambda key: self.baseline(key, False)
         )
+        self._limits = rung_limits(self.policy)
         self.bus.subscribe(self._on_event)
         self.key_store = self.key_file.value if self.key_file is not None else KeyStore()
         self.approvals = self.approvals_file.value if self.approvals_file is not None else Approvals()
@@ -226,6 +254,7 @@ class Sidecar:
         self.policy = current
         self.admission.limit = current.max_in_flight
         self.spend.resize(*budget_windows(current))
+        self._limits = rung_limits(current)
         configured = configured_endpoints(current)
         self.board.reconfigure(configured_baselines(current), configured)
         self.metrics.pin_models(key.partition("/")[2] for key in configured)
@@ -256,6 +285,10 @@ class Sidecar:
             self.refresh_policy()
             found = self.history.get(stamp)
         return found
+
+    @property
+    def auditing(self) -> bool:
+        return self.audit is not None
 
     def key_for(self, provider: str) -> str | None:
         key = self.keys.get(provider)
@@ -292,6 +325,13 @@ class Sidecar:
     def overloaded(self) -> bool:
         return self.admission.full(self.clock.now())
 
+    def capacity(self, ladder: str, rung: int, holder: Holder) -> Denial | None:
+        limits = self._limits.get((ladder, rung))
+        if limits is None:
+            return None
+        now = self.clock.now()
+        return self.ledger.read(now).admits((ladder, rung), limits, holder, now)
+
     # ---- the gRPC loop's stream lifetimes (load shedding) ------------------------------------
 
     def try_started(self) -> None:
@@ -325,6 +365,23 @@ class Sidecar:
                     self.admission.routed(self.clock.now())  # in flight until its try starts
                 case Shed():
                     m.requests_shed.inc()
+                case SlotReserved(ladder, rung, tenant, impact) if (ladder, rung) in self._limits:
+                    with self.ledger.change(now := self.clock.now()) as ledger:
+                        ledger.reserve((ladder, rung), Holder(tenant, impact), now)
+                case RungTaken(ladder, rung, tenant, impact) if (ladder, rung) in self._limits:
+                    with self.ledger.change(now := self.clock.now()) as ledger:
+                        ledger.take((ladder, rung), Holder(tenant, impact), now, self._pid)
+                case RungFreed(ladder, rung, tenant, impact) if (ladder, rung) in self._limits:
+                    with self.ledger.change(self.clock.now()) as ledger:
+                        ledger.free((ladder, rung), Holder(tenant, impact), self._pid)
+                case RungLimited(ladder, rung, tenant, impact, reason):
+                    with self.ledger.change(now := self.clock.now()) as ledger:
+                        ledger.refused((ladder, rung), tenant, now)
+                    m.rungs_limited.labels(m.tenant(tenant), impact.value, ladder, str(rung), reason).inc()
+                case CapacityShed(tenant, impact, reason):
+                    m.requests_limited.labels(m.tenant(tenant), impact.value, reason).inc()
+                case SlotReserved() | RungTaken() | RungFreed():
+                    pass  # a rung without a capacity limit: nothing to count
                 case HalfOpenAdmitted(key):
                     self._announce_all(self.board.admit(key, self.clock.wall()))
                 case Tried(ladder, rung, provider, model, outcome):

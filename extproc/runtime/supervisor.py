@@ -28,7 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
 from redis.exceptions import RedisError
 
-from ..audit import selected
+from ..audit import Entry, selected
 from ..core import CircuitChanged, Failure, FrameRules, ProbeClaim
 from ..core.names import REASON
 from ..health.board import Board
@@ -58,7 +58,7 @@ from ..routing.approval import ApprovalError, approval
 from ..xds.bootstrap import LISTENER_ROUTES, RELAY_ROUTES, EnvoySettings, render
 from ..xds.resources import XdsFiles, render_bootstrap, render_resources
 from .approvals import grant, read_approvals, revoke
-from .auditlog import AUDIT_CHAIN_ENV, AUDIT_DIR_ENV, read_records
+from .auditlog import AUDIT_CHAIN_ENV, AUDIT_DIR_ENV, AuditLog, AuditMetrics, read_records
 from .bus import HealthBus, HubServer, fleet_bus
 from .drainer import Drainer
 from .metrics import BoardCollector, EnvoyRestarts, ProbeMetrics, stream_summary
@@ -69,10 +69,12 @@ from .sidecar import (
     HUB_ENV,
     HUB_SECRET_ENV,
     PROBE_TOKEN_ENV,
+    SLOTS_ENV,
     configured_baselines,
     configured_endpoints,
     read_bus_event,
 )
+from .slots import SharedLedger
 from .tasks import SqliteTaskStore
 
 log = logging.getLogger("rungway.up")
@@ -159,6 +161,7 @@ class Supervisor:
         # The workers' Unix sockets, in this 0700 directory: only this user can reach them.
         self._worker_sockets = [self._dir / f"worker-{i}.sock" for i in range(options.workers)]
         self._rescue_socket = self._dir / "rescue.sock"  # Envoy's rescue listener
+        self._slots = SharedLedger(self._dir / "capacity.json")  # the workers' rung capacity ledger
         self._workers: list[subprocess.Popen[bytes] | None] = [None] * options.workers
         self._envoy: subprocess.Popen[bytes] | None = None
         # Envoy's admin: a Unix socket in this 0700 directory, made 0600 by Envoy (no TCP port).
@@ -214,6 +217,7 @@ class Supervisor:
             )
         audit = policy.audit
         self.audit_dir = (audit.dir or options.audit_dir) if audit.enabled else None
+        self._audit_log: AuditLog | None = None
         # Hot reload: the revisions served (current first), Envoy's xDS files, the workers' copy.
         self.history = History(policy)
         self._xds = XdsFiles(self._dir / "xds")
@@ -235,6 +239,7 @@ class Supervisor:
             PROBE_TOKEN_ENV: self._probe_token,
             CHANNEL_TOKEN_ENV: self._channel_token,
             RESCUE_SOCKET_ENV: str(self._rescue_socket),
+            SLOTS_ENV: str(self._slots.path),  # the pod's rung capacity ledger
         }
         if self.audit_dir is not None:
             # Chains by worker slot: a restarted worker continues its own.
@@ -572,6 +577,8 @@ class Supervisor:
             "bus": {k: v for k, v in self._bus.snapshot().items() if k != "path"},
             "envoy": self.envoy_restarts.snapshot(),
             "streams": stream_summary(self._worker_metrics().collect()),  # type: ignore[no-untyped-call]
+            # The pod's rung capacity ledger (runtime/slots.py): in flight by rung and tenant.
+            "capacity": self._slots.read(time.monotonic()).snapshot(time.monotonic()),
             **self.board.snapshot(time.time()),
         }
         if self.drainer is not None:
@@ -662,6 +669,9 @@ class Supervisor:
         self._tasks.append(asyncio.create_task(self._watch_envoy()))
         if self.drainer is not None:
             self._tasks.append(asyncio.create_task(self.drainer.run()))
+        if self.audit_dir is not None:  # the supervisor's own chain: policy reloads
+            metrics = AuditMetrics(CollectorRegistry())  # the workers count records; this is the chain's own
+            self._audit_log = AuditLog(self.audit_dir, "up", self.options.policy.audit, metrics).open()
         if self.audit_dir is not None and self.options.policy.audit.export == "bus":
             self._tasks.append(asyncio.create_task(self._export_audit(self.audit_dir)))
         self._tasks.append(asyncio.create_task(self._watch_policy()))
@@ -703,7 +713,7 @@ class Supervisor:
 
         def outcome(kind: ReloadOutcome, new: str | None = None, problems: tuple[str, ...] = ()) -> PolicyReloaded:
             event = PolicyReloaded(started, kind, old.stamp, new, source, problems)
-            self.reloads.record(event)
+            self._note_reload(event)
             return event
 
         try:
@@ -749,8 +759,20 @@ class Supervisor:
             envoy_s=envoy_done - pushed,
             workers_s=done - envoy_done,
         )
-        self.reloads.record(event)
+        self._note_reload(event)
         return event
+
+    def _note_reload(self, event: PolicyReloaded) -> None:
+        """Counted, shown in /status, and (applied or rejected, never unchanged) an audit record
+        in the supervisor's own chain."""
+        self.reloads.record(event)
+        if self._audit_log is None or event.outcome is ReloadOutcome.UNCHANGED:
+            return
+        if event.outcome is ReloadOutcome.APPLIED and event.new is not None:
+            self._audit_log.submit(Entry.policy_reload(event.at, event.old, event.new))
+        else:
+            entry = Entry.policy_reload(event.at, event.old, event.old, trigger="rejected")
+            self._audit_log.submit(replace(entry, detail={**entry.detail, "problems": len(event.problems)}))
 
     async def _push_to_envoy(self, history: History) -> str | None:
         """Write the resources and wait until Envoy applied all of them; why not, else None."""
@@ -868,6 +890,8 @@ class Supervisor:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._audit_log is not None:
+            self._audit_log.close()  # what is queued is written and fsynced
         if self._runner is not None:
             await self._runner.cleanup()
         await self._drain_envoy(drain_s)
@@ -885,6 +909,7 @@ class Supervisor:
                     proc.kill()
                     proc.wait()
         await self._bus.stop()
+        self._slots.close()
         shutil.rmtree(self._dir, ignore_errors=True)
         log.info("rungway stopped")
 

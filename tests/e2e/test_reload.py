@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx2 as httpx
 import openai
 import pytest
 import yaml
@@ -312,6 +313,12 @@ def test_edits_under_load_fail_no_request_and_each_answer_follows_its_own_revisi
     assert wrong == []
     assert not any(a.served_by == "primary/gpt-4o" for a in answers if a.hop)
     assert 'rungway_tries_refused_total{reason="policy_mismatch"}' not in reloading.metrics()
+    # Every applied reload is an audit record: the revision before, the one after.
+    records = httpx.get(reloading.admin_url + "/audit", params={"since": "1h", "limit": 10000}, timeout=10).json()
+    applied = [r for r in records["records"] if r["kind"] == "policy_reload" and r["trigger"] == "reload"]
+    assert {r["policy"] for r in applied} >= {a.stamp for a in answers if a.stamp is not None} - {
+        applied[0]["detail"]["previous"]
+    }
 
 
 def test_a_broken_edit_keeps_the_last_good_policy_and_says_why(reloading: Stack, policy: PolicyDir) -> None:
@@ -352,6 +359,15 @@ def test_a_broken_edit_keeps_the_last_good_policy_and_says_why(reloading: Stack,
     assert _counter(reloading.metrics(), 'rungway_policy_reloads_total{outcome="rejected"}') >= rejected_before + 3
     ready = reloading.status()
     assert ready["policy_version"] == good
+    # Each reload, applied or rejected, is in the audit trail (the supervisor's own chain).
+    deadline = time.monotonic() + 5
+    while True:
+        answer = httpx.get(reloading.admin_url + "/audit", params={"since": "1h", "limit": 1000}, timeout=10)
+        reloads = [r for r in answer.json()["records"] if r["kind"] == "policy_reload"]
+        if len([r for r in reloads if r["trigger"] == "rejected"]) >= 3 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert len([r for r in reloads if r["trigger"] == "rejected" and r["policy"] == good]) >= 3
 
 
 def _original_defaults(policy: PolicyDir) -> dict[str, Any]:
