@@ -146,6 +146,9 @@ class TenantPolicy(_Frozen):
     message: str = "Your organisation's policy does not permit a fallback model for this request"
     # Where a deferred task's answer is POSTed (signed with deferral.callback_secret), if set.
     callback_url: str | None = None
+    # Where a change of the tier serving this tenant is POSTed (T2: the x-rungway-tier header is
+    # always there; this tells someone). Signed with the policy's notify_secret.
+    notify_url: str | None = None
     # Tiers beyond this one need an operator's approval in force (`rungway approve`); until then
     # those rungs are skipped like a tier the tenant does not permit, and a request none of the
     # rest can serve is refused with how to approve. None: no approval needed.
@@ -677,6 +680,8 @@ class Policy(_Frozen):
     # required when a tenant's policy asks for approvals. Keep it on durable storage.
     approvals: Path | None = None
     shadow: Shadow = Shadow()
+    # Signs tier-change notices POSTed to tenants' notify_url (HMAC-SHA256, x-rungway-signature).
+    notify_secret: Credential | None = None
     # Task class -> model (exact name or glob; exact first, then globs in order) -> allowance.
     # A model a task class's map does not name is allowed. degraded_only: only as a fallback
     # (never the ladder's first rung), so its answer is always flagged degraded.
@@ -735,6 +740,11 @@ class Policy(_Frozen):
             for task in tenant.tasks:
                 if task not in self.tasks:
                     problems.append(f"{where}.tasks: unknown task class {task!r}")
+            if tenant.notify_url is not None:
+                if self.notify_secret is None:
+                    problems.append(f"{where}.notify_url: needs notify_secret to sign its POSTs")
+                if urlsplit(tenant.notify_url).scheme not in ("http", "https"):
+                    problems.append(f"{where}.notify_url: {tenant.notify_url!r} is not an http(s) URL")
             if tenant.callback_url is not None:
                 if self.deferral is None or self.deferral.callback_secret is None:
                     problems.append(f"{where}.callback_url: needs deferral.callback_secret to sign its POSTs")

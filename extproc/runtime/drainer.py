@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import hmac
 import json
 import logging
 import random
@@ -33,13 +31,13 @@ from ..health.board import Board
 from ..policy import Policy
 from ..routing import HealthView
 from .tasks import TaskStore
+from .webhook import deliver
 
 log = logging.getLogger("rungway.deferral")
 
 # Due tasks read per tenant per pass: enough to fill the replay slots, few enough that a
 # tenant's backlog of thousands costs one short read.
 _PER_TENANT = 8
-SIGNATURE_HEADER = "x-rungway-signature"
 _SWEEP_EVERY_S = 1.0  # TTLs are minutes to days: a second late is nothing
 
 
@@ -209,25 +207,11 @@ class Drainer:
         assert self._secret is not None
         payload = callback_body(task.id, result)
         attempts = self._settings.callback_attempts
-        timeout = aiohttp.ClientTimeout(total=10)
-        async with aiohttp.ClientSession(timeout=timeout) as session:
-            for attempt in range(1, attempts + 1):
-                now = time.time()
-                headers = {
-                    "content-type": "application/json",
-                    TASK_ID_HEADER: task.id,
-                    SIGNATURE_HEADER: sign(self._secret, now, payload),
-                }
-                try:
-                    async with session.post(url, data=payload, headers=headers) as r:
-                        await r.read()
-                        if 200 <= r.status < 300:
-                            self.callbacks["delivered"] = self.callbacks.get("delivered", 0) + 1
-                            return
-                except (aiohttp.ClientError, TimeoutError):
-                    pass
-                if attempt < attempts:
-                    await asyncio.sleep(retry_delay(attempt, self._rng, base_s=0.5, cap_s=30))
+        if await deliver(
+            url, payload, self._secret, attempts=attempts, rng=self._rng, headers={TASK_ID_HEADER: task.id}
+        ):
+            self.callbacks["delivered"] = self.callbacks.get("delivered", 0) + 1
+            return
         self.callbacks["failed"] = self.callbacks.get("failed", 0) + 1
         log.warning("deferred task %s: callback failed %d times", task.id, attempts)
 
@@ -241,14 +225,6 @@ def callback_body(task_id: str, result: TaskResult) -> bytes:
         answer = result.body.decode(errors="replace")
     body = {"id": task_id, "status": result.status, "headers": dict(result.headers), "body": answer}
     return json.dumps(body, separators=(",", ":")).encode()
-
-
-def sign(secret: str, at: float, payload: bytes) -> str:
-    """`t=<unix seconds>,v1=<hex HMAC-SHA256 of "t.payload">`: the receiver recomputes it with
-    the shared secret and rejects a stale `t` (a replayed callback)."""
-    t = str(int(at))
-    digest = hmac.new(secret.encode(), t.encode() + b"." + payload, hashlib.sha256).hexdigest()
-    return f"t={t},v1={digest}"
 
 
 class DeferralCollector(Collector):

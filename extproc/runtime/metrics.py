@@ -124,6 +124,12 @@ class Metrics:
             ["outcome"],
             **kw,  # type: ignore[arg-type]
         )
+        self.tier_notices = Counter(
+            "rungway_tier_notices_total",
+            "Tier-change notices POSTed to tenants' notify_url, by outcome (delivered, failed, dropped).",
+            ["tenant", "outcome"],
+            **kw,  # type: ignore[arg-type]
+        )
         self.budget_reached = Counter(
             "rungway_budget_reached_total",
             "Requests of a tenant over its budget (T4), by the limit reached (tokens, cost, cost_rate) and "

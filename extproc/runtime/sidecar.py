@@ -5,6 +5,7 @@ metrics, the clock, and the health board fed through the health bus. It is the p
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import random
@@ -64,11 +65,21 @@ from ..filters.wire import ProcessingResponse
 from ..health.board import Board
 from ..health.circuit import Transition
 from ..identity import KeyStore
-from ..policy import REQUESTED_MODEL, Budget, History, Policy, PolicyError, resolve_credentials
+from ..policy import (
+    REQUESTED_MODEL,
+    Budget,
+    Credential,
+    CredentialError,
+    History,
+    Policy,
+    PolicyError,
+    resolve_credentials,
+)
 from ..routing import HealthView
 from ..routing.approval import Approvals
 from ..routing.capacity import Denial, Holder, Limits
 from ..routing.spend import OverBudget, SpendLedger
+from ..routing.tiers import TierWatch
 from .admission import Admission
 from .approvals import ApprovalsFile
 from .auditlog import AuditSink
@@ -80,6 +91,7 @@ from .rescue import RESCUE_SOCKET_ENV
 from .shadow import ShadowCalls
 from .slots import LedgerStore, LocalLedger, SharedLedger
 from .tasks import SqliteTaskStore, TaskStore
+from .webhook import deliver
 
 log = logging.getLogger("rungway.health")
 
@@ -98,6 +110,9 @@ _REQUEST_COUNT_EVERY_S = 0.25
 # windows, departures, SLO timers), which a few tens of ms cannot change in a way that matters.
 # Ticking per request would walk every endpoint on every request.
 _TICK_EVERY_S = 0.05
+# Tier-change notices being delivered at once, per worker, and attempts at each.
+_MAX_NOTICES_IN_FLIGHT = 64
+_NOTICE_ATTEMPTS = 4
 # How long a deferral's store write may wait for the write lock: well under Envoy's ext_proc
 # message timeout (1 s), so the client hears our 503 rather than a timeout.
 STORE_WAIT_S = 0.5
@@ -192,6 +207,8 @@ class Sidecar:
     shadows: ShadowCalls = field(init=False)
     spend: SpendLedger = field(init=False)
     _limits: dict[tuple[str, int], Limits] = field(init=False)
+    tiers: TierWatch = field(default_factory=TierWatch, init=False)
+    _notices: set[asyncio.Task[None]] = field(default_factory=set, init=False)
     _pid: int = field(default_factory=os.getpid, init=False)  # whose tries these are, in the ledger
     _requests_unsent: int = field(default=0, init=False)
     _requests_sent_at: float = field(default=float("-inf"), init=False)
@@ -390,6 +407,7 @@ class Sidecar:
                     m.trips.labels(ladder, str(rung), provider, m.model(model), reason.value).inc()
                 case Served(tenant, task, ladder, tier, degraded, rung):
                     m.served.labels(m.tenant(tenant), task, ladder, str(tier), str(degraded).lower(), str(rung)).inc()
+                    self._notice_tier(effect)
                 case Reshaped(ladder, rung, tool_mode, tools_removed, trimmed):
                     if tools_removed:
                         m.tools_removed.labels(ladder, str(rung), tool_mode).inc()
@@ -436,6 +454,46 @@ class Sidecar:
                 log.exception("deferral store write failed")
         self.metrics.deferred.labels(self.metrics.tenant(effect.task.tenant), outcome).inc()
         return answer
+
+    def _notice_tier(self, served: Served) -> None:
+        """A tenant with a notify_url hears when the tier serving its task class changes (T2):
+        a signed POST, retried, off the request's path. Each worker tells of what it served."""
+        url = self.policy.tenant(served.tenant).notify_url
+        secret = self.policy.notify_secret
+        if url is None or secret is None:
+            return
+        rungs = self.policy.ladders.get(served.ladder, [])
+        rung = rungs[served.rung] if served.rung < len(rungs) else None
+        served_by = f"{rung.provider}/{rung.model}" if rung is not None else served.ladder
+        change = self.tiers.served(served.tenant, served.task, served.tier, self.clock.wall(), served_by)
+        if change is None:
+            return
+        notices = self.metrics.tier_notices
+        if len(self._notices) >= _MAX_NOTICES_IN_FLIGHT:
+            notices.labels(self.metrics.tenant(change.tenant), "dropped").inc()
+            return
+        payload = json.dumps(
+            {"tenant": change.tenant, "task": change.task, "from_tier": change.previous, "tier": change.tier,
+             "direction": change.direction, "served_by": change.served_by, "at": change.at,
+             "policy": self.policy.stamp},
+            separators=(",", ":"),
+        ).encode()  # fmt: skip
+        try:
+            task = asyncio.get_running_loop().create_task(self._send_notice(url, payload, secret, change.tenant))
+        except RuntimeError:  # applied outside the server's loop (a unit test): nothing to send on
+            notices.labels(self.metrics.tenant(change.tenant), "dropped").inc()
+            return
+        self._notices.add(task)
+        task.add_done_callback(self._notices.discard)
+
+    async def _send_notice(self, url: str, payload: bytes, secret: Credential, tenant: str) -> None:
+        try:
+            key = secret.resolve().get_secret_value()
+            delivered = await deliver(url, payload, key, attempts=_NOTICE_ATTEMPTS, rng=self.rng)
+        except CredentialError as exc:
+            log.error("tier notice not signed: %s", exc)
+            delivered = False
+        self.metrics.tier_notices.labels(self.metrics.tenant(tenant), "delivered" if delivered else "failed").inc()
 
     def _measure(self, ended: TryEnded) -> None:
         provider = self.policy.providers.get(ended.provider)

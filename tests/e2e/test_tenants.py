@@ -3,10 +3,15 @@ tenants, different answers; the tenant is the key's holder."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
+import threading
 import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import openai
 import pytest
@@ -163,3 +168,53 @@ def test_a_tenant_over_its_token_budget_is_refused_with_when_to_come_back(fleet:
         assert "token budget" in str(refused.body)
         assert 'rungway_budget_reached_total{action="refuse",reason="tokens",tenant="app"}' in stack.metrics()
         assert not stack.envoy_trouble()
+
+
+class Notices(BaseHTTPRequestHandler):
+    """A tenant's notify_url: records every POST."""
+
+    received: ClassVar[list[tuple[dict[str, str], bytes]]] = []
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["content-length"]))
+        Notices.received.append(({k.lower(): v for k, v in self.headers.items()}, body))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_a_tier_change_is_posted_to_the_tenants_notify_url_signed(fleet: Fleet, tmp_path: Path) -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Notices)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    secret = "notify-secret-0123456789"
+    policy = fleet.policy(tmp_path, tenants={"app": {"notify_url": f"http://127.0.0.1:{server.server_address[1]}/n"}})
+    policy["notify_secret"] = {"env": "RW_TEST_NOTIFY_SECRET"}
+    fleet.reset()
+    try:
+        with running(policy, env={**KEY_ENV, "RW_TEST_NOTIFY_SECRET": secret}) as stack:
+            stack.openai().chat.completions.create(model="gpt-4o", messages=HI)  # tier 0: nothing to tell
+            fleet.primary.set_mode("status:503")
+            stack.openai().chat.completions.create(model="gpt-4o", messages=HI)  # tier 1
+            stack.openai().chat.completions.create(model="gpt-4o", messages=HI)  # still tier 1: told once
+            fleet.primary.set_mode("ok")
+            stack.openai().chat.completions.create(model="gpt-4o", messages=HI)  # back to tier 0
+            deadline = time.monotonic() + 10
+            while len(Notices.received) < 2 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            time.sleep(0.3)  # nothing more arrives
+            notices = [json.loads(body) for _, body in Notices.received]
+            assert [(n["from_tier"], n["tier"], n["direction"]) for n in notices] == [
+                (0, 1, "degraded"),
+                (1, 0, "recovered"),
+            ]
+            assert notices[0]["tenant"] == "app" and notices[0]["served_by"] == "secondary/claude-fallback"
+            for headers, body in Notices.received:
+                t, v1 = (part.split("=", 1)[1] for part in headers["x-rungway-signature"].split(","))
+                expected = hmac.new(secret.encode(), t.encode() + b"." + body, hashlib.sha256).hexdigest()
+                assert hmac.compare_digest(v1, expected)
+            assert 'rungway_tier_notices_total{outcome="delivered",tenant="app"} 2.0' in stack.metrics()
+    finally:
+        server.shutdown()
+        server.server_close()
