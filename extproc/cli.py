@@ -663,6 +663,41 @@ def _tenant_key(value: str) -> tuple[str, str]:
     return tenant, key
 
 
+def cmd_incident(args: argparse.Namespace) -> int:
+    """An incident from the audit trail (one request's failed tries) as a drill fixture: the
+    golden task `--task` replayed with the same rungs failing the same way (D3)."""
+    import datetime
+
+    from .audit import incident_trips
+    from .drills import FixtureError, GoldenTaskError, fixture_from_incident, parse_task
+    from .runtime.auditlog import read_records
+
+    policy = _load(args.policy)
+    assert isinstance(policy, Policy)
+    trips = incident_trips((r.entry for _, r in read_records(args.audit_dir)), args.request_id)
+    if not trips:
+        print(f"rungway incident: no failed tries of request {args.request_id!r} in {args.audit_dir}", file=sys.stderr)
+        return 1
+    task_file = args.tasks / f"{args.task}.json"
+    try:
+        task = parse_task(task_file.read_text(), str(task_file))
+        at = min(r.entry.at for _, r in read_records(args.audit_dir) if r.entry.request_id == args.request_id)
+        recorded = datetime.datetime.fromtimestamp(at, datetime.UTC).isoformat(timespec="seconds")
+        fixture = fixture_from_incident(policy, task, trips, incident=args.request_id, recorded_at=recorded)
+    except (OSError, GoldenTaskError, FixtureError) as exc:
+        print(f"rungway incident: {exc}", file=sys.stderr)
+        return 1
+    folder = args.tasks / "fixtures"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{fixture.id}.json"
+    path.write_text(fixture.to_text())
+    staged = ", ".join(f"rung {f.rung}: {f.mode}" for f in fixture.faults)
+    print(
+        f"{path}: {staged}; expects rung {fixture.expect_rung if fixture.expect_rung is not None else 'none (refusal)'}"
+    )
+    return 0
+
+
 def cmd_drill(args: argparse.Namespace) -> int:
     _configure_logging("warning")
     from .runtime.drill import DrillError, DrillOptions, run_drill
@@ -892,6 +927,16 @@ def build_parser() -> argparse.ArgumentParser:
     drill.add_argument("--key", type=_tenant_key, action="append", help="TENANT=KEY for an attached stack (repeat)")
     drill.add_argument("--admin", type=_address, help="the attached stack's admin: must be ready before and after")
     drill.set_defaults(func=cmd_drill)
+
+    incident = sub.add_parser(
+        "incident", help="an incident from the audit trail as a drill fixture every drill replays"
+    )
+    incident.add_argument("--audit-dir", type=Path, required=True, help="the audit trail (rungway audit verify's DIR)")
+    incident.add_argument("--request-id", required=True, help="the request's x-request-id (rungway audit show)")
+    incident.add_argument("--task", required=True, help="the golden task to replay it with (a NAME.json in --tasks)")
+    incident.add_argument("--policy", type=Path, default=Path("evals/failover/policy.yaml"))
+    incident.add_argument("--tasks", type=Path, default=Path("evals/failover"), help="golden tasks; fixtures/ in it")
+    incident.set_defaults(func=cmd_incident)
 
     mocks = sub.add_parser("mock-providers", help="run mock OpenAI/Anthropic providers that fail on command")
     mocks.add_argument("rest", nargs=argparse.REMAINDER)

@@ -9,7 +9,7 @@ Writing records to disk (the queue, fsync batching, segments, retention) is
 
 from .chain import GENESIS, Chain, Line, lines_of
 from .record import Entry, Kind, Record, RecordError, RungRef, prompt_hash
-from .story import line, selected, sentence
+from .story import incident_trips, line, selected, sentence
 from .verify import Anchor, Broken, Intact, Tampering, Verdict, verify
 
 __all__ = [
@@ -26,6 +26,7 @@ __all__ = [
     "RungRef",
     "Tampering",
     "Verdict",
+    "incident_trips",
     "line",
     "lines_of",
     "prompt_hash",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 
+from ..core import Failure
 from .record import Entry, Kind, Record, RungRef
 
 
@@ -61,3 +62,18 @@ def line(record: Record) -> str:
     request = f"  [request {e.request_id[:12]} prompt {e.prompt_hash[:12]}]" if e.request_id else ""
     policy = f" policy {e.policy}" if e.policy else ""
     return f"{when} {who:<24} {e.kind.value:<12} {sentence(e)}{policy}{request}"
+
+
+def incident_trips(entries: Iterable[Entry], request_id: str) -> list[tuple[int, Failure]]:
+    """One request's failed tries from its records, in the order they happened: (rung, failure
+    class). What a drill fixture stages again to replay the incident (drills.fixture_from_incident)."""
+    trips = sorted((e for e in entries if e.request_id == request_id and e.kind is Kind.TRIP), key=lambda e: e.at)
+    out: list[tuple[int, Failure]] = []
+    for e in trips:
+        if e.source is None:
+            continue
+        try:
+            out.append((e.source.rung, Failure(e.trigger)))
+        except ValueError:
+            continue  # a trigger that is not a failure class stages nothing
+    return out

@@ -8,6 +8,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ import pytest
 import yaml
 
 from extproc.drills import parse_fixture
+from tests.conftest import Fleet
 from tests.stack import Stack
 
 pytestmark = pytest.mark.e2e
@@ -145,3 +147,40 @@ def test_a_drill_attaches_to_a_running_stack(clean: Stack, tmp_path: Path) -> No
     missing = drill("--policy", clean.policy_path, "--tasks", tasks, "--report", tmp_path / "m.md",
                     "--listen", f"127.0.0.1:{clean.port}")  # fmt: skip
     assert missing.returncode == 2 and "needs a key for tenants ['app', 'storm-b', 'storm-c']" in missing.stderr
+
+
+def test_an_incident_from_the_audit_trail_becomes_a_fixture_that_replays(
+    clean: Stack, fleet: Fleet, tmp_path: Path
+) -> None:
+    # An incident on the suite's stack: the primary answers 503, the secondary serves.
+    fleet.primary.set_mode("status:503")
+    clean.openai().chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+    request_id = fleet.secondary.requests[-1].headers["x-request-id"]
+    fleet.reset()
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    shutil.copy(EVALS / "chat.json", tasks)
+    audit_dir = clean.dir / "audit"
+    deadline = time.monotonic() + 10
+    while True:  # the trail is written off the request's path
+        made = subprocess.run(
+            [sys.executable, "-m", "extproc.cli", "incident", "--audit-dir", str(audit_dir), "--request-id",
+             request_id, "--task", "chat", "--policy", str(clean.policy_path), "--tasks", str(tasks)],
+            cwd=REPO, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        if made.returncode == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert made.returncode == 0, made.stderr
+    (saved,) = (tasks / "fixtures").glob("incident.*.json")
+    fixture = json.loads(saved.read_text())
+    assert fixture["source"] == {"kind": "incident", "ref": request_id, "recorded_at": fixture["source"]["recorded_at"]}
+    assert [f["rung"] for f in fixture["faults"]] == [0] and fixture["expect_rung"] == 1
+    admin = clean.admin_url.removeprefix("http://")
+    replay = drill(
+        "--policy", clean.policy_path, "--tasks", tasks, "--report", tmp_path / "r.md", "--scenario", "fixtures",
+        "--listen", f"127.0.0.1:{clean.port}", "--admin", admin, "--key", f"app={clean.app_key}",
+    )  # fmt: skip
+    assert replay.returncode == 0, replay.stdout + replay.stderr
+    replayed = results(tmp_path / "r.md")["cells"]
+    assert [c["trace"]["served_by"] for c in replayed] == ["secondary/claude-fallback"]
