@@ -997,9 +997,10 @@ class AttemptProcessor:
         )
 
     def _measure(self, plan: TryPlan) -> None:
-        """The try's end for the per-tenant metrics, once (a probe is no tenant's traffic). A
-        begun stream bills what it delivered; an answer, its usage (else our prompt estimate)."""
-        if self._measured or plan.decision.probe:
+        """The try's end for the per-tenant metrics, once (a probe's counts as its rung's cost
+        only: no tenant's traffic). A begun stream bills what it delivered; an answer, its usage
+        (else our prompt estimate)."""
+        if self._measured:
             return
         self._measured = True
         input_tokens, output_tokens = self._usage

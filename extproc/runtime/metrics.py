@@ -124,6 +124,12 @@ class Metrics:
             ["outcome"],
             **kw,  # type: ignore[arg-type]
         )
+        self.probe_cost = Counter(
+            "rungway_probe_cost_total",
+            "What synthetic probes cost (the providers' cost_per_1k units), by the rung probed: no tenant's.",
+            ["ladder", "rung", "provider"],
+            **kw,  # type: ignore[arg-type]
+        )
         self.tier_notices = Counter(
             "rungway_tier_notices_total",
             "Tier-change notices POSTed to tenants' notify_url, by outcome (delivered, failed, dropped).",

@@ -32,7 +32,7 @@ from ..core import (
     SystemClock,
     decode_event,
 )
-from ..core.names import endpoint_key
+from ..core.names import PROBE_TENANT, endpoint_key
 from ..filters.deferral import task_answer
 from ..filters.effects import (
     Audited,
@@ -499,6 +499,10 @@ class Sidecar:
         provider = self.policy.providers.get(ended.provider)
         system = provider.dialect.value if provider is not None else OTHER
         cost = provider.cost_per_1k.of(ended.input_tokens or 0, ended.output_tokens or 0) if provider else 0.0
+        if ended.tenant == PROBE_TENANT:  # a synthetic probe: the rung's cost, no tenant's traffic
+            if cost > 0:
+                self.metrics.probe_cost.labels(ended.ladder, str(ended.rung), ended.provider).inc(cost)
+            return
         self.metrics.try_ended(ended, system, cost)
         tokens = (ended.input_tokens or 0) + (ended.output_tokens or 0)
         if tokens or cost:  # the tenant's budget (T4): every try that reached a provider, at its price

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 from extproc.core import Failure, FakeClock
+from extproc.core.names import PROBE_TENANT
 from extproc.filters.effects import RescueChunk, TryEnded
 from extproc.policy.schema import Cost
 from extproc.runtime.metrics import OTHER, Metrics
@@ -131,14 +132,21 @@ def test_a_stream_reports_its_first_token_and_what_it_delivered() -> None:
     assert report.input_tokens is not None and report.input_tokens > 0  # the prompt, estimated
 
 
-def test_a_probe_and_a_try_our_own_bug_ended_report_nothing() -> None:
-    probe = Try(make_sidecar(), rung=0, rungs=(0,), tries=1, probe=True, tenant="default")
+def test_a_probe_costs_its_rung_and_no_tenant_and_a_try_our_own_bug_ended_reports_nothing() -> None:
+    data = policy_data()
+    data["providers"]["primary"]["cost_per_1k"] = {"input": 1.0, "output": 2.0}
+    sidecar = make_sidecar(make_policy(providers=data["providers"]))
+    probe = Try(sidecar, rung=0, rungs=(0,), tries=1, probe=True, tenant=PROBE_TENANT)
     probe.answer_json(200, openai_answer())
     probe.on_close()
+    assert (value(sidecar, "rungway_probe_cost_total", ladder="main", rung="0", provider="primary") or 0) > 0
+    assert value(sidecar, "rungway_cost_total", tenant=PROBE_TENANT, task="default", ladder="main", rung="0",
+                 provider="primary") is None  # fmt: skip
+    assert sidecar.spend.spent(PROBE_TENANT, sidecar.clock.wall())[:2] == (0, 0.0)  # no tenant's budget
     broken = Try(make_sidecar(), rung=0)
     broken.processor.on_failure()
     broken.on_close()
-    assert ended(probe) == [] and ended(broken) == []
+    assert ended(broken) == []
 
 
 def test_tenants_past_the_label_budget_are_counted_as_other() -> None:
