@@ -39,7 +39,9 @@ class ToolMode(StrEnum):
     # The policy's write tools (a refund, an email) removed; the rest offered.
     READ_ONLY = "read_only"
     NO_TOOLS = "no_tools"
+    # Product tier 2: only the policy's retrieval tools (search_kb); answers cite what they find.
+    RETRIEVAL_ONLY = "retrieval_only"
 
     @property
     def sends_tools(self) -> bool:
-        return self in (ToolMode.FULL, ToolMode.READ_ONLY)
+        return self in (ToolMode.FULL, ToolMode.READ_ONLY, ToolMode.RETRIEVAL_ONLY)

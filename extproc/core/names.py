@@ -54,6 +54,7 @@ DEGRADED = "x-rungway-degraded"
 REASON = "x-rungway-reason"
 POLICY_VERSION = "x-rungway-policy-version"
 ATTEMPTS = "x-rungway-attempts"
+NOTICE = "x-rungway-notice"  # the policy's word on the serving tier (T6: what still works)
 TOOL_MODE = "x-rungway-tool-mode"  # the serving rung's tool mode (T5)
 TOOLS_REMOVED = "x-rungway-tools-removed"  # the request's tools that rung was not offered
 TRIMMED = "x-rungway-context-trimmed"  # messages left out to fit the rung's window (F6)

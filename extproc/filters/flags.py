@@ -3,7 +3,18 @@
 from __future__ import annotations
 
 from ..core import Failure
-from ..core.names import ATTEMPTS, DEGRADED, POLICY_VERSION, REASON, SERVED_BY, TIER, TOOL_MODE, TOOLS_REMOVED, TRIMMED
+from ..core.names import (
+    ATTEMPTS,
+    DEGRADED,
+    NOTICE,
+    POLICY_VERSION,
+    REASON,
+    SERVED_BY,
+    TIER,
+    TOOL_MODE,
+    TOOLS_REMOVED,
+    TRIMMED,
+)
 
 NO_REASON = "none"
 # Served by a fallback rung on purpose (health.canary_share), not because of a failure.
@@ -21,10 +32,12 @@ def flags(
     tool_mode: str | None = None,
     tools_removed: tuple[str, ...] = (),
     trimmed: int = 0,
+    notice: str | None = None,
 ) -> dict[str, str]:
     """`tool_mode`: the serving rung's (T5); `tools_removed`: the request's tools its mode took
     away (with plan_only, the answer is the calls the model would make, as data); `trimmed`:
-    messages left out of the history to fit the rung's window (F6)."""
+    messages left out of the history to fit the rung's window (F6); `notice`: what the policy says
+    about the tier (T6: what still works, what is limited)."""
     out = {
         SERVED_BY: served_by,
         TIER: "none" if tier is None else str(tier),
@@ -39,6 +52,8 @@ def flags(
         out[TOOLS_REMOVED] = ",".join(tools_removed)
     if trimmed:
         out[TRIMMED] = str(trimmed)
+    if notice is not None:
+        out[NOTICE] = notice
     return out
 
 

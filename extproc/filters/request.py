@@ -95,6 +95,7 @@ class TryPlan:
     final: Failure | None = None
     tool_mode: ToolMode = ToolMode.FULL  # what of the request's tools this rung is offered
     write_tools: frozenset[str] = frozenset()  # the policy's write tools (read_only removes them)
+    retrieval_tools: frozenset[str] = frozenset()  # what retrieval_only keeps
     context_window: int | None = None  # trim the history to this many tokens (None: never)
     placeholder: bool = True  # mark where the history was trimmed
 
@@ -236,6 +237,7 @@ def plan_try(
         final=final,
         tool_mode=tool_mode,
         write_tools=frozenset(policy.tools.write),
+        retrieval_tools=frozenset(policy.tools.retrieval),
         context_window=window,
         placeholder=policy.context.placeholder,
     )
@@ -325,7 +327,7 @@ def rewrite_body(plan: TryPlan, body: dict[str, Any]) -> tuple[dict[str, Any], T
     the rung's tool mode, history trimmed to its window (both in the client's dialect, before
     translation). Raises TranslationError for a request the provider's API cannot express."""
     client = plan.decision.dialect
-    tools = shape_tools(client, body, plan.tool_mode, plan.write_tools)
+    tools = shape_tools(client, body, plan.tool_mode, plan.write_tools, plan.retrieval_tools)
     body = tools.body
     trimmed = 0
     if plan.context_window is not None:

@@ -89,7 +89,12 @@ def plan_rescue(
         # The rest of the same answer: never from a rung whose tool mode would take a tool away
         # (a write tool below its tier), nor one whose window would need the history trimmed.
         mode = tool_mode_of(policy, d.ladder, index)
-        if tools and shape_tools(d.dialect, body, mode, frozenset(policy.tools.write)).removed:
+        if (
+            tools
+            and shape_tools(
+                d.dialect, body, mode, frozenset(policy.tools.write), frozenset(policy.tools.retrieval)
+            ).removed
+        ):
             continue
         if prompt_tokens_estimate(d.body_bytes) > policy.context_window_of(d.ladder, index):
             continue

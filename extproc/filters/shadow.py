@@ -59,7 +59,13 @@ def plan_shadows(
         try:
             # What this rung would really be sent: its tool mode (never a write tool below the
             # tier the policy names), then its provider's dialect.
-            shaped = shape_tools(d.dialect, whole, tool_mode_of(policy, d.ladder, index), frozenset(policy.tools.write))
+            shaped = shape_tools(
+                d.dialect,
+                whole,
+                tool_mode_of(policy, d.ladder, index),
+                frozenset(policy.tools.write),
+                frozenset(policy.tools.retrieval),
+            )
             request = pair.request(shaped.body, model)
         except (ValueError, TranslationError):
             continue

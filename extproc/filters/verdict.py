@@ -67,9 +67,10 @@ def answer_flags(plan: TryPlan, policy: Policy, failure: Failure | None, *, shap
         reason = CANARY
     if shape.degraded and reason is None:
         reason = Failure.TOOL_MISMATCH if shape.tools_removed else Failure.CONTEXT_OVERFLOW
+    tier = policy.tier_of(position.ladder, position.rung)
     return flags(
         served_by=f"{plan.provider_name}/{plan.model}",
-        tier=policy.tier_of(position.ladder, position.rung),
+        tier=tier,
         degraded=degraded,
         reason=reason,
         policy_version=policy.stamp,
@@ -77,6 +78,7 @@ def answer_flags(plan: TryPlan, policy: Policy, failure: Failure | None, *, shap
         tool_mode=None if plan.tool_mode is ToolMode.FULL else plan.tool_mode.value,  # full: as before T5
         tools_removed=shape.tools_removed,
         trimmed=shape.trimmed,
+        notice=policy.tier_notices.get(tier),
     )
 
 
@@ -222,6 +224,7 @@ def exhausted_answer(
         reason=failure,
         policy_version=policy.stamp,
         attempts=plan.real_tries,
+        notice=policy.tier_notices.get(exhausted.tier),
     )
     return {**headers, ":status": "200", "content-type": content_type, "content-length": str(len(body))}, body
 

@@ -584,6 +584,8 @@ class ToolRules(_Frozen):
 
     write: tuple[str, ...] = ()
     write_lowest_tier: int = Field(0, ge=0, le=3)
+    # The tools a `retrieval_only` rung keeps (search_kb): product tier 2, answers from retrieval.
+    retrieval: tuple[str, ...] = ()
 
 
 class ContextRules(_Frozen):
@@ -680,6 +682,10 @@ class Policy(_Frozen):
     # required when a tenant's policy asks for approvals. Keep it on durable storage.
     approvals: Path | None = None
     shadow: Shadow = Shadow()
+    # Product tiers (T6): what an answer served at a tier says to the client about what still
+    # works and what is limited (x-rungway-notice), e.g. {2: "Some account actions are
+    # temporarily unavailable."}.
+    tier_notices: dict[int, str] = Field(default_factory=dict)
     # Signs tier-change notices POSTed to tenants' notify_url (HMAC-SHA256, x-rungway-signature).
     notify_secret: Credential | None = None
     # Task class -> model (exact name or glob; exact first, then globs in order) -> allowance.
@@ -694,6 +700,16 @@ class Policy(_Frozen):
     @classmethod
     def _lower_header(cls, value: str) -> str:
         return _header_name(value)
+
+    @field_validator("tier_notices")
+    @classmethod
+    def _notices(cls, value: dict[int, str]) -> dict[int, str]:
+        for tier, text in value.items():
+            if not 1 <= tier <= 4:
+                raise ValueError(f"tier_notices: tiers are 1-4, not {tier}")
+            if not text or len(text) > 300 or not all(" " <= c <= "~" for c in text):
+                raise ValueError(f"tier_notices.{tier}: 1-300 printable ASCII characters (it is a header)")
+        return value
 
     @field_validator("ladders")
     @classmethod
@@ -711,6 +727,8 @@ class Policy(_Frozen):
         known = ", ".join(sorted(self.providers))
         for ladder_name, rungs in self.ladders.items():
             for i, rung in enumerate(rungs):
+                if rung.tool_mode is ToolMode.RETRIEVAL_ONLY and not self.tools.retrieval:
+                    problems.append(f"ladders.{ladder_name}.{i}.tool_mode: retrieval_only needs tools.retrieval")
                 if rung.provider not in self.providers:
                     problems.append(
                         f"ladders.{ladder_name}.{i}.provider: {rung.provider!r} is not a provider (known: {known})"

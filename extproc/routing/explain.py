@@ -138,6 +138,8 @@ def _notes(policy: Policy, mode: ToolMode, window: int, needed: int, largest: in
         notes.append("tools removed; the answer is the calls the model would make, as data")
     elif mode is ToolMode.NO_TOOLS:
         notes.append("tools removed")
+    elif mode is ToolMode.RETRIEVAL_ONLY:
+        notes.append(f"retrieval only: tools but {', '.join(policy.tools.retrieval) or 'none'} removed")
     if policy.context.trim and needed > window:
         notes.append(
             f"history trimmed to its {window}-token window ({needed} needed; system prompt and latest turns kept)"

@@ -48,13 +48,24 @@ def tool_name(tool: object) -> str | None:
     return name if isinstance(name, str) else None
 
 
-def shape_tools(dialect: Dialect, body: dict[str, Any], mode: ToolMode, write: frozenset[str]) -> ToolShaping:
-    """The body with only the tools `mode` allows (write tools are the policy's list)."""
+def shape_tools(
+    dialect: Dialect,
+    body: dict[str, Any],
+    mode: ToolMode,
+    write: frozenset[str],
+    retrieval: frozenset[str] = frozenset(),
+) -> ToolShaping:
+    """The body with only the tools `mode` allows (write and retrieval tools are the policy's lists)."""
     tools = body.get("tools")
     if mode is ToolMode.FULL or not isinstance(tools, list) or not tools:
         return ToolShaping(body, (), False)
     anthropic = dialect.wire is Dialect.ANTHROPIC
-    kept = [t for t in tools if tool_name(t) not in write] if mode is ToolMode.READ_ONLY else []
+    if mode is ToolMode.READ_ONLY:
+        kept = [t for t in tools if tool_name(t) not in write]
+    elif mode is ToolMode.RETRIEVAL_ONLY:
+        kept = [t for t in tools if tool_name(t) in retrieval]
+    else:
+        kept = []
     removed = tuple(name for t in tools if t not in kept and (name := tool_name(t)) is not None)
     if len(kept) == len(tools):
         return ToolShaping(body, (), False)

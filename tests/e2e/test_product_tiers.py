@@ -15,6 +15,7 @@ from tests.stack import Stack, running
 
 pytestmark = pytest.mark.e2e
 HI: Any = [{"role": "user", "content": "hi"}]
+BANNER = "Some account actions are temporarily unavailable."
 NOTICE = "Our assistant is unavailable right now; a person has your request and will reply by email."
 
 
@@ -27,6 +28,10 @@ def tiered(fleet: Fleet, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
             "summarizer": {"min_output_tokens": 10},
         },
     )
+    # Tier 2 of the product: the fallback rung keeps only the retrieval tool, and says so.
+    policy["ladders"]["main"][1]["tool_mode"] = "retrieval_only"
+    policy["tools"] = {"retrieval": ["search_kb"]}
+    policy["tier_notices"] = {1: BANNER}
     with running(policy, env=KEY_ENV) as stack:
         yield stack
 
@@ -68,3 +73,24 @@ def test_a_request_no_rung_can_hold_still_gets_its_error(outage: Stack) -> None:
     with pytest.raises(openai.APIStatusError) as caught:
         outage.openai().chat.completions.create(model="gpt-4o", messages=huge)
     assert caught.value.status_code in (400, 413)
+
+
+def tool(name: str) -> Any:
+    return {"type": "function", "function": {"name": name, "parameters": {"type": "object"}}}
+
+
+def test_a_retrieval_only_rung_keeps_only_search_and_says_what_is_limited(tiered: Stack, fleet: Fleet) -> None:
+    fleet.reset()
+    fleet.primary.set_mode("status:503")
+    try:
+        raw = tiered.openai().chat.completions.with_raw_response.create(
+            model="gpt-4o", messages=HI, tools=[tool("issue_refund"), tool("search_kb")]
+        )
+        assert raw.headers["x-rungway-tier"] == "1" and raw.headers["x-rungway-tool-mode"] == "retrieval_only"
+        assert raw.headers["x-rungway-notice"] == BANNER
+        assert raw.headers["x-rungway-tools-removed"] == "issue_refund"
+        sent = fleet.secondary.requests[-1].json or {}
+        assert [t["name"] for t in sent["tools"]] == ["search_kb"]  # never the refund tool
+    finally:
+        fleet.reset()
+        assert not tiered.envoy_trouble()

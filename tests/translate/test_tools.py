@@ -178,3 +178,13 @@ def test_tool_filtering_never_leaves_a_choice_pointing_at_a_removed_tool(
     else:
         assert not _named_by_choice(out.get("tool_choice")) & set(shaped.removed)
     assert shaped.planned == (mode is ToolMode.PLAN_ONLY)
+
+
+def test_retrieval_only_keeps_only_the_retrieval_tools() -> None:
+    body = {**OPENAI, "tools": [*OPENAI["tools"], openai_tool("search_kb")]}
+    shaped = shape_tools(Dialect.OPENAI, body, ToolMode.RETRIEVAL_ONLY, WRITE, frozenset({"search_kb"}))
+    assert [tool_name(t) for t in shaped.body["tools"]] == ["search_kb"]
+    assert shaped.body["tool_choice"] == "auto"  # it named issue_refund, which is gone
+    assert set(shaped.removed) == {"issue_refund", "lookup_order"} and not shaped.planned
+    nothing = shape_tools(Dialect.OPENAI, OPENAI, ToolMode.RETRIEVAL_ONLY, WRITE, frozenset({"search_kb"}))
+    assert "tools" not in nothing.body and "tool_choice" not in nothing.body  # none to keep: no tools at all
