@@ -46,7 +46,7 @@ def test_metrics_count_hops_by_reason(clean: Stack, fleet: Fleet) -> None:
     clean.openai().chat.completions.create(model="gpt-4o", messages=HI)
     text = clean.metrics()
     assert 'rungway_trips_total{ladder="main",model="gpt-4o",provider="primary",reason="schema_error",rung="0"}' in text
-    assert 'rungway_served_total{degraded="true",ladder="main",task="default",tenant="app",tier="1"}' in text
+    assert 'rungway_served_total{degraded="true",ladder="main",rung="1",task="default",tenant="app",tier="1"}' in text
 
 
 @pytest.fixture(scope="module")
