@@ -11,8 +11,9 @@ Envoy's rescue listener (runtime/rescue.py); its bytes come back to the try as R
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
-from ..core import Capability, Dialect, Failure
+from ..core import Capability, Decision, Dialect, Failure
 from ..core.names import direct_cluster, endpoint_key
 from ..policy import Policy
 from ..routing import HealthView, prompt_tokens_estimate, tool_mode_of
@@ -105,23 +106,7 @@ def plan_rescue(
             request = rescue_body(body, delivered, strategy, d.dialect, provider.dialect, model)
         except (ValueError, TranslationError):
             continue
-        pair = api_pair(d.dialect, provider.dialect)
-        headers = {
-            "content-type": "application/json",
-            "accept": "text/event-stream",
-            **pair.auth_headers(
-                key_for.get(rung.provider), anthropic_version=d.anthropic_version, anthropic_beta=d.anthropic_beta
-            ),
-            **{k.lower(): v for k, v in provider.headers.items()},
-        }
-        call = RungCall(
-            cluster=direct_cluster(rung.provider),
-            path=pair.provider_path(provider.path_prefix),
-            headers=headers,
-            body=dump_json(request),
-            budget_s=budget_s,
-            dialect=provider.dialect.wire.value,
-        )
+        call = rung_call(policy, d, rung.provider, request, key_for.get(rung.provider), budget_s, stream=True)
         splice = Splice(
             d.dialect,
             provider.dialect,
@@ -133,6 +118,36 @@ def plan_rescue(
         )
         return Rescue(index, rung.provider, model, endpoint, strategy, call, splice)
     return None
+
+
+def rung_call(
+    policy: Policy,
+    decision: Decision,
+    provider_name: str,
+    request: dict[str, Any],
+    key: str | None,
+    budget_s: float,
+    *,
+    stream: bool,
+) -> RungCall:
+    """A call the runtime makes to a rung itself (a rescue, a shadow): the provider's cluster,
+    path, its own key and static headers, and `request` already in its dialect."""
+    provider = policy.providers[provider_name]
+    pair = api_pair(decision.dialect, provider.dialect)
+    headers = {
+        "content-type": "application/json",
+        **({"accept": "text/event-stream"} if stream else {}),
+        **pair.auth_headers(key, anthropic_version=decision.anthropic_version, anthropic_beta=decision.anthropic_beta),
+        **{k.lower(): v for k, v in provider.headers.items()},
+    }
+    return RungCall(
+        cluster=direct_cluster(provider_name),
+        path=pair.provider_path(provider.path_prefix),
+        headers=headers,
+        body=dump_json(request),
+        budget_s=budget_s,
+        dialect=provider.dialect.wire.value,
+    )
 
 
 def rescue_note(rescue: Rescue, client: Dialect) -> bytes:

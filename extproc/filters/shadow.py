@@ -13,14 +13,15 @@ from __future__ import annotations
 from typing import Any
 
 from ..core import Capability
-from ..core.names import direct_cluster, endpoint_key
+from ..core.names import endpoint_key
 from ..health.contract import Contract, judge_answer
 from ..policy import Cost, Policy
 from ..routing import tenant_forbids
 from ..routing.capability import matrix_forbids, refuses_tools, tool_mode_of
-from ..translate import TranslationError, api_pair, dump_json, input_tokens, output_tokens, shape_tools
-from .effects import RungCall, ShadowRequested
+from ..translate import TranslationError, api_pair, input_tokens, output_tokens, shape_tools
+from .effects import ShadowRequested
 from .request import TryPlan
+from .rescue import rung_call
 
 # What the client asked of its own stream: a shadow's answer is a whole JSON body.
 _STREAM_FIELDS = ("stream", "stream_options")
@@ -69,20 +70,8 @@ def plan_shadows(
             request = pair.request(shaped.body, model)
         except (ValueError, TranslationError):
             continue
-        headers = {
-            "content-type": "application/json",
-            **pair.auth_headers(
-                key_for.get(rung.provider), anthropic_version=d.anthropic_version, anthropic_beta=d.anthropic_beta
-            ),
-            **{k.lower(): v for k, v in provider.headers.items()},
-        }
-        call = RungCall(
-            cluster=direct_cluster(rung.provider),
-            path=pair.provider_path(provider.path_prefix),
-            headers=headers,
-            body=dump_json(request),
-            budget_s=settings.timeout_s,
-            dialect=provider.dialect.wire.value,
+        call = rung_call(
+            policy, d, rung.provider, request, key_for.get(rung.provider), settings.timeout_s, stream=False
         )
         endpoint = endpoint_key(rung.provider, model)
         out.append(
