@@ -196,6 +196,7 @@ def policies(draw: st.DrawFn, max_rungs: int = 4, max_ladders: int = 3) -> Polic
             "tools": {
                 "write": draw(st.sets(st.sampled_from(["issue_refund", "send_email"]))),
                 "write_lowest_tier": draw(st.integers(0, 3)),
+                "retrieval": ["search_kb"],  # a retrieval_only rung keeps it
             },
             "context": {"trim": draw(st.booleans())},
             "capability_matrix": draw(
