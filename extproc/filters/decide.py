@@ -39,6 +39,7 @@ from ..translate import api_pair, load_json, provider_header_scrub, redact_error
 from .caller import foreign_headers, identify, repeated_credential
 from .deferral import deferral, task_answer, task_id_of
 from .effects import (
+    Arrived,
     Audited,
     BudgetReached,
     CapacityShed,
@@ -197,6 +198,8 @@ class DecideProcessor:
             return self._query_task(path)
         if path not in (OPENAI_CHAT_PATH, ANTHROPIC_MESSAGES_PATH):
             return self._pass_through(headers)
+        if probe is None:
+            self._effects.append(Arrived())  # in flight from now (load shedding)
         fields = namespace(request, META_REQUEST)
         model = fields.get("model")
         if model == INVALID:

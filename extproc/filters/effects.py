@@ -44,7 +44,14 @@ class BudgetReached:
 
 @dataclass(frozen=True, slots=True)
 class RequestCounted:
-    """One more routed request: for the fleet's retry budget, and in flight at the worker."""
+    """One more routed request: for the fleet's retry budget."""
+
+
+@dataclass(frozen=True, slots=True)
+class Arrived:
+    """A chat request past identification: in flight at the worker from now (load shedding),
+    before decide may still wait for its body (the audit trail's hash, tools), so that a burst
+    arriving at once is counted as it arrives."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,6 +277,7 @@ Effect = (
     | Unauthenticated
     | BudgetReached
     | RequestCounted
+    | Arrived
     | Shed
     | SlotReserved
     | RungTaken

@@ -35,6 +35,7 @@ from ..core import (
 from ..core.names import PROBE_TENANT, endpoint_key
 from ..filters.deferral import task_answer
 from ..filters.effects import (
+    Arrived,
     Audited,
     BudgetReached,
     CapacityShed,
@@ -379,6 +380,7 @@ class Sidecar:
                     m.budget_reached.labels(m.tenant(tenant), reason, action).inc()
                 case RequestCounted():
                     self._note_request()
+                case Arrived():
                     self.admission.routed(self.clock.now())  # in flight until its try starts
                 case Shed():
                     m.requests_shed.inc()

@@ -420,7 +420,9 @@ def test_a_single_file_reloads_too_and_restarted_processes_serve_the_current_rev
         tmp.write_text(yaml.safe_dump(data, sort_keys=False))
         os.replace(tmp, path)
         stamp = load_policy(path).stamp
-        first_time(lambda: stack.status()["policy"]["revision"] == stamp, every_s=0.02)
+        # Applied: Envoy and every worker serve it (the revision shows in /status a moment before
+        # the workers have acknowledged it).
+        first_time(lambda: (stack.status()["policy"]["last_reload"] or {}).get("new") == stamp, every_s=0.02)
         assert served_by(stack, stack.app_key, PRIMARY_FAILS) == (200, "small/small-model", stamp)
 
         # Envoy and the workers, restarted, start from the current revision, not the file

@@ -10,7 +10,7 @@ import pytest
 from extproc.core import Failure
 from extproc.core.names import META_DECISION, REASON, SERVED_BY
 from extproc.filters.decide import DecideProcessor
-from extproc.filters.effects import RequestCounted, Shed
+from extproc.filters.effects import Arrived, RequestCounted, Shed
 from extproc.runtime.sidecar import Sidecar
 from tests.builders import (
     decide_fields,
@@ -90,4 +90,5 @@ def test_the_effects_say_what_happened() -> None:
     assert processor.drain_effects() == [Shed()]
     routed = DecideProcessor(make_sidecar())
     routed.dispatch(request_headers(headers(), metadata=decide_fields(model="gpt-4o")))
-    assert RequestCounted() in routed.drain_effects()
+    effects = routed.drain_effects()
+    assert RequestCounted() in effects and Arrived() in effects
