@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx2 as httpx
 import openai
 import pytest
 
@@ -71,6 +72,14 @@ def test_a_stream_cut_after_40_of_60_tokens_is_completed_by_continuation(rescue:
     assert 'rungway_stream_rescues_total{from_rung="0",ladder="main",outcome="rescued",to_rung="1"}' in rescue.metrics()
     paths = rescue.status()["streams"]["rescues"]
     assert any(p["ladder"] == "main" and (p["from_rung"], p["to_rung"]) == (0, 1) and p["rescued"] >= 1 for p in paths)
+    deadline = time.monotonic() + 10
+    while True:  # the audit trail: written off the request's path
+        records = httpx.get(rescue.admin_url + "/audit", params={"since": "10m"}, timeout=10).json()["records"]
+        rescued = [r for r in records if r["kind"] == "rescue" and r["detail"].get("outcome") == "rescued"]
+        if rescued or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert rescued and (rescued[-1]["source"]["rung"], rescued[-1]["target"]["rung"]) == (0, 1)
     print(f"cut rescue: complete in {took:.2f}s")
 
 
