@@ -206,9 +206,9 @@ def blockers(policy: Policy, ladder: str, index: int, f: RequestFeatures) -> set
 
 
 def sends_tools_to_a_tool_less_provider(policy: Policy, rung: Rung) -> bool:
-    # full and read_only send tools (read_only only the non-write ones); strip_tools sends none.
+    # full, read_only and retrieval_only send tools (the latter two a subset); strip_tools none.
     caps = policy.providers[rung.provider].capabilities
-    sends = rung.tool_mode in (ToolMode.FULL, ToolMode.READ_ONLY) and not rung.strip_tools
+    sends = rung.tool_mode in (ToolMode.FULL, ToolMode.READ_ONLY, ToolMode.RETRIEVAL_ONLY) and not rung.strip_tools
     return sends and Capability.TOOLS not in caps
 
 
