@@ -66,6 +66,9 @@ def start_rungway(
         "--envoy-concurrency", "1",
         "--access-log", "/dev/null",
         "--state-file", str(state_path),
+        # Each stack its own audit trail: the trail's default is beside the state file, and two
+        # stacks writing one chain is refused.
+        "--audit-dir", str(procs.dir / f"{name}-audit"),
         "--log-level", "warning",
     ]  # fmt: skip
     proc = procs.start(name, cmd, cwd=str(REPO))
