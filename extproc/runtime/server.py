@@ -241,6 +241,6 @@ async def _watch_keys(sidecar: Sidecar, every_s: float = 1.0) -> None:
     while True:
         await asyncio.sleep(every_s)
         try:
-            sidecar.refresh_files()
+            sidecar.every_second()
         except Exception:  # a stat or read failure must never stop the worker serving
             log.exception("key store check failed")

@@ -213,6 +213,8 @@ class Sidecar:
     _pid: int = field(default_factory=os.getpid, init=False)  # whose tries these are, in the ledger
     _requests_unsent: int = field(default=0, init=False)
     _requests_sent_at: float = field(default=float("-inf"), init=False)
+    _spend_unsent: dict[str, tuple[int, float]] = field(default_factory=dict, init=False)
+    _spend_sent_at: float = field(default=float("-inf"), init=False)
     _ticked_at: float = field(default=float("-inf"), init=False)
     _evictions_counted: int = field(default=0, init=False)
 
@@ -249,8 +251,10 @@ class Sidecar:
             approvals_file=ApprovalsFile(policy.approvals) if policy.approvals is not None else None,
         )
 
-    def refresh_files(self) -> None:
-        """Take a changed key store or approvals file (called about once a second by the server)."""
+    def every_second(self) -> None:
+        """The server's once-a-second chores: take a changed key store or approvals file, and
+        tell the bus the spend still unsent."""
+        self._publish_spend(self.clock.wall(), due=True)
         if self.key_file is not None and self.key_file.refresh():
             self.key_store = self.key_file.value
             self.metrics.key_store_reloads.inc()
@@ -516,9 +520,22 @@ class Sidecar:
         self._publish_outbox()
 
     def _spend(self, spent: Spent) -> None:
-        """A try's cost to its tenant: this replica's ledger, and every other's through the bus."""
+        """A try's cost to its tenant: this replica's ledger now, every other's through the bus
+        in aggregate (every member decodes every event: one per try would not scale)."""
         self.spend.record(spent.tenant, spent.tokens, spent.cost, spent.at)
-        self.bus.publish(spent.encode())
+        tokens, cost = self._spend_unsent.get(spent.tenant, (0, 0.0))
+        self._spend_unsent[spent.tenant] = (tokens + spent.tokens, cost + spent.cost)
+        self._publish_spend(spent.at)
+
+    def _publish_spend(self, now: float, *, due: bool = False) -> None:
+        """The spend not yet told, one Spent per tenant, at most every _REQUEST_COUNT_EVERY_S
+        (or now, `due`: the server's once-a-second call, so a last burst is not kept back)."""
+        if not self._spend_unsent or (not due and now - self._spend_sent_at < _REQUEST_COUNT_EVERY_S):
+            return
+        for tenant, (tokens, cost) in self._spend_unsent.items():
+            self.bus.publish(Spent(tenant, now, tokens, cost).encode())
+        self._spend_unsent.clear()
+        self._spend_sent_at = now
 
     def _note_request(self) -> None:
         """Count a decided request for the fleet's retry budget; published in aggregate (every
