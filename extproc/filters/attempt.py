@@ -38,7 +38,7 @@ from enum import StrEnum
 from typing import Any, Final
 
 from ..audit import Kind
-from ..core import CLIENT_STATUS, OUTAGES, Failure, Impact, Observation, QuotaSignal
+from ..core import CLIENT_STATUS, Failure, Impact, Observation, QuotaSignal
 from ..core.names import META_DECISION, META_TRIP, REASON, RELAY_FLAGS_HEADER
 from ..health.contract import Contract
 from ..policy import Policy
@@ -91,7 +91,7 @@ from .rescue import Rescue, plan_rescue, rescue_note
 from .shadow import plan_shadows
 from .stream import StreamTry
 from .trail import audited
-from .verdict import Next, Ruling, answer_flags, exhausted_answer, rule_on_answer, rule_on_failure
+from .verdict import Next, Ruling, answer_flags, exhausted_answer, exhausted_for, rule_on_answer, rule_on_failure
 from .wire import (
     Mode,
     ProcessingRequest,
@@ -346,8 +346,8 @@ class AttemptProcessor:
         self._move(Phase.REFUSED)
         self._count("failed")
         self._audit(Kind.EXHAUSTED, failure.value, source=plan.previous.rung if plan.previous else None)
-        exhausted = plan.contract_task(self._policy).when_exhausted
-        if exhausted is not None and failure in OUTAGES and not plan.decision.probe:
+        exhausted = exhausted_for(plan, self._policy, failure)
+        if exhausted is not None:
             headers, body = exhausted_answer(plan, self._policy, failure, exhausted, int(self._worker.clock.wall()))
             return immediate(200, {k: v for k, v in headers.items() if k not in (":status", "content-length")}, body)
         if failure is Failure.TIMEOUT:

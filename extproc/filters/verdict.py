@@ -185,9 +185,10 @@ def rule_on_failure(
         # A 503 is what Envoy's router retries: on this rung's next slot, or (the attempt filter
         # skipping the slots in between) on the rung the record names.
         return Ruling(Next(action.value), failure, {":status": "503", RETRY_HEADER: "1", **error_headers}, err, record)
-    exhausted = plan.contract_task(policy).when_exhausted
-    if exhausted is not None and failure in OUTAGES and not plan.decision.probe:
-        return _exhausted_answer(plan, policy, failure, exhausted, record, created)
+    exhausted = exhausted_for(plan, policy, failure)
+    if exhausted is not None:
+        headers, body = exhausted_answer(plan, policy, failure, exhausted, created)
+        return Ruling(Next.FINAL, failure, headers, body, record)
     set_headers = answer_flags(plan, policy, failure, shape=shape)
     provider_error = status is not None and not 200 <= status < 300
     set_headers[":status"] = str(status if provider_error else CLIENT_STATUS[failure])
@@ -199,6 +200,13 @@ def rule_on_failure(
             return Ruling(Next.FINAL, failure, set_headers, None, record)
         return Ruling(Next.FINAL, failure, {**set_headers, "content-length": str(len(clean))}, clean, record)
     return Ruling(Next.FINAL, failure, {**set_headers, **error_headers}, err, record)
+
+
+def exhausted_for(plan: TryPlan, policy: Policy, failure: Failure) -> Exhausted | None:
+    """The task's own answer for an outage no rung could serve (T6), if it has one: never for
+    a probe, nor for the request's own fault."""
+    exhausted = plan.contract_task(policy).when_exhausted
+    return exhausted if failure in OUTAGES and not plan.decision.probe else None
 
 
 def exhausted_answer(
@@ -227,10 +235,3 @@ def exhausted_answer(
         notice=policy.tier_notices.get(exhausted.tier),
     )
     return {**headers, ":status": "200", "content-type": content_type, "content-length": str(len(body))}, body
-
-
-def _exhausted_answer(
-    plan: TryPlan, policy: Policy, failure: Failure, exhausted: Exhausted, record: TripRecord, created: int
-) -> Ruling:
-    headers, body = exhausted_answer(plan, policy, failure, exhausted, created)
-    return Ruling(Next.FINAL, failure, headers, body, record)
