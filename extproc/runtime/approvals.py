@@ -8,18 +8,13 @@ import time
 from pathlib import Path
 
 from ..routing.approval import Approval, ApprovalError, Approvals
-from .statefile import WatchedFile, editing, write_atomic
+from .statefile import WatchedFile, editing, read_text, write_atomic
 
 
 def read_approvals(path: Path) -> Approvals:
     """The approvals at `path` (an absent file: none); ApprovalError if unreadable or broken."""
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        return Approvals()
-    except OSError as exc:
-        raise ApprovalError(f"cannot read the approvals file {path}: {exc.strerror}") from None
-    return Approvals.parse(text)
+    text = read_text(path, ApprovalError, "approvals file")
+    return Approvals() if text is None else Approvals.parse(text)
 
 
 def grant(path: Path, approval: Approval) -> Approvals:

@@ -9,18 +9,13 @@ import time
 from pathlib import Path
 
 from ..identity import ID_BYTES, SECRET_BYTES, ClientKey, KeyStore, KeyStoreError, issue
-from .statefile import WatchedFile, editing, write_atomic
+from .statefile import WatchedFile, editing, read_text, write_atomic
 
 
 def read_store(path: Path) -> KeyStore:
     """The store at `path` (an absent file is an empty store); KeyStoreError if unreadable."""
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        return KeyStore()
-    except OSError as exc:
-        raise KeyStoreError(f"cannot read the key store {path}: {exc.strerror}") from None
-    return KeyStore.parse(text)
+    text = read_text(path, KeyStoreError, "key store")
+    return KeyStore() if text is None else KeyStore.parse(text)
 
 
 def write_store(path: Path, store: KeyStore) -> None:

@@ -18,6 +18,17 @@ T = TypeVar("T")
 log = logging.getLogger("rungway.state")
 
 
+def read_text(path: Path, error: type[Exception], what: str) -> str | None:
+    """The file's text; None when it does not exist yet (an empty state); `error` naming `what`
+    when it cannot be read."""
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise error(f"cannot read the {what} {path}: {exc.strerror}") from None
+
+
 def write_atomic(path: Path, text: str) -> None:
     """Replace the file at `path` with `text`, 0600, atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
