@@ -223,7 +223,12 @@ class DecideProcessor:
             tenant=who.tenant,
             task=task,
             impact=policy.impact_for(who.tenant, task, headers.get(policy.impact_header)),
-            approved_tier=self._worker.approvals.approved_tier(who.tenant, task, self._worker.clock.wall()),
+            # Only a tenant whose policy asks for approvals has its approvals looked up.
+            approved_tier=(
+                self._worker.approvals.approved_tier(who.tenant, task, self._worker.clock.wall())
+                if policy.tenant(who.tenant).approval_beyond_tier is not None
+                else None
+            ),
         )
         self._include_usage = fields.get("include_usage") is True
         # An Anthropic client's API version and betas, for rungs that speak Anthropic too
