@@ -18,6 +18,7 @@ from ..health.contract import Contract, judge_answer
 from ..policy import Cost, Policy
 from ..routing import tenant_forbids
 from ..routing.capability import matrix_forbids, refuses_tools, tool_mode_of
+from ..routing.spend import SpendLedger
 from ..translate import TranslationError, api_pair, input_tokens, output_tokens, shape_tools
 from .effects import ShadowRequested
 from .request import TryPlan
@@ -106,14 +107,14 @@ def answer_cost(parsed: Any, prices: Cost) -> float:
 
 class ShadowLedger:
     """What each tenant's shadows cost in the current hour (per worker process), so continuous
-    verification never spends more than the policy allows. Time in, no clock of its own."""
+    verification never spends more than the policy allows: the budgets' SpendLedger, with one
+    hourly cost limit. Time in, no clock of its own."""
 
     WINDOW_S = 3600.0
 
     def __init__(self, cap_per_hour: float) -> None:
         self._cap = cap_per_hour
-        self._window_start = float("-inf")
-        self._spent: dict[str, float] = {}
+        self._spend = SpendLedger({}, default_window_s=self.WINDOW_S)
 
     def allows(self, tenant: str, now: float) -> bool:
         """Whether the tenant may have another shadow now (its last one may overshoot the cap by
@@ -121,15 +122,7 @@ class ShadowLedger:
         return self.spent(tenant, now) < self._cap
 
     def spend(self, tenant: str, cost: float, now: float) -> None:
-        self._roll(now)
-        self._spent[tenant] = self._spent.get(tenant, 0.0) + cost
+        self._spend.record(tenant, 0, cost, now)
 
     def spent(self, tenant: str, now: float) -> float:
-        if now - self._window_start >= self.WINDOW_S:
-            return 0.0  # a new hour (spend() starts it)
-        return self._spent.get(tenant, 0.0)
-
-    def _roll(self, now: float) -> None:
-        if now - self._window_start >= self.WINDOW_S:
-            self._window_start = now
-            self._spent.clear()
+        return self._spend.spent(tenant, now)[1]
