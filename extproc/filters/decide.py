@@ -91,7 +91,6 @@ _READ_THE_ANSWER = Mode(
     request_trailer_mode=Mode.SKIP,
     response_trailer_mode=Mode.SKIP,
 )
-_IMPACTS = {i.value: i for i in Impact}
 # Headers a deferred request's replay must carry again (never a credential).
 _REPLAYED_HEADERS = ("anthropic-version", "anthropic-beta")
 
