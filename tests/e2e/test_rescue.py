@@ -124,6 +124,16 @@ def test_a_rescue_rung_that_fails_never_masks_the_primarys_failure(rescue: Stack
     assert isinstance(body, dict) and body.get("rungway_reason") == "stream_interrupted"
 
 
+def test_a_rescue_rung_that_is_down_ends_with_the_primarys_failure(rescue: Stack, fleet: Fleet) -> None:
+    fleet.primary.set_mode("cut:8")
+    fleet.secondary.set_mode("reset")  # the rescue call's connection is reset before any answer
+    with pytest.raises(openai.APIError) as caught:
+        openai_stream(rescue)
+    body = caught.value.body
+    assert isinstance(body, dict) and body.get("rungway_reason") == "stream_interrupted"
+    assert body.get("rungway_rescue")  # why the rescue did not complete, beside the primary's failure
+
+
 def test_an_anthropic_client_is_rescued_in_its_own_dialect(rescue: Stack, fleet: Fleet) -> None:
     fleet.secondary.set_mode("cut:6")  # claude-* starts on the secondary; the primary rescues
     fleet.primary.set_mode("mimic:secondary:claude-x")
