@@ -77,7 +77,7 @@ class ReviewStore(Protocol):
     (tests/runtime/test_review_store.py) runs over every implementation."""
 
     def keep(self, item: DegradedAnswer, max_per_tenant: int) -> bool: ...
-    def due(self, now: float, limit: int) -> list[DegradedAnswer]: ...
+    def rerunnable(self, now: float, limit: int) -> list[DegradedAnswer]: ...
     def claim(self, review_id: str, now: float, lease_s: float) -> DegradedAnswer | None: ...
     def retry(self, review_id: str, not_before: float) -> None: ...
     def finish(self, review_id: str, rerun: Rerun) -> bool: ...
@@ -110,7 +110,7 @@ class MemoryReviewStore:
             self._rows[item.id] = (ReviewView(item, ReviewState.PENDING, 0, None), 0.0, 0.0)
             return True
 
-    def due(self, now: float, limit: int) -> list[DegradedAnswer]:
+    def rerunnable(self, now: float, limit: int) -> list[DegradedAnswer]:
         with self._lock:
             found = [v.item for v, lease, nb in self._rows.values() if _due(v.state, nb, lease, now)]
         return sorted(found, key=lambda i: (i.kept_at, i.id))[:limit]
@@ -230,7 +230,7 @@ class SqliteReviewStore:
             )
             return True
 
-    def due(self, now: float, limit: int) -> list[DegradedAnswer]:
+    def rerunnable(self, now: float, limit: int) -> list[DegradedAnswer]:
         with self._lock:
             rows = self._db.execute(
                 "SELECT record, request, answer FROM reviews"
@@ -322,3 +322,47 @@ def _view(row: tuple[object, ...]) -> ReviewView:
     assert isinstance(state, str) and isinstance(attempts, int)
     done = Rerun.decode(rerun, rerun_answer) if isinstance(rerun, str) and isinstance(rerun_answer, bytes) else None
     return ReviewView(DegradedAnswer.decode(record, request, answer), ReviewState(state), attempts, done)
+
+
+def summary(view: ReviewView) -> dict[str, object]:
+    """A review as `GET /reviews` lists it: who, when, which rungs, whether they differ — no text."""
+    item, rerun = view.item, view.rerun
+    return {
+        "id": item.id,
+        "tenant": item.tenant,
+        "task": item.task,
+        "state": view.state.value,
+        "kept_at": item.kept_at,
+        "served_by": item.served_by,
+        "tier": item.tier,
+        "reason": item.reason,
+        "attempts": view.attempts,
+        "request_id": item.request_id,
+        "prompt_hash": item.prompt_hash,
+        "rerun_by": rerun.served_by if rerun else None,
+        "rerun_at": rerun.at if rerun else None,
+        "same_text": rerun.diff.same_text if rerun else None,
+        "changes": [c.field for c in rerun.diff.changes] if rerun else None,
+        "similarity": rerun.diff.similarity if rerun else None,
+    }
+
+
+def detail(view: ReviewView) -> dict[str, object]:
+    """A review as `GET /reviews/<id>` shows it: the summary, the request, both answers (JSON
+    when they are JSON, else text) and the diff."""
+    rerun = view.rerun
+    return {
+        **summary(view),
+        "policy": view.item.policy,
+        "request": _readable(view.item.request),
+        "degraded_answer": _readable(view.item.answer),
+        "rerun_answer": _readable(rerun.answer) if rerun else None,
+        "diff": rerun.diff.encode() if rerun else None,
+    }
+
+
+def _readable(body: bytes) -> object:
+    try:
+        return json.loads(body)
+    except ValueError:
+        return body.decode("utf-8", errors="replace")
