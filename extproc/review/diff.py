@@ -185,6 +185,7 @@ def diff_answers(degraded: Answer, original: Answer, degraded_by: str, original_
         )
         if a != b
     )
-    words_a, words_b = degraded.text.split(), original.text.split()
-    similarity = 1.0 if words_a == words_b else difflib.SequenceMatcher(None, words_a, words_b, autojunk=False).ratio()
+    # In a fixed order: difflib's matching blocks, and so its ratio, can depend on which side is first.
+    first, second = sorted((degraded.text.split(), original.text.split()))
+    similarity = 1.0 if first == second else difflib.SequenceMatcher(None, first, second, autojunk=False).ratio()
     return AnswerDiff(same_text, unified, changes, round(similarity, 3))
