@@ -61,6 +61,7 @@ class Reviewer:
         audit: Callable[[Entry], None],
         *,
         rng: random.Random | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._settings = settings
         self._policy = policy  # the revision serving now (the ladders may change under reloads)
@@ -70,6 +71,7 @@ class Reviewer:
         self._listener = listener  # Envoy's listener base URL, once it is up
         self._audit = audit
         self._rng = rng or random.Random()
+        self._clock = clock  # wall clock
         self._running: dict[str, asyncio.Task[None]] = {}
         self._failures: dict[str, int] = {}
         self._wake = asyncio.Event()
@@ -95,7 +97,7 @@ class Reviewer:
                     task.cancel()
 
     async def pass_once(self, session: aiohttp.ClientSession) -> None:
-        now = time.time()
+        now = self._clock()
         settings = self._settings
         if now - self._swept_at >= _SWEEP_EVERY_S:
             self._swept_at = now
@@ -140,7 +142,7 @@ class Reviewer:
             except (aiohttp.ClientError, TimeoutError) as exc:
                 log.info("re-run of review %s did not reach Envoy: %s", item.id, type(exc).__name__)
                 status, body, tier, served_by = 0, b"", "", ""
-            now = time.time()
+            now = self._clock()
             if rerun_verdict(status, tier, served_by, expected) is Verdict.DONE:
                 degraded, original = read_answer(item.dialect, item.answer), read_answer(item.dialect, body)
                 diff = diff_answers(degraded, original, item.served_by, served_by)
