@@ -197,6 +197,18 @@ def test_a_degraded_answer_is_re_run_on_tier_0_after_recovery_and_its_diff_kept(
         assert rerun_record["detail"]["rerun_sha256"] == hashlib.sha256(rerun_bytes).hexdigest()
         trail = b"".join(p.read_bytes() for p in (stack.dir / "audit").glob("*.jsonl"))
         assert PROMPT.encode() not in trail  # the trail names prompts and answers by hash only
+        verified = subprocess.run(
+            [sys.executable, "-m", "extproc.cli", "audit", "verify", str(stack.dir / "audit")],
+            cwd=REPO, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert verified.returncode == 0, verified.stdout + verified.stderr
+        # The admin API and the CLI without the token, and an unknown review.
+        assert admin(stack, "/reviews/rev_unknown").status_code == 404
+        missing = cli(stack, token_file, "show", "rev_unknown")
+        assert missing.returncode != 0 and "HTTP 404 no such review" in missing.stderr
+        (tmp_path / "wrong.token").write_text("not-the-token\n")
+        refused = cli(stack, tmp_path / "wrong.token", "list")
+        assert refused.returncode != 0 and "HTTP 401" in refused.stderr
 
 
 def test_a_kept_answer_survives_a_restart_and_is_re_run_by_the_next_run(fleet: Fleet, tmp_path: Path) -> None:
