@@ -502,6 +502,103 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _admin_get(args: argparse.Namespace, path: str) -> Any:
+    """GET a JSON document from a running `rungway up`'s admin API (with its bearer token)."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    url = f"http://{args.admin[0]}:{args.admin[1]}{path}"
+    token = _admin_token(args.admin_token_file)
+    request = urllib.request.Request(url, headers={"authorization": f"Bearer {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        try:
+            reason = json.loads(exc.read()).get("error", exc.reason)
+        except ValueError:
+            reason = exc.reason
+        raise SystemExit(f"rungway: {path.split('?')[0]}: HTTP {exc.code} {reason}") from None
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        raise SystemExit(f"rungway: cannot read {url.split('?')[0]}: {exc}") from None
+
+
+def cmd_review_list(args: argparse.Namespace) -> int:
+    """Degraded answers kept for their tier-0 re-run (E3), and how the re-run differed."""
+    import json
+    import urllib.parse
+
+    query = urllib.parse.urlencode(
+        {k: v for k, v in (("tenant", args.tenant), ("since", args.since), ("limit", args.limit)) if v is not None}
+    )
+    reviews = _admin_get(args, f"/reviews?{query}")["reviews"]
+    if args.json:
+        print(json.dumps(reviews, indent=2))
+        return 0
+    print(format_reviews(reviews))
+    return 0
+
+
+def format_reviews(reviews: list[dict[str, Any]]) -> str:
+    import time as _time
+
+    rows = [("ID", "KEPT", "TENANT/TASK", "STATE", "SERVED BY (TIER)", "RE-RUN BY", "TEXT", "CHANGED")]
+    for r in reviews:
+        kept = _time.strftime("%Y-%m-%d %H:%M:%SZ", _time.gmtime(r["kept_at"]))
+        text = "-" if r["same_text"] is None else "same" if r["same_text"] else f"differs ({r['similarity']:.2f})"
+        changed = ",".join(r["changes"]) if r["changes"] else "-"
+        rows.append(
+            (r["id"], kept, f"{r['tenant']}/{r['task']}", r["state"], f"{r['served_by']} ({r['tier']})",
+             r["rerun_by"] or "-", text, changed)
+        )  # fmt: skip
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows)
+
+
+def cmd_review_show(args: argparse.Namespace) -> int:
+    """One review: the request, the degraded answer, the tier-0 answer and their diff."""
+    import json
+    import urllib.parse
+
+    review = _admin_get(args, f"/reviews/{urllib.parse.quote(args.id, safe='')}")
+    if args.json:
+        print(json.dumps(review, indent=2))
+        return 0
+    print(format_review(review))
+    return 0
+
+
+def format_review(r: dict[str, Any]) -> str:
+    import json
+    import time as _time
+
+    def shown(value: object) -> str:
+        return json.dumps(value, indent=2, ensure_ascii=False) if not isinstance(value, str) else value
+
+    kept = _time.strftime("%Y-%m-%d %H:%M:%SZ", _time.gmtime(r["kept_at"]))
+    out = [
+        f"review {r['id']}  {r['tenant']}/{r['task']}  {r['state']}  kept {kept}",
+        f"request {r['request_id'] or '-'}  prompt sha256 {r['prompt_hash']}  policy {r['policy']}",
+        f"served by {r['served_by']} (tier {r['tier']}, {r['reason']}); re-run by {r['rerun_by'] or '-'}",
+        "",
+        "── request",
+        shown(r["request"]),
+        f"── degraded answer ({r['served_by']})",
+        shown(r["degraded_answer"]),
+    ]
+    if r["rerun_answer"] is None:
+        out += ["── tier-0 answer", f"(not re-run yet: {r['attempts']} attempt(s))"]
+        return "\n".join(out)
+    diff = r["diff"]
+    out += [f"── tier-0 answer ({r['rerun_by']})", shown(r["rerun_answer"]), "── diff"]
+    out.append(diff["unified"].rstrip("\n") if diff["unified"] else "(the same text)")
+    for change in diff["changes"]:
+        out.append(f"{change['field']}: {change['degraded']} → {change['original']}")
+    out.append(f"similarity {diff['similarity']:.3f}")
+    return "\n".join(out)
+
+
 def format_status(status: dict[str, Any]) -> str:
     """The /status JSON as a table a person reads at 3 a.m."""
     import time as _time
@@ -896,6 +993,28 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"the admin bearer token, when `up` requires one (or set {ADMIN_TOKEN_ENV})",
     )
     status.set_defaults(func=cmd_status)
+
+    review = sub.add_parser("review", help="answers served below tier 0, re-run on tier 0 after recovery (E3)")
+    review_sub = review.add_subparsers(dest="review_command", required=True)
+    for name, text, func in (
+        ("list", "kept degraded answers and how their tier-0 re-run differed, oldest first", cmd_review_list),
+        ("show", "one review: the request, both answers and their diff", cmd_review_show),
+    ):
+        cmd = review_sub.add_parser(name, help=text)
+        cmd.add_argument("--admin", type=_address, default=("127.0.0.1", 9901), help="`rungway up`'s admin address")
+        cmd.add_argument(
+            "--admin-token-file",
+            type=Path,
+            help=f"the admin bearer token, when `up` requires one (or set {ADMIN_TOKEN_ENV})",
+        )
+        cmd.add_argument("--json", action="store_true", help="the admin API's JSON")
+        cmd.set_defaults(func=func)
+        if name == "list":
+            cmd.add_argument("--tenant")
+            cmd.add_argument("--since", help="e.g. 30m, 1h, 2d")
+            cmd.add_argument("--limit", type=int, help="at most this many, the latest (default 100)")
+        else:
+            cmd.add_argument("id", help="the review id (`rungway review list`)")
 
     demo = sub.add_parser("demo", help="mock providers + demo policy + a fallback, live (what `make run` runs)")
     demo.add_argument("--listen", type=_address, default=("127.0.0.1", 10000))

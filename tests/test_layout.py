@@ -22,6 +22,7 @@ ALLOWED: dict[str, set[str]] = {
     "filters": {"core", "policy", "identity", "routing", "health", "translate", "deferral", "audit"},
     "xds": {"core", "policy", "routing"},
     "drills": {"core", "policy", "translate"},
+    "review": {"core", "translate"},
 }
 TOP_LEVEL = {"__init__.py", "cli.py", "__main__.py"}
 

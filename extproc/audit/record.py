@@ -24,7 +24,8 @@ Detail = dict[str, str | int | float | bool]
 class Kind(StrEnum):
     HOP = "hop"  # a request moved from one rung to another (a failed try, or decide skipping a rung)
     TRIP = "trip"  # a try failed (by failure class)
-    TIER_CHANGE = "tier_change"  # an answer was served below tier 0, or degraded (tools stripped)
+    TIER_CHANGE = "tier_change"  # an answer was served below tier 0, or degraded (tools stripped), or recovered
+    RERUN = "rerun"  # a degraded answer was re-run on its tier-0 rung after recovery (E3); hashes of both
     RESCUE = "rescue"  # a stream cut after its first token was (or was not) completed by another rung
     TOOL_MODE = "tool_mode"  # a rung's tool mode took tools away from the request (T5)
     TRIM = "trim"  # the conversation's middle was left out to fit a rung's window (F6)

@@ -33,6 +33,12 @@ def sentence(entry: Entry) -> str:
             return f"a try on {src} failed: {why}"
         case Kind.HOP:
             return f"hopped from {src} to {dst} ({why})"
+        case Kind.TIER_CHANGE if why == "recovered":
+            return f"served by {dst} again, back from tier {entry.detail.get('from_tier', '?')}"
+        case Kind.RERUN:
+            same = "the same text" if entry.detail.get("same_text") else "a different text"
+            changed = entry.detail.get("changes") or "nothing else"
+            return f"re-run on {dst} after recovery: {same} than {src}'s, changed {changed} (review {entry.detail.get('review', '?')})"
         case Kind.TIER_CHANGE:
             tokens = f", {entry.tokens} output tokens" if entry.tokens is not None else ""
             return f"served by {dst} instead of {src} ({why}{tokens})"

@@ -24,6 +24,7 @@ from .failure import CLIENT_STATUS, OUTAGES, RETRY_RULE, Failure, Retry
 from .fields import ContractError
 from .frame import FrameKey, FrameReader, FrameRules, Rejection, seal
 from .impact import Impact
+from .review import DegradedAnswer
 from .task import DeferredTask, TaskResult
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
     "ContractError",
     "Decision",
     "DeferredTask",
+    "DegradedAnswer",
     "Dialect",
     "Failure",
     "FakeClock",

@@ -60,6 +60,9 @@ class Decision:
     # For the audit trail, when it is on: Envoy's x-request-id and the SHA-256 of the body.
     request_id: str | None = None
     prompt_hash: str | None = None
+    # A re-run on recovery (E3): its answer goes to Rungway's re-runner alone, and is never kept
+    # for review itself.
+    rerun: bool = False
 
     def encode(self) -> Meta:
         out: Meta = {
@@ -84,6 +87,7 @@ class Decision:
             "response_format": self.response_format,
             "decided_ms": self.decided_ms,
             "shadow": self.shadow,
+            "rerun": self.rerun,
         }
         if self.anthropic_version is not None:
             out["anthropic_version"] = self.anthropic_version
@@ -132,6 +136,7 @@ class Decision:
             shadow=f.flag(meta, "shadow", k),
             request_id=f.optional_text(meta, "request_id", k),
             prompt_hash=f.optional_text(meta, "prompt_hash", k),
+            rerun=f.flag(meta, "rerun", k),
         )
 
 

@@ -67,6 +67,9 @@ TRIMMED = "x-rungway-context-trimmed"  # messages left out to fit the rung's win
 TASK_ID_HEADER = "x-rungway-task-id"
 TASK_STATUS_HEADER = "x-rungway-task-status"
 REPLAY_HEADER = "x-rungway-replay"
+# marks a re-run on recovery (`token tenant review-id`, from `rungway up`'s re-runner, E3): pinned
+# to the ladder's tier-0 rung, never kept for review again, its answer for Rungway alone.
+RERUN_HEADER = "x-rungway-rerun"
 LOCATION = "location"
 
 # ---- paths --------------------------------------------------------------------------------------

@@ -37,9 +37,16 @@ import secrets
 from enum import StrEnum
 from typing import Any, Final
 
-from ..audit import Kind
-from ..core import CLIENT_STATUS, Failure, Impact, Observation, QuotaSignal
-from ..core.names import META_DECISION, META_TRIP, REASON, RELAY_FLAGS_HEADER
+from ..audit import Kind, prompt_hash
+from ..core import CLIENT_STATUS, DegradedAnswer, Dialect, Failure, Impact, Observation, QuotaSignal
+from ..core.names import (
+    ANTHROPIC_MESSAGES_PATH,
+    META_DECISION,
+    META_TRIP,
+    OPENAI_CHAT_PATH,
+    REASON,
+    RELAY_FLAGS_HEADER,
+)
 from ..health.contract import Contract
 from ..policy import Policy
 from ..routing.quota import HEADERS as QUOTA_HEADERS
@@ -59,6 +66,7 @@ from ..translate import (
 )
 from .effects import (
     Effect,
+    KeptForReview,
     RescueChunk,
     Rescued,
     RescueEnded,
@@ -320,7 +328,7 @@ class AttemptProcessor:
             # Nothing of a skipped slot needs the sidecar: the relay's answer carries its own
             # retry mark. (A stream's duplex mode cannot be overridden: _pass_skip relays it.)
             with_mode(response, _SKIPPED_SLOT)
-        elif not plan.needs_body and not plan.stream:
+        elif not plan.needs_body and not plan.stream and not self._kept_for_review(plan):
             with_mode(response, _NO_REQUEST_BODY)
         return [response]
 
@@ -359,8 +367,9 @@ class AttemptProcessor:
 
     def request_body(self, request: ProcessingRequest) -> list[ProcessingResponse]:
         plan = self._started()
-        if plan.stream and plan.contract_task(self._policy).rescue:
-            self._client_body = request.request_body.body  # a rescue rewrites it for another rung
+        if (plan.stream and plan.contract_task(self._policy).rescue) or self._kept_for_review(plan):
+            # A rescue rewrites it for another rung; a review re-runs it on tier 0 (E3).
+            self._client_body = request.request_body.body
         if not plan.needs_body:
             return [request_body_response()]
         try:
@@ -749,11 +758,55 @@ class AttemptProcessor:
     def _judge_json(self, body: bytes, *, headers_phase: bool) -> ProcessingResponse:
         ruling = self._rule_on_answer(body)
         self._move(Phase.CLOSED)
+        if ruling.next is Next.SERVED and self._status == 200:
+            self._keep_for_review(body if ruling.body is None else ruling.body)
         if headers_phase:  # an answer without a body: nothing to replace
             response = response_headers_response(_to_client(self._scrub, ruling.set_headers))
         else:
             response = response_body_response(_to_client(self._scrub, ruling.set_headers, body=ruling.body))
         return with_metadata(response, META_TRIP, ruling.record.encode()) if ruling.record is not None else response
+
+    def _kept_for_review(self, plan: TryPlan) -> bool:
+        """A whole answer from below tier 0, for a tenant and task class whose policy re-runs it
+        on tier 0 once that recovers (E3); never a probe's or a re-run's own."""
+        decision = plan.decision
+        return (
+            self._policy.review is not None
+            and not plan.stream
+            and not decision.probe
+            and not decision.rerun
+            and self._policy.tier_of(plan.position.ladder, plan.position.rung) > 0
+            and self._policy.tenant(decision.tenant).reruns(decision.task)
+        )
+
+    def _keep_for_review(self, answer: bytes) -> None:
+        plan = self._started()
+        if self._client_body is None or not self._kept_for_review(plan):
+            return
+        decision = plan.decision
+        headers = (("anthropic-version", decision.anthropic_version), ("anthropic-beta", decision.anthropic_beta))
+        item = DegradedAnswer(
+            id="rev_" + secrets.token_urlsafe(12),
+            tenant=decision.tenant,
+            task=decision.task,
+            impact=decision.impact,
+            dialect=decision.dialect,
+            path=ANTHROPIC_MESSAGES_PATH if decision.dialect is Dialect.ANTHROPIC else OPENAI_CHAT_PATH,
+            model=decision.model,
+            headers=tuple((k, v) for k, v in headers if v is not None),
+            ladder=plan.position.ladder,
+            rung=plan.position.rung,
+            tier=self._policy.tier_of(plan.position.ladder, plan.position.rung),
+            served_by=f"{plan.provider_name}/{plan.model}",
+            reason=self._flags(None)[REASON],
+            policy=self._policy.stamp,
+            request_id=decision.request_id or "",
+            prompt_hash=decision.prompt_hash or prompt_hash(self._client_body),
+            kept_at=self._worker.clock.wall(),
+            request=self._client_body,
+            answer=answer,
+        )
+        self._effects.append(KeptForReview(item))
 
     def _rule_on_answer(self, body: bytes) -> Ruling:
         plan = self._started()
@@ -901,13 +954,15 @@ class AttemptProcessor:
         plan = self._started()
         self._served_at = self._worker.clock.now()
         self._count("served")
-        if plan.decision.probe:
+        if plan.decision.probe or plan.decision.rerun:  # a re-run's answer reaches no client (E3)
             return
         position = plan.position
         degraded = position.rung != 0 or self._shape.degraded
         tier = self._policy.tier_of(position.ladder, position.rung)
         self._effects.append(
-            Served(plan.decision.tenant, plan.decision.task, position.ladder, tier, degraded, position.rung)
+            Served(
+                plan.decision.tenant, plan.decision.task, position.ladder, tier, degraded, position.rung, plan.decision
+            )
         )
         if degraded:
             reason = self._flags(None)[REASON]

@@ -25,6 +25,7 @@ from ..core.names import (
     PROBE_HEADER,
     PROBE_TENANT,
     REPLAY_HEADER,
+    RERUN_HEADER,
     TASKS_PATH,
     UNAUTHENTICATED_TENANT,
     cluster_name,
@@ -121,6 +122,7 @@ class DecideProcessor:
         self._status = 0
         self._path = ""
         self._replay: str | None = None  # the task id, when this request replays a deferred one
+        self._rerun: str | None = None  # the review id, when this request re-runs a degraded answer (E3)
         self._deferring: Failure | None = None  # why, once decided to defer (awaiting the body)
         self._request_id: str | None = None  # for the audit trail, when it is on
         self._prompt_hash: str | None = None
@@ -184,6 +186,8 @@ class DecideProcessor:
             who = Identity(PROBE_TENANT, "", self._dialect) if genuine else Unknown.UNKNOWN
         elif (replay := headers.get(REPLAY_HEADER)) is not None:
             who = self._replay_identity(replay)
+        elif (rerun := headers.get(RERUN_HEADER)) is not None:
+            who = self._rerun_identity(rerun)
         else:
             names = (h.key for h in request.request_headers.headers.headers)
             repeated = repeated_credential(names)
@@ -240,7 +244,7 @@ class DecideProcessor:
         over = worker.over_budget(who.tenant, budget) if budget is not None else None
         if budget is not None and over is not None:
             self._effects.append(BudgetReached(who.tenant, over.reason, budget.over))
-            if budget.over == "refuse" and self._replay is None and may_wait(policy, self._features):
+            if budget.over == "refuse" and self._may_defer and may_wait(policy, self._features):
                 # Deferrable work waits for the budget's next window instead (the drainer's
                 # replays are refused 429 until then and wait out its Retry-After).
                 self._deferring = Failure.BUDGET_EXCEEDED
@@ -288,6 +292,29 @@ class DecideProcessor:
         if isinstance(result, CapacityShed):
             return self._over_capacity(result)
         return self._answer(result, body_phase=True)
+
+    @property
+    def _may_defer(self) -> bool:
+        """Rungway's own replays and re-runs are never deferred again."""
+        return self._replay is None and self._rerun is None
+
+    def _rerun_identity(self, header: str) -> Identity | Unknown:
+        """`token tenant review-id`: `rungway up` re-runs a degraded answer on its tenant's
+        behalf (E3; the client's key is never stored); its token is the probes' secret."""
+        token, _, rest = header.partition(" ")
+        tenant, _, review_id = rest.rpartition(" ")
+        if not secrets.compare_digest(token.encode(), self._worker.probe_token.encode()) or not tenant or not review_id:
+            return Unknown.UNKNOWN
+        self._rerun = review_id
+        return Identity(tenant, "", self._dialect)
+
+    def _pinned_to_tier_0(self, route: Route) -> Route | Refusal:
+        """A re-run goes to its ladder's tier-0 rung or nowhere: never a fallback (E3)."""
+        f = self._features
+        assert f is not None
+        if route.rungs[0] != 0 or self._policy.tier_of(route.ladder, 0) != 0:
+            return Refusal(Failure.SERVER_ERROR, "the tier-0 rung cannot serve this re-run now", transient=True)
+        return reroute(self._policy, route, (0,), f.stream, skip_reason=None, canary=False)
 
     def _replay_identity(self, header: str) -> Identity | Unknown:
         """`token tenant task-id`: `rungway up` replays a deferred request on its tenant's behalf
@@ -345,13 +372,19 @@ class DecideProcessor:
         assert f is not None
         worker = self._worker
         result = choose(self._policy, f, worker.health_view(f.impact))
-        if self._replay is None and deferrable(self._policy, f, result):
+        if self._may_defer and deferrable(self._policy, f, result):
             return _DeferNow(Failure.NOT_PERMITTED if isinstance(result, Refusal) else Failure.SERVER_ERROR)
         if not isinstance(result, Route):
             return result
+        if self._rerun is not None:
+            pinned = self._pinned_to_tier_0(result)
+            if isinstance(pinned, Refusal):
+                return pinned
+            result = pinned
         health = self._policy.health
         if (
-            health.enabled
+            self._rerun is None
+            and health.enabled
             and health.canary_share > 0
             and f.impact is not Impact.REVENUE_CRITICAL
             and result.skip_reason is None
@@ -363,7 +396,7 @@ class DecideProcessor:
         limited = self._within_capacity(result)
         if isinstance(limited, CapacityShed):
             # A request that may wait waits (stored, 202) rather than being shed (T3 with E1).
-            return _DeferNow(Failure.RATE_LIMITED) if self._replay is None and may_wait(self._policy, f) else limited
+            return _DeferNow(Failure.RATE_LIMITED) if self._may_defer and may_wait(self._policy, f) else limited
         result = limited
         if result.tries > 1 and not worker.retries_allowed():
             result = replace(result, tries=1)
@@ -378,7 +411,13 @@ class DecideProcessor:
         """Whether this request is in the continuous-verification sample (never a probe's)."""
         share = self._policy.shadow.share
         ladder = self._policy.ladders[route.ladder]
-        return share > 0 and not route.probe and len(ladder) > 1 and self._worker.rng.random() < share
+        return (
+            share > 0
+            and not route.probe
+            and self._rerun is None
+            and len(ladder) > 1
+            and self._worker.rng.random() < share
+        )
 
     def _within_capacity(self, route: Route) -> Route | CapacityShed:
         """The route without the rungs that have no slot for this tenant and impact (T3)."""
@@ -484,6 +523,7 @@ class DecideProcessor:
             shadow=self._shadowed(result),
             request_id=self._request_id,
             prompt_hash=self._prompt_hash,
+            rerun=self._rerun is not None,
         )
         return with_metadata(response, META_DECISION, decision.encode())
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..audit import Entry
-from ..core import DeferredTask, Dialect, Failure, Impact, Observation, QuotaSignal
+from ..core import Decision, DeferredTask, DegradedAnswer, Dialect, Failure, Impact, Observation, QuotaSignal
 from ..health.contract import Contract
 from ..policy import Cost
 from .wire import ProcessingResponse
@@ -147,6 +147,17 @@ class Served:
     tier: int
     degraded: bool
     rung: int
+    # The request's decision (None in tests that need no more): a recovery to tier 0 is
+    # audited with the request it was seen on (E3).
+    decision: Decision | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class KeptForReview:
+    """An answer served below tier 0 to a tenant whose policy re-runs it on recovery (E3): the
+    runtime keeps it in the review store (off the request's path)."""
+
+    item: DegradedAnswer
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,6 +299,7 @@ Effect = (
     | Tried
     | Tripped
     | Served
+    | KeptForReview
     | Reshaped
     | TryEnded
     | StreamEnded

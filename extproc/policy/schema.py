@@ -114,6 +114,8 @@ class TenantTask(_Frozen):
     lowest_tier: int | None = Field(None, ge=0, le=3)
     # How much this task class matters for the tenant (T3), over the tenant's own impact.
     impact: Impact | None = None
+    # Over the tenant's own `rerun_on_recovery` for this task class (E3).
+    rerun_on_recovery: bool | None = None
 
 
 class Budget(_Frozen):
@@ -160,10 +162,21 @@ class TenantPolicy(_Frozen):
     # Impacts a request may claim in the policy's impact_header; None: any. Claiming
     # revenue_critical takes capacity reserved for it, so a tenant that must not gets a list.
     header_impacts: frozenset[Impact] | None = None
+    # E3: an answer served below tier 0 is kept (request and answer, on the pod's local disk:
+    # `review.store`) and re-run on the ladder's tier-0 rung once it is healthy again, and the two
+    # answers' diff is kept for review (`rungway review list/show`). Needs a `review` section.
+    rerun_on_recovery: bool = False
 
     def lowest_tier_for(self, task: str) -> int:
         override = self.tasks.get(task)
         return override.lowest_tier if override is not None and override.lowest_tier is not None else self.lowest_tier
+
+    def reruns(self, task: str) -> bool:
+        """Whether an answer of this task class served below tier 0 is re-run on recovery (E3)."""
+        override = self.tasks.get(task)
+        if override is not None and override.rerun_on_recovery is not None:
+            return override.rerun_on_recovery
+        return self.rerun_on_recovery
 
 
 class Cost(_Frozen):
@@ -381,6 +394,28 @@ class Deferral(_Frozen):
     # Signs the result POSTed to a tenant's callback_url (HMAC-SHA256, x-rungway-signature).
     callback_secret: Credential | None = None
     callback_attempts: int = Field(6, ge=1, le=20)
+
+
+class Review(_Frozen):
+    """Re-runs on recovery (E3): where degraded answers wait for their tier-0 re-run, how many,
+    for how long, and how often `rungway up` looks for ones it can re-run."""
+
+    # An SQLite file on local disk (WAL, fsync on every commit), shared by the pod's workers
+    # (which keep degraded answers) and `rungway up` (which re-runs them). It holds prompts and
+    # answers in clear: local disk only, never a network file system (the audit trail keeps
+    # only their hashes).
+    store: Path
+    # Reviews one tenant may have kept; past it a new degraded answer is not kept (counted).
+    max_per_tenant: int = Field(1000, ge=1, le=1_000_000)
+    # A review (re-run or not) is deleted this long after its degraded answer was kept.
+    ttl_s: float = Field(7 * 86_400.0, gt=0, le=90 * 86_400)
+    # Re-runs `rungway up` runs at once, and how often it looks for ones due.
+    reruns_in_flight: int = Field(2, ge=1, le=64)
+    rerun_every_s: float = Field(1.0, gt=0, le=600)
+    # A re-run not finished this long after it started is run again (its answer is kept once).
+    lease_s: float = Field(900.0, gt=0, le=86_400)
+    # A degraded answer bigger than this (request or answer) is not kept.
+    max_bytes: int = Field(1024 * 1024, ge=1024, le=30 * 1024 * 1024)
 
 
 class ModelRoute(_Frozen):
@@ -678,6 +713,7 @@ class Policy(_Frozen):
     tenants: dict[str, TenantPolicy] = Field(default_factory=dict)
     tenant_defaults: TenantPolicy = TenantPolicy()
     deferral: Deferral | None = None
+    review: Review | None = None
     # The approvals file (`rungway approve` edits it, every worker follows it within a second);
     # required when a tenant's policy asks for approvals. Keep it on durable storage.
     approvals: Path | None = None
@@ -758,6 +794,10 @@ class Policy(_Frozen):
             for task in tenant.tasks:
                 if task not in self.tasks:
                     problems.append(f"{where}.tasks: unknown task class {task!r}")
+            if self.review is None and (
+                tenant.rerun_on_recovery or any(t.rerun_on_recovery for t in tenant.tasks.values())
+            ):
+                problems.append(f"{where}.rerun_on_recovery: set `review:` (where re-runs are kept) too")
             if tenant.notify_url is not None:
                 if self.notify_secret is None:
                     problems.append(f"{where}.notify_url: needs notify_secret to sign its POSTs")

@@ -17,6 +17,9 @@ class TierChange:
     tier: int
     at: float
     served_by: str
+    # Where the previous answer came from (ladder, rung), when this watch saw it: a recovery's
+    # audit record names the rung it came back from.
+    previous_rung: tuple[str, int] | None = None
 
     @property
     def direction(self) -> str:
@@ -25,14 +28,19 @@ class TierChange:
 
 class TierWatch:
     def __init__(self) -> None:
-        self._tiers: OrderedDict[tuple[str, str], int] = OrderedDict()
+        self._tiers: OrderedDict[tuple[str, str], tuple[int, tuple[str, int] | None]] = OrderedDict()
 
-    def served(self, tenant: str, task: str, tier: int, at: float, served_by: str) -> TierChange | None:
-        """Note an answer served at `tier`; the change, when the tier differs from the last."""
+    def served(
+        self, tenant: str, task: str, tier: int, at: float, served_by: str, rung: tuple[str, int] | None = None
+    ) -> TierChange | None:
+        """Note an answer served at `tier` (by `rung`, ladder and index); the change, when the
+        tier differs from the last."""
         key = (tenant, task)
-        previous = self._tiers.get(key, 0)
-        self._tiers[key] = tier
+        previous, previous_rung = self._tiers.get(key, (0, None))
+        self._tiers[key] = (tier, rung)
         self._tiers.move_to_end(key)
         if len(self._tiers) > MAX_WATCHED:
             self._tiers.popitem(last=False)
-        return TierChange(tenant, task, previous, tier, at, served_by) if tier != previous else None
+        if tier == previous:
+            return None
+        return TierChange(tenant, task, previous, tier, at, served_by, previous_rung)

@@ -143,6 +143,20 @@ class Metrics:
             ["tenant", "outcome"],
             **kw,  # type: ignore[arg-type]
         )
+        self.tier_changes = Counter(
+            "rungway_tier_changes_total",
+            "Changes of the tier serving a tenant's task class, as each worker served them: degraded "
+            "(below the tier before) or recovered (back up, e.g. to tier 0).",
+            ["tenant", "task", "direction"],
+            **kw,  # type: ignore[arg-type]
+        )
+        self.reviews_kept = Counter(
+            "rungway_reviews_kept_total",
+            "Answers served below tier 0 to tenants that re-run them on recovery (E3), by outcome "
+            "(kept; full: the tenant's review.max_per_tenant; too_large; failed: the store).",
+            ["tenant", "outcome"],
+            **kw,  # type: ignore[arg-type]
+        )
         self.budget_reached = Counter(
             "rungway_budget_reached_total",
             "Requests of a tenant over its budget (T4), by the limit reached (tokens, cost, cost_rate) and "

@@ -17,11 +17,13 @@ from typing import Any
 
 from pydantic import SecretStr
 
+from ..audit import Kind
 from ..core import (
     BusEvent,
     CircuitChanged,
     Clock,
     ContractError,
+    DegradedAnswer,
     Failure,
     Impact,
     Observation,
@@ -43,6 +45,7 @@ from ..filters.effects import (
     Deferred,
     Effect,
     HalfOpenAdmitted,
+    KeptForReview,
     RequestCounted,
     Rescued,
     RescueRequested,
@@ -62,6 +65,7 @@ from ..filters.effects import (
     TryRefused,
     Unauthenticated,
 )
+from ..filters.trail import audited
 from ..filters.wire import ProcessingResponse
 from ..health.board import Board
 from ..health.circuit import Transition
@@ -80,7 +84,7 @@ from ..routing import HealthView
 from ..routing.approval import Approvals
 from ..routing.capacity import Denial, Holder, Limits
 from ..routing.spend import OverBudget, SpendLedger
-from ..routing.tiers import TierWatch
+from ..routing.tiers import TierChange, TierWatch
 from .admission import Admission
 from .approvals import ApprovalsFile
 from .auditlog import AuditSink
@@ -89,6 +93,7 @@ from .keyfile import KeyFile
 from .metrics import OTHER, Metrics
 from .reload import HandedPolicy
 from .rescue import RESCUE_SOCKET_ENV
+from .review import ReviewStore, SqliteReviewStore
 from .shadow import ShadowCalls
 from .shield import SHIELD_SOCKET_ENV
 from .slots import LedgerStore, LocalLedger, SharedLedger
@@ -196,6 +201,8 @@ class Sidecar:
     )
     # The deferral queue (policy.deferral): accepted requests are stored here before their 202.
     tasks: TaskStore | None = None
+    # Answers served below tier 0 kept for their re-run on recovery (policy.review, E3).
+    reviews: ReviewStore | None = None
     # Under `rungway up`: where the supervisor hands over new revisions (runtime/reload.py).
     handed: HandedPolicy | None = None
     # The rungs' capacity ledger: the pod's under `rungway up` (every worker's), else this one's.
@@ -215,6 +222,7 @@ class Sidecar:
     _limits: dict[tuple[str, int], Limits] = field(init=False)
     tiers: TierWatch = field(default_factory=TierWatch, init=False)
     _notices: set[asyncio.Task[None]] = field(default_factory=set, init=False)
+    _keeping: set[asyncio.Task[None]] = field(default_factory=set, init=False)
     _pid: int = field(default_factory=os.getpid, init=False)  # whose tries these are, in the ledger
     _requests_unsent: int = field(default=0, init=False)
     _requests_sent_at: float = field(default=float("-inf"), init=False)
@@ -254,6 +262,7 @@ class Sidecar:
             key_file=KeyFile(store) if policy.clients.auth == "keys" and store is not None else None,
             tasks=SqliteTaskStore(policy.deferral.store, STORE_WAIT_S) if policy.deferral is not None else None,
             approvals_file=ApprovalsFile(policy.approvals) if policy.approvals is not None else None,
+            reviews=SqliteReviewStore(policy.review.store) if policy.review is not None else None,
         )
 
     def every_second(self) -> None:
@@ -419,6 +428,8 @@ class Sidecar:
                 case Served(tenant, task, ladder, tier, degraded, rung):
                     m.served.labels(m.tenant(tenant), task, ladder, str(tier), str(degraded).lower(), str(rung)).inc()
                     self._notice_tier(effect)
+                case KeptForReview(item):
+                    self._keep_for_review(item)
                 case Reshaped(ladder, rung, tool_mode, tools_removed, trimmed):
                     if tools_removed:
                         m.tools_removed.labels(ladder, str(rung), tool_mode).inc()
@@ -466,18 +477,53 @@ class Sidecar:
         self.metrics.deferred.labels(self.metrics.tenant(effect.task.tenant), outcome).inc()
         return answer
 
-    def _notice_tier(self, served: Served) -> None:
-        """A tenant with a notify_url hears when the tier serving its task class changes (T2):
-        a signed POST, retried, off the request's path. Each worker tells of what it served."""
-        url = self.policy.tenant(served.tenant).notify_url
-        secret = self.policy.notify_secret
-        if url is None or secret is None:
+    def _keep_for_review(self, item: DegradedAnswer) -> None:
+        """Keep a degraded answer for its re-run on recovery (E3): written off the request's
+        path (the client has its answer already), counted by outcome."""
+        review, store = self.policy.review, self.reviews
+        kept = self.metrics.reviews_kept
+        tenant = self.metrics.tenant(item.tenant)
+        if review is None or store is None:
             return
+        if max(len(item.request), len(item.answer)) > review.max_bytes:
+            kept.labels(tenant, "too_large").inc()
+            return
+
+        async def write() -> None:
+            try:
+                outcome = "kept" if await asyncio.to_thread(store.keep, item, review.max_per_tenant) else "full"
+            except Exception:  # a full disk or a broken file: the answer is not kept, and it is logged
+                log.exception("review store write failed")
+                outcome = "failed"
+            kept.labels(tenant, outcome).inc()
+
+        try:
+            job = asyncio.get_running_loop().create_task(write())
+        except RuntimeError:  # applied outside the server's loop (a unit test): written at once
+            kept.labels(tenant, "kept" if store.keep(item, review.max_per_tenant) else "full").inc()
+            return
+        self._keeping.add(job)
+        job.add_done_callback(self._keeping.discard)
+
+    def _notice_tier(self, served: Served) -> None:
+        """The tier serving a tenant's task class, per worker: a change is counted, a recovery
+        audited (E3), and a tenant with a notify_url hears of it (T2): a signed POST, retried,
+        off the request's path. Each worker tells of what it served."""
         rungs = self.policy.ladders.get(served.ladder, [])
         rung = rungs[served.rung] if served.rung < len(rungs) else None
         served_by = f"{rung.provider}/{rung.model}" if rung is not None else served.ladder
-        change = self.tiers.served(served.tenant, served.task, served.tier, self.clock.wall(), served_by)
+        now = self.clock.wall()
+        change = self.tiers.served(
+            served.tenant, served.task, served.tier, now, served_by, (served.ladder, served.rung)
+        )
         if change is None:
+            return
+        self.metrics.tier_changes.labels(self.metrics.tenant(change.tenant), change.task, change.direction).inc()
+        if change.direction == "recovered":
+            self._audit_recovery(served, change)
+        url = self.policy.tenant(served.tenant).notify_url
+        secret = self.policy.notify_secret
+        if url is None or secret is None:
             return
         notices = self.metrics.tier_notices
         if len(self._notices) >= _MAX_NOTICES_IN_FLIGHT:
@@ -496,6 +542,24 @@ class Sidecar:
             return
         self._notices.add(task)
         task.add_done_callback(self._notices.discard)
+
+    def _audit_recovery(self, served: Served, change: TierChange) -> None:
+        """A task class served at a higher tier again (back to tier 0 after an outage): a
+        `tier_change` record with trigger `recovered`, from the rung it was served by before."""
+        decision = served.decision
+        if self.audit is None or decision is None:
+            return
+        policy = self.policy_for(decision.policy) or self.policy
+        source = None
+        if change.previous_rung is not None and change.previous_rung[0] == served.ladder:
+            source = change.previous_rung[1]
+        if source is not None and source >= len(policy.ladders.get(served.ladder, [])):
+            source = None
+        entry = audited(
+            policy, decision, Kind.TIER_CHANGE, change.at, "recovered", source=source, target=served.rung,
+            detail={"from_tier": change.previous, "tier": change.tier, "direction": change.direction},
+        )  # fmt: skip
+        self.audit.submit(entry.entry)
 
     async def _send_notice(self, url: str, payload: bytes, secret: Credential, tenant: str) -> None:
         try:

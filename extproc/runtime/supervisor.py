@@ -64,6 +64,8 @@ from .drainer import Drainer
 from .metrics import BoardCollector, EnvoyRestarts, ProbeMetrics, stream_summary
 from .reload import PolicyReloads, revision_file, source_fingerprint, write_atomically, written_at
 from .rescue import RESCUE_SOCKET_ENV
+from .review import ReviewStore, SqliteReviewStore, detail, summary
+from .reviewer import Reviewer
 from .shield import SHIELD_SOCKET_ENV
 from .sidecar import (
     CHANNEL_TOKEN_ENV,
@@ -221,6 +223,18 @@ class Supervisor:
         audit = policy.audit
         self.audit_dir = (audit.dir or options.audit_dir) if audit.enabled else None
         self._audit_log: AuditLog | None = None
+        # The pod's one re-runner of degraded answers (E3; the workers keep them, this re-runs).
+        self.reviewer: Reviewer | None = None
+        if policy.review is not None:
+            self.reviewer = Reviewer(
+                policy.review,
+                lambda: self.history.current,
+                SqliteReviewStore(policy.review.store),
+                self.board,
+                self._probe_token,
+                lambda: f"http://{self._listen_host()}:{self.listen_port}" if self.listen_port else None,
+                self._audit_entry,
+            )
         # Hot reload: the revisions served (current first), Envoy's xDS files, the workers' copy.
         self.history = History(policy)
         self._xds = XdsFiles(self._dir / "xds")
@@ -394,6 +408,8 @@ class Supervisor:
         registry.register(self.envoy_restarts)
         if self.drainer is not None:
             registry.register(self.drainer.collector(time.time))
+        if self.reviewer is not None:
+            registry.register(self.reviewer.collector())
         registry.register(self.reloads)
         return web.Response(body=generate_latest(registry), headers={"content-type": CONTENT_TYPE_LATEST})
 
@@ -426,6 +442,8 @@ class Supervisor:
         app.router.add_post("/approvals", self._approve)
         app.router.add_delete("/approvals", self._revoke_approval)
         app.router.add_get("/audit", self._audit)
+        app.router.add_get("/reviews", self._reviews)
+        app.router.add_get("/reviews/{id}", self._review)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.options.admin[0], self.options.admin[1], reuse_port=False)
@@ -588,6 +606,8 @@ class Supervisor:
         }
         if self.drainer is not None:
             body["deferral"] = await asyncio.to_thread(self.drainer.snapshot, time.time())
+        if self.reviewer is not None:
+            body["reviews"] = await asyncio.to_thread(self.reviewer.snapshot)
         if self.audit_dir is not None:
             backlog = self._audit_backlog()
             alarm = backlog >= self.options.policy.audit.alarm_records
@@ -661,6 +681,37 @@ class Supervisor:
 
         return web.json_response({"records": await asyncio.to_thread(read)})
 
+    def _audit_entry(self, entry: Entry) -> None:
+        if self._audit_log is not None:
+            self._audit_log.submit(entry)
+
+    def _review_store(self) -> ReviewStore:
+        if self.reviewer is None:
+            raise web.HTTPNotFound(
+                text='{"error": "the policy has no review section"}', content_type="application/json"
+            )
+        return self.reviewer.store
+
+    async def _reviews(self, request: web.Request) -> web.Response:
+        """GET /reviews?tenant=&since=&limit=: degraded answers kept for review (E3), oldest
+        first, without their text (since: seconds, or 30m, 1h, 2d ago; at most `limit`, the latest)."""
+        store = self._review_store()
+        tenant = request.query.get("tenant") or None
+        try:
+            since = _ago(request.query["since"]) if "since" in request.query else None
+            limit = int(request.query.get("limit", "100"))
+        except ValueError:
+            return web.json_response({"error": "since is a duration like 30m, 1h, 2d; limit an integer"}, status=400)
+        views = await asyncio.to_thread(store.select, tenant, since, limit)
+        return web.json_response({"reviews": [summary(v) for v in views]})
+
+    async def _review(self, request: web.Request) -> web.Response:
+        """GET /reviews/<id>: one review with the request, both answers and their diff."""
+        view = await asyncio.to_thread(self._review_store().get, request.match_info["id"])
+        if view is None:
+            return web.json_response({"error": "no such review"}, status=404)
+        return web.json_response(detail(view))
+
     async def start(self) -> None:
         await self._bus.start()
         write_atomically(self._history_file, self.history.encode())
@@ -674,6 +725,8 @@ class Supervisor:
         self._tasks.append(asyncio.create_task(self._watch_envoy()))
         if self.drainer is not None:
             self._tasks.append(asyncio.create_task(self.drainer.run()))
+        if self.reviewer is not None:
+            self._tasks.append(asyncio.create_task(self.reviewer.run()))
         if self.audit_dir is not None:  # the supervisor's own chain: policy reloads
             metrics = AuditMetrics(CollectorRegistry())  # the workers count records; this is the chain's own
             self._audit_log = AuditLog(self.audit_dir, "up", self.options.policy.audit, metrics).open()

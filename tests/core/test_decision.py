@@ -117,3 +117,8 @@ def test_a_rung_address_reads_envoys_endpoint_metadata() -> None:
         RungAddress.decode({"ladder": "main", "rung": 1.5, "slot": 0.0})
     with pytest.raises(ContractError):
         RungAddress.decode({"rung": 1.0, "slot": 0.0})
+
+
+def test_a_re_run_is_marked_in_its_decision() -> None:
+    rerun = routed(rerun=True)
+    assert Decision.decode(rerun.encode()).rerun and not Decision.decode(routed().encode()).rerun

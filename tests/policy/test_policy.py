@@ -500,3 +500,16 @@ def test_deferral_is_off_unless_configured_and_a_callback_needs_a_signing_secret
         )
     with pytest.raises(PolicyError, match="max_per_tenant"):
         parse_policy(policy_data(deferral={"store": "t.db", "max_per_tenant": 0}))
+
+
+def test_re_runs_on_recovery_need_a_review_store_and_a_task_class_may_override_its_tenant() -> None:
+    assert problems_of(tenants={"clinic": {"tasks": {"default": {"rerun_on_recovery": True}}}}) == [
+        "tenants.clinic.rerun_on_recovery: set `review:` (where re-runs are kept) too"
+    ]
+    policy = make_policy(
+        tenants={"clinic": {"rerun_on_recovery": True, "tasks": {"summarizer": {"rerun_on_recovery": False}}}},
+        review={"store": "reviews.db"},
+    )
+    rules = policy.tenant("clinic")
+    assert rules.reruns("default") and not rules.reruns("summarizer")
+    assert not policy.tenant("anyone").reruns("default")  # off unless a tenant asks

@@ -225,6 +225,7 @@ def test_ladders_providers_and_tenants_may_change_while_running() -> None:
         ({"health": {"enabled": False}}, "health"),
         ({"approvals": "approvals.json"}, "approvals"),
         ({"shadow": {"share": 0.01}}, "shadow"),
+        ({"review": {"store": "reviews.db"}}, "review"),
     ],
 )
 def test_a_start_only_field_is_named(change: dict[str, Any], named: str) -> None:

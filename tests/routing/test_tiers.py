@@ -34,3 +34,10 @@ def test_the_watch_stays_bounded() -> None:
     for i in range(MAX_WATCHED + 10):
         watch.served(f"t{i}", "default", 1, 0.0, "x/y")
     assert watch.served("t0", "default", 1, 1.0, "x/y") is not None  # forgotten first: told again
+
+
+def test_a_recovery_names_the_rung_it_came_back_from() -> None:
+    watch = TierWatch()
+    watch.served("app", "default", 1, 1.0, "backup/claude", ("main", 1))
+    back = watch.served("app", "default", 0, 2.0, "primary/gpt-4o", ("main", 0))
+    assert back is not None and back.previous_rung == ("main", 1) and back.direction == "recovered"
