@@ -19,7 +19,8 @@ ALLOWED: dict[str, set[str]] = {
     "routing": {"core", "policy"},
     "health": {"core", "policy", "translate"},
     "deferral": {"core", "policy", "routing"},
-    "filters": {"core", "policy", "identity", "routing", "health", "translate", "deferral", "audit"},
+    "escalation": {"core", "policy"},
+    "filters": {"core", "policy", "identity", "routing", "health", "translate", "deferral", "escalation", "audit"},
     "xds": {"core", "policy", "routing"},
     "drills": {"core", "policy", "translate"},
 }

@@ -9,6 +9,7 @@ Imports nothing else of ours (a test enforces it), so any room may import it.
 from .clock import Clock, FakeClock, SystemClock
 from .decision import Decision, PassedThrough, Refused, RungAddress, TripRecord
 from .dialect import Capability, Dialect, ToolMode
+from .escalation import Escalation, Resolution, Review, Step
 from .events import (
     Abandoned,
     BusEvent,
@@ -39,6 +40,7 @@ __all__ = [
     "Decision",
     "DeferredTask",
     "Dialect",
+    "Escalation",
     "Failure",
     "FakeClock",
     "FrameKey",
@@ -52,9 +54,12 @@ __all__ = [
     "Refused",
     "Rejection",
     "RequestsDecided",
+    "Resolution",
     "Retry",
+    "Review",
     "RungAddress",
     "Spent",
+    "Step",
     "SystemClock",
     "TaskResult",
     "ToolMode",

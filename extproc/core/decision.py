@@ -60,6 +60,10 @@ class Decision:
     # For the audit trail, when it is on: Envoy's x-request-id and the SHA-256 of the body.
     request_id: str | None = None
     prompt_hash: str | None = None
+    # The tenant's escalation rule may suspend this request's answer (E2): its tries keep the
+    # client's body and judge the answer against the rule. Never a stream, a probe or a replay
+    # a person already decided on.
+    escalate: bool = False
 
     def encode(self) -> Meta:
         out: Meta = {
@@ -84,6 +88,7 @@ class Decision:
             "response_format": self.response_format,
             "decided_ms": self.decided_ms,
             "shadow": self.shadow,
+            "escalate": self.escalate,
         }
         if self.anthropic_version is not None:
             out["anthropic_version"] = self.anthropic_version
@@ -132,6 +137,7 @@ class Decision:
             shadow=f.flag(meta, "shadow", k),
             request_id=f.optional_text(meta, "request_id", k),
             prompt_hash=f.optional_text(meta, "prompt_hash", k),
+            escalate=f.flag(meta, "escalate", k),
         )
 
 

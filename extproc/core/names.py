@@ -65,6 +65,10 @@ TASK_ID_HEADER = "x-rungway-task-id"
 TASK_STATUS_HEADER = "x-rungway-task-status"
 REPLAY_HEADER = "x-rungway-replay"
 LOCATION = "location"
+# Escalation (E2): on an escalated request's answers, what became of it (escalated, approved,
+# redirected, rejected); on a replay `rungway up` sends after a person's decision (with the
+# replay header only), `reviewed` or `rung=N` (pinned to rung N of the request's ladder).
+ESCALATION_HEADER = "x-rungway-escalation"
 
 # ---- paths --------------------------------------------------------------------------------------
 

@@ -35,11 +35,20 @@ from __future__ import annotations
 import logging
 import secrets
 from enum import StrEnum
-from typing import Any, Final
+from typing import Any, Final, Literal, overload
 
 from ..audit import Kind
-from ..core import CLIENT_STATUS, Failure, Impact, Observation, QuotaSignal
-from ..core.names import META_DECISION, META_TRIP, REASON, RELAY_FLAGS_HEADER
+from ..core import CLIENT_STATUS, Dialect, Failure, Impact, Observation, QuotaSignal
+from ..core.names import (
+    ANTHROPIC_MESSAGES_PATH,
+    META_DECISION,
+    META_TRIP,
+    OPENAI_CHAT_PATH,
+    REASON,
+    RELAY_FLAGS_HEADER,
+    endpoint_key,
+)
+from ..escalation import armed, triggers
 from ..health.contract import Contract
 from ..policy import Policy
 from ..routing.quota import HEADERS as QUOTA_HEADERS
@@ -76,6 +85,7 @@ from .effects import (
     TryEnded,
     TryRefused,
 )
+from .escalation import escalate, signals_of
 from .flags import own_answer_headers
 from .request import (
     UNSHAPED,
@@ -204,6 +214,8 @@ class AttemptProcessor:
         # A stream's rescue (filters/rescue.py): the client's request body, kept for it.
         self._client_body: bytes | None = None
         self._rescue: Rescue | None = None
+        # An escalation-armed request (Decision.escalate): the client's body, kept for the state.
+        self._escalation_body: bytes | None = None
         self._rescue_chunk_at = 0.0
         self._rescue_started_at = 0.0
         # What the per-tenant metrics learn of this try when it ends (TryEnded).
@@ -320,7 +332,7 @@ class AttemptProcessor:
             # Nothing of a skipped slot needs the sidecar: the relay's answer carries its own
             # retry mark. (A stream's duplex mode cannot be overridden: _pass_skip relays it.)
             with_mode(response, _SKIPPED_SLOT)
-        elif not plan.needs_body and not plan.stream:
+        elif not plan.needs_body and not plan.stream and not plan.decision.escalate:
             with_mode(response, _NO_REQUEST_BODY)
         return [response]
 
@@ -361,6 +373,8 @@ class AttemptProcessor:
         plan = self._started()
         if plan.stream and plan.contract_task(self._policy).rescue:
             self._client_body = request.request_body.body  # a rescue rewrites it for another rung
+        if plan.decision.escalate:
+            self._escalation_body = request.request_body.body  # an escalation stores it
         if not plan.needs_body:
             return [request_body_response()]
         try:
@@ -462,7 +476,8 @@ class AttemptProcessor:
         chunk = request.response_body.body
         end_of_stream = request.response_body.end_of_stream
         if not plan.stream:
-            return [self._judge_json(chunk, headers_phase=False)]
+            judged = self._judge_json(chunk, headers_phase=False)
+            return [judged] if judged is not None else []  # an escalation: the runtime answers
         if end_of_stream:
             self._upstream_done = True
         if self.phase is Phase.RESCUING:
@@ -746,14 +761,58 @@ class AttemptProcessor:
 
     # ---- judging -----------------------------------------------------------------------------
 
-    def _judge_json(self, body: bytes, *, headers_phase: bool) -> ProcessingResponse:
+    @overload
+    def _judge_json(self, body: bytes, *, headers_phase: Literal[True]) -> ProcessingResponse: ...
+    @overload
+    def _judge_json(self, body: bytes, *, headers_phase: Literal[False]) -> ProcessingResponse | None: ...
+    def _judge_json(self, body: bytes, *, headers_phase: bool) -> ProcessingResponse | None:
         ruling = self._rule_on_answer(body)
         self._move(Phase.CLOSED)
+        if not headers_phase and self._escalated(ruling, body):
+            return None  # the runtime stores it, then answers 202 (runtime/server.py)
         if headers_phase:  # an answer without a body: nothing to replace
             response = response_headers_response(_to_client(self._scrub, ruling.set_headers))
         else:
             response = response_body_response(_to_client(self._scrub, ruling.set_headers, body=ruling.body))
         return with_metadata(response, META_TRIP, ruling.record.encode()) if ruling.record is not None else response
+
+    def _escalated(self, ruling: Ruling, body: bytes) -> bool:
+        """Does the tenant's escalation rule hold this answer for a person (E2)? Then the effect
+        that stores it is returned, and the client's answer waits for the store."""
+        plan = self._started()
+        if not plan.decision.escalate or self._escalation_body is None:
+            return False
+        if ruling.next not in (Next.SERVED, Next.FINAL):
+            return False  # the request goes on to another try
+        d = plan.decision
+        rule = armed(self._policy, d.tenant, d.task, d.impact, stream=plan.stream, probe=d.probe, reviewed=False)
+        if rule is None:
+            return False
+        ladder = self._policy.ladders[plan.position.ladder]
+        score = None
+        if rule.score_below is not None:
+            score = self._worker.health_score(endpoint_key(ladder[0].provider, ladder[0].model_for(d.model)))
+        signals = signals_of(plan, self._policy, ruling, self._status, body, score)
+        reasons = triggers(rule, signals)
+        if not reasons:
+            return False
+        effect = escalate(
+            plan,
+            self._policy,
+            reasons=reasons,
+            signals=signals,
+            ruling=ruling,
+            status=self._status,
+            provider_body=body,
+            client_body=self._escalation_body,
+            client_path=ANTHROPIC_MESSAGES_PATH if d.dialect is Dialect.ANTHROPIC else OPENAI_CHAT_PATH,
+            now=self._worker.clock.wall(),
+            render=lambda headers, answer: response_body_response(_to_client(self._scrub, headers, body=answer)),
+        )
+        self._effects.append(effect)
+        detail: dict[str, str | int | float | bool] = {"task_id": effect.task.id}
+        self._audit(Kind.ESCALATED, ",".join(reasons), target=plan.position.rung, detail=detail)
+        return True
 
     def _rule_on_answer(self, body: bytes) -> Ruling:
         plan = self._started()
