@@ -15,6 +15,7 @@ import secrets
 from collections.abc import Callable
 from typing import Any
 
+from ..audit import Entry, Kind
 from ..core import (
     DeferredTask,
     Escalation,
@@ -33,6 +34,7 @@ from .deferral import _task_body, _task_headers
 from .effects import Escalated
 from .flags import flags
 from .request import TryPlan
+from .trail import rung_ref
 from .verdict import Next, Ruling
 from .wire import ProcessingResponse
 
@@ -243,3 +245,86 @@ def event_body(escalation: Escalation, task: DeferredTask, candidate: TaskResult
         },
     }
     return json.dumps(payload, separators=(",", ":")).encode()
+
+
+class ReviewError(ValueError):
+    """A decision that cannot be taken as given (an unknown rung, one the tenant does not permit)."""
+
+
+def redirect_rung(policy: Policy, escalation: Escalation, task: DeferredTask, spec: object) -> int:
+    """The rung of the escalation's ladder a redirect names: its index, or its provider (or
+    `provider/model`). It must be one the tenant's rules permit for the task (tier, residency):
+    a person redirects within the policy, never around it."""
+    rungs = policy.ladders.get(escalation.ladder)
+    if rungs is None:
+        raise ReviewError(f"ladder {escalation.ladder!r} is not in the current policy")
+    index: int | None = None
+    if isinstance(spec, int) and not isinstance(spec, bool):
+        index = spec
+    elif isinstance(spec, str) and spec.isascii() and spec.isdigit():
+        index = int(spec)
+    elif isinstance(spec, str) and spec:
+        named = [
+            i
+            for i, rung in enumerate(rungs)
+            if spec in (rung.provider, f"{rung.provider}/{rung.model_for(task.model)}")
+        ]
+        index = named[0] if named else None
+    if index is None or not 0 <= index < len(rungs):
+        names = ", ".join(f"{i}={r.provider}/{r.model_for(task.model)}" for i, r in enumerate(rungs))
+        raise ReviewError(f"no rung {spec!r} in ladder {escalation.ladder!r} ({names})")
+    rules = policy.tenant(escalation.tenant)
+    tier = policy.tier_of(escalation.ladder, index)
+    if tier > rules.lowest_tier_for(escalation.task):
+        raise ReviewError(f"rung {index} is tier {tier}: tenant {escalation.tenant!r} permits none beyond tier "
+                          f"{rules.lowest_tier_for(escalation.task)} for {escalation.task!r}")  # fmt: skip
+    region = policy.providers[rungs[index].provider].region
+    if rules.regions is not None and region not in rules.regions:
+        raise ReviewError(
+            f"rung {index}'s region {region or 'unknown'} is outside tenant {escalation.tenant!r}'s residency"
+        )
+    return index
+
+
+def reviewed(
+    policy: Policy,
+    escalation: Escalation,
+    task: DeferredTask,
+    candidate: TaskResult | None,
+    review: Review,
+    *,
+    by: str,
+    reason: str,
+    rung: object,
+    now: float,
+) -> tuple[Resolution, TaskResult | None, Entry]:
+    """A person's decision → what the store records, the answer the client will fetch (None:
+    the request is replayed through Envoy, as it is or pinned) and the audit entry."""
+    if not by:
+        raise ReviewError("a decision says who takes it: 'by'")
+    pin = redirect_rung(policy, escalation, task, rung) if review is Review.REDIRECT else None
+    resolution = Resolution(review, by, reason, now, pin)
+    answer: TaskResult | None = None
+    if review is Review.APPROVE and candidate is not None:
+        answer = approved_answer(candidate, now)
+    elif review is Review.REJECT:
+        answer = rejected_answer(task, resolution, policy.stamp)
+    kind = {Review.APPROVE: Kind.APPROVED, Review.REDIRECT: Kind.REDIRECTED, Review.REJECT: Kind.REJECTED}[review]
+    trigger = {Review.APPROVE: "candidate" if answer is not None else "replay"}.get(review, review.value)
+    ladder = escalation.ladder
+    entry = Entry(
+        at=now,
+        kind=kind,
+        tenant=escalation.tenant,
+        task=escalation.task,
+        trigger=trigger,
+        source=rung_ref(policy, ladder, escalation.rung, task.model)
+        if escalation.rung < len(policy.ladders.get(ladder, ()))
+        else None,
+        target=rung_ref(policy, ladder, pin, task.model) if pin is not None else None,
+        policy=policy.stamp,
+        request_id=escalation.request_id,
+        prompt_hash=escalation.prompt_hash,
+        detail={"task_id": escalation.id, "by": by, "reason": reason},
+    )
+    return resolution, answer, entry

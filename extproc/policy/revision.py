@@ -31,6 +31,7 @@ START_ONLY: tuple[tuple[str, ...], ...] = (
     ("health",),  # the health board, retry budget and bus are built from it
     ("approvals",),  # the approvals file a worker follows
     ("shadow",),  # the shadow caller is built from it
+    ("escalation",),  # the workers' escalation store and the pod's webhook desk
 )
 
 

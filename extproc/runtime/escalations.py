@@ -12,20 +12,35 @@ so two people deciding at once cannot both win.
 
 from __future__ import annotations
 
+import asyncio
+import json
+import logging
+import random
 import sqlite3
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
-from ..core import DeferredTask, Escalation, Resolution, TaskResult
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from ..audit import Entry
+from ..core import DeferredTask, Escalation, Resolution, Review, TaskResult
+from ..core.names import ESCALATION_HEADER, TASK_ID_HEADER
 from ..deferral import TaskQueue, TaskState
 from ..deferral import transition as task_transition
 from ..escalation import EscalationState, resolved_state
 from ..escalation import transition as escalation_transition
+from ..filters.escalation import event_body, reviewed
+from ..policy import EscalationSettings, Policy
 from .tasks import SqliteTaskStore
+from .webhook import deliver
+
+log = logging.getLogger("rungway.escalation")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS escalations (
@@ -262,3 +277,157 @@ class SqliteEscalations:
     def mark_notified(self, task_id: str) -> None:
         with self._write() as db:
             db.execute("UPDATE escalations SET notified = 1 WHERE id = ?", (task_id,))
+
+
+class Desk:
+    """`rungway up`'s side of escalation, one per pod: tells the on-call of every escalation (a
+    signed webhook, retried with backoff until delivered or decided; at-least-once: a restart
+    tells again what was not marked delivered), and takes people's decisions from the admin API
+    (stored, audited, counted)."""
+
+    def __init__(
+        self,
+        store: EscalationStore,
+        policy: Callable[[], Policy],
+        audit: Callable[[Entry], None] | None = None,
+        *,
+        every_s: float = 0.5,
+        retry_after_s: float = 30.0,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.store = store
+        self._policy = policy
+        self._audit = audit
+        self._every_s = every_s
+        self._retry_after_s = retry_after_s
+        self._rng = rng or random.Random()
+        self._sending: dict[str, asyncio.Task[None]] = {}
+        self._not_before: dict[str, float] = {}
+        self.decisions: dict[tuple[str, str], int] = {}  # (tenant, outcome) → count
+        self.webhooks: dict[str, int] = {}  # outcome → count
+
+    # ---- webhooks ----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        try:
+            while True:
+                try:
+                    await self.pass_once()
+                except Exception:  # a locked or broken store: the next pass tries again
+                    log.exception("escalation webhook pass failed")
+                await asyncio.sleep(self._every_s)
+        finally:
+            for job in self._sending.values():
+                job.cancel()
+
+    async def pass_once(self) -> None:
+        settings = self._policy().escalation
+        if settings is None:
+            return
+        now = time.time()
+        for view in await asyncio.to_thread(self.store.unnotified, 64):
+            task_id = view.escalation.id
+            if task_id in self._sending or self._not_before.get(task_id, 0.0) > now:
+                continue
+            if view.state is not EscalationState.OPEN:
+                await asyncio.to_thread(self.store.mark_notified, task_id)  # decided or expired meanwhile
+                continue
+            job = asyncio.create_task(self._notify(view, settings.webhook_url, settings))
+            self._sending[task_id] = job
+
+    async def _notify(self, view: EscalationView, url: str, settings: EscalationSettings) -> None:
+        task_id = view.escalation.id
+        try:
+            payload = event_body(view.escalation, view.task, view.candidate)
+            secret = settings.secret.resolve().get_secret_value()
+            headers = {TASK_ID_HEADER: task_id, ESCALATION_HEADER: "escalated"}
+            if await deliver(url, payload, secret, attempts=settings.webhook_attempts, rng=self._rng, headers=headers):
+                await asyncio.to_thread(self.store.mark_notified, task_id)
+                self._count_webhook("delivered")
+            else:
+                self._not_before[task_id] = time.time() + self._retry_after_s
+                self._count_webhook("failed")
+                log.warning("escalation %s: webhook failed %d times", task_id, settings.webhook_attempts)
+        except Exception:
+            self._not_before[task_id] = time.time() + self._retry_after_s
+            log.exception("escalation %s: webhook failed", task_id)
+        finally:
+            self._sending.pop(task_id, None)
+
+    def _count_webhook(self, outcome: str) -> None:
+        self.webhooks[outcome] = self.webhooks.get(outcome, 0) + 1
+
+    # ---- decisions ---------------------------------------------------------------------------
+
+    def decide(self, task_id: str, review: Review, *, by: str, reason: str, rung: object) -> EscalationView:
+        """A person's decision (blocking: run it in a thread). Raises NoSuchEscalationError,
+        ReviewError (a bad decision) or IllegalEscalationError (decided already, or expired)."""
+        view = self.store.escalation(task_id)
+        if view is None:
+            raise NoSuchEscalationError(task_id)
+        resolution, answer, entry = reviewed(
+            self._policy(),
+            view.escalation,
+            view.task,
+            view.candidate,
+            review,
+            by=by,
+            reason=reason,
+            rung=rung,
+            now=time.time(),
+        )
+        decided = self.store.resolve(task_id, resolution, answer)
+        if self._audit is not None:
+            self._audit(entry)
+        key = (view.escalation.tenant, decided.state.value)
+        self.decisions[key] = self.decisions.get(key, 0) + 1
+        log.info("escalation %s %s by %s", task_id, decided.state.value, by)
+        return decided
+
+    def collector(self) -> EscalationCollector:
+        return EscalationCollector(self.store, self)
+
+
+def view_json(view: EscalationView, *, full: bool) -> dict[str, Any]:
+    """An escalation for the admin API and the CLI: the record, its state and decision; `full`
+    adds the request as the client sent it and the candidate answer."""
+    out: dict[str, Any] = {
+        **view.escalation.to_json(),
+        "state": view.state.value,
+        "resolution": view.resolution.to_json() if view.resolution is not None else None,
+        "notified": view.notified,
+    }
+    if full:
+        out.update(json.loads(event_body(view.escalation, view.task, view.candidate)))
+        out.pop("event", None)
+    return out
+
+
+class EscalationCollector(Collector):
+    """Open escalations (read from the store at scrape time), decisions and webhooks."""
+
+    def __init__(self, store: EscalationStore, desk: Desk) -> None:
+        self._store = store
+        self._desk = desk
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "rungway_escalations_open", "Escalated requests waiting for a person's decision.",
+            len(self._store.escalations(open_only=True)),
+        )  # fmt: skip
+        decisions = CounterMetricFamily(
+            "rungway_escalation_decisions",
+            "People's decisions on escalated requests: approved, redirected, rejected.",
+            labels=["tenant", "outcome"],
+        )
+        for (tenant, outcome), n in sorted(self._desk.decisions.items()):
+            decisions.add_metric([tenant, outcome], n)
+        yield decisions
+        webhooks = CounterMetricFamily(
+            "rungway_escalation_webhooks",
+            "On-call webhooks of escalations: delivered, failed (all attempts; retried later).",
+            labels=["outcome"],
+        )
+        for outcome, n in sorted(self._desk.webhooks.items()):
+            webhooks.add_metric([outcome], n)
+        yield webhooks
