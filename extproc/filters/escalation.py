@@ -281,7 +281,7 @@ def redirect_rung(policy: Policy, escalation: Escalation, task: DeferredTask, sp
     region = policy.providers[rungs[index].provider].region
     if rules.regions is not None and region not in rules.regions:
         raise ReviewError(
-            f"rung {index}'s region {region or 'unknown'} is outside tenant {escalation.tenant!r}'s residency"
+            f"rung {index}'s region {region or 'unknown'} is outside the residency of tenant {escalation.tenant!r}"
         )
     return index
 

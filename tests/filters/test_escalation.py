@@ -266,7 +266,7 @@ def test_a_redirect_names_a_rung_by_index_or_provider(spec: object) -> None:
         ("nobody", {}, "no rung 'nobody'"),
         (None, {}, "no rung None"),
         (2, {"lowest_tier": 1}, "permits none beyond tier 1"),
-        (1, {"regions": ["eu"]}, "outside tenant 'acme''s residency"),
+        (1, {"regions": ["eu"]}, "outside the residency of tenant 'acme'"),
     ],
 )
 def test_a_redirect_stays_within_the_tenants_policy(spec: object, tenant: dict[str, Any], message: str) -> None:
