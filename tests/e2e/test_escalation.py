@@ -239,3 +239,58 @@ def test_an_answer_from_the_primary_and_a_stream_are_never_held(fresh: Fleet, tm
         assert metric(stack.metrics(), "rungway_escalations_total", tenant="app", outcome="escalated") == 0
         with httpx.Client(timeout=10) as client:
             assert client.get(stack.admin_url + "/escalations").json() == {"escalations": []}
+
+
+def test_an_unsure_answer_and_an_anthropic_clients_answer_are_held_behind_an_authenticated_admin(
+    fresh: Fleet, tmp_path: Path
+) -> None:
+    """The confidence signal (the provider's logprobs, when the request asks for them) holds even
+    the primary's answer; an Anthropic client gets its own dialect's envelope and error; the admin
+    API wants its bearer token for escalations as for everything else."""
+    token = "admin-token-0123456789abcdef"
+    (tmp_path / "admin.token").write_text(token + "\n")
+    with Receiver() as oncall:
+        policy = escalation_policy(fresh, tmp_path, oncall.url)
+        policy["tenants"]["app"]["escalate"] = {"impact": "customer_facing", "tier": 1, "min_logprob": -1.0}
+        with running(policy, env={**ENV, "RUNGWAY_ADMIN_TOKEN": token}) as stack:
+            sure = stack.openai().chat.completions.with_raw_response.create(
+                model="gpt-4o", messages=[{"role": "user", "content": "hi"}], logprobs=True
+            )
+            assert sure.status_code == 200 and sure.headers["x-rungway-tier"] == "0"
+            fresh.primary.set_mode("unsure")
+            unsure = stack.openai().chat.completions.with_raw_response.create(
+                model="gpt-4o", messages=[{"role": "user", "content": "hi"}], logprobs=True
+            )
+            assert unsure.status_code == 202 and unsure.headers["x-rungway-task-status"] == "escalated"
+            _, body = oncall.payload(unsure.headers["x-rungway-task-id"])
+            event = json.loads(body)
+            assert event["reasons"] == ["logprob"] and event["mean_logprob"] == -2.5 and event["tier"] == 0
+
+            fresh.secondary.set_mode("status:503")  # the Anthropic client's ladder starts there
+            raw = stack.anthropic().messages.with_raw_response.create(
+                model="claude-sonnet", max_tokens=64, messages=[{"role": "user", "content": "hi"}]
+            )
+            assert raw.status_code == 202 and raw.headers["x-rungway-task-status"] == "escalated"
+            task_id = raw.headers["x-rungway-task-id"]
+            envelope = json.loads(raw.http_response.text)
+            assert (envelope["type"], envelope["content"], envelope["status"]) == ("rungway.task", [], "escalated")
+
+            with httpx.Client(timeout=10) as client:
+                assert client.get(stack.admin_url + "/escalations").status_code == 401
+                refused = client.post(stack.admin_url + f"/escalations/{task_id}/reject", json={"by": "mallory"})
+                assert refused.status_code == 401
+            admin = (
+                "--admin",
+                stack.admin_url.removeprefix("http://"),
+                "--admin-token-file",
+                str(tmp_path / "admin.token"),
+            )
+            listed = rungway("escalation", "list", *admin)
+            assert listed.returncode == 0 and task_id in listed.stdout, listed.stderr
+            rejected = rungway("escalation", "reject", task_id, *admin, "--by", "oncall-ana", "--reason", "wrong tone")
+            assert rejected.returncode == 0, rejected.stderr
+            answer = answered(stack, stack.app_key, f"/v1/rungway/tasks/{task_id}")
+            assert answer.status_code == 403
+            error = answer.json()
+            assert error["type"] == "error" and error["error"]["rungway_reason"] == "not_permitted"
+            assert "wrong tone" in error["error"]["message"]
