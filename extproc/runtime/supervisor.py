@@ -653,6 +653,12 @@ class Supervisor:
         }
         if self.drainer is not None:
             body["deferral"] = await asyncio.to_thread(self.drainer.snapshot, time.time())
+        if self.desk is not None:
+            held = await asyncio.to_thread(self.desk.store.escalations, open_only=True)
+            body["escalation"] = {
+                "open": len(held),
+                "oldest_age_s": round(time.time() - held[0].escalation.at, 3) if held else 0.0,
+            }
         if self.audit_dir is not None:
             backlog = self._audit_backlog()
             alarm = backlog >= self.options.policy.audit.alarm_records

@@ -172,6 +172,7 @@ def test_held_answers_wait_for_a_person_across_a_restart_and_are_audited(fresh: 
             assert all(i in listed.stdout for i in (approve_id, redirect_id, reject_id))
             assert metric(stack.metrics(), "rungway_escalations_total", tenant="app", outcome="escalated") == 3
             assert metric(stack.metrics(), "rungway_escalations_open") == 3
+            assert stack.status()["escalation"]["open"] == 3
 
         # A new `rungway up` on the same store: the held requests are still there, and decided.
         fresh.primary.set_mode("ok")
