@@ -9,6 +9,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from extproc.core import DeferredTask, Dialect, Escalation, Impact, Resolution, Review, Step, TaskResult
 from extproc.deferral import TaskState
@@ -185,3 +187,65 @@ def test_two_processes_deciding_at_once_have_one_winner(tmp_path: Path) -> None:
     view = store.escalation("e1")
     assert view is not None and view.state.value in ("approved", "rejected")
     store.close()
+
+
+class EscalationMachine(RuleBasedStateMachine):
+    """Random holds, decisions, replays and time passing over the in-memory store: a decision is
+    taken once and never changes, an open escalation's task waits (never replayed), a decided
+    one's task is answered or queued as the decision says."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.store = MemoryEscalations()
+        self.now = 0.0
+        self.decided: dict[str, Resolution] = {}
+        self.ids: list[str] = []
+
+    @rule(tenant=st.sampled_from(["acme", "blue"]))
+    def hold(self, tenant: str) -> None:
+        task_id = f"e{len(self.ids)}"
+        self.ids.append(task_id)
+        self.store.escalate(held_task(task_id, tenant, self.now), record(task_id, tenant, self.now), CANDIDATE)
+
+    @precondition(lambda self: self.ids)
+    @rule(data=st.data(), review=st.sampled_from(list(Review)), with_answer=st.booleans())
+    def decide(self, data: st.DataObject, review: Review, with_answer: bool) -> None:
+        task_id = data.draw(st.sampled_from(self.ids))
+        view = self.store.escalation(task_id)
+        assert view is not None
+        resolution = Resolution(review, "ana", "", self.now, 1 if review is Review.REDIRECT else None)
+        answer = CANDIDATE if with_answer and review is not Review.REDIRECT else None
+        if view.state is not EscalationState.OPEN:
+            with pytest.raises(IllegalEscalationError):
+                self.store.resolve(task_id, resolution, answer)
+            return
+        assert self.store.resolve(task_id, resolution, answer).resolution == resolution
+        self.decided[task_id] = resolution
+
+    @rule(seconds=st.floats(0, 50))
+    def time_passes(self, seconds: float) -> None:
+        self.now += seconds
+        self.store.queue.sweep(self.now, task_ttl_s=100.0, result_ttl_s=1e9)
+
+    @rule()
+    def replay(self) -> None:
+        for candidate in self.store.queue.replayable(self.now, per_tenant=8):
+            claimed = self.store.queue.claim(candidate.id, self.now, 10.0)
+            assert claimed is not None and claimed.reviewed  # only a decided escalation is replayed
+            self.store.queue.finish(candidate.id, TaskResult(200, (), b"replayed", self.now))
+
+    @invariant()
+    def decisions_stand_and_tasks_follow_them(self) -> None:
+        for view in self.store.escalations():
+            task = self.store.queue.lookup(view.escalation.id, view.escalation.tenant)
+            assert task is not None
+            if view.escalation.id in self.decided:
+                assert view.resolution == self.decided[view.escalation.id]
+                assert task.state is not TaskState.ESCALATED
+            elif view.state is EscalationState.OPEN:
+                assert task.state is TaskState.ESCALATED
+            else:
+                assert view.state is EscalationState.EXPIRED and task.state is TaskState.EXPIRED
+
+
+TestEscalationMachine = EscalationMachine.TestCase
