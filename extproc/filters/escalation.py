@@ -30,7 +30,7 @@ from ..deferral import TaskState
 from ..escalation import Signals
 from ..policy import Policy
 from ..translate import load_json, mean_logprob, render_error
-from .deferral import _task_body, _task_headers
+from .deferral import task_body, task_headers
 from .effects import Escalated
 from .flags import flags
 from .request import TryPlan
@@ -86,9 +86,8 @@ def history_of(plan: TryPlan, ruling: Ruling) -> tuple[Step, ...]:
     rung, the previous try, and this one."""
     steps: list[Step] = []
     previous = plan.previous
-    first = previous.first_failure if previous is not None else None
-    if first is not None and (previous is None or previous.rung != 0):
-        steps.append(Step(0, first.value))
+    if previous is not None and previous.first_failure is not None and previous.rung != 0:
+        steps.append(Step(0, previous.first_failure.value))
     if previous is not None and not previous.skipped:
         steps.append(Step(previous.rung, previous.failure.value if previous.failure else "unknown"))
     elif previous is None and plan.decision.skip is not None and plan.position.rung != 0:
@@ -164,10 +163,10 @@ def escalate(
             policy_version=policy.stamp,
             attempts=plan.real_tries,
         ),
-        **_task_headers(task.id, TaskState.ESCALATED, flags_={}),
+        **task_headers(task.id, TaskState.ESCALATED, flags_={}),
         ESCALATION_HEADER: "escalated",
     }
-    body = _task_body(task.id, d.dialect, d.model, TaskState.ESCALATED, now)
+    body = task_body(task.id, d.dialect, d.model, TaskState.ESCALATED, now)
     accepted = {**headers, "content-length": str(len(body))}
     message = "this answer needs a person's review and could not be held for one; retry later"
     error = render_error(d.dialect.value, Failure.SERVER_ERROR, message)
