@@ -31,6 +31,7 @@ from tests.stack import REPO, Stack, running
 pytestmark = pytest.mark.e2e
 SECRET = "escalation-secret-0123456789"
 ENV = {**KEY_ENV, "RW_TEST_ESCALATION_SECRET": SECRET}
+SUMMARY = {"x-rungway-task": "summarizer"}
 
 
 class Receiver:
@@ -295,3 +296,35 @@ def test_an_unsure_answer_and_an_anthropic_clients_answer_are_held_behind_an_aut
             error = answer.json()
             assert error["type"] == "error" and error["error"]["rungway_reason"] == "not_permitted"
             assert "wrong tone" in error["error"]["message"]
+
+
+def test_an_answer_that_breaks_the_contract_on_every_rung_is_held_and_approved_as_a_replay(
+    fresh: Fleet, tmp_path: Path
+) -> None:
+    """The contract signal: every rung answers too short for the task class, so no candidate;
+    approving replays the request as it is (never held again), and the recovered primary answers."""
+    with Receiver() as oncall:
+        policy = escalation_policy(fresh, tmp_path, oncall.url)
+        policy["tenants"]["app"]["escalate"] = {"impact": "customer_facing", "contract": True}
+        for mock in (fresh.primary, fresh.secondary, fresh.small):
+            mock.set_mode("tokens:2")  # the summarizer task class wants at least 10
+        with running(policy, env=ENV) as stack:
+            raw = stack.openai().chat.completions.with_raw_response.create(
+                model="gpt-4o", messages=[{"role": "user", "content": "summarise"}], extra_headers=SUMMARY
+            )
+            assert raw.status_code == 202 and raw.headers["x-rungway-task-status"] == "escalated"
+            task_id = raw.headers["x-rungway-task-id"]
+            _, body = oncall.payload(task_id)
+            event = json.loads(body)
+            assert event["reasons"] == ["contract"] and event["candidate"] is None
+            assert event["history"][-1] == {"rung": 2, "outcome": "quality_regression"}
+            for mock in (fresh.primary, fresh.secondary, fresh.small):
+                mock.set_mode("ok")
+            approved = decide(stack, "approve", task_id)
+            assert approved.returncode == 0, approved.stderr
+            answer = answered(stack, stack.app_key, f"/v1/rungway/tasks/{task_id}")
+            assert answer.status_code == 200
+            assert answer.headers["x-rungway-served-by"] == "primary/gpt-4o"
+            assert answer.headers["x-rungway-escalation"] == "approved"
+            assert ChatCompletion.model_validate_json(answer.content).choices[0].message.content
+            assert metric(stack.metrics(), "rungway_escalations_total", tenant="app", outcome="escalated") == 1
