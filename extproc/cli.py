@@ -481,6 +481,61 @@ def cmd_approve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_escalation(args: argparse.Namespace) -> int:
+    """`rungway escalation list|show|approve|redirect|reject` against `rungway up`'s admin API."""
+    import getpass
+    import json
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    base = f"http://{args.admin[0]}:{args.admin[1]}/escalations"
+    token = _admin_token(args.admin_token_file)
+    headers = {"authorization": f"Bearer {token}"} if token else {}
+    data = None
+    if args.escalation_command == "list":
+        query = {"state": "all" if args.all else "open", **({"tenant": args.tenant} if args.tenant else {})}
+        url = f"{base}?{urllib.parse.urlencode(query)}"
+    elif args.escalation_command == "show":
+        url = f"{base}/{urllib.parse.quote(args.id, safe='')}"
+    else:
+        url = f"{base}/{urllib.parse.quote(args.id, safe='')}/{args.escalation_command}"
+        decision: dict[str, object] = {"by": args.by or getpass.getuser(), "reason": args.reason}
+        if args.escalation_command == "redirect":
+            decision["rung"] = int(args.rung) if args.rung.isdigit() else args.rung
+        data = json.dumps(decision).encode()
+        headers["content-type"] = "application/json"
+    request = urllib.request.Request(url, data=data, headers=headers, method="POST" if data else "GET")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            body = json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        try:
+            error = json.loads(exc.read()).get("error", exc.reason)
+        except ValueError:
+            error = exc.reason
+        print(f"{exc.code}: {error}", file=sys.stderr)
+        return 1
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        print(f"cannot reach {base}: {exc}", file=sys.stderr)
+        return 1
+    if args.json or args.escalation_command == "show":
+        print(json.dumps(body, indent=2))
+        return 0
+    rows = body["escalations"] if "escalations" in body else [body["escalation"]]
+    for e in rows:
+        decided = e.get("resolution") or {}
+        by = f" by {decided['by']}" if decided else ""
+        print(
+            f"{e['id']}  {e['state']:<10}{by}  {e['tenant']}/{e['task']}  {e['impact']}  "
+            f"{e['served_by']} (tier {e['tier']})  reasons={','.join(e['reasons'])}  "
+            f"candidate={'yes' if e['has_candidate'] else 'no'}"
+        )
+    if not rows:
+        print("no escalations")
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     import json
     import urllib.error
@@ -983,6 +1038,37 @@ def build_parser() -> argparse.ArgumentParser:
     approve.add_argument("--revoke", action="store_true", help="end the tenant's approval (for --task, or all)")
     approve.add_argument("--list", action="store_true", help="the approvals in force")
     approve.set_defaults(func=cmd_approve)
+
+    escalation = sub.add_parser(
+        "escalation", help="answers held for a person (E2): list, show, approve, redirect, reject"
+    )
+    escalation_sub = escalation.add_subparsers(dest="escalation_command", required=True)
+    for name, text in (
+        ("list", "escalations waiting for a decision (--all: decided and expired too)"),
+        ("show", "one escalation: why, its rungs, the request and the candidate answer"),
+        ("approve", "the candidate answer stands (none: the request is replayed as it is)"),
+        ("redirect", "replay the request on one rung of its ladder (index or provider)"),
+        ("reject", "the client gets an error saying a person rejected the answer"),
+    ):
+        cmd = escalation_sub.add_parser(name, help=text)
+        cmd.add_argument("--admin", type=_address, default=("127.0.0.1", 9901))
+        cmd.add_argument(
+            "--admin-token-file",
+            type=Path,
+            help=f"the admin bearer token, when `up` requires one (or set {ADMIN_TOKEN_ENV})",
+        )
+        cmd.add_argument("--json", action="store_true", help="the admin API's JSON")
+        if name == "list":
+            cmd.add_argument("--tenant")
+            cmd.add_argument("--all", action="store_true")
+        else:
+            cmd.add_argument("id", help="the task id (x-rungway-task-id)")
+        if name == "redirect":
+            cmd.add_argument("rung", help="a rung of the escalation's ladder: its index or provider[/model]")
+        if name in ("approve", "redirect", "reject"):
+            cmd.add_argument("--by", default="", help="who decides (default: the user running this)")
+            cmd.add_argument("--reason", default="")
+        cmd.set_defaults(func=cmd_escalation)
 
     status = sub.add_parser("status", help="circuits, scores and budgets of a running `rungway up`, as a table")
     status.add_argument("--admin", type=_address, default=("127.0.0.1", 9901))

@@ -34,6 +34,10 @@ class Kind(StrEnum):
     POLICY_RELOAD = "policy_reload"  # the serving policy changed version
     TORN_TAIL = "torn_tail"  # the log's writer found (and cut) a partly written last line at start
     RETENTION = "retention"  # the writer deleted segments older than the policy keeps
+    ESCALATED = "escalated"  # an answer was suspended for a person's decision (E2)
+    APPROVED = "escalation_approved"  # a person approved it (the candidate answer, or a replay)
+    REDIRECTED = "escalation_redirected"  # a person sent it to one rung of its ladder
+    REJECTED = "escalation_rejected"  # a person rejected it: the client gets an error
 
 
 class RecordError(ValueError):

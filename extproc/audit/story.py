@@ -58,6 +58,14 @@ def sentence(entry: Entry) -> str:
             return f"the writer cut {entry.detail.get('torn_bytes')} torn byte(s) from {entry.detail.get('segment')}"
         case Kind.RETENTION:
             return f"retention deleted {entry.detail.get('segments')} segment(s) before seq {entry.detail.get('pruned_before')}"
+        case Kind.ESCALATED:
+            return f"answer of {dst} held for a person ({why}): task {entry.detail.get('task_id', '?')}"
+        case Kind.APPROVED:
+            return f"task {entry.detail.get('task_id', '?')} approved by {entry.detail.get('by', '?')} ({why})"
+        case Kind.REDIRECTED:
+            return f"task {entry.detail.get('task_id', '?')} redirected to {dst} by {entry.detail.get('by', '?')}"
+        case Kind.REJECTED:
+            return f"task {entry.detail.get('task_id', '?')} rejected by {entry.detail.get('by', '?')}"
 
 
 def line(record: Record) -> str:

@@ -9,6 +9,7 @@ Imports nothing else of ours (a test enforces it), so any room may import it.
 from .clock import Clock, FakeClock, SystemClock
 from .decision import Decision, PassedThrough, Refused, RungAddress, TripRecord
 from .dialect import Capability, Dialect, ToolMode
+from .escalation import Escalation, Resolution, Review, Step
 from .events import (
     Abandoned,
     BusEvent,
@@ -41,6 +42,7 @@ __all__ = [
     "DeferredTask",
     "DegradedAnswer",
     "Dialect",
+    "Escalation",
     "Failure",
     "FakeClock",
     "FrameKey",
@@ -54,9 +56,12 @@ __all__ = [
     "Refused",
     "Rejection",
     "RequestsDecided",
+    "Resolution",
     "Retry",
+    "Review",
     "RungAddress",
     "Spent",
+    "Step",
     "SystemClock",
     "TaskResult",
     "ToolMode",

@@ -63,6 +63,10 @@ class Decision:
     # A re-run on recovery (E3): its answer goes to Rungway's re-runner alone, and is never kept
     # for review itself.
     rerun: bool = False
+    # The tenant's escalation rule may suspend this request's answer (E2): its tries keep the
+    # client's body and judge the answer against the rule. Never a stream, a probe or a replay
+    # a person already decided on.
+    escalate: bool = False
 
     def encode(self) -> Meta:
         out: Meta = {
@@ -88,6 +92,7 @@ class Decision:
             "decided_ms": self.decided_ms,
             "shadow": self.shadow,
             "rerun": self.rerun,
+            "escalate": self.escalate,
         }
         if self.anthropic_version is not None:
             out["anthropic_version"] = self.anthropic_version
@@ -137,6 +142,7 @@ class Decision:
             request_id=f.optional_text(meta, "request_id", k),
             prompt_hash=f.optional_text(meta, "prompt_hash", k),
             rerun=f.flag(meta, "rerun", k),
+            escalate=f.flag(meta, "escalate", k),
         )
 
 

@@ -71,6 +71,10 @@ REPLAY_HEADER = "x-rungway-replay"
 # to the ladder's tier-0 rung, never kept for review again, its answer for Rungway alone.
 RERUN_HEADER = "x-rungway-rerun"
 LOCATION = "location"
+# Escalation (E2): on an escalated request's answers, what became of it (escalated, approved,
+# redirected, rejected); on a replay `rungway up` sends after a person's decision (with the
+# replay header only), `reviewed` or `rung=N` (pinned to rung N of the request's ladder).
+ESCALATION_HEADER = "x-rungway-escalation"
 
 # ---- paths --------------------------------------------------------------------------------------
 

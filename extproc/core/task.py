@@ -34,10 +34,20 @@ class DeferredTask:
     headers: Headers  # what the replay must carry again (anthropic-version, anthropic-beta)
     body: bytes
     accepted_at: float  # wall clock
+    # An escalated request a person decided on (E2): its replay is never escalated again, and a
+    # redirect pins it to one rung of its ladder.
+    reviewed: bool = False
+    pin: int | None = None
 
     def encode(self) -> str:
+        extra: dict[str, object] = {}
+        if self.reviewed:
+            extra["reviewed"] = True
+        if self.pin is not None:
+            extra["pin"] = self.pin
         return json.dumps(
             {
+                **extra,
                 "v": TASK_VERSION,
                 "id": self.id,
                 "tenant": self.tenant,
@@ -67,6 +77,8 @@ class DeferredTask:
                 headers=_headers(raw),
                 body=body,
                 accepted_at=_number(raw, "accepted_at"),
+                reviewed=_optional_flag(raw, "reviewed"),
+                pin=_optional_index(raw, "pin"),
             )
         except ValueError as exc:
             raise ContractError(f"deferred task: {exc}") from None
@@ -125,6 +137,20 @@ def _number(raw: dict[str, Any], key: str) -> float:
     if not isinstance(value, int | float) or isinstance(value, bool):
         raise ContractError(f"task record.{key}: {value!r} is not a number")
     return float(value)
+
+
+def _optional_flag(raw: dict[str, Any], key: str) -> bool:
+    value = raw.get(key, False)
+    if not isinstance(value, bool):
+        raise ContractError(f"task record.{key}: {value!r} is not true or false")
+    return value
+
+
+def _optional_index(raw: dict[str, Any], key: str) -> int | None:
+    value = raw.get(key)
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+        raise ContractError(f"task record.{key}: {value!r} is not a rung index")
+    return value
 
 
 def _headers(raw: dict[str, Any]) -> Headers:

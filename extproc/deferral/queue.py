@@ -26,6 +26,9 @@ class TaskState(StrEnum):
     RUNNING = "running"
     DONE = "done"
     EXPIRED = "expired"
+    # Suspended for a person's decision (E2, escalation/): never replayed, never counted
+    # against the tenant's deferral capacity, expired by the same task TTL.
+    ESCALATED = "escalated"
 
 
 TRANSITIONS: frozenset[tuple[TaskState, TaskState]] = frozenset(
@@ -37,9 +40,13 @@ TRANSITIONS: frozenset[tuple[TaskState, TaskState]] = frozenset(
         (TaskState.QUEUED, TaskState.DONE),  # a lapsed lease's replay answered after all
         (TaskState.QUEUED, TaskState.EXPIRED),
         (TaskState.RUNNING, TaskState.EXPIRED),
+        (TaskState.ESCALATED, TaskState.DONE),  # approved with its candidate answer, or rejected
+        (TaskState.ESCALATED, TaskState.QUEUED),  # approved without one, or redirected: replayed
+        (TaskState.ESCALATED, TaskState.EXPIRED),  # no one decided in time
     }
 )
 PENDING = frozenset({TaskState.QUEUED, TaskState.RUNNING})
+WAITING = PENDING | {TaskState.ESCALATED}  # not answered yet: expired after the task TTL
 
 
 class IllegalTransitionError(ValueError):
@@ -120,6 +127,7 @@ class TaskView:
 class Swept:
     expired: tuple[str, ...]  # tenants of the tasks that expired, one entry per task
     dropped: int  # DONE / EXPIRED tasks past their result TTL, gone
+    escalations_expired: tuple[str, ...] = ()  # tenants of escalated tasks no one decided on in time
 
 
 @dataclass(slots=True)
@@ -179,19 +187,45 @@ class TaskQueue:
         e.ended_at = result.finished_at
         return True
 
+    def hold(self, task: DeferredTask) -> None:
+        """Stored ESCALATED (E2): waits for a person, outside the tenant's deferral capacity.
+        Holding an id twice keeps the first."""
+        self._entries.setdefault(task.id, _Entry(task, state=TaskState.ESCALATED))
+
+    def release(self, task: DeferredTask) -> bool:
+        """An escalated task a person sent on (approved without a candidate, redirected): QUEUED
+        for a replay with `task`'s record (reviewed, perhaps pinned). False unless ESCALATED."""
+        e = self._entries.get(task.id)
+        if e is None or e.state is not TaskState.ESCALATED:
+            return False
+        e.state = transition(e.state, TaskState.QUEUED)
+        e.task = task
+        return True
+
+    def close(self, task_id: str, result: TaskResult) -> bool:
+        """An escalated task a person answered (its candidate approved, or rejected): DONE."""
+        e = self._entries.get(task_id)
+        if e is None or e.state is not TaskState.ESCALATED:
+            return False
+        e.state = transition(e.state, TaskState.DONE)
+        e.result = result
+        e.ended_at = result.finished_at
+        return True
+
     def sweep(self, now: float, task_ttl_s: float, result_ttl_s: float) -> Swept:
         expired: list[str] = []
+        held: list[str] = []
         gone: list[str] = []
         for task_id, e in self._entries.items():
-            if e.state in PENDING and now - e.task.accepted_at >= task_ttl_s:
+            if e.state in WAITING and now - e.task.accepted_at >= task_ttl_s:
+                (held if e.state is TaskState.ESCALATED else expired).append(e.task.tenant)
                 e.state = transition(e.state, TaskState.EXPIRED)
                 e.ended_at = now
-                expired.append(e.task.tenant)
-            elif e.state not in PENDING and now - e.ended_at >= result_ttl_s:
+            elif e.state not in WAITING and now - e.ended_at >= result_ttl_s:
                 gone.append(task_id)
         for task_id in gone:
             del self._entries[task_id]
-        return Swept(tuple(expired), len(gone))
+        return Swept(tuple(expired), len(gone), tuple(held))
 
     # ---- queries -----------------------------------------------------------------------------
 

@@ -11,6 +11,9 @@ token, and input tokens = request body bytes // 4. A stream sends one word per e
 are too, unless `jitter` is set: then `delay:S` and `brownout` wait a lognormal time whose p95 is
 the mode's (sigma = jitter, from a seeded random.Random), as an LLM provider's latency spreads.
 
+An OpenAI-style answer to a request that asks for `logprobs` carries them, one per word: -0.05
+each (a sure model), or -2.5 in mode `unsure` (the same words, guessed: a confidence signal).
+
 Stream-only modes applied to a non-streaming request fall back to their nearest JSON equivalent,
 so a sticky mode means something for every request: `first_delay:S` and `stall:N:S` wait S seconds
 before answering, `cut:N` and `endless_line:N` send a truncated body, `reset_after:N` resets,
@@ -47,7 +50,7 @@ import struct
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Final, Literal, TypeAlias
 
 from aiohttp import web
@@ -56,7 +59,7 @@ Dialect: TypeAlias = Literal["openai", "anthropic"]
 
 DEFAULT_TOKENS: Final = 12
 MODE_GRAMMAR: Final = (
-    "ok, tokens:N, json, tool, status:CODE[:RETRY_AFTER], bad_key, noprefill, mimic:NAME:MODEL[:noprefill], delay:S, reset, "
+    "ok, unsure, tokens:N, json, tool, status:CODE[:RETRY_AFTER], bad_key, noprefill, mimic:NAME:MODEL[:noprefill], delay:S, reset, "
     "invalid_json, empty, "
     "empty_tool, safety, context_overflow, big:BYTES, sse_error, first_delay:S, stall:N:S[:TOTAL], cut:N[:TOTAL], "
     "no_done, finish_hang:S, reset_after:N[:TOTAL], quota:REMAINING:RESET_S, brownout:FAIL_SHARE:FROM_S:TO_S:OVER_S, "
@@ -76,6 +79,7 @@ _Z95: Final = 1.6448536269514722  # the standard normal's 95th percentile
 _PLAIN: Final = frozenset(
     {
         "ok",
+        "unsure",
         "noprefill",
         "json",
         "tool",
@@ -247,6 +251,8 @@ class _Reply:
     output_tokens: int
     finish: Literal["stop", "tool", "safety"]
     tool_name: str = ""
+    # Each token's logprob, when the request asked for logprobs (OpenAI's `logprobs: true`).
+    logprob: float | None = None
 
     @property
     def text(self) -> str:
@@ -309,6 +315,18 @@ def assistant_prefill(payload: Mapping[str, Any]) -> str | None:
     return None
 
 
+def _logprobs(reply: _Reply) -> dict[str, Any] | None:
+    if reply.logprob is None:
+        return None
+    return {
+        "content": [
+            {"token": piece, "logprob": reply.logprob, "bytes": list(piece.encode()), "top_logprobs": []}
+            for piece in reply.pieces
+        ],
+        "refusal": None,
+    }
+
+
 def _continued(prefill: str, total: int) -> tuple[str, ...]:
     """The rest of a deterministic answer after its prefill: the words after the last `wK`."""
     found = re.findall(r"w(\d+)", prefill)
@@ -317,6 +335,14 @@ def _continued(prefill: str, total: int) -> tuple[str, ...]:
 
 
 def _build_reply(name: str, mode: Mode, payload: Mapping[str, Any], body_size: int) -> _Reply:
+    reply = _reply_of(name, mode, payload, body_size)
+    if payload.get("logprobs") is True and reply.finish == "stop":
+        # A sure model's tokens, or (`unsure`) a model guessing: what a confidence signal reads.
+        return replace(reply, logprob=-2.5 if mode.kind == "unsure" else -0.05)
+    return reply
+
+
+def _reply_of(name: str, mode: Mode, payload: Mapping[str, Any], body_size: int) -> _Reply:
     model = str(payload["model"])
     prompt = body_size // 4
     kind = mode.kind
@@ -434,7 +460,7 @@ class _OpenAIWire:
     )
 
     def completion(self, reply: _Reply, rid: str, created: int) -> bytes:
-        if reply.finish != "tool":
+        if reply.finish != "tool" and reply.logprob is None:
             return self._text_template % (
                 rid.encode(),
                 created,
@@ -460,7 +486,7 @@ class _OpenAIWire:
                 "object": "chat.completion",
                 "created": created,
                 "model": reply.model,
-                "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
+                "choices": [{"index": 0, "message": message, "logprobs": _logprobs(reply), "finish_reason": finish}],
                 "usage": self._usage(reply),
                 "system_fingerprint": "fp_mock",
             }

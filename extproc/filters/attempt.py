@@ -35,7 +35,7 @@ from __future__ import annotations
 import logging
 import secrets
 from enum import StrEnum
-from typing import Any, Final
+from typing import Any, Final, Literal, overload
 
 from ..audit import Kind, prompt_hash
 from ..core import CLIENT_STATUS, DegradedAnswer, Dialect, Failure, Impact, Observation, QuotaSignal
@@ -46,7 +46,9 @@ from ..core.names import (
     OPENAI_CHAT_PATH,
     REASON,
     RELAY_FLAGS_HEADER,
+    endpoint_key,
 )
+from ..escalation import armed, triggers
 from ..health.contract import Contract
 from ..policy import Policy
 from ..routing.quota import HEADERS as QUOTA_HEADERS
@@ -84,6 +86,7 @@ from .effects import (
     TryEnded,
     TryRefused,
 )
+from .escalation import escalate, signals_of
 from .flags import own_answer_headers
 from .request import (
     UNSHAPED,
@@ -212,6 +215,8 @@ class AttemptProcessor:
         # A stream's rescue (filters/rescue.py): the client's request body, kept for it.
         self._client_body: bytes | None = None
         self._rescue: Rescue | None = None
+        # An escalation-armed request (Decision.escalate): the client's body, kept for the state.
+        self._escalation_body: bytes | None = None
         self._rescue_chunk_at = 0.0
         self._rescue_started_at = 0.0
         # What the per-tenant metrics learn of this try when it ends (TryEnded).
@@ -328,7 +333,7 @@ class AttemptProcessor:
             # Nothing of a skipped slot needs the sidecar: the relay's answer carries its own
             # retry mark. (A stream's duplex mode cannot be overridden: _pass_skip relays it.)
             with_mode(response, _SKIPPED_SLOT)
-        elif not plan.needs_body and not plan.stream and not self._kept_for_review(plan):
+        elif not plan.needs_body and not plan.stream and not self._kept_for_review(plan) and not plan.decision.escalate:
             with_mode(response, _NO_REQUEST_BODY)
         return [response]
 
@@ -370,6 +375,8 @@ class AttemptProcessor:
         if (plan.stream and plan.contract_task(self._policy).rescue) or self._kept_for_review(plan):
             # A rescue rewrites it for another rung; a review re-runs it on tier 0 (E3).
             self._client_body = request.request_body.body
+        if plan.decision.escalate:
+            self._escalation_body = request.request_body.body  # an escalation stores it
         if not plan.needs_body:
             return [request_body_response()]
         try:
@@ -471,7 +478,8 @@ class AttemptProcessor:
         chunk = request.response_body.body
         end_of_stream = request.response_body.end_of_stream
         if not plan.stream:
-            return [self._judge_json(chunk, headers_phase=False)]
+            judged = self._judge_json(chunk, headers_phase=False)
+            return [judged] if judged is not None else []  # an escalation: the runtime answers
         if end_of_stream:
             self._upstream_done = True
         if self.phase is Phase.RESCUING:
@@ -755,9 +763,15 @@ class AttemptProcessor:
 
     # ---- judging -----------------------------------------------------------------------------
 
-    def _judge_json(self, body: bytes, *, headers_phase: bool) -> ProcessingResponse:
+    @overload
+    def _judge_json(self, body: bytes, *, headers_phase: Literal[True]) -> ProcessingResponse: ...
+    @overload
+    def _judge_json(self, body: bytes, *, headers_phase: Literal[False]) -> ProcessingResponse | None: ...
+    def _judge_json(self, body: bytes, *, headers_phase: bool) -> ProcessingResponse | None:
         ruling = self._rule_on_answer(body)
         self._move(Phase.CLOSED)
+        if not headers_phase and self._escalated(ruling, body):
+            return None  # the runtime stores it, then answers 202 (runtime/server.py)
         if ruling.next is Next.SERVED and self._status == 200:
             self._keep_for_review(body if ruling.body is None else ruling.body)
         if headers_phase:  # an answer without a body: nothing to replace
@@ -807,6 +821,44 @@ class AttemptProcessor:
             answer=answer,
         )
         self._effects.append(KeptForReview(item))
+
+    def _escalated(self, ruling: Ruling, body: bytes) -> bool:
+        """Does the tenant's escalation rule hold this answer for a person (E2)? Then the effect
+        that stores it is returned, and the client's answer waits for the store."""
+        plan = self._started()
+        if not plan.decision.escalate or self._escalation_body is None:
+            return False
+        if ruling.next not in (Next.SERVED, Next.FINAL):
+            return False  # the request goes on to another try
+        d = plan.decision
+        rule = armed(self._policy, d.tenant, d.task, d.impact, stream=plan.stream, probe=d.probe, reviewed=False)
+        if rule is None:
+            return False
+        ladder = self._policy.ladders[plan.position.ladder]
+        score = None
+        if rule.score_below is not None:
+            score = self._worker.health_score(endpoint_key(ladder[0].provider, ladder[0].model_for(d.model)))
+        signals = signals_of(plan, self._policy, ruling, self._status, body, score)
+        reasons = triggers(rule, signals)
+        if not reasons:
+            return False
+        effect = escalate(
+            plan,
+            self._policy,
+            reasons=reasons,
+            signals=signals,
+            ruling=ruling,
+            status=self._status,
+            provider_body=body,
+            client_body=self._escalation_body,
+            client_path=ANTHROPIC_MESSAGES_PATH if d.dialect is Dialect.ANTHROPIC else OPENAI_CHAT_PATH,
+            now=self._worker.clock.wall(),
+            render=lambda headers, answer: response_body_response(_to_client(self._scrub, headers, body=answer)),
+        )
+        self._effects.append(effect)
+        detail: dict[str, str | int | float | bool] = {"task_id": effect.task.id}
+        self._audit(Kind.ESCALATED, ",".join(reasons), target=plan.position.rung, detail=detail)
+        return True
 
     def _rule_on_answer(self, body: bytes) -> Ruling:
         plan = self._started()

@@ -15,6 +15,7 @@ from ..core import CLIENT_STATUS, Decision, DeferredTask, Dialect, Failure, Impa
 from ..core.names import (
     ANTHROPIC_MESSAGES_PATH,
     CLUSTER_HEADER,
+    ESCALATION_HEADER,
     INVALID,
     META_DECISION,
     META_REQUEST,
@@ -33,6 +34,7 @@ from ..core.names import (
     endpoint_key,
 )
 from ..deferral import deferrable, may_wait
+from ..escalation import armed
 from ..identity import Identity, Unknown
 from ..routing.capacity import Denial, Holder
 from ..routing.ladder import NeedBody, Refusal, RequestFeatures, Route, choose, reroute
@@ -123,6 +125,10 @@ class DecideProcessor:
         self._path = ""
         self._replay: str | None = None  # the task id, when this request replays a deferred one
         self._rerun: str | None = None  # the review id, when this request re-runs a degraded answer (E3)
+        # A replay after a person's decision on an escalation (E2): never escalated again; a
+        # redirect pins it to one rung.
+        self._reviewed = False
+        self._pin: int | None = None
         self._deferring: Failure | None = None  # why, once decided to defer (awaiting the body)
         self._request_id: str | None = None  # for the audit trail, when it is on
         self._prompt_hash: str | None = None
@@ -186,6 +192,8 @@ class DecideProcessor:
             who = Identity(PROBE_TENANT, "", self._dialect) if genuine else Unknown.UNKNOWN
         elif (replay := headers.get(REPLAY_HEADER)) is not None:
             who = self._replay_identity(replay)
+            if self._replay is not None:
+                self._review(headers.get(ESCALATION_HEADER))
         elif (rerun := headers.get(RERUN_HEADER)) is not None:
             who = self._rerun_identity(rerun)
         else:
@@ -326,6 +334,28 @@ class DecideProcessor:
         self._replay = task_id
         return Identity(tenant, "", self._dialect)
 
+    def _review(self, header: str | None) -> None:
+        """A replay's escalation header (only `rungway up`'s replays carry one): `reviewed`, or
+        `rung=N` for a redirect to rung N of the request's ladder."""
+        if header is None:
+            return
+        self._reviewed = True
+        value = header.removeprefix("rung=")
+        if value != header and value.isascii() and value.isdigit():
+            self._pin = int(value)
+
+    def _pinned(self, route: Route | Refusal | NeedBody) -> Route | Refusal | NeedBody:
+        """A redirect's route: the named rung alone, whatever the health board thinks of it (a
+        person chose it), if the tenant's rules permit it for this request."""
+        f = self._features
+        assert f is not None and self._pin is not None
+        permitted = choose(self._policy, f, None)
+        if isinstance(permitted, NeedBody):
+            return permitted
+        if isinstance(permitted, Route) and self._pin in permitted.rungs:
+            return reroute(self._policy, permitted, (self._pin,), f.stream)
+        return Refusal(Failure.NOT_PERMITTED, f"rung {self._pin} may not serve this request under the tenant's policy")
+
     def _query_task(self, path: str) -> ProcessingResponse | None:
         """A deferred task's state or answer, for its own tenant only (the runtime reads it)."""
         who = self._identity
@@ -372,6 +402,8 @@ class DecideProcessor:
         assert f is not None
         worker = self._worker
         result = choose(self._policy, f, worker.health_view(f.impact))
+        if self._pin is not None:
+            result = self._pinned(result)
         if self._may_defer and deferrable(self._policy, f, result):
             return _DeferNow(Failure.NOT_PERMITTED if isinstance(result, Refusal) else Failure.SERVER_ERROR)
         if not isinstance(result, Route):
@@ -524,6 +556,11 @@ class DecideProcessor:
             request_id=self._request_id,
             prompt_hash=self._prompt_hash,
             rerun=self._rerun is not None,
+            escalate=armed(
+                policy, f.tenant, f.task, f.impact, stream=f.stream, probe=result.probe, reviewed=self._reviewed
+            )
+            is not None
+            and self._rerun is None,
         )
         return with_metadata(response, META_DECISION, decision.encode())
 

@@ -39,8 +39,8 @@ def deferral(task: DeferredTask, capacity: int, reason: Failure, policy_version:
     dialect = task.dialect.value
     accepted = _rendered(
         202,
-        _task_headers(task.id, TaskState.QUEUED, flags_=_deferred_flags(reason, policy_version)),
-        _task_body(task.id, task.dialect, task.model, TaskState.QUEUED, task.accepted_at),
+        task_headers(task.id, TaskState.QUEUED, flags_=_deferred_flags(reason, policy_version)),
+        task_body(task.id, task.dialect, task.model, TaskState.QUEUED, task.accepted_at),
         task,
     )
     full_headers = {**own_answer_headers(Failure.RATE_LIMITED, policy_version), "retry-after": "30"}
@@ -69,7 +69,7 @@ def task_answer(
         return _mark(tenant, immediate(404, own_answer_headers(Failure.CLIENT_ERROR, policy_version), body))
     if view.state is TaskState.DONE and view.result is not None:
         result = view.result
-        headers = {**dict(result.headers), **_task_headers(view.id, view.state, flags_={})}
+        headers = {**dict(result.headers), **task_headers(view.id, view.state, flags_={})}
         del headers["retry-after"]
         return _mark(tenant, immediate(result.status, headers, result.body))
     if view.state is TaskState.EXPIRED:
@@ -77,8 +77,8 @@ def task_answer(
         headers = {**own_answer_headers(Failure.SERVER_ERROR, policy_version), TASK_ID_HEADER: view.id}
         headers[TASK_STATUS_HEADER] = view.state.value
         return _mark(tenant, immediate(410, headers, render_error(dialect.value, Failure.SERVER_ERROR, message)))
-    headers = _task_headers(view.id, view.state, flags_={"content-type": "application/json"})
-    return _mark(tenant, immediate(202, headers, _task_body(view.id, dialect, "", view.state, view.accepted_at)))
+    headers = task_headers(view.id, view.state, flags_={"content-type": "application/json"})
+    return _mark(tenant, immediate(202, headers, task_body(view.id, dialect, "", view.state, view.accepted_at)))
 
 
 def _deferred_flags(reason: Failure, policy_version: str) -> dict[str, str]:
@@ -95,7 +95,7 @@ def _deferred_flags(reason: Failure, policy_version: str) -> dict[str, str]:
     }
 
 
-def _task_headers(task_id: str, state: TaskState, *, flags_: dict[str, str]) -> dict[str, str]:
+def task_headers(task_id: str, state: TaskState, *, flags_: dict[str, str]) -> dict[str, str]:
     return {
         **flags_,
         TASK_ID_HEADER: task_id,
@@ -105,7 +105,7 @@ def _task_headers(task_id: str, state: TaskState, *, flags_: dict[str, str]) -> 
     }
 
 
-def _task_body(task_id: str, dialect: Dialect, model: str, state: TaskState, accepted_at: float) -> bytes:
+def task_body(task_id: str, dialect: Dialect, model: str, state: TaskState, accepted_at: float) -> bytes:
     """A task in the envelope of the client's dialect: an OpenAI-shaped object with no choices,
     an Anthropic-shaped message with no content; SDKs that parse it do not fail on it."""
     common = {"id": task_id, "status": state.value, "status_url": status_url(task_id), "created": int(accepted_at)}

@@ -9,7 +9,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..audit import Entry
-from ..core import Decision, DeferredTask, DegradedAnswer, Dialect, Failure, Impact, Observation, QuotaSignal
+from ..core import (
+    Decision,
+    DeferredTask,
+    DegradedAnswer,
+    Dialect,
+    Escalation,
+    Failure,
+    Impact,
+    Observation,
+    QuotaSignal,
+    TaskResult,
+)
 from ..health.contract import Contract
 from ..policy import Cost
 from .wire import ProcessingResponse
@@ -266,6 +277,19 @@ class Deferred:
 
 
 @dataclass(frozen=True, slots=True)
+class Escalated:
+    """attempt suspends an answer for a person (E2): the runtime stores the task, its
+    escalation and the candidate answer durably, and only then answers with `accepted` (202,
+    the task contract of a deferral); `unavailable` when the store failed."""
+
+    task: DeferredTask
+    escalation: Escalation
+    candidate: TaskResult | None
+    accepted: ProcessingResponse
+    unavailable: ProcessingResponse
+
+
+@dataclass(frozen=True, slots=True)
 class TaskQueried:
     """A client asks for its deferred task: the runtime reads the store and answers
     (filters.deferral.task_answer renders it). The processor sends nothing itself."""
@@ -308,6 +332,7 @@ Effect = (
     | ShadowRequested
     | TryRefused
     | Deferred
+    | Escalated
     | TaskQueried
     | Audited
     | Observation

@@ -50,6 +50,11 @@ class Worker(Protocol):
         """The p95 of a healthy answer's latency at the endpoint (TTFT for streams), if known."""
         ...
 
+    def health_score(self, key: str) -> float | None:
+        """The endpoint's degradation score (1.0 healthy), as the board has it; None when the
+        board is off or has never heard of it."""
+        ...
+
     def over_budget(self, tenant: str, budget: Budget | None) -> OverBudget | None:
         """Whether the tenant has spent its budget, across the fleet as far as the bus told."""
         ...

@@ -32,6 +32,7 @@ START_ONLY: tuple[tuple[str, ...], ...] = (
     ("approvals",),  # the approvals file a worker follows
     ("shadow",),  # the shadow caller is built from it
     ("review",),  # the review store the workers keep degraded answers in, and the re-runner
+    ("escalation",),  # the workers' escalation store and the pod's webhook desk
 )
 
 

@@ -108,6 +108,45 @@ class Clients(_Frozen):
         return any(address in network for network in self.trusted_peers)
 
 
+class EscalationRule(_Frozen):
+    """When a served answer is suspended for a person to decide on (E2): a request of `impact`
+    or a more important one, when its signals say so. Signals: `tier` (the serving rung's tier
+    at or beyond it), `score_below` (the ladder's primary's health score under it: 1.0 healthy),
+    `contract` (the last rung's answer broke the task's contract), `min_logprob` (the answer's
+    mean token logprob under it, when the provider returned logprobs). `require: any` escalates
+    when one configured signal holds, `all` only when every one does."""
+
+    impact: Impact = Impact.REVENUE_CRITICAL
+    tier: int | None = Field(None, ge=1, le=3)
+    score_below: float | None = Field(None, gt=0, le=1)
+    contract: bool = False
+    min_logprob: float | None = Field(None, lt=0)
+    require: Literal["any", "all"] = "any"
+
+    @model_validator(mode="after")
+    def _some_signal(self) -> EscalationRule:
+        if self.tier is None and self.score_below is None and not self.contract and self.min_logprob is None:
+            raise ValueError("an escalation rule needs a signal: tier, score_below, contract or min_logprob")
+        return self
+
+
+class EscalationSettings(_Frozen):
+    """Where the on-call hears of an escalation: a signed POST (HMAC-SHA256, x-rungway-signature,
+    as deferral callbacks), retried with backoff. Escalated requests live in the deferral store
+    (deferral.store) as tasks; one undecided for deferral.task_ttl_s expires."""
+
+    webhook_url: str
+    secret: Credential
+    webhook_attempts: int = Field(6, ge=1, le=20)
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _http(cls, value: str) -> str:
+        if urlsplit(value).scheme not in ("http", "https"):
+            raise ValueError(f"{value!r} is not an http(s) URL")
+        return value
+
+
 class TenantTask(_Frozen):
     """A tenant's rule for one task class, over its own (e.g. tier 2 for summarize, not codegen)."""
 
@@ -116,6 +155,8 @@ class TenantTask(_Frozen):
     impact: Impact | None = None
     # Over the tenant's own `rerun_on_recovery` for this task class (E3).
     rerun_on_recovery: bool | None = None
+    # The tenant's escalation rule for this task class, over its own (E2).
+    escalate: EscalationRule | None = None
 
 
 class Budget(_Frozen):
@@ -166,6 +207,13 @@ class TenantPolicy(_Frozen):
     # `review.store`) and re-run on the ladder's tier-0 rung once it is healthy again, and the two
     # answers' diff is kept for review (`rungway review list/show`). Needs a `review` section.
     rerun_on_recovery: bool = False
+
+    # When a served answer waits for a person instead (E2); a task class's own rule wins.
+    escalate: EscalationRule | None = None
+
+    def escalation_for(self, task: str) -> EscalationRule | None:
+        override = self.tasks.get(task)
+        return override.escalate if override is not None and override.escalate is not None else self.escalate
 
     def lowest_tier_for(self, task: str) -> int:
         override = self.tasks.get(task)
@@ -714,6 +762,8 @@ class Policy(_Frozen):
     tenant_defaults: TenantPolicy = TenantPolicy()
     deferral: Deferral | None = None
     review: Review | None = None
+    # Human escalation (E2): the on-call's webhook; tenants' `escalate:` rules say when.
+    escalation: EscalationSettings | None = None
     # The approvals file (`rungway approve` edits it, every worker follows it within a second);
     # required when a tenant's policy asks for approvals. Keep it on durable storage.
     approvals: Path | None = None
@@ -803,6 +853,11 @@ class Policy(_Frozen):
                     problems.append(f"{where}.notify_url: needs notify_secret to sign its POSTs")
                 if urlsplit(tenant.notify_url).scheme not in ("http", "https"):
                     problems.append(f"{where}.notify_url: {tenant.notify_url!r} is not an http(s) URL")
+            if any(rule is not None for rule in (tenant.escalate, *(t.escalate for t in tenant.tasks.values()))):
+                if self.escalation is None:
+                    problems.append(f"{where}.escalate: set `escalation:` (the on-call's webhook) too")
+                if self.deferral is None:
+                    problems.append(f"{where}.escalate: set `deferral:` too (escalated requests are stored there)")
             if tenant.callback_url is not None:
                 if self.deferral is None or self.deferral.callback_secret is None:
                     problems.append(f"{where}.callback_url: needs deferral.callback_secret to sign its POSTs")

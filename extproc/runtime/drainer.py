@@ -25,7 +25,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from ..core import DeferredTask, Failure, Impact, TaskResult
-from ..core.names import REPLAY_HEADER, SERVED_BY, TASK_ID_HEADER
+from ..core.names import ESCALATION_HEADER, REPLAY_HEADER, SERVED_BY, TASK_ID_HEADER
 from ..deferral import Verdict, fair_order, replay_verdict, retry_delay, servable
 from ..health.board import Board
 from ..policy import Policy
@@ -142,6 +142,8 @@ class Drainer:
             self._policy.task_header: task.task,
             self._policy.impact_header: task.impact.value,
         }
+        if task.reviewed:  # a person decided on its escalation (E2): never held again, maybe pinned
+            headers[ESCALATION_HEADER] = f"rung={task.pin}" if task.pin is not None else "reviewed"
         try:
             try:
                 async with session.post(base + task.path, data=task.body, headers=headers) as r:
@@ -156,6 +158,8 @@ class Drainer:
             except (aiohttp.ClientError, TimeoutError) as exc:
                 log.info("replay of deferred task %s did not reach Envoy: %s", task.id, type(exc).__name__)
                 status, body, kept, wait = 0, b"", (), ""
+            if task.reviewed:
+                kept = (*kept, (ESCALATION_HEADER, "redirected" if task.pin is not None else "approved"))
             now = time.time()
             if status and replay_verdict(status, dict(kept).get(SERVED_BY, "")) is Verdict.DONE:
                 result = TaskResult(status, kept, body, now)

@@ -225,6 +225,14 @@ class Metrics:
             "Times a changed client key store was taken without a restart.",
             **kw,  # type: ignore[arg-type]
         )
+        self.escalations = Counter(
+            "rungway_escalations_total",
+            "Answers held for a person's decision (E2), by outcome at the worker: escalated (stored, "
+            "202), unavailable (the store failed, 503). `rungway up` counts the decisions "
+            "(rungway_escalation_decisions_total) and webhooks (rungway_escalation_webhooks_total).",
+            ["tenant", "outcome"],
+            **kw,  # type: ignore[arg-type]
+        )
         self.deferred = Counter(
             "rungway_deferred_total",
             "Deferrable requests no permitted rung could serve, by outcome at the worker: accepted "

@@ -22,7 +22,15 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from ..core.names import CHANNEL_TOKEN_KEY, DIRECT_PREFIX, FILTER_ROLE_KEY
 from ..filters.attempt import AttemptProcessor
 from ..filters.decide import DecideProcessor
-from ..filters.effects import Deferred, Effect, RescueChunk, RescueItem, RescueRequested, TaskQueried
+from ..filters.effects import (
+    Deferred,
+    Effect,
+    Escalated,
+    RescueChunk,
+    RescueItem,
+    RescueRequested,
+    TaskQueried,
+)
 from ..filters.wire import ProcessingRequest, ProcessingResponse
 from .rescue import RescueCallTask
 from .shield import Shield
@@ -88,14 +96,14 @@ class ExternalProcessor(epg.ExternalProcessorServicer):  # type: ignore[misc]
         rescue: RescueCallTask | None = None
         pending_item: asyncio.Future[RescueItem] | None = None
 
-        def effects() -> Deferred | TaskQueried | None:
+        def effects() -> Deferred | Escalated | TaskQueried | None:
             """Apply the processor's effects; return the one whose answer waits on I/O, if any."""
             nonlocal rescue, pending_item
-            settle: Deferred | TaskQueried | None = None
+            settle: Deferred | Escalated | TaskQueried | None = None
             for effect in (drained := processor.drain_effects()):
                 if isinstance(effect, RescueRequested) and rescue is None:
                     rescue = RescueCallTask(effect.call, sidecar.rescue_socket)
-                elif isinstance(effect, Deferred | TaskQueried):
+                elif isinstance(effect, Deferred | Escalated | TaskQueried):
                     settle = effect
             sidecar.apply(drained)
             if rescue is not None and not processor.rescuing():

@@ -44,6 +44,7 @@ from ..filters.effects import (
     Decided,
     Deferred,
     Effect,
+    Escalated,
     HalfOpenAdmitted,
     KeptForReview,
     RequestCounted,
@@ -89,6 +90,7 @@ from .admission import Admission
 from .approvals import ApprovalsFile
 from .auditlog import AuditSink
 from .bus import HealthBus, InProcessBus
+from .escalations import EscalationStore, SqliteEscalations
 from .keyfile import KeyFile
 from .metrics import OTHER, Metrics
 from .reload import HandedPolicy
@@ -203,6 +205,8 @@ class Sidecar:
     tasks: TaskStore | None = None
     # Answers served below tier 0 kept for their re-run on recovery (policy.review, E3).
     reviews: ReviewStore | None = None
+    # Escalated requests (policy.escalation), in the deferral store's file.
+    escalations: EscalationStore | None = None
     # Under `rungway up`: where the supervisor hands over new revisions (runtime/reload.py).
     handed: HandedPolicy | None = None
     # The rungs' capacity ledger: the pod's under `rungway up` (every worker's), else this one's.
@@ -261,6 +265,11 @@ class Sidecar:
             bus or InProcessBus(),
             key_file=KeyFile(store) if policy.clients.auth == "keys" and store is not None else None,
             tasks=SqliteTaskStore(policy.deferral.store, STORE_WAIT_S) if policy.deferral is not None else None,
+            escalations=(
+                SqliteEscalations(policy.deferral.store, STORE_WAIT_S)
+                if policy.deferral is not None and policy.escalation is not None
+                else None
+            ),
             approvals_file=ApprovalsFile(policy.approvals) if policy.approvals is not None else None,
             reviews=SqliteReviewStore(policy.review.store) if policy.review is not None else None,
         )
@@ -354,6 +363,12 @@ class Sidecar:
     def baseline(self, key: str, stream: bool) -> float | None:
         endpoint = self.board.endpoints.get(key)
         return self.board.baseline(endpoint, stream) if endpoint is not None else None
+
+    def health_score(self, key: str) -> float | None:
+        if not self.policy.health.enabled:
+            return None
+        endpoint = self.board.endpoints.get(key)
+        return self.board.score(endpoint, self.clock.wall()).value if endpoint is not None else None
 
     def over_budget(self, tenant: str, budget: Budget | None) -> OverBudget | None:
         return self.spend.over(tenant, budget, self.clock.wall())
@@ -450,10 +465,10 @@ class Sidecar:
                 case Audited(entry):
                     if self.audit is not None:
                         self.audit.submit(entry)  # waits only if the writer is a full queue behind
-                case Deferred() | TaskQueried():
+                case Deferred() | Escalated() | TaskQueried():
                     pass  # the stream's own loop does these (runtime/server.py)
 
-    async def settle(self, effect: Deferred | TaskQueried) -> ProcessingResponse:
+    async def settle(self, effect: Deferred | Escalated | TaskQueried) -> ProcessingResponse:
         """The answer a processor left to the runtime's I/O. A deferral's 202 is returned only
         once the task is committed to the store (fsynced): nothing acknowledged can be lost."""
         tasks = self.tasks
@@ -465,6 +480,8 @@ class Sidecar:
                 except Exception:  # an unreadable store answers like an unknown task, and is logged
                     log.exception("deferral store lookup failed")
             return task_answer(view, effect.task_id, effect.tenant, effect.dialect, effect.policy_version)
+        if isinstance(effect, Escalated):
+            return await self._hold(effect)
         outcome, answer = "unavailable", effect.unavailable
         if tasks is not None:
             try:
@@ -475,6 +492,19 @@ class Sidecar:
             except Exception:  # a full disk or a broken file: the client hears 503, never a 202
                 log.exception("deferral store write failed")
         self.metrics.deferred.labels(self.metrics.tenant(effect.task.tenant), outcome).inc()
+        return answer
+
+    async def _hold(self, effect: Escalated) -> ProcessingResponse:
+        """An answer held for a person (E2): its 202 only once task, escalation and candidate
+        are committed to the store (fsynced)."""
+        outcome, answer = "unavailable", effect.unavailable
+        if self.escalations is not None:
+            try:
+                await asyncio.to_thread(self.escalations.escalate, effect.task, effect.escalation, effect.candidate)
+                outcome, answer = "escalated", effect.accepted
+            except Exception:  # a full disk or a broken file: the client hears 503, never a 202
+                log.exception("escalation store write failed")
+        self.metrics.escalations.labels(self.metrics.tenant(effect.task.tenant), outcome).inc()
         return answer
 
     def _keep_for_review(self, item: DegradedAnswer) -> None:

@@ -39,8 +39,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from redis.exceptions import RedisError
 
 from ..audit import Entry, selected
-from ..core import CircuitChanged, Failure, FrameRules, ProbeClaim
+from ..core import CircuitChanged, ContractError, Failure, FrameRules, ProbeClaim, Review
 from ..core.names import REASON
+from ..escalation import IllegalEscalationError
+from ..filters.escalation import ReviewError
 from ..health.board import Board
 from ..health.circuit import Transition
 from ..health.probe import ProbeSchedule, ProbeTarget, ReplicaReports, due, rate_limited, targets
@@ -61,6 +63,7 @@ from .approvals import grant, read_approvals, revoke
 from .auditlog import AUDIT_CHAIN_ENV, AUDIT_DIR_ENV, AuditLog, AuditMetrics, read_records
 from .bus import HealthBus, HubServer, fleet_bus
 from .drainer import Drainer
+from .escalations import Desk, NoSuchEscalationError, SqliteEscalations, view_json
 from .metrics import BoardCollector, EnvoyRestarts, ProbeMetrics, stream_summary
 from .reload import PolicyReloads, revision_file, source_fingerprint, write_atomically, written_at
 from .rescue import RESCUE_SOCKET_ENV
@@ -220,6 +223,10 @@ class Supervisor:
                 lambda: f"http://{self._listen_host()}:{self.listen_port}" if self.listen_port else None,
                 callback_secret=secret.resolve().get_secret_value() if secret is not None else None,
             )
+        # The pod's escalation desk (E2): the on-call's webhooks and people's decisions.
+        self.desk: Desk | None = None
+        if policy.deferral is not None and policy.escalation is not None:
+            self.desk = Desk(SqliteEscalations(policy.deferral.store), lambda: self.history.current, self._audit_entry)
         audit = policy.audit
         self.audit_dir = (audit.dir or options.audit_dir) if audit.enabled else None
         self._audit_log: AuditLog | None = None
@@ -410,6 +417,8 @@ class Supervisor:
             registry.register(self.drainer.collector(time.time))
         if self.reviewer is not None:
             registry.register(self.reviewer.collector())
+        if self.desk is not None:
+            registry.register(self.desk.collector())
         registry.register(self.reloads)
         return web.Response(body=generate_latest(registry), headers={"content-type": CONTENT_TYPE_LATEST})
 
@@ -444,6 +453,9 @@ class Supervisor:
         app.router.add_get("/audit", self._audit)
         app.router.add_get("/reviews", self._reviews)
         app.router.add_get("/reviews/{id}", self._review)
+        app.router.add_get("/escalations", self._escalations)
+        app.router.add_get("/escalations/{id}", self._escalation)
+        app.router.add_post("/escalations/{id}/{action:approve|redirect|reject}", self._decide_escalation)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.options.admin[0], self.options.admin[1], reuse_port=False)
@@ -586,6 +598,65 @@ class Supervisor:
         revoke(self._approvals_path(), tenant, request.query.get("task"))
         return web.json_response({"revoked": {"tenant": tenant, "task": request.query.get("task")}})
 
+    def _audit_entry(self, entry: Entry) -> None:
+        """A record for the pod's own chain ("up"): reloads, decisions, re-runs, deferral outcomes."""
+        if self._audit_log is not None:
+            self._audit_log.submit(entry)
+
+    def _desk(self) -> Desk:
+        if self.desk is None:
+            raise web.HTTPNotFound(
+                text='{"error": "the policy has no escalation (escalation: and deferral:)"}',
+                content_type="application/json",
+            )
+        return self.desk
+
+    async def _escalations(self, request: web.Request) -> web.Response:
+        """?tenant=NAME&state=open|all (default open): escalations, oldest first."""
+        desk = self._desk()
+        state = request.query.get("state", "open")
+        if state not in ("open", "all"):
+            return web.json_response({"error": "state is open or all"}, status=400)
+        views = await asyncio.to_thread(desk.store.escalations, request.query.get("tenant"), open_only=state == "open")
+        return web.json_response({"escalations": [view_json(v, full=False) for v in views]})
+
+    async def _escalation(self, request: web.Request) -> web.Response:
+        view = await asyncio.to_thread(self._desk().store.escalation, request.match_info["id"])
+        if view is None:
+            return web.json_response({"error": "no such escalation"}, status=404)
+        return web.json_response({"escalation": view_json(view, full=True)})
+
+    async def _decide_escalation(self, request: web.Request) -> web.Response:
+        """{"by", "reason"?, "rung"? (redirect: an index or a provider of the ladder)}."""
+        desk = self._desk()
+        try:
+            raw = await request.json()
+        except ValueError:
+            raw = None
+        if (
+            not isinstance(raw, dict)
+            or not isinstance(raw.get("by"), str)
+            or not isinstance(raw.get("reason", ""), str)
+        ):
+            return web.json_response({"error": "a decision is a JSON object with 'by' (and 'reason')"}, status=400)
+        review = Review(request.match_info["action"])
+        try:
+            view = await asyncio.to_thread(
+                desk.decide,
+                request.match_info["id"],
+                review,
+                by=raw["by"],
+                reason=raw.get("reason", ""),
+                rung=raw.get("rung"),
+            )
+        except NoSuchEscalationError:
+            return web.json_response({"error": "no such escalation"}, status=404)
+        except IllegalEscalationError as exc:
+            return web.json_response({"error": str(exc)}, status=409)
+        except (ReviewError, ContractError) as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        return web.json_response({"escalation": view_json(view, full=False)})
+
     async def _status(self, request: web.Request) -> web.Response:
         body = {
             "policy_version": self.history.current.stamp,
@@ -608,6 +679,12 @@ class Supervisor:
             body["deferral"] = await asyncio.to_thread(self.drainer.snapshot, time.time())
         if self.reviewer is not None:
             body["reviews"] = await asyncio.to_thread(self.reviewer.snapshot)
+        if self.desk is not None:
+            held = await asyncio.to_thread(self.desk.store.escalations, open_only=True)
+            body["escalation"] = {
+                "open": len(held),
+                "oldest_age_s": round(time.time() - held[0].escalation.at, 3) if held else 0.0,
+            }
         if self.audit_dir is not None:
             backlog = self._audit_backlog()
             alarm = backlog >= self.options.policy.audit.alarm_records
@@ -681,10 +758,6 @@ class Supervisor:
 
         return web.json_response({"records": await asyncio.to_thread(read)})
 
-    def _audit_entry(self, entry: Entry) -> None:
-        if self._audit_log is not None:
-            self._audit_log.submit(entry)
-
     def _review_store(self) -> ReviewStore:
         if self.reviewer is None:
             raise web.HTTPNotFound(
@@ -727,6 +800,8 @@ class Supervisor:
             self._tasks.append(asyncio.create_task(self.drainer.run()))
         if self.reviewer is not None:
             self._tasks.append(asyncio.create_task(self.reviewer.run()))
+        if self.desk is not None:
+            self._tasks.append(asyncio.create_task(self.desk.run()))
         if self.audit_dir is not None:  # the supervisor's own chain: policy reloads
             metrics = AuditMetrics(CollectorRegistry())  # the workers count records; this is the chain's own
             self._audit_log = AuditLog(self.audit_dir, "up", self.options.policy.audit, metrics).open()

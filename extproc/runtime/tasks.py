@@ -160,11 +160,23 @@ class SqliteTaskStore:
                 "UPDATE tasks SET state = ?, ended_at = ?, body = x'' WHERE state IN (?, ?) AND accepted_at <= ?",
                 (TaskState.EXPIRED.value, now, *_PENDING, now - task_ttl_s),
             )
+            held = [
+                row[0]
+                for row in db.execute(
+                    "SELECT tenant FROM tasks WHERE state = ? AND accepted_at <= ?",
+                    (TaskState.ESCALATED.value, now - task_ttl_s),
+                )
+            ]
+            # An escalated task no one decided on (E2) keeps its body: the escalation shows it.
+            db.execute(
+                "UPDATE tasks SET state = ?, ended_at = ? WHERE state = ? AND accepted_at <= ?",
+                (TaskState.EXPIRED.value, now, TaskState.ESCALATED.value, now - task_ttl_s),
+            )
             dropped = db.execute(
                 "DELETE FROM tasks WHERE state IN (?, ?) AND ended_at <= ?",
                 (TaskState.DONE.value, TaskState.EXPIRED.value, now - result_ttl_s),
             ).rowcount
-        return Swept(tuple(expired), dropped)
+        return Swept(tuple(expired), dropped, tuple(held))
 
     # ---- queries -----------------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ May import: core.
 """
 
 from extproc.translate import anthropic_to_openai, openai_to_anthropic
-from extproc.translate.answer import AnswerFacts, ToolCall, answer_facts, input_tokens, output_tokens
+from extproc.translate.answer import AnswerFacts, ToolCall, answer_facts, input_tokens, mean_logprob, output_tokens
 from extproc.translate.canned import canned_answer
 from extproc.translate.context import CHARS_PER_TOKEN, ContextTrim, estimate_tokens, trim_context
 from extproc.translate.errors import (
@@ -102,6 +102,7 @@ __all__ = [
     "estimate_tokens",
     "input_tokens",
     "load_json",
+    "mean_logprob",
     "openai_to_anthropic",
     "output_tokens",
     "parse_provider_error",

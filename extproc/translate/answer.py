@@ -3,6 +3,7 @@ dialect-free facts, so that the health contract can judge it without knowing eit
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,6 +46,26 @@ def output_tokens(body: Any) -> int | None:
 def input_tokens(body: Any) -> int | None:
     """The answer's input (prompt) token count from its usage, in either dialect."""
     return _usage_count(body, "prompt_tokens", "input_tokens")
+
+
+def mean_logprob(dialect: Dialect, body: Any) -> float | None:
+    """The mean token logprob of a whole answer's first choice, when the provider returned
+    logprobs (an OpenAI-style answer to a request that asked for them); None otherwise."""
+    if dialect.wire is Dialect.ANTHROPIC or not isinstance(body, dict):
+        return None
+    choices = body.get("choices")
+    first = choices[0] if isinstance(choices, list) and choices else None
+    logprobs = first.get("logprobs") if isinstance(first, dict) else None
+    content = logprobs.get("content") if isinstance(logprobs, dict) else None
+    if not isinstance(content, list):
+        return None
+    values = [
+        float(t["logprob"])
+        for t in content
+        if isinstance(t, dict) and isinstance(t.get("logprob"), int | float) and not isinstance(t["logprob"], bool)
+    ]
+    values = [v for v in values if math.isfinite(v)]
+    return sum(values) / len(values) if values else None
 
 
 def _usage_count(body: Any, openai_name: str, anthropic_name: str) -> int | None:

@@ -996,3 +996,19 @@ async def test_recorded_keys_stay_in_memory_and_leave_only_as_fingerprints(opena
     assert MOCK_KEY not in shown and "wxyz" not in shown
     assert recorded.to_json()["headers"]["authorization"] == mock_provider.key_fingerprint(f"Bearer {MOCK_KEY}")
     assert MOCK_KEY not in repr(recorded)
+
+
+async def test_logprobs_are_returned_when_asked_for_and_low_when_unsure(
+    openai_mock: MockProvider, openai_client: openai.AsyncOpenAI
+) -> None:
+    plain = await openai_client.chat.completions.create(model="gpt-x", messages=USER)
+    assert plain.choices[0].logprobs is None
+    sure = await openai_client.chat.completions.create(model="gpt-x", messages=USER, logprobs=True)
+    tokens = sure.choices[0].logprobs.content if sure.choices[0].logprobs else None
+    assert tokens and len(tokens) == DEFAULT_TOKENS and all(t.logprob == -0.05 for t in tokens)
+    assert "".join(t.token for t in tokens) == sure.choices[0].message.content
+    openai_mock.set_mode("unsure")
+    unsure = await openai_client.chat.completions.create(model="gpt-x", messages=USER, logprobs=True)
+    tokens = unsure.choices[0].logprobs.content if unsure.choices[0].logprobs else None
+    assert tokens and all(t.logprob == -2.5 for t in tokens)
+    assert unsure.choices[0].message.content == sure.choices[0].message.content  # the same words, less sure

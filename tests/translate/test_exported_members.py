@@ -49,6 +49,7 @@ def test_public_names_are_pinned() -> None:
         "estimate_tokens",
         "input_tokens",
         "load_json",
+        "mean_logprob",
         "openai_to_anthropic",
         "output_tokens",
         "parse_provider_error",

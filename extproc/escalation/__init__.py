@@ -1,0 +1,23 @@
+"""Human escalation (E2): when a served answer waits for a person instead, and an escalation's
+lifecycle (pure).
+
+Owns: whether a request is armed for escalation (`armed`: its tenant's rule, its impact, never a
+stream, a probe or a replay a person decided on), which signals fire on an answer (`triggers`:
+the serving rung's tier, the primary's health score, the task's contract, the answer's mean
+token logprob), and the states an escalation goes through (`EscalationState`, a transition
+table: open → approved / redirected / rejected / expired). May import: core, policy.
+"""
+
+from .lifecycle import EscalationState, IllegalEscalationError, resolved_state, transition
+from .rules import Signals, armed, at_least, triggers
+
+__all__ = [
+    "EscalationState",
+    "IllegalEscalationError",
+    "Signals",
+    "armed",
+    "at_least",
+    "resolved_state",
+    "transition",
+    "triggers",
+]
