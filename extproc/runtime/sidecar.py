@@ -85,13 +85,14 @@ from .admission import Admission
 from .approvals import ApprovalsFile
 from .auditlog import AuditSink
 from .bus import HealthBus, InProcessBus
+from .fleettasks import deferral_store
 from .keyfile import KeyFile
 from .metrics import OTHER, Metrics
 from .reload import HandedPolicy
 from .rescue import RESCUE_SOCKET_ENV
 from .shadow import ShadowCalls
 from .slots import LedgerStore, LocalLedger, SharedLedger
-from .tasks import SqliteTaskStore, TaskStore
+from .tasks import TaskStore
 from .webhook import deliver
 
 log = logging.getLogger("rungway.health")
@@ -247,7 +248,7 @@ class Sidecar:
             clock or SystemClock(),
             bus or InProcessBus(),
             key_file=KeyFile(store) if policy.clients.auth == "keys" and store is not None else None,
-            tasks=SqliteTaskStore(policy.deferral.store, STORE_WAIT_S) if policy.deferral is not None else None,
+            tasks=deferral_store(policy.deferral, wait_s=STORE_WAIT_S) if policy.deferral is not None else None,
             approvals_file=ApprovalsFile(policy.approvals) if policy.approvals is not None else None,
         )
 
