@@ -243,18 +243,24 @@ class RedisTaskStore:
                 if fields:  # an entry deleted since it was delivered has no fields
                     entries[entry] = fields[b"id"]
         due = self._due(now, mine)
-        fresh: dict[str, dict[bytes, bytes]] = {}
-        with self._r.pipeline(transaction=False) as pipe:
-            asked = []
-            for tenant in tenants:
-                want = min(held - len(mine[tenant]), per_tenant - len(due.get(tenant, [])))
-                if want > 0:
-                    pipe.xreadgroup(GROUP, self._me, {self._queue(tenant): ">"}, count=want)
-                    asked.append(tenant)
-            for tenant, reply in zip(asked, pipe.execute(), strict=True):
-                fresh[tenant] = {entry: fields[b"id"] for entry, fields in _entries(reply)}
-        for tenant, found in self._due(now, fresh).items():
-            due.setdefault(tenant, []).extend(found)
+        # New entries until each tenant has `per_tenant` due, its stream has no more, or this
+        # drainer holds as many as it may (entries of tasks waiting out a backoff count).
+        hungry = {tenant for tenant in tenants if len(mine[tenant]) < held}
+        while hungry:
+            wants = {t: min(held - len(mine[t]), per_tenant - len(due.get(t, []))) for t in hungry}
+            asked = [t for t in sorted(hungry) if wants[t] > 0]
+            with self._r.pipeline(transaction=False) as pipe:
+                for tenant in asked:
+                    pipe.xreadgroup(GROUP, self._me, {self._queue(tenant): ">"}, count=wants[tenant])
+                replies = pipe.execute()
+            fresh = {
+                t: {entry: fields[b"id"] for entry, fields in _entries(r)} for t, r in zip(asked, replies, strict=True)
+            }
+            for tenant, found in self._due(now, fresh).items():
+                due.setdefault(tenant, []).extend(found)
+            for tenant, entries in fresh.items():
+                mine[tenant].update(entries)
+            hungry = {t for t in asked if fresh[t] and len(mine[t]) < held and len(due.get(t, [])) < per_tenant}
         out: list[Candidate] = []
         for found in due.values():
             out.extend(sorted(found, key=lambda c: (c.accepted_at, c.id))[:per_tenant])

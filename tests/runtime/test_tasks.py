@@ -133,6 +133,16 @@ def test_replayable_takes_each_tenants_oldest_few(store: TaskStore) -> None:
     assert [c.id for c in store.replayable(10.0, per_tenant=2)] == ["a0", "a1", "b0"]
 
 
+def test_tasks_waiting_out_a_backoff_do_not_hold_up_their_tenants_next(store: TaskStore) -> None:
+    for i in range(5):
+        store.accept(task(f"a{i}", at=float(i)), capacity=10)
+    for early in ("a0", "a1"):
+        store.claim(early, 5.0, 10.0)
+        store.retry(early, not_before=100.0)
+    assert [c.id for c in store.replayable(10.0, per_tenant=2)] == ["a2", "a3"]
+    assert [c.id for c in store.replayable(100.0, per_tenant=2)] == ["a0", "a1"]
+
+
 # ---- SQLite only -----------------------------------------------------------------------------
 
 
