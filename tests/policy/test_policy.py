@@ -500,3 +500,18 @@ def test_deferral_is_off_unless_configured_and_a_callback_needs_a_signing_secret
         )
     with pytest.raises(PolicyError, match="max_per_tenant"):
         parse_policy(policy_data(deferral={"store": "t.db", "max_per_tenant": 0}))
+
+
+def test_deferral_keeps_tasks_in_one_place_an_sqlite_file_or_a_fleets_redis() -> None:
+    fleet = make_policy(deferral={"redis": "rediss://rungway@redis.internal:6380/2"}).deferral
+    assert fleet is not None and fleet.redis == "rediss://rungway@redis.internal:6380/2" and fleet.store is None
+    for both_or_neither in ({"store": "t.db", "redis": "redis://r:6379/0"}, {}):
+        with pytest.raises(PolicyError, match="store \\(an SQLite file\\) or redis \\(a URL\\)"):
+            parse_policy(policy_data(deferral=both_or_neither))
+    with pytest.raises(
+        PolicyError, match="redis must be a redis:// or rediss:// URL, but its scheme was 'http'"
+    ) as bad:
+        parse_policy(policy_data(deferral={"redis": "http://user:hunter2@r:6379"}))
+    assert "hunter2" not in str(bad.value)  # a URL can carry a password: never echoed
+    with pytest.raises(PolicyError, match="redis_password needs a redis URL without a password"):
+        parse_policy(policy_data(deferral={"redis": "redis://:pw@r:6379/0", "redis_password": {"env": "X"}}))
