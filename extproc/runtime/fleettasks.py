@@ -44,6 +44,10 @@ GROUP = "drainers"
 # room for tasks waiting out a backoff without stopping the tenant's next ones.
 _HELD = 4
 _TIDY_EVERY_S = 60.0  # forgetting consumers of pods long gone: housekeeping, not correctness
+# The longest a call waits for Redis's reply, whatever the caller would allow SQLite's write lock:
+# a healthy Redis answers in milliseconds, and `rungway up` reads the queue's depth for /metrics
+# on its event loop.
+_REPLY_WAIT_S = 2.0
 
 _ACCEPT = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 1 end
@@ -330,7 +334,7 @@ def deferral_store(settings: Deferral, *, wait_s: float, consumer: str | None = 
     return RedisTaskStore.connect(
         settings.redis,
         password=password,
-        timeout_s=wait_s,
+        timeout_s=min(wait_s, _REPLY_WAIT_S),
         lease_s=settings.lease_s,
         result_ttl_s=settings.result_ttl_s,
         consumer=consumer,

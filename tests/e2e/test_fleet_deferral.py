@@ -150,3 +150,33 @@ def test_a_pod_killed_mid_drain_leaves_its_tasks_to_the_other_pods_drainer(
         doomed.stop()
         client.close()
     print(f"seed {seed}: the doomed pod held {held} entries; {in_flight} tasks running at the kill")
+
+
+def test_without_its_redis_a_pod_refuses_to_defer_with_503_and_defers_again_once_it_is_back(
+    fresh: Fleet, tmp_path: Path, shared: RedisServer
+) -> None:
+    """A 202 is never sent for a task Redis did not store: with Redis gone, a deferrable request
+    gets a prompt 503 (counted), the pod keeps serving, and deferral resumes with Redis."""
+    with running(fleet_policy(fresh, tmp_path, shared), env=FLEET_ENV) as stack:
+        outage(stack, fresh)
+        shared.stop()  # SIGKILL; nothing persisted: the queue is gone with it
+        refused = post(stack, stack.app_key, BATCH)
+        assert refused.status_code == 503 and refused.headers["retry-after"] == "5"
+        assert "could not be queued" in refused.json()["error"]["message"]
+        assert "x-rungway-task-id" not in refused.headers
+        metrics = stack.metrics()
+        assert metric(metrics, "rungway_deferred_total", tenant="app", outcome="unavailable") >= 1
+        assert metric(metrics, "rungway_deferral_store_up") == 0 and "rungway_deferral_queue_depth" not in metrics
+        assert stack.status()["deferral"]["store_error"] == "ConnectionError"
+        time.sleep(1.0)  # the drainer's passes fail meanwhile
+        shared.start()
+        deadline = time.monotonic() + 20
+        while (reply := post(stack, stack.app_key, BATCH)).status_code != 202 and time.monotonic() < deadline:
+            assert reply.status_code == 503  # the first call on a dropped connection may still fail
+            time.sleep(0.2)
+        assert reply.status_code == 202
+        fresh.primary.set_mode("ok")
+        assert answered(stack, stack.app_key, reply.headers["location"]).status_code == 200
+        assert metric(stack.metrics(), "rungway_deferral_store_up") == 1
+        # The drainer said so once for the whole outage, not once a pass.
+        assert stack.output().count("deferral pass failed") == 1, stack.output()
