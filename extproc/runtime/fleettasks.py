@@ -5,8 +5,9 @@ Theory of operation. Each task is a hash (`task:<id>`: its record and body, its 
 backoff and, once answered, its result), and its tenant's stream (`q:<tenant>`) carries one
 entry naming it. The stream is read through one consumer group (`drainers`) whose consumers
 are the pods' drainers: `replayable` reads again the entries this drainer holds (which keeps
-them its own), takes over with XAUTOCLAIM the entries of a drainer silent for a lease (a pod
-that died: min-idle-time = `lease_s`), and only then has new ones delivered, a few per tenant
+them its own), takes over with XAUTOCLAIM the entries of a drainer silent for `takeover_s` (a
+pod that died, or one too busy replaying to read: min-idle-time), and only then has new ones
+delivered, a few per tenant
 (per-tenant streams: one tenant's backlog never hides another's tasks). The hash is the truth:
 `claim`, `retry` and `finish` are compare-and-set transactions (WATCH / MULTI) that check the
 task's state against deferral's transition table with the caller's clock, exactly as the
@@ -48,6 +49,10 @@ _TIDY_EVERY_S = 60.0  # forgetting consumers of pods long gone: housekeeping, no
 # a healthy Redis answers in milliseconds, and `rungway up` reads the queue's depth for /metrics
 # on its event loop.
 _REPLY_WAIT_S = 2.0
+# A drainer silent this many passes (at least the floor, at most a lease) holds its entries no
+# more: a dead pod's waiting tasks move on within seconds, not after a whole `lease_s`.
+_TAKEOVER_PASSES = 20
+_TAKEOVER_FLOOR_S = 10.0
 
 _ACCEPT = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 1 end
@@ -63,7 +68,7 @@ redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
 return 1
 """
 
-# Consumers with nothing pending, silent for longer than a lease, are pods long gone. Checked
+# Consumers with nothing pending, silent for longer than a takeover, are pods long gone. Checked
 # and deleted in one script: a consumer deleted with entries pending would strand them.
 _TIDY = """
 local ok, consumers = pcall(redis.call, 'XINFO', 'CONSUMERS', KEYS[1], ARGV[1])
@@ -86,17 +91,18 @@ class RedisTaskStore:
         self,
         client: redis.Redis,
         *,
-        lease_s: float = 900.0,
+        takeover_s: float = 10.0,
         result_ttl_s: float = 3600.0,
         consumer: str | None = None,
         prefix: str = PREFIX,
     ) -> None:
-        """`client`: bytes in and out (no decode_responses). `lease_s`: how long a drainer may
-        stay silent before another takes over the entries it holds. `consumer`: this drainer's
+        """`client`: bytes in and out (no decode_responses). `takeover_s`: how long a drainer
+        may stay silent before another takes over the entries it holds (a task being replayed
+        stays the replaying drainer's until its own lease lapses: the hash says so). `consumer`: this drainer's
         name in the group (unique per process: a restarted pod's old name is taken over)."""
         # redis-py types every reply as str | bytes | ...: this client answers bytes only.
         self._r: Any = client
-        self._lease_ms = max(1, int(lease_s * 1000))
+        self._takeover_ms = max(1, int(takeover_s * 1000))
         self._result_ttl = max(1, int(result_ttl_s))
         self._me = consumer or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self._p = prefix
@@ -220,7 +226,7 @@ class RedisTaskStore:
         if now - self._tidied_at >= _TIDY_EVERY_S:
             self._tidied_at = now
             for tenant in self._tenants():
-                self._tidy([self._queue(tenant)], [GROUP, self._lease_ms, self._me])
+                self._tidy([self._queue(tenant)], [GROUP, self._takeover_ms, self._me])
         return Swept(tuple(expired), dropped)
 
     # ---- queries -----------------------------------------------------------------------------
@@ -237,7 +243,7 @@ class RedisTaskStore:
         with self._r.pipeline(transaction=False) as pipe:
             for tenant in tenants:
                 pipe.xreadgroup(GROUP, self._me, {self._queue(tenant): "0"}, count=held)
-                pipe.xautoclaim(self._queue(tenant), GROUP, self._me, self._lease_ms, "0-0", count=per_tenant)
+                pipe.xautoclaim(self._queue(tenant), GROUP, self._me, self._takeover_ms, "0-0", count=per_tenant)
             replies = pipe.execute()
         mine: dict[str, dict[bytes, bytes]] = {}  # tenant -> entry id -> task id
         for i, tenant in enumerate(tenants):
@@ -335,7 +341,7 @@ def deferral_store(settings: Deferral, *, wait_s: float, consumer: str | None = 
         settings.redis,
         password=password,
         timeout_s=min(wait_s, _REPLY_WAIT_S),
-        lease_s=settings.lease_s,
+        takeover_s=min(settings.lease_s, max(_TAKEOVER_FLOOR_S, _TAKEOVER_PASSES * settings.replay_every_s)),
         result_ttl_s=settings.result_ttl_s,
         consumer=consumer,
     )

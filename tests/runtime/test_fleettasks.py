@@ -60,9 +60,9 @@ def client(server: RedisServer) -> Iterator[redis.Redis]:
     c.close()
 
 
-def pod(server: RedisServer, name: str, lease_s: float = 60.0) -> RedisTaskStore:
+def pod(server: RedisServer, name: str, takeover_s: float = 60.0) -> RedisTaskStore:
     """One pod's store: its own connection, its own consumer in the drainers' group."""
-    return RedisTaskStore.connect(server.url, consumer=name, lease_s=lease_s)
+    return RedisTaskStore.connect(server.url, consumer=name, takeover_s=takeover_s)
 
 
 def test_a_task_accepted_on_one_pod_is_read_claimed_and_answered_once_across_pods(
@@ -88,19 +88,22 @@ def test_a_task_accepted_on_one_pod_is_read_claimed_and_answered_once_across_pod
     b.close()
 
 
-def test_a_silent_pods_tasks_are_taken_over_after_its_lease(server: RedisServer, client: redis.Redis) -> None:
-    lease_s = 0.3
-    a, b = pod(server, "a", lease_s), pod(server, "b", lease_s)
+def test_a_silent_pods_tasks_are_taken_over_and_its_replay_once_its_lease_lapses(
+    server: RedisServer, client: redis.Redis
+) -> None:
+    takeover_s = 0.3
+    a, b = pod(server, "a", takeover_s), pod(server, "b", takeover_s)
     for i in range(3):
         a.accept(task(f"t{i}", at=float(i)), capacity=10)
     assert [c.id for c in a.replayable(10.0, per_tenant=8)] == ["t0", "t1", "t2"]
-    assert a.claim("t0", 10.0, lease_s) is not None  # mid-replay when pod a dies
+    assert a.claim("t0", 10.0, 5.0) is not None  # mid-replay when pod a dies
     assert b.replayable(10.0, per_tenant=8) == []  # a holds them while it is alive
-    time.sleep(lease_s + 0.2)  # a said nothing for a lease (Redis's clock: idle time)
-    later = 10.0 + lease_s + 0.2
-    assert [c.id for c in b.replayable(later, per_tenant=8)] == ["t0", "t1", "t2"]
+    time.sleep(takeover_s + 0.2)  # a said nothing that long (Redis's clock: idle time)
+    assert [c.id for c in b.replayable(10.5, per_tenant=8)] == ["t1", "t2"]  # t0's replay: leased
     consumers = {c["name"]: c["pending"] for c in client.xinfo_consumers(f"{PREFIX}:q:acme", GROUP)}
     assert consumers == {b"a": 0, b"b": 3}
+    later = 15.0  # a's lease on t0 lapsed
+    assert [c.id for c in b.replayable(later, per_tenant=8)] == ["t0", "t1", "t2"]
     claimed = b.claim("t0", later, 30.0)
     assert claimed == task("t0", at=0.0)
     view = b.lookup("t0", "acme")
@@ -141,14 +144,14 @@ def test_a_tenants_capacity_holds_under_concurrent_accepts_from_many_pods(
 
 
 def test_forgotten_pods_leave_the_group_and_pods_with_tasks_stay(server: RedisServer, client: redis.Redis) -> None:
-    lease_s = 0.2
-    gone, holder, me = pod(server, "gone", lease_s), pod(server, "holder", lease_s), pod(server, "me", lease_s)
+    quiet_s = 0.2
+    gone, holder, me = pod(server, "gone", quiet_s), pod(server, "holder", quiet_s), pod(server, "me", quiet_s)
     gone.accept(task("t1"), capacity=5)
     gone.accept(task("t2", at=1.0), capacity=5)
     assert len(gone.replayable(5.0, per_tenant=1)) == 1  # takes t1
     assert len(holder.replayable(5.0, per_tenant=1)) == 1  # takes t2
     gone.finish("t1", answer(b"x"))  # "gone" holds nothing now
-    time.sleep(lease_s + 0.1)
+    time.sleep(quiet_s + 0.1)
     me.sweep(10.0, task_ttl_s=3600, result_ttl_s=3600)
     names = {c["name"] for c in client.xinfo_consumers(f"{PREFIX}:q:acme", GROUP)}
     assert names == {b"holder"}  # "gone" is forgotten; "me" never read; "holder" still holds t2
@@ -194,7 +197,11 @@ def test_an_acknowledged_task_survives_redis_killed_when_it_fsyncs_every_write(t
 def test_the_policy_chooses_the_store(server: RedisServer, tmp_path: Path) -> None:
     fleet = deferral_store(Deferral(redis=server.url), wait_s=0.5)
     assert isinstance(fleet, RedisTaskStore)
+    assert fleet._takeover_ms == 10_000  # 20 passes of 0.5 s: a dead pod's tasks move on in seconds
     fleet.close()
+    short = deferral_store(Deferral(redis=server.url, lease_s=2.0), wait_s=0.5)
+    assert isinstance(short, RedisTaskStore) and short._takeover_ms == 2_000  # never past a lease
+    short.close()
     local = deferral_store(Deferral(store=tmp_path / "tasks.db"), wait_s=0.5)
     assert isinstance(local, SqliteTaskStore)
     local.close()
