@@ -1,8 +1,8 @@
 """Deferral (E1) across a fleet: two `rungway up` stacks (each its own Envoy and workers) share
 one Redis, for the health bus and for the deferral queue. A request deferred on one pod is
-answered at the other's status URL, replayed once by the fleet when the primary recovers, and
-a pod killed with SIGKILL mid-drain leaves its tasks to the other pod's drainer, which takes
-them over after the lease."""
+answered at the other's status URL and replayed once by the fleet when the primary recovers; a
+tenant's capacity is the fleet's; a pod killed with SIGKILL mid-drain leaves its tasks to the
+other pod's drainer, which takes them over; without Redis no 202 is sent."""
 
 from __future__ import annotations
 
@@ -90,6 +90,19 @@ def test_a_task_deferred_on_one_pod_is_answered_on_both_and_replayed_once(
         assert replays(a, "duplicate") + replays(b, "duplicate") == 0
         print(f"answered by pod a: {replays(a, 'answered'):.0f}, by pod b: {replays(b, 'answered'):.0f}")
         assert a.status()["deferral"]["queue_depth"] == b.status()["deferral"]["queue_depth"] == 0
+
+
+def test_a_tenants_queue_is_bounded_across_the_fleet_not_per_pod(
+    fresh: Fleet, tmp_path: Path, shared: RedisServer
+) -> None:
+    policy = fleet_policy(fresh, tmp_path, shared, max_per_tenant=3)
+    with running(policy, env=FLEET_ENV) as a, running(policy, env=FLEET_ENV) as b:
+        outage(a, fresh)  # one task, on pod a
+        assert [post(b, b.app_key, BATCH).status_code for _ in range(2)] == [202, 202]
+        refused = post(a, a.app_key, BATCH)  # pod a has stored one task only: the fleet has three
+        assert refused.status_code == 429 and "deferral.max_per_tenant" in refused.json()["error"]["message"]
+        assert metric(a.metrics(), "rungway_deferred_total", tenant="app", outcome="full") == 1
+        assert a.status()["deferral"]["queue_depth"] == b.status()["deferral"]["queue_depth"] == 3
 
 
 def test_a_pod_killed_mid_drain_leaves_its_tasks_to_the_other_pods_drainer(
