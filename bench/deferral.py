@@ -120,11 +120,10 @@ def main() -> None:
         server.start()
     try:
         fleet = Fleet(mocks)
-        policy = deferral_policy(fleet, tmp, replays_in_flight=args.replays, max_per_tenant=100_000)
+        queue = {"redis": server.url} if server is not None else {}
+        policy = deferral_policy(fleet, tmp, replays_in_flight=args.replays, max_per_tenant=100_000, **queue)
         env = KEY_ENV
         if server is not None:
-            del policy["deferral"]["store"]
-            policy["deferral"]["redis"] = server.url
             policy["health"]["bus"] = server.url  # a fleet: the pods see one health picture
             env = {**KEY_ENV, "RUNGWAY_BUS_SECRET": "bench-fleet-secret-0123456789abcdef"}
         store = f"Redis (appendfsync {args.redis})" if server is not None else "SQLite (fsync)"

@@ -43,9 +43,7 @@ def shared() -> Iterator[RedisServer]:
 
 
 def fleet_policy(fleet: Fleet, tmp: Path, server: RedisServer, **deferral: Any) -> dict[str, Any]:
-    policy = deferral_policy(fleet, tmp, **deferral)
-    del policy["deferral"]["store"]
-    policy["deferral"]["redis"] = server.url
+    policy = deferral_policy(fleet, tmp, redis=server.url, **deferral)
     policy["health"]["bus"] = server.url
     return policy
 
