@@ -57,9 +57,10 @@ _TAKEOVER_FLOOR_S = 10.0
 _ACCEPT = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 1 end
 if redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[6]) then return 0 end
-if redis.call('SADD', KEYS[4], ARGV[2]) == 1 then
-  redis.pcall('XGROUP', 'CREATE', KEYS[5], ARGV[8], '0', 'MKSTREAM')
+if redis.call('EXISTS', KEYS[5]) == 0 then
+  redis.call('XGROUP', 'CREATE', KEYS[5], ARGV[8], '0', 'MKSTREAM')
 end
+redis.call('SADD', KEYS[4], ARGV[2])
 local entry = redis.call('XADD', KEYS[5], '*', 'id', ARGV[1])
 redis.call('HSET', KEYS[1], 'tenant', ARGV[2], 'state', ARGV[7], 'accepted_at', ARGV[3], 'attempts', 0,
   'lease_until', 0, 'not_before', 0, 'ended_at', 0, 'record', ARGV[4], 'body', ARGV[5], 'entry', entry)
@@ -244,7 +245,13 @@ class RedisTaskStore:
             for tenant in tenants:
                 pipe.xreadgroup(GROUP, self._me, {self._queue(tenant): "0"}, count=held)
                 pipe.xautoclaim(self._queue(tenant), GROUP, self._me, self._takeover_ms, "0-0", count=per_tenant)
-            replies = pipe.execute()
+            try:
+                replies = pipe.execute()
+            except redis.ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                self._regroup(tenants)  # a tenant's stream deleted by hand: made again, read next pass
+                return []
         mine: dict[str, dict[bytes, bytes]] = {}  # tenant -> entry id -> task id
         for i, tenant in enumerate(tenants):
             history, (_, taken, *_) = replies[2 * i], replies[2 * i + 1]
@@ -298,6 +305,14 @@ class RedisTaskStore:
                     pipe.xdel(self._queue(tenant), entry)
                 pipe.execute()
         return out
+
+    def _regroup(self, tenants: list[str]) -> None:
+        for tenant in tenants:
+            try:
+                self._r.xgroup_create(self._queue(tenant), GROUP, "0", mkstream=True)
+            except redis.ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
 
     def _tenants(self) -> list[str]:
         return sorted(raw.decode() for raw in self._r.smembers(f"{self._p}:tenants"))

@@ -159,6 +159,20 @@ def test_forgotten_pods_leave_the_group_and_pods_with_tasks_stay(server: RedisSe
         p.close()
 
 
+def test_a_tenants_stream_deleted_by_hand_is_made_again_rather_than_stopping_the_drainer(
+    server: RedisServer, client: redis.Redis
+) -> None:
+    a = pod(server, "a")
+    a.accept(task("t1"), capacity=5)
+    a.accept(task("b1", "blue"), capacity=5)
+    client.delete(f"{PREFIX}:q:acme")  # t1's entry goes with it: it waits for its TTL
+    assert a.replayable(1.0, per_tenant=4) == []
+    assert [c.id for c in a.replayable(1.0, per_tenant=4)] == ["b1"]  # the other tenants go on
+    a.accept(task("t2", at=1.0), capacity=5)
+    assert [c.id for c in a.replayable(2.0, per_tenant=4)] == ["b1", "t2"]
+    a.close()
+
+
 def test_an_acknowledged_task_survives_the_accepting_process_killed(server: RedisServer, client: redis.Redis) -> None:
     ctx = multiprocessing.get_context("spawn")
     proc = ctx.Process(target=_accept_and_die, args=(server.url,))
