@@ -7,8 +7,8 @@ entry naming it. The stream is read through one consumer group (`drainers`) whos
 are the pods' drainers: `replayable` reads again the entries this drainer holds (which keeps
 them its own), takes over with XAUTOCLAIM the entries of a drainer silent for `takeover_s` (a
 pod that died, or one too busy replaying to read: min-idle-time), and only then has new ones
-delivered, a few per tenant
-(per-tenant streams: one tenant's backlog never hides another's tasks). The hash is the truth:
+delivered, a few per tenant (per-tenant streams: one tenant's backlog never hides another's
+tasks). The hash is the truth:
 `claim`, `retry` and `finish` are compare-and-set transactions (WATCH / MULTI) that check the
 task's state against deferral's transition table with the caller's clock, exactly as the
 SQLite store does, so of two pods holding the same entry (a takeover of a pod that was only
@@ -99,8 +99,9 @@ class RedisTaskStore:
     ) -> None:
         """`client`: bytes in and out (no decode_responses). `takeover_s`: how long a drainer
         may stay silent before another takes over the entries it holds (a task being replayed
-        stays the replaying drainer's until its own lease lapses: the hash says so). `consumer`: this drainer's
-        name in the group (unique per process: a restarted pod's old name is taken over)."""
+        stays the replaying drainer's until its own lease lapses: the hash says so).
+        `consumer`: this drainer's name in the group (unique per process: a restarted pod's
+        old name is taken over)."""
         # redis-py types every reply as str | bytes | ...: this client answers bytes only.
         self._r: Any = client
         self._takeover_ms = max(1, int(takeover_s * 1000))
