@@ -116,7 +116,7 @@ def test_a_pod_killed_mid_drain_leaves_its_tasks_to_the_other_pods_drainer(
         with running(policy, env=FLEET_ENV) as survivor:
             outage(doomed, fresh)
             accepted: dict[str, str] = {}
-            for i in range(16):
+            for i in range(24):
                 reply = post(doomed, doomed.app_key, BATCH, messages=[{"role": "user", "content": f"kill-job-{i}"}])
                 assert reply.status_code == 202
                 accepted[reply.headers["x-rungway-task-id"]] = f"kill-job-{i}"
@@ -136,7 +136,7 @@ def test_a_pod_killed_mid_drain_leaves_its_tasks_to_the_other_pods_drainer(
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline and not (held_by_doomed() and running_now()):
                 time.sleep(0.02)
-            time.sleep(rng.uniform(0.0, 0.8))
+            time.sleep(rng.uniform(0.0, 0.5))
             state = doomed.refresh_state()
             for pid in [doomed.process.pid, state["envoy_pid"], *state["worker_pids"]]:
                 with contextlib.suppress(ProcessLookupError, TypeError):
