@@ -36,6 +36,7 @@ from redis.retry import Retry
 
 from ..core import DeferredTask, TaskResult
 from ..deferral import Candidate, Swept, TaskState, TaskView, is_due, transition
+from ..deferral.queue import PENDING
 from ..policy import Deferral
 from .tasks import SqliteTaskStore, TaskStore
 
@@ -193,7 +194,7 @@ class RedisTaskStore:
 
         def cas(pipe: Any) -> bool:
             state, tenant, entry = pipe.hmget(key, "state", "tenant", "entry")
-            if state is None or TaskState(state.decode()) not in (TaskState.QUEUED, TaskState.RUNNING):
+            if state is None or TaskState(state.decode()) not in PENDING:
                 return False
             transition(TaskState(state.decode()), target)
             pipe.multi()
