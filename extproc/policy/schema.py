@@ -426,7 +426,13 @@ class Deferral(_Frozen):
 
     # An SQLite file on local disk (WAL, fsync on every commit), shared by the pod's workers
     # (which accept) and `rungway up` (which replays). Never on a network file system.
-    store: Path
+    store: Path | None = None
+    # Or, for a fleet: a Redis every pod shares (redis:// or rediss://, often the health bus's),
+    # so any pod's drainer replays any pod's tasks and any pod answers their status. One of the
+    # two. Run it with `appendonly yes` and `appendfsync always` for a 202 to mean "on disk".
+    redis: str | None = None
+    # The Redis password (the ACL user goes in the URL), when it is not in the URL itself.
+    redis_password: Credential | None = None
     # Tasks one tenant may have waiting; past it a deferrable request gets 429 at once.
     max_per_tenant: int = Field(1000, ge=1, le=1_000_000)
     # A task not answered this long after it was accepted expires (its client reads 410).
@@ -442,6 +448,24 @@ class Deferral(_Frozen):
     # Signs the result POSTed to a tenant's callback_url (HMAC-SHA256, x-rungway-signature).
     callback_secret: Credential | None = None
     callback_attempts: int = Field(6, ge=1, le=20)
+
+    @field_validator("redis")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        if value is not None and urlsplit(value).scheme not in ("redis", "rediss"):
+            # The scheme only: a URL can carry a password.
+            raise ValueError(
+                f"redis must be a redis:// or rediss:// URL, but its scheme was {urlsplit(value).scheme!r}"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _one_store(self) -> Deferral:
+        if (self.store is None) == (self.redis is None):
+            raise ValueError("deferral needs one place to keep tasks: store (an SQLite file) or redis (a URL)")
+        if self.redis_password is not None and (self.redis is None or urlsplit(self.redis).password is not None):
+            raise ValueError("redis_password needs a redis URL without a password of its own")
+        return self
 
 
 class Review(_Frozen):
@@ -858,6 +882,10 @@ class Policy(_Frozen):
                     problems.append(f"{where}.escalate: set `escalation:` (the on-call's webhook) too")
                 if self.deferral is None:
                     problems.append(f"{where}.escalate: set `deferral:` too (escalated requests are stored there)")
+                elif self.deferral.store is None:
+                    problems.append(
+                        f"{where}.escalate: needs deferral.store (escalations are kept in SQLite, not Redis)"
+                    )
             if tenant.callback_url is not None:
                 if self.deferral is None or self.deferral.callback_secret is None:
                     problems.append(f"{where}.callback_url: needs deferral.callback_secret to sign its POSTs")

@@ -78,6 +78,7 @@ class Drainer:
     async def run(self) -> None:
         timeout = aiohttp.ClientTimeout(total=self._policy.route_timeout_s or None)
         async with aiohttp.ClientSession(timeout=timeout) as session:
+            failing = False
             try:
                 while True:
                     with contextlib.suppress(TimeoutError):
@@ -85,8 +86,14 @@ class Drainer:
                     self._wake.clear()
                     try:
                         await self.pass_once(session)
-                    except Exception:  # a locked or broken store: the next pass tries again
-                        log.exception("deferral pass failed")
+                    except Exception:  # a locked or broken store, Redis away: the next pass tries again
+                        if not failing:  # once per outage, not every pass
+                            log.exception("deferral pass failed")
+                        failing = True
+                    else:
+                        if failing:
+                            log.info("deferral passes work again")
+                        failing = False
             finally:
                 for task in [*self._running.values(), *self._callbacks]:
                     task.cancel()
@@ -185,8 +192,17 @@ class Drainer:
             self._wake.set()
 
     def snapshot(self, now: float) -> dict[str, object]:
-        """For /status: the queue's depth and age, and the replays running now."""
-        depth, oldest = self._store.depth()
+        """For /status: the queue's depth and age, and the replays running now. A store that
+        cannot be read (a fleet's Redis away) says so rather than failing /status."""
+        try:
+            depth, oldest = self._store.depth()
+        except Exception as exc:
+            return {
+                "queue_depth": None,
+                "oldest_age_s": None,
+                "replaying": len(self._running),
+                "store_error": type(exc).__name__,
+            }
         return {
             "queue_depth": depth,
             "oldest_age_s": round(now - oldest, 3) if oldest is not None else 0.0,
@@ -240,12 +256,24 @@ class DeferralCollector(Collector):
         self._clock = clock
 
     def collect(self) -> Iterator[Metric]:
-        depth, oldest = self._store.depth()
-        yield GaugeMetricFamily("rungway_deferral_queue_depth", "Deferred tasks waiting (queued or replaying).", depth)
-        age = max(0.0, self._clock() - oldest) if oldest is not None else 0.0
+        try:
+            found: tuple[int, float | None] | None = self._store.depth()
+        except Exception:  # a fleet's Redis away: no depth is better than a scrape that fails
+            found = None
         yield GaugeMetricFamily(
-            "rungway_deferral_oldest_age_seconds", "Age of the oldest deferred task still waiting (0: none).", age
+            "rungway_deferral_store_up",
+            "1 when the deferral store could be read at this scrape, 0 when not (no 202 while it is 0).",
+            float(found is not None),
         )
+        if found is not None:
+            depth, oldest = found
+            yield GaugeMetricFamily(
+                "rungway_deferral_queue_depth", "Deferred tasks waiting (queued or replaying).", depth
+            )
+            age = max(0.0, self._clock() - oldest) if oldest is not None else 0.0
+            yield GaugeMetricFamily(
+                "rungway_deferral_oldest_age_seconds", "Age of the oldest deferred task still waiting (0: none).", age
+            )
         replays = CounterMetricFamily(
             "rungway_deferred_replays",
             "Deferred tasks' replays by outcome: answered (the task's answer), duplicate (a second "

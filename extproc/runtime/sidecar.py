@@ -91,6 +91,7 @@ from .approvals import ApprovalsFile
 from .auditlog import AuditSink
 from .bus import HealthBus, InProcessBus
 from .escalations import EscalationStore, SqliteEscalations
+from .fleettasks import deferral_store
 from .keyfile import KeyFile
 from .metrics import OTHER, Metrics
 from .reload import HandedPolicy
@@ -99,7 +100,7 @@ from .review import ReviewStore, SqliteReviewStore
 from .shadow import ShadowCalls
 from .shield import SHIELD_SOCKET_ENV
 from .slots import LedgerStore, LocalLedger, SharedLedger
-from .tasks import SqliteTaskStore, TaskStore
+from .tasks import TaskStore
 from .webhook import deliver
 
 log = logging.getLogger("rungway.health")
@@ -264,10 +265,10 @@ class Sidecar:
             clock or SystemClock(),
             bus or InProcessBus(),
             key_file=KeyFile(store) if policy.clients.auth == "keys" and store is not None else None,
-            tasks=SqliteTaskStore(policy.deferral.store, STORE_WAIT_S) if policy.deferral is not None else None,
+            tasks=deferral_store(policy.deferral, wait_s=STORE_WAIT_S) if policy.deferral is not None else None,
             escalations=(
                 SqliteEscalations(policy.deferral.store, STORE_WAIT_S)
-                if policy.deferral is not None and policy.escalation is not None
+                if policy.deferral is not None and policy.deferral.store is not None and policy.escalation is not None
                 else None
             ),
             approvals_file=ApprovalsFile(policy.approvals) if policy.approvals is not None else None,

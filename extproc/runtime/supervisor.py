@@ -64,6 +64,7 @@ from .auditlog import AUDIT_CHAIN_ENV, AUDIT_DIR_ENV, AuditLog, AuditMetrics, re
 from .bus import HealthBus, HubServer, fleet_bus
 from .drainer import Drainer
 from .escalations import Desk, NoSuchEscalationError, SqliteEscalations, view_json
+from .fleettasks import deferral_store
 from .metrics import BoardCollector, EnvoyRestarts, ProbeMetrics, stream_summary
 from .reload import PolicyReloads, revision_file, source_fingerprint, write_atomically, written_at
 from .rescue import RESCUE_SOCKET_ENV
@@ -81,7 +82,6 @@ from .sidecar import (
     read_bus_event,
 )
 from .slots import SharedLedger
-from .tasks import SqliteTaskStore
 
 log = logging.getLogger("rungway.up")
 
@@ -93,6 +93,9 @@ _ENVOY_ADMIN = "http://envoy"
 _POLICY_POLL_S = 0.1
 # How long a reload waits for Envoy, then for every worker, to serve the new revision.
 _RELOAD_WAIT_S = 10.0
+# How long the drainer's store calls may wait (SQLite's write lock, Redis's reply): off any
+# client's path, so long enough to ride out another process's burst of writes.
+_DRAINER_STORE_WAIT_S = 30.0
 # Envoy's readout of the xDS version it applied, per resource (the file's resource name).
 _XDS_STATS = r"^(cluster_manager\.cds|http\.(rungway|relay)\.rds\.(rungway|relay))\.(version_text|update_rejected)$"
 _XDS_READOUTS = {
@@ -217,7 +220,7 @@ class Supervisor:
             secret = policy.deferral.callback_secret
             self.drainer = Drainer(
                 policy,
-                SqliteTaskStore(policy.deferral.store),
+                deferral_store(policy.deferral, wait_s=_DRAINER_STORE_WAIT_S),
                 self.board,
                 self._probe_token,
                 lambda: f"http://{self._listen_host()}:{self.listen_port}" if self.listen_port else None,
@@ -225,7 +228,7 @@ class Supervisor:
             )
         # The pod's escalation desk (E2): the on-call's webhooks and people's decisions.
         self.desk: Desk | None = None
-        if policy.deferral is not None and policy.escalation is not None:
+        if policy.deferral is not None and policy.deferral.store is not None and policy.escalation is not None:
             self.desk = Desk(SqliteEscalations(policy.deferral.store), lambda: self.history.current, self._audit_entry)
         audit = policy.audit
         self.audit_dir = (audit.dir or options.audit_dir) if audit.enabled else None

@@ -221,7 +221,3 @@ class SqliteTaskStore:
                 "SELECT count(*), min(accepted_at) FROM tasks WHERE state IN (?, ?)", _PENDING
             ).fetchone()
         return int(row[0]), row[1]
-
-
-def open_store(path: Path | None) -> TaskStore:
-    return SqliteTaskStore(path) if path is not None else TaskQueue()

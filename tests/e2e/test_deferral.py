@@ -29,7 +29,7 @@ from anthropic.types import Message
 from openai.types.chat import ChatCompletion
 
 from tests.conftest import KEY_ENV, Fleet
-from tests.stack import Stack, running
+from tests.stack import RedisServer, Stack, running
 
 pytestmark = pytest.mark.e2e
 HI: Any = [{"role": "user", "content": "hi"}]
@@ -37,7 +37,8 @@ BATCH = {"x-rungway-task": "batch"}
 
 
 def deferral_policy(fleet: Fleet, tmp: Path, **deferral: Any) -> dict[str, Any]:
-    """Tenant `app` permits only the primary; task class `batch` is deferrable."""
+    """Tenant `app` permits only the primary; task class `batch` is deferrable. The queue is an
+    SQLite file in `tmp`, or the Redis `redis=` names."""
     policy = fleet.policy(
         tmp,
         health={
@@ -48,7 +49,11 @@ def deferral_policy(fleet: Fleet, tmp: Path, **deferral: Any) -> dict[str, Any]:
             "circuit": {"minimum_calls": 2, "consecutive_failures": 2, "open_s": 1, "half_open_successes": 1},
         },
         tenants={"app": {"lowest_tier": 0}, "other": {"lowest_tier": 0}},
-        deferral={"store": str(tmp / "tasks.db"), "replay_every_s": 0.2, **deferral},
+        deferral={
+            **({} if "redis" in deferral else {"store": str(tmp / "tasks.db")}),
+            "replay_every_s": 0.2,
+            **deferral,
+        },
     )
     policy["tasks"]["batch"] = {"deferrable": True}
     return policy
@@ -278,13 +283,29 @@ def test_the_answer_is_posted_to_the_tenants_callback_signed_and_retried(fresh: 
         server.server_close()
 
 
-def test_nothing_acknowledged_is_lost_when_the_storing_process_is_killed(fresh: Fleet, tmp_path: Path) -> None:
+@pytest.fixture(params=["sqlite", "redis"])
+def queue_at(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
+    """Where the queue is: the pod's SQLite file, or a fleet's Redis (a real redis-server)."""
+    if request.param == "sqlite":
+        yield {}
+        return
+    server = RedisServer()
+    server.start()
+    try:
+        yield {"redis": server.url}
+    finally:
+        server.stop()
+
+
+def test_nothing_acknowledged_is_lost_when_the_storing_process_is_killed(
+    fresh: Fleet, tmp_path: Path, queue_at: dict[str, str]
+) -> None:
     """Deferrable requests keep coming while the workers (which store them) are killed with
     SIGKILL at random moments, during acceptance and during the replays; every request that got
     a 202 is answered, once per task id."""
     seed = random.randrange(2**32)
     rng = random.Random(seed)
-    with running(deferral_policy(fresh, tmp_path), env=KEY_ENV, workers=2) as stack:
+    with running(deferral_policy(fresh, tmp_path, **queue_at), env=KEY_ENV, workers=2) as stack:
         outage(stack, fresh)
         accepted: dict[str, str] = {}  # task id -> the request's own marker
         stop = threading.Event()

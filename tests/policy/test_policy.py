@@ -513,3 +513,29 @@ def test_re_runs_on_recovery_need_a_review_store_and_a_task_class_may_override_i
     rules = policy.tenant("clinic")
     assert rules.reruns("default") and not rules.reruns("summarizer")
     assert not policy.tenant("anyone").reruns("default")  # off unless a tenant asks
+
+
+def test_deferral_keeps_tasks_in_one_place_an_sqlite_file_or_a_fleets_redis() -> None:
+    fleet = make_policy(deferral={"redis": "rediss://rungway@redis.internal:6380/2"}).deferral
+    assert fleet is not None and fleet.redis == "rediss://rungway@redis.internal:6380/2" and fleet.store is None
+    for both_or_neither in ({"store": "t.db", "redis": "redis://r:6379/0"}, {}):
+        with pytest.raises(PolicyError, match="store \\(an SQLite file\\) or redis \\(a URL\\)"):
+            parse_policy(policy_data(deferral=both_or_neither))
+    with pytest.raises(
+        PolicyError, match="redis must be a redis:// or rediss:// URL, but its scheme was 'http'"
+    ) as bad:
+        parse_policy(policy_data(deferral={"redis": "http://user:hunter2@r:6379"}))
+    assert "hunter2" not in str(bad.value)  # a URL can carry a password: never echoed
+    with pytest.raises(PolicyError, match="redis_password needs a redis URL without a password"):
+        parse_policy(policy_data(deferral={"redis": "redis://:pw@r:6379/0", "redis_password": {"env": "X"}}))
+
+
+def test_escalations_need_the_sqlite_deferral_store_not_a_fleets_redis() -> None:
+    with pytest.raises(PolicyError, match="escalations are kept in SQLite, not Redis"):
+        parse_policy(
+            policy_data(
+                deferral={"redis": "redis://r:6379/0"},
+                escalation={"webhook_url": "https://oncall.test/hook", "secret": {"env": "X"}},
+                tenants={"bank": {"escalate": {"tier": 1}}},
+            )
+        )

@@ -1,5 +1,6 @@
-"""One contract suite over every TaskStore (the in-memory reference and SQLite), and what only
-the SQLite store owes: durability across processes and reopening, one winner per claim."""
+"""One contract suite over every TaskStore (the in-memory reference, SQLite and Redis), and what
+only the SQLite store owes: durability across processes and reopening, one winner per claim.
+What only the Redis store owes is in test_fleettasks.py."""
 
 from __future__ import annotations
 
@@ -10,10 +11,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 
 from extproc.core import DeferredTask, Dialect, Impact, TaskResult
 from extproc.deferral import TaskState
+from extproc.runtime.fleettasks import RedisTaskStore
 from extproc.runtime.tasks import MemoryTaskStore, SqliteTaskStore, TaskStore
+from tests.stack import RedisServer
 
 
 def task(task_id: str, tenant: str = "acme", at: float = 0.0) -> DeferredTask:
@@ -25,10 +29,26 @@ def answer(body: bytes, at: float = 1.0) -> TaskResult:
     return TaskResult(200, (("x-rungway-served-by", "primary/gpt-4o"),), body, at)
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(scope="module")
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["memory", "sqlite", "redis"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TaskStore]:
     if request.param == "memory":
         yield MemoryTaskStore()
+        return
+    if request.param == "redis":
+        server: RedisServer = request.getfixturevalue("redis_server")
+        client = redis.Redis.from_url(server.url)
+        client.flushdb()
+        fleet = RedisTaskStore(client)
+        yield fleet
+        fleet.close()
         return
     s = SqliteTaskStore(tmp_path / "tasks.db")
     yield s
@@ -111,6 +131,16 @@ def test_replayable_takes_each_tenants_oldest_few(store: TaskStore) -> None:
         store.accept(task(f"a{i}", at=float(i)), capacity=10)
     store.accept(task("b0", "blue", at=9.0), capacity=10)
     assert [c.id for c in store.replayable(10.0, per_tenant=2)] == ["a0", "a1", "b0"]
+
+
+def test_tasks_waiting_out_a_backoff_do_not_hold_up_their_tenants_next(store: TaskStore) -> None:
+    for i in range(5):
+        store.accept(task(f"a{i}", at=float(i)), capacity=10)
+    for early in ("a0", "a1"):
+        store.claim(early, 5.0, 10.0)
+        store.retry(early, not_before=100.0)
+    assert [c.id for c in store.replayable(10.0, per_tenant=2)] == ["a2", "a3"]
+    assert [c.id for c in store.replayable(100.0, per_tenant=2)] == ["a0", "a1"]
 
 
 # ---- SQLite only -----------------------------------------------------------------------------
