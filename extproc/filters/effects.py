@@ -55,6 +55,22 @@ class Arrived:
 
 
 @dataclass(frozen=True, slots=True)
+class HoldStarted:
+    """decide holds a request of the tenant waiting for an operator's approval (routing/hold.py)."""
+
+    tenant: str
+
+
+@dataclass(frozen=True, slots=True)
+class HoldEnded:
+    """A request stopped waiting for an approval (or, `full`, was never held): routing/hold.py's
+    HoldOutcome. Every HoldStarted is followed by exactly one HoldEnded that is not `full`."""
+
+    tenant: str
+    outcome: str
+
+
+@dataclass(frozen=True, slots=True)
 class Shed:
     """decide answered 503 + Retry-After at once: the worker had max_in_flight in flight."""
 
@@ -278,6 +294,8 @@ Effect = (
     | BudgetReached
     | RequestCounted
     | Arrived
+    | HoldStarted
+    | HoldEnded
     | Shed
     | SlotReserved
     | RungTaken

@@ -58,6 +58,10 @@ class Worker(Protocol):
         """Whether the rung takes one more request of the holder's now (None: yes)."""
         ...
 
+    def held(self, tenant: str) -> int:
+        """The tenant's requests this worker holds waiting for an approval (routing/hold.py)."""
+        ...
+
     def overloaded(self) -> bool:
         """Does the worker have policy.max_in_flight requests in flight? (decide sheds the next.)"""
         ...

@@ -10,6 +10,7 @@ import logging
 import os
 import random
 import secrets
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +44,8 @@ from ..filters.effects import (
     Deferred,
     Effect,
     HalfOpenAdmitted,
+    HoldEnded,
+    HoldStarted,
     RequestCounted,
     Rescued,
     RescueRequested,
@@ -217,6 +220,7 @@ class Sidecar:
     _spend_sent_at: float = field(default=float("-inf"), init=False)
     _ticked_at: float = field(default=float("-inf"), init=False)
     _evictions_counted: int = field(default=0, init=False)
+    _held: Counter[str] = field(default_factory=Counter, init=False)  # held for an approval, by tenant
 
     def __post_init__(self) -> None:
         self.history = History(self.policy)
@@ -258,8 +262,16 @@ class Sidecar:
         if self.key_file is not None and self.key_file.refresh():
             self.key_store = self.key_file.value
             self.metrics.key_store_reloads.inc()
+        self.refresh_approvals()
+
+    def refresh_approvals(self) -> None:
+        """Take a changed approvals file (every second; every tenth while a request is held)."""
         if self.approvals_file is not None and self.approvals_file.refresh():
             self.approvals = self.approvals_file.value
+
+    def holding(self) -> bool:
+        """Whether a request is held waiting for an approval at this worker."""
+        return any(n > 0 for n in self._held.values())
 
     def reload(self, history: History) -> bool:
         """Serve `history.current` from the next request on; requests decided under a previous
@@ -347,6 +359,9 @@ class Sidecar:
     def overloaded(self) -> bool:
         return self.admission.full(self.clock.now())
 
+    def held(self, tenant: str) -> int:
+        return self._held[tenant]
+
     def capacity(self, ladder: str, rung: int, holder: Holder) -> Denial | None:
         limits = self._limits.get((ladder, rung))
         if limits is None:
@@ -388,6 +403,16 @@ class Sidecar:
                     self.admission.routed(self.clock.now())  # in flight until its try starts
                 case Shed():
                     m.requests_shed.inc()
+                case HoldStarted(tenant):
+                    self._held[tenant] += 1
+                    m.approval_held.labels(m.tenant(tenant)).inc()
+                case HoldEnded(tenant, outcome):
+                    if outcome != "full":
+                        self._held[tenant] -= 1
+                        if not self._held[tenant]:
+                            del self._held[tenant]
+                        m.approval_held.labels(m.tenant(tenant)).dec()
+                    m.approval_holds.labels(m.tenant(tenant), outcome).inc()
                 case SlotReserved(ladder, rung, tenant, impact) if (ladder, rung) in self._limits:
                     with self.ledger.change(now := self.clock.now()) as ledger:
                         ledger.reserve((ladder, rung), Holder(tenant, impact), now)
