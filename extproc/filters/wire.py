@@ -92,7 +92,7 @@ def trailers_response() -> ProcessingResponse:
 def wait_longer(seconds: float) -> ProcessingResponse:
     """Asks Envoy to wait up to `seconds` for the answer to the message it sent last (honoured
     once per message, and only up to the filter's max_message_timeout)."""
-    response = ProcessingResponse()
+    response = ep.ProcessingResponse()
     response.override_message_timeout.FromMilliseconds(round(seconds * 1000))
     return response
 

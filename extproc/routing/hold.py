@@ -16,7 +16,7 @@ from typing import Final
 
 from ..core import Failure
 from ..policy import Policy
-from .ladder import Refusal, RequestFeatures, choose, tenant_forbids
+from .ladder import NeedBody, Refusal, RequestFeatures, Route, choose, tenant_forbids
 
 # How often a held request re-reads the approvals (the runtime re-reads the file as often).
 CHECK_EVERY_S: Final = 0.1
@@ -46,10 +46,12 @@ def awaits_approval(policy: Policy, features: RequestFeatures, refusal: Refusal)
     def forbids(index: int, approved: int | None) -> bool:
         return tenant_forbids(policy, features.tenant, features.task, ladder, index, approved) is not None
 
-    added = any(
-        forbids(i, features.approved_tier) and not forbids(i, lowest) for i in range(len(policy.ladders[ladder]))
-    )
-    return added and not isinstance(choose(policy, replace(features, approved_tier=lowest)), Refusal)
+    rungs = range(len(policy.ladders[ladder]))
+    added = {i for i in rungs if forbids(i, features.approved_tier) and not forbids(i, lowest)}
+    approved = choose(policy, replace(features, approved_tier=lowest))
+    if isinstance(approved, Route):
+        return bool(added.intersection(approved.rungs))
+    return bool(added) and isinstance(approved, NeedBody)
 
 
 def hold_until(policy: Policy, tenant: str, now: float) -> float | None:
