@@ -579,6 +579,8 @@ class Supervisor:
             "streams": stream_summary(self._worker_metrics().collect()),  # type: ignore[no-untyped-call]
             # The pod's rung capacity ledger (runtime/slots.py): in flight by rung and tenant.
             "capacity": self._slots.read(time.monotonic()).snapshot(time.monotonic()),
+            # Requests held now waiting for an operator's approval, by tenant (routing/hold.py).
+            "held_for_approval": self._held_for_approval(),
             **self.board.snapshot(time.time()),
         }
         if self.drainer is not None:
@@ -593,6 +595,17 @@ class Supervisor:
     def _worker_metrics(self) -> multiprocess.MultiProcessCollector:
         """The workers' counters, summed across their processes' files."""
         return multiprocess.MultiProcessCollector(None, path=str(self._metrics_dir))  # type: ignore[no-untyped-call]
+
+    def _held_for_approval(self) -> dict[str, int]:
+        """The workers' held requests by tenant (their live gauges' sum)."""
+        held: dict[str, int] = {}
+        for metric in self._worker_metrics().collect():  # type: ignore[no-untyped-call]
+            if metric.name == "rungway_approval_held_requests":
+                for sample in metric.samples:
+                    if sample.value:
+                        tenant = sample.labels["tenant"]
+                        held[tenant] = held.get(tenant, 0) + int(sample.value)
+        return held
 
     def _audit_backlog(self) -> int:
         """Audit records the workers have queued and not yet written (their gauges' sum)."""
