@@ -160,7 +160,8 @@ class TenantPolicy(_Frozen):
     # for one (an approval during the wait lets it through; after it, the refusal). Never past
     # the request's route timeout. None: refused at once.
     approval_wait_s: float | None = Field(None, gt=0, le=MAX_APPROVAL_WAIT_S)
-    # Requests of the tenant held at once, per worker; past it the next is refused at once.
+    # Requests of the tenant held at once in the pod (all its workers); past it the next is
+    # refused at once.
     approval_max_held: int = Field(16, ge=1, le=10_000)
     budget: Budget | None = None
     # How much the tenant's requests matter (T3); None: the policy's default_impact. A task

@@ -5,14 +5,14 @@ when only an approval could serve it: decide holds the request (Envoy waits for 
 re-decides it each time it wakes, under the approvals in force then. The first approval that lets
 a rung serve it routes it; at `until` the refusal that says how to approve is sent. A hold never
 outlasts the request's route timeout, and a tenant has at most `approval_max_held` requests held
-at one worker (the next is refused at once).
+in the pod (the next is refused at once; `HeldCount`, shared by the pod's workers).
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
 from enum import StrEnum
-from typing import Final
+from typing import Any, Final
 
 from ..core import Failure
 from ..policy import Policy
@@ -77,3 +77,61 @@ def remaining_timeout_s(policy: Policy, held_s: float) -> float | None:
     if policy.route_timeout_s <= 0:
         return None
     return max(policy.route_timeout_s - held_s, 0.001)  # spent: Envoy answers 504 at once
+
+
+_HELD_VERSION: Final = 1
+
+
+class HeldCount:
+    """Requests held for an approval, by the worker holding them (`owner`, its pid) and tenant:
+    one pod's count, shared by its workers like the capacity ledger (runtime/slots.py), so that
+    `approval_max_held` holds for the pod. Commands move state; queries never do."""
+
+    def __init__(self, counts: dict[tuple[int, str], int] | None = None) -> None:
+        self._counts: dict[tuple[int, str], int] = dict(counts or {})
+
+    # ---- commands ----------------------------------------------------------------------------
+
+    def take(self, tenant: str, owner: int = 0) -> None:
+        self._counts[owner, tenant] = self._counts.get((owner, tenant), 0) + 1
+
+    def free(self, tenant: str, owner: int = 0) -> None:
+        left = self._counts.get((owner, tenant), 0) - 1
+        if left > 0:
+            self._counts[owner, tenant] = left
+        else:
+            self._counts.pop((owner, tenant), None)
+
+    def forget(self, owners: set[int]) -> None:
+        """Only these workers are alive: the holds of any other ended with it."""
+        self._counts = {key: n for key, n in self._counts.items() if key[0] in owners}
+
+    # ---- queries -----------------------------------------------------------------------------
+
+    def owners(self) -> set[int]:
+        return {owner for owner, _ in self._counts}
+
+    def held(self, tenant: str) -> int:
+        return sum(n for (_, t), n in self._counts.items() if t == tenant)
+
+    def snapshot(self) -> dict[str, int]:
+        """Held by tenant, for /status and tests."""
+        out: dict[str, int] = {}
+        for (_, tenant), n in sorted(self._counts.items()):
+            out[tenant] = out.get(tenant, 0) + n
+        return out
+
+    # ---- one encode/decode pair ---------------------------------------------------------------
+
+    def encode(self) -> dict[str, Any]:
+        return {"v": _HELD_VERSION, "held": [[o, t, n] for (o, t), n in sorted(self._counts.items())]}
+
+    @classmethod
+    def decode(cls, raw: Any) -> HeldCount:
+        """Raises ValueError on anything that is not an encoded count of this version."""
+        try:
+            if raw["v"] != _HELD_VERSION:
+                raise ValueError(f"held count version {raw['v']!r}, expected {_HELD_VERSION}")
+            return cls({(int(o), str(t)): int(n) for o, t, n in raw["held"]})
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:
+            raise ValueError(f"not an encoded held count: {exc!r}") from None

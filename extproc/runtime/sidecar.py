@@ -10,7 +10,6 @@ import logging
 import os
 import random
 import secrets
-from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,7 +92,7 @@ from .metrics import OTHER, Metrics
 from .reload import HandedPolicy
 from .rescue import RESCUE_SOCKET_ENV
 from .shadow import ShadowCalls
-from .slots import LedgerStore, LocalLedger, SharedLedger
+from .slots import HoldStore, LedgerStore, LocalHolds, LocalLedger, SharedHolds, SharedLedger
 from .tasks import SqliteTaskStore, TaskStore
 from .webhook import deliver
 
@@ -108,6 +107,8 @@ CHANNEL_TOKEN_ENV = "RUNGWAY_CHANNEL_TOKEN"
 HUB_SECRET_ENV = "RUNGWAY_HEALTH_HUB_SECRET"  # the hub's signing secret, made by `rungway up` per run
 # The file `rungway up`'s workers share the rungs' capacity ledger in (runtime/slots.py).
 SLOTS_ENV = "RUNGWAY_SLOTS"
+# And the file they count the requests held for an approval in (routing/hold.py).
+HOLDS_ENV = "RUNGWAY_HOLDS"
 _REQUEST_COUNT_EVERY_S = 0.25
 # How often the board is ticked for decide. Its queries already see circuit timers as due, and
 # observations move it at once; a tick moves only what time alone changes (scores of aging
@@ -202,6 +203,10 @@ class Sidecar:
             SharedLedger(Path(os.environ[SLOTS_ENV])) if os.environ.get(SLOTS_ENV) else LocalLedger()
         )
     )
+    # Requests held for an approval: the pod's count under `rungway up`, else this worker's.
+    holds: HoldStore = field(
+        default_factory=lambda: SharedHolds(Path(os.environ[HOLDS_ENV])) if os.environ.get(HOLDS_ENV) else LocalHolds()
+    )
     key_store: KeyStore = field(init=False)
     # The current revision (`policy`) and the previous ones requests in flight were decided under.
     history: History = field(init=False)
@@ -220,7 +225,7 @@ class Sidecar:
     _spend_sent_at: float = field(default=float("-inf"), init=False)
     _ticked_at: float = field(default=float("-inf"), init=False)
     _evictions_counted: int = field(default=0, init=False)
-    _held: Counter[str] = field(default_factory=Counter, init=False)  # held for an approval, by tenant
+    _holding: int = field(default=0, init=False)  # requests this worker holds for an approval
 
     def __post_init__(self) -> None:
         self.history = History(self.policy)
@@ -271,7 +276,7 @@ class Sidecar:
 
     def holding(self) -> bool:
         """Whether a request is held waiting for an approval at this worker."""
-        return any(n > 0 for n in self._held.values())
+        return self._holding > 0
 
     def reload(self, history: History) -> bool:
         """Serve `history.current` from the next request on; requests decided under a previous
@@ -360,7 +365,7 @@ class Sidecar:
         return self.admission.full(self.clock.now())
 
     def held(self, tenant: str) -> int:
-        return self._held[tenant]
+        return self.holds.read(self.clock.now()).held(tenant)
 
     def capacity(self, ladder: str, rung: int, holder: Holder) -> Denial | None:
         limits = self._limits.get((ladder, rung))
@@ -404,13 +409,15 @@ class Sidecar:
                 case Shed():
                     m.requests_shed.inc()
                 case HoldStarted(tenant):
-                    self._held[tenant] += 1
+                    self._holding += 1
+                    with self.holds.change(self.clock.now()) as held:
+                        held.take(tenant, self._pid)
                     m.approval_held.labels(m.tenant(tenant)).inc()
                 case HoldEnded(tenant, outcome):
                     if outcome != "full":
-                        self._held[tenant] -= 1
-                        if not self._held[tenant]:
-                            del self._held[tenant]
+                        self._holding -= 1
+                        with self.holds.change(self.clock.now()) as held:
+                            held.free(tenant, self._pid)
                         m.approval_held.labels(m.tenant(tenant)).dec()
                     m.approval_holds.labels(m.tenant(tenant), outcome).inc()
                 case SlotReserved(ladder, rung, tenant, impact) if (ladder, rung) in self._limits:

@@ -66,6 +66,7 @@ from .reload import PolicyReloads, revision_file, source_fingerprint, write_atom
 from .rescue import RESCUE_SOCKET_ENV
 from .sidecar import (
     CHANNEL_TOKEN_ENV,
+    HOLDS_ENV,
     HUB_ENV,
     HUB_SECRET_ENV,
     PROBE_TOKEN_ENV,
@@ -74,7 +75,7 @@ from .sidecar import (
     configured_endpoints,
     read_bus_event,
 )
-from .slots import SharedLedger
+from .slots import SharedHolds, SharedLedger
 from .tasks import SqliteTaskStore
 
 log = logging.getLogger("rungway.up")
@@ -162,6 +163,7 @@ class Supervisor:
         self._worker_sockets = [self._dir / f"worker-{i}.sock" for i in range(options.workers)]
         self._rescue_socket = self._dir / "rescue.sock"  # Envoy's rescue listener
         self._slots = SharedLedger(self._dir / "capacity.json")  # the workers' rung capacity ledger
+        self._holds = SharedHolds(self._dir / "holds.json")  # their requests held for an approval
         self._workers: list[subprocess.Popen[bytes] | None] = [None] * options.workers
         self._envoy: subprocess.Popen[bytes] | None = None
         # Envoy's admin: a Unix socket in this 0700 directory, made 0600 by Envoy (no TCP port).
@@ -240,6 +242,7 @@ class Supervisor:
             CHANNEL_TOKEN_ENV: self._channel_token,
             RESCUE_SOCKET_ENV: str(self._rescue_socket),
             SLOTS_ENV: str(self._slots.path),  # the pod's rung capacity ledger
+            HOLDS_ENV: str(self._holds.path),  # the pod's count of requests held for an approval
         }
         if self.audit_dir is not None:
             # Chains by worker slot: a restarted worker continues its own.
@@ -580,7 +583,7 @@ class Supervisor:
             # The pod's rung capacity ledger (runtime/slots.py): in flight by rung and tenant.
             "capacity": self._slots.read(time.monotonic()).snapshot(time.monotonic()),
             # Requests held now waiting for an operator's approval, by tenant (routing/hold.py).
-            "held_for_approval": self._held_for_approval(),
+            "held_for_approval": self._holds.read(time.monotonic()).snapshot(),
             **self.board.snapshot(time.time()),
         }
         if self.drainer is not None:
@@ -595,17 +598,6 @@ class Supervisor:
     def _worker_metrics(self) -> multiprocess.MultiProcessCollector:
         """The workers' counters, summed across their processes' files."""
         return multiprocess.MultiProcessCollector(None, path=str(self._metrics_dir))  # type: ignore[no-untyped-call]
-
-    def _held_for_approval(self) -> dict[str, int]:
-        """The workers' held requests by tenant (their live gauges' sum)."""
-        held: dict[str, int] = {}
-        for metric in self._worker_metrics().collect():  # type: ignore[no-untyped-call]
-            if metric.name == "rungway_approval_held_requests":
-                for sample in metric.samples:
-                    if sample.value:
-                        tenant = sample.labels["tenant"]
-                        held[tenant] = held.get(tenant, 0) + int(sample.value)
-        return held
 
     def _audit_backlog(self) -> int:
         """Audit records the workers have queued and not yet written (their gauges' sum)."""
@@ -923,6 +915,7 @@ class Supervisor:
                     proc.wait()
         await self._bus.stop()
         self._slots.close()
+        self._holds.close()
         shutil.rmtree(self._dir, ignore_errors=True)
         log.info("rungway stopped")
 

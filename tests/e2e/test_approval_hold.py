@@ -52,7 +52,8 @@ def held(fleet: Fleet, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sta
     APPROVALS["path"] = tmp / "approvals.json"
     policy["approvals"] = str(APPROVALS["path"])
     fleet.reset()
-    with running(policy, env=KEY_ENV) as stack:
+    # Two workers: a tenant's cap is the pod's, whichever worker holds its requests.
+    with running(policy, env=KEY_ENV, workers=2) as stack:
         KEYS.update({name: stack.issue_key(name) for name in ("clinic", "ward", "lab", "agency")})
         time.sleep(1.5)  # the sidecar takes a changed key store within a second
         fleet.primary.set_mode("status:503")

@@ -15,6 +15,7 @@ from extproc.policy import PolicyError, parse_policy
 from extproc.routing.explain import features_for
 from extproc.routing.hold import (
     DEADLINE_MARGIN_S,
+    HeldCount,
     awaits_approval,
     hold_until,
     holds_full,
@@ -114,3 +115,17 @@ def test_hold_rules_are_validated(tenant: dict[str, Any], problem: str) -> None:
     with pytest.raises(PolicyError) as caught:
         parse_policy(policy_data(tenants={"clinic": tenant}, approvals="approvals.json"))
     assert any(problem in p for p in caught.value.problems), caught.value.problems
+
+
+def test_a_held_count_round_trips_and_refuses_what_is_not_one() -> None:
+    count = HeldCount()
+    count.take("clinic", owner=7)
+    count.take("clinic", owner=8)
+    again = HeldCount.decode(count.encode())
+    assert again.snapshot() == {"clinic": 2} and again.owners() == {7, 8}
+    again.forget({8})
+    assert again.held("clinic") == 1
+    broken: list[Any] = [{"v": 2, "held": []}, {"held": []}, {"v": 1, "held": [["x"]]}, None]
+    for raw in broken:
+        with pytest.raises(ValueError, match="held count"):
+            HeldCount.decode(raw)
