@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import anthropic
 import httpx2 as httpx
 import openai
 import pytest
@@ -136,7 +137,17 @@ def test_without_an_approval_the_held_request_gets_the_refusal_that_says_how_to_
     assert "rungway approve --tenant ward --tier 1" in error["message"]
     assert caught.value.response.headers["x-should-retry"] == "false"
     assert held_now(held, "ward") == 0
-    assert metric(held.metrics(), "rungway_approval_holds_total", tenant="ward", outcome="expired") == 1
+    # An Anthropic client is held the same way and reads the refusal in its own dialect.
+    with held.anthropic_as(KEYS["ward"]) as client:
+        message = in_background(lambda: client.messages.create(model="gpt-4o", max_tokens=16, messages=HI))
+        until_held(held, "ward", 1)
+        with pytest.raises(anthropic.APIStatusError) as refused:
+            message()
+    assert refused.value.status_code == 503
+    body = refused.value.body
+    assert isinstance(body, dict) and body["type"] == "error"
+    assert "rungway approve --tenant ward --tier 1" in body["error"]["message"]
+    assert metric(held.metrics(), "rungway_approval_holds_total", tenant="ward", outcome="expired") == 2
 
 
 def test_a_client_that_leaves_while_held_frees_its_place(held: Stack) -> None:
