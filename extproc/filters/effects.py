@@ -12,6 +12,7 @@ from ..audit import Entry
 from ..core import DeferredTask, Dialect, Failure, Impact, Observation, QuotaSignal
 from ..health.contract import Contract
 from ..policy import Cost
+from ..routing.hold import HoldOutcome
 from .wire import ProcessingResponse
 
 
@@ -63,11 +64,11 @@ class HoldStarted:
 
 @dataclass(frozen=True, slots=True)
 class HoldEnded:
-    """A request stopped waiting for an approval (or, `full`, was never held): routing/hold.py's
-    HoldOutcome. Every HoldStarted is followed by exactly one HoldEnded that is not `full`."""
+    """A request stopped waiting for an approval (or, `full`, was never held). Every HoldStarted
+    is followed by exactly one HoldEnded that is not `full`."""
 
     tenant: str
-    outcome: str
+    outcome: HoldOutcome
 
 
 @dataclass(frozen=True, slots=True)

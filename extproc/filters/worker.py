@@ -59,7 +59,7 @@ class Worker(Protocol):
         ...
 
     def held(self, tenant: str) -> int:
-        """The tenant's requests this worker holds waiting for an approval (routing/hold.py)."""
+        """The tenant's requests held waiting for an approval, in the pod (routing/hold.py)."""
         ...
 
     def overloaded(self) -> bool:

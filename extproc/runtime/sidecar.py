@@ -81,6 +81,7 @@ from ..policy import (
 from ..routing import HealthView
 from ..routing.approval import Approvals
 from ..routing.capacity import Denial, Holder, Limits
+from ..routing.hold import HoldOutcome
 from ..routing.spend import OverBudget, SpendLedger
 from ..routing.tiers import TierWatch
 from .admission import Admission
@@ -414,12 +415,12 @@ class Sidecar:
                         held.take(tenant, self._pid)
                     m.approval_held.labels(m.tenant(tenant)).inc()
                 case HoldEnded(tenant, outcome):
-                    if outcome != "full":
+                    if outcome is not HoldOutcome.FULL:
                         self._holding -= 1
                         with self.holds.change(self.clock.now()) as held:
                             held.free(tenant, self._pid)
                         m.approval_held.labels(m.tenant(tenant)).dec()
-                    m.approval_holds.labels(m.tenant(tenant), outcome).inc()
+                    m.approval_holds.labels(m.tenant(tenant), outcome.value).inc()
                 case SlotReserved(ladder, rung, tenant, impact) if (ladder, rung) in self._limits:
                     with self.ledger.change(now := self.clock.now()) as ledger:
                         ledger.reserve((ladder, rung), Holder(tenant, impact), now)
