@@ -54,6 +54,7 @@ NOTES_MARKER = "<!-- Everything below this line is kept when bench.rescue rewrit
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 MODEL = "gpt-4o"
 XLAT_MODEL = "xlat-gpt"  # a ladder of the rescue rung alone: variant (a')
+PLAIN_TASK = "plain"  # a task class without rescue: no shield, the plain stream path
 HI: Any = [{"role": "user", "content": "hi"}]
 
 
@@ -66,13 +67,23 @@ class Variant:
     model: str
     speaker: str  # who the client's text says it is from: "primary (gpt-4o)"
     rescues: int  # rescue calls per stream (rungway_stream_rescues_total rises by one per stream)
+    task: str = "default"  # the task class (x-rungway-task): "plain" does not rescue
 
 
 def variants(half: int) -> list[Variant]:
     primary, secondary = f"primary ({MODEL})", "secondary (claude-fallback)"
     regenerate = f"mimic:primary:{MODEL}:noprefill"
     return [
-        Variant("plain", "(a) plain stream, no fault: OpenAI → OpenAI pass-through", "ok", "ok", MODEL, primary, 0),
+        Variant(
+            "plain",
+            "(a) plain stream, rescue off (the plain stream path): OpenAI → OpenAI pass-through",
+            *("ok", "ok", MODEL, primary, 0, PLAIN_TASK),
+        ),
+        Variant(
+            "shielded",
+            "(a'') plain stream, rescue on: the same through the reset shield, no fault",
+            *("ok", "ok", MODEL, primary, 0),
+        ),
         Variant(
             "plain-xlat",
             "(a') plain stream from the rescue rung alone (Anthropic → OpenAI, translated)",
@@ -87,6 +98,11 @@ def variants(half: int) -> list[Variant]:
             "regenerate",
             "(c) cut at half, rescued by regenerate-and-match (prefill refused with a 400)",
             *(f"cut:{half}", regenerate, MODEL, primary, 1),
+        ),
+        Variant(
+            "reset",
+            "(d) provider reset (RST) at half, rescued by continuation (prefill) through the shield",
+            *(f"reset_after:{half}", "ok", MODEL, primary, 1),
         ),
     ]
 
@@ -121,10 +137,10 @@ class CpuSample:
         return self.envoy_cpu_s / max(self.events, 1) * 1e6
 
 
-def raw_stream(client: httpx.Client, url: str, key: str, model: str) -> tuple[int, str, int]:
+def raw_stream(client: httpx.Client, url: str, key: str, model: str, task: str) -> tuple[int, str, int]:
     """One streamed chat completion read raw: (data events, text, finishes)."""
     body = {"model": model, "messages": HI, "stream": True}
-    headers = {"authorization": f"Bearer {key}", "content-type": "application/json"}
+    headers = {"authorization": f"Bearer {key}", "content-type": "application/json", "x-rungway-task": task}
     events, finishes, text = 0, 0, []
     with client.stream("POST", url + "/v1/chat/completions", json=body, headers=headers) as response:
         if response.status_code != 200:
@@ -151,13 +167,13 @@ def cpu_sample(stack: Any, fleet: Any, variant: Variant, rnd: int, streams: int,
     envoy = int(stack.state["envoy_pid"])
     ours = [*workers, envoy, stack.process.pid]
     with httpx.Client(timeout=60) as client:
-        raw_stream(client, stack.base_url, stack.app_key, variant.model)  # warm: connection, caches
+        raw_stream(client, stack.base_url, stack.app_key, variant.model, variant.task)  # warm: connection, caches
         msgs0, bad0 = extproc_counters(stack)
         cpu0 = {p: _safe_cpu(p) for p in ours}
         self0, busy0, t0 = _self_cpu(), _busy_jiffies(), time.monotonic()
         events = failures = 0
         for _ in range(streams):
-            n, text, finishes = raw_stream(client, stack.base_url, stack.app_key, variant.model)
+            n, text, finishes = raw_stream(client, stack.base_url, stack.app_key, variant.model, variant.task)
             events += n
             failures += text != want or finishes != 1
         wall = time.monotonic() - t0
@@ -207,10 +223,14 @@ class Timed:
     detail: str = ""
 
 
-def sdk_stream(stack: Any, model: str) -> tuple[str, list[str], int]:
+def sdk_stream(stack: Any, model: str, task: str) -> tuple[str, list[str], int]:
     text, finishes, usages = "", [], 0
     with stack.openai().chat.completions.create(
-        model=model, messages=HI, stream=True, stream_options={"include_usage": True}
+        model=model,
+        messages=HI,
+        stream=True,
+        stream_options={"include_usage": True},
+        extra_headers={"x-rungway-task": task},
     ) as stream:
         for chunk in stream:
             usages += chunk.usage is not None
@@ -221,13 +241,15 @@ def sdk_stream(stack: Any, model: str) -> tuple[str, list[str], int]:
     return text, finishes, usages
 
 
-def timed_stream(stack: Any, fleet: Any, kind: str, primary: str, secondary: str, tokens: int) -> Timed:
+def timed_stream(
+    stack: Any, fleet: Any, kind: str, primary: str, secondary: str, tokens: int, task: str = "default"
+) -> Timed:
     fleet.primary.set_mode(primary)
     fleet.secondary.set_mode(secondary)
     want = expected_text(f"primary ({MODEL})", tokens)
     started = time.perf_counter()
     try:
-        text, finishes, usages = sdk_stream(stack, MODEL)
+        text, finishes, usages = sdk_stream(stack, MODEL, task)
     except Exception as exc:  # an SDK error is a failed rescue: counted, not fatal
         return Timed(kind, time.perf_counter() - started, False, f"{type(exc).__name__}: {exc}"[:200])
     took = time.perf_counter() - started
@@ -241,7 +263,10 @@ def timed_stream(stack: Any, fleet: Any, kind: str, primary: str, secondary: str
 
 def rescue_policy(fleet: Any, key_dir: Path, stall_s: float) -> dict[str, Any]:
     """tests/e2e/test_rescue.py's policy, plus a ladder of the rescue rung alone for (a')."""
-    policy: dict[str, Any] = fleet.policy(key_dir, tasks={"default": {"min_output_tokens": 1, "rescue": True}})
+    policy: dict[str, Any] = fleet.policy(
+        key_dir,
+        tasks={"default": {"min_output_tokens": 1, "rescue": True}, PLAIN_TASK: {"min_output_tokens": 1}},
+    )
     policy["providers"]["secondary"]["capabilities"] = ["tools", "json_mode", "streaming", "prefill"]
     policy["stream_stall_s"] = stall_s
     # The primary's first-event budget (2 s in the fleet's policy) never bounds a long stream here.
@@ -347,8 +372,9 @@ def render(run: Run, vs: list[Variant]) -> str:
         "",
         f"`rungway up` (real Envoy, concurrency 1, one sidecar worker) on the e2e mock fleet; streams of "
         f"{m['tokens']} tokens, one SSE event each, {m['interval_ms']:g} ms apart (the mocks write every event on "
-        f"its own); the cut is after token {m['tokens'] // 2}. Task class `rescue: true`; the rescue rung (the "
-        "Anthropic secondary) declares `prefill`; stream_stall_s "
+        f"its own); the cut (or reset) is after token {m['tokens'] // 2}. Task class `rescue: true` (its tries pass "
+        "the worker's reset shield), except (a)'s `plain` task class, which does not rescue: the plain stream "
+        "path every ratio is to. The rescue rung (the Anthropic secondary) declares `prefill`; stream_stall_s "
         f"{m['stall_s']:g} s. Nothing is pinned.",
         "",
         "## 1. Sidecar CPU per client-visible event",
@@ -361,7 +387,8 @@ def render(run: Run, vs: list[Variant]) -> str:
         "",
         "## 2. Time to complete (OpenAI SDK, streaming, include_usage)",
         "",
-        f"{m['timed_streams']} streams of each kind, interleaved (plain, cut, cut+regenerate, stall, plain, …). "
+        f"{m['timed_streams']} streams of each kind, interleaved (plain, shielded, cut, cut+regenerate, stall, reset, "
+        "plain, …). "
         "From the SDK call to the end of its iterator; ok = the whole text (the primary's words 1…N, in order), "
         "exactly one finish (`stop`) and one usage chunk. The stalled primary sends half the answer, then nothing "
         f"for {m['stall_hold_s']:g} s; the sidecar rescues it after stream_stall_s ({m['stall_s']:g} s) of silence. "
@@ -372,7 +399,8 @@ def render(run: Run, vs: list[Variant]) -> str:
         "## How to read it",
         "",
         *[f"* **{v.name}**: {v.what}; primary mode `{v.primary}`, rescue rung mode `{v.secondary}`." for v in vs],
-        "* Sidecar CPU is utime+stime of the worker process (all threads) from /proc/<pid>/stat over a round's "
+        "* Sidecar CPU is utime+stime of the worker process (all threads, the reset shield's included) from "
+        "/proc/<pid>/stat over a round's "
         "streams, divided by the SSE `data:` events the client received (role chunk, tokens, finish, usage, "
         "[DONE]; not the `: rungway rescued-by` comment). It includes each stream's fixed cost (decide, the try's "
         "headers, the rescue call's set-up), spread over its events. Envoy CPU likewise (the rescue call goes "
@@ -446,14 +474,16 @@ def main(argv: list[str] | None = None) -> int:
                           f"ext_proc {s.extproc_msgs / s.streams:4.0f} msgs/stream  "
                           f"other load {s.other_cpu:.2f}  failed {s.failures}", flush=True)  # fmt: skip
             kinds = [
-                ("plain", "ok", "ok"),
-                ("cut, continued", f"cut:{half}", "ok"),
-                ("cut, regenerated", f"cut:{half}", f"mimic:primary:{MODEL}:noprefill"),
-                ("stall, continued", f"stall:{half}:{args.stall_hold:g}", "ok"),
+                ("plain", "ok", "ok", PLAIN_TASK),
+                ("plain, shielded", "ok", "ok", "default"),
+                ("cut, continued", f"cut:{half}", "ok", "default"),
+                ("cut, regenerated", f"cut:{half}", f"mimic:primary:{MODEL}:noprefill", "default"),
+                ("stall, continued", f"stall:{half}:{args.stall_hold:g}", "ok", "default"),
+                ("reset, continued", f"reset_after:{half}", "ok", "default"),
             ]
             for i in range(args.timed):
-                for kind, primary, secondary in kinds:
-                    t = timed_stream(stack, fleet, kind, primary, secondary, args.tokens)
+                for kind, primary, secondary, task in kinds:
+                    t = timed_stream(stack, fleet, kind, primary, secondary, args.tokens, task)
                     run.timed.append(t)
                     print(f"timed {i + 1:2d} {kind:17s} {t.seconds:6.3f} s {'ok' if t.ok else 'FAILED ' + t.detail}",
                           flush=True)  # fmt: skip
@@ -461,7 +491,7 @@ def main(argv: list[str] | None = None) -> int:
             rescues = rescue_counts(stack)
     finally:
         mocks.close()
-    expected = sum(v.rescues for v in vs) * (args.rounds * (args.streams + 1) + 2) + 3 * args.timed
+    expected = sum(v.rescues for v in vs) * (args.rounds * (args.streams + 1) + 2) + 4 * args.timed
     run.meta = {
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "commit": commit,

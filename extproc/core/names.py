@@ -25,9 +25,12 @@ def rung_cluster(ladder: str, index: int) -> str:
     return f"rw.rung.{ladder}.{index}"
 
 
+DIRECT_PREFIX = "rw.direct."
+
+
 def direct_cluster(provider: str) -> str:
     """A provider reached without the ladder: fail-open and pass-through routes."""
-    return f"rw.direct.{provider}"
+    return DIRECT_PREFIX + provider
 
 
 # ---- headers ------------------------------------------------------------------------------------
@@ -90,6 +93,11 @@ INVALID = "\u0000invalid"  # ... and for a body that is not a JSON object
 RELAY_LISTENER = "rungway_relay"
 RUNG_HEADER = "x-rungway-rung"  # "<ladder>/<rung>": which relay route (budget, provider) a try takes
 SKIP_HEADER = "x-rungway-skip"
+# Set by the attempt filter on a try whose stream may be rescued: the relay sends it through the
+# sidecar's reset shield (runtime/shield.py), which turns the provider's reset after the stream
+# began into a clean end the filter can rescue (Envoy can only reset the client's stream).
+SHIELD_HEADER = "x-rungway-shield"
+SHIELD_CLUSTER = "rungway_shield"
 SKIPPED_HEADER = "x-rungway-skipped"
 SKIP_STATUS = 421  # "misdirected": retried by the router, not counted as a 5xx by outlier detection
 # The relay's response flags (Envoy's %RESPONSE_FLAGS%): tell its own 503 for a reset or refused

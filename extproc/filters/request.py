@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from ..core import ContractError, Decision, Dialect, Failure, RungAddress, ToolMode, TripRecord
-from ..core.names import CLUSTER_HEADER, PROBE_HEADER, RUNG_HEADER, SKIP_HEADER, endpoint_key
+from ..core.names import CLUSTER_HEADER, PROBE_HEADER, RUNG_HEADER, SHIELD_HEADER, SKIP_HEADER, endpoint_key
 from ..policy import Policy, Provider, Rung, TaskClass
 from ..policy.json_schema import untrusted
 from ..routing import Action, Position, may_try, next_step, previous_failure, prompt_tokens_estimate, tool_mode_of
@@ -31,6 +31,7 @@ _SCRUB = (
     CLUSTER_HEADER,
     PROBE_HEADER,
     RUNG_HEADER,
+    SHIELD_HEADER,
     SKIP_HEADER,
     "x-envoy-max-retries",
     "x-envoy-upstream-rq-per-try-timeout-ms",
@@ -293,6 +294,8 @@ def header_mutation(plan: TryPlan, policy: Policy, key: str | None) -> tuple[dic
         **plan.pair.auth_headers(key, anthropic_version=d.anthropic_version, anthropic_beta=d.anthropic_beta),
     }
     set_headers.update({k.lower(): v for k, v in plan.provider.headers.items()})
+    if plan.stream and plan.contract_task(policy).rescue:
+        set_headers[SHIELD_HEADER] = "1"  # a reset after the first token becomes a rescuable cut
     remove = list(scrub_list(policy))
     if plan.needs_body:
         remove.append("content-length")  # set again with the rewritten body

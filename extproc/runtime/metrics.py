@@ -120,6 +120,13 @@ class Metrics:
             ["ladder", "from_rung", "to_rung", "outcome"],
             **kw,  # type: ignore[arg-type]
         )
+        self.stream_resets = Counter(
+            "rungway_stream_resets_total",
+            "Provider resets of rescuable streams at the reset shield: shielded (the stream had begun; "
+            "ended cleanly so the try rescues it) or passed (nothing had gone out; reset on as it came).",
+            ["provider", "outcome"],
+            **kw,  # type: ignore[arg-type]
+        )
         self.streams = Counter(
             "rungway_streams_total",
             "Streamed answers by how they ended (complete, finalised, interrupted, cut).",

@@ -19,13 +19,14 @@ import grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as epg
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from ..core.names import CHANNEL_TOKEN_KEY, FILTER_ROLE_KEY
+from ..core.names import CHANNEL_TOKEN_KEY, DIRECT_PREFIX, FILTER_ROLE_KEY
 from ..filters.attempt import AttemptProcessor
 from ..filters.decide import DecideProcessor
 from ..filters.effects import Deferred, Effect, RescueChunk, RescueItem, RescueRequested, TaskQueried
 from ..filters.wire import ProcessingRequest, ProcessingResponse
 from ..routing.hold import CHECK_EVERY_S
 from .rescue import RescueCallTask
+from .shield import Shield
 from .sidecar import Sidecar
 
 log = logging.getLogger("rungway.server")
@@ -218,6 +219,9 @@ async def serve(
             loop.add_signal_handler(sig, stop.set)
     if ready is not None:
         ready.set()
+    shield = _shield(sidecar)
+    if shield is not None:
+        await shield.start()
     watches = [asyncio.create_task(_watch_keys(sidecar))]
     if sidecar.handed is not None:
         watches.append(asyncio.create_task(_watch_policy(sidecar)))
@@ -228,8 +232,22 @@ async def serve(
         watch.cancel()
     await health_servicer.enter_graceful_shutdown()
     await server.stop(grace_s)
+    if shield is not None:
+        await shield.stop()
     await sidecar.bus.stop()
     log.info("ext_proc server stopped")
+
+
+def _shield(sidecar: Sidecar) -> Shield | None:
+    """This worker's reset shield, when `rungway up` gave it one (and a rescue listener)."""
+    if sidecar.shield_socket is None or sidecar.rescue_socket is None:
+        return None
+    resets = sidecar.metrics.stream_resets
+
+    def on_reset(cluster: str, outcome: str) -> None:
+        resets.labels(cluster.removeprefix(DIRECT_PREFIX), outcome).inc()
+
+    return Shield(sidecar.shield_socket, sidecar.rescue_socket, on_reset)
 
 
 async def _watch_policy(sidecar: Sidecar, every_s: float = 0.05) -> None:

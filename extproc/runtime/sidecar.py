@@ -93,6 +93,7 @@ from .metrics import OTHER, Metrics
 from .reload import HandedPolicy
 from .rescue import RESCUE_SOCKET_ENV
 from .shadow import ShadowCalls
+from .shield import SHIELD_SOCKET_ENV
 from .slots import HoldStore, LedgerStore, LocalHolds, LocalLedger, SharedHolds, SharedLedger
 from .tasks import SqliteTaskStore, TaskStore
 from .webhook import deliver
@@ -193,6 +194,10 @@ class Sidecar:
     # Envoy's rescue listener (runtime/rescue.py): set by `rungway up` for its workers.
     rescue_socket: Path | None = field(
         default_factory=lambda: Path(os.environ[RESCUE_SOCKET_ENV]) if os.environ.get(RESCUE_SOCKET_ENV) else None
+    )
+    # This worker's reset shield (runtime/shield.py): set by `rungway up` for its workers.
+    shield_socket: Path | None = field(
+        default_factory=lambda: Path(os.environ[SHIELD_SOCKET_ENV]) if os.environ.get(SHIELD_SOCKET_ENV) else None
     )
     # The deferral queue (policy.deferral): accepted requests are stored here before their 202.
     tasks: TaskStore | None = None

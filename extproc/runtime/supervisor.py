@@ -64,6 +64,7 @@ from .drainer import Drainer
 from .metrics import BoardCollector, EnvoyRestarts, ProbeMetrics, stream_summary
 from .reload import PolicyReloads, revision_file, source_fingerprint, write_atomically, written_at
 from .rescue import RESCUE_SOCKET_ENV
+from .shield import SHIELD_SOCKET_ENV
 from .sidecar import (
     CHANNEL_TOKEN_ENV,
     HOLDS_ENV,
@@ -162,6 +163,8 @@ class Supervisor:
         # The workers' Unix sockets, in this 0700 directory: only this user can reach them.
         self._worker_sockets = [self._dir / f"worker-{i}.sock" for i in range(options.workers)]
         self._rescue_socket = self._dir / "rescue.sock"  # Envoy's rescue listener
+        # Each worker's reset shield (runtime/shield.py): rescuable streams' tries pass it.
+        self._shield_sockets = [self._dir / f"worker-{i}.shield.sock" for i in range(options.workers)]
         self._slots = SharedLedger(self._dir / "capacity.json")  # the workers' rung capacity ledger
         self._holds = SharedHolds(self._dir / "holds.json")  # their requests held for an approval
         self._workers: list[subprocess.Popen[bytes] | None] = [None] * options.workers
@@ -241,6 +244,7 @@ class Supervisor:
             PROBE_TOKEN_ENV: self._probe_token,
             CHANNEL_TOKEN_ENV: self._channel_token,
             RESCUE_SOCKET_ENV: str(self._rescue_socket),
+            SHIELD_SOCKET_ENV: str(self._shield_sockets[index]),
             SLOTS_ENV: str(self._slots.path),  # the pod's rung capacity ledger
             HOLDS_ENV: str(self._holds.path),  # the pod's count of requests held for an approval
         }
@@ -274,6 +278,7 @@ class Supervisor:
             extproc_sockets=tuple(str(p) for p in self._worker_sockets),
             channel_token=self._channel_token,
             rescue_socket=str(self._rescue_socket),
+            shield_sockets=tuple(str(p) for p in self._shield_sockets),
             access_log_path=self.options.access_log,
         )
 

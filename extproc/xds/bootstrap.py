@@ -32,6 +32,8 @@ from ..core.names import (
     RELAY_LISTENER,
     RETRY_HEADER,
     RUNG_HEADER,
+    SHIELD_CLUSTER,
+    SHIELD_HEADER,
     SKIP_HEADER,
     SKIP_STATUS,
     SKIPPED_HEADER,
@@ -72,6 +74,11 @@ class EnvoySettings:
     # (0600) listener without ext_proc that routes by x-rungway-cluster to a provider. None: no
     # rescue listener (rescues then fail cleanly with an in-band error).
     rescue_socket: str | None = None
+    # The sidecar workers' reset shields (runtime/shield.py, Unix sockets 0600): a rescuable
+    # stream's try reaches its provider through one (and the rescue listener), so a provider
+    # reset after the first token ends the try cleanly instead of resetting the client. Empty
+    # (or no rescue listener): tries go straight to the provider.
+    shield_sockets: tuple[str, ...] = ()
     # When set, Envoy's admin (no authentication: /logging, /config_dump, /quitquitquit...) binds
     # this Unix socket instead of admin_address:admin_port, chmod 0600 by Envoy right after bind
     # (Pipe.mode; 0 would leave the umask's bits). `rungway up` puts it in its 0700 run
@@ -85,6 +92,10 @@ class EnvoySettings:
     # EXTPROC_BUFFER_LIMIT per connection) stays far below 1 GiB in normal operation.
     max_downstream_connections: int = 50_000
     max_heap_bytes: int = 1024 * 1024 * 1024
+
+    @property
+    def shielded(self) -> bool:
+        return bool(self.shield_sockets) and self.rescue_socket is not None
 
     def admin_bind(self) -> dict[str, Any]:
         """Envoy's admin address: the private Unix socket when there is one, else TCP loopback."""
@@ -103,6 +114,8 @@ def render(policy: Policy, settings: EnvoySettings) -> dict[str, Any]:
     for ladder, order in orderings(policy):
         for stream in (False, True):
             clusters.append(_aggregate_cluster(ladder, order, stream, settings))
+    if settings.shielded:
+        clusters.append(_shield_cluster(settings.shield_sockets))
     return {
         "node": {"id": "rungway", "cluster": "rungway"},
         "admin": {"address": settings.admin_bind()},
@@ -159,7 +172,7 @@ def _overload_manager(settings: EnvoySettings) -> dict[str, Any]:
 
 
 def _listeners(policy: Policy, settings: EnvoySettings) -> list[dict[str, Any]]:
-    listeners = [_listener(policy, settings), _relay_listener(policy)]
+    listeners = [_listener(policy, settings), _relay_listener(policy, shielded=settings.shielded)]
     if settings.rescue_socket is not None:
         listeners.append(_rescue_listener(settings.rescue_socket))
     return listeners
@@ -173,6 +186,9 @@ def _rescue_listener(path: str) -> dict[str, Any]:
         "@type": _ANY + "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
         "stat_prefix": "rescue",
         "codec_type": "HTTP1",
+        # A provider's reset reaches the caller (the reset shield) as a close now, not after
+        # Envoy's default 1 s of waiting for the caller to close first.
+        "delayed_close_timeout": "0s",
         "route_config": {
             "name": "rescue",
             "virtual_hosts": [
@@ -188,6 +204,9 @@ def _rescue_listener(path: str) -> dict[str, Any]:
                                 "auto_host_rewrite": True,
                             },
                             "request_headers_to_remove": [CLUSTER_HEADER],
+                            # For a shielded try (runtime/shield.py passes them on): Envoy's
+                            # own failure (UF, UT, ...) told from the provider's answer ("-").
+                            "response_headers_to_add": [_relay_flags("OVERWRITE_IF_EXISTS_OR_ADD")],
                         }
                     ],
                 }
@@ -578,10 +597,11 @@ def _rung_cluster(ladder: str, index: int, slots: int, ejection: Ejection | None
     return cluster
 
 
-def _relay_listener(policy: Policy) -> dict[str, Any]:
+def _relay_listener(policy: Policy, *, shielded: bool) -> dict[str, Any]:
     """Where every try reaches its provider: one route a rung, with the rung's own per-try
     budget (time to the provider's response headers; the request's deadline caps it), and one
-    route that answers a skipped slot at once."""
+    route that answers a skipped slot at once. `shielded`: before each rung's route, the same
+    through the sidecar's reset shield for a try that asks for it (SHIELD_HEADER)."""
     routes: list[dict[str, Any]] = [
         {
             "name": "skip",
@@ -595,26 +615,42 @@ def _relay_listener(policy: Policy) -> dict[str, Any]:
     ]
     for ladder, rungs in policy.ladders.items():
         for i, rung in enumerate(rungs):
+            key = policy.relay_routes[(ladder, i)]
+            rung_match = {"name": RUNG_HEADER, "string_match": {"exact": key}}
+            budget = {"num_retries": 0, "per_try_timeout": _seconds(rung.timeout_s)}
+            if shielded:
+                routes.append(
+                    {
+                        "name": relay_route_name(key) + SHIELDED_SUFFIX,
+                        "match": {
+                            "prefix": "/",
+                            "headers": [rung_match, {"name": SHIELD_HEADER, "present_match": True}],
+                        },
+                        "route": {"cluster": SHIELD_CLUSTER, "timeout": "0s", "retry_policy": budget},
+                        "request_headers_to_remove": [RUNG_HEADER, SKIP_HEADER, SHIELD_HEADER],
+                        "request_headers_to_add": [
+                            {
+                                "header": {"key": CLUSTER_HEADER, "value": direct_cluster(rung.provider)},
+                                "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+                            }
+                        ],
+                        # The rescue listener's flags when the shield passed them on; the
+                        # relay's own when the shield itself failed.
+                        "response_headers_to_add": [_relay_flags("ADD_IF_ABSENT")],
+                    }
+                )
             routes.append(
                 {
-                    "name": relay_route_name(policy.relay_routes[(ladder, i)]),
-                    "match": {
-                        "prefix": "/",
-                        "headers": [{"name": RUNG_HEADER, "string_match": {"exact": policy.relay_routes[(ladder, i)]}}],
-                    },
+                    "name": relay_route_name(key),
+                    "match": {"prefix": "/", "headers": [rung_match]},
                     "route": {
                         "cluster": direct_cluster(rung.provider),
                         "timeout": "0s",  # the whole request's deadline is the outer route's
                         "auto_host_rewrite": True,
-                        "retry_policy": {"num_retries": 0, "per_try_timeout": _seconds(rung.timeout_s)},
+                        "retry_policy": budget,
                     },
-                    "request_headers_to_remove": [RUNG_HEADER, SKIP_HEADER],
-                    "response_headers_to_add": [
-                        {
-                            "header": {"key": RELAY_FLAGS_HEADER, "value": "%RESPONSE_FLAGS%"},
-                            "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
-                        }
-                    ],
+                    "request_headers_to_remove": [RUNG_HEADER, SKIP_HEADER, SHIELD_HEADER],
+                    "response_headers_to_add": [_relay_flags("OVERWRITE_IF_EXISTS_OR_ADD")],
                 }
             )
     routes.append(
@@ -647,6 +683,30 @@ def _relay_listener(policy: Policy) -> dict[str, Any]:
             {"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}
         ],
     }
+
+
+def _relay_flags(action: str) -> dict[str, Any]:
+    return {"header": {"key": RELAY_FLAGS_HEADER, "value": "%RESPONSE_FLAGS%"}, "append_action": action}
+
+
+def _shield_cluster(sockets: tuple[str, ...]) -> dict[str, Any]:
+    """The workers' reset shields, round robin (a dead worker's socket refuses at once: the try
+    fails as a connect error and the ladder moves on)."""
+    return {
+        "name": SHIELD_CLUSTER,
+        "type": "STATIC",
+        "connect_timeout": "0.25s",
+        "lb_policy": "ROUND_ROBIN",
+        "load_assignment": {
+            "cluster_name": SHIELD_CLUSTER,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"pipe": {"path": p}}}} for p in sockets]}],
+        },
+        "typed_extension_protocol_options": _http_options(),
+        "circuit_breakers": _CIRCUIT_BREAKERS,
+    }
+
+
+SHIELDED_SUFFIX = "_shielded"
 
 
 def relay_route_name(key: str) -> str:

@@ -124,6 +124,16 @@ def test_a_rescue_rung_that_fails_never_masks_the_primarys_failure(rescue: Stack
     assert isinstance(body, dict) and body.get("rungway_reason") == "stream_interrupted"
 
 
+def test_a_rescue_rung_that_is_down_ends_with_the_primarys_failure(rescue: Stack, fleet: Fleet) -> None:
+    fleet.primary.set_mode("cut:8")
+    fleet.secondary.set_mode("reset")  # the rescue call's connection is reset before any answer
+    with pytest.raises(openai.APIError) as caught:
+        openai_stream(rescue)
+    body = caught.value.body
+    assert isinstance(body, dict) and body.get("rungway_reason") == "stream_interrupted"
+    assert body.get("rungway_rescue")  # why the rescue did not complete, beside the primary's failure
+
+
 def test_an_anthropic_client_is_rescued_in_its_own_dialect(rescue: Stack, fleet: Fleet) -> None:
     fleet.secondary.set_mode("cut:6")  # claude-* starts on the secondary; the primary rescues
     fleet.primary.set_mode("mimic:secondary:claude-x")
@@ -165,14 +175,45 @@ def test_a_rescue_rung_that_stalls_ends_with_one_clean_error_in_its_stall_budget
     assert isinstance(body, dict) and body.get("rungway_rescue") == "rescue_stalled"
 
 
-def test_a_reset_after_the_first_token_is_never_a_silent_success(rescue: Stack, fleet: Fleet) -> None:
-    # Envoy 1.40 usually destroys the upstream filter with the reset try: the client's stream is
-    # reset too (the SDK raises). When the close reaches the filter as the stream's end first, the
-    # rescue starts; either way the client never gets a truncated answer that looks complete.
-    for _ in range(5):
-        fleet.primary.set_mode("reset_after:4")
-        try:
-            text, finishes, _, _ = openai_stream(rescue)
-        except (openai.APIError, openai.APIConnectionError):
-            continue
-        assert text == FULL and finishes == ["stop"]
+def test_a_stream_reset_after_40_of_60_tokens_is_completed(rescue: Stack, fleet: Fleet) -> None:
+    # The provider resets its connection mid-stream: the reset shield ends the try cleanly (Envoy
+    # alone could only reset the client's stream) and the next rung continues it.
+    fleet.primary.set_mode("reset_after:40:60")
+    fleet.secondary.set_mode("tokens:60")
+    started = time.monotonic()
+    text, finishes, usages, ids = openai_stream(rescue)
+    took = time.monotonic() - started
+    assert text == FULL_60 and finishes == ["stop"] and len(ids) == 1 and len(usages) == 1
+    assert body_of(fleet.secondary.requests[-1])["messages"][-1]["role"] == "assistant"
+    metrics = rescue.metrics()
+    assert 'rungway_stream_resets_total{outcome="shielded",provider="primary"}' in metrics
+    assert 'rungway_stream_rescues_total{from_rung="0",ladder="main",outcome="rescued",to_rung="1"}' in metrics
+    print(f"reset rescue: complete in {took:.2f}s")
+
+
+def test_every_reset_after_the_first_token_is_rescued(rescue: Stack, fleet: Fleet) -> None:
+    for after in (1, 4, 11):
+        fleet.primary.set_mode(f"reset_after:{after}")
+        text, finishes, _, ids = openai_stream(rescue)
+        assert text == FULL and finishes == ["stop"] and len(ids) == 1, after
+
+
+def test_an_anthropic_client_reset_mid_stream_is_rescued_across_dialects(rescue: Stack, fleet: Fleet) -> None:
+    fleet.secondary.set_mode("reset_after:5")  # claude-* starts on the secondary; the primary rescues
+    fleet.primary.set_mode("mimic:secondary:claude-x")
+    text, stops = "", []
+    with rescue.anthropic().messages.stream(model="claude-x", max_tokens=200, messages=HI) as stream:
+        for event in stream:
+            if event.type == "content_block_delta" and event.delta.type == "text_delta":
+                text += event.delta.text
+            if event.type == "message_delta" and event.delta.stop_reason:
+                stops.append(event.delta.stop_reason)
+    assert text == "Hello from secondary (claude-x): " + " ".join(f"w{i}" for i in range(1, 13))
+    assert stops == ["end_turn"]
+
+
+def test_a_reset_before_the_first_token_still_falls_back_before_the_stream(rescue: Stack, fleet: Fleet) -> None:
+    fleet.primary.set_mode("reset")
+    text, finishes, _, _ = openai_stream(rescue)
+    assert text.startswith("Hello from secondary") and finishes == ["stop"]
+    assert body_of(fleet.secondary.requests[-1])["messages"][-1]["role"] == "user"  # a fallback, no prefill

@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from extproc.core import Failure
+from extproc.core.names import SHIELD_HEADER
 from extproc.filters.effects import RescueChunk, RescueEnded, RescueFailed, RescueRequested
 from tests.builders import (
     SECONDARY_KEY,
@@ -15,10 +16,12 @@ from tests.builders import (
     make_sidecar,
     openai_events,
     policy_data,
+    removed_headers,
     request_body,
     response_body,
     response_headers,
     sample,
+    set_headers,
     sse,
 )
 from tests.filters.test_attempt import SSE, Try, sse_events, stream_try
@@ -208,3 +211,17 @@ def test_no_rescue_from_a_rung_whose_tool_mode_would_take_a_tool_away() -> None:
         t.send(response_body(b"", end_of_stream=True))
         # The secondary (tier 1) may continue it only while it would get the same tools.
         assert bool(rescue_calls(t)) is rescued
+
+
+def test_only_a_rescuable_streams_try_asks_for_the_reset_shield() -> None:
+    # The relay sends a try with SHIELD_HEADER through the reset shield (runtime/shield.py): only
+    # a stream whose task class asks for rescue pays its two extra hops.
+    rescuing = stream_try(make_sidecar(rescuing_policy()))
+    assert set_headers(rescuing.headers_answer)[SHIELD_HEADER] == "1"
+    for t in (
+        stream_try(make_sidecar(rescuing_policy(rescue=False))),
+        Try(make_sidecar(rescuing_policy()), rung=0),  # not a stream
+    ):
+        assert SHIELD_HEADER not in set_headers(t.headers_answer)
+        # Header mutations carry over between tries: every try removes an earlier one's.
+        assert SHIELD_HEADER in removed_headers(t.headers_answer)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import subprocess
@@ -22,9 +23,12 @@ from extproc.core.names import (
     META_REQUEST,
     META_TRIP,
     MISSING,
+    RELAY_FLAGS_HEADER,
     RELAY_LISTENER,
     RETRY_HEADER,
     RUNG_HEADER,
+    SHIELD_CLUSTER,
+    SHIELD_HEADER,
     SKIP_HEADER,
     SKIP_STATUS,
     SKIPPED_HEADER,
@@ -35,7 +39,7 @@ from extproc.core.names import (
 from extproc.policy import Policy
 from extproc.routing.ladder import Route, choose, orderings
 from extproc.runtime.supervisor import envoy_binary
-from extproc.xds.bootstrap import EXTPROC_BUFFER_LIMIT, EnvoySettings, relay_route_name, render
+from extproc.xds.bootstrap import EXTPROC_BUFFER_LIMIT, SHIELDED_SUFFIX, EnvoySettings, relay_route_name, render
 from tests.builders import make_policy, policies, policy_data, request_features
 from tests.tlsca import make_test_ca
 
@@ -180,8 +184,50 @@ def test_the_relay_gives_each_rung_its_own_budget_and_provider_and_skips_at_once
         relay[relay_route_name(make_policy().relay_routes[("main", 1)])]["route"]["retry_policy"]["per_try_timeout"]
         == "30.000s"
     )
-    assert primary["request_headers_to_remove"] == [RUNG_HEADER, SKIP_HEADER]
+    assert primary["request_headers_to_remove"] == [RUNG_HEADER, SKIP_HEADER, SHIELD_HEADER]
     assert next(iter(relay)) == "skip" and list(relay)[-1] == "unknown_rung"
+    # Without a shield (no rescue listener, or standalone renders) no try can ask for one.
+    assert not any(name.endswith(SHIELDED_SUFFIX) for name in relay)
+    assert SHIELD_CLUSTER not in clusters(render(make_policy(), SETTINGS))
+
+
+SHIELDED = dataclasses.replace(
+    SETTINGS, rescue_socket="/run/rw/rescue.sock", shield_sockets=("/run/rw/w0.shield", "/run/rw/w1.shield")
+)
+
+
+def test_a_try_that_asks_for_the_shield_reaches_its_provider_through_it() -> None:
+    policy = make_policy()
+    config = render(policy, SHIELDED)
+    relay = relay_routes(config)
+    names = list(relay)
+    for (ladder, index), key in policy.relay_routes.items():
+        plain, shielded = relay[relay_route_name(key)], relay[relay_route_name(key) + SHIELDED_SUFFIX]
+        # First match wins: the shielded route must come before the rung's own.
+        assert names.index(relay_route_name(key) + SHIELDED_SUFFIX) == names.index(relay_route_name(key)) - 1
+        assert shielded["match"]["headers"] == [
+            {"name": RUNG_HEADER, "string_match": {"exact": key}},
+            {"name": SHIELD_HEADER, "present_match": True},
+        ]
+        assert shielded["route"]["cluster"] == SHIELD_CLUSTER
+        assert shielded["route"]["retry_policy"] == plain["route"]["retry_policy"]  # the rung's own budget
+        provider = policy.ladders[ladder][index].provider
+        assert shielded["request_headers_to_add"] == [
+            {
+                "header": {"key": CLUSTER_HEADER, "value": direct_cluster(provider)},
+                "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+            }
+        ]
+        assert SHIELD_HEADER in shielded["request_headers_to_remove"]
+        # The rescue listener's flags (passed on by the shield) win over the relay's "-".
+        assert shielded["response_headers_to_add"][0]["append_action"] == "ADD_IF_ABSENT"
+    shield = clusters(config)[SHIELD_CLUSTER]
+    endpoints = shield["load_assignment"]["endpoints"][0]["lb_endpoints"]
+    assert [e["endpoint"]["address"]["pipe"]["path"] for e in endpoints] == list(SHIELDED.shield_sockets)
+    rescue = hcm(config, "rungway_rescue")
+    assert rescue["delayed_close_timeout"] == "0s"  # a provider's reset reaches the shield at once
+    (route,) = rescue["route_config"]["virtual_hosts"][0]["routes"]
+    assert route["response_headers_to_add"][0]["header"] == {"key": RELAY_FLAGS_HEADER, "value": "%RESPONSE_FLAGS%"}
 
 
 def test_single_attempt_rung_has_a_single_priority() -> None:
@@ -423,7 +469,7 @@ def test_rendered_config_passes_envoy_validate_mode(tmp_path: Path) -> None:
     mesh = policy.model_copy(
         update={"clients": make_policy(clients={"auth": "trusted_header", "trusted_peers": ["10.0.0.0/8"]}).clients}
     )
-    path.write_text(json.dumps(render(mesh, SETTINGS)))
+    path.write_text(json.dumps(render(mesh, SHIELDED)))
     result = subprocess.run(
         [envoy_binary(), "--mode", "validate", "-c", str(path), "--log-level", "error"],
         capture_output=True,

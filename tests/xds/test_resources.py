@@ -11,7 +11,14 @@ from hypothesis import given, settings
 
 from extproc.core.names import RELAY_LISTENER, RUNG_HEADER, rung_cluster
 from extproc.policy import KEEP_PREVIOUS, History, Policy
-from extproc.xds.bootstrap import EXTPROC_CLUSTER, LISTENER_ROUTES, RELAY_ROUTES, relay_route_name, render
+from extproc.xds.bootstrap import (
+    EXTPROC_CLUSTER,
+    LISTENER_ROUTES,
+    RELAY_ROUTES,
+    SHIELDED_SUFFIX,
+    relay_route_name,
+    render,
+)
 from extproc.xds.resources import CLUSTER_TYPE, ROUTE_TYPE, XdsFiles, render_bootstrap, render_resources
 from tests.builders import make_policy, policies, policy_data
 from tests.xds.test_bootstrap import SETTINGS, clusters, hcm, walk
@@ -137,3 +144,15 @@ def test_every_cluster_a_kept_revision_can_route_to_is_served(old: Policy, new: 
         if "cluster_type" in cluster:
             referenced |= set(cluster["cluster_type"]["typed_config"]["clusters"])
     assert referenced <= served
+
+
+def test_a_previous_revisions_shielded_routes_come_before_its_plain_ones() -> None:
+    old, new = make_policy(), swapped_rung_one()
+    settings = replace(SETTINGS, rescue_socket="/run/rw/rescue.sock", shield_sockets=("/run/rw/w0.shield",))
+    table = render_resources(History(old).advance(new), settings).routes[RELAY_ROUTES]["virtual_hosts"][0]["routes"]
+    names = [r["name"] for r in table]
+    for policy in (old, new):
+        for index in range(len(policy.ladders["main"])):
+            plain = relay_route_name(policy.relay_routes[("main", index)])
+            assert names.index(plain + SHIELDED_SUFFIX) < names.index(plain)
+    assert names[-1] == "unknown_rung"
