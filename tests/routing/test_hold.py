@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from extproc.core import Failure
 from extproc.policy import PolicyError, parse_policy
-from extproc.routing.explain import features_for
+from extproc.routing.explain import explain, features_for
 from extproc.routing.hold import (
     DEADLINE_MARGIN_S,
     HeldCount,
@@ -129,3 +129,12 @@ def test_a_held_count_round_trips_and_refuses_what_is_not_one() -> None:
     for raw in broken:
         with pytest.raises(ValueError, match="held count"):
             HeldCount.decode(raw)
+
+
+def test_explain_says_a_request_would_be_held_for_an_approval() -> None:
+    policy = holding_policy()
+    features, _ = refused(policy)
+    health = {"primary/gpt-4o": {"circuit": {"state": "open"}, "score": 0.0}}
+    outcome = explain(policy, features, health).outcome
+    assert outcome.startswith("held up to 30 s for an operator's approval, then refused (not_permitted)")
+    assert explain(holding_policy(lowest_tier=0), features, health).outcome.startswith("refused (not_permitted)")
