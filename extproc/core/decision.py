@@ -53,7 +53,8 @@ class Decision:
     anthropic_version: str | None = None  # an Anthropic client's, kept for Anthropic rungs
     anthropic_beta: str | None = None
     # When decide routed it (monotonic ms; one host: comparable across worker processes): what
-    # is left of the route timeout for a stream rescue.
+    # is left of the route timeout for a stream rescue. For a request held for an approval, its
+    # arrival: the hold spent part of the route timeout (routing/hold.py).
     decided_ms: float = 0.0
     # Sampled for continuous verification: the first try also asks the other rungs (Shadow).
     shadow: bool = False

@@ -37,6 +37,15 @@ from ..deferral import deferrable, may_wait
 from ..escalation import armed
 from ..identity import Identity, Unknown
 from ..routing.capacity import Denial, Holder
+from ..routing.hold import (
+    CHECK_EVERY_S,
+    ENVOY_MARGIN_S,
+    HoldOutcome,
+    awaits_approval,
+    hold_until,
+    holds_full,
+    remaining_timeout_s,
+)
 from ..routing.ladder import NeedBody, Refusal, RequestFeatures, Route, choose, reroute
 from ..translate import api_pair, load_json, provider_header_scrub, redact_error_body, render_error
 from .caller import foreign_headers, identify, repeated_credential
@@ -49,6 +58,8 @@ from .effects import (
     Decided,
     Effect,
     HalfOpenAdmitted,
+    HoldEnded,
+    HoldStarted,
     RequestCounted,
     RescueItem,
     RungLimited,
@@ -71,6 +82,7 @@ from .wire import (
     request_headers_response,
     response_body_response,
     response_headers_response,
+    wait_longer,
     with_metadata,
     with_mode,
 )
@@ -105,6 +117,16 @@ class _DeferNow:
     reason: Failure
 
 
+@dataclass(frozen=True, slots=True)
+class _Held:
+    """A request held for an operator's approval (routing/hold.py): Envoy waits for the answer
+    to the message it sent last (the headers, or the body)."""
+
+    until: float  # monotonic: then the refusal is sent
+    refusal: Refusal  # what the client reads if no approval comes
+    body_phase: bool
+
+
 # How a client's error message names the limit a tenant reached (routing/spend.py's reasons).
 _BUDGET_NAMES = {"tokens": "token", "cost": "cost", "cost_rate": "cost-per-minute"}
 
@@ -132,6 +154,9 @@ class DecideProcessor:
         self._deferring: Failure | None = None  # why, once decided to defer (awaiting the body)
         self._request_id: str | None = None  # for the audit trail, when it is on
         self._prompt_hash: str | None = None
+        self._arrived_at = 0.0  # monotonic: a held request's route timeout counts from here
+        self._held: _Held | None = None
+        self._held_s = 0.0  # how long the request was held for an approval, once it was
 
     def dispatch(self, request: ProcessingRequest) -> list[ProcessingResponse]:
         # An answer that waits on the runtime's I/O (a deferral's store write, a task lookup)
@@ -154,7 +179,11 @@ class DecideProcessor:
         return out
 
     def deadline(self) -> float | None:
-        return None  # decide answers every message at once
+        # Every message is answered at once, but for a request held for an approval: it is
+        # decided again every CHECK_EVERY_S, under the approvals in force then.
+        if self._held is None:
+            return None
+        return min(self._held.until, self._worker.clock.now() + CHECK_EVERY_S)
 
     def on_rescue(self, item: RescueItem) -> list[ProcessingResponse]:
         return []  # decide never rescues
@@ -163,10 +192,32 @@ class DecideProcessor:
         return False
 
     def on_deadline(self) -> list[ProcessingResponse]:
-        return []
+        held = self._held
+        if held is None:
+            return []
+        f = self._features
+        assert f is not None
+        self._features = replace(f, approved_tier=self._approved_tier(f.tenant, f.task))
+        result = self._route()
+        now = self._worker.clock.now()
+        if isinstance(result, Route):
+            self._end_hold(HoldOutcome.ROUTED, now)
+            return [self._answer(result, body_phase=held.body_phase)]
+        if isinstance(result, NeedBody):  # an approved rung refuses tools: the body says
+            self._end_hold(HoldOutcome.ROUTED, now)
+            return [with_mode(request_headers_response(), _ASK_FOR_BODY)]
+        if isinstance(result, CapacityShed):
+            self._end_hold(HoldOutcome.ROUTED, now)
+            return [self._over_capacity(result)]
+        # Still refused (or deferrable only now: its body was not kept): wait on, up to `until`.
+        if now < held.until:
+            return []
+        self._end_hold(HoldOutcome.EXPIRED, now)
+        return [self._answer(result if isinstance(result, Refusal) else held.refusal, body_phase=held.body_phase)]
 
     def on_close(self) -> None:
-        pass
+        if self._held is not None:  # the client went away (or Envoy ended the stream) while held
+            self._end_hold(HoldOutcome.GONE, self._worker.clock.now())
 
     def on_failure(self) -> None:
         pass
@@ -178,6 +229,7 @@ class DecideProcessor:
             return answer
         policy = self._policy
         worker = self._worker
+        self._arrived_at = worker.clock.now()
         headers = header_map(request.request_headers)
         path = headers.get(":path", "").split("?", 1)[0]
         self._path = path
@@ -234,12 +286,7 @@ class DecideProcessor:
             tenant=who.tenant,
             task=task,
             impact=policy.impact_for(who.tenant, task, headers.get(policy.impact_header)),
-            # Only a tenant whose policy asks for approvals has its approvals looked up.
-            approved_tier=(
-                self._worker.approvals.approved_tier(who.tenant, task, self._worker.clock.wall())
-                if policy.tenant(who.tenant).approval_beyond_tier is not None
-                else None
-            ),
+            approved_tier=self._approved_tier(who.tenant, task),
         )
         self._include_usage = fields.get("include_usage") is True
         # An Anthropic client's API version and betas, for rungs that speak Anthropic too
@@ -278,6 +325,8 @@ class DecideProcessor:
             return with_mode(request_headers_response(), _ASK_FOR_BODY)
         if isinstance(result, CapacityShed):
             return self._over_capacity(result)
+        if isinstance(result, Refusal) and (held := self._hold(result, body_phase=False)) is not None:
+            return held
         return self._answer(result, body_phase=False)
 
     def request_body(self, request: ProcessingRequest) -> ProcessingResponse | None:
@@ -299,6 +348,8 @@ class DecideProcessor:
             return self._defer(request.request_body.body, result.reason)
         if isinstance(result, CapacityShed):
             return self._over_capacity(result)
+        if isinstance(result, Refusal) and (held := self._hold(result, body_phase=True)) is not None:
+            return held
         return self._answer(result, body_phase=True)
 
     @property
@@ -323,6 +374,38 @@ class DecideProcessor:
         if route.rungs[0] != 0 or self._policy.tier_of(route.ladder, 0) != 0:
             return Refusal(Failure.SERVER_ERROR, "the tier-0 rung cannot serve this re-run now", transient=True)
         return reroute(self._policy, route, (0,), f.stream, skip_reason=None, canary=False)
+
+    def _approved_tier(self, tenant: str, task: str) -> int | None:
+        # Only a tenant whose policy asks for approvals has its approvals looked up.
+        if self._policy.tenant(tenant).approval_beyond_tier is None:
+            return None
+        return self._worker.approvals.approved_tier(tenant, task, self._worker.clock.wall())
+
+    def _hold(self, refusal: Refusal, *, body_phase: bool) -> ProcessingResponse | None:
+        """Hold a refused request that an approval could let through, when the tenant's policy
+        says to wait for one (routing/hold.py): Envoy is asked to wait for the answer instead."""
+        f = self._features
+        assert f is not None
+        policy = self._policy
+        if not self._may_defer or self._held_s or not awaits_approval(policy, f, refusal):
+            return None
+        now = self._worker.clock.now()
+        until = hold_until(policy, f.tenant, now)
+        if until is None:
+            return None
+        if holds_full(policy, f.tenant, self._worker.held(f.tenant)):
+            self._effects.append(HoldEnded(f.tenant, HoldOutcome.FULL))
+            return None
+        self._held = _Held(until, refusal, body_phase)
+        self._effects.append(HoldStarted(f.tenant))
+        return wait_longer(until - now + ENVOY_MARGIN_S)
+
+    def _end_hold(self, outcome: HoldOutcome, now: float) -> None:
+        f = self._features
+        assert f is not None and self._held is not None
+        self._held = None
+        self._held_s = max(now - self._arrived_at, 1e-3)
+        self._effects.append(HoldEnded(f.tenant, outcome))
 
     def _replay_identity(self, header: str) -> Identity | Unknown:
         """`token tenant task-id`: `rungway up` replays a deferred request on its tenant's behalf
@@ -522,13 +605,13 @@ class DecideProcessor:
         policy = self._policy
         if not result.probe:  # probes are counted by the prober (rungway_probes_total), never as a tenant's
             self._effects.append(Decided(f.tenant, f.task, result.ladder, "routed", policy.stamp))
-        c = common(
-            {
-                CLUSTER_HEADER: result.cluster,
-                "x-envoy-max-retries": str(result.tries - 1),
-            },
-            remove=self._scrub,
-        )
+        routing = {CLUSTER_HEADER: result.cluster, "x-envoy-max-retries": str(result.tries - 1)}
+        started = self._worker.clock.now()
+        if self._held_s and (left := remaining_timeout_s(policy, self._held_s)) is not None:
+            # Envoy's route timer starts only now: what the hold spent comes off it.
+            routing["x-envoy-upstream-rq-timeout-ms"] = str(max(1, round(left * 1000)))
+            started = self._arrived_at
+        c = common(routing, remove=self._scrub)
         response = request_body_response(c) if body_phase else request_headers_response(c)
         anthropic = self._anthropic if f.dialect is Dialect.ANTHROPIC else {}
         decision = Decision(
@@ -551,7 +634,7 @@ class DecideProcessor:
             response_format=self._response_format,
             anthropic_version=anthropic.get("anthropic-version"),
             anthropic_beta=anthropic.get("anthropic-beta"),
-            decided_ms=self._worker.clock.now() * 1000,
+            decided_ms=started * 1000,
             shadow=self._shadowed(result),
             request_id=self._request_id,
             prompt_hash=self._prompt_hash,

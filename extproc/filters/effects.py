@@ -23,6 +23,7 @@ from ..core import (
 )
 from ..health.contract import Contract
 from ..policy import Cost
+from ..routing.hold import HoldOutcome
 from .wire import ProcessingResponse
 
 
@@ -63,6 +64,22 @@ class Arrived:
     """A chat request past identification: in flight at the worker from now (load shedding),
     before decide may still wait for its body (the audit trail's hash, tools), so that a burst
     arriving at once is counted as it arrives."""
+
+
+@dataclass(frozen=True, slots=True)
+class HoldStarted:
+    """decide holds a request of the tenant waiting for an operator's approval (routing/hold.py)."""
+
+    tenant: str
+
+
+@dataclass(frozen=True, slots=True)
+class HoldEnded:
+    """A request stopped waiting for an approval (or, `full`, was never held). Every HoldStarted
+    is followed by exactly one HoldEnded that is not `full`."""
+
+    tenant: str
+    outcome: HoldOutcome
 
 
 @dataclass(frozen=True, slots=True)
@@ -313,6 +330,8 @@ Effect = (
     | BudgetReached
     | RequestCounted
     | Arrived
+    | HoldStarted
+    | HoldEnded
     | Shed
     | SlotReserved
     | RungTaken

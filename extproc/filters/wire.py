@@ -89,6 +89,14 @@ def trailers_response() -> ProcessingResponse:
     return ep.ProcessingResponse(response_trailers=ep.TrailersResponse())
 
 
+def wait_longer(seconds: float) -> ProcessingResponse:
+    """Asks Envoy to wait up to `seconds` for the answer to the message it sent last (honoured
+    once per message, and only up to the filter's max_message_timeout)."""
+    response = ep.ProcessingResponse()
+    response.override_message_timeout.FromMilliseconds(round(seconds * 1000))
+    return response
+
+
 def immediate(status: int, headers: Mapping[str, str], body: bytes) -> ProcessingResponse:
     return ep.ProcessingResponse(
         immediate_response=ep.ImmediateResponse(

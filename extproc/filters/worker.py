@@ -63,6 +63,10 @@ class Worker(Protocol):
         """Whether the rung takes one more request of the holder's now (None: yes)."""
         ...
 
+    def held(self, tenant: str) -> int:
+        """The tenant's requests held waiting for an approval, in the pod (routing/hold.py)."""
+        ...
+
     def overloaded(self) -> bool:
         """Does the worker have policy.max_in_flight requests in flight? (decide sheds the next.)"""
         ...

@@ -33,6 +33,9 @@ from .json_schema import schema_problem
 
 REQUESTED_MODEL = "$requested"
 PROBLEM_MARK = "\n@ "  # marks problem lines that carry their own location (see load._field_errors)
+# The longest a request may be held waiting for an operator's approval (TenantPolicy.approval_wait_s):
+# decide's Envoy filter allows message timeouts this long (xds/bootstrap.py), so it is start-only.
+MAX_APPROVAL_WAIT_S = 240.0  # under Envoy's default 300 s stream idle timeout
 MAX_LADDER_LENGTH = 6  # every subsequence of a ladder is rendered as an Envoy cluster: 2^n - 1
 
 
@@ -196,6 +199,13 @@ class TenantPolicy(_Frozen):
     # those rungs are skipped like a tier the tenant does not permit, and a request none of the
     # rest can serve is refused with how to approve. None: no approval needed.
     approval_beyond_tier: int | None = Field(None, ge=0, le=3)
+    # With approval_beyond_tier: how long a request only an approval could serve is held waiting
+    # for one (an approval during the wait lets it through; after it, the refusal). Never past
+    # the request's route timeout. None: refused at once.
+    approval_wait_s: float | None = Field(None, gt=0, le=MAX_APPROVAL_WAIT_S)
+    # Requests of the tenant held at once in the pod (all its workers); past it the next is
+    # refused at once.
+    approval_max_held: int = Field(16, ge=1, le=10_000)
     budget: Budget | None = None
     # How much the tenant's requests matter (T3); None: the policy's default_impact. A task
     # class's own `impact` wins over it.
@@ -865,6 +875,8 @@ class Policy(_Frozen):
             where = f"tenants.{name}" if name else "tenant_defaults"
             if tenant.approval_beyond_tier is not None and self.approvals is None:
                 problems.append(f"{where}.approval_beyond_tier: set `approvals:` (the approvals file) too")
+            if tenant.approval_wait_s is not None and tenant.approval_beyond_tier is None:
+                problems.append(f"{where}.approval_wait_s: holds for an approval only with approval_beyond_tier")
             for task in tenant.tasks:
                 if task not in self.tasks:
                     problems.append(f"{where}.tasks: unknown task class {task!r}")

@@ -13,6 +13,7 @@ from ..core.names import endpoint_key
 from ..policy import Policy
 from .capability import matrix_forbids, refuses_tools, tool_mode_of
 from .capacity import Denial, Holder, Ledger, Limits
+from .hold import awaits_approval
 from .ladder import (
     BYTES_PER_TOKEN,
     NeedBody,
@@ -120,7 +121,12 @@ def explain(
         verdicts.append(
             RungVerdict(i, key, policy.tier_of(ladder, i), i in serving and not reason, reason, mode.value, notes)
         )
-    if isinstance(route, Refusal):
+    wait = policy.tenant(features.tenant).approval_wait_s
+    if isinstance(route, Refusal) and wait is not None and awaits_approval(policy, features, route):
+        outcome = (
+            f"held up to {wait:g} s for an operator's approval, then refused ({route.failure.value}): {route.message}"
+        )
+    elif isinstance(route, Refusal):
         outcome = f"refused ({route.failure.value}): {route.message}"
     elif isinstance(route, NeedBody):
         outcome = "depends on whether the request carries tools (--tools / --no-tools)"

@@ -5,6 +5,8 @@ mode (PROMETHEUS_MULTIPROC_DIR), so the supervisor's /metrics shows the whole si
 and histograms are summed over the workers (dead ones' files included, so nothing goes back).
 The workers keep no gauges, whose multiprocess semantics would need a mode each; the gauges
 (circuit state, degradation score, retry budget) are the supervisor's own board, read at scrape.
+The exception is a count of what is live in the workers (requests held for an approval): a
+`livesum` gauge, which counts live processes only.
 
 Names follow the OpenTelemetry GenAI semantic conventions where one exists, as its Prometheus
 exporter writes them (`gen_ai.client.operation.duration` in seconds ->
@@ -17,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
@@ -317,6 +319,22 @@ class Metrics:
             "rungway_requests_limited_total",
             "Requests answered 503 (429 for tenant_share) + Retry-After because no rung of their route had a slot.",
             ["tenant", "impact", "reason"],
+            **kw,  # type: ignore[arg-type]
+        )
+
+        # T2: requests held waiting for an operator's approval (routing/hold.py).
+        self.approval_held = Gauge(
+            "rungway_approval_held_requests",
+            "Requests held now waiting for an operator's approval, by tenant.",
+            ["tenant"],
+            multiprocess_mode="livesum",
+            **kw,  # type: ignore[arg-type]
+        )
+        self.approval_holds = Counter(
+            "rungway_approval_holds_total",
+            "Requests that waited for an operator's approval, by how the wait ended (routed, expired, "
+            "gone: the client left) or full (the tenant had approval_max_held held: refused at once).",
+            ["tenant", "outcome"],
             **kw,  # type: ignore[arg-type]
         )
 

@@ -32,6 +32,7 @@ from ..filters.effects import (
     TaskQueried,
 )
 from ..filters.wire import ProcessingRequest, ProcessingResponse
+from ..routing.hold import CHECK_EVERY_S
 from .rescue import RescueCallTask
 from .shield import Shield
 from .sidecar import Sidecar
@@ -232,6 +233,8 @@ async def serve(
     watches = [asyncio.create_task(_watch_keys(sidecar))]
     if sidecar.handed is not None:
         watches.append(asyncio.create_task(_watch_policy(sidecar)))
+    if sidecar.approvals_file is not None:
+        watches.append(asyncio.create_task(_watch_approvals(sidecar)))
     await stop.wait()
     for watch in watches:
         watch.cancel()
@@ -260,6 +263,18 @@ async def _watch_policy(sidecar: Sidecar, every_s: float = 0.05) -> None:
     while True:
         await asyncio.sleep(every_s)
         sidecar.refresh_policy()
+
+
+async def _watch_approvals(sidecar: Sidecar, every_s: float = CHECK_EVERY_S) -> None:
+    """While a request is held for an approval, a new approval reaches it within every_s (held
+    requests re-decide as often: routing/hold.py)."""
+    while True:
+        await asyncio.sleep(every_s)
+        if sidecar.holding():
+            try:
+                sidecar.refresh_approvals()
+            except Exception:  # a stat or read failure must never stop the worker serving
+                log.exception("approvals check failed")
 
 
 async def _watch_keys(sidecar: Sidecar, every_s: float = 1.0) -> None:

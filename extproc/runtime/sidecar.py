@@ -46,6 +46,8 @@ from ..filters.effects import (
     Effect,
     Escalated,
     HalfOpenAdmitted,
+    HoldEnded,
+    HoldStarted,
     KeptForReview,
     RequestCounted,
     Rescued,
@@ -84,6 +86,7 @@ from ..policy import (
 from ..routing import HealthView
 from ..routing.approval import Approvals
 from ..routing.capacity import Denial, Holder, Limits
+from ..routing.hold import HoldOutcome
 from ..routing.spend import OverBudget, SpendLedger
 from ..routing.tiers import TierChange, TierWatch
 from .admission import Admission
@@ -99,7 +102,7 @@ from .rescue import RESCUE_SOCKET_ENV
 from .review import ReviewStore, SqliteReviewStore
 from .shadow import ShadowCalls
 from .shield import SHIELD_SOCKET_ENV
-from .slots import LedgerStore, LocalLedger, SharedLedger
+from .slots import HoldStore, LedgerStore, LocalHolds, LocalLedger, SharedHolds, SharedLedger
 from .tasks import TaskStore
 from .webhook import deliver
 
@@ -114,6 +117,8 @@ CHANNEL_TOKEN_ENV = "RUNGWAY_CHANNEL_TOKEN"
 HUB_SECRET_ENV = "RUNGWAY_HEALTH_HUB_SECRET"  # the hub's signing secret, made by `rungway up` per run
 # The file `rungway up`'s workers share the rungs' capacity ledger in (runtime/slots.py).
 SLOTS_ENV = "RUNGWAY_SLOTS"
+# And the file they count the requests held for an approval in (routing/hold.py).
+HOLDS_ENV = "RUNGWAY_HOLDS"
 _REQUEST_COUNT_EVERY_S = 0.25
 # How often the board is ticked for decide. Its queries already see circuit timers as due, and
 # observations move it at once; a tick moves only what time alone changes (scores of aging
@@ -216,6 +221,10 @@ class Sidecar:
             SharedLedger(Path(os.environ[SLOTS_ENV])) if os.environ.get(SLOTS_ENV) else LocalLedger()
         )
     )
+    # Requests held for an approval: the pod's count under `rungway up`, else this worker's.
+    holds: HoldStore = field(
+        default_factory=lambda: SharedHolds(Path(os.environ[HOLDS_ENV])) if os.environ.get(HOLDS_ENV) else LocalHolds()
+    )
     key_store: KeyStore = field(init=False)
     # The current revision (`policy`) and the previous ones requests in flight were decided under.
     history: History = field(init=False)
@@ -235,6 +244,7 @@ class Sidecar:
     _spend_sent_at: float = field(default=float("-inf"), init=False)
     _ticked_at: float = field(default=float("-inf"), init=False)
     _evictions_counted: int = field(default=0, init=False)
+    _holding: int = field(default=0, init=False)  # requests this worker holds for an approval
 
     def __post_init__(self) -> None:
         self.history = History(self.policy)
@@ -282,8 +292,16 @@ class Sidecar:
         if self.key_file is not None and self.key_file.refresh():
             self.key_store = self.key_file.value
             self.metrics.key_store_reloads.inc()
+        self.refresh_approvals()
+
+    def refresh_approvals(self) -> None:
+        """Take a changed approvals file (every second; every tenth while a request is held)."""
         if self.approvals_file is not None and self.approvals_file.refresh():
             self.approvals = self.approvals_file.value
+
+    def holding(self) -> bool:
+        """Whether a request is held waiting for an approval at this worker."""
+        return self._holding > 0
 
     def reload(self, history: History) -> bool:
         """Serve `history.current` from the next request on; requests decided under a previous
@@ -377,6 +395,9 @@ class Sidecar:
     def overloaded(self) -> bool:
         return self.admission.full(self.clock.now())
 
+    def held(self, tenant: str) -> int:
+        return self.holds.read(self.clock.now()).held(tenant)
+
     def capacity(self, ladder: str, rung: int, holder: Holder) -> Denial | None:
         limits = self._limits.get((ladder, rung))
         if limits is None:
@@ -418,6 +439,18 @@ class Sidecar:
                     self.admission.routed(self.clock.now())  # in flight until its try starts
                 case Shed():
                     m.requests_shed.inc()
+                case HoldStarted(tenant):
+                    self._holding += 1
+                    with self.holds.change(self.clock.now()) as held:
+                        held.take(tenant, self._pid)
+                    m.approval_held.labels(m.tenant(tenant)).inc()
+                case HoldEnded(tenant, outcome):
+                    if outcome is not HoldOutcome.FULL:
+                        self._holding -= 1
+                        with self.holds.change(self.clock.now()) as held:
+                            held.free(tenant, self._pid)
+                        m.approval_held.labels(m.tenant(tenant)).dec()
+                    m.approval_holds.labels(m.tenant(tenant), outcome.value).inc()
                 case SlotReserved(ladder, rung, tenant, impact) if (ladder, rung) in self._limits:
                     with self.ledger.change(now := self.clock.now()) as ledger:
                         ledger.reserve((ladder, rung), Holder(tenant, impact), now)

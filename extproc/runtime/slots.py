@@ -1,6 +1,7 @@
 """Where a worker keeps the rungs' capacity ledger (routing/capacity.py): in its own memory, or,
 under `rungway up`, in one file all the pod's workers share, so that limits and tenant shares
-hold for the pod, whichever worker decides a request and whichever runs its try.
+hold for the pod, whichever worker decides a request and whichever runs its try. The count of
+requests held for an approval (routing/hold.py) is kept the same way, in a file of its own.
 
 Envoy picks a worker per ext_proc stream (round robin), so a request's decide and its try
 usually run in different workers: a per-worker ledger would count a reservation in one and the
@@ -18,11 +19,12 @@ import fcntl
 import json
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Final, Protocol
+from typing import Any, Final, Generic, Protocol, TypeVar
 
 from ..routing.capacity import Ledger
+from ..routing.hold import HeldCount
 
 log = logging.getLogger("rungway.slots")
 _REAP_EVERY_S: Final = 1.0
@@ -52,11 +54,25 @@ class LocalLedger:
         yield self.ledger
 
 
-class SharedLedger:
-    """The pod's ledger in a file every worker opens (0600, in `rungway up`'s private directory)."""
+class _Shared(Protocol):
+    """What a pod-shared state must offer its file: its workers (to reap the dead) and encoding."""
 
-    def __init__(self, path: Path) -> None:
+    def owners(self) -> set[int]: ...
+    def forget(self, owners: set[int]) -> None: ...
+
+
+S = TypeVar("S", bound=_Shared)
+
+
+class _SharedFile(Generic[S]):
+    """A pod's state in a file every worker opens (0600, in `rungway up`'s private directory),
+    read and rewritten whole under a flock; the entries of workers no longer alive are dropped."""
+
+    def __init__(
+        self, path: Path, empty: Callable[[], S], decode: Callable[[Any], S], encode: Callable[[S, float], Any]
+    ) -> None:
         self.path = path
+        self._empty, self._decode, self._encode = empty, decode, encode
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         self._file = os.fdopen(fd, "r+b", buffering=0)
         self._reaped_at = float("-inf")
@@ -64,19 +80,19 @@ class SharedLedger:
     def close(self) -> None:
         self._file.close()
 
-    def read(self, now: float) -> Ledger:
+    def read(self, now: float) -> S:
         with self._locked(fcntl.LOCK_SH):
             return self._load()
 
     @contextlib.contextmanager
-    def change(self, now: float) -> Iterator[Ledger]:
+    def change(self, now: float) -> Iterator[S]:
         with self._locked(fcntl.LOCK_EX):
-            ledger = self._load()
+            state = self._load()
             if now - self._reaped_at >= _REAP_EVERY_S:
                 self._reaped_at = now
-                ledger.forget({owner for owner in ledger.owners() if _alive(owner)})
-            yield ledger
-            data = json.dumps(ledger.encode(now), separators=(",", ":")).encode()
+                state.forget({owner for owner in state.owners() if _alive(owner)})
+            yield state
+            data = json.dumps(self._encode(state, now), separators=(",", ":")).encode()
             self._file.seek(0)
             self._file.write(data)
             self._file.truncate(len(data))
@@ -89,16 +105,51 @@ class SharedLedger:
         finally:
             fcntl.flock(self._file.fileno(), fcntl.LOCK_UN)
 
-    def _load(self) -> Ledger:
+    def _load(self) -> S:
         self._file.seek(0)
         data = self._file.read()
         if not data:
-            return Ledger()
+            return self._empty()
         try:
-            return Ledger.decode(json.loads(data))
+            return self._decode(json.loads(data))
         except ValueError as exc:  # a foreign or broken file: start over rather than stop serving
-            log.warning("capacity ledger %s unreadable, starting empty: %s", self.path, exc)
-            return Ledger()
+            log.warning("%s unreadable, starting empty: %s", self.path, exc)
+            return self._empty()
+
+
+class SharedLedger(_SharedFile[Ledger]):
+    """The pod's capacity ledger."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path, Ledger, Ledger.decode, Ledger.encode)
+
+
+class HoldStore(Protocol):
+    """Where the requests held for an approval are counted (routing/hold.py's HeldCount)."""
+
+    def read(self, now: float) -> HeldCount: ...
+    def change(self, now: float) -> contextlib.AbstractContextManager[HeldCount]: ...
+
+
+class LocalHolds:
+    """One worker's own count (`rungway serve` alone, and tests)."""
+
+    def __init__(self) -> None:
+        self.count = HeldCount()
+
+    def read(self, now: float) -> HeldCount:
+        return self.count
+
+    @contextlib.contextmanager
+    def change(self, now: float) -> Iterator[HeldCount]:
+        yield self.count
+
+
+class SharedHolds(_SharedFile[HeldCount]):
+    """The pod's count of held requests: `approval_max_held` is the pod's, whichever worker holds."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path, HeldCount, HeldCount.decode, lambda held, now: held.encode())
 
 
 def _alive(pid: int) -> bool:

@@ -73,6 +73,7 @@ from .reviewer import Reviewer
 from .shield import SHIELD_SOCKET_ENV
 from .sidecar import (
     CHANNEL_TOKEN_ENV,
+    HOLDS_ENV,
     HUB_ENV,
     HUB_SECRET_ENV,
     PROBE_TOKEN_ENV,
@@ -81,7 +82,7 @@ from .sidecar import (
     configured_endpoints,
     read_bus_event,
 )
-from .slots import SharedLedger
+from .slots import SharedHolds, SharedLedger
 
 log = logging.getLogger("rungway.up")
 
@@ -173,6 +174,7 @@ class Supervisor:
         # Each worker's reset shield (runtime/shield.py): rescuable streams' tries pass it.
         self._shield_sockets = [self._dir / f"worker-{i}.shield.sock" for i in range(options.workers)]
         self._slots = SharedLedger(self._dir / "capacity.json")  # the workers' rung capacity ledger
+        self._holds = SharedHolds(self._dir / "holds.json")  # their requests held for an approval
         self._workers: list[subprocess.Popen[bytes] | None] = [None] * options.workers
         self._envoy: subprocess.Popen[bytes] | None = None
         # Envoy's admin: a Unix socket in this 0700 directory, made 0600 by Envoy (no TCP port).
@@ -268,6 +270,7 @@ class Supervisor:
             RESCUE_SOCKET_ENV: str(self._rescue_socket),
             SHIELD_SOCKET_ENV: str(self._shield_sockets[index]),
             SLOTS_ENV: str(self._slots.path),  # the pod's rung capacity ledger
+            HOLDS_ENV: str(self._holds.path),  # the pod's count of requests held for an approval
         }
         if self.audit_dir is not None:
             # Chains by worker slot: a restarted worker continues its own.
@@ -676,6 +679,8 @@ class Supervisor:
             "streams": stream_summary(self._worker_metrics().collect()),  # type: ignore[no-untyped-call]
             # The pod's rung capacity ledger (runtime/slots.py): in flight by rung and tenant.
             "capacity": self._slots.read(time.monotonic()).snapshot(time.monotonic()),
+            # Requests held now waiting for an operator's approval, by tenant (routing/hold.py).
+            "held_for_approval": self._holds.read(time.monotonic()).snapshot(),
             **self.board.snapshot(time.time()),
         }
         if self.drainer is not None:
@@ -1046,6 +1051,7 @@ class Supervisor:
                     proc.wait()
         await self._bus.stop()
         self._slots.close()
+        self._holds.close()
         shutil.rmtree(self._dir, ignore_errors=True)
         log.info("rungway stopped")
 

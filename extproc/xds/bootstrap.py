@@ -42,6 +42,8 @@ from ..core.names import (
     rung_cluster,
 )
 from ..policy import Ejection, Policy, Provider
+from ..policy.schema import MAX_APPROVAL_WAIT_S
+from ..routing.hold import ENVOY_MARGIN_S
 from ..routing.ladder import orderings
 
 SYSTEM_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
@@ -460,6 +462,9 @@ def _decide_filter(policy: Policy, settings: EnvoySettings) -> dict[str, Any]:
         # Envoy drops decide's mutation of them silently (rejected_header_mutations).
         "mutation_rules": {"allow_envoy": True},
         "message_timeout": _seconds(settings.message_timeout_s),
+        # A request held for an operator's approval (routing/hold.py): decide asks Envoy once to
+        # wait that long for its answer (override_message_timeout, ignored without this cap).
+        "max_message_timeout": _seconds(MAX_APPROVAL_WAIT_S + ENVOY_MARGIN_S),
         "metadata_options": {
             "forwarding_namespaces": {"untyped": [META_REQUEST]},
             "receiving_namespaces": {"untyped": [META_DECISION]},

@@ -11,10 +11,12 @@ from typing import Any
 import grpc
 import pytest
 
-from extproc.core import SystemClock
+from extproc.core import Failure, SystemClock
 from extproc.core.names import CHANNEL_TOKEN_KEY, FILTER_ROLE_KEY, META_DECISION
+from extproc.routing.approval import Approval, Approvals
 from extproc.runtime.server import ExternalProcessor
 from tests.builders import (
+    decide_fields,
     host_metadata_text,
     make_policy,
     make_sidecar,
@@ -26,6 +28,7 @@ from tests.builders import (
     sse,
 )
 from tests.filters.test_attempt import CLIENT_HEADERS, decision
+from tests.filters.test_decide_hold import HEADERS
 
 
 class Context:
@@ -140,3 +143,40 @@ def test_serve_takes_the_socket_mode_in_octal(given: str, mode: int) -> None:
 
     args = build_parser().parse_args(["serve", "--policy", "p.yaml", "--socket", "w.sock", "--socket-mode", given])
     assert args.socket_mode == mode
+
+
+def held_sidecar(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A tenant (acme) whose fallbacks need an approval and who waits for one; the primary is down."""
+    policy = make_policy(
+        tenants={"acme": {"approval_beyond_tier": 0, "approval_wait_s": 30}}, approvals="approvals.json"
+    )
+    sidecar = make_sidecar(policy, clock=SystemClock())  # type: ignore[arg-type]
+    view: Any = lambda key, first: Failure.SERVER_ERROR if key.startswith("primary") else None  # noqa: E731
+    monkeypatch.setattr(sidecar, "health_view", lambda impact: view)
+    return sidecar
+
+
+async def test_a_held_decide_stream_is_answered_by_the_loop_once_an_approval_is_in_force(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    sidecar = held_sidecar(monkeypatch)
+    context: Any = Context("decide", sidecar.channel_token)
+    message = request_headers(HEADERS, metadata=decide_fields(model="gpt-4o"))
+    process: Any = ExternalProcessor(sidecar).Process(requests([message], then_wait_s=5), context)
+    wait = await anext(process)
+    assert wait.HasField("override_message_timeout") and sidecar.holding()
+    sidecar.approvals = Approvals((Approval("acme", 1, sidecar.clock.wall() + 60),))
+    answer = await asyncio.wait_for(anext(process), 2)  # the loop's next wake-up re-decides it
+    assert answer.WhichOneof("response") == "request_headers" and not sidecar.holding()
+    await process.aclose()
+
+
+async def test_a_held_decide_stream_envoy_ends_frees_its_place(monkeypatch: pytest.MonkeyPatch) -> None:
+    sidecar = held_sidecar(monkeypatch)
+    context: Any = Context("decide", sidecar.channel_token)
+    message = request_headers(HEADERS, metadata=decide_fields(model="gpt-4o"))
+    process: Any = ExternalProcessor(sidecar).Process(requests([message], then_wait_s=0.3), context)
+    answers = [a async for a in process]  # Envoy ends its side after 0.3 s: the client left
+    assert len(answers) == 1 and answers[0].HasField("override_message_timeout")
+    assert sidecar.held("acme") == 0 and not sidecar.holding()
+    assert sample(sidecar, "rungway_approval_holds_total", tenant="acme", outcome="gone") == 1
