@@ -8,7 +8,7 @@ Writing records to disk (the queue, fsync batching, segments, retention) is
 """
 
 from .chain import GENESIS, Chain, Line, lines_of
-from .record import Entry, Kind, Record, RecordError, RungRef, prompt_hash
+from .record import Detail, Entry, Kind, Record, RecordError, RungRef, prompt_hash
 from .story import incident_trips, line, selected, sentence
 from .verify import Anchor, Broken, Intact, Tampering, Verdict, verify
 
@@ -17,6 +17,7 @@ __all__ = [
     "Anchor",
     "Broken",
     "Chain",
+    "Detail",
     "Entry",
     "Intact",
     "Kind",

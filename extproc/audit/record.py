@@ -32,6 +32,8 @@ class Kind(StrEnum):
     REFUSED = "refused"  # no rung was permitted to serve the request (not_permitted, no rung)
     EXHAUSTED = "exhausted"  # every rung the request could use failed: the client got the failure
     POLICY_RELOAD = "policy_reload"  # the serving policy changed version
+    DEFERRAL = "deferral"  # a request deferred (202, or refused: queue full / store down), or a replay's outcome
+    APPROVAL = "approval"  # an operator's approval granted, revoked or expired (T2)
     TORN_TAIL = "torn_tail"  # the log's writer found (and cut) a partly written last line at start
     RETENTION = "retention"  # the writer deleted segments older than the policy keeps
     ESCALATED = "escalated"  # an answer was suspended for a person's decision (E2)
@@ -150,6 +152,16 @@ class Entry:
     @classmethod
     def policy_reload(cls, at: float, old_version: str, new_version: str, *, trigger: str = "reload") -> Entry:
         return cls(at, Kind.POLICY_RELOAD, policy=new_version, trigger=trigger, detail={"previous": old_version})
+
+    @classmethod
+    def deferral_outcome(cls, at: float, tenant: str, task: str, outcome: str, detail: Detail) -> Entry:
+        """What the pod's drainer made of deferred tasks: answered, duplicate, expired."""
+        return cls(at, Kind.DEFERRAL, tenant=tenant, task=task, trigger=outcome, detail=detail)
+
+    @classmethod
+    def approval(cls, at: float, change: str, tenant: str, task: str | None, detail: Detail) -> Entry:
+        """An approval that came into force (granted), was withdrawn (revoked) or ran out (expired)."""
+        return cls(at, Kind.APPROVAL, tenant=tenant, task=task or "", trigger=change, detail=detail)
 
     @classmethod
     def torn_tail(cls, at: float, segment: str, torn: bytes) -> Entry:

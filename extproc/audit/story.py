@@ -54,6 +54,18 @@ def sentence(entry: Entry) -> str:
             return f"no rung could serve it; the client got {why}"
         case Kind.POLICY_RELOAD:
             return f"policy {entry.detail.get('previous', '?')} → {entry.policy} ({why})"
+        case Kind.DEFERRAL:
+            task = entry.detail.get("task_id", "")
+            if why in ("accepted", "full", "unavailable"):
+                reason = entry.detail.get("reason", "?")
+                return f"deferred ({reason}): {why}" + (f", task {task}" if why == "accepted" else "")
+            if why == "expired":
+                return f"{entry.detail.get('tasks', '?')} deferred task(s) expired unanswered"
+            return f"deferred task {task} replayed: {why} (HTTP {entry.detail.get('status', '?')})"
+        case Kind.APPROVAL:
+            scope = f"task {entry.task}" if entry.task else "every task"
+            tier = entry.detail.get("tier", "?")
+            return f"approval to serve down to tier {tier} for {scope} {why} (by {entry.detail.get('by', '?')})"
         case Kind.TORN_TAIL:
             return f"the writer cut {entry.detail.get('torn_bytes')} torn byte(s) from {entry.detail.get('segment')}"
         case Kind.RETENTION:

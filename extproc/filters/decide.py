@@ -475,7 +475,19 @@ class DecideProcessor:
             accepted_at=self._worker.clock.wall(),
         )
         self._effects.append(Decided(f.tenant, f.task, "", "deferred", policy.stamp))
-        self._effects.append(deferral(task, policy.deferral.max_per_tenant, reason, policy.stamp))
+        entry = None
+        if self._worker.auditing:
+            entry = Entry(
+                at=task.accepted_at,
+                kind=Kind.DEFERRAL,
+                tenant=f.tenant,
+                task=f.task,
+                policy=policy.stamp,
+                request_id=self._request_id or "",
+                prompt_hash=self._prompt_hash or "",
+                detail={"task_id": task.id, "reason": reason.value},
+            )
+        self._effects.append(deferral(task, policy.deferral.max_per_tenant, reason, policy.stamp, entry))
         return None
 
     def _route(self) -> Route | Refusal | NeedBody | _DeferNow | CapacityShed:

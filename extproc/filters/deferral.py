@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 
+from ..audit import Entry
 from ..core import DeferredTask, Dialect, Failure, Refused
 from ..core.names import LOCATION, META_DECISION, TASK_ID_HEADER, TASK_STATUS_HEADER, TASKS_PATH
 from ..deferral import TaskState, TaskView
@@ -34,7 +35,9 @@ def task_id_of(path: str) -> str | None:
     return task_id
 
 
-def deferral(task: DeferredTask, capacity: int, reason: Failure, policy_version: str) -> Deferred:
+def deferral(
+    task: DeferredTask, capacity: int, reason: Failure, policy_version: str, entry: Entry | None = None
+) -> Deferred:
     """The effect that stores `task`, with the three answers the runtime picks from."""
     dialect = task.dialect.value
     accepted = _rendered(
@@ -56,7 +59,7 @@ def deferral(task: DeferredTask, capacity: int, reason: Failure, policy_version:
         render_error(dialect, Failure.SERVER_ERROR, down),
         task,
     )
-    return Deferred(task, capacity, accepted, full, unavailable)
+    return Deferred(task, capacity, accepted, full, unavailable, entry)
 
 
 def task_answer(

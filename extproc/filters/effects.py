@@ -291,6 +291,9 @@ class Deferred:
     accepted: ProcessingResponse
     full: ProcessingResponse
     unavailable: ProcessingResponse
+    # The audit record of the deferral (audit trail on): the runtime writes it with the outcome
+    # (accepted, full, unavailable) as its trigger once the store has answered.
+    entry: Entry | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -129,3 +129,21 @@ def approval(
         raise ApprovalError("an approval lasts a positive number of seconds ('for_s')")
     raw = {"tenant": tenant, "tier": tier, "until": now + for_s, "task": task, "by": by, "reason": reason, "at": now}
     return Approval.from_json(raw)
+
+
+def approval_changes(
+    in_force_before: frozenset[Approval], now_read: Approvals, now: float
+) -> tuple[frozenset[Approval], list[tuple[str, Approval]]]:
+    """Between two readings of the approvals file: the approvals in force now, and what changed —
+    granted (in force now, not before), revoked (in force before, gone from the file with time
+    left), expired (in force before, its time up). Whoever edited the file (`rungway approve`,
+    the admin API, a hand edit), the audit trail hears it the same way."""
+    in_force = frozenset(now_read.active(now))
+    changes = [("granted", a) for a in sorted(in_force - in_force_before, key=_order)]
+    for gone in sorted(in_force_before - in_force, key=_order):
+        changes.append(("expired" if gone.until <= now else "revoked", gone))
+    return in_force, changes
+
+
+def _order(a: Approval) -> tuple[float, str, str]:
+    return (a.at, a.tenant, a.task or "")

@@ -13,6 +13,7 @@ lease that lapses: the task is replayed again (at-least-once; the store keeps on
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import logging
@@ -24,6 +25,7 @@ import aiohttp
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from ..audit import Detail, Entry
 from ..core import DeferredTask, Failure, Impact, TaskResult
 from ..core.names import ESCALATION_HEADER, REPLAY_HEADER, SERVED_BY, TASK_ID_HEADER
 from ..deferral import Verdict, fair_order, replay_verdict, retry_delay, servable
@@ -52,6 +54,7 @@ class Drainer:
         *,
         callback_secret: str | None = None,
         rng: random.Random | None = None,
+        audit: Callable[[Entry], None] | None = None,
     ) -> None:
         assert policy.deferral is not None
         self._policy = policy
@@ -62,6 +65,7 @@ class Drainer:
         self._listener = listener  # Envoy's listener base URL, once it is up
         self._secret = callback_secret
         self._rng = rng or random.Random()
+        self._audit = audit  # the pod's audit chain: each task's outcome (answered, expired)
         self._running: dict[str, asyncio.Task[None]] = {}
         self._callbacks: set[asyncio.Task[None]] = set()
         self._attempts: dict[str, int] = {}
@@ -106,6 +110,9 @@ class Drainer:
             swept = await asyncio.to_thread(self._store.sweep, now, settings.task_ttl_s, settings.result_ttl_s)
             for tenant in swept.expired:
                 self._count(tenant, "expired")
+            if self._audit is not None:
+                for tenant, n in collections.Counter(swept.expired).items():
+                    self._audit(Entry.deferral_outcome(now, tenant, "", "expired", {"tasks": n}))
         base = self._listener()
         free = settings.replays_in_flight - len(self._running)
         if base is None or free <= 0:
@@ -172,7 +179,14 @@ class Drainer:
                 result = TaskResult(status, kept, body, now)
                 first = await asyncio.to_thread(self._store.finish, task.id, result)
                 self._count(task.tenant, "answered" if first else "duplicate")
-                self._attempts.pop(task.id, None)
+                attempts = self._attempts.pop(task.id, 0) + 1
+                if self._audit is not None:
+                    detail: Detail = {"task_id": task.id, "status": status, "replays": attempts}
+                    served_by = dict(kept).get(SERVED_BY)
+                    if served_by:
+                        detail["served_by"] = served_by
+                    outcome = "answered" if first else "duplicate"
+                    self._audit(Entry.deferral_outcome(now, task.tenant, task.task, outcome, detail))
                 if first:
                     if self.first_answer_at is None:
                         self.first_answer_at = now

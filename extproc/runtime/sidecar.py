@@ -11,7 +11,7 @@ import os
 import random
 import secrets
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -526,6 +526,8 @@ class Sidecar:
             except Exception:  # a full disk or a broken file: the client hears 503, never a 202
                 log.exception("deferral store write failed")
         self.metrics.deferred.labels(self.metrics.tenant(effect.task.tenant), outcome).inc()
+        if effect.entry is not None and self.audit is not None:
+            self.audit.submit(replace(effect.entry, trigger=outcome))
         return answer
 
     async def _hold(self, effect: Escalated) -> ProcessingResponse:

@@ -38,7 +38,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
 from redis.exceptions import RedisError
 
-from ..audit import Entry, selected
+from ..audit import Detail, Entry, selected
 from ..core import CircuitChanged, ContractError, Failure, FrameRules, ProbeClaim, Review
 from ..core.names import REASON
 from ..escalation import IllegalEscalationError
@@ -56,10 +56,10 @@ from ..policy import (
     resolve_credentials,
     start_only_changes,
 )
-from ..routing.approval import ApprovalError, approval
+from ..routing.approval import Approval, ApprovalError, Approvals, approval, approval_changes
 from ..xds.bootstrap import LISTENER_ROUTES, RELAY_ROUTES, EnvoySettings, render
 from ..xds.resources import XdsFiles, render_bootstrap, render_resources
-from .approvals import grant, read_approvals, revoke
+from .approvals import ApprovalsFile, grant, read_approvals, revoke
 from .auditlog import AUDIT_CHAIN_ENV, AUDIT_DIR_ENV, AuditLog, AuditMetrics, read_records
 from .bus import HealthBus, HubServer, fleet_bus
 from .drainer import Drainer
@@ -227,6 +227,7 @@ class Supervisor:
                 self._probe_token,
                 lambda: f"http://{self._listen_host()}:{self.listen_port}" if self.listen_port else None,
                 callback_secret=secret.resolve().get_secret_value() if secret is not None else None,
+                audit=self._audit_entry,
             )
         # The pod's escalation desk (E2): the on-call's webhooks and people's decisions.
         self.desk: Desk | None = None
@@ -247,6 +248,8 @@ class Supervisor:
                 lambda: f"http://{self._listen_host()}:{self.listen_port}" if self.listen_port else None,
                 self._audit_entry,
             )
+        # The approvals in force as the audit trail last heard of them (None: not audited).
+        self._approvals_in_force: frozenset[Approval] | None = None
         # Hot reload: the revisions served (current first), Envoy's xDS files, the workers' copy.
         self.history = History(policy)
         self._xds = XdsFiles(self._dir / "xds")
@@ -585,7 +588,8 @@ class Supervisor:
                 by=raw["by"],
                 reason=raw.get("reason", ""),
             )
-            grant(path, given)
+            self._note_approvals(read_approvals(path))
+            self._note_approvals(grant(path, given))
         except (ApprovalError, ValueError) as exc:
             return web.json_response({"error": str(exc)}, status=400)
         log.info(
@@ -601,11 +605,14 @@ class Supervisor:
         tenant = request.query.get("tenant")
         if not tenant:
             return web.json_response({"error": "which tenant: ?tenant="}, status=400)
-        revoke(self._approvals_path(), tenant, request.query.get("task"))
+        path = self._approvals_path()
+        self._note_approvals(read_approvals(path))
+        self._note_approvals(revoke(path, tenant, request.query.get("task")))
         return web.json_response({"revoked": {"tenant": tenant, "task": request.query.get("task")}})
 
     def _audit_entry(self, entry: Entry) -> None:
-        """A record for the pod's own chain ("up"): reloads, decisions, re-runs, deferral outcomes."""
+        """A record for the pod's own chain ("up"): reloads, escalation decisions, re-runs,
+        deferral outcomes, approvals."""
         if self._audit_log is not None:
             self._audit_log.submit(entry)
 
@@ -816,6 +823,10 @@ class Supervisor:
         if self.audit_dir is not None and self.options.policy.audit.export == "bus":
             self._tasks.append(asyncio.create_task(self._export_audit(self.audit_dir)))
         self._tasks.append(asyncio.create_task(self._watch_policy()))
+        if self._audit_log is not None and self.options.policy.approvals is not None:
+            watched = ApprovalsFile(self.options.policy.approvals)
+            self._approvals_in_force = frozenset(watched.value.active(time.time()))
+            self._tasks.append(asyncio.create_task(self._watch_approvals(watched)))
         self._write_state()
         log.info(
             "rungway up: listening on %s:%d, admin on %s:%d, %d worker(s), policy %s",
@@ -826,6 +837,30 @@ class Supervisor:
             len(self._workers),
             self.history.current.stamp,
         )
+
+    def _note_approvals(self, approvals: Approvals) -> None:
+        """Every approval granted, revoked or run out becomes an audit record (A1): at once for
+        the admin API's own edits (which first take in what the file says: a CLI grant the
+        watcher has not seen yet), within 0.1 s for any other (`rungway approve`, a hand edit)."""
+        if self._approvals_in_force is None:
+            return
+        now = time.time()
+        self._approvals_in_force, changes = approval_changes(self._approvals_in_force, approvals, now)
+        for change, given in changes:
+            detail: Detail = {"tier": given.tier, "until": given.until, "by": given.by}
+            if given.reason:
+                detail["reason"] = given.reason
+            self._audit_entry(Entry.approval(now, change, given.tenant, given.task, detail))
+
+    async def _watch_approvals(self, watched: ApprovalsFile, every_s: float = 0.1) -> None:
+        while True:
+            await asyncio.sleep(every_s)
+            try:
+                watched.refresh()
+            except OSError:
+                log.exception("approvals file check failed")
+                continue
+            self._note_approvals(watched.value)
 
     # ---- policy hot reload ---------------------------------------------------------------
 

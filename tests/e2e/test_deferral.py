@@ -136,6 +136,17 @@ def test_a_deferred_request_gets_202_and_its_answer_once_the_rung_recovers(fresh
         metrics = stack.metrics()
         assert metric(metrics, "rungway_deferred_total", tenant="app", outcome="accepted") >= 2
         assert metric(metrics, "rungway_deferred_replays_total", tenant="app", outcome="answered") >= 2
+        # The audit trail: the deferral (the worker's chain) and its answer (the pod's drainer).
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            records = httpx.get(stack.admin_url + "/audit", params={"since": "10m", "tenant": "app"}, timeout=10)
+            mine = [r for r in records.json()["records"] if r["kind"] == "deferral" and task_id in str(r["detail"])]
+            if {r["trigger"] for r in mine} >= {"accepted", "answered"}:
+                break
+            time.sleep(0.2)
+        by_trigger = {r["trigger"]: r for r in mine}
+        assert by_trigger["accepted"]["detail"]["reason"] and len(by_trigger["accepted"]["prompt_hash"]) == 64
+        assert by_trigger["answered"]["detail"]["served_by"] == "primary/gpt-4o"
 
 
 def metric(text: str, name: str, **labels: str) -> float:

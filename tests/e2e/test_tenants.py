@@ -89,6 +89,18 @@ def test_an_operators_approval_lets_a_tenant_reach_a_fallback_until_it_is_revoke
     assert served is None  # revoked: back to tier 0 only
     assert httpx.post(tenants.admin_url + "/approvals", json={"tenant": "clinic", "tier": 9, "for_s": 60, "by": "x"},
                       timeout=10).status_code == 400  # fmt: skip
+    # The audit trail heard both, whoever edited the file (the CLI, then the admin API).
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        records = httpx.get(tenants.admin_url + "/audit", params={"since": "10m", "tenant": "clinic"}, timeout=10)
+        approvals = [(r["trigger"], r["detail"]) for r in records.json()["records"] if r["kind"] == "approval"]
+        if len(approvals) >= 2:
+            break
+        time.sleep(0.2)
+    assert len(approvals) >= 2, approvals
+    (granted, g), (revoked, _) = approvals[-2:]
+    assert (granted, revoked) == ("granted", "revoked")
+    assert (g["tier"], g["by"], g["reason"]) == (1, "oncall", "INC-7")
     fleet.reset()
 
 

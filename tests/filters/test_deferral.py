@@ -10,12 +10,14 @@ from typing import Any
 
 import pytest
 
+from extproc.audit import Kind, prompt_hash
 from extproc.core import Failure, Impact
 from extproc.core.names import LOCATION, TASK_ID_HEADER, TASK_STATUS_HEADER
 from extproc.deferral import TaskQueue
 from extproc.filters.decide import DecideProcessor
 from extproc.filters.effects import Deferred, TaskQueried
 from extproc.routing.spend import OverBudget
+from extproc.runtime.auditlog import MemoryAudit
 from extproc.runtime.sidecar import Sidecar
 from tests.builders import (
     CLIENT_KEY,
@@ -120,6 +122,22 @@ def test_a_store_that_fails_answers_503_never_202(monkeypatch: pytest.MonkeyPatc
     (deferred,) = [e for e in effects if isinstance(e, Deferred)]
     assert settle(sidecar, deferred).immediate_response.status.code == 503
     assert sample(sidecar, "rungway_deferred_total", tenant="acme", outcome="unavailable") == 1
+
+
+def test_each_deferral_is_an_audit_record_with_the_stores_answer(monkeypatch: pytest.MonkeyPatch) -> None:
+    sidecar = deferral_sidecar(monkeypatch, capacity=1)
+    sidecar.audit = audit = MemoryAudit()
+    tasks = []
+    for _ in range(2):
+        _, _, effects = send(sidecar, {"x-rungway-task": "batch", "x-request-id": "req-1"})
+        (deferred,) = [e for e in effects if isinstance(e, Deferred)]
+        tasks.append(deferred.task.id)
+        settle(sidecar, deferred)
+    deferrals = [r.entry for r in audit.records if r.entry.kind is Kind.DEFERRAL]
+    assert [(e.trigger, e.detail["task_id"]) for e in deferrals] == [("accepted", tasks[0]), ("full", tasks[1])]
+    first = deferrals[0]
+    assert (first.tenant, first.task, first.detail["reason"]) == ("acme", "batch", "not_permitted")
+    assert first.policy == sidecar.policy.stamp and first.prompt_hash == prompt_hash(json.dumps(BODY).encode())
 
 
 def test_what_is_not_deferrable_gets_the_honest_refusal(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from extproc.routing.approval import Approval, ApprovalError, Approvals, approval
+from extproc.routing.approval import Approval, ApprovalError, Approvals, approval, approval_changes
 
 approvals_st = st.builds(
     Approval,
@@ -75,3 +75,32 @@ def test_an_empty_file_holds_no_approvals_and_a_new_one_is_checked() -> None:
     with pytest.raises(ApprovalError):
         approval("clinic", "1", 60, 100.0)
     assert json.loads(Approvals((approval("c", 1, 60, 0.0),)).encode())["v"] == 1
+
+
+def test_every_change_to_the_approvals_in_force_is_named_once() -> None:
+    a = Approval("clinic", 2, 100.0, None, by="ops", at=10.0)
+    b = Approval("clinic", 3, 500.0, "summarize", by="ops", at=20.0)
+    none: frozenset[Approval] = frozenset()
+    in_force, changes = approval_changes(none, Approvals((a, b)), 50.0)
+    assert in_force == {a, b} and changes == [("granted", a), ("granted", b)]
+    # Nothing new: nothing to say.
+    assert approval_changes(in_force, Approvals((a, b)), 60.0) == (in_force, [])
+    # a's time runs out while b is taken out of the file.
+    in_force, changes = approval_changes(in_force, Approvals((a,)), 100.0)
+    assert in_force == set() and changes == [("expired", a), ("revoked", b)]
+    # Replacing an approval (same tenant and task, a new tier) is the old one revoked, the new granted.
+    c = Approval("clinic", 3, 900.0, None, by="lead", at=70.0)
+    in_force, changes = approval_changes(frozenset({a}), Approvals((c,)), 80.0)
+    assert changes == [("granted", c), ("revoked", a)]
+
+
+@given(st.lists(approvals_st, max_size=8), st.lists(approvals_st, max_size=8), st.floats(0, 1e9))
+def test_changes_account_for_exactly_the_difference_in_force(
+    before: list[Approval], after: list[Approval], now: float
+) -> None:
+    was = frozenset(before)
+    in_force, changes = approval_changes(was, Approvals(tuple(after)), now)
+    assert in_force == {x for x in after if now < x.until}
+    assert {x for c, x in changes if c == "granted"} == in_force - was
+    assert {x for c, x in changes if c != "granted"} == was - in_force
+    assert all(x.until <= now for c, x in changes if c == "expired")
