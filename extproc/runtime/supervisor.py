@@ -809,7 +809,10 @@ class Supervisor:
         self._start_envoy()
         await self._await_envoy()
         await self._start_admin()
-        self._tasks.append(asyncio.create_task(self._probe_loop()))
+        if self.options.policy.health.enabled:
+            # With the board off (health.enabled: false) nothing reads what a probe would tell,
+            # and every probe is a paid call: none is sent.
+            self._tasks.append(asyncio.create_task(self._probe_loop()))
         self._tasks.append(asyncio.create_task(self._watch_envoy()))
         if self.drainer is not None:
             self._tasks.append(asyncio.create_task(self.drainer.run()))
