@@ -30,6 +30,18 @@ def armed(
     return rule if rule is not None and at_least(impact, rule.impact) else None
 
 
+def hands_off(policy: Policy, task: str, *, stream: bool, probe: bool, reviewed: bool) -> bool:
+    """Does this request's task class hand an outage to a person (T6 tier 3, `when_exhausted:
+    {tier: 3}`), with a desk to hand it to (escalation and an SQLite deferral store)? Then its
+    tries keep its body, and the handoff suspends it for a person instead of the notice."""
+    if stream or probe or reviewed or policy.escalation is None:
+        return False
+    if policy.deferral is None or policy.deferral.store is None:
+        return False
+    task_class = policy.tasks.get(task) or policy.tasks[policy.default_task]
+    return task_class.when_exhausted is not None and task_class.when_exhausted.tier == 3
+
+
 @dataclass(frozen=True, slots=True)
 class Signals:
     """What a try knows when it judges an answer."""

@@ -48,7 +48,7 @@ from ..core.names import (
     RELAY_FLAGS_HEADER,
     endpoint_key,
 )
-from ..escalation import armed, triggers
+from ..escalation import armed, hands_off, triggers
 from ..health.contract import Contract
 from ..policy import Policy
 from ..routing.quota import HEADERS as QUOTA_HEADERS
@@ -831,15 +831,24 @@ class AttemptProcessor:
         if ruling.next not in (Next.SERVED, Next.FINAL):
             return False  # the request goes on to another try
         d = plan.decision
-        rule = armed(self._policy, d.tenant, d.task, d.impact, stream=plan.stream, probe=d.probe, reviewed=False)
-        if rule is None:
+        policy = self._policy
+        rule = armed(policy, d.tenant, d.task, d.impact, stream=plan.stream, probe=d.probe, reviewed=False)
+        # The task's outage answer is a human handoff (T6 tier 3): a person gets the request.
+        handoff = (
+            ruling.next is Next.FINAL
+            and ruling.failure is not None
+            and hands_off(policy, d.task, stream=plan.stream, probe=d.probe, reviewed=False)
+            and (exhausted := exhausted_for(plan, policy, ruling.failure)) is not None
+            and exhausted.tier == 3
+        )
+        if rule is None and not handoff:
             return False
-        ladder = self._policy.ladders[plan.position.ladder]
+        ladder = policy.ladders[plan.position.ladder]
         score = None
-        if rule.score_below is not None:
+        if rule is not None and rule.score_below is not None:
             score = self._worker.health_score(endpoint_key(ladder[0].provider, ladder[0].model_for(d.model)))
-        signals = signals_of(plan, self._policy, ruling, self._status, body, score)
-        reasons = triggers(rule, signals)
+        signals = signals_of(plan, policy, ruling, self._status, body, score)
+        reasons = ("handoff",) if handoff else triggers(rule, signals) if rule is not None else ()
         if not reasons:
             return False
         effect = escalate(
@@ -854,6 +863,7 @@ class AttemptProcessor:
             client_path=ANTHROPIC_MESSAGES_PATH if d.dialect is Dialect.ANTHROPIC else OPENAI_CHAT_PATH,
             now=self._worker.clock.wall(),
             render=lambda headers, answer: response_body_response(_to_client(self._scrub, headers, body=answer)),
+            handoff=handoff,
         )
         self._effects.append(effect)
         detail: dict[str, str | int | float | bool] = {"task_id": effect.task.id}

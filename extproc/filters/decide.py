@@ -34,7 +34,7 @@ from ..core.names import (
     endpoint_key,
 )
 from ..deferral import deferrable, may_wait
-from ..escalation import armed
+from ..escalation import armed, hands_off
 from ..identity import Identity, Unknown
 from ..routing.capacity import Denial, Holder
 from ..routing.hold import (
@@ -651,10 +651,11 @@ class DecideProcessor:
             request_id=self._request_id,
             prompt_hash=self._prompt_hash,
             rerun=self._rerun is not None,
-            escalate=armed(
-                policy, f.tenant, f.task, f.impact, stream=f.stream, probe=result.probe, reviewed=self._reviewed
+            escalate=(
+                armed(policy, f.tenant, f.task, f.impact, stream=f.stream, probe=result.probe, reviewed=self._reviewed)
+                is not None
+                or hands_off(policy, f.task, stream=f.stream, probe=result.probe, reviewed=self._reviewed)
             )
-            is not None
             and self._rerun is None,
         )
         return with_metadata(response, META_DECISION, decision.encode())

@@ -110,9 +110,12 @@ def escalate(
     client_path: str,
     now: float,
     render: Callable[[dict[str, str], bytes], ProcessingResponse],
+    handoff: bool = False,
 ) -> Escalated:
     """The effect that suspends this answer: stored, then the client's 202. `render` puts
-    headers and body in place of the provider's answer (the attempt filter's, with its scrub)."""
+    headers and body in place of the provider's answer (the attempt filter's, with its scrub).
+    `handoff`: the ruling is the task's human-handoff notice (T6 tier 3): the 202 says tier 3,
+    and a store that fails gives the client that notice rather than a 503."""
     d = plan.decision
     rung = plan.position.rung
     candidate = candidate_of(ruling, status, provider_body, now)
@@ -156,8 +159,8 @@ def escalate(
         ":status": "202",
         "content-type": "application/json",
         **flags(
-            served_by="rungway",
-            tier=None,
+            served_by="rungway/handoff" if handoff else "rungway",
+            tier=3 if handoff else None,
             degraded=True,
             reason=reason,
             policy_version=policy.stamp,
@@ -184,6 +187,8 @@ def escalate(
             attempts=plan.real_tries,
         ),
     }
+    if handoff and ruling.body is not None:
+        return Escalated(task, escalation, candidate, render(accepted, body), render(ruling.set_headers, ruling.body))
     return Escalated(task, escalation, candidate, render(accepted, body), render(down, error))
 
 

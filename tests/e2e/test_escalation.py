@@ -328,3 +328,45 @@ def test_an_answer_that_breaks_the_contract_on_every_rung_is_held_and_approved_a
             assert answer.headers["x-rungway-escalation"] == "approved"
             assert ChatCompletion.model_validate_json(answer.content).choices[0].message.content
             assert metric(stack.metrics(), "rungway_escalations_total", tenant="app", outcome="escalated") == 1
+
+
+def test_a_task_class_that_hands_off_an_outage_hands_it_to_a_person(fresh: Fleet, tmp_path: Path) -> None:
+    """T6 tier 3 with a desk: every rung down, the request is not answered with the handoff
+    notice but held for a person (202 at tier 3, the webhook says `handoff`); once the providers
+    are back, approving it replays it and the client fetches a real answer. No tenant rule needed."""
+    with Receiver() as oncall:
+        policy = escalation_policy(fresh, tmp_path, oncall.url)
+        del policy["tenants"]["app"]["escalate"]
+        policy["tasks"]["default"]["when_exhausted"] = {"tier": 3, "message": "A person will reply by email."}
+        for mock in (fresh.primary, fresh.secondary, fresh.small):
+            mock.set_mode("status:503")
+        with running(policy, env=ENV) as stack:
+            raw = stack.openai().chat.completions.with_raw_response.create(
+                model="gpt-4o", messages=[{"role": "user", "content": "where is my parcel?"}]
+            )
+            assert raw.status_code == 202, raw.http_response.text
+            assert raw.headers["x-rungway-task-status"] == "escalated" and raw.headers["x-rungway-tier"] == "3"
+            assert raw.headers["x-rungway-served-by"] == "rungway/handoff"
+            task_id = raw.headers["x-rungway-task-id"]
+            _, body = oncall.payload(task_id)
+            event = json.loads(body)
+            assert event["reasons"] == ["handoff"] and event["candidate"] is None
+            assert event["request"]["body"]["messages"] == [{"role": "user", "content": "where is my parcel?"}]
+            for mock in (fresh.primary, fresh.secondary, fresh.small):
+                mock.set_mode("ok")
+            approved = decide(stack, "approve", task_id)
+            assert approved.returncode == 0, approved.stderr
+            answer = answered(stack, stack.app_key, f"/v1/rungway/tasks/{task_id}")
+            assert answer.status_code == 200 and answer.headers["x-rungway-escalation"] == "approved"
+            assert ChatCompletion.model_validate_json(answer.content).choices[0].message.content
+            # A stream is never held: it still gets the notice, as a whole stream.
+            for mock in (fresh.primary, fresh.secondary, fresh.small):
+                mock.set_mode("status:503")
+            text = "".join(
+                chunk.choices[0].delta.content or ""
+                for chunk in stack.openai().chat.completions.create(
+                    model="gpt-4o", messages=[{"role": "user", "content": "hi"}], stream=True
+                )
+                if chunk.choices
+            )
+            assert text == "A person will reply by email."

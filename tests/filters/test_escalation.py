@@ -45,7 +45,7 @@ from tests.builders import (
     sample,
     set_headers,
 )
-from tests.filters.test_attempt import JSON, OPENAI_REQUEST, Try, anthropic_answer, openai_answer
+from tests.filters.test_attempt import JSON, OPENAI_REQUEST, Try, anthropic_answer, openai_answer, record
 from tests.filters.test_deferral import send
 
 ESCALATION = {"webhook_url": "https://oncall.test/hook", "secret": {"env": "RW_UNIT_ESCALATION"}}
@@ -345,3 +345,56 @@ def test_mean_logprob_reads_an_openai_answers_first_choice_only() -> None:
     assert mean_logprob(Dialect.OPENAI, answer) == -2.0
     assert mean_logprob(Dialect.ANTHROPIC, answer) is None
     assert mean_logprob(Dialect.OPENAI, {"choices": [{"logprobs": {"content": []}}]}) is None
+
+
+# ---- a human handoff (T6 tier 3) goes to a person -----------------------------------------------------
+
+HANDOFF = "Our assistant cannot answer right now; a person will reply."
+
+
+def handoff_policy(tier: int = 3, *, escalation: bool = True) -> Policy:
+    tasks = {
+        "default": {"min_output_tokens": 1, "when_exhausted": {"tier": tier, "message": HANDOFF}},
+        "summarizer": {"min_output_tokens": 10},
+    }
+    extra: dict[str, Any] = {"deferral": {"store": "unused.db"}, "escalation": ESCALATION} if escalation else {}
+    return make_policy(tasks=tasks, **extra)
+
+
+def test_decide_arms_a_task_class_that_hands_off_to_a_person_when_there_is_a_desk() -> None:
+    for policy, armed in (
+        (handoff_policy(), True),
+        (handoff_policy(4), False),
+        (handoff_policy(escalation=False), False),
+    ):
+        _, answers, _ = send(held_sidecar(policy))
+        assert dynamic_metadata(answers[-1], META_DECISION)["escalate"] is armed
+    _, answers, _ = send(held_sidecar(handoff_policy()), stream=True)
+    assert dynamic_metadata(answers[-1], META_DECISION)["escalate"] is False  # a stream keeps the notice
+
+
+def test_an_outage_on_the_last_rung_is_handed_to_a_person_not_answered_with_the_notice() -> None:
+    sidecar = held_sidecar(handoff_policy())
+    trip = record(attempt=2, started_ms=0.0, rung=1, failure="timeout", first_failure="timeout")
+    t = Try(sidecar, rung=2, attempt=3, trip=trip, escalate=True)
+    assert judged(t, 503, {"error": {"message": "overloaded", "type": "server_error"}}) == []
+    e = escalated(t)
+    assert e.candidate is None and e.escalation.reasons == ("handoff",)  # approving replays it
+    accepted = asyncio.run(sidecar.settle(e))
+    headers = set_headers(accepted)
+    assert headers[":status"] == "202" and headers["x-rungway-tier"] == "3"
+    assert headers["x-rungway-served-by"] == "rungway/handoff" and headers[TASK_ID_HEADER] == e.task.id
+    # A store that cannot hold it: the notice, as without a desk, never a bare 503.
+    down = held_sidecar(handoff_policy())
+    down.escalations = None
+    t = Try(down, rung=2, attempt=3, trip=trip, escalate=True)
+    judged(t, 503, {"error": {"message": "overloaded", "type": "server_error"}})
+    notice = asyncio.run(down.settle(escalated(t)))
+    assert set_headers(notice)[":status"] == "200"
+    assert json.loads(body_of(notice) or b"")["choices"][0]["message"]["content"] == HANDOFF
+
+
+def test_a_request_that_fails_by_its_own_fault_is_never_handed_off() -> None:
+    t = Try(held_sidecar(handoff_policy()), rung=0, escalate=True)
+    judged(t, 400, {"error": {"message": "bad request", "type": "invalid_request_error"}})
+    assert not [e for e in t.effects if isinstance(e, Escalated)]
