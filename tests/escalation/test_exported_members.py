@@ -12,6 +12,7 @@ def test_escalation_exports_exactly_its_public_names() -> None:
         "Signals",
         "armed",
         "at_least",
+        "hands_off",
         "resolved_state",
         "transition",
         "triggers",
