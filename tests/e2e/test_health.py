@@ -333,6 +333,10 @@ def test_two_sidecars_sharing_redis_see_the_same_picture(fresh: Fleet, tmp_path:
             fresh.primary.set_mode("status:503")
             for _ in range(3):
                 ask(a)  # only sidecar A meets the broken primary
+            # /status is the supervisor's replica of the board, fed by the bus (Redis here).
+            deadline = time.monotonic() + 3
+            while endpoint(a, "primary/gpt-4o")["circuit"]["state"] != "open" and time.monotonic() < deadline:
+                time.sleep(0.05)
             assert endpoint(a, "primary/gpt-4o")["circuit"]["state"] == "open"
             bus = status(b)["bus"]
             assert (bus["kind"], bus["connected"]) == ("redis", True)
