@@ -76,7 +76,9 @@ class Shield:
         # No total timeout: the relay's per-try budget bounds the wait for headers, and the
         # attempt filter's stall and abandon timers bound the stream; both reset this request.
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.UnixConnector(path=str(self.rescue_socket)),
+            # No pool limit (aiohttp's default is 100): each stream holds its connection for as
+            # long as the model writes, and a try waiting for one would only end at its budget.
+            connector=aiohttp.UnixConnector(path=str(self.rescue_socket), limit=0),
             timeout=aiohttp.ClientTimeout(total=None),
             auto_decompress=False,
             skip_auto_headers=("User-Agent", "Accept-Encoding", "Accept", "Content-Type"),
