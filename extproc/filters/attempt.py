@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from dataclasses import replace
 from enum import StrEnum
 from typing import Any, Final, Literal, overload
 
@@ -855,9 +856,14 @@ class AttemptProcessor:
             now=self._worker.clock.wall(),
             render=lambda headers, answer: response_body_response(_to_client(self._scrub, headers, body=answer)),
         )
+        if self._worker.auditing:
+            at = self._worker.clock.wall()
+            detail: dict[str, str | int | float | bool] = {"task_id": effect.task.id}
+            entry = audited(
+                self._policy, d, Kind.ESCALATED, at, ",".join(reasons), target=plan.position.rung, detail=detail
+            )
+            effect = replace(effect, entry=entry.entry)
         self._effects.append(effect)
-        detail: dict[str, str | int | float | bool] = {"task_id": effect.task.id}
-        self._audit(Kind.ESCALATED, ",".join(reasons), target=plan.position.rung, detail=detail)
         return True
 
     def _rule_on_answer(self, body: bytes) -> Ruling:

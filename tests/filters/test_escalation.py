@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from extproc.audit import Kind
 from extproc.core import (
     ContractError,
     Decision,
@@ -31,6 +32,7 @@ from extproc.escalation import EscalationState
 from extproc.filters.effects import Escalated
 from extproc.filters.escalation import ReviewError, event_body, reviewed
 from extproc.policy import Policy
+from extproc.runtime.auditlog import MemoryAudit
 from extproc.runtime.escalations import MemoryEscalations
 from extproc.runtime.sidecar import Sidecar
 from extproc.translate import mean_logprob
@@ -167,6 +169,23 @@ def test_the_client_hears_503_when_the_answer_cannot_be_held() -> None:
     assert set_headers(answer)[":status"] == "503"
     assert json.loads(body_of(answer) or b"")["error"]["rungway_reason"] == "server_error"
     assert sample(sidecar, "rungway_escalations_total", tenant="acme", outcome="unavailable") == 1
+
+
+def test_the_escalated_record_says_whether_the_answer_was_held() -> None:
+    # The record is written once the store has answered: a 503 is no escalation a person sees.
+    sidecar = held_sidecar(escalation_policy())
+    sidecar.audit = audit = MemoryAudit()
+    t = Try(sidecar, rung=1, escalate=True)
+    judged(t, 200, anthropic_answer())
+    assert [r for r in audit.records if r.entry.kind is Kind.ESCALATED] == []
+    asyncio.run(sidecar.settle(escalated(t)))
+    t = Try(sidecar, rung=1, escalate=True)
+    judged(t, 200, anthropic_answer())
+    sidecar.escalations = None
+    asyncio.run(sidecar.settle(escalated(t)))
+    records = [r.entry for r in audit.records if r.entry.kind is Kind.ESCALATED]
+    assert [(e.trigger, e.detail["outcome"]) for e in records] == [("tier", "escalated"), ("tier", "unavailable")]
+    assert records[0].target is not None and records[0].target.rung == 1
 
 
 def test_the_primarys_answer_is_served_as_it_is() -> None:
