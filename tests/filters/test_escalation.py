@@ -109,6 +109,17 @@ def test_a_replay_a_person_decided_on_is_never_armed_and_a_redirect_is_pinned() 
     assert decision.rungs == (0, 1, 2) and decision.escalate
 
 
+def test_a_deferred_tasks_replay_is_never_armed() -> None:
+    # Its answer goes to the drainer, which keeps the task it replays: a 202 for a new escalated
+    # task (served by rungway) would be replayed again and again, each time a new escalation and
+    # webhook, and the client's task would never get the answer a person decided on.
+    sidecar = held_sidecar(escalation_policy())
+    replay = {"x-rungway-replay": f"{sidecar.probe_token} acme task_abcdefgh"}
+    _, answers, _ = send(sidecar, replay)
+    decision = Decision.decode(dynamic_metadata(answers[-1], META_DECISION))
+    assert decision.rungs == (0, 1, 2) and not decision.escalate
+
+
 def test_a_redirect_to_a_rung_the_tenant_does_not_permit_is_refused() -> None:
     sidecar = held_sidecar(escalation_policy(lowest_tier=1))
     replay = {"x-rungway-replay": f"{sidecar.probe_token} acme task_abcdefgh", ESCALATION_HEADER: "rung=2"}
