@@ -841,8 +841,8 @@ class AttemptProcessor:
             score = self._worker.health_score(endpoint_key(ladder[0].provider, ladder[0].model_for(d.model)))
         signals = signals_of(plan, self._policy, ruling, self._status, body, score)
         reasons = triggers(rule, signals)
-        if not reasons:
-            return False
+        if not reasons or (ruling.next is Next.FINAL and "contract" not in reasons):
+            return False  # a final answer that was not served is held only for a broken contract
         effect = escalate(
             plan,
             self._policy,

@@ -236,6 +236,18 @@ def test_a_contract_broken_on_the_last_rung_is_held_without_a_candidate() -> Non
     assert e.escalation.history[-1] == Step(2, "quality_regression")
 
 
+def test_an_error_that_ends_the_ladder_is_the_clients_not_a_persons(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Only the contract signal judges a final answer that was not served: a provider's 500 on a
+    # fallback tier, or its 400 for the client's own request, is the client's honest error.
+    sidecar = held_sidecar(escalation_policy({"tier": 1, "score_below": 0.5}))
+    monkeypatch.setattr(sidecar, "health_score", lambda key: 0.2)
+    for status in (500, 400):
+        t = Try(sidecar, rung=2, attempt=3, escalate=True)
+        (answer,) = judged(t, status, {"error": {"message": "no"}})
+        assert not [e for e in t.effects if isinstance(e, Escalated)]
+        assert set_headers(answer)[":status"] != "202"
+
+
 def test_a_degraded_primary_score_holds_a_fallbacks_answer(monkeypatch: pytest.MonkeyPatch) -> None:
     sidecar = held_sidecar(escalation_policy({"score_below": 0.5}))
     monkeypatch.setattr(sidecar, "health_score", lambda key: 0.2 if key == "primary/gpt-4o" else 1.0)
