@@ -47,14 +47,14 @@ _RESET_ERRORS: Final = (aiohttp.ClientError, asyncio.TimeoutError, ConnectionErr
 ResetHook = Callable[[str, str], None]
 
 
-def forwarded_headers(headers: Mapping[str, str]) -> dict[str, str]:
-    """The try's headers as the rescue listener should get them."""
-    out: dict[str, str] = {}
+def forwarded_headers(headers: Mapping[str, str]) -> list[tuple[str, str]]:
+    """The try's headers as the rescue listener should get them (a repeated one, each time)."""
+    out: list[tuple[str, str]] = []
     for name, value in headers.items():
         low = name.lower()
         if low in _NOT_FORWARDED or low.startswith("x-envoy-") or low.startswith("x-forwarded-"):
             continue
-        out[low] = value
+        out.append((low, value))
     return out
 
 

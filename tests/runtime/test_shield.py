@@ -117,6 +117,15 @@ async def test_a_whole_stream_passes_through_unchanged(rig: Rig) -> None:
     assert rig.resets == []
 
 
+async def test_a_header_sent_twice_reaches_the_provider_twice(rig: Rig) -> None:
+    rig.handler = sse_then(3, "end")
+    headers = CIMultiDict([(CLUSTER_HEADER, "rw.direct.primary"), ("x-tag", "a"), ("x-tag", "b")])
+    async with rig.client() as session, session.post("http://shield/", data=b"{}", headers=headers) as response:
+        assert response.status == 200
+    (seen,) = rig.seen
+    assert seen.headers.getall("x-tag") == ["a", "b"]
+
+
 async def test_a_reset_after_the_stream_began_becomes_a_clean_end(rig: Rig) -> None:
     rig.handler = sse_then(2, "reset")
     status, _, body = await post(rig)  # no exception: the response ended as HTTP allows
@@ -197,7 +206,7 @@ def test_forwarded_headers_drop_hop_by_hop_and_envoys_own() -> None:
         "Authorization": "Bearer k",
         "anthropic-version": "2023-06-01",
     }
-    assert forwarded_headers(headers) == {"authorization": "Bearer k", "anthropic-version": "2023-06-01"}
+    assert forwarded_headers(headers) == [("authorization", "Bearer k"), ("anthropic-version", "2023-06-01")]
 
 
 async def test_more_streams_than_a_client_pool_holds_pass_at_once(rig: Rig) -> None:
