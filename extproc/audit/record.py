@@ -155,7 +155,8 @@ class Entry:
 
     @classmethod
     def deferral_outcome(cls, at: float, tenant: str, task: str, outcome: str, detail: Detail) -> Entry:
-        """What the pod's drainer made of deferred tasks: answered, duplicate, expired."""
+        """What the pod's drainer made of deferred tasks: answered, duplicate, expired (and
+        escalation_expired: escalated tasks no person decided on in time)."""
         return cls(at, Kind.DEFERRAL, tenant=tenant, task=task, trigger=outcome, detail=detail)
 
     @classmethod

@@ -61,6 +61,8 @@ def sentence(entry: Entry) -> str:
                 return f"deferred ({reason}): {why}" + (f", task {task}" if why == "accepted" else "")
             if why == "expired":
                 return f"{entry.detail.get('tasks', '?')} deferred task(s) expired unanswered"
+            if why == "escalation_expired":
+                return f"{entry.detail.get('tasks', '?')} escalated task(s) expired without a person's decision"
             return f"deferred task {task} replayed: {why} (HTTP {entry.detail.get('status', '?')})"
         case Kind.APPROVAL:
             scope = f"task {entry.task}" if entry.task else "every task"

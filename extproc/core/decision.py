@@ -65,8 +65,8 @@ class Decision:
     # for review itself.
     rerun: bool = False
     # The tenant's escalation rule may suspend this request's answer (E2): its tries keep the
-    # client's body and judge the answer against the rule. Never a stream, a probe or a replay
-    # a person already decided on.
+    # client's body and judge the answer against the rule. Never a stream, a probe, a re-run or
+    # a replay (of a deferred task, or after a person's decision).
     escalate: bool = False
 
     def encode(self) -> Meta:

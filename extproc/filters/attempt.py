@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from dataclasses import replace
 from enum import StrEnum
 from typing import Any, Final, Literal, overload
 
@@ -848,9 +849,13 @@ class AttemptProcessor:
         if rule is not None and rule.score_below is not None:
             score = self._worker.health_score(endpoint_key(ladder[0].provider, ladder[0].model_for(d.model)))
         signals = signals_of(plan, policy, ruling, self._status, body, score)
-        reasons = ("handoff",) if handoff else triggers(rule, signals) if rule is not None else ()
-        if not reasons:
-            return False
+        if handoff:
+            reasons: tuple[str, ...] = ("handoff",)
+        else:
+            assert rule is not None
+            reasons = triggers(rule, signals)
+            if not reasons or (ruling.next is Next.FINAL and "contract" not in reasons):
+                return False  # a final answer that was not served is held only for a broken contract
         effect = escalate(
             plan,
             self._policy,
@@ -865,9 +870,14 @@ class AttemptProcessor:
             render=lambda headers, answer: response_body_response(_to_client(self._scrub, headers, body=answer)),
             handoff=handoff,
         )
+        if self._worker.auditing:
+            at = self._worker.clock.wall()
+            detail: dict[str, str | int | float | bool] = {"task_id": effect.task.id}
+            entry = audited(
+                self._policy, d, Kind.ESCALATED, at, ",".join(reasons), target=plan.position.rung, detail=detail
+            )
+            effect = replace(effect, entry=entry.entry)
         self._effects.append(effect)
-        detail: dict[str, str | int | float | bool] = {"task_id": effect.task.id}
-        self._audit(Kind.ESCALATED, ",".join(reasons), target=plan.position.rung, detail=detail)
         return True
 
     def _rule_on_answer(self, body: bytes) -> Ruling:

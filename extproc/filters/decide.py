@@ -651,12 +651,14 @@ class DecideProcessor:
             request_id=self._request_id,
             prompt_hash=self._prompt_hash,
             rerun=self._rerun is not None,
+            # Never a replay (its drainer keeps the deferred task: an escalation would be a new
+            # task its client never hears of, the replay's 202 replayed again) nor a re-run.
             escalate=(
                 armed(policy, f.tenant, f.task, f.impact, stream=f.stream, probe=result.probe, reviewed=self._reviewed)
                 is not None
                 or hands_off(policy, f.task, stream=f.stream, probe=result.probe, reviewed=self._reviewed)
             )
-            and self._rerun is None,
+            and self._may_defer,
         )
         return with_metadata(response, META_DECISION, decision.encode())
 

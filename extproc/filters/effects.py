@@ -307,6 +307,9 @@ class Escalated:
     candidate: TaskResult | None
     accepted: ProcessingResponse
     unavailable: ProcessingResponse
+    # The `escalated` audit record (audit trail on): the runtime writes it with the store's
+    # answer (escalated, unavailable) as detail["outcome"] once the store has answered.
+    entry: Entry | None = None
 
 
 @dataclass(frozen=True, slots=True)

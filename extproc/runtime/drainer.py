@@ -113,6 +113,9 @@ class Drainer:
             if self._audit is not None:
                 for tenant, n in collections.Counter(swept.expired).items():
                     self._audit(Entry.deferral_outcome(now, tenant, "", "expired", {"tasks": n}))
+                # An escalation's outcome too (E2): no person decided on it within task_ttl_s.
+                for tenant, n in collections.Counter(swept.escalations_expired).items():
+                    self._audit(Entry.deferral_outcome(now, tenant, "", "escalation_expired", {"tasks": n}))
         base = self._listener()
         free = settings.replays_in_flight - len(self._running)
         if base is None or free <= 0:

@@ -47,14 +47,14 @@ _RESET_ERRORS: Final = (aiohttp.ClientError, asyncio.TimeoutError, ConnectionErr
 ResetHook = Callable[[str, str], None]
 
 
-def forwarded_headers(headers: Mapping[str, str]) -> dict[str, str]:
-    """The try's headers as the rescue listener should get them."""
-    out: dict[str, str] = {}
+def forwarded_headers(headers: Mapping[str, str]) -> list[tuple[str, str]]:
+    """The try's headers as the rescue listener should get them (a repeated one, each time)."""
+    out: list[tuple[str, str]] = []
     for name, value in headers.items():
         low = name.lower()
         if low in _NOT_FORWARDED or low.startswith("x-envoy-") or low.startswith("x-forwarded-"):
             continue
-        out[low] = value
+        out.append((low, value))
     return out
 
 
@@ -76,7 +76,9 @@ class Shield:
         # No total timeout: the relay's per-try budget bounds the wait for headers, and the
         # attempt filter's stall and abandon timers bound the stream; both reset this request.
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.UnixConnector(path=str(self.rescue_socket)),
+            # No pool limit (aiohttp's default is 100): each stream holds its connection for as
+            # long as the model writes, and a try waiting for one would only end at its budget.
+            connector=aiohttp.UnixConnector(path=str(self.rescue_socket), limit=0),
             timeout=aiohttp.ClientTimeout(total=None),
             auto_decompress=False,
             skip_auto_headers=("User-Agent", "Accept-Encoding", "Accept", "Content-Type"),

@@ -541,6 +541,8 @@ class Sidecar:
             except Exception:  # a full disk or a broken file: the client hears 503, never a 202
                 log.exception("escalation store write failed")
         self.metrics.escalations.labels(self.metrics.tenant(effect.task.tenant), outcome).inc()
+        if effect.entry is not None and self.audit is not None:
+            self.audit.submit(replace(effect.entry, detail={**effect.entry.detail, "outcome": outcome}))
         return answer
 
     def _keep_for_review(self, item: DegradedAnswer) -> None:

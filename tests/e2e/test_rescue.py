@@ -217,3 +217,33 @@ def test_a_reset_before_the_first_token_still_falls_back_before_the_stream(rescu
     text, finishes, _, _ = openai_stream(rescue)
     assert text.startswith("Hello from secondary") and finishes == ["stop"]
     assert body_of(fleet.secondary.requests[-1])["messages"][-1]["role"] == "user"  # a fallback, no prefill
+
+
+def test_a_shielded_tries_failures_are_told_apart_as_without_the_shield(fleet: Fleet, tmp_path: Path) -> None:
+    # A rescuable stream's tries pass the worker's reset shield and Envoy's rescue listener: the
+    # relay's flags (connect failure, the rung's budget) and the provider's own answer (its
+    # status, its retry-after) must still read as they do on the direct path.
+    fleet.reset()
+    policy = fleet.policy(tmp_path, tasks={"default": {"min_output_tokens": 1, "rescue": True}})
+    policy["health"] = {"enabled": False, "probe_interval_s": 0}  # every request starts on its primary
+    cases = [
+        ("dead-x", None, "primary/gpt-after-dead", "connect_error"),  # nothing listens: UF
+        ("gpt-4o", "delay:3", "secondary/claude-fallback", "timeout"),  # past the rung's 2 s: UT
+        ("gpt-4o", "status:429:30", "secondary/claude-fallback", "rate_limited"),  # a long retry-after
+        ("gpt-4o", "status:503", "secondary/claude-fallback", "server_error"),
+    ]
+    with running(policy, env=KEY_ENV) as stack:
+        try:
+            for model, mode, served_by, reason in cases:
+                fleet.reset()
+                if mode is not None:
+                    fleet.primary.set_mode(mode)
+                with stack.openai().chat.completions.with_streaming_response.create(
+                    model=model, messages=HI, stream=True
+                ) as raw:
+                    text = "".join(choice.delta.content or "" for chunk in raw.parse() for choice in chunk.choices)
+                assert (raw.headers["x-rungway-served-by"], raw.headers["x-rungway-reason"]) == (served_by, reason)
+                assert text
+        finally:
+            fleet.reset()
+        assert not stack.envoy_trouble()

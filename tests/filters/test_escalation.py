@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from extproc.audit import Kind
 from extproc.core import (
     ContractError,
     Decision,
@@ -31,6 +32,7 @@ from extproc.escalation import EscalationState
 from extproc.filters.effects import Escalated
 from extproc.filters.escalation import ReviewError, event_body, reviewed
 from extproc.policy import Policy
+from extproc.runtime.auditlog import MemoryAudit
 from extproc.runtime.escalations import MemoryEscalations
 from extproc.runtime.sidecar import Sidecar
 from extproc.translate import mean_logprob
@@ -107,6 +109,17 @@ def test_a_replay_a_person_decided_on_is_never_armed_and_a_redirect_is_pinned() 
     assert decision.rungs == (0, 1, 2) and decision.escalate
 
 
+def test_a_deferred_tasks_replay_is_never_armed() -> None:
+    # Its answer goes to the drainer, which keeps the task it replays: a 202 for a new escalated
+    # task (served by rungway) would be replayed again and again, each time a new escalation and
+    # webhook, and the client's task would never get the answer a person decided on.
+    sidecar = held_sidecar(escalation_policy())
+    replay = {"x-rungway-replay": f"{sidecar.probe_token} acme task_abcdefgh"}
+    _, answers, _ = send(sidecar, replay)
+    decision = Decision.decode(dynamic_metadata(answers[-1], META_DECISION))
+    assert decision.rungs == (0, 1, 2) and not decision.escalate
+
+
 def test_a_redirect_to_a_rung_the_tenant_does_not_permit_is_refused() -> None:
     sidecar = held_sidecar(escalation_policy(lowest_tier=1))
     replay = {"x-rungway-replay": f"{sidecar.probe_token} acme task_abcdefgh", ESCALATION_HEADER: "rung=2"}
@@ -169,6 +182,23 @@ def test_the_client_hears_503_when_the_answer_cannot_be_held() -> None:
     assert sample(sidecar, "rungway_escalations_total", tenant="acme", outcome="unavailable") == 1
 
 
+def test_the_escalated_record_says_whether_the_answer_was_held() -> None:
+    # The record is written once the store has answered: a 503 is no escalation a person sees.
+    sidecar = held_sidecar(escalation_policy())
+    sidecar.audit = audit = MemoryAudit()
+    t = Try(sidecar, rung=1, escalate=True)
+    judged(t, 200, anthropic_answer())
+    assert [r for r in audit.records if r.entry.kind is Kind.ESCALATED] == []
+    asyncio.run(sidecar.settle(escalated(t)))
+    t = Try(sidecar, rung=1, escalate=True)
+    judged(t, 200, anthropic_answer())
+    sidecar.escalations = None
+    asyncio.run(sidecar.settle(escalated(t)))
+    records = [r.entry for r in audit.records if r.entry.kind is Kind.ESCALATED]
+    assert [(e.trigger, e.detail["outcome"]) for e in records] == [("tier", "escalated"), ("tier", "unavailable")]
+    assert records[0].target is not None and records[0].target.rung == 1
+
+
 def test_the_primarys_answer_is_served_as_it_is() -> None:
     t = Try(held_sidecar(escalation_policy()), rung=0, escalate=True)
     (answer,) = judged(t, 200, openai_answer())
@@ -204,6 +234,18 @@ def test_a_contract_broken_on_the_last_rung_is_held_without_a_candidate() -> Non
     e = escalated(t)
     assert e.candidate is None and e.escalation.reasons == ("contract",)
     assert e.escalation.history[-1] == Step(2, "quality_regression")
+
+
+def test_an_error_that_ends_the_ladder_is_the_clients_not_a_persons(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Only the contract signal judges a final answer that was not served: a provider's 500 on a
+    # fallback tier, or its 400 for the client's own request, is the client's honest error.
+    sidecar = held_sidecar(escalation_policy({"tier": 1, "score_below": 0.5}))
+    monkeypatch.setattr(sidecar, "health_score", lambda key: 0.2)
+    for status in (500, 400):
+        t = Try(sidecar, rung=2, attempt=3, escalate=True)
+        (answer,) = judged(t, status, {"error": {"message": "no"}})
+        assert not [e for e in t.effects if isinstance(e, Escalated)]
+        assert set_headers(answer)[":status"] != "202"
 
 
 def test_a_degraded_primary_score_holds_a_fallbacks_answer(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -5,23 +5,30 @@ decisions on one escalation have one winner."""
 from __future__ import annotations
 
 import multiprocessing
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from extproc.audit import Entry, Kind, sentence
 from extproc.core import DeferredTask, Dialect, Escalation, Impact, Resolution, Review, Step, TaskResult
 from extproc.deferral import TaskState
 from extproc.escalation import EscalationState, IllegalEscalationError
+from extproc.health.board import Board
+from extproc.runtime.drainer import Drainer
 from extproc.runtime.escalations import (
     EscalationStore,
     MemoryEscalations,
     NoSuchEscalationError,
     SqliteEscalations,
 )
+from extproc.runtime.sidecar import configured_baselines, configured_endpoints
 from extproc.runtime.tasks import SqliteTaskStore, TaskStore
+from tests.builders import make_policy
 
 
 def held_task(task_id: str, tenant: str = "acme", at: float = 0.0) -> DeferredTask:
@@ -249,3 +256,28 @@ class EscalationMachine(RuleBasedStateMachine):
 
 
 TestEscalationMachine = EscalationMachine.TestCase
+
+
+async def test_an_escalation_no_one_decided_on_in_time_is_an_audit_record() -> None:
+    # The drainer's sweep expires it (the status URL says 410): the trail says so, as it says
+    # every other outcome of an escalation.
+    policy = make_policy(
+        tenants={"acme": {"escalate": {"impact": "customer_facing", "tier": 1}}},
+        deferral={"store": "unused.db", "task_ttl_s": 60},
+        escalation={"webhook_url": "https://oncall.test/hook", "secret": {"env": "RW_UNIT_ESCALATION"}},
+    )
+    store = MemoryEscalations()
+    old = time.time() - 120
+    store.escalate(held_task("e1", at=old), record("e1", at=old), None)
+    store.escalate(held_task("e2", at=time.time()), record("e2"), None)
+    audited: list[Entry] = []
+    board = Board(policy.health, configured_baselines(policy), configured_endpoints(policy))
+    drainer = Drainer(policy, store.queue, board, "pod-secret", lambda: None, audit=audited.append)
+    async with aiohttp.ClientSession() as session:
+        await drainer.pass_once(session)
+    view = store.escalation("e1")
+    assert view is not None and view.state is EscalationState.EXPIRED
+    assert [(e.kind, e.tenant, e.trigger, e.detail) for e in audited] == [
+        (Kind.DEFERRAL, "acme", "escalation_expired", {"tasks": 1})
+    ]
+    assert sentence(audited[0]) == "1 escalated task(s) expired without a person's decision"

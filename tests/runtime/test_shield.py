@@ -117,6 +117,15 @@ async def test_a_whole_stream_passes_through_unchanged(rig: Rig) -> None:
     assert rig.resets == []
 
 
+async def test_a_header_sent_twice_reaches_the_provider_twice(rig: Rig) -> None:
+    rig.handler = sse_then(3, "end")
+    headers = CIMultiDict([(CLUSTER_HEADER, "rw.direct.primary"), ("x-tag", "a"), ("x-tag", "b")])
+    async with rig.client() as session, session.post("http://shield/", data=b"{}", headers=headers) as response:
+        assert response.status == 200
+    (seen,) = rig.seen
+    assert seen.headers.getall("x-tag") == ["a", "b"]
+
+
 async def test_a_reset_after_the_stream_began_becomes_a_clean_end(rig: Rig) -> None:
     rig.handler = sse_then(2, "reset")
     status, _, body = await post(rig)  # no exception: the response ended as HTTP allows
@@ -197,4 +206,42 @@ def test_forwarded_headers_drop_hop_by_hop_and_envoys_own() -> None:
         "Authorization": "Bearer k",
         "anthropic-version": "2023-06-01",
     }
-    assert forwarded_headers(headers) == {"authorization": "Bearer k", "anthropic-version": "2023-06-01"}
+    assert forwarded_headers(headers) == [("authorization", "Bearer k"), ("anthropic-version", "2023-06-01")]
+
+
+async def test_more_streams_than_a_client_pool_holds_pass_at_once(rig: Rig) -> None:
+    # Streams last as long as a model writes: each holds its connection to the rescue listener.
+    # aiohttp's default pool of 100 would queue the 101st until the relay's budget ends it.
+    release = asyncio.Event()
+
+    async def long_stream(request: web.BaseRequest) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(EVENTS[0])
+        await release.wait()
+        await response.write_eof()
+        return response
+
+    rig.handler = long_stream
+    many = 110  # under the listen backlog (128) of the shield's socket
+    connector = aiohttp.UnixConnector(path=str(rig.shield_socket), limit=0)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        responses: list[aiohttp.ClientResponse] = []
+
+        async def first_event() -> bytes:
+            response = await session.post("http://shield/", data=b"{}", headers={CLUSTER_HEADER: "rw.direct.p"})
+            responses.append(response)
+            return await response.content.readany()
+
+        calls = [asyncio.ensure_future(first_event()) for _ in range(many)]
+        try:
+            done, _ = await asyncio.wait(calls, timeout=20)
+            assert [c.result() for c in done] == [EVENTS[0]] * many
+        finally:
+            release.set()
+            for call in calls:
+                call.cancel()
+            await asyncio.gather(*calls, return_exceptions=True)
+            for response in responses:
+                await response.read()
+                response.release()
