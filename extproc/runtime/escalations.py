@@ -17,10 +17,9 @@ import json
 import logging
 import random
 import sqlite3
-import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -37,6 +36,7 @@ from ..escalation import EscalationState, resolved_state
 from ..escalation import transition as escalation_transition
 from ..filters.escalation import event_body, reviewed
 from ..policy import EscalationSettings, Policy
+from .durable import DurableFile
 from .tasks import SqliteTaskStore
 from .webhook import deliver
 
@@ -165,28 +165,14 @@ class SqliteEscalations:
 
     def __init__(self, path: Path, busy_timeout_s: float = 30.0) -> None:
         SqliteTaskStore(path, busy_timeout_s).close()  # the file, its mode and the tasks table
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=busy_timeout_s)
-        self._lock = threading.Lock()
-        with self._lock:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
-            self._db.executescript(_SCHEMA)
+        self._file = DurableFile(path, _SCHEMA, busy_timeout_s)
+        self._db, self._lock = self._file.db, self._file.lock
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self._file.close()
 
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+    def _write(self) -> AbstractContextManager[sqlite3.Connection]:
+        return self._file.write()
 
     def escalate(self, task: DeferredTask, escalation: Escalation, candidate: TaskResult | None) -> None:
         with self._write() as db:

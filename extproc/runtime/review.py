@@ -13,11 +13,9 @@ exactly one wins. Calls block (fsync): the asyncio shells run them in a thread.
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
@@ -25,6 +23,7 @@ from typing import Protocol
 from ..core import DegradedAnswer
 from ..review import AnswerDiff, ReviewState
 from ..review.lifecycle import check
+from .durable import DurableFile
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS reviews (
@@ -178,30 +177,14 @@ class MemoryReviewStore:
 
 class SqliteReviewStore:
     def __init__(self, path: Path, busy_timeout_s: float = 30.0) -> None:
-        # Prompts and answers in clear: only this user may read it (the WAL files inherit the mode).
-        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=busy_timeout_s)
-        self._lock = threading.Lock()
-        with self._lock:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
-            self._db.executescript(_SCHEMA)
+        self._file = DurableFile(path, _SCHEMA, busy_timeout_s)
+        self._db, self._lock = self._file.db, self._file.lock
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self._file.close()
 
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+    def _write(self) -> AbstractContextManager[sqlite3.Connection]:
+        return self._file.write()
 
     def _state(self, db: sqlite3.Connection, review_id: str) -> tuple[ReviewState, float, float] | None:
         row = db.execute("SELECT state, not_before, lease_until FROM reviews WHERE id = ?", (review_id,)).fetchone()
