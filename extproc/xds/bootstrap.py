@@ -670,10 +670,11 @@ def _relay_listener(policy: Policy, *, shielded: bool) -> dict[str, Any]:
             "virtual_hosts": [{"name": "rungs", "domains": ["*"], "routes": routes}],
         },
         "http_filters": [
+            _provider_pace(),
             {
                 "name": "envoy.filters.http.router",
                 "typed_config": {"@type": _ANY + "envoy.extensions.filters.http.router.v3.Router"},
-            }
+            },
         ],
     }
     return {
@@ -682,6 +683,28 @@ def _relay_listener(policy: Policy, *, shielded: bool) -> dict[str, Any]:
         "filter_chains": [
             {"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}
         ],
+    }
+
+
+# What a provider may send one try per second (KiB/s): far above any model's token stream or a
+# large JSON answer's, far below what fills the sidecar's ext_proc stream (EXTPROC_BUFFER_LIMIT)
+# while a loaded sidecar is a moment behind. A flooding provider (an endless line, token-less
+# events) is paced here, by ordinary HTTP flow control on the provider's connection, instead of
+# piling up behind the ext_proc stream, whose write watermark on an upstream filter is where
+# Envoy 1.40 crashes (docs/ENVOY-DEFECTS.md).
+PROVIDER_PACE_KIBPS = 8 * 1024
+
+
+def _provider_pace() -> dict[str, Any]:
+    return {
+        "name": "envoy.filters.http.bandwidth_limit",
+        "typed_config": {
+            "@type": _ANY + "envoy.extensions.filters.http.bandwidth_limit.v3.BandwidthLimit",
+            "stat_prefix": "provider_pace",
+            "enable_mode": "RESPONSE",
+            "limit_kbps": PROVIDER_PACE_KIBPS,
+            "fill_interval": "0.02s",
+        },
     }
 
 

@@ -39,7 +39,14 @@ from extproc.core.names import (
 from extproc.policy import Policy
 from extproc.routing.ladder import Route, choose, orderings
 from extproc.runtime.supervisor import envoy_binary
-from extproc.xds.bootstrap import EXTPROC_BUFFER_LIMIT, SHIELDED_SUFFIX, EnvoySettings, relay_route_name, render
+from extproc.xds.bootstrap import (
+    EXTPROC_BUFFER_LIMIT,
+    PROVIDER_PACE_KIBPS,
+    SHIELDED_SUFFIX,
+    EnvoySettings,
+    relay_route_name,
+    render,
+)
 from tests.builders import make_policy, policies, policy_data, request_features
 from tests.tlsca import make_test_ca
 
@@ -479,3 +486,13 @@ def test_rendered_config_passes_envoy_validate_mode(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "OK" in result.stdout
+
+
+def test_the_relay_paces_what_a_provider_sends_before_it_reaches_the_attempt_filter() -> None:
+    # Envoy 1.40's ext_proc watermark crash (docs/ENVOY-DEFECTS.md): a flood must never pile up
+    # behind the sidecar's ext_proc stream; the relay's own HCM holds it back.
+    pace, router = hcm(render(make_policy(), SETTINGS), RELAY_LISTENER)["http_filters"]
+    assert pace["name"] == "envoy.filters.http.bandwidth_limit" and router["name"] == "envoy.filters.http.router"
+    assert pace["typed_config"]["enable_mode"] == "RESPONSE"
+    assert pace["typed_config"]["limit_kbps"] == PROVIDER_PACE_KIBPS
+    assert EXTPROC_BUFFER_LIMIT / (PROVIDER_PACE_KIBPS * 1024) >= 4  # seconds for a flood to fill it
