@@ -40,8 +40,9 @@ def test_a_burst_of_five_times_capacity_is_shed_fast_and_the_admitted_complete(f
     shed = [o for o in outcomes if o.status == 503]
     assert all(o.retry_after == "1" for o in shed)
     assert all(json.loads(o.body)["error"]["type"] == "server_error" for o in shed)  # the OpenAI dialect
-    # The goal is ~10 ms; the bound leaves room for a noisy machine.
-    assert summary.shed_p95_ms < 100
+    # Shed at once, never after waiting behind the provider (its delay is 1 s). The figure itself
+    # (~10-20 ms) is bench/SHED.md's to measure; a loaded 2-core box has seen a p95 of 190 ms.
+    assert summary.shed_p95_ms < DELAY_S * 1000 / 2
     # Admitted requests take about the provider's delay: shedding kept the worker responsive.
     assert summary.admitted_p50_s >= DELAY_S * 0.9 and summary.admitted_max_s < DELAY_S + 1.5
     # No overload turned into ext_proc message timeouts or fail-open.
