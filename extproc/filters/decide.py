@@ -316,6 +316,10 @@ class DecideProcessor:
             # says not to, the hash of its body: decided on the body, then.
             self._request_id = headers.get("x-request-id", "")
             if policy.audit.prompt_hash:
+                # A request no rung has a slot for is shed now: a shed is no audited decision,
+                # and reading its body would make a noisy tenant's flood of them dearer (T3).
+                if (no_slot := self._shed_at_once()) is not None:
+                    return self._over_capacity(no_slot)
                 return with_mode(request_headers_response(), _ASK_FOR_BODY)
         result = self._route()
         if isinstance(result, NeedBody):
@@ -533,6 +537,23 @@ class DecideProcessor:
             self._effects.append(HalfOpenAdmitted(first))
         self._effects.append(RequestCounted())
         return result
+
+    def _shed_at_once(self) -> CapacityShed | None:
+        """The shed `_route` would come to, known from the headers alone; None when the request
+        may get a slot, or may be deferred, held, pinned or re-run instead (decided on the body)."""
+        f = self._features
+        assert f is not None
+        if self._pin is not None or self._rerun is not None or (self._may_defer and may_wait(self._policy, f)):
+            return None
+        result = choose(self._policy, f, self._worker.health_view(f.impact))
+        if not isinstance(result, Route) or (self._may_defer and deferrable(self._policy, f, result)):
+            return None
+        mark = len(self._effects)
+        limited = self._within_capacity(result)
+        if isinstance(limited, CapacityShed):
+            return limited
+        del self._effects[mark:]  # counted again when the body's decision is taken
+        return None
 
     def _shadowed(self, route: Route) -> bool:
         """Whether this request is in the continuous-verification sample (never a probe's)."""

@@ -11,6 +11,7 @@ from extproc.core.names import CLUSTER_HEADER, META_DECISION, REASON
 from extproc.filters.attempt import AttemptProcessor
 from extproc.filters.decide import DecideProcessor
 from extproc.filters.effects import RungFreed, RungTaken
+from extproc.runtime.auditlog import MemoryAudit
 from extproc.runtime.sidecar import Sidecar
 from tests.builders import (
     CLIENT_KEY,
@@ -22,6 +23,7 @@ from tests.builders import (
     make_policy,
     make_sidecar,
     policy_data,
+    request_body,
     request_headers,
     sample,
     set_headers,
@@ -148,3 +150,26 @@ def test_a_try_holds_its_rungs_slot_until_its_stream_ends() -> None:
     assert RungFreed(*holder) in effects
     sidecar.apply(effects)
     assert sidecar.ledger.read(sidecar.clock.now()).snapshot(sidecar.clock.now()) == {}
+
+
+def test_with_the_audit_trail_on_a_request_with_no_slot_is_shed_on_its_headers_alone() -> None:
+    # The trail asks for every chat body (its hash); a shed is no audited decision, so a noisy
+    # tenant's flood of them costs one ext_proc message each, not two.
+    data = policy_data()
+    data["ladders"]["main"] = data["ladders"]["main"][:1]
+    data["ladders"]["main"][0]["capacity"] = {"max_in_flight": 1}
+    sidecar = make_sidecar(make_policy(**data))
+    sidecar.audit = MemoryAudit()
+    processor = DecideProcessor(sidecar)
+    headers = {":method": "POST", ":path": "/v1/chat/completions", "authorization": f"Bearer {CLIENT_KEY}"}
+    (asked,) = processor.dispatch(request_headers(headers, metadata=decide_fields(model="gpt-4o")))
+    assert asked.HasField("mode_override")  # a slot: decided on the body (its hash)
+    (routed,) = processor.dispatch(request_body({"model": "gpt-4o", "messages": []}))
+    sidecar.apply(processor.drain_effects())
+    assert CLUSTER_HEADER in set_headers(routed)  # it holds the rung's one slot now
+    shed = ask(sidecar)
+    assert shed.HasField("immediate_response") and shed.immediate_response.status.code == 503
+    assert (
+        sample(sidecar, "rungway_requests_limited_total", tenant="acme", impact="customer_facing", reason="rung_full")
+        == 1
+    )
