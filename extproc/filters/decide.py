@@ -150,6 +150,8 @@ class DecideProcessor:
         # A replay after a person's decision on an escalation (E2): never escalated again; a
         # redirect pins it to one rung.
         self._reviewed = False
+        # ladder.choose's Route from the headers, when one was needed there (_shed_at_once).
+        self._chosen: Route | None = None
         self._pin: int | None = None
         self._deferring: Failure | None = None  # why, once decided to defer (awaiting the body)
         self._request_id: str | None = None  # for the audit trail, when it is on
@@ -500,7 +502,9 @@ class DecideProcessor:
         f = self._features
         assert f is not None
         worker = self._worker
-        result = choose(self._policy, f, worker.health_view(f.impact))
+        # The headers' choice (_shed_at_once) stands: a Route chosen without the body never
+        # depended on the tools the body names.
+        result = self._chosen or choose(self._policy, f, worker.health_view(f.impact))
         if self._pin is not None:
             result = self._pinned(result)
         if self._may_defer and deferrable(self._policy, f, result):
@@ -548,6 +552,7 @@ class DecideProcessor:
         result = choose(self._policy, f, self._worker.health_view(f.impact))
         if not isinstance(result, Route) or (self._may_defer and deferrable(self._policy, f, result)):
             return None
+        self._chosen = result  # decided again on the body only by what the body adds
         mark = len(self._effects)
         limited = self._within_capacity(result)
         if isinstance(limited, CapacityShed):
