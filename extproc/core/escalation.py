@@ -11,10 +11,12 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from . import fields as f
 from .fields import ContractError
 from .impact import Impact
-from .task import _number, _object, _str
+from .task import json_record
 
+KIND = "escalation record"  # names the record in a ContractError
 ESCALATION_VERSION = 1
 
 
@@ -81,26 +83,26 @@ class Escalation:
 
     @classmethod
     def decode(cls, text: str) -> Escalation:
-        raw = _object(text, ESCALATION_VERSION)
+        raw = json_record(text, ESCALATION_VERSION, "escalation")
         try:
             return cls(
-                id=_str(raw, "id"),
-                tenant=_str(raw, "tenant"),
-                task=_str(raw, "task"),
-                impact=Impact(_str(raw, "impact")),
-                ladder=_str(raw, "ladder"),
-                rung=_int(raw, "rung"),
-                tier=_int(raw, "tier"),
-                served_by=_str(raw, "served_by"),
+                id=f.text(raw, "id", KIND),
+                tenant=f.text(raw, "tenant", KIND),
+                task=f.text(raw, "task", KIND),
+                impact=Impact(f.text(raw, "impact", KIND)),
+                ladder=f.text(raw, "ladder", KIND),
+                rung=f.count(raw, "rung", KIND),
+                tier=f.count(raw, "tier", KIND),
+                served_by=f.text(raw, "served_by", KIND),
                 reasons=tuple(_strings(raw, "reasons")),
                 history=_history(raw),
-                policy=_str(raw, "policy"),
-                request_id=_str(raw, "request_id"),
-                prompt_hash=_str(raw, "prompt_hash"),
-                at=_number(raw, "at"),
-                score=_optional_number(raw, "score"),
-                mean_logprob=_optional_number(raw, "mean_logprob"),
-                has_candidate=_bool(raw, "has_candidate"),
+                policy=f.text(raw, "policy", KIND),
+                request_id=f.text(raw, "request_id", KIND),
+                prompt_hash=f.text(raw, "prompt_hash", KIND),
+                at=f.number(raw, "at", KIND),
+                score=f.optional_number(raw, "score", KIND),
+                mean_logprob=f.optional_number(raw, "mean_logprob", KIND),
+                has_candidate=f.flag(raw, "has_candidate", KIND),
             )
         except ValueError as exc:
             raise ContractError(f"escalation: {exc}") from None
@@ -144,12 +146,18 @@ class Resolution:
 
     @classmethod
     def decode(cls, text: str) -> Resolution:
-        raw = _object(text, ESCALATION_VERSION)
+        raw = json_record(text, ESCALATION_VERSION, "resolution")
         try:
             rung = raw.get("rung")
             if rung is not None and (not isinstance(rung, int) or isinstance(rung, bool) or rung < 0):
                 raise ContractError(f"resolution.rung: {rung!r} is not a rung index")
-            return cls(Review(_str(raw, "action")), _str(raw, "by"), _str(raw, "reason"), _number(raw, "at"), rung)
+            return cls(
+                Review(f.text(raw, "action", KIND)),
+                f.text(raw, "by", KIND),
+                f.text(raw, "reason", KIND),
+                f.number(raw, "at", KIND),
+                rung,
+            )
         except ValueError as exc:
             raise ContractError(f"resolution: {exc}") from None
 
@@ -157,24 +165,6 @@ class Resolution:
         out: dict[str, Any] = json.loads(self.encode())
         del out["v"]
         return out
-
-
-def _int(raw: dict[str, Any], key: str) -> int:
-    value = raw.get(key)
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise ContractError(f"escalation.{key}: {value!r} is not a non-negative integer")
-    return value
-
-
-def _bool(raw: dict[str, Any], key: str) -> bool:
-    value = raw.get(key)
-    if not isinstance(value, bool):
-        raise ContractError(f"escalation.{key}: {value!r} is not true or false")
-    return value
-
-
-def _optional_number(raw: dict[str, Any], key: str) -> float | None:
-    return None if raw.get(key) is None else _number(raw, key)
 
 
 def _strings(raw: dict[str, Any], key: str) -> list[str]:

@@ -64,7 +64,7 @@ class DeferredTask:
 
     @classmethod
     def decode(cls, text: str, body: bytes) -> DeferredTask:
-        raw = _object(text, TASK_VERSION)
+        raw = json_record(text, TASK_VERSION)
         try:
             return cls(
                 id=_str(raw, "id"),
@@ -106,22 +106,23 @@ class TaskResult:
 
     @classmethod
     def decode(cls, text: str, body: bytes) -> TaskResult:
-        raw = _object(text, TASK_VERSION)
+        raw = json_record(text, TASK_VERSION)
         status = raw.get("status")
         if not isinstance(status, int) or isinstance(status, bool) or not 100 <= status <= 599:
             raise ContractError(f"task result.status: {status!r} is not an HTTP status")
         return cls(status, _headers(raw), body, _number(raw, "finished_at"))
 
 
-def _object(text: str, version: int) -> dict[str, Any]:
+def json_record(text: str, version: int, kind: str = "task record") -> dict[str, Any]:
+    """A stored record's JSON object, of `version` (the stores' records: tasks, escalations)."""
     try:
         raw = json.loads(text)
     except ValueError:
-        raise ContractError("task record: not JSON") from None
+        raise ContractError(f"{kind}: not JSON") from None
     if not isinstance(raw, dict):
-        raise ContractError("task record: not an object")
+        raise ContractError(f"{kind}: not an object")
     if raw.get("v") != version:
-        raise ContractError(f"task record: version {raw.get('v')!r}, expected {version}")
+        raise ContractError(f"{kind}: version {raw.get('v')!r}, expected {version}")
     return raw
 
 

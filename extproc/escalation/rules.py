@@ -38,8 +38,8 @@ def hands_off(policy: Policy, task: str, *, stream: bool, probe: bool, reviewed:
         return False
     if policy.deferral is None or policy.deferral.store is None:
         return False
-    task_class = policy.tasks.get(task) or policy.tasks[policy.default_task]
-    return task_class.when_exhausted is not None and task_class.when_exhausted.tier == 3
+    exhausted = policy.task_class(task).when_exhausted
+    return exhausted is not None and exhausted.tier == 3
 
 
 @dataclass(frozen=True, slots=True)

@@ -248,7 +248,7 @@ def contract_task(policy: Policy, decision: Decision) -> TaskClass:
     """The health contract the request's answer is held to (a probe's: any sensible answer)."""
     if decision.probe:
         return PROBE_CONTRACT
-    return policy.tasks.get(decision.task) or policy.tasks[policy.default_task]
+    return policy.task_class(decision.task)
 
 
 def _previous_try_failure(

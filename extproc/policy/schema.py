@@ -944,6 +944,10 @@ class Policy(_Frozen):
     def tenant(self, name: str) -> TenantPolicy:
         return self.tenants.get(name, self.tenant_defaults)
 
+    def task_class(self, name: str) -> TaskClass:
+        """The task class a request of `name` is held to (an unknown name: the default's)."""
+        return self.tasks.get(name) or self.tasks[self.default_task]
+
     def impact_for(self, tenant: str, task: str, claimed: str | None) -> Impact:
         """A request's impact (T3): what its header claims, if the tenant may claim it; else the
         tenant's task class's, the tenant's, or the policy's default."""
