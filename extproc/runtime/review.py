@@ -3,11 +3,10 @@ gave. The `ReviewStore` interface, an in-memory implementation, and the SQLite o
 workers (which keep answers) and `rungway up` (which re-runs them and answers the admin API)
 share.
 
-SQLite in WAL mode on local disk with `synchronous=FULL`, 0600: it holds prompts and answers
-in clear, so it never leaves the pod's disk (the audit trail names them by hash only). Every
-command is one short `BEGIN IMMEDIATE` transaction that checks the review's state against
-review's transition table, so two re-runners claiming or finishing one review serialise and
-exactly one wins. Calls block (fsync): the asyncio shells run them in a thread.
+A runtime/durable.py file on the pod's local disk (it holds prompts and answers in clear; the
+audit trail names them by hash only). Each command's one transaction checks the review's state
+against review's transition table, so two re-runners claiming or finishing one review serialise
+and exactly one wins. Calls block (fsync): the asyncio shells run them in a thread.
 """
 
 from __future__ import annotations

@@ -1,12 +1,12 @@
 """The deferral queue's storage: the `TaskStore` interface, its in-memory implementation
 (deferral.TaskQueue, the reference) and the SQLite one every process of a pod shares.
 
-SQLite in WAL mode on local disk with `synchronous=FULL`: a commit is on disk (fsynced) when
-it returns, so a worker that stored a task and then answered 202 can be killed at any point
-after without losing it; a process killed mid-transaction leaves no trace of it (WAL rollback).
-Every command is one short `BEGIN IMMEDIATE` transaction that checks the task's state against
-deferral's transition table, so two processes claiming or finishing the same task serialise and
-exactly one wins. Calls block (fsync): the asyncio shells run them in a thread.
+A runtime/durable.py file: a commit is fsynced when it returns, so a worker that stored a task
+and then answered 202 can be killed at any point after without losing it; a process killed
+mid-transaction leaves no trace of it (WAL rollback). Each command's one transaction checks the
+task's state against deferral's transition table, so two processes claiming or finishing the
+same task serialise and exactly one wins. Calls block (fsync): the asyncio shells run them in a
+thread.
 """
 
 from __future__ import annotations
